@@ -1,0 +1,112 @@
+"""The Python API behind the CLI: `load`, `evaluate`, `describe`; `benchmark` lives in bench.py."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from keras_turbo import models
+from keras_turbo.errors import KerasTurboError
+from keras_turbo.models import ModelRef
+from keras_turbo.runtimes import NATIVE, Predictor, open_predictor
+
+
+def as_ref(model, unsafe: bool = False, cache_dir: Path | None = None) -> ModelRef:
+    """A path, a ModelRef or an in-memory keras.Model -> ModelRef."""
+    if isinstance(model, ModelRef):
+        return model
+    if isinstance(model, (str, os.PathLike)):
+        return models.resolve(model, unsafe=unsafe)
+    if type(model).__module__.startswith("keras") or hasattr(model, "get_config"):
+        return models.keras_model_to_ref(model, cache_dir)
+    raise KerasTurboError(f"model: expected a path or a keras.Model, received {type(model).__name__}")
+
+
+def load(model, backend: str | None = None, threads: int | None = None, batch_size: int | None = None,
+         device: str = "auto", unsafe: bool = False, cache_dir: Path | None = None) -> Predictor:
+    """Open a model on a runtime, ready to serve.
+
+    Args:
+        model: a path (.keras, .h5, SavedModel dir, .tflite, .onnx, OpenVINO .xml) or a keras.Model.
+        backend: a runtime name; default "tf-function" for Keras models and the artifact's own
+            runtime for artifacts (litert for .tflite, onnxruntime for .onnx, openvino for .xml).
+        threads: threads for the runtime; default: its own default.
+        batch_size: the batch size to prepare for (runtimes that compile per shape do it now).
+        device: "auto", "cpu" or "gpu" (the TensorFlow runtimes).
+        unsafe: allow code inside the model file to run (Lambda layers). Off by default.
+
+    Returns:
+        A `Predictor`: call it with numpy arrays, get numpy arrays back.
+
+    Raises:
+        KerasTurboError: missing or corrupt file, unsafe content, unknown or unsuitable backend.
+
+    Example:
+        >>> p = keras_turbo.load("model.keras", backend="litert", threads=2)
+        >>> p(np.zeros((1, 32, 32, 1), "float32")).shape
+        (1, 10)
+    """
+    ref = as_ref(model, unsafe, cache_dir)
+    backend = backend or ("tf-function" if ref.is_keras else NATIVE[ref.format])
+    return open_predictor(ref, backend, threads=threads, batch_size=batch_size, device=device, cache_dir=cache_dir)
+
+
+def load_model(path, unsafe: bool = False):
+    """Load a Keras-family model file (.keras, .h5, SavedModel) as a `keras.Model`, safely.
+
+    Raises:
+        ModelLoadError: missing, corrupt, not a Keras model, or holds code and `unsafe` is False.
+    """
+    return models.load_keras(models.resolve(path, unsafe=unsafe))
+
+
+def evaluate(model, data, reference=None, backend: str | None = None, reference_backend: str | None = None,
+             batch_size: int = 32, threads: int | None = None, unsafe: bool = False, cache_dir: Path | None = None) -> dict:
+    """Accuracy on labelled data, and agreement with a reference model.
+
+    Args:
+        model: a path or keras.Model (or an open `Predictor`).
+        data: a DATA spec (`x.npz`, an image folder, `builtin:digits[:split]`) or a `Dataset`.
+        reference: optional model to compare against (top-1 agreement, output differences).
+        backend / reference_backend: runtimes to run them on (defaults as in `load`).
+
+    Returns:
+        {"samples", "accuracy" (None without labels), "top1_agreement", "max_abs_diff",
+         "mean_abs_diff" (None without reference), "backend", "reference_backend"}.
+
+    Raises:
+        KerasTurboError: unreadable data, data that does not fit, labels out of range.
+    """
+    from keras_turbo.data import Dataset, check, load_data
+
+    predictor = model if isinstance(model, Predictor) else load(model, backend, threads, unsafe=unsafe, cache_dir=cache_dir)
+    if isinstance(data, Dataset):
+        ds = check(data, predictor.inputs, predictor.outputs, "--data")
+    else:
+        ds = load_data(data, predictor.inputs, predictor.outputs, default_split="test", arg="--data")
+    out = _first(predictor.predict(list(ds.x), batch_size=batch_size))
+    result = {"samples": len(ds), "backend": predictor.backend, "accuracy": None, "top1_agreement": None,
+              "max_abs_diff": None, "mean_abs_diff": None, "reference_backend": None}
+    if ds.y is not None:
+        result["accuracy"] = float(np.mean(_top1(out) == ds.y))
+    if reference is not None:
+        ref_p = reference if isinstance(reference, Predictor) else load(reference, reference_backend, threads, unsafe=unsafe, cache_dir=cache_dir)
+        ref_out = _first(ref_p.predict(list(ds.x), batch_size=batch_size))
+        if ref_out.shape != out.shape:
+            raise KerasTurboError(f"--reference: outputs of shape {ref_out.shape[1:]} cannot be compared with {out.shape[1:]}")
+        diff = np.abs(out.astype("float64") - ref_out.astype("float64"))
+        result.update(top1_agreement=float(np.mean(_top1(out) == _top1(ref_out))), max_abs_diff=float(diff.max()),
+                      mean_abs_diff=float(diff.mean()), reference_backend=ref_p.backend)
+    return result
+
+
+def _first(out):
+    return out[0] if isinstance(out, list) else out
+
+
+def _top1(out: np.ndarray) -> np.ndarray:
+    out = out.reshape(len(out), -1)
+    # A single sigmoid unit is a binary classifier: threshold it rather than argmax one column.
+    return (out[:, 0] > 0.5).astype("int64") if out.shape[1] == 1 else out.argmax(axis=1)

@@ -1,0 +1,330 @@
+"""The latency / throughput harness.
+
+The method follows TFLite's benchmark_model, OpenVINO's benchmark_app and MLPerf's
+single-stream scenario:
+  - every (runtime, batch size) runs in its own fresh Python process, so thread pools, memory
+    and JIT caches start clean and peak memory belongs to that runtime alone;
+  - the model is loaded and compiled (timed: `init_ms`), run once (timed: `first_inference_ms`),
+    then warmed up until both a number of runs and a duration are reached;
+  - the timed loop runs until both `min_runs` and `min_seconds` are met; each call is timed
+    alone with `perf_counter_ns`; the inputs are made before the loop and rotated among a few
+    random batches, so no call sees a cache the previous call warmed with the same data;
+  - the harness's own cost per call is measured the same way on a predictor that does nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from keras_turbo.errors import KerasTurboError, bad_param
+from keras_turbo.runtimes.base import NullPredictor, Predictor, TensorInfo
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    """How to measure. The defaults suit small and mid-sized models on a CPU.
+
+    Attributes:
+        warmup_runs / warmup_seconds: warm-up lasts until both are reached.
+        min_runs / min_seconds: the timed loop lasts until both are reached.
+        rotate: how many distinct random input batches the loop cycles through.
+        device: "auto" (a GPU for the TensorFlow runtimes when present), "cpu" or "gpu".
+        timeout_s: a (runtime, batch size) that takes longer is stopped and recorded as failed.
+        seed: for the random inputs.
+    """
+
+    warmup_runs: int = 5
+    warmup_seconds: float = 0.5
+    min_runs: int = 50
+    min_seconds: float = 2.0
+    rotate: int = 4
+    device: str = "auto"
+    timeout_s: float = 900.0
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("warmup_runs", "min_runs"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < (1 if name == "min_runs" else 0):
+                raise bad_param(name, "an integer >= " + ("1" if name == "min_runs" else "0"), v)
+        for name in ("warmup_seconds", "min_seconds"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or v < 0:
+                raise bad_param(name, "a number of seconds >= 0", v)
+        if not isinstance(self.rotate, int) or self.rotate < 1:
+            raise bad_param("rotate", "an integer >= 1", self.rotate)
+        if self.device not in ("auto", "cpu", "gpu"):
+            raise bad_param("device", 'one of "auto", "cpu", "gpu"', self.device)
+        if not self.timeout_s > 0:
+            raise bad_param("timeout_s", "a positive number of seconds", self.timeout_s)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Result:
+    """One (runtime, batch size) measurement: the `results` rows of the JSON output."""
+
+    backend: str
+    batch_size: int
+    threads: int
+    ok: bool = False
+    error: str | None = None
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    throughput_per_s: float | None = None
+    init_ms: float | None = None
+    first_inference_ms: float | None = None
+    peak_rss_mb: float | None = None
+    model_bytes: int | None = None
+    runs: int = 0
+    device: str = "cpu"
+    artifact: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def random_inputs(inputs: Sequence[TensorInfo], batch_size: int, count: int, seed: int) -> list[list[np.ndarray]]:
+    """`count` distinct batches of random data that fit the inputs (dynamic dims become 1)."""
+    rng = np.random.default_rng(seed)
+    batches = []
+    for _ in range(count):
+        feeds = []
+        for t in inputs:
+            shape = (batch_size, *[d if d is not None else 1 for d in t.shape[1:]])
+            dt = np.dtype(t.dtype)
+            if np.issubdtype(dt, np.floating):
+                feeds.append(rng.random(shape, dtype="float32").astype(dt))
+            elif dt == np.bool_:
+                feeds.append(rng.random(shape) > 0.5)
+            else:
+                info = np.iinfo(dt)
+                feeds.append(rng.integers(max(info.min, 0), min(info.max, 10), size=shape, dtype=dt))
+        batches.append(feeds)
+    return batches
+
+
+def stats(times_ms: Sequence[float]) -> dict[str, float]:
+    a = np.asarray(times_ms, dtype="float64")
+    return {
+        "p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)), "p99": float(np.percentile(a, 99)),
+        "mean": float(a.mean()), "std": float(a.std()), "min": float(a.min()), "max": float(a.max()),
+    }
+
+
+def measure(open_fn: Callable[[], Predictor], batch_size: int, cfg: BenchmarkConfig) -> dict:
+    """Load, warm up and time one predictor in this process. Returns the measured fields."""
+    t0 = time.perf_counter()
+    predictor = open_fn()
+    init_ms = (time.perf_counter() - t0) * 1e3
+    batches = random_inputs(predictor.inputs, batch_size, cfg.rotate, cfg.seed)
+    run = predictor.run
+
+    t0 = time.perf_counter()
+    run(batches[0])
+    first_ms = (time.perf_counter() - t0) * 1e3
+
+    i, start = 0, time.perf_counter()
+    while i < cfg.warmup_runs or time.perf_counter() - start < cfg.warmup_seconds:
+        run(batches[i % cfg.rotate])
+        i += 1
+
+    times = []
+    clock = time.perf_counter_ns
+    start = clock()
+    deadline = cfg.min_seconds * 1e9
+    while len(times) < cfg.min_runs or clock() - start < deadline:
+        feeds = batches[len(times) % cfg.rotate]
+        t = clock()
+        run(feeds)
+        times.append((clock() - t) / 1e6)
+    total_s = sum(times) / 1e3
+    out = {
+        "ok": True, "latency_ms": stats(times), "throughput_per_s": batch_size * len(times) / total_s if total_s else None,
+        "init_ms": init_ms, "first_inference_ms": first_ms, "runs": len(times), "threads": predictor.threads,
+        "device": predictor.device, "model_bytes": predictor.model_bytes, "artifact": predictor.artifact,
+    }
+    predictor.close()
+    out["peak_rss_mb"] = peak_rss_mb()
+    return out
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. VmHWM, because getrusage's ru_maxrss survives exec
+    and would report the parent's peak in a fresh worker."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:  # not Linux
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+# ---------------------------------------------------------------- the worker process
+
+def _worker(job_path: str, result_path: str) -> int:
+    job = json.loads(Path(job_path).read_text())
+    cfg = BenchmarkConfig(**job["config"])
+    try:
+        if job["backend"] == "null":
+            shape = (None, 8)
+            open_fn = lambda: NullPredictor([TensorInfo("x", shape, "float32")], [TensorInfo("x", shape, "float32")], 1)  # noqa: E731
+        else:
+            from keras_turbo.models import ModelRef
+            from keras_turbo.runtimes import get_backend
+
+            ref = ModelRef(Path(job["artifact"]), job["format"], job["unsafe"])
+            factory = get_backend(job["backend"]).factory
+            open_fn = lambda: factory(ref, threads=job["threads"], batch_size=job["batch_size"], device=cfg.device)  # noqa: E731
+        out = measure(open_fn, job["batch_size"], cfg)
+    except Exception as e:  # recorded as a failed row by the parent, never a crash there
+        out = {"ok": False, "error": f"{type(e).__name__}: {' '.join(str(e).split())[:400]}"}
+    Path(result_path).write_text(json.dumps(out))
+    return 0
+
+
+def run_isolated(job: dict, timeout_s: float) -> dict:
+    """Run one job in a fresh interpreter and return its result dict (ok=False on any failure)."""
+    with tempfile.TemporaryDirectory(prefix="kt-bench-") as tmp:
+        job_path, result_path = Path(tmp, "job.json"), Path(tmp, "result.json")
+        job_path.write_text(json.dumps(job))
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
+        try:
+            proc = subprocess.run([sys.executable, "-m", "keras_turbo.bench", str(job_path), str(result_path)],
+                                  capture_output=True, text=True, timeout=timeout_s, env=env, stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            return {"ok": False, "error": f"timed out after {timeout_s:.0f} s"}
+        if result_path.exists():
+            return json.loads(result_path.read_text())
+        lines = [ln for ln in (proc.stderr or "").splitlines() if ln.strip()]
+        tail = lines[-1].strip()[:300] if lines else "no output"
+        return {"ok": False, "error": f"worker exited with code {proc.returncode}: {tail}"}
+
+
+def harness_overhead_ms(cfg: BenchmarkConfig) -> float:
+    """p50 time of one call to a predictor that does nothing: the harness's own cost."""
+    job = {"backend": "null", "batch_size": 1, "threads": 1,
+           "config": {**cfg.to_dict(), "min_runs": 2000, "min_seconds": 0.2, "warmup_seconds": 0.05}}
+    res = run_isolated(job, cfg.timeout_s)
+    return res["latency_ms"]["p50"] if res.get("ok") else float("nan")
+
+
+# ---------------------------------------------------------------- the public entry point
+
+@dataclass
+class BenchmarkReport:
+    """What `benchmark` measured: the model, the machine, the method and one row per
+    (runtime, batch size). `to_dict()` is the `--json` document."""
+
+    model: str
+    machine: dict
+    config: dict
+    harness_overhead_ms: float
+    results: list[Result]
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "machine": self.machine, "config": self.config,
+                "harness": {"overhead_ms_per_call": self.harness_overhead_ms},
+                "results": [r.to_dict() for r in self.results]}
+
+    def write_json(self, path: str | os.PathLike) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
+
+    def get(self, backend: str, batch_size: int = 1) -> Result | None:
+        return next((r for r in self.results if r.backend == backend and r.batch_size == batch_size), None)
+
+
+Progress = Callable[[str, int, int], None]  # (what is running now, jobs done, jobs in all)
+
+
+def benchmark(model, backends: Sequence[str] | None = None, batch_sizes: Sequence[int] = (1,),
+              threads: int | None = None, config: BenchmarkConfig | None = None, *, unsafe: bool = False,
+              cache_dir: Path | None = None, progress: Progress | None = None) -> BenchmarkReport:
+    """Measure a model's latency, throughput, start-up cost and memory on each runtime.
+
+    Args:
+        model: a model path (.keras, .h5, SavedModel dir, .tflite, .onnx, .xml) or a `keras.Model`.
+        backends: runtime names (see `keras_turbo.BACKENDS`); None or ["all"]: every runtime for a
+            Keras model, the artifact's own runtime for an artifact.
+        batch_sizes: each batch size is measured separately.
+        threads: threads per runtime; default all cores this process may use.
+        config: the measuring method (warm-up, minimum runs and seconds, device, timeout).
+        unsafe: let the model file run code (Lambda layers); off by default.
+        cache_dir: where exported artifacts are cached.
+        progress: called with (description, done, total) as the jobs go.
+
+    Returns:
+        A `BenchmarkReport`. A runtime that fails is a row with `ok=False` and its error.
+
+    Raises:
+        KerasTurboError: the model cannot be read, a backend name is unknown, or a setting is bad.
+
+    Example:
+        >>> report = keras_turbo.benchmark("model.keras", backends=["litert", "openvino"], batch_sizes=[1, 32])
+        >>> report.get("litert", 1).latency_ms["p50"]
+    """
+    from keras_turbo import machine
+    from keras_turbo.api import as_ref
+    from keras_turbo.runtimes import artifact_for, default_backends, get_backend
+
+    cfg = config or BenchmarkConfig()
+    ref = as_ref(model, unsafe=unsafe, cache_dir=cache_dir)
+    names = list(backends or [])
+    if not names or names == ["all"]:
+        names = default_backends(ref)
+    for n in names:
+        get_backend(n)  # unknown names fail before anything runs
+    if not batch_sizes or any(not isinstance(b, int) or b < 1 for b in batch_sizes):
+        raise bad_param("batch_size", "a list of integers >= 1", list(batch_sizes))
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise bad_param("threads", "an integer >= 1", threads)
+    threads = threads or machine.default_threads()
+
+    jobs = [(n, b) for n in names for b in batch_sizes]
+    total = len(jobs) + 1
+    note = progress or (lambda *a: None)
+    note("harness overhead", 0, total)
+    overhead = harness_overhead_ms(cfg)
+    results = []
+    for i, (name, batch) in enumerate(jobs, start=1):
+        row = Result(name, batch, threads)
+        note(f"{name} batch {batch}", i, total)
+        try:
+            artifact = artifact_for(ref, name, cache_dir)
+        except KerasTurboError as e:
+            row.error = str(e)
+        except Exception as e:  # an export that fails is that runtime's failure, not the run's
+            row.error = f"export failed: {type(e).__name__}: {' '.join(str(e).split())[:300]}"
+        else:
+            job = {"backend": name, "artifact": str(artifact.path), "format": artifact.format, "unsafe": ref.unsafe,
+                   "batch_size": batch, "threads": threads, "config": cfg.to_dict()}
+            out = run_isolated(job, cfg.timeout_s)
+            out.setdefault("model_bytes", artifact.size_bytes)
+            out["threads"] = out.get("threads") or threads
+            for k, v in out.items():
+                setattr(row, k, v)
+        results.append(row)
+    note("done", total, total)
+    return BenchmarkReport(str(ref.path), machine.facts(), cfg.to_dict(), overhead, results)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        raise SystemExit("usage: python -m keras_turbo.bench JOB.json RESULT.json (internal: the benchmark worker)")
+    raise SystemExit(_worker(sys.argv[1], sys.argv[2]))
+

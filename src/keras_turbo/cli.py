@@ -1,0 +1,283 @@
+"""The command line: a thin shell that parses arguments and calls the Python API.
+
+Errors the user can fix print one line and exit with code 2; `--debug` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+from keras_turbo.errors import KerasTurboError
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not argparse's usage block
+        print(f"keras-turbo: error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def _positive_int(name):
+    def parse(v):
+        try:
+            n = int(v)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer >= 1, received {v!r}") from None
+        if n < 1:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer >= 1, received {v!r}")
+        return n
+    return parse
+
+
+def _write_json(path: str | None, obj) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(obj, indent=2, default=str))
+
+
+def _console():
+    from rich.console import Console
+
+    out = Console()
+    if not out.is_terminal:  # piped or in CI: do not squeeze the tables into 80 columns
+        out = Console(width=160)
+    return out, Console(stderr=True)
+
+
+# ------------------------------------------------------------------------- commands
+
+def cmd_inspect(args) -> int:
+    import keras_turbo
+
+    info = keras_turbo.inspect(args.model, unsafe=args.unsafe)
+    _write_json(args.json, info)
+    out, _ = _console()
+    from rich.table import Table
+
+    out.print(f"[bold]{info['path']}[/bold]  ({info['format']}, {info['size_bytes']:,} bytes on disk)")
+    t = Table("", "name", "shape", "dtype", box=None)
+    for kind in ("inputs", "outputs"):
+        for x in info[kind]:
+            t.add_row(kind[:-1], x["name"], str(tuple(x["shape"])).replace("None", "batch", 1), x["dtype"])
+    out.print(t)
+    params = info.get("params")
+    out.print(f"parameters: {params:,}" if params is not None else "parameters: -")
+    flops = info.get("flops_per_sample")
+    out.print(f"FLOPs per sample: {flops:,} ({flops / 1e6:.2f} MFLOPs)" if flops is not None else "FLOPs per sample: -")
+    out.print(f"  counted as {info['flops_method']}")
+    if "layer_types" in info:
+        out.print("layer types: " + ", ".join(f"{k} {v}" for k, v in info["layer_types"].items()))
+        for k, why in info["notable"].items():
+            out.print(f"  {k}: {why}")
+        if info["custom_layers"]:
+            out.print(f"  custom layers (left alone by the techniques): {', '.join(info['custom_layers'])}")
+    else:
+        out.print("ops: " + ", ".join(f"{k} {v}" for k, v in info["op_types"].items()))
+    return 0
+
+
+def _bench_config(args):
+    from keras_turbo.bench import BenchmarkConfig
+
+    return BenchmarkConfig(warmup_runs=args.warmup_runs, warmup_seconds=args.warmup_seconds, min_runs=args.min_runs,
+                           min_seconds=args.min_seconds, device=args.device, timeout_s=args.timeout)
+
+
+def _run_benchmark(model, backends, batch_sizes, threads, cfg, unsafe=False):
+    import keras_turbo
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    _, err = _console()
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=err, transient=True) as bar:
+        task = bar.add_task("benchmark", total=1)
+
+        def progress(what, done, total):
+            bar.update(task, description=f"measuring {what}", completed=done, total=total)
+
+        return keras_turbo.benchmark(model, backends=backends, batch_sizes=batch_sizes, threads=threads,
+                                     config=cfg, unsafe=unsafe, progress=progress)
+
+
+def cmd_benchmark(args) -> int:
+    from keras_turbo.report import benchmark_table
+
+    report = _run_benchmark(args.model, args.backend, args.batch_size or [1], args.threads, _bench_config(args), args.unsafe)
+    out, _ = _console()
+    out.print(benchmark_table(report))
+    if args.json:
+        report.write_json(args.json)
+        out.print(f"results written to {args.json}")
+    failed = [r for r in report.results if not r.ok]
+    return 0 if len(failed) < len(report.results) else 1
+
+
+def cmd_evaluate(args) -> int:
+    import keras_turbo
+
+    res = keras_turbo.evaluate(args.model, args.data, reference=args.reference, backend=args.backend,
+                               reference_backend=args.reference_backend, batch_size=args.batch_size, unsafe=args.unsafe)
+    _write_json(args.json, res)
+    out, _ = _console()
+    out.print(f"{args.model} on {res['backend']}: {res['samples']} samples from {args.data}")
+    if res["accuracy"] is not None:
+        out.print(f"  accuracy        {res['accuracy'] * 100:.2f}%")
+    else:
+        out.print("  accuracy        - (the data has no labels)")
+    if res["top1_agreement"] is not None:
+        out.print(f"  top-1 agreement {res['top1_agreement'] * 100:.2f}% with {args.reference} on {res['reference_backend']}")
+        out.print(f"  max |diff|      {res['max_abs_diff']:.3g}")
+        out.print(f"  mean |diff|     {res['mean_abs_diff']:.3g}")
+    return 0
+
+
+def cmd_devices(args) -> int:
+    import keras_turbo
+
+    info = keras_turbo.devices()
+    _write_json(args.json, info)
+    out, _ = _console()
+    out.print(f"CPU: {info['cpu']} ({info['logical_cores']} logical cores, {info['usable_cores']} usable, {info['memory_gb']} GB)")
+    out.print("  features: " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in info["cpu_flags"].items()))
+    out.print("GPUs: " + ("; ".join(info["gpus"]) if info["gpus"] else "none found"))
+    from rich.table import Table
+
+    t = Table("runtime", "usable", "devices / providers", "what it is")
+    for name, r in info["runtimes"].items():
+        t.add_row(name, "yes" if r["usable"] else f"[red]no: {r['error']}[/red]", ", ".join(r["devices"]), r["summary"])
+    out.print(t)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """Train the built-in digits CNN (cached), report its accuracy, and benchmark it on every runtime."""
+    import keras_turbo
+    from keras_turbo.bench import BenchmarkConfig
+    from keras_turbo.report import benchmark_table
+    from keras_turbo.zoo import digits_model_path
+
+    out, err = _console()
+    outdir = Path(args.out)
+    outdir.mkdir(parents=True, exist_ok=True)
+    path = digits_model_path(progress=lambda msg: err.print(f"[dim]{msg}[/dim]"))
+    res = keras_turbo.evaluate(path, "builtin:digits:test", backend="keras-call")
+    out.print(f"built-in digits CNN: {path}")
+    out.print(f"  float accuracy on the digits test split: {res['accuracy'] * 100:.2f}% ({res['samples']} samples)")
+    cfg = BenchmarkConfig(min_runs=30, min_seconds=1.0, warmup_seconds=0.3)
+    report = _run_benchmark(path, None, [1], args.threads, cfg)
+    out.print(benchmark_table(report))
+    report.write_json(outdir / "benchmark.json")
+    ok = [r for r in report.results if r.ok]
+    if ok:
+        best = min(ok, key=lambda r: r.latency_ms["p50"])
+        base = report.get("keras-predict", 1)
+        if base and base.ok:
+            out.print(f"fastest: {best.backend}, {base.latency_ms['p50'] / best.latency_ms['p50']:.0f}x faster than "
+                      f"keras-predict at batch 1 ({best.latency_ms['p50']:.3f} ms vs {base.latency_ms['p50']:.2f} ms)")
+    out.print(f"results: {outdir / 'benchmark.json'}")
+    return 0 if ok else 1
+
+
+# ------------------------------------------------------------------------- parser
+
+def build_parser() -> argparse.ArgumentParser:
+    from keras_turbo import __version__
+
+    p = _Parser(prog="keras-turbo", description="Make a trained Keras / TensorFlow model run inference faster, and prove it.")
+    p.add_argument("--version", action="version", version=f"keras-turbo {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks and library logs")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def model_arg(sp):
+        sp.add_argument("model", help="a .keras, .h5, SavedModel dir, .tflite, .onnx or OpenVINO .xml")
+        sp.add_argument("--unsafe", action="store_true",
+                        help="let the model file run Python code (Lambda layers); only for files you trust")
+
+    sp = sub.add_parser("inspect", help="inputs, outputs, parameters, FLOPs, size and layer kinds of a model")
+    model_arg(sp)
+    sp.add_argument("--json", metavar="PATH", help="also write the description as JSON")
+    sp.set_defaults(fn=cmd_inspect)
+
+    sp = sub.add_parser("benchmark", help="latency, throughput, start-up and memory on each runtime")
+    model_arg(sp)
+    sp.add_argument("--backend", action="append", metavar="NAME",
+                    help="a runtime (repeat for several; 'all' for every one); default: all for a Keras model")
+    sp.add_argument("--batch-size", action="append", type=_positive_int("--batch-size"), metavar="N",
+                    help="repeat to measure several batch sizes (default 1)")
+    sp.add_argument("--threads", type=_positive_int("--threads"), help="threads per runtime (default: all cores)")
+    sp.add_argument("--warmup-runs", type=int, default=5)
+    sp.add_argument("--warmup-seconds", type=float, default=0.5)
+    sp.add_argument("--min-runs", type=int, default=50)
+    sp.add_argument("--min-seconds", type=float, default=2.0)
+    sp.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
+    sp.add_argument("--timeout", type=float, default=900.0, help="seconds one runtime may take")
+    sp.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    sp.set_defaults(fn=cmd_benchmark)
+
+    sp = sub.add_parser("evaluate", help="accuracy on DATA, and agreement with a reference model")
+    model_arg(sp)
+    sp.add_argument("--data", required=True, help="x.npz, an image folder, or builtin:digits[:split]")
+    sp.add_argument("--reference", metavar="MODEL", help="compare outputs against this model")
+    sp.add_argument("--backend", metavar="NAME", help="runtime for MODEL")
+    sp.add_argument("--reference-backend", metavar="NAME", help="runtime for the reference")
+    sp.add_argument("--batch-size", type=_positive_int("--batch-size"), default=32)
+    sp.add_argument("--json", metavar="PATH")
+    sp.set_defaults(fn=cmd_evaluate)
+
+    sp = sub.add_parser("devices", help="CPU features, GPUs and usable runtimes")
+    sp.add_argument("--json", metavar="PATH")
+    sp.set_defaults(fn=cmd_devices)
+
+    sp = sub.add_parser("demo", help="train the built-in digits CNN and benchmark it on every runtime")
+    sp.add_argument("--out", default="keras-turbo-demo", help="folder for the results (default keras-turbo-demo)")
+    sp.add_argument("--threads", type=_positive_int("--threads"))
+    sp.set_defaults(fn=cmd_demo)
+    return p
+
+
+def _one_line_warnings(message, category, filename, lineno, file=None, line=None):
+    print(f"keras-turbo: warning: {message}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    if debug:
+        import os
+
+        os.environ["KERAS_TURBO_DEBUG"] = "1"
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+    else:
+        warnings.showwarning = _one_line_warnings
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+    args = build_parser().parse_args(argv)
+    if getattr(args, "unsafe", False):
+        from keras_turbo.models import UNSAFE_WARNING
+
+        print(f"keras-turbo: warning: {UNSAFE_WARNING}", file=sys.stderr)
+    try:
+        return args.fn(args)
+    except KerasTurboError as e:
+        if debug:
+            raise
+        print(f"keras-turbo: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("keras-turbo: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if debug:
+            raise
+        msg = " ".join(str(e).split())[:300]
+        print(f"keras-turbo: internal error: {type(e).__name__}: {msg} (run with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,238 @@
+"""DATA arguments: turn what the user points at into arrays that fit the model.
+
+A DATA spec is one of:
+  - `path.npz` holding `x` (or, for a multi-input model, one `x_<input name>` per input) and,
+    optionally, integer labels `y` (one-hot labels are accepted and reduced with argmax);
+  - a folder with one sub-folder of images per class (sub-folder names, sorted, are the
+    classes), resized to the model's input and scaled to [0, 1];
+  - `builtin:digits`, scikit-learn's 1,797 8x8 handwritten digits (shipped inside the package,
+    nothing is downloaded), brought to the model's input size and scaled to [0, 1]. Fixed splits
+    (seed 0): 70% train, 15% validation, 15% test; `builtin:digits:train|val|test|all` picks one,
+    and a plain `builtin:digits` means the split that fits the job (test for evaluation,
+    train for training).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from keras_turbo.errors import DataError
+from keras_turbo.runtimes.base import TensorInfo
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+SPLITS = ("train", "val", "test", "all")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Inputs (one array per model input, in input-name order), optional labels, and where they
+    came from."""
+
+    x: tuple[np.ndarray, ...]
+    y: np.ndarray | None
+    source: str
+
+    def __len__(self) -> int:
+        return int(self.x[0].shape[0])
+
+    def take(self, n: int, seed: int = 0) -> "Dataset":
+        """A reproducible random subset of at most `n` samples."""
+        if n >= len(self):
+            return self
+        idx = np.sort(np.random.default_rng(seed).choice(len(self), size=n, replace=False))
+        return Dataset(tuple(a[idx] for a in self.x), None if self.y is None else self.y[idx], self.source)
+
+
+def digits_splits(seed: int = 0) -> dict[str, np.ndarray]:
+    """Indices of the fixed train / val / test splits of scikit-learn's digits."""
+    idx = np.random.default_rng(seed).permutation(1797)
+    n_train, n_val = int(0.70 * 1797), int(0.15 * 1797)
+    return {"train": idx[:n_train], "val": idx[n_train:n_train + n_val], "test": idx[n_train + n_val:], "all": np.arange(1797)}
+
+
+def fit_images(images: np.ndarray, shape: Sequence[int | None]) -> np.ndarray:
+    """Bring a batch of grayscale (N, H, W) or colour (N, H, W, C) images in [0, 1] to a model
+    input shape (without batch): (H', W', C'), (H', W') or a flat (H'*W'*C',)."""
+    import PIL.Image
+
+    if images.ndim == 3:
+        images = images[..., None]
+    shape = tuple(shape)
+    if len(shape) == 1:
+        # A flat input: keep the native size if it fits, else try a square grayscale image.
+        side = int(round(np.sqrt(shape[0])))
+        if shape[0] == np.prod(images.shape[1:]):
+            return images.reshape(len(images), -1).astype("float32")
+        if side * side != shape[0]:
+            raise DataError(f"cannot bring {images.shape[1:]} images to a flat input of {shape[0]} values")
+        return fit_images(images, (side, side, 1)).reshape(len(images), -1)
+    if len(shape) == 2:
+        return fit_images(images, (*shape, 1))[..., 0]
+    if len(shape) != 3 or any(d is None for d in shape):
+        raise DataError(f"images cannot be fitted to an input of shape {shape} (expected (height, width, channels))")
+    h, w, c = shape
+    if c not in (1, 3):
+        raise DataError(f"images cannot be fitted to {c} channels (expected 1 or 3)")
+    if images.shape[-1] != c:
+        images = images.mean(axis=-1, keepdims=True) if c == 1 else np.repeat(images[..., :1], 3, axis=-1)
+    if images.shape[1:3] == (h, w):
+        return images.astype("float32")
+    out = np.empty((len(images), h, w, c), dtype="float32")
+    for i, img in enumerate(images):
+        for ch in range(c):
+            pil = PIL.Image.fromarray(img[..., ch].astype("float32"), mode="F")
+            out[i, ..., ch] = np.asarray(pil.resize((w, h), PIL.Image.BILINEAR))
+    return out
+
+
+def load_digits(inputs: Sequence[TensorInfo] | None, split: str) -> Dataset:
+    from sklearn.datasets import load_digits as sk_digits
+
+    d = sk_digits()
+    idx = digits_splits()[split]
+    images = (d.images[idx] / 16.0).astype("float32")
+    if inputs is None:
+        x = images[..., None]
+    else:
+        if len(inputs) != 1:
+            raise DataError(f"builtin:digits: fits single-input models; this one takes {len(inputs)} inputs")
+        x = fit_images(images, inputs[0].shape[1:])
+    return Dataset((x,), d.target[idx].astype("int64"), f"builtin:digits:{split}")
+
+
+def load_npz(path: Path, inputs: Sequence[TensorInfo] | None) -> Dataset:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            files = dict(z.items())
+    except Exception as e:
+        raise DataError(f"{path}: cannot read as .npz ({type(e).__name__}: {' '.join(str(e).split())[:150]})") from e
+    y = files.get("y")
+    if inputs is not None and len(inputs) > 1:
+        missing = [t.name for t in inputs if f"x_{t.name}" not in files]
+        if missing:
+            raise DataError(f"{path}: a multi-input model needs arrays {', '.join('x_' + t.name for t in inputs)}; missing {', '.join('x_' + m for m in missing)}")
+        x = tuple(files[f"x_{t.name}"] for t in inputs)
+    elif "x" in files:
+        x = (files["x"],)
+    else:
+        raise DataError(f"{path}: no array named 'x' (found: {', '.join(files) or 'none'})")
+    return Dataset(x, y, str(path))
+
+
+def load_image_folder(path: Path, inputs: Sequence[TensorInfo] | None) -> Dataset:
+    import PIL.Image
+
+    classes = sorted(p.name for p in path.iterdir() if p.is_dir())
+    if not classes:
+        raise DataError(f"{path}: a DATA folder needs one sub-folder of images per class; found none")
+    if inputs is not None and len(inputs) != 1:
+        raise DataError(f"{path}: image folders fit single-input models; this one takes {len(inputs)} inputs")
+    shape = inputs[0].shape[1:] if inputs is not None else None
+    xs, ys = [], []
+    for label, cls in enumerate(classes):
+        for f in sorted((path / cls).iterdir()):
+            if f.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            try:
+                with PIL.Image.open(f) as im:
+                    arr = np.asarray(im.convert("RGB"), dtype="float32") / 255.0
+            except Exception as e:
+                raise DataError(f"{f}: not a readable image ({type(e).__name__})") from e
+            if shape is not None:
+                arr = fit_images(arr[None], shape)[0]
+            xs.append(arr)
+            ys.append(label)
+    if not xs:
+        raise DataError(f"{path}: no images found in its class folders ({', '.join(classes)})")
+    try:
+        x = np.stack(xs)
+    except ValueError as e:
+        raise DataError(f"{path}: images differ in size; give the model so they can be resized") from e
+    return Dataset((x,), np.asarray(ys, dtype="int64"), str(path))
+
+
+def load_data(spec: str, inputs: Sequence[TensorInfo] | None = None, outputs: Sequence[TensorInfo] | None = None,
+              default_split: str = "test", arg: str = "DATA") -> Dataset:
+    """Read a DATA spec and check it against the model's inputs (and outputs, for labels).
+
+    Args:
+        spec: `path.npz`, an image folder, or `builtin:digits[:split]`.
+        inputs: the model's inputs (`Predictor.inputs`); None reads the data as it is.
+        outputs: the model's outputs; when given, labels are checked against the class count.
+        default_split: the digits split a plain `builtin:digits` means.
+        arg: the argument's name, for error messages ("--data", "--calibration-data", ...).
+
+    Returns:
+        A `Dataset` whose arrays fit the model's inputs.
+
+    Raises:
+        DataError: unreadable data, wrong shapes, NaN or inf values, labels out of range.
+    """
+    spec = str(spec)
+    if spec.startswith("builtin:"):
+        parts = spec.split(":")
+        if parts[1] != "digits" or len(parts) > 3:
+            raise DataError(f"{arg}: unknown built-in data set {spec!r} (expected builtin:digits[:train|val|test|all])")
+        split = parts[2] if len(parts) == 3 else default_split
+        if split not in SPLITS:
+            raise DataError(f"{arg}: unknown split {split!r} in {spec!r} (expected one of {', '.join(SPLITS)})")
+        ds = load_digits(inputs, split)
+    else:
+        path = Path(spec)
+        if not path.exists():
+            raise DataError(f"{arg}: {path}: no such file or directory")
+        if path.is_dir():
+            ds = load_image_folder(path, inputs)
+        elif path.suffix.lower() == ".npz":
+            ds = load_npz(path, inputs)
+        else:
+            raise DataError(f"{arg}: {path}: expected a .npz file, an image folder or builtin:digits")
+    return check(ds, inputs, outputs, arg)
+
+
+def check(ds: Dataset, inputs: Sequence[TensorInfo] | None, outputs: Sequence[TensorInfo] | None, arg: str = "DATA") -> Dataset:
+    """Validate a Dataset against a model; returns it with float inputs cast to the model's dtype."""
+    n = len(ds.x[0])
+    if n == 0:
+        raise DataError(f"{arg}: {ds.source}: holds no samples")
+    xs = []
+    for i, a in enumerate(ds.x):
+        name = inputs[i].name if inputs is not None else f"x{i}"
+        if a.shape[0] != n:
+            raise DataError(f"{arg}: {ds.source}: inputs hold different sample counts ({n} and {a.shape[0]})")
+        if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
+            raise DataError(f"{arg}: {ds.source}: input {name!r} holds {a.dtype} values, not numbers")
+        if np.issubdtype(a.dtype, np.floating) and not np.all(np.isfinite(a)):
+            bad = int(np.size(a) - np.count_nonzero(np.isfinite(a)))
+            raise DataError(f"{arg}: {ds.source}: input {name!r} holds {bad} NaN or inf value(s)")
+        if inputs is not None:
+            want = inputs[i].shape[1:]
+            if a.ndim != len(inputs[i].shape) or any(w is not None and w != g for w, g in zip(want, a.shape[1:])):
+                shown = ", ".join("?" if d is None else str(d) for d in want)
+                raise DataError(f"{arg}: {ds.source}: input {name!r} has samples of shape {a.shape[1:]}, the model expects ({shown})")
+            a = a.astype(inputs[i].dtype, copy=False)
+        xs.append(a)
+    y = ds.y
+    if y is not None:
+        y = np.asarray(y)
+        if y.shape[0] != n:
+            raise DataError(f"{arg}: {ds.source}: {y.shape[0]} labels for {n} samples")
+        if y.ndim == 2 and y.shape[1] > 1:
+            y = y.argmax(axis=1)
+        y = y.reshape(n)
+        if not np.issubdtype(y.dtype, np.integer):
+            if np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
+                y = y.astype("int64")
+            else:
+                raise DataError(f"{arg}: {ds.source}: labels must be integer class ids (received {y.dtype} values)")
+        classes = None
+        if outputs is not None and len(outputs) == 1 and outputs[0].shape[-1]:
+            classes = outputs[0].shape[-1]
+        if y.min() < 0 or (classes is not None and classes > 1 and y.max() >= classes):
+            hi = f", the model has {classes} classes" if classes else ""
+            raise DataError(f"{arg}: {ds.source}: labels out of range (found {int(y.min())}..{int(y.max())}{hi})")
+    return Dataset(tuple(xs), y, ds.source)

@@ -1,0 +1,27 @@
+"""Errors a user can fix. The CLI prints them as one line and exits with code 2."""
+
+from __future__ import annotations
+
+
+class KerasTurboError(Exception):
+    """A problem with the user's input (file, data, argument), not a bug in keras-turbo.
+
+    The message is one line that names the file or argument and says what is wrong.
+    """
+
+
+class ModelLoadError(KerasTurboError):
+    """A model file is missing, unreadable, of an unknown kind, or refused as unsafe."""
+
+
+class DataError(KerasTurboError):
+    """A DATA argument cannot be read or does not fit the model."""
+
+
+class BackendError(KerasTurboError):
+    """An unknown backend, or a backend that cannot run the given model."""
+
+
+def bad_param(name: str, expected: str, received: object) -> KerasTurboError:
+    """The one message template for a bad parameter value (as Keras and scikit-learn do)."""
+    return KerasTurboError(f"`{name}` must be {expected}. Received: {name}={received!r}")

@@ -1,0 +1,64 @@
+"""Turn a Keras-family model into a deployable artifact, once, and cache it.
+
+Every export goes through one SavedModel (Keras' own `model.export`), so the LiteRT, ONNX and
+OpenVINO artifacts all see the same graph, with the same input names (the Keras input names)
+and the same output names (`output_0`, `output_1`, ...).
+
+The registry is written out by hand: target name -> (file name, function).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from keras_turbo import cache
+from keras_turbo.errors import KerasTurboError
+from keras_turbo.exporters import litert, onnx, openvino, savedmodel
+from keras_turbo.models import ModelRef
+
+# target -> (format of the result, file or folder name inside the cache entry, export function)
+EXPORTERS = {
+    "savedmodel": ("savedmodel", "saved_model", savedmodel.export),
+    "tflite": ("tflite", "model.tflite", litert.export),
+    "onnx": ("onnx", "model.onnx", onnx.export),
+    "openvino": ("openvino", "model.xml", openvino.export),
+}
+
+
+def export(ref: ModelRef, target: str, cache_dir: Path | None = None) -> ModelRef:
+    """Export `ref` to `target` ("savedmodel", "tflite", "onnx", "openvino"), reusing a cached
+    export of the same content when there is one.
+
+    Returns:
+        A reference to the artifact (the input itself when it already has that format).
+
+    Raises:
+        KerasTurboError: the target is unknown, or the input is an artifact of another kind
+            (keras-turbo converts from Keras models, not between runtimes' formats).
+    """
+    if target not in EXPORTERS:
+        raise KerasTurboError(f"unknown export target {target!r} (expected one of {', '.join(EXPORTERS)})")
+    fmt, name, fn = EXPORTERS[target]
+    if ref.format == fmt:
+        return ref
+    if not ref.is_keras:
+        raise KerasTurboError(f"{ref.path}: a .{ref.format} artifact cannot be converted to {target}; start from the Keras model")
+    entry = cache.root(cache_dir) / "exports" / ref.fingerprint() / target
+    out = entry / name
+    if out.exists():
+        return ModelRef(out, fmt, ref.unsafe)
+    source = ref if target == "savedmodel" else export(ref, "savedmodel", cache_dir)
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    # Build in a scratch folder and move it into place, so an interrupted export never leaves a
+    # half-written artifact that a later run would trust.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target}-", dir=entry.parent))
+    try:
+        fn(source, tmp / name)
+        if entry.exists():
+            shutil.rmtree(entry)
+        tmp.rename(entry)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return ModelRef(out, fmt, ref.unsafe)

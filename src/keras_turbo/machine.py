@@ -1,0 +1,121 @@
+"""Facts about the machine a measurement was taken on, recorded with every result."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import shutil
+import subprocess
+
+# CPU flags that decide which kernels the runtimes can use (as /proc/cpuinfo spells them).
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
+LIBRARIES = ("tensorflow", "keras", "ai-edge-litert", "onnxruntime", "tf2onnx", "onnx", "openvino", "nncf", "numpy")
+
+
+def _cpuinfo() -> tuple[str, set[str]]:
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name":
+                    model = value.strip()
+                elif key == "flags" and not flags:
+                    flags = set(value.split())
+    except OSError:  # not Linux: the model name from platform is the best we have
+        pass
+    return model, flags
+
+
+def gpus() -> list[str]:
+    """NVIDIA GPUs as `nvidia-smi -L` lists them (without importing TensorFlow)."""
+    if not shutil.which("nvidia-smi"):
+        return []
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in out.splitlines() if line.startswith("GPU")]
+
+
+def version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def facts() -> dict:
+    """CPU model, cores, vector/matrix flags, GPUs and library versions, as a JSON-ready dict."""
+    import psutil
+
+    model, flags = _cpuinfo()
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except AttributeError:
+        affinity = os.cpu_count()
+    return {
+        "cpu": model,
+        "logical_cores": os.cpu_count(),
+        "physical_cores": psutil.cpu_count(logical=False),
+        "usable_cores": affinity,
+        "cpu_flags": {f: f in flags for f in CPU_FLAGS},
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "gpus": gpus(),
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "libraries": {lib: version(lib) for lib in LIBRARIES},
+    }
+
+
+def default_threads() -> int:
+    """All the cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def devices() -> dict:
+    """What `keras-turbo devices` shows: CPU features, GPUs, and each runtime's state.
+
+    Each runtime is imported for real (in this process), so "usable" means it loaded here.
+    """
+    from keras_turbo.runtimes import BACKENDS
+
+    info = facts()
+    runtimes: dict[str, dict] = {}
+    modules: dict[str, tuple[bool, str | None, list[str]]] = {}
+    for name, b in BACKENDS.items():
+        if b.requires not in modules:
+            modules[b.requires] = _probe(b.requires)
+        ok, err, devs = modules[b.requires]
+        runtimes[name] = {"usable": ok, "error": err, "devices": devs, "summary": b.summary}
+    info["runtimes"] = runtimes
+    return info
+
+
+def _probe(module: str) -> tuple[bool, str | None, list[str]]:
+    try:
+        if module == "tensorflow":
+            from keras_turbo import _tf
+
+            tf = _tf.tf()
+            return True, None, ["CPU"] + [d.name for d in tf.config.list_physical_devices("GPU")]
+        if module == "onnxruntime":
+            import onnxruntime as ort
+
+            return True, None, list(ort.get_available_providers())
+        if module == "openvino":
+            import openvino as ov
+
+            return True, None, list(ov.Core().available_devices)
+        if module == "ai_edge_litert":
+            from ai_edge_litert.interpreter import Interpreter  # noqa: F401
+
+            return True, None, ["CPU (XNNPACK)"]
+    except Exception as e:  # a runtime that fails to import is reported, not raised
+        return False, f"{type(e).__name__}: {' '.join(str(e).split())[:200]}", []
+    return False, "unknown runtime module", []

@@ -1,0 +1,95 @@
+"""Every runtime behind one `Predictor`, and the registry of them, written out by hand.
+
+A backend takes the formats listed beside it. A Keras-family model (.keras, .h5, SavedModel)
+given to a runtime that needs an artifact is exported once (`keras_turbo.exporters`) and the
+artifact cached; an artifact is run as it is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from keras_turbo.errors import BackendError
+from keras_turbo.models import KERAS_FORMATS, ModelRef
+from keras_turbo.runtimes import keras_runtimes, litert, onnxruntime, openvino
+from keras_turbo.runtimes.base import NullPredictor, Predictor, TensorInfo
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A runtime: its name, the module it needs, what it runs, and how to open a Predictor."""
+
+    name: str
+    requires: str            # the Python module that must import for it to be usable
+    formats: tuple[str, ...]  # model formats it runs directly
+    export_to: str | None     # artifact a Keras model is exported to first (None: runs Keras directly)
+    factory: Callable[..., Predictor]
+    summary: str
+
+
+BACKENDS: dict[str, Backend] = {
+    "keras-predict": Backend("keras-predict", "tensorflow", KERAS_FORMATS, None, keras_runtimes.KerasPredict,
+                             "Keras model.predict(): the usual baseline"),
+    "keras-call": Backend("keras-call", "tensorflow", KERAS_FORMATS, None, keras_runtimes.KerasCall,
+                          "Keras model(x, training=False), eager"),
+    "tf-function": Backend("tf-function", "tensorflow", KERAS_FORMATS, None, keras_runtimes.TFFunction,
+                           "tf.function graph (GPU when present)"),
+    "tf-xla": Backend("tf-xla", "tensorflow", KERAS_FORMATS, None, keras_runtimes.TFXLA,
+                      "tf.function(jit_compile=True), XLA (GPU when present)"),
+    "litert": Backend("litert", "ai_edge_litert", ("tflite",), "tflite", litert.LiteRTPredictor,
+                      "LiteRT interpreter with XNNPACK"),
+    "onnxruntime": Backend("onnxruntime", "onnxruntime", ("onnx",), "onnx", onnxruntime.ONNXRuntimePredictor,
+                           "ONNX Runtime, CPU provider (CUDA when installed)"),
+    "openvino": Backend("openvino", "openvino", ("openvino", "onnx", "tflite"), "openvino", openvino.OpenVINOPredictor,
+                        "OpenVINO CPU plugin, latency hint"),
+}
+
+#: the backend an artifact runs on when none is named
+NATIVE = {"tflite": "litert", "onnx": "onnxruntime", "openvino": "openvino"}
+
+
+def get_backend(name: str) -> Backend:
+    """Look a backend up by name.
+
+    Raises:
+        BackendError: no backend has that name (the message lists them).
+    """
+    try:
+        return BACKENDS[name]
+    except KeyError:
+        raise BackendError(f"--backend: unknown backend {name!r} (expected one of {', '.join(BACKENDS)})") from None
+
+
+def default_backends(ref: ModelRef) -> list[str]:
+    """Every runtime for a Keras model; an artifact's own runtime for an artifact."""
+    return list(BACKENDS) if ref.is_keras else [NATIVE[ref.format]]
+
+
+def artifact_for(ref: ModelRef, backend: str, cache_dir: Path | None = None) -> ModelRef:
+    """The file `backend` will run for `ref`: `ref` itself, or its cached export.
+
+    Raises:
+        BackendError: the backend cannot run that kind of file.
+    """
+    b = get_backend(backend)
+    if ref.format in b.formats:
+        return ref
+    if ref.is_keras and b.export_to:
+        from keras_turbo import exporters
+
+        return exporters.export(ref, b.export_to, cache_dir)
+    runs = ", ".join(n for n, x in BACKENDS.items() if ref.format in x.formats or (ref.is_keras and x.export_to))
+    raise BackendError(f"--backend {backend}: cannot run a .{ref.format} file {ref.path.name} (backends for it: {runs})")
+
+
+def open_predictor(ref: ModelRef, backend: str, threads: int | None = None, batch_size: int | None = None,
+                   device: str = "auto", cache_dir: Path | None = None) -> Predictor:
+    """Open `ref` on `backend` and return a ready Predictor (exporting first if needed)."""
+    artifact = artifact_for(ref, backend, cache_dir)
+    return get_backend(backend).factory(artifact, threads=threads, batch_size=batch_size, device=device)
+
+
+__all__ = ["BACKENDS", "NATIVE", "Backend", "NullPredictor", "Predictor", "TensorInfo", "artifact_for",
+           "default_backends", "get_backend", "open_predictor"]

@@ -1,0 +1,120 @@
+"""The one interface every runtime is behind: numpy in, numpy out."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from keras_turbo.errors import DataError
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Name, shape (None for a dynamic dimension, batch first) and numpy dtype name."""
+
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: str
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+
+class Predictor(abc.ABC):
+    """A loaded model on one runtime, ready to serve.
+
+    Call it with one array (single-input models), a list of arrays in input order, or a dict
+    keyed by input name; it returns one array (single-output models) or a list of arrays.
+
+    Example:
+        >>> p = keras_turbo.load("model.keras", backend="litert", threads=2)
+        >>> probs = p(x)                       # one batch, as given
+        >>> probs = p.predict(x, batch_size=32)  # any number of samples, in batches
+    """
+
+    #: the registry name of the runtime ("litert", "onnxruntime", ...)
+    backend: str = ""
+
+    def __init__(self, inputs: Sequence[TensorInfo], outputs: Sequence[TensorInfo], threads: int | None,
+                 device: str = "cpu", model_bytes: int = 0, artifact: str = ""):
+        self.inputs = tuple(inputs)
+        self.outputs = tuple(outputs)
+        self.threads = threads
+        self.device = device
+        self.model_bytes = model_bytes
+        self.artifact = artifact
+
+    @abc.abstractmethod
+    def run(self, feeds: list[np.ndarray]) -> list[np.ndarray]:
+        """The fast path: arrays already in input order, with the right dtypes and shapes.
+
+        No checks are made here; the benchmark harness times exactly this call.
+        """
+
+    def close(self) -> None:
+        """Release the runtime's resources (the default has none to release)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def prepare(self, x) -> list[np.ndarray]:
+        """Check and order the inputs of one call.
+
+        Raises:
+            DataError: wrong number of inputs, or an array whose shape does not fit.
+        """
+        if isinstance(x, Mapping):
+            missing = [t.name for t in self.inputs if t.name not in x]
+            if missing:
+                raise DataError(f"inputs: missing {', '.join(missing)} (the model takes {', '.join(t.name for t in self.inputs)})")
+            arrays = [x[t.name] for t in self.inputs]
+        elif isinstance(x, (list, tuple)):
+            arrays = list(x)
+        else:
+            arrays = [x]
+        if len(arrays) != len(self.inputs):
+            raise DataError(f"inputs: the model takes {len(self.inputs)} input(s), received {len(arrays)}")
+        feeds = []
+        for info, a in zip(self.inputs, arrays):
+            a = np.asarray(a)
+            want = info.shape[1:]
+            got = a.shape[1:]
+            if a.ndim != len(info.shape) or any(w is not None and w != g for w, g in zip(want, got)):
+                raise DataError(
+                    f"input {info.name!r}: expected shape (batch, {', '.join('?' if d is None else str(d) for d in want)}), "
+                    f"received {a.shape}"
+                )
+            feeds.append(np.ascontiguousarray(a, dtype=info.dtype))
+        return feeds
+
+    def __call__(self, x):
+        out = self.run(self.prepare(x))
+        return out[0] if len(out) == 1 else out
+
+    def predict(self, x, batch_size: int = 32):
+        """Run any number of samples through the model in batches of `batch_size`."""
+        feeds = self.prepare(x)
+        n = feeds[0].shape[0]
+        parts = [self.run([f[i:i + batch_size] for f in feeds]) for i in range(0, n, batch_size)]
+        if not parts:
+            raise DataError("inputs: no samples")
+        out = [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
+        return out[0] if len(out) == 1 else out
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} backend={self.backend} device={self.device} threads={self.threads} inputs={[t.name for t in self.inputs]}>"
+
+
+class NullPredictor(Predictor):
+    """Returns its input: measures the benchmark harness's own overhead per call."""
+
+    backend = "null"
+
+    def run(self, feeds):
+        return feeds

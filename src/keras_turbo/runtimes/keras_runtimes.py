@@ -1,0 +1,134 @@
+"""The TensorFlow-side runtimes: `model.predict`, a direct eager call, `tf.function`, and XLA.
+
+These run in TensorFlow's own thread pools, whose sizes can only be set before TensorFlow
+starts executing ops; the benchmark therefore runs each one in a fresh process.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from keras_turbo import _tf
+from keras_turbo.models import ModelRef, load_keras
+from keras_turbo.runtimes.base import Predictor, TensorInfo
+
+
+def set_tf_threads(threads: int | None) -> int | None:
+    """Size TensorFlow's intra-op pool; returns the size in force (None: TensorFlow's default)."""
+    tf = _tf.tf()
+    if threads:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(1 if threads == 1 else 2)
+        except RuntimeError:
+            # TensorFlow already started in this process: its pools are fixed now.
+            current = tf.config.threading.get_intra_op_parallelism_threads()
+            if current != threads:
+                warnings.warn(f"TensorFlow is already running in this process; threads={threads} not applied", stacklevel=3)
+    return tf.config.threading.get_intra_op_parallelism_threads() or threads
+
+
+def tf_device(device: str) -> str:
+    """Map "auto" / "cpu" / "gpu" to a TensorFlow device string; "auto" takes a GPU if present."""
+    tf = _tf.tf()
+    gpus = tf.config.list_physical_devices("GPU")
+    if device == "gpu" and not gpus:
+        from keras_turbo.errors import BackendError
+
+        raise BackendError("--device gpu: TensorFlow sees no GPU on this machine")
+    return "/GPU:0" if gpus and device in ("auto", "gpu") else "/CPU:0"
+
+
+def _infos(tensors, names=None) -> list[TensorInfo]:
+    out = []
+    for i, t in enumerate(tensors):
+        name = names[i] if names else t.name.split(":")[0]
+        dtype = t.dtype if isinstance(t.dtype, str) else t.dtype.name
+        out.append(TensorInfo(name, tuple(t.shape), np.dtype(dtype).name))
+    return out
+
+
+class _KerasBase(Predictor):
+    def __init__(self, ref: ModelRef, threads: int | None = None, batch_size: int | None = None, device: str = "auto"):
+        threads = set_tf_threads(threads)
+        self._device = tf_device(device)
+        self.model = load_keras(ref)
+        outs = [f"output_{i}" for i in range(len(self.model.outputs))]
+        ins = _infos(self.model.inputs)
+        # Every Predictor takes a list of inputs in name order (the order exported artifacts
+        # have), so a list means the same thing on every runtime; map it back to Keras' order.
+        by_name = sorted(range(len(ins)), key=lambda i: ins[i].name)
+        self._to_model_order = [by_name.index(i) for i in range(len(ins))]
+        super().__init__([ins[i] for i in by_name], _infos(self.model.outputs, outs), threads,
+                         device="gpu" if "GPU" in self._device else "cpu", model_bytes=ref.size_bytes, artifact=str(ref.path))
+        self._multi_in = len(self.inputs) > 1
+        self._build()
+
+    def _build(self) -> None:
+        pass
+
+    def _x(self, feeds):
+        return [feeds[k] for k in self._to_model_order] if self._multi_in else feeds[0]
+
+    @staticmethod
+    def _np(out) -> list[np.ndarray]:
+        out = out if isinstance(out, (list, tuple)) else [out]
+        return [np.asarray(o) for o in out]
+
+
+class KerasPredict(_KerasBase):
+    """`model.predict(x)`: what most users run, and the baseline every speedup is against."""
+
+    backend = "keras-predict"
+
+    def run(self, feeds):
+        tf = _tf.tf()
+        with tf.device(self._device):
+            return self._np(self.model.predict(self._x(feeds), batch_size=len(feeds[0]), verbose=0))
+
+
+class KerasCall(_KerasBase):
+    """`model(x, training=False)`, eagerly."""
+
+    backend = "keras-call"
+
+    def run(self, feeds):
+        tf = _tf.tf()
+        with tf.device(self._device):
+            out = self.model(self._x(feeds), training=False)
+        return self._np(out.numpy() if hasattr(out, "numpy") else [o.numpy() for o in out])
+
+
+class TFFunction(_KerasBase):
+    """The model's call traced once into a graph by `tf.function` (optionally XLA-compiled)."""
+
+    backend = "tf-function"
+    jit_compile = False
+
+    def _build(self):
+        tf = _tf.tf()
+        signature = [tf.TensorSpec((None, *t.shape[1:]), t.dtype, name=t.name) for t in self.inputs]
+        model, multi = self.model, self._multi_in
+
+        order = self._to_model_order
+
+        def serve(*xs):
+            return model([xs[k] for k in order] if multi else xs[0], training=False)
+
+        self._fn = tf.function(serve, input_signature=signature, jit_compile=self.jit_compile, reduce_retracing=True)
+
+    def run(self, feeds):
+        tf = _tf.tf()
+        with tf.device(self._device):
+            out = self._fn(*feeds)
+        out = out if isinstance(out, (list, tuple)) else [out]
+        return [o.numpy() for o in out]
+
+
+class TFXLA(TFFunction):
+    """`tf.function(jit_compile=True)`: XLA compiles the graph for each input shape."""
+
+    backend = "tf-xla"
+    jit_compile = True

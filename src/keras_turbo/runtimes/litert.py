@@ -1,0 +1,72 @@
+"""LiteRT (the TFLite runtime, `ai_edge_litert`) with its default XNNPACK delegate."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from keras_turbo.models import ModelRef
+from keras_turbo.runtimes.base import Predictor, TensorInfo
+
+
+def _plain(name: str) -> str:
+    # Converted SavedModels name tensors "serving_default_<input>:0".
+    return name.removeprefix("serving_default_").split(":")[0]
+
+
+class LiteRTPredictor(Predictor):
+    """Runs a `.tflite` file. Inputs and outputs are matched by the serving signature's names when
+    the file has one, else taken in the file's order. The batch size may change between calls:
+    the interpreter is resized (once per new shape)."""
+
+    backend = "litert"
+
+    def __init__(self, ref: ModelRef, threads: int | None = None, batch_size: int | None = None, device: str = "auto"):
+        from ai_edge_litert.interpreter import Interpreter
+
+        self._it = Interpreter(model_path=str(ref.path), num_threads=threads or -1)
+        in_details = {d["index"]: d for d in self._it.get_input_details()}
+        out_details = {d["index"]: d for d in self._it.get_output_details()}
+        # The signature maps names to tensor indices. (A SignatureRunner would too, but it holds
+        # references into the interpreter that forbid resizing it later.)
+        sigs = self._it._get_full_signature_list()
+        if len(sigs) == 1:
+            sig = next(iter(sigs.values()))
+            in_order = [(n, in_details[i]) for n, i in sorted(sig["inputs"].items())]
+            out_order = [(n, out_details[i]) for n, i in sorted(sig["outputs"].items())]
+        else:
+            in_order = [(_plain(d["name"]), d) for d in self._it.get_input_details()]
+            out_order = [(f"output_{i}", d) for i, d in enumerate(self._it.get_output_details())]
+        self._in_idx = [d["index"] for _, d in in_order]
+        self._out_idx = [d["index"] for _, d in out_order]
+
+        def info(name, d):
+            sig = d.get("shape_signature", d["shape"])
+            shape = tuple(None if int(s) < 0 else int(s) for s in sig)
+            return TensorInfo(name, shape, np.dtype(d["dtype"]).name)
+
+        super().__init__([info(n, d) for n, d in in_order], [info(n, d) for n, d in out_order], threads,
+                         device="cpu", model_bytes=ref.size_bytes, artifact=str(ref.path))
+        self._quant = [d["quantization"] for _, d in in_order]
+        self._shapes = [tuple(d["shape"]) for _, d in in_order]
+        self._it.allocate_tensors()
+        if batch_size:
+            self._resize([(batch_size, *s[1:]) for s in self._shapes])
+
+    def _resize(self, shapes):
+        for idx, shape in zip(self._in_idx, shapes):
+            self._it.resize_tensor_input(idx, shape, strict=False)
+        self._it.allocate_tensors()
+        self._shapes = shapes
+
+    def run(self, feeds):
+        shapes = [f.shape for f in feeds]
+        if shapes != self._shapes:
+            self._resize(shapes)
+        it = self._it
+        for idx, f in zip(self._in_idx, feeds):
+            it.set_tensor(idx, f)
+        it.invoke()
+        return [it.get_tensor(idx) for idx in self._out_idx]
+
+    def close(self):
+        self._it = None

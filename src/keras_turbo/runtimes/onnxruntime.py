@@ -1,0 +1,52 @@
+"""ONNX Runtime on the CPU execution provider, all graph optimizations on."""
+
+from __future__ import annotations
+
+
+
+from keras_turbo.models import ModelRef
+from keras_turbo.runtimes.base import Predictor, TensorInfo
+
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16",
+              "tensor(int8)": "int8", "tensor(uint8)": "uint8", "tensor(int32)": "int32", "tensor(int64)": "int64",
+              "tensor(bool)": "bool"}
+
+
+class ONNXRuntimePredictor(Predictor):
+    """Runs a `.onnx` file in an `onnxruntime.InferenceSession` with explicit thread counts."""
+
+    backend = "onnxruntime"
+
+    def __init__(self, ref: ModelRef, threads: int | None = None, batch_size: int | None = None, device: str = "auto"):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.log_severity_level = 3
+        if threads:
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+        providers = ["CPUExecutionProvider"]
+        if device in ("auto", "gpu") and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        self._sess = ort.InferenceSession(str(ref.path), opts, providers=providers)
+
+        def info(t):
+            shape = tuple(d if isinstance(d, int) else None for d in t.shape)
+            return TensorInfo(t.name, shape, _ORT_TYPES.get(t.type, "float32"))
+
+        super().__init__([info(t) for t in self._sess.get_inputs()], [info(t) for t in self._sess.get_outputs()], threads,
+                         device="gpu" if providers[0].startswith("CUDA") else "cpu",
+                         model_bytes=ref.size_bytes, artifact=str(ref.path))
+        self._names = [t.name for t in self.inputs]
+        self._out_names = [t.name for t in self.outputs]
+
+    def run(self, feeds):
+        return self._sess.run(self._out_names, dict(zip(self._names, feeds)))
+
+    def close(self):
+        self._sess = None
+
+
+

@@ -1,0 +1,83 @@
+"""Built-in models: the digits CNN the demo trains, and weight-free reference architectures.
+
+Nothing here downloads anything: the digits come inside scikit-learn and keras.applications
+architectures are built with `weights=None`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from keras_turbo import _tf, cache
+
+DIGITS_INPUT = (32, 32, 1)
+DIGITS_VERSION = 1  # bump when the architecture or training changes, so the cache is rebuilt
+
+
+def digits_cnn(input_shape=DIGITS_INPUT, width: int = 16):
+    """A small CNN for the digits: three Conv-BN-ReLU stages, global pooling, a softmax head."""
+    keras = _tf.keras()
+    L = keras.layers
+    inputs = keras.Input(input_shape, name="image")
+    h = inputs
+    for i, filters in enumerate((width, 2 * width, 4 * width)):
+        h = L.Conv2D(filters, 3, padding="same", use_bias=False, name=f"conv{i + 1}")(h)
+        h = L.BatchNormalization(momentum=0.9, name=f"bn{i + 1}")(h)
+        h = L.ReLU(name=f"relu{i + 1}")(h)
+        if i < 2:
+            h = L.MaxPooling2D(name=f"pool{i + 1}")(h)
+    h = L.GlobalAveragePooling2D(name="gap")(h)
+    h = L.Dropout(0.2, name="dropout")(h)
+    outputs = L.Dense(10, activation="softmax", name="probs")(h)
+    return keras.Model(inputs, outputs, name="digits_cnn")
+
+
+def train_digits_cnn(epochs: int = 60, seed: int = 0, verbose: int = 0):
+    """Train the digits CNN on the fixed train split (validation split for early stopping).
+
+    Returns:
+        (model, test accuracy in [0, 1])
+    """
+    from keras_turbo.data import load_digits
+    from keras_turbo.runtimes.base import TensorInfo
+
+    keras = _tf.keras()
+    keras.utils.set_random_seed(seed)
+    spec = [TensorInfo("image", (None, *DIGITS_INPUT), "float32")]
+    train, val, test = (load_digits(spec, s) for s in ("train", "val", "test"))
+    model = digits_cnn()
+    model.compile(optimizer=keras.optimizers.Adam(2e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    callbacks = [keras.callbacks.EarlyStopping(monitor="val_loss", patience=10, restore_best_weights=True),
+                 keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3, patience=4)]
+    model.fit(train.x[0], train.y, validation_data=(val.x[0], val.y), epochs=epochs, batch_size=32,
+              callbacks=callbacks, verbose=verbose)
+    _, acc = model.evaluate(test.x[0], test.y, verbose=0)
+    return model, float(acc)
+
+
+def digits_model_path(cache_dir: Path | None = None, progress=None) -> Path:
+    """The trained digits CNN as a `.keras` file, trained on first use and cached after."""
+    path = cache.root(cache_dir) / "models" / f"digits_cnn_v{DIGITS_VERSION}.keras"
+    if not path.exists():
+        if progress:
+            progress("training the built-in digits CNN (once; cached afterwards)")
+        model, _ = train_digits_cnn()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.keras")
+        model.save(tmp)
+        tmp.replace(path)
+    return path
+
+
+def application(name: str, input_shape=(224, 224, 3), alpha: float | None = None):
+    """A keras.applications architecture with random weights (`weights=None`; no download)."""
+    keras = _tf.keras()
+    A = keras.applications
+    makers = {
+        "mobilenet": A.MobileNet, "mobilenetv2": A.MobileNetV2, "mobilenetv3small": A.MobileNetV3Small,
+        "efficientnetb0": A.EfficientNetB0, "resnet50": A.ResNet50,
+    }
+    if name not in makers:
+        raise ValueError(f"unknown architecture {name!r} (expected one of {', '.join(makers)})")
+    kwargs = {"alpha": alpha} if alpha is not None else {}
+    return makers[name](weights=None, input_shape=input_shape, classes=1000, **kwargs)

@@ -91,6 +91,7 @@ class Result:
     runs: int = 0
     device: str = "cpu"
     artifact: str | None = None
+    pid: int | None = None  # the worker process that measured it
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -155,6 +156,7 @@ def measure(open_fn: Callable[[], Predictor], batch_size: int, cfg: BenchmarkCon
         "ok": True, "latency_ms": stats(times), "throughput_per_s": batch_size * len(times) / total_s if total_s else None,
         "init_ms": init_ms, "first_inference_ms": first_ms, "runs": len(times), "threads": predictor.threads,
         "device": predictor.device, "model_bytes": predictor.model_bytes, "artifact": predictor.artifact,
+        "pid": os.getpid(),
     }
     predictor.close()
     out["peak_rss_mb"] = peak_rss_mb()

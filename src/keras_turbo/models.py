@@ -123,6 +123,44 @@ def _check_container(ref: ModelRef) -> None:
                 raise ModelLoadError(f"{ref.path}: not a valid HDF5 file (bad signature; truncated or corrupt?)")
 
 
+def _config_json(ref: ModelRef) -> str | None:
+    """The model's architecture JSON, read without building anything."""
+    try:
+        if ref.format == "keras":
+            with zipfile.ZipFile(ref.path) as z:
+                return z.read("config.json").decode("utf-8", "replace")
+        import h5py
+
+        with h5py.File(ref.path, "r") as f:
+            cfg = f.attrs.get("model_config")
+            return cfg.decode("utf-8", "replace") if isinstance(cfg, bytes) else cfg
+    except Exception as e:  # corrupt containers: let Keras' own loader produce the message
+        del e
+        return None
+
+
+def _lambda_layers(config_json: str) -> list[str]:
+    import json
+
+    found: list[str] = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            if node.get("class_name") == "Lambda":
+                found.append(str(node.get("config", {}).get("name", "?")))
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    try:
+        walk(json.loads(config_json))
+    except ValueError:
+        return []
+    return found
+
+
 def _check_savedmodel_ops(ref: ModelRef) -> None:
     from tensorflow.core.protobuf import saved_model_pb2
 
@@ -163,11 +201,21 @@ def load_keras(ref: ModelRef):
             _check_savedmodel_ops(ref)
         return _wrap_savedmodel(ref)
     _check_container(ref)
+    if not ref.unsafe:
+        # Refuse before Keras builds anything: a Lambda layer carries Python code (bytecode in
+        # Keras 2 .h5 files), and naming the layer helps the user more than Keras' own message.
+        cfg = _config_json(ref)
+        lambdas = _lambda_layers(cfg) if cfg else []
+        if lambdas:
+            raise ModelLoadError(
+                f"{ref.path}: holds Lambda layer(s) {', '.join(lambdas)} with Python code; refused in safe mode "
+                "(pass --unsafe only if you trust this file)"
+            )
     try:
         model = keras.models.load_model(ref.path, compile=False, safe_mode=not ref.unsafe)
     except Exception as e:
         msg = " ".join(str(e).split())
-        if "safe_mode" in msg or "unsafe_deserialization" in msg or "Lambda" in msg:
+        if not ref.unsafe and ("safe_mode" in msg or "unsafe_deserialization" in msg or "Lambda" in msg):
             raise ModelLoadError(
                 f"{ref.path}: holds a Lambda layer or other Python code; refused in safe mode "
                 "(pass --unsafe only if you trust this file)"
@@ -192,13 +240,26 @@ def _wrap_savedmodel(ref: ModelRef):
         raise ModelLoadError(f"{ref.path}: cannot load the SavedModel ({' '.join(str(e).split())[:200]})") from e
     specs = sig.structured_input_signature[1]
     names = sorted(specs)
+    out_specs = sig.structured_outputs
+    out_names = sorted(out_specs)
+
+    class SavedModelSignature(keras.layers.Layer):
+        """Calls the serving signature. (keras.layers.TFSMLayer cannot bind several inputs.)"""
+
+        def __init__(self):
+            super().__init__(name="saved_model", trainable=False)
+            self._loaded = loaded  # keeps the graph's variables alive
+
+        def call(self, inputs):
+            result = sig(**dict(zip(names, inputs)))
+            return [result[k] for k in out_names]
+
+        def compute_output_spec(self, inputs):
+            return [keras.KerasTensor(tuple(out_specs[k].shape), dtype=out_specs[k].dtype.name) for k in out_names]
+
     inputs = [keras.Input(shape=tuple(specs[n].shape[1:]), dtype=specs[n].dtype.name, name=n) for n in names]
-    layer = keras.layers.TFSMLayer(str(ref.path), call_endpoint="serving_default")
-    out = layer({n: i for n, i in zip(names, inputs)})
-    if isinstance(out, dict):
-        out = [out[k] for k in sorted(out)]
-        out = out[0] if len(out) == 1 else out
-    return keras.Model(inputs if len(inputs) > 1 else inputs[0], out, name=ref.path.name)
+    outs = SavedModelSignature()(inputs)
+    return keras.Model(inputs if len(inputs) > 1 else inputs[0], outs if len(outs) > 1 else outs[0], name=ref.path.name)
 
 
 def keras_model_to_ref(model, cache_dir: Path | None = None) -> ModelRef:

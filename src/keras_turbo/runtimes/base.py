@@ -111,6 +111,13 @@ class Predictor(abc.ABC):
         return f"<{type(self).__name__} backend={self.backend} device={self.device} threads={self.threads} inputs={[t.name for t in self.inputs]}>"
 
 
+def unreadable(path, kind: str, e: Exception):
+    """The one error for an artifact file its runtime cannot read."""
+    from keras_turbo.errors import ModelLoadError
+
+    return ModelLoadError(f"{path}: not a valid {kind} file ({type(e).__name__}: {' '.join(str(e).split())[:160]})")
+
+
 class NullPredictor(Predictor):
     """Returns its input: measures the benchmark harness's own overhead per call."""
 

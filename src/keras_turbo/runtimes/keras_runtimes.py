@@ -15,6 +15,9 @@ from keras_turbo.models import ModelRef, load_keras
 from keras_turbo.runtimes.base import Predictor, TensorInfo
 
 
+_WARNED: set[int] = set()
+
+
 def set_tf_threads(threads: int | None) -> int | None:
     """Size TensorFlow's intra-op pool; returns the size in force (None: TensorFlow's default)."""
     tf = _tf.tf()
@@ -24,9 +27,11 @@ def set_tf_threads(threads: int | None) -> int | None:
             tf.config.threading.set_inter_op_parallelism_threads(1 if threads == 1 else 2)
         except RuntimeError:
             # TensorFlow already started in this process: its pools are fixed now.
+            # (The benchmark runs each runtime in a fresh process, where this does not happen.)
             current = tf.config.threading.get_intra_op_parallelism_threads()
-            if current != threads:
-                warnings.warn(f"TensorFlow is already running in this process; threads={threads} not applied", stacklevel=3)
+            if current != threads and threads not in _WARNED:
+                _WARNED.add(threads)
+                warnings.warn(f"TensorFlow already started in this process; threads={threads} not applied", stacklevel=3)
     return tf.config.threading.get_intra_op_parallelism_threads() or threads
 
 

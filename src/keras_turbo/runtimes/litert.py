@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from keras_turbo.models import ModelRef
-from keras_turbo.runtimes.base import Predictor, TensorInfo
+from keras_turbo.runtimes.base import Predictor, TensorInfo, unreadable
 
 
 def _plain(name: str) -> str:
@@ -23,7 +23,10 @@ class LiteRTPredictor(Predictor):
     def __init__(self, ref: ModelRef, threads: int | None = None, batch_size: int | None = None, device: str = "auto"):
         from ai_edge_litert.interpreter import Interpreter
 
-        self._it = Interpreter(model_path=str(ref.path), num_threads=threads or -1)
+        try:
+            self._it = Interpreter(model_path=str(ref.path), num_threads=threads)
+        except ValueError as e:
+            raise unreadable(ref.path, ".tflite", e) from e
         in_details = {d["index"]: d for d in self._it.get_input_details()}
         out_details = {d["index"]: d for d in self._it.get_output_details()}
         # The signature maps names to tensor indices. (A SignatureRunner would too, but it holds

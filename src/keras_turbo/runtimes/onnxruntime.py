@@ -5,7 +5,7 @@ from __future__ import annotations
 
 
 from keras_turbo.models import ModelRef
-from keras_turbo.runtimes.base import Predictor, TensorInfo
+from keras_turbo.runtimes.base import Predictor, TensorInfo, unreadable
 
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16",
               "tensor(int8)": "int8", "tensor(uint8)": "uint8", "tensor(int32)": "int32", "tensor(int64)": "int64",
@@ -30,7 +30,10 @@ class ONNXRuntimePredictor(Predictor):
         providers = ["CPUExecutionProvider"]
         if device in ("auto", "gpu") and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
-        self._sess = ort.InferenceSession(str(ref.path), opts, providers=providers)
+        try:
+            self._sess = ort.InferenceSession(str(ref.path), opts, providers=providers)
+        except Exception as e:  # ORT raises its own Fail/InvalidProtobuf types
+            raise unreadable(ref.path, ".onnx", e) from e
 
         def info(t):
             shape = tuple(d if isinstance(d, int) else None for d in t.shape)

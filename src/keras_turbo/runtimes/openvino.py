@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from keras_turbo.models import ModelRef
-from keras_turbo.runtimes.base import Predictor, TensorInfo
+from keras_turbo.runtimes.base import Predictor, TensorInfo, unreadable
 
 
 class OpenVINOPredictor(Predictor):
@@ -22,7 +22,10 @@ class OpenVINOPredictor(Predictor):
         import openvino as ov
 
         self._core = ov.Core()
-        self._model = self._core.read_model(str(ref.path))
+        try:
+            self._model = self._core.read_model(str(ref.path))
+        except Exception as e:  # OpenVINO raises a plain RuntimeError with a long message
+            raise unreadable(ref.path, f".{ref.path.suffix.lstrip('.')}", e) from e
         self._config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": precision}
         if threads:
             self._config["INFERENCE_NUM_THREADS"] = threads

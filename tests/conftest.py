@@ -1,0 +1,92 @@
+"""Shared fixtures: tiny models built in the test, and one trained digits CNN per session.
+
+Every test run gets its own cache folder, so exports are made fresh and nothing from an
+earlier run (or the user's ~/.cache) is trusted.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+_CACHE = tempfile.mkdtemp(prefix="kt-test-cache-")
+os.environ["KERAS_TURBO_CACHE"] = _CACHE
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from keras_turbo import _tf  # noqa: E402
+
+keras = _tf.keras()
+
+
+def sequential_model():
+    keras.utils.set_random_seed(1)
+    return keras.Sequential([
+        keras.Input((12, 12, 3), name="img"),
+        keras.layers.Conv2D(8, 3, activation="relu", name="conv"),
+        keras.layers.BatchNormalization(name="bn"),
+        keras.layers.MaxPooling2D(name="pool"),
+        keras.layers.Flatten(name="flat"),
+        keras.layers.Dense(5, activation="softmax", name="probs"),
+    ], name="seq")
+
+
+def residual_model():
+    keras.utils.set_random_seed(2)
+    x = keras.Input((10, 10, 4), name="x")
+    h = keras.layers.Conv2D(4, 3, padding="same", name="conv_a")(x)
+    h = keras.layers.ReLU()(h)
+    h = keras.layers.DepthwiseConv2D(3, padding="same", name="dw")(h)
+    h = keras.layers.Add(name="residual")([h, x])
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    return keras.Model(x, keras.layers.Dense(3, name="logits")(h), name="residual")
+
+
+def two_input_model():
+    keras.utils.set_random_seed(3)
+    # Names chosen so that Keras' input order (z, a) differs from name order (a, z).
+    z = keras.Input((8,), name="z_feats")
+    a = keras.Input((4,), name="a_feats")
+    h = keras.layers.Concatenate()([keras.layers.Dense(6, activation="tanh")(z), keras.layers.Dense(6)(a)])
+    return keras.Model([z, a], keras.layers.Dense(3, name="out")(h), name="two_input")
+
+
+MODEL_MAKERS = {"sequential": sequential_model, "residual": residual_model, "two_input": two_input_model}
+
+
+@pytest.fixture(scope="session")
+def model_files(tmp_path_factory):
+    """name -> (path of the .keras file, the in-memory model)."""
+    d = tmp_path_factory.mktemp("models")
+    out = {}
+    for name, make in MODEL_MAKERS.items():
+        m = make()
+        path = d / f"{name}.keras"
+        m.save(path)
+        out[name] = (path, m)
+    return out
+
+
+def inputs_for(model, n=4, seed=0):
+    """Random inputs for a model, as a dict by input name."""
+    rng = np.random.default_rng(seed)
+    return {i.name: rng.standard_normal((n, *i.shape[1:])).astype("float32") for i in model.inputs}
+
+
+def keras_out(model, feeds):
+    xs = [feeds[i.name] for i in model.inputs]
+    return np.asarray(model(xs if len(xs) > 1 else xs[0], training=False))
+
+
+@pytest.fixture(scope="session")
+def digits_model():
+    """The built-in digits CNN, trained once per session: (path, test accuracy)."""
+    from keras_turbo.zoo import digits_model_path, train_digits_cnn  # noqa: F401
+
+    path = digits_model_path()
+    import keras_turbo
+
+    acc = keras_turbo.evaluate(path, "builtin:digits:test", backend="keras-call")["accuracy"]
+    return path, acc

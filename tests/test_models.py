@@ -1,0 +1,189 @@
+"""Loading every Keras format safely, and describing models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import keras_turbo
+from keras_turbo import describe
+from tests.conftest import inputs_for, keras, keras_out
+
+
+def test_keras_file_round_trip(model_files):
+    path, model = model_files["residual"]
+    loaded = keras_turbo.load_model(path)
+    feeds = inputs_for(model)
+    np.testing.assert_allclose(keras_out(loaded, feeds), keras_out(model, feeds), rtol=1e-6)
+
+
+def test_legacy_h5_from_keras3(tmp_path, model_files):
+    _, model = model_files["sequential"]
+    path = tmp_path / "legacy.h5"
+    model.save(path)
+    feeds = inputs_for(model)
+    np.testing.assert_allclose(keras_out(keras_turbo.load_model(path), feeds), keras_out(model, feeds), rtol=1e-6)
+
+
+def test_keras2_h5_written_by_tf_keras(tmp_path):
+    """A real Keras 2 file, written by tf_keras (the Keras that TF 2.15 and older shipped)."""
+    import tf_keras
+
+    tf_keras.utils.set_random_seed(0)
+    old = tf_keras.Sequential([
+        tf_keras.layers.InputLayer(input_shape=(8, 8, 1)),
+        tf_keras.layers.Conv2D(4, 3, activation="relu"),
+        tf_keras.layers.Flatten(),
+        tf_keras.layers.Dense(3, activation="softmax"),
+    ])
+    path = tmp_path / "keras2.h5"
+    old.save(path)
+    x = np.random.default_rng(0).random((4, 8, 8, 1), dtype="float32")
+    want = old.predict(x, verbose=0)
+    p = keras_turbo.load(path, backend="litert")
+    np.testing.assert_allclose(p(x), want, rtol=1e-4, atol=1e-6)
+
+
+def test_savedmodel_directory(tmp_path, model_files):
+    _, model = model_files["two_input"]
+    sm = tmp_path / "sm"
+    model.export(str(sm), verbose=False)
+    feeds = inputs_for(model)
+    want = keras_out(model, feeds)
+    for backend in ("keras-call", "tf-function", "onnxruntime", "openvino"):
+        got = keras_turbo.load(sm, backend=backend)(feeds)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6, err_msg=backend)
+
+
+def _lambda_model(marker):
+    # A lambda expression is stored as bytecode; this one would leave a file behind if it ever
+    # ran while loading.
+    # (Built from source so the path is a constant in its bytecode.)
+    side_effect = eval(f"lambda x: (__import__('pathlib').Path({str(marker)!r}).write_text('ran'), x * 2.0)[1]")
+    inp = keras.Input((4,))
+    return keras.Model(inp, keras.layers.Lambda(side_effect, output_shape=(4,))(inp))
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_lambda_refused_without_unsafe_and_no_code_runs(tmp_path, suffix):
+    marker = tmp_path / "marker.txt"
+    model = _lambda_model(marker)
+    path = tmp_path / f"lambda{suffix}"
+    model.save(path)
+    marker.unlink(missing_ok=True)  # building the model traced the lambda once
+    with pytest.raises(keras_turbo.ModelLoadError, match="Lambda.*--unsafe"):
+        keras_turbo.load_model(path)
+    assert not marker.exists(), "code from the model file ran during a refused load"
+
+
+def test_keras2_h5_lambda_bytecode_refused(tmp_path):
+    """Keras 2 stored a Lambda's function as marshalled bytecode inside the .h5 file."""
+    import tf_keras
+
+    marker = tmp_path / "marker.txt"
+    old = tf_keras.Sequential([tf_keras.layers.InputLayer(input_shape=(4,)),
+                               tf_keras.layers.Lambda(lambda x: x * 2.0, name="double")])
+    path = tmp_path / "keras2_lambda.h5"
+    old.save(path)
+    with pytest.raises(keras_turbo.ModelLoadError, match="Lambda layer.*double.*--unsafe"):
+        keras_turbo.load(path, backend="keras-call")
+    assert not marker.exists()
+
+
+def test_lambda_loads_with_unsafe(tmp_path):
+    marker = tmp_path / "marker.txt"
+    path = tmp_path / "lambda.keras"
+    _lambda_model(marker).save(path)
+    marker.unlink(missing_ok=True)
+    with pytest.warns(UserWarning, match="arbitrary Python code"):
+        m = keras_turbo.load_model(path, unsafe=True)
+    np.testing.assert_allclose(np.asarray(m(np.ones((1, 4), "float32"))), 2.0)
+    assert marker.exists()  # the file's own code ran, as --unsafe allows
+
+
+def test_savedmodel_with_file_ops_refused(tmp_path):
+    from keras_turbo import _tf
+
+    tf = _tf.tf()
+
+    class Leaky(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec((None, 2), tf.float32)])
+        def serve(self, x):
+            tf.io.write_file("/tmp/kt-should-not-exist", "x")
+            return {"output_0": x}
+
+    sm = tmp_path / "leaky"
+    m = Leaky()
+    tf.saved_model.save(m, str(sm), signatures={"serving_default": m.serve})
+    with pytest.raises(keras_turbo.ModelLoadError, match="WriteFile"):
+        keras_turbo.load_model(sm)
+
+
+@pytest.mark.parametrize("name,content,match", [
+    ("truncated.keras", None, "not a valid .keras file"),
+    ("random.keras", b"\x13\x37" * 500, "not a valid .keras file"),
+    ("random.h5", b"\x00garbage" * 100, "not a valid HDF5 file"),
+    ("empty.h5", b"", "the file is empty"),
+    ("model.pt", b"whatever", "unknown model format '.pt'"),
+])
+def test_bad_model_files(tmp_path, model_files, name, content, match):
+    path = tmp_path / name
+    if content is None:  # the first half of a real .keras file
+        real = model_files["sequential"][0].read_bytes()
+        content = real[: len(real) // 2]
+    path.write_bytes(content)
+    with pytest.raises(keras_turbo.ModelLoadError, match=match):
+        keras_turbo.load_model(path)
+
+
+def test_truncated_h5(tmp_path, model_files):
+    _, model = model_files["sequential"]
+    good = tmp_path / "good.h5"
+    model.save(good)
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(good.read_bytes()[:2000])
+    with pytest.raises(keras_turbo.ModelLoadError, match="bad.h5"):
+        keras_turbo.load_model(bad)
+
+
+def test_random_tflite_is_a_clear_error(tmp_path):
+    path = tmp_path / "random.tflite"
+    path.write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(keras_turbo.KerasTurboError, match="random.tflite"):
+        keras_turbo.load(path)
+
+
+def test_missing_file():
+    with pytest.raises(keras_turbo.ModelLoadError, match="no such file"):
+        keras_turbo.load_model("/nonexistent/model.keras")
+
+
+def test_inspect_counts_flops_by_hand():
+    keras.utils.set_random_seed(0)
+    m = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.Conv2D(8, 3, padding="same"),
+                          keras.layers.DepthwiseConv2D(3, padding="same"), keras.layers.GlobalAveragePooling2D(),
+                          keras.layers.Dense(10)])
+    info = describe.describe_keras(m)
+    conv = 2 * 16 * 16 * 8 * (3 * 3 * 3)
+    dw = 2 * 16 * 16 * 8 * 9
+    dense = 2 * 8 * 10
+    assert info["flops_per_sample"] == conv + dw + dense
+    assert info["params"] == m.count_params()
+    assert info["layer_types"]["Conv2D"] == 1 and "DepthwiseConv2D" in info["notable"]
+
+
+def test_inspect_file_and_artifact(model_files):
+    path, model = model_files["residual"]
+    info = keras_turbo.inspect(path)
+    assert info["format"] == "keras" and info["size_bytes"] == path.stat().st_size
+    assert info["inputs"] == [{"name": "x", "shape": [None, 10, 10, 4], "dtype": "float32"}]
+    assert info["outputs"][0]["shape"] == [None, 3]
+    assert info["params"] == model.count_params() and info["flops_per_sample"] > 0
+    assert "Add" in info["notable"]
+    from keras_turbo.models import resolve
+    from keras_turbo.runtimes import artifact_for
+
+    onnx_info = keras_turbo.inspect(artifact_for(resolve(path), "onnxruntime").path)
+    # Converters fold and fuse constants, so an artifact's stored weights only approximate the count.
+    assert 0.8 * model.count_params() <= onnx_info["params"] <= 1.2 * model.count_params()
+    assert "Conv" in onnx_info["op_types"]

@@ -1,0 +1,132 @@
+"""The CLI: the same functions as the API; bad input gives one line and exit code 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from keras_turbo.cli import main
+
+
+def run_cli(capsys, *argv):
+    code = main(list(map(str, argv)))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err, *needles):
+    assert code == 2
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("keras-turbo: error: ") and "Traceback" not in err
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+@pytest.fixture()
+def bad_files(tmp_path, model_files):
+    real = model_files["sequential"][0].read_bytes()
+    files = {
+        "truncated.keras": real[: len(real) // 3],
+        "random.keras": np.random.default_rng(1).bytes(3000),
+        "random.h5": np.random.default_rng(2).bytes(3000),
+        "random.tflite": np.random.default_rng(3).bytes(3000),
+    }
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+    return tmp_path
+
+
+@pytest.mark.parametrize("name", ["truncated.keras", "random.keras", "random.h5", "random.tflite"])
+def test_corrupt_model_files(capsys, bad_files, name):
+    code, _, err = run_cli(capsys, "inspect", bad_files / name)
+    assert_one_line_error(code, err, name)
+
+
+def test_missing_file(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "inspect", tmp_path / "nope.keras")
+    assert_one_line_error(code, err, "nope.keras", "no such file")
+
+
+def test_lambda_refused(capsys, tmp_path):
+    from tests.conftest import keras
+
+    inp = keras.Input((3,))
+    path = tmp_path / "lam.keras"
+    keras.Model(inp, keras.layers.Lambda(lambda t: t + 1.0, name="plus_one")(inp)).save(path)
+    code, _, err = run_cli(capsys, "evaluate", path, "--data", "builtin:digits")
+    assert_one_line_error(code, err, "lam.keras", "plus_one", "--unsafe")
+
+
+@pytest.mark.parametrize("arrays,needle", [
+    ({"x": np.zeros((2, 5, 5, 3), "float32")}, "samples of shape (5, 5, 3)"),
+    ({"x": np.full((2, 12, 12, 3), np.nan, "float32")}, "NaN or inf"),
+    ({"x": np.zeros((2, 12, 12, 3), "float32"), "y": np.array([1, 7])}, "labels out of range"),
+])
+def test_bad_data(capsys, tmp_path, model_files, arrays, needle):
+    np.savez(tmp_path / "d.npz", **arrays)
+    code, _, err = run_cli(capsys, "evaluate", model_files["sequential"][0], "--data", tmp_path / "d.npz")
+    assert_one_line_error(code, err, "--data", "d.npz", needle)
+
+
+def test_unknown_backend(capsys, model_files):
+    code, _, err = run_cli(capsys, "benchmark", model_files["sequential"][0], "--backend", "tensorrt")
+    assert_one_line_error(code, err, "--backend", "tensorrt", "litert")
+
+
+def test_bad_argument_value(capsys, model_files):
+    with pytest.raises(SystemExit) as e:
+        main(["benchmark", str(model_files["sequential"][0]), "--batch-size", "0"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--batch-size must be an integer >= 1" in err
+
+
+def test_real_process_exit_code_and_debug(tmp_path):
+    """Through a real process: exit status 2, one line; --debug shows the traceback."""
+    bad = tmp_path / "bad.keras"
+    bad.write_bytes(b"junk")
+    cmd = [sys.executable, "-m", "keras_turbo.cli", "inspect", str(bad)]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2 and p.stderr.strip().count("\n") == 0 and "bad.keras" in p.stderr
+    p = subprocess.run(cmd[:3] + ["--debug"] + cmd[3:], capture_output=True, text=True, timeout=300)
+    assert p.returncode != 0 and "Traceback" in p.stderr
+
+
+def test_inspect_prints_and_writes_json(capsys, tmp_path, model_files):
+    path, model = model_files["residual"]
+    code, out, _ = run_cli(capsys, "inspect", path, "--json", tmp_path / "i.json")
+    assert code == 0
+    assert f"parameters: {model.count_params():,}" in out and "FLOPs per sample" in out and "counted as" in out
+    assert "Add" in out and "(batch, 10, 10, 4)" in out
+    assert json.loads((tmp_path / "i.json").read_text())["params"] == model.count_params()
+
+
+def test_evaluate_json(capsys, tmp_path, digits_model):
+    path, acc = digits_model
+    code, out, _ = run_cli(capsys, "evaluate", path, "--data", "builtin:digits:test", "--backend", "litert",
+                           "--reference", path, "--json", tmp_path / "e.json")
+    assert code == 0 and "accuracy" in out and "top-1 agreement" in out
+    doc = json.loads((tmp_path / "e.json").read_text())
+    assert doc["samples"] == 271 and abs(doc["accuracy"] - acc) <= 1 / 271
+
+
+def test_benchmark_table_and_json(capsys, tmp_path, model_files):
+    path, _ = model_files["sequential"]
+    code, out, _ = run_cli(capsys, "benchmark", path, "--backend", "litert", "--backend", "openvino", "--threads", "1",
+                           "--min-runs", "5", "--min-seconds", "0.05", "--warmup-seconds", "0", "--json", tmp_path / "b.json")
+    assert code == 0 and "litert" in out and "openvino" in out and "p50 ms" in out
+    doc = json.loads((tmp_path / "b.json").read_text())
+    assert [r["backend"] for r in doc["results"]] == ["litert", "openvino"] and all(r["ok"] for r in doc["results"])
+
+
+def test_devices(capsys, tmp_path):
+    code, out, _ = run_cli(capsys, "devices", "--json", tmp_path / "d.json")
+    assert code == 0 and "avx512f" in out
+    doc = json.loads((tmp_path / "d.json").read_text())
+    assert set(doc["runtimes"]) == {"keras-predict", "keras-call", "tf-function", "tf-xla", "litert", "onnxruntime", "openvino"}
+    assert all(r["usable"] for r in doc["runtimes"].values()), doc["runtimes"]

@@ -24,6 +24,15 @@ def as_ref(model, unsafe: bool = False, cache_dir: Path | None = None) -> ModelR
     raise KerasTurboError(f"model: expected a path or a keras.Model, received {type(model).__name__}")
 
 
+def io_specs(ref: ModelRef):
+    """(inputs, outputs) of a Keras-family model as TensorInfo, inputs in name order."""
+    from keras_turbo.runtimes.keras_runtimes import _infos
+
+    model = models.load_keras(ref)
+    ins = sorted(_infos(model.inputs), key=lambda t: t.name)
+    return ins, _infos(model.outputs, [f"output_{i}" for i in range(len(model.outputs))])
+
+
 def load(model, backend: str | None = None, threads: int | None = None, batch_size: int | None = None,
          device: str = "auto", unsafe: bool = False, cache_dir: Path | None = None) -> Predictor:
     """Open a model on a runtime, ready to serve.

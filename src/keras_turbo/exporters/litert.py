@@ -1,14 +1,83 @@
-"""SavedModel -> LiteRT flatbuffer (float32)."""
+"""SavedModel -> LiteRT flatbuffer: float32, or quantized (float16, dynamic-range int8, full int8,
+int16 activations x int8 weights), with selected layers kept in float."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
+
+import numpy as np
 
 from keras_turbo import _tf
 from keras_turbo.models import ModelRef
+
+MODES = ("none", "fp16", "dynamic", "int8", "int16x8")
 
 
 def export(ref: ModelRef, out: Path) -> None:
     tf = _tf.tf()
     converter = tf.lite.TFLiteConverter.from_saved_model(str(ref.path))
     out.write_bytes(converter.convert())
+
+
+def _input_order(ref: ModelRef) -> list[str]:
+    """Input names in the order the converted model's interpreter lists them."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    tf = _tf.tf()
+    content = tf.lite.TFLiteConverter.from_saved_model(str(ref.path)).convert()
+    it = Interpreter(model_content=content)
+    return [d["name"].removeprefix("serving_default_").split(":")[0] for d in it.get_input_details()]
+
+
+def node_names(content: bytes) -> list[str]:
+    """Output tensor names of every op: what the quantization debugger's denylist takes."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_content=content)
+    tensors = {d["index"]: d["name"] for d in it.get_tensor_details()}
+    names = []
+    for op in it._get_ops_details():
+        names.extend(tensors[i] for i in op["outputs"] if i in tensors)
+    return names
+
+
+def export_quantized(ref: ModelRef, out: Path, mode: str, calibration: Sequence[dict[str, np.ndarray]] | None,
+                     int8_io: bool = False, keep_float: Sequence[str] = ()) -> None:
+    """Convert the SavedModel `ref` with a quantization `mode`.
+
+    Args:
+        calibration: one dict {input name: batch of 1} per sample (full int8 and int16x8).
+        int8_io: full int8 with int8 input and output tensors (the Predictor quantizes for you).
+        keep_float: op output-tensor names to leave in float (selective quantization, through
+            the LiteRT quantization debugger's denylist).
+    """
+    tf = _tf.tf()
+    conv = tf.lite.TFLiteConverter.from_saved_model(str(ref.path))
+    if mode == "none":
+        out.write_bytes(conv.convert())
+        return
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    if mode == "fp16":
+        conv.target_spec.supported_types = [tf.float16]
+    elif mode in ("int8", "int16x8"):
+        samples = list(calibration or [])
+        conv.representative_dataset = lambda: iter(samples)
+        if mode == "int8":
+            conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            if int8_io:
+                conv.inference_input_type = tf.int8
+                conv.inference_output_type = tf.int8
+        else:
+            conv.target_spec.supported_ops = [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
+        if keep_float:
+            # Selective quantization: the debugger re-quantizes with the denylisted ops in float.
+            # It wants a list per sample, in the interpreter's input order, and float I/O.
+            order = _input_order(ref)
+            as_lists = [[s[n] for n in order] for s in samples]
+            opts = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=list(keep_float))
+            dbg = tf.lite.experimental.QuantizationDebugger(converter=conv, debug_dataset=lambda: iter(as_lists),
+                                                            debug_options=opts)
+            out.write_bytes(dbg.get_nondebug_quantized_model())
+            return
+    out.write_bytes(conv.convert())

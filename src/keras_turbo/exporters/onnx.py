@@ -1,13 +1,18 @@
-"""SavedModel -> ONNX through tf2onnx (the converter Keras' own ONNX export uses)."""
+"""SavedModel -> ONNX through tf2onnx (the converter Keras' own ONNX export uses), and ONNX
+Runtime's own quantization: dynamic int8, and static int8 (QDQ, per-channel) with calibration."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
+
+import numpy as np
 
 from keras_turbo import _tf
 from keras_turbo.models import ModelRef
 
 OPSET = 17
+MODES = ("none", "dynamic", "int8")
 
 
 def signature_io(loaded):
@@ -32,3 +37,60 @@ def export(ref: ModelRef, out: Path) -> None:
         return {k: result[k] for k in outputs}
 
     tf2onnx.convert.from_function(serve, input_signature=input_signature, opset=OPSET, output_path=str(out))
+
+
+def preprocessed(float_onnx: Path) -> Path:
+    """ONNX Runtime's recommended pre-processing before quantization (shape inference, fusing
+    MatMul+Add into Gemm, ...), made once beside the float model. Node names change here, so the
+    ops to keep in float are named after this graph."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    pre = float_onnx.with_name(float_onnx.stem + ".pre.onnx")
+    if not pre.exists():
+        tmp = float_onnx.with_name(float_onnx.stem + ".pre.tmp.onnx")
+        quant_pre_process(str(float_onnx), str(tmp), skip_symbolic_shape=True)
+        tmp.replace(pre)
+    return pre
+
+
+def node_names(path: Path) -> list[str]:
+    """Node names of the pre-processed graph that quantization works on."""
+    import onnx
+
+    return [n.name for n in onnx.load(str(preprocessed(path))).graph.node]
+
+
+class _Reader:
+    """Feeds calibration samples to ONNX Runtime's calibrator."""
+
+    def __init__(self, samples: Sequence[dict[str, np.ndarray]]):
+        self._it = iter(samples)
+
+    def get_next(self):
+        return next(self._it, None)
+
+    def rewind(self):  # some calibrators call it; a fresh reader is made per quantization anyway
+        pass
+
+
+def quantize(float_onnx: Path, out: Path, mode: str, calibration: Sequence[dict[str, np.ndarray]] | None,
+             keep_float: Sequence[str] = (), per_channel: bool = True) -> None:
+    """Quantize an ONNX file with ONNX Runtime's tools; `keep_float` are node names to leave in float."""
+    import logging
+
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    exclude = list(keep_float) or None
+    pre = preprocessed(float_onnx)
+    logging.getLogger().setLevel(logging.ERROR)  # ORT's quantizer logs advice through the root logger
+    if mode == "dynamic":
+        quantize_dynamic(str(pre), str(out), weight_type=QuantType.QInt8, per_channel=per_channel,
+                         nodes_to_exclude=exclude)
+        return
+
+    class Reader(_Reader, CalibrationDataReader):
+        pass
+
+    quantize_static(str(pre), str(out), Reader(list(calibration or [])), quant_format=QuantFormat.QDQ,
+                    per_channel=per_channel, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                    nodes_to_exclude=exclude, extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})

@@ -1,10 +1,16 @@
-"""SavedModel -> OpenVINO IR (.xml + .bin), weights kept in float32."""
+"""SavedModel -> OpenVINO IR (.xml + .bin): float32, float16-compressed weights, or int8 through
+NNCF post-training quantization."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
+
+import numpy as np
 
 from keras_turbo.models import ModelRef
+
+MODES = ("none", "fp16", "int8")
 
 
 def export(ref: ModelRef, out: Path) -> None:
@@ -13,3 +19,29 @@ def export(ref: ModelRef, out: Path) -> None:
     model = ov.convert_model(str(ref.path))
     # save_model compresses weights to float16 by default; a float32 export must stay float32.
     ov.save_model(model, str(out), compress_to_fp16=False)
+
+
+def node_names(path: Path) -> list[str]:
+    import openvino as ov
+
+    return [op.get_friendly_name() for op in ov.Core().read_model(str(path)).get_ops()]
+
+
+def quantize(float_xml: Path, out: Path, mode: str, calibration: Sequence[dict[str, np.ndarray]] | None,
+             keep_float: Sequence[str] = ()) -> None:
+    """fp16: weights stored as float16; int8: NNCF's post-training quantization, with the named
+    ops (`keep_float`) left in float."""
+    import openvino as ov
+
+    model = ov.Core().read_model(str(float_xml))
+    if mode == "fp16":
+        ov.save_model(model, str(out), compress_to_fp16=True)
+        return
+    import nncf
+
+    samples = list(calibration or [])
+    names = [p.get_any_name() for p in model.inputs]
+    dataset = nncf.Dataset(samples, lambda s: {n: s[n] for n in names})
+    scope = nncf.IgnoredScope(names=list(keep_float), validate=False) if keep_float else None
+    q = nncf.quantize(model, dataset, subset_size=len(samples), ignored_scope=scope)
+    ov.save_model(q, str(out), compress_to_fp16=False)

@@ -13,6 +13,14 @@ def _plain(name: str) -> str:
     return name.removeprefix("serving_default_").split(":")[0]
 
 
+def _scale(detail) -> tuple[float, int] | None:
+    """(scale, zero point) of an integer-quantized input/output tensor, else None."""
+    if np.dtype(detail["dtype"]) not in (np.int8, np.uint8, np.int16):
+        return None
+    scale, zero = detail.get("quantization", (0.0, 0))
+    return (float(scale), int(zero)) if scale else None
+
+
 class LiteRTPredictor(Predictor):
     """Runs a `.tflite` file. Inputs and outputs are matched by the serving signature's names when
     the file has one, else taken in the file's order. The batch size may change between calls:
@@ -45,11 +53,16 @@ class LiteRTPredictor(Predictor):
         def info(name, d):
             sig = d.get("shape_signature", d["shape"])
             shape = tuple(None if int(s) < 0 else int(s) for s in sig)
-            return TensorInfo(name, shape, np.dtype(d["dtype"]).name)
+            # An int8 input/output (full-int8 models with int8 I/O) is served as float32: the
+            # Predictor quantizes inputs and dequantizes outputs with the tensor's own scale.
+            dtype = "float32" if _scale(d) else np.dtype(d["dtype"]).name
+            return TensorInfo(name, shape, dtype)
 
         super().__init__([info(n, d) for n, d in in_order], [info(n, d) for n, d in out_order], threads,
                          device="cpu", model_bytes=ref.size_bytes, artifact=str(ref.path))
-        self._quant = [d["quantization"] for _, d in in_order]
+        self._in_q = [(_scale(d), d["dtype"]) for _, d in in_order]
+        self._out_q = [_scale(d) for _, d in out_order]
+        self._quantized_io = any(q for q, _ in self._in_q) or any(self._out_q)
         self._shapes = [tuple(d["shape"]) for _, d in in_order]
         self._it.allocate_tensors()
         if batch_size:
@@ -66,10 +79,26 @@ class LiteRTPredictor(Predictor):
         if shapes != self._shapes:
             self._resize(shapes)
         it = self._it
+        if self._quantized_io:
+            return self._run_quantized(feeds)
         for idx, f in zip(self._in_idx, feeds):
             it.set_tensor(idx, f)
         it.invoke()
         return [it.get_tensor(idx) for idx in self._out_idx]
+
+    def _run_quantized(self, feeds):
+        it = self._it
+        for idx, f, (q, dtype) in zip(self._in_idx, feeds, self._in_q):
+            if q:
+                info = np.iinfo(dtype)
+                f = np.clip(np.round(f / q[0] + q[1]), info.min, info.max).astype(dtype)
+            it.set_tensor(idx, f)
+        it.invoke()
+        outs = []
+        for idx, q in zip(self._out_idx, self._out_q):
+            o = it.get_tensor(idx)
+            outs.append((o.astype("float32") - q[1]) * q[0] if q else o)
+        return outs
 
     def close(self):
         self._it = None

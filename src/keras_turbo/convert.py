@@ -1,0 +1,299 @@
+"""`keras-turbo convert`: a Keras model to a LiteRT, ONNX or OpenVINO artifact, in float or
+quantized, with chosen layers kept in float.
+
+| --to      | runs on      | --quantize                              |
+| --------- | ------------ | --------------------------------------- |
+| litert    | litert       | none, fp16, dynamic, int8, int16x8      |
+| onnx      | onnxruntime  | none, dynamic, int8 (static QDQ)        |
+| openvino  | openvino     | none, fp16, int8 (NNCF)                 |
+| keras     | tf-function  | int8 (Keras' model.quantize, Dense-like layers only) |
+
+Full int8 and int16x8 are calibrated on samples drawn from the user's data with a fixed seed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from keras_turbo import cache
+from keras_turbo.errors import KerasTurboError, bad_param
+from keras_turbo.exporters import litert as litert_exp
+from keras_turbo.exporters import onnx as onnx_exp
+from keras_turbo.exporters import openvino as openvino_exp
+from keras_turbo.techniques.base import TechniqueConfig
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    backend: str        # the runtime that runs the artifact
+    export_to: str      # the float export it starts from (keras_turbo.exporters)
+    suffix: str
+    modes: tuple[str, ...]
+
+
+TARGETS: dict[str, Target] = {
+    "litert": Target("litert", "litert", "tflite", ".tflite", litert_exp.MODES),
+    "onnx": Target("onnx", "onnxruntime", "onnx", ".onnx", onnx_exp.MODES),
+    "openvino": Target("openvino", "openvino", "openvino", ".xml", openvino_exp.MODES),
+    "keras": Target("keras", "tf-function", "keras", ".keras", ("none", "int8")),
+}
+CALIBRATED = ("int8", "int16x8")  # modes that need calibration data (Keras' int8 does not)
+MIN_TRUSTED_CALIBRATION = 100
+QUANTIZABLE = ("Conv1D", "Conv2D", "Conv3D", "DepthwiseConv2D", "SeparableConv2D", "Conv2DTranspose", "Dense", "EinsumDense")
+
+
+@dataclass(frozen=True)
+class ConvertConfig(TechniqueConfig):
+    """What to convert to and how to quantize.
+
+    Attributes:
+        to: "litert", "onnx", "openvino" or "keras".
+        quantize: "none", "fp16", "dynamic", "int8" or "int16x8" (what each target has: TARGETS).
+        int8_io: LiteRT full int8 with int8 input and output tensors.
+        calibration_size: samples drawn (seed `seed`) from the calibration data.
+        keep_float: Keras layer names left in float (mixed precision).
+        per_channel: per-channel weight scales (ONNX Runtime; LiteRT and NNCF always are).
+    """
+
+    to: str = "litert"
+    quantize: str = "none"
+    int8_io: bool = False
+    calibration_size: int = 300
+    seed: int = 0
+    keep_float: tuple[str, ...] = ()
+    per_channel: bool = True
+
+    def __post_init__(self):
+        if self.to not in TARGETS:
+            raise bad_param("to", f"one of {', '.join(TARGETS)}", self.to)
+        modes = TARGETS[self.to].modes
+        if self.quantize not in modes:
+            raise KerasTurboError(f"--quantize {self.quantize} is not available for --to {self.to} (it has: {', '.join(modes)})")
+        if self.int8_io and (self.to != "litert" or self.quantize != "int8"):
+            raise KerasTurboError("--int8-io applies to --to litert --quantize int8 only")
+        if self.int8_io and self.keep_float:
+            raise KerasTurboError("--int8-io cannot be combined with layers kept in float (LiteRT's selective quantization keeps float I/O)")
+        if self.keep_float and self.quantize not in ("int8", "int16x8", "dynamic"):
+            raise KerasTurboError(f"keeping layers in float applies to int8, int16x8 and dynamic quantization, not {self.quantize}")
+        if not isinstance(self.calibration_size, int) or self.calibration_size < 1:
+            raise bad_param("calibration_size", "an integer >= 1", self.calibration_size)
+        object.__setattr__(self, "keep_float", tuple(self.keep_float))
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.quantize in CALIBRATED and self.to != "keras"
+
+
+@dataclass
+class ConvertResult:
+    """The artifact and how it was made."""
+
+    path: Path
+    format: str
+    backend: str
+    config: ConvertConfig
+    model_bytes: int
+    calibration_samples: int = 0
+    keep_float_nodes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def load(self, threads: int | None = None, batch_size: int | None = None):
+        """Open the artifact on its runtime."""
+        from keras_turbo.api import load
+
+        return load(self.path, backend=self.backend, threads=threads, batch_size=batch_size)
+
+    def to_dict(self) -> dict:
+        return {"path": str(self.path), "format": self.format, "backend": self.backend, "config": self.config.to_dict(),
+                "model_bytes": self.model_bytes, "calibration_samples": self.calibration_samples,
+                "keep_float_nodes": self.keep_float_nodes, "warnings": self.warnings}
+
+
+# ------------------------------------------------------------------ helpers
+
+def layer_pattern(layer: str) -> re.Pattern:
+    """Converted graphs name ops after the Keras layers they came from, as a path component
+    with an optional `_N` suffix from re-tracing: `model_1/conv1_1/convolution`."""
+    return re.compile(rf"(^|[/;]){re.escape(layer)}(_\d+)?(/|;|$)")
+
+
+def nodes_for_layers(node_names: Sequence[str], layers: Sequence[str]) -> dict[str, list[str]]:
+    """For each layer, the op names in a converted graph that belong to it."""
+    return {layer: [n for n in node_names if layer_pattern(layer).search(n)] for layer in layers}
+
+
+def quantizable_layers(model) -> list[str]:
+    """Names of the layers quantization acts on (convolutions and dense layers), in graph order."""
+    from keras_turbo.describe import _walk
+
+    return [layer.name for layer in _walk(model) if type(layer).__name__ in QUANTIZABLE]
+
+
+def calibration_samples(ds, names: Sequence[str], size: int, seed: int) -> list[dict[str, np.ndarray]]:
+    """One dict {input name: batch of 1} per sample, `size` drawn with `seed`."""
+    sub = ds.take(size, seed)
+    return [{n: a[i:i + 1] for n, a in zip(names, sub.x)} for i in range(len(sub))]
+
+
+def float_artifact(ref, target: Target, cache_dir=None):
+    from keras_turbo import exporters
+
+    return exporters.export(ref, target.export_to, cache_dir)
+
+
+def graph_nodes(ref, target: Target, cache_dir=None) -> list[str]:
+    """Op names of the float artifact, which quantized variants share."""
+    art = float_artifact(ref, target, cache_dir)
+    if target.name == "litert":
+        return litert_exp.node_names(art.path.read_bytes())
+    if target.name == "onnx":
+        return onnx_exp.node_names(art.path)
+    return openvino_exp.node_names(art.path)
+
+
+def _digest(cfg: ConvertConfig, samples, keep_nodes) -> str:
+    h = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode())
+    h.update(json.dumps(sorted(keep_nodes or [])).encode())
+    for s in samples or []:
+        for k in sorted(s):
+            h.update(np.ascontiguousarray(s[k]).tobytes())
+    return h.hexdigest()[:16]
+
+
+# ------------------------------------------------------------------ the public function
+
+def convert(model, config: ConvertConfig | None = None, calibration=None, output: str | Path | None = None, *,
+            keep_float_nodes: Sequence[str] | None = None, unsafe: bool = False, cache_dir=None) -> ConvertResult:
+    """Convert a Keras-family model to a runtime's artifact, optionally quantized.
+
+    Args:
+        model: a model path (.keras, .h5, SavedModel) or a keras.Model. It is never changed.
+        config: target, quantization mode and settings (`ConvertConfig`).
+        calibration: a DATA spec or `Dataset` for full int8 / int16x8 (required for those).
+        output: where to write the artifact; default a cache entry keyed by model, settings and data.
+        keep_float_nodes: op names (of the float artifact's graph) to keep in float; overrides the
+            layer names in `config.keep_float` (used by the per-layer sensitivity analysis).
+
+    Returns:
+        A `ConvertResult` (path, runtime, size, calibration sample count, warnings).
+
+    Raises:
+        KerasTurboError: an artifact given as input, a mode the target lacks, missing, empty or
+            ill-fitting calibration data.
+
+    Example:
+        >>> r = keras_turbo.convert("m.keras", ConvertConfig(to="litert", quantize="int8"), "builtin:digits:train")
+        >>> r.load()(x)
+    """
+    from keras_turbo.api import as_ref, io_specs
+    from keras_turbo.data import Dataset, check, load_data
+
+    cfg = config or ConvertConfig()
+    ref = as_ref(model, unsafe=unsafe, cache_dir=cache_dir)
+    if not ref.is_keras:
+        raise KerasTurboError(f"{ref.path}: convert starts from a Keras model (.keras, .h5, SavedModel), not a .{ref.format} artifact")
+    target = TARGETS[cfg.to]
+    notes: list[str] = []
+
+    samples = None
+    if cfg.needs_calibration:
+        if calibration is None:
+            raise KerasTurboError(f"--quantize {cfg.quantize} needs calibration data (--calibration-data DATA)")
+        inputs, _ = io_specs(ref)
+        ds = check(calibration, inputs, None, "--calibration-data") if isinstance(calibration, Dataset) else \
+            load_data(calibration, inputs, None, default_split="train", arg="--calibration-data")
+        samples = calibration_samples(ds, [t.name for t in inputs], cfg.calibration_size, cfg.seed)
+        if len(samples) < MIN_TRUSTED_CALIBRATION:
+            msg = (f"--calibration-data: only {len(samples)} calibration samples; int8 ranges from fewer than "
+                   f"{MIN_TRUSTED_CALIBRATION} may not be trusted")
+            warnings.warn(msg, stacklevel=2)
+            notes.append(msg)
+
+    keep_nodes = list(keep_float_nodes) if keep_float_nodes is not None else []
+    if keep_float_nodes is None and cfg.keep_float:
+        found = nodes_for_layers(graph_nodes(ref, target, cache_dir), cfg.keep_float)
+        for layer, nodes in found.items():
+            if not nodes:
+                msg = f"--keep-float {layer}: no op of that layer in the converted graph (unknown name, or fused away)"
+                warnings.warn(msg, stacklevel=2)
+                notes.append(msg)
+            keep_nodes.extend(nodes)
+
+    if output is None:
+        entry = cache.root(cache_dir) / "exports" / ref.fingerprint() / f"{cfg.to}-{cfg.quantize}-{_digest(cfg, samples, keep_nodes)}"
+        out = entry / f"model{target.suffix}"
+        if out.exists():
+            return ConvertResult(out, _fmt(target), target.backend, cfg, _size(out), len(samples or []), keep_nodes, notes)
+    else:
+        out = Path(output)
+        if out.suffix != target.suffix:
+            raise KerasTurboError(f"-o {out}: a {cfg.to} artifact needs the suffix {target.suffix}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    tmpdir = Path(tempfile.mkdtemp(prefix=".convert-", dir=out.parent))
+    try:
+        tmp = tmpdir / out.name
+        _build(ref, cfg, target, samples, keep_nodes, tmp, cache_dir)
+        for f in tmpdir.iterdir():  # OpenVINO writes .xml and .bin
+            f.replace(out.parent / (out.stem + f.suffix) if f.stem == out.stem else out.parent / f.name)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    return ConvertResult(out, _fmt(target), target.backend, cfg, _size(out), len(samples or []), keep_nodes, notes)
+
+
+def _fmt(target: Target) -> str:
+    return {"litert": "tflite", "onnx": "onnx", "openvino": "openvino", "keras": "keras"}[target.name]
+
+
+def _size(path: Path) -> int:
+    from keras_turbo.models import artifact_size
+
+    return artifact_size(path)
+
+
+def _build(ref, cfg: ConvertConfig, target: Target, samples, keep_nodes, out: Path, cache_dir) -> None:
+    from keras_turbo import exporters
+
+    if target.name == "keras":
+        _keras_quantize(ref, cfg, out)
+        return
+    if cfg.quantize == "none":
+        shutil.copy(float_artifact(ref, target, cache_dir).path, out)
+        if target.name == "openvino":
+            shutil.copy(float_artifact(ref, target, cache_dir).path.with_suffix(".bin"), out.with_suffix(".bin"))
+        return
+    if target.name == "litert":
+        sm = exporters.export(ref, "savedmodel", cache_dir)
+        litert_exp.export_quantized(sm, out, cfg.quantize, samples, cfg.int8_io, keep_nodes)
+    elif target.name == "onnx":
+        onnx_exp.quantize(float_artifact(ref, target, cache_dir).path, out, cfg.quantize, samples, keep_nodes, cfg.per_channel)
+    else:
+        openvino_exp.quantize(float_artifact(ref, target, cache_dir).path, out, cfg.quantize, samples, keep_nodes)
+
+
+def _keras_quantize(ref, cfg: ConvertConfig, out: Path) -> None:
+    """Keras' own `model.quantize("int8")`, on a copy: it covers Dense-like layers only."""
+    from keras_turbo import _tf
+    from keras_turbo.models import load_keras
+
+    keras = _tf.keras()
+    model = load_keras(ref)  # a fresh copy from disk: the caller's model is never touched
+    if cfg.quantize == "int8":
+        dense = [layer.name for layer in model.layers if type(layer).__name__ in ("Dense", "EinsumDense", "Embedding")]
+        if not dense:
+            raise KerasTurboError(f"{ref.path}: Keras' model.quantize('int8') covers Dense, EinsumDense and Embedding "
+                                  "layers, and this model has none; use --to litert, onnx or openvino")
+        skip = set(cfg.keep_float)
+        model.quantize("int8", filters=lambda layer: layer.name not in skip)
+    keras.saving.save_model(model, out)

@@ -6,6 +6,8 @@ Public API (the CLI calls the same functions):
     benchmark(model, ...)         -> BenchmarkReport (each runtime in its own process)
     evaluate(model, data, ...)    -> accuracy, and agreement with a reference model
     inspect(path)                 -> inputs, outputs, params, FLOPs, layer kinds
+    convert(model, ConvertConfig) -> a LiteRT / ONNX / OpenVINO artifact, float or quantized
+    quantize_with_fallback(...)   -> per-layer sensitivity, and a mixed-precision artifact within a budget
     devices()                     -> CPU features, GPUs, usable runtimes
 """
 
@@ -14,8 +16,10 @@ from __future__ import annotations
 from keras_turbo import _tf  # noqa: F401  (sets TensorFlow's logging before anything imports it)
 from keras_turbo.api import evaluate, load, load_model
 from keras_turbo.bench import BenchmarkConfig, BenchmarkReport, benchmark
+from keras_turbo.convert import ConvertConfig, ConvertResult, convert
 from keras_turbo.errors import BackendError, DataError, KerasTurboError, ModelLoadError
 from keras_turbo.runtimes import BACKENDS, Predictor
+from keras_turbo.sensitivity import FallbackConfig, FallbackResult, quantize_with_fallback
 
 __version__ = "0.1.0"
 
@@ -40,5 +44,6 @@ def devices() -> dict:
     return _devices()
 
 
-__all__ = ["BACKENDS", "BackendError", "BenchmarkConfig", "BenchmarkReport", "DataError", "KerasTurboError",
-           "ModelLoadError", "Predictor", "benchmark", "devices", "evaluate", "inspect", "load", "load_model"]
+__all__ = ["BACKENDS", "BackendError", "BenchmarkConfig", "BenchmarkReport", "ConvertConfig", "ConvertResult", "DataError",
+           "FallbackConfig", "FallbackResult", "KerasTurboError", "ModelLoadError", "Predictor", "benchmark", "convert",
+           "devices", "evaluate", "inspect", "load", "load_model", "quantize_with_fallback"]

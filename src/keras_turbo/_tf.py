@@ -6,12 +6,35 @@ machine; the user asked for a table, not for those. Python-level import errors s
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+
+@contextlib.contextmanager
+def quiet():
+    """Silence C++ code that prints to file descriptors 1 and 2 (the TFLite converter prints its
+    settings on every conversion). Python exceptions still propagate; `--debug` shows it all."""
+    if os.environ.get("KERAS_TURBO_DEBUG"):
+        yield
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, devnull):
+            os.close(fd)
 
 
 def _silenced_import(name: str):

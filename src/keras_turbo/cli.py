@@ -154,6 +154,83 @@ def cmd_devices(args) -> int:
     return 0
 
 
+def _copy_artifact(src: Path, dst: Path) -> None:
+    import shutil
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(src, dst)
+    if src.suffix == ".xml":
+        shutil.copy(src.with_suffix(".bin"), dst.with_suffix(".bin"))
+
+
+def cmd_convert(args) -> int:
+    import keras_turbo
+    from keras_turbo.convert import TARGETS, ConvertConfig
+    from rich.table import Table
+
+    out, err = _console()
+    cfg = ConvertConfig(to=args.to, quantize=args.quantize, int8_io=args.int8_io, calibration_size=args.calibration_size,
+                        keep_float=tuple(args.keep_float or ()))
+    if args.output and Path(args.output).suffix != TARGETS[args.to].suffix:
+        raise KerasTurboError(f"-o {args.output}: a {args.to} artifact needs the suffix {TARGETS[args.to].suffix}")
+    doc: dict = {"model": args.model, "config": cfg.to_dict()}
+    budget = args.max_accuracy_drop is not None or args.min_agreement is not None
+    if budget:
+        from keras_turbo.sensitivity import FallbackConfig, quantize_with_fallback
+
+        if not args.eval_data:
+            raise KerasTurboError("--max-accuracy-drop / --min-agreement need held-out --eval-data")
+        fb = FallbackConfig(max_accuracy_drop=args.max_accuracy_drop, min_agreement=args.min_agreement)
+        fr = quantize_with_fallback(args.model, cfg, args.calibration_data, args.eval_data, fb, unsafe=args.unsafe,
+                                    progress=lambda msg: err.print(f"[dim]{msg}[/dim]"))
+        result = fr.result
+        doc["fallback"] = fr.to_dict()
+        t = Table("rank", "layer", "accuracy drop (pts)", "top-1 agreement", "output nmse",
+                  title=f"per-layer sensitivity: only that layer quantized ({args.to} {args.quantize})")
+        for i, r in enumerate(fr.layers, 1):
+            drop = "-" if r["accuracy_drop"] is None else f"{r['accuracy_drop']:.2f}"
+            t.add_row(str(i), r["layer"], drop, f"{r['top1_agreement'] * 100:.2f}%", f"{r['output_nmse']:.2e}")
+        out.print(t)
+        for step in fr.steps:
+            acc = "-" if step["accuracy"] is None else f"{step['accuracy'] * 100:.2f}%"
+            out.print(f"  kept in float: {', '.join(step['kept_float']) or 'none'} -> accuracy {acc}, "
+                      f"agreement {step['top1_agreement'] * 100:.2f}%")
+        status = "met" if fr.met else "[red]NOT met[/red]"
+        out.print(f"budget {status}: kept in float: {', '.join(fr.kept_float) or 'nothing'}; "
+                  f"still {args.quantize}: {', '.join(fr.quantized_layers) or 'none'}")
+    else:
+        result = keras_turbo.convert(args.model, cfg, args.calibration_data, unsafe=args.unsafe)
+    if args.output:
+        _copy_artifact(result.path, Path(args.output))
+        result.path = Path(args.output)
+    doc["artifact"] = result.to_dict()
+    out.print(f"wrote {result.path} ({result.model_bytes:,} bytes, runs on {result.backend})")
+    if args.eval_data and not budget:
+        ev = keras_turbo.evaluate(result.load(), args.eval_data, reference=args.model, reference_backend="tf-function",
+                                  unsafe=args.unsafe)
+        doc["evaluation"] = ev
+        acc = "-" if ev["accuracy"] is None else f"{ev['accuracy'] * 100:.2f}%"
+        out.print(f"  on {ev['samples']} samples: accuracy {acc}, top-1 agreement with float "
+                  f"{ev['top1_agreement'] * 100:.2f}%, max |diff| {ev['max_abs_diff']:.3g}")
+    if args.benchmark:
+        from keras_turbo.bench import BenchmarkConfig
+        from keras_turbo.report import benchmark_table
+
+        float_ref = keras_turbo.benchmark(args.model, backends=[result.backend], config=BenchmarkConfig(min_seconds=1.0))
+        quant = keras_turbo.benchmark(result.path, backends=[result.backend], config=BenchmarkConfig(min_seconds=1.0))
+        f, q = float_ref.results[0], quant.results[0]
+        doc["benchmark"] = {"float": f.to_dict(), "converted": q.to_dict()}
+        if f.ok and q.ok:
+            ratio = f.latency_ms["p50"] / q.latency_ms["p50"]
+            word = "faster" if ratio >= 1 else "[red]slower[/red]"
+            out.print(f"  batch-1 p50 on {result.backend}: float {f.latency_ms['p50']:.3f} ms, {args.quantize} "
+                      f"{q.latency_ms['p50']:.3f} ms ({ratio if ratio >= 1 else 1 / ratio:.2f}x {word})")
+        else:
+            out.print(benchmark_table(quant))
+    _write_json(args.json, doc)
+    return 0
+
+
 def cmd_demo(args) -> int:
     """Train the built-in digits CNN (cached), report its accuracy, and benchmark it on every runtime."""
     import keras_turbo
@@ -228,6 +305,25 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--batch-size", type=_positive_int("--batch-size"), default=32)
     sp.add_argument("--json", metavar="PATH")
     sp.set_defaults(fn=cmd_evaluate)
+
+    sp = sub.add_parser("convert", help="export to LiteRT / ONNX / OpenVINO, optionally quantized, with float fallback")
+    model_arg(sp)
+    sp.add_argument("--to", required=True, choices=("litert", "onnx", "openvino", "keras"))
+    sp.add_argument("--quantize", default="none", metavar="MODE",
+                    help="none, fp16, dynamic, int8 or int16x8 (what each target has: see the README)")
+    sp.add_argument("--int8-io", action="store_true", help="LiteRT full int8 with int8 input and output tensors")
+    sp.add_argument("--calibration-data", metavar="DATA", help="DATA for int8 / int16x8 calibration")
+    sp.add_argument("--calibration-size", type=_positive_int("--calibration-size"), default=300)
+    sp.add_argument("--keep-float", action="append", metavar="LAYER", help="a Keras layer to keep in float (repeat)")
+    sp.add_argument("--eval-data", metavar="DATA", help="held-out DATA: accuracy of the artifact against the float model")
+    sp.add_argument("--max-accuracy-drop", type=float, metavar="POINTS",
+                    help="find the layers that break accuracy and keep them in float until the drop is within POINTS")
+    sp.add_argument("--min-agreement", type=float, metavar="FRACTION",
+                    help="like --max-accuracy-drop, but top-1 agreement with the float model (no labels needed)")
+    sp.add_argument("--benchmark", action="store_true", help="also time float vs converted at batch 1 on the runtime")
+    sp.add_argument("-o", "--output", metavar="PATH", help="where to write the artifact")
+    sp.add_argument("--json", metavar="PATH")
+    sp.set_defaults(fn=cmd_convert)
 
     sp = sub.add_parser("devices", help="CPU features, GPUs and usable runtimes")
     sp.add_argument("--json", metavar="PATH")

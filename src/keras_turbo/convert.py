@@ -295,5 +295,7 @@ def _keras_quantize(ref, cfg: ConvertConfig, out: Path) -> None:
             raise KerasTurboError(f"{ref.path}: Keras' model.quantize('int8') covers Dense, EinsumDense and Embedding "
                                   "layers, and this model has none; use --to litert, onnx or openvino")
         skip = set(cfg.keep_float)
-        model.quantize("int8", filters=lambda layer: layer.name not in skip)
+        with warnings.catch_warnings():  # Keras warns once per layer kind it cannot quantize
+            warnings.simplefilter("ignore")
+            model.quantize("int8", filters=lambda layer: layer.name not in skip)
     keras.saving.save_model(model, out)

@@ -17,7 +17,8 @@ MODES = ("none", "fp16", "dynamic", "int8", "int16x8")
 def export(ref: ModelRef, out: Path) -> None:
     tf = _tf.tf()
     converter = tf.lite.TFLiteConverter.from_saved_model(str(ref.path))
-    out.write_bytes(converter.convert())
+    with _tf.quiet():
+        out.write_bytes(converter.convert())
 
 
 def _input_order(ref: ModelRef) -> list[str]:
@@ -25,7 +26,8 @@ def _input_order(ref: ModelRef) -> list[str]:
     from ai_edge_litert.interpreter import Interpreter
 
     tf = _tf.tf()
-    content = tf.lite.TFLiteConverter.from_saved_model(str(ref.path)).convert()
+    with _tf.quiet():
+        content = tf.lite.TFLiteConverter.from_saved_model(str(ref.path)).convert()
     it = Interpreter(model_content=content)
     return [d["name"].removeprefix("serving_default_").split(":")[0] for d in it.get_input_details()]
 
@@ -55,7 +57,8 @@ def export_quantized(ref: ModelRef, out: Path, mode: str, calibration: Sequence[
     tf = _tf.tf()
     conv = tf.lite.TFLiteConverter.from_saved_model(str(ref.path))
     if mode == "none":
-        out.write_bytes(conv.convert())
+        with _tf.quiet():
+            out.write_bytes(conv.convert())
         return
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
     if mode == "fp16":
@@ -76,8 +79,10 @@ def export_quantized(ref: ModelRef, out: Path, mode: str, calibration: Sequence[
             order = _input_order(ref)
             as_lists = [[s[n] for n in order] for s in samples]
             opts = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=list(keep_float))
-            dbg = tf.lite.experimental.QuantizationDebugger(converter=conv, debug_dataset=lambda: iter(as_lists),
-                                                            debug_options=opts)
-            out.write_bytes(dbg.get_nondebug_quantized_model())
+            with _tf.quiet():
+                dbg = tf.lite.experimental.QuantizationDebugger(converter=conv, debug_dataset=lambda: iter(as_lists),
+                                                                debug_options=opts)
+                out.write_bytes(dbg.get_nondebug_quantized_model())
             return
-    out.write_bytes(conv.convert())
+    with _tf.quiet():
+        out.write_bytes(conv.convert())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from keras_turbo import _tf
 from keras_turbo.models import ModelRef
 from keras_turbo.runtimes.base import Predictor, TensorInfo, unreadable
 
@@ -32,7 +33,8 @@ class LiteRTPredictor(Predictor):
         from ai_edge_litert.interpreter import Interpreter
 
         try:
-            self._it = Interpreter(model_path=str(ref.path), num_threads=threads)
+            with _tf.quiet():  # the interpreter announces its XNNPACK delegate on stderr
+                self._it = Interpreter(model_path=str(ref.path), num_threads=threads)
         except ValueError as e:
             raise unreadable(ref.path, ".tflite", e) from e
         in_details = {d["index"]: d for d in self._it.get_input_details()}

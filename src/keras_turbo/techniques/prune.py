@@ -1,0 +1,547 @@
+"""Magnitude pruning: zero the smallest weights of Conv/Dense kernels, with fine-tuning.
+
+TF-MOT's `prune_low_magnitude` refuses Keras 3 models (../shared/STACK.md), so this is the same
+method written for Keras 3, with no wrapper layers:
+
+  - each prunable kernel gets a 0/1 mask that zeroes its smallest-magnitude weights;
+  - while the model fine-tunes, the target sparsity rises from `initial_sparsity` to `sparsity`
+    on TF-MOT's `PolynomialDecay` curve (power 3: fast at first, gently at the end), reached at
+    70% of the training steps so the last 30% recover at the final sparsity;
+  - a Keras callback re-applies the masks after every optimizer step, so a pruned weight stays
+    exactly zero whatever the optimizer does, and raises the masks on schedule;
+  - the result is a plain Keras model (the same layers as the input) whose kernels hold real zeros.
+
+Unstructured zeros do not make a dense runtime faster: they pay through compression (a gzipped
+model is several times smaller) or through runtimes with sparse kernels. The report says so.
+
+`apply` also holds the fine-tuning and measuring helpers that `structured.py` shares
+(`copy_model`, `finetune`, `accuracy`, `saved_sizes`).
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from keras_turbo import _tf
+from keras_turbo.data import Dataset
+from keras_turbo.errors import KerasTurboError, bad_param
+from keras_turbo.techniques.base import TechniqueConfig, TechniqueResult
+
+SCHEDULES = ("polynomial", "constant")
+RAMP_FRACTION = 0.7   # the sparsity reaches its target at 70% of the fine-tuning steps
+POLYNOMIAL_POWER = 3  # as TF-MOT's PolynomialDecay default
+NO_FINETUNE_DATA = "pruning with fine-tuning needs train data (--train-data), or pass --no-finetune"
+SPARSE_NOTE = ("unstructured sparsity: the model has the same shape and runs at the same speed on dense "
+               "runtimes; it pays through compression (gzip_bytes) or runtimes with sparse kernels")
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_fraction(name: str, v) -> None:
+    if not _is_number(v) or not 0.0 <= v < 1.0:
+        raise bad_param(name, "a float in [0, 1)", v)
+
+
+def _check_training(epochs, batch_size, learning_rate) -> None:
+    """The fine-tuning settings every technique shares."""
+    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
+        raise bad_param("epochs", "an integer >= 1", epochs)
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise bad_param("batch_size", "an integer >= 1", batch_size)
+    if not _is_number(learning_rate) or not learning_rate > 0:
+        raise bad_param("learning_rate", "a number > 0", learning_rate)
+
+
+def parse_pattern(pattern: str) -> tuple[int, int]:
+    """"2:4" -> (2, 4): keep N of every M weights."""
+    try:
+        n, m = (int(p) for p in pattern.split(":"))
+    except (ValueError, AttributeError):
+        raise bad_param("pattern", 'None or "N:M" with 0 < N < M, e.g. "2:4"', pattern) from None
+    if not 0 < n < m:
+        raise bad_param("pattern", 'None or "N:M" with 0 < N < M, e.g. "2:4"', pattern)
+    return n, m
+
+
+@dataclass(frozen=True)
+class PruneConfig(TechniqueConfig):
+    """How to prune. The defaults prune 80% of the weights of every Conv/Dense kernel but the
+    first and the last, fine-tuning for 10 epochs while the sparsity rises.
+
+    Attributes:
+        sparsity: the fraction of each kernel's weights set to zero, in [0, 1).
+        schedule: "polynomial" (rise from `initial_sparsity` to `sparsity` while fine-tuning) or
+            "constant" (prune to `sparsity` at once, then fine-tune with the masks held).
+        initial_sparsity: where the polynomial schedule starts, in [0, sparsity].
+        epochs / batch_size / learning_rate: the fine-tuning (Adam, the learning rate decaying
+            to zero on a cosine).
+        frequency: optimizer steps between mask updates on the polynomial schedule; None: about
+            20 updates over the ramp.
+        skip_first_last: leave the first and the last prunable layer dense (they hold few
+            weights and cost the most accuracy); a layer named in `layer_sparsity` is pruned anyway.
+        layer_sparsity: per-layer targets, ((layer name, sparsity), ...), overriding `sparsity`.
+        exclude: names of layers to leave dense.
+        pattern: "N:M" keeps the N largest of every M consecutive weights along the input-channel
+            axis (e.g. "2:4"), the structure sparse kernels run fast; the sparsity is then 1 - N/M
+            for every pruned layer and `sparsity` / `layer_sparsity` are not used.
+        finetune: train while pruning (needs train data); False prunes once, by magnitude.
+        seed: seeds Keras' random state (Python, NumPy, TensorFlow) for the fine-tuning.
+
+    Raises:
+        KerasTurboError: a setting out of range (one message template, as `bad_param`).
+
+    Example:
+        >>> PruneConfig(sparsity=0.8, epochs=8, exclude=("logits",))
+    """
+
+    sparsity: float = 0.8
+    schedule: str = "polynomial"
+    initial_sparsity: float = 0.0
+    epochs: int = 10
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    frequency: int | None = None
+    skip_first_last: bool = True
+    layer_sparsity: tuple[tuple[str, float], ...] = ()
+    exclude: tuple[str, ...] = ()
+    pattern: str | None = None
+    finetune: bool = True
+    seed: int = 0
+
+    def __post_init__(self):
+        _check_fraction("sparsity", self.sparsity)
+        if self.schedule not in SCHEDULES:
+            raise bad_param("schedule", f"one of {', '.join(repr(s) for s in SCHEDULES)}", self.schedule)
+        _check_fraction("initial_sparsity", self.initial_sparsity)
+        if self.initial_sparsity > self.sparsity:
+            raise bad_param("initial_sparsity", f"at most sparsity ({self.sparsity})", self.initial_sparsity)
+        _check_training(self.epochs, self.batch_size, self.learning_rate)
+        if self.frequency is not None and (not isinstance(self.frequency, int) or self.frequency < 1):
+            raise bad_param("frequency", "None or an integer >= 1", self.frequency)
+        # from_dict turns JSON lists into tuples one level deep; the pairs inside may still be lists.
+        pairs = tuple(tuple(p) if isinstance(p, list) else p for p in self.layer_sparsity)
+        object.__setattr__(self, "layer_sparsity", pairs)
+        for p in pairs:
+            if not (isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str)):
+                raise bad_param("layer_sparsity", "pairs of (layer name, sparsity)", self.layer_sparsity)
+            _check_fraction(f"layer_sparsity[{p[0]!r}]", p[1])
+        if isinstance(self.exclude, str) or not all(isinstance(n, str) for n in self.exclude):
+            raise bad_param("exclude", "a tuple of layer names", self.exclude)
+        if self.pattern is not None:
+            parse_pattern(self.pattern)
+        if not isinstance(self.seed, int):
+            raise bad_param("seed", "an integer", self.seed)
+
+
+# ---------------------------------------------------------------- helpers shared with structured.py
+
+def check_model(model, technique: str):
+    """The input must be a Keras model; returns the keras module."""
+    keras = _tf.keras()
+    if not isinstance(model, keras.Model):
+        raise KerasTurboError(f"{technique}: expected a keras.Model, received {type(model).__name__} "
+                              "(load a file with keras_turbo.load_model first)")
+    if not model.built:
+        raise KerasTurboError(f"{technique}: the model {model.name!r} is not built (call it on data or build it first)")
+    return keras
+
+
+def copy_model(model):
+    """A new model with the same architecture and weights, sharing nothing with `model`."""
+    keras = _tf.keras()
+    try:
+        new = keras.models.clone_model(model)
+    except Exception as e:  # a custom layer without get_config/from_config, a subclassed model
+        raise KerasTurboError(f"cannot copy model {model.name!r} to transform it ({type(e).__name__}: "
+                              f"{' '.join(str(e).split())[:200]}); functional and Sequential models of "
+                              "serializable layers are supported") from e
+    new.set_weights(model.get_weights())
+    return new
+
+
+def _feed(model, x: tuple[np.ndarray, ...]):
+    """Dataset inputs (in input-name order, data.py) -> what the Keras model takes."""
+    if len(x) == 1:
+        return x[0]
+    names = sorted(t.name.split(":")[0] for t in model.inputs)
+    return dict(zip(names, x))
+
+
+def predict(model, x: tuple[np.ndarray, ...], batch_size: int = 256) -> np.ndarray:
+    out = model.predict(_feed(model, x), batch_size=batch_size, verbose=0)
+    if isinstance(out, (list, tuple, dict)):
+        raise KerasTurboError(f"model {model.name!r} has several outputs; fine-tuning and accuracy need one output")
+    return np.asarray(out)
+
+
+def accuracy(model, ds: Dataset | None) -> float | None:
+    """Top-1 accuracy on labelled data (None without data or labels)."""
+    if ds is None or ds.y is None:
+        return None
+    out = predict(model, ds.x)
+    if out.ndim != 2:
+        return None
+    pred = out.argmax(-1) if out.shape[-1] > 1 else (out[:, 0] > (0.5 if _looks_like_probabilities(out) else 0.0))
+    return float(np.mean(pred.astype("int64") == ds.y))
+
+
+def _looks_like_probabilities(out: np.ndarray) -> bool:
+    """A softmax (or sigmoid) output, rather than logits: decides the loss's `from_logits`.
+    Checked on the numbers because the softmax may sit in a Dense, an Activation or a Softmax layer."""
+    if out.shape[-1] == 1:
+        return bool(np.all((out >= 0) & (out <= 1)))
+    return bool(np.all(out >= -1e-6) and np.allclose(out.sum(-1), 1.0, atol=1e-3))
+
+
+def saved_sizes(model) -> dict:
+    """Bytes of the saved `.keras` file, gzipped (level 9) and not, and of all the weights as raw
+    float32 gzipped (the container-free measure of what zeros buy)."""
+    keras = _tf.keras()
+    fd, path = tempfile.mkstemp(suffix=".keras")
+    os.close(fd)
+    try:
+        keras.saving.save_model(model, path)
+        with open(path, "rb") as fh:
+            data = fh.read()
+    finally:
+        os.unlink(path)
+    weights = b"".join(np.ascontiguousarray(w, dtype="float32").tobytes() for w in model.get_weights())
+    return {"keras_bytes": len(data), "gzip_bytes": len(gzip.compress(data, 9)),
+            "weights_bytes": len(weights), "weights_gzip_bytes": len(gzip.compress(weights, 9))}
+
+
+def finetune(model, train: Dataset, *, epochs: int, batch_size: int, learning_rate: float, seed: int = 0,
+             teacher=None, temperature: float = 4.0, distill_weight: float = 0.5, callbacks=()) -> dict:
+    """Train `model` in place on `train` (Adam, cosine learning-rate decay), optionally distilling
+    from `teacher`.
+
+    The loss: sparse cross-entropy on the labels; with a teacher, mixed with the distillation
+    loss T^2 * KL(teacher || student) at temperature T (weight `distill_weight`); without labels,
+    the teacher's outputs alone are the target (KL for classifiers, mean squared error otherwise).
+
+    Returns:
+        {"epochs", "steps", "final_loss", "loss"}: what the report records about the training.
+    """
+    keras = _tf.keras()
+    ops = keras.ops
+    if len(model.outputs) != 1:
+        raise KerasTurboError(f"model {model.name!r} has {len(model.outputs)} outputs; fine-tuning supports one "
+                              "(pass finetune=False)")
+    keras.utils.set_random_seed(seed)
+    x = _feed(model, train.x)
+    probe = predict(model, tuple(a[:64] for a in train.x))
+    probs = _looks_like_probabilities(probe)
+    classifier = probe.ndim == 2 and probe.shape[-1] > 1
+    labels = train.y is not None and classifier
+    if not labels and teacher is None:
+        raise KerasTurboError("fine-tuning needs labelled train data for a classifier, or a teacher "
+                              f"(train data {train.source}: {'no labels' if train.y is None else 'labels, but the output is not a class score'})")
+    if teacher is None:
+        loss, y, kind = keras.losses.SparseCategoricalCrossentropy(from_logits=not probs), train.y, "cross-entropy"
+    else:
+        t_out = predict(teacher, train.x).astype("float32")
+        if not classifier:
+            loss, y, kind = "mse", t_out, "mean squared error to the teacher"
+        else:
+            w = distill_weight if labels else 1.0
+            label_col = (train.y if labels else np.zeros(len(t_out))).astype("float32")[:, None]
+            y = np.concatenate([label_col, t_out], axis=1)
+            kind = f"distillation (T={temperature}, weight {w})" + (" + cross-entropy" if labels else "")
+            loss = _distill_loss(ops, probs, temperature, w)
+    # Cosine decay to zero: the last steps make small moves, so the model ends settled at the
+    # final masks rather than wherever the last large step left it.
+    steps = epochs * math.ceil(len(train) / batch_size)
+    lr = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=steps)
+    model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss)
+    hist = model.fit(x, y, epochs=epochs, batch_size=batch_size, shuffle=True, verbose=0, callbacks=list(callbacks))
+    losses = [float(v) for v in hist.history.get("loss", [])]
+    return {"epochs": epochs, "steps": steps, "learning_rate": f"{learning_rate} with cosine decay", "loss": kind,
+            "final_loss": losses[-1] if losses else None}
+
+
+def _distill_loss(ops, probs: bool, temperature: float, weight: float):
+    """y_true packs [label, teacher outputs...]; both outputs may be probabilities or logits."""
+
+    def logits(out):
+        # log(p) is a logit up to a per-row constant, which a softmax ignores.
+        return ops.log(ops.clip(out, 1e-7, 1.0)) if probs else out
+
+    def loss(y_true, y_pred):
+        label = ops.cast(y_true[:, 0], "int32")
+        t_logits, s_logits = logits(y_true[:, 1:]), logits(y_pred)
+        t = ops.softmax(t_logits / temperature, axis=-1)
+        log_s = ops.log_softmax(s_logits / temperature, axis=-1)
+        kd = ops.sum(t * (ops.log(ops.clip(t, 1e-7, 1.0)) - log_s), axis=-1) * temperature**2
+        if weight >= 1.0:
+            return kd
+        ce = ops.sparse_categorical_crossentropy(label, s_logits, from_logits=True)
+        return (1.0 - weight) * ce + weight * kd
+
+    return loss
+
+
+# ---------------------------------------------------------------- magnitude pruning
+
+def _kernel_name(keras, layer) -> str | None:
+    """The weight a layer's work is in, for the layer kinds this technique prunes. Exact types:
+    a user's subclass may use its kernel differently."""
+    L = keras.layers
+    kernels = {
+        L.Dense: "kernel", L.EinsumDense: "kernel",
+        L.Conv1D: "kernel", L.Conv2D: "kernel", L.Conv3D: "kernel",
+        L.Conv1DTranspose: "kernel", L.Conv2DTranspose: "kernel", L.Conv3DTranspose: "kernel",
+        L.DepthwiseConv1D: "kernel", L.DepthwiseConv2D: "kernel",
+        L.SeparableConv1D: "pointwise_kernel", L.SeparableConv2D: "pointwise_kernel",
+    }
+    return kernels.get(type(layer))
+
+
+def _leaf_layers(keras, model):
+    """Every layer, nested models opened up, in the model's (topological) order."""
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from _leaf_layers(keras, layer)
+        else:
+            yield layer
+
+
+@dataclass
+class _Target:
+    layer: str
+    kind: str
+    variable: object            # the keras.Variable of the kernel in the model being pruned
+    sparsity: float
+    mask: np.ndarray | None = field(default=None, repr=False)
+    mask_tensor: object = field(default=None, repr=False)
+
+
+def _plan(keras, model, config: PruneConfig) -> tuple[list[_Target], list[dict]]:
+    """Which kernels to prune at which sparsity, and the report rows of the layers left alone."""
+    found, skipped = [], []
+    for layer in _leaf_layers(keras, model):
+        name = _kernel_name(keras, layer)
+        if name is None:
+            if layer.weights and not isinstance(layer, (keras.layers.BatchNormalization, keras.layers.LayerNormalization)):
+                skipped.append({"layer": layer.name, "type": type(layer).__name__,
+                                "reason": "not a Conv/Dense layer keras-turbo prunes (left whole)"})
+            continue
+        var = next((w for w in layer.weights if w.name == name), None)
+        if var is None or "float" not in str(var.dtype):
+            # Quantized layers keep int8 kernels under other names: pruning them is not this module's job.
+            skipped.append({"layer": layer.name, "type": type(layer).__name__,
+                            "reason": f"no float `{name}` weight (quantized?)"})
+            continue
+        found.append((layer, var))
+    names = {layer.name for layer, _ in found}
+    unknown = sorted({n for n, _ in config.layer_sparsity} - names) + sorted(set(config.exclude) - names)
+    if unknown:
+        raise KerasTurboError(f"layer_sparsity / exclude name layers that are not prunable layers of {model.name!r}: "
+                              f"{', '.join(unknown)} (prunable: {', '.join(sorted(names)) or 'none'})")
+    per_layer = dict(config.layer_sparsity)
+    pattern = parse_pattern(config.pattern) if config.pattern else None
+    targets = []
+    for i, (layer, var) in enumerate(found):
+        row = {"layer": layer.name, "type": type(layer).__name__, "kernel_shape": list(var.shape)}
+        edge = "first" if i == 0 else "last" if i == len(found) - 1 else None
+        if layer.name in config.exclude:
+            skipped.append({**row, "reason": "excluded by the config"})
+        elif config.skip_first_last and edge and layer.name not in per_layer:
+            skipped.append({**row, "reason": f"{edge} prunable layer (skip_first_last)"})
+        elif pattern and (len(var.shape) < 2 or var.shape[-2] % pattern[1]):
+            skipped.append({**row, "reason": f"input channels ({var.shape[-2] if len(var.shape) >= 2 else 1}) "
+                                             f"not a multiple of {pattern[1]} for pattern {config.pattern}"})
+        else:
+            s = 1.0 - pattern[0] / pattern[1] if pattern else per_layer.get(layer.name, config.sparsity)
+            if s == 0:
+                skipped.append({**row, "reason": "target sparsity 0"})
+            else:
+                targets.append(_Target(layer.name, type(layer).__name__, var, float(s)))
+    return targets, skipped
+
+
+def magnitude_mask(w: np.ndarray, sparsity: float) -> np.ndarray:
+    """1 for the weights kept, 0 for the `round(sparsity * size)` smallest in magnitude."""
+    k = int(round(sparsity * w.size))
+    mask = np.ones(w.size, dtype=w.dtype)
+    if k > 0:
+        mask[np.argpartition(np.abs(w).ravel(), k - 1)[:k]] = 0
+    return mask.reshape(w.shape)
+
+
+def pattern_mask(w: np.ndarray, n: int, m: int) -> np.ndarray:
+    """Keep the `n` largest of every `m` consecutive weights along the input-channel axis (-2)."""
+    moved = np.moveaxis(np.abs(w), -2, -1)                      # (..., out, in)
+    groups = moved.reshape(*moved.shape[:-1], -1, m)            # (..., out, in/m, m)
+    order = np.argsort(-groups, axis=-1, kind="stable")
+    keep = np.zeros_like(groups, dtype=bool)
+    np.put_along_axis(keep, order[..., :n], True, axis=-1)
+    return np.moveaxis(keep.reshape(moved.shape), -1, -2).astype(w.dtype)
+
+
+def polynomial_sparsity(step: int, initial: float, final: float, end_step: int) -> float:
+    """TF-MOT's PolynomialDecay: final + (initial - final) * (1 - step / end_step) ** 3."""
+    if end_step <= 0 or step >= end_step:
+        return final
+    return final + (initial - final) * (1.0 - step / end_step) ** POLYNOMIAL_POWER
+
+
+class _Masker:
+    """Holds the masks; makes them at a given fraction of each layer's target and applies them."""
+
+    def __init__(self, keras, targets: list[_Target], pattern: tuple[int, int] | None):
+        self.ops = keras.ops
+        self.targets = targets
+        self.pattern = pattern
+        self.current = 0.0
+
+    def update(self, fraction_of_target: float | None) -> None:
+        """New masks from the current (masked) weights; None means the final target. Weights
+        already zero are the smallest, so a weight once pruned stays pruned."""
+        for t in self.targets:
+            w = np.asarray(t.variable.numpy())
+            if self.pattern:
+                t.mask = pattern_mask(w, *self.pattern)
+            else:
+                s = t.sparsity if fraction_of_target is None else t.sparsity * fraction_of_target
+                t.mask = magnitude_mask(w, s)
+            t.mask_tensor = self.ops.convert_to_tensor(t.mask)
+        self.current = 1.0 if fraction_of_target is None else fraction_of_target
+
+    def apply(self) -> None:
+        # Runs after every optimizer step: stays on the device, no round trip through NumPy.
+        for t in self.targets:
+            t.variable.assign(self.ops.multiply(t.variable, t.mask_tensor))
+
+
+def _mask_callback(keras, masker: _Masker, config: PruneConfig, total_steps: int):
+    """Re-applies the masks after every optimizer step and raises them on the schedule."""
+    end_step = max(1, int(RAMP_FRACTION * total_steps))
+    frequency = config.frequency or max(1, end_step // 20)
+    polynomial = config.schedule == "polynomial" and not config.pattern
+
+    def fraction(step):
+        # The schedule is in sparsity; each layer's own target scales it (layer_sparsity).
+        s = polynomial_sparsity(step, config.initial_sparsity, config.sparsity, end_step)
+        return s / config.sparsity if config.sparsity else 1.0
+
+    class PruningMasks(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.step = 0
+            self.updates = 0
+
+        def on_train_begin(self, logs=None):
+            masker.update(fraction(0) if polynomial else None)
+            masker.apply()
+            self.updates += 1
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.step += 1
+            if polynomial and masker.current < 1.0 and (self.step % frequency == 0 or self.step >= end_step):
+                masker.update(fraction(self.step) if self.step < end_step else None)
+                self.updates += 1
+            masker.apply()
+
+        def on_train_end(self, logs=None):
+            if masker.current < 1.0:  # fewer steps than planned: finish at the target
+                masker.update(None)
+                self.updates += 1
+            masker.apply()
+
+    cb = PruningMasks()
+    cb.plan = {"end_step": end_step, "frequency": frequency}
+    return cb
+
+
+def apply(model, config: PruneConfig | None = None, train: Dataset | None = None, val: Dataset | None = None) -> TechniqueResult:
+    """Prune the smallest weights of a model's Conv/Dense kernels to a target sparsity.
+
+    Args:
+        model: a built keras.Model (functional or Sequential). It is not changed.
+        config: a `PruneConfig`; default `PruneConfig()` (80%, polynomial schedule, fine-tuning).
+        train: data to fine-tune on (`keras_turbo.data.Dataset`); labels for a classifier, or,
+            without labels, the input model's own outputs are the target. Needed when
+            `config.finetune` is True.
+        val: labelled data for accuracy before and after (optional).
+
+    Returns:
+        A `TechniqueResult` whose `model` is a plain Keras model (no wrapper layers) with real
+        zeros in its kernels, and whose `report` holds one row per pruned layer (kernel shape,
+        target and achieved sparsity), the layers left dense with the reason, accuracy before
+        and after on `val`, and the sizes before and after (`.keras` bytes, gzipped).
+
+    Raises:
+        KerasTurboError: bad settings, fine-tuning asked for without train data, layer names in
+            the config that the model does not have, or a model that cannot be copied.
+
+    Example:
+        >>> from keras_turbo.techniques import prune
+        >>> res = prune.apply(model, prune.PruneConfig(sparsity=0.8, epochs=8), train=train, val=val)
+        >>> res.model.save("pruned.keras"); res.report["size"]["gzip_ratio"]
+    """
+    config = config or PruneConfig()
+    keras = check_model(model, "prune")
+    if config.finetune and train is None:
+        raise KerasTurboError(NO_FINETUNE_DATA)
+    new = copy_model(model)
+    # Train a second copy: fitting compiles it with the fine-tuning loss and optimizer, and the
+    # model handed back should carry neither (only the weights move across at the end).
+    work = copy_model(new) if config.finetune else new
+    targets, skipped = _plan(keras, work, config)
+    if not targets:
+        raise KerasTurboError(f"prune: no layer of {model.name!r} to prune "
+                              f"({'; '.join(s['layer'] + ': ' + s['reason'] for s in skipped) or 'no Conv/Dense layers'})")
+    masker = _Masker(keras, targets, parse_pattern(config.pattern) if config.pattern else None)
+    training = None
+    if config.finetune:
+        steps = config.epochs * math.ceil(len(train) / config.batch_size)
+        cb = _mask_callback(keras, masker, config, steps)
+        training = finetune(work, train, epochs=config.epochs, batch_size=config.batch_size,
+                            learning_rate=config.learning_rate, seed=config.seed, callbacks=[cb],
+                            teacher=model if train.y is None else None)
+        training.update(schedule=config.schedule if not config.pattern else f"pattern {config.pattern}",
+                        mask_updates=cb.updates, **cb.plan)
+        new.set_weights(work.get_weights())
+    else:
+        masker.update(None)
+        masker.apply()
+
+    rows = []
+    new_layers = {layer.name: layer for layer in _leaf_layers(keras, new)}
+    zeros = total = 0
+    for t in targets:
+        # Read back from the returned model: the zeros must be real, not a mask held aside.
+        w = next(v for v in new_layers[t.layer].weights if v.name == t.variable.name).numpy()
+        z = int(np.count_nonzero(w == 0))
+        zeros, total = zeros + z, total + w.size
+        rows.append({"layer": t.layer, "type": t.kind, "kernel_shape": list(w.shape),
+                     "target_sparsity": round(t.sparsity, 4), "achieved_sparsity": round(z / w.size, 4)})
+    all_w = new.get_weights()
+    n_params = sum(w.size for w in all_w)
+    size_before, size_after = saved_sizes(model), saved_sizes(new)
+    report = {
+        "layers": rows,
+        "skipped": skipped,
+        "kernel_sparsity": round(zeros / total, 4),
+        "model_sparsity": round(sum(int(np.count_nonzero(w == 0)) for w in all_w) / n_params, 4),
+        "accuracy_before": accuracy(model, val),
+        "accuracy_after": accuracy(new, val),
+        "val_samples": len(val) if val is not None else 0,
+        "finetune": training,
+        "size": {"before": size_before, "after": size_after,
+                 "gzip_ratio": round(size_before["gzip_bytes"] / size_after["gzip_bytes"], 3),
+                 "weights_gzip_ratio": round(size_before["weights_gzip_bytes"] / size_after["weights_gzip_bytes"], 3)},
+        "note": SPARSE_NOTE,
+    }
+    return TechniqueResult("prune", new, config, report)
+
+
+__all__ = ["PruneConfig", "apply"]

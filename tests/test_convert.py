@@ -1,0 +1,218 @@
+"""Quantized conversion on every runtime, accuracy against float, per-layer fallback, and the
+errors for bad calibration data and modes a runtime does not have."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import keras_turbo
+from keras_turbo.cli import main
+from keras_turbo.convert import TARGETS, ConvertConfig, convert
+from keras_turbo.sensitivity import FallbackConfig, quantize_with_fallback
+
+COMBOS = [(to, mode) for to, t in TARGETS.items() for mode in t.modes if not (to == "keras" and mode == "none")]
+
+
+@pytest.fixture(scope="module")
+def digits_results(digits_model):
+    """Every target x mode on the digits CNN, with its accuracy on the test split."""
+    path, float_acc = digits_model
+    out = {}
+    for to, mode in COMBOS:
+        if to == "keras":
+            continue  # Keras' int8 covers Dense-like layers only: the CNN's one Dense layer, tested below
+        r = convert(path, ConvertConfig(to=to, quantize=mode), "builtin:digits:train")
+        ev = keras_turbo.evaluate(r.load(), "builtin:digits:test", reference=path)
+        out[(to, mode)] = (r, ev)
+    return float_acc, out
+
+
+def test_every_runtime_and_mode_converts_and_runs(digits_results):
+    float_acc, results = digits_results
+    assert len(results) == 11  # litert 5, onnx 3, openvino 3
+    for (to, mode), (r, ev) in results.items():
+        assert r.path.exists() and r.backend == TARGETS[to].backend
+        assert ev["samples"] == 271
+        # Each stays a working classifier; int8 paths are checked more tightly below.
+        assert ev["accuracy"] >= float_acc - 0.05, (to, mode, ev)
+
+
+def test_full_int8_within_one_point_on_some_runtime(digits_results):
+    float_acc, results = digits_results
+    best = max(results[(to, "int8")][1]["accuracy"] for to in ("litert", "onnx", "openvino"))
+    assert float_acc - best <= 0.01
+
+
+def test_float_paths_are_exact_and_quantized_ones_are_smaller(digits_results):
+    _, results = digits_results
+    for to in ("litert", "onnx", "openvino"):
+        r_float, ev = results[(to, "none")]
+        assert ev["max_abs_diff"] < 1e-4 and ev["top1_agreement"] == 1.0
+        assert results[(to, "int8")][0].model_bytes < r_float.model_bytes / 1.8, to
+    assert results[("litert", "fp16")][0].model_bytes < results[("litert", "none")][0].model_bytes / 1.6
+    assert results[("openvino", "fp16")][0].model_bytes < results[("openvino", "none")][0].model_bytes / 1.4
+
+
+def test_artifacts_really_are_quantized(digits_results):
+    """Look inside: int8 weights in LiteRT, QuantizeLinear nodes in ONNX, FakeQuantize in OpenVINO."""
+    _, results = digits_results
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(results[("litert", "int8")][0].path))
+    conv_kernels = [d for d in it.get_tensor_details() if "convolution" in d["name"] and len(d["shape"]) == 4]
+    assert conv_kernels and all(d["dtype"] == np.int8 for d in conv_kernels)
+    it16 = Interpreter(model_path=str(results[("litert", "int16x8")][0].path))
+    assert any(d["dtype"] == np.int16 for d in it16.get_tensor_details())
+
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(results[("onnx", "int8")][0].path)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    dyn = {n.op_type for n in onnx.load(str(results[("onnx", "dynamic")][0].path)).graph.node}
+    assert dyn & {"DynamicQuantizeLinear", "ConvInteger", "MatMulInteger"}
+
+    import openvino as ov
+
+    ov_ops = {op.get_type_name() for op in ov.Core().read_model(str(results[("openvino", "int8")][0].path)).get_ops()}
+    assert "FakeQuantize" in ov_ops or "FakeConvert" in ov_ops
+
+
+def test_litert_int8_io(digits_model):
+    path, float_acc = digits_model
+    r = convert(path, ConvertConfig(to="litert", quantize="int8", int8_io=True), "builtin:digits:train")
+    p = r.load()
+    assert p.inputs[0].dtype == "float32"  # served as float: the Predictor quantizes for you
+    ev = keras_turbo.evaluate(p, "builtin:digits:test")
+    assert float_acc - ev["accuracy"] <= 0.02
+
+
+def test_keras_int8_on_a_dense_model(model_files):
+    path, model = model_files["two_input"]
+    before = [w.copy() for w in model.get_weights()]
+    r = convert(model, ConvertConfig(to="keras", quantize="int8"))
+    assert r.backend == "tf-function" and r.path.suffix == ".keras"
+    from tests.conftest import inputs_for, keras_out
+
+    feeds = inputs_for(model, n=8)
+    got, want = r.load()(feeds), keras_out(model, feeds)
+    assert np.max(np.abs(got - want)) < 0.05 * np.max(np.abs(want))
+    assert not np.allclose(got, want, atol=1e-7)  # really quantized, not a copy
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_keras_int8_refuses_a_model_without_dense_layers(tmp_path):
+    from tests.conftest import keras
+
+    m = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(2, 3)])
+    with pytest.raises(keras_turbo.KerasTurboError, match="Dense"):
+        convert(m, ConvertConfig(to="keras", quantize="int8"))
+
+
+def test_input_model_unchanged_and_file_untouched(digits_model):
+    path, _ = digits_model
+    before = path.read_bytes()
+    model = keras_turbo.load_model(path)
+    weights = [w.copy() for w in model.get_weights()]
+    convert(model, ConvertConfig(to="onnx", quantize="int8"), "builtin:digits:train")
+    for a, b in zip(weights, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert path.read_bytes() == before
+
+
+@pytest.fixture(scope="module")
+def outlier_model():
+    from keras_turbo.zoo import outlier_digits_mlp
+
+    return outlier_digits_mlp()
+
+
+@pytest.mark.parametrize("to", ["litert", "onnx", "openvino"])
+def test_fallback_repairs_a_layer_that_breaks_int8(outlier_model, to):
+    model, _ = outlier_model
+    fr = quantize_with_fallback(model, ConvertConfig(to=to, quantize="int8"), "builtin:digits:train",
+                                "builtin:digits:val", FallbackConfig(max_accuracy_drop=1.0))
+    drop_full = (fr.float_accuracy - fr.full.accuracy) * 100
+    assert drop_full >= 5, f"plain int8 should break this model, lost only {drop_full:.1f} points"
+    # The layer that reads the outlier activation is named first; "hidden" is harmless.
+    assert fr.layers[0]["layer"] == "head" and fr.layers[-1]["layer"] == "hidden"
+    assert fr.met and (fr.float_accuracy - fr.final.accuracy) * 100 <= 1.0
+    assert "head" in fr.kept_float and "hidden" in fr.quantized_layers  # every other layer still int8
+    doc = json.loads(json.dumps(fr.to_dict()))  # JSON-ready, for the report
+    assert [r["layer"] for r in doc["layer_sensitivity"]] == [r["layer"] for r in fr.layers]
+    p = keras_turbo.load(fr.result.path)
+    assert p.backend == TARGETS[to].backend
+
+
+def test_min_agreement_budget_without_labels(tmp_path, outlier_model):
+    model, _ = outlier_model
+    from keras_turbo.data import load_data
+    from keras_turbo.runtimes.base import TensorInfo
+
+    x = load_data("builtin:digits:val", [TensorInfo("pixels", (None, 64), "float32")]).x[0]
+    np.savez(tmp_path / "unlabeled.npz", x=x)
+    fr = quantize_with_fallback(model, ConvertConfig(to="litert", quantize="int8"), "builtin:digits:train",
+                                str(tmp_path / "unlabeled.npz"), FallbackConfig(min_agreement=0.99))
+    assert fr.float_accuracy is None and fr.met and fr.final.agreement >= 0.99
+    with pytest.raises(keras_turbo.KerasTurboError, match="needs labelled"):
+        quantize_with_fallback(model, ConvertConfig(to="litert", quantize="int8"), "builtin:digits:train",
+                               str(tmp_path / "unlabeled.npz"), FallbackConfig(max_accuracy_drop=1.0))
+
+
+def test_keep_float_by_layer_name(outlier_model):
+    model, _ = outlier_model
+    r = convert(model, ConvertConfig(to="litert", quantize="int8", keep_float=("spread", "head")), "builtin:digits:train")
+    ev = keras_turbo.evaluate(r.load(), "builtin:digits:val", reference=model)
+    assert ev["top1_agreement"] >= 0.99 and len(r.keep_float_nodes) >= 2
+
+
+# ------------------------------------------------------------------ errors
+
+def _cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    return code, capsys.readouterr().err
+
+
+def test_unsupported_runtime_and_mode(capsys, digits_model):
+    code, err = _cli(capsys, "convert", digits_model[0], "--to", "onnx", "--quantize", "fp16")
+    assert code == 2 and err.strip().count("\n") == 0
+    assert "not available for --to onnx (it has: none, dynamic, int8)" in err
+
+
+def test_calibration_of_the_wrong_shape(capsys, tmp_path, digits_model):
+    np.savez(tmp_path / "cal.npz", x=np.zeros((50, 28, 28, 1), "float32"))
+    code, err = _cli(capsys, "convert", digits_model[0], "--to", "litert", "--quantize", "int8",
+                     "--calibration-data", tmp_path / "cal.npz")
+    assert code == 2 and "--calibration-data" in err and "(28, 28, 1)" in err and err.strip().count("\n") == 0
+
+
+def test_empty_calibration_set(capsys, tmp_path, digits_model):
+    np.savez(tmp_path / "empty.npz", x=np.zeros((0, 32, 32, 1), "float32"))
+    code, err = _cli(capsys, "convert", digits_model[0], "--to", "openvino", "--quantize", "int8",
+                     "--calibration-data", tmp_path / "empty.npz")
+    assert code == 2 and "holds no samples" in err
+
+
+def test_missing_calibration(capsys, digits_model):
+    code, err = _cli(capsys, "convert", digits_model[0], "--to", "litert", "--quantize", "int8")
+    assert code == 2 and "needs calibration data" in err
+
+
+def test_tiny_calibration_set_warns(digits_model):
+    with pytest.warns(UserWarning, match="only 20 calibration samples"):
+        r = convert(digits_model[0], ConvertConfig(to="litert", quantize="int8", calibration_size=20), "builtin:digits:train")
+    assert r.calibration_samples == 20
+
+
+def test_cli_convert_writes_output_and_json(capsys, tmp_path, digits_model):
+    out = tmp_path / "m.xml"
+    code = main(["convert", str(digits_model[0]), "--to", "openvino", "--quantize", "int8", "--calibration-data",
+                 "builtin:digits:train", "--eval-data", "builtin:digits:test", "-o", str(out), "--json", str(tmp_path / "c.json")])
+    text = capsys.readouterr().out
+    assert code == 0 and out.exists() and out.with_suffix(".bin").exists() and "accuracy" in text
+    doc = json.loads((tmp_path / "c.json").read_text())
+    assert doc["evaluation"]["samples"] == 271 and doc["artifact"]["path"] == str(out)
+    assert keras_turbo.load(out).backend == "openvino"

@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.keras-turbo-installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench clean chromium
 
 install: $(STAMP)
 
@@ -20,7 +20,14 @@ $(STAMP): requirements.lock pyproject.toml
 demo: install
 	$(VENV)/bin/keras-turbo demo
 
-test: install
+# The report test renders report.html in Debian's headless Chromium; install it where apt can
+# (root, package index reachable). Where it cannot, that one test skips and says why.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1)) \
+	  || echo "note: chromium not installed; the report rendering test will be skipped"; }
+
+test: install chromium
 	$(PY) -m pytest -q tests
 
 bench: install

@@ -8,6 +8,7 @@ Public API (the CLI calls the same functions):
     inspect(path)                 -> inputs, outputs, params, FLOPs, layer kinds
     convert(model, ConvertConfig) -> a LiteRT / ONNX / OpenVINO artifact, float or quantized
     quantize_with_fallback(...)   -> per-layer sensitivity, and a mixed-precision artifact within a budget
+    optimize(model, data, ...)    -> the fastest variant within an accuracy budget, with a report
     devices()                     -> CPU features, GPUs, usable runtimes
 """
 
@@ -19,6 +20,7 @@ from keras_turbo.bench import BenchmarkConfig, BenchmarkReport, benchmark
 from keras_turbo.convert import ConvertConfig, ConvertResult, convert
 from keras_turbo.errors import BackendError, DataError, KerasTurboError, ModelLoadError
 from keras_turbo.runtimes import BACKENDS, Predictor
+from keras_turbo.search import OptimizeConfig, OptimizeResult, optimize
 from keras_turbo.sensitivity import FallbackConfig, FallbackResult, quantize_with_fallback
 
 __version__ = "0.1.0"
@@ -45,5 +47,5 @@ def devices() -> dict:
 
 
 __all__ = ["BACKENDS", "BackendError", "BenchmarkConfig", "BenchmarkReport", "ConvertConfig", "ConvertResult", "DataError",
-           "FallbackConfig", "FallbackResult", "KerasTurboError", "ModelLoadError", "Predictor", "benchmark", "convert",
+           "FallbackConfig", "FallbackResult", "KerasTurboError", "ModelLoadError", "OptimizeConfig", "OptimizeResult", "Predictor", "optimize", "benchmark", "convert",
            "devices", "evaluate", "inspect", "load", "load_model", "quantize_with_fallback"]

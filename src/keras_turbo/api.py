@@ -57,6 +57,12 @@ def load(model, backend: str | None = None, threads: int | None = None, batch_si
         >>> p(np.zeros((1, 32, 32, 1), "float32")).shape
         (1, 10)
     """
+    if isinstance(model, (str, os.PathLike)) and (Path(model) / "manifest.json").exists():
+        # An optimize output's best/ folder: the manifest names the artifact and its runtime.
+        import json
+
+        manifest = json.loads((Path(model) / "manifest.json").read_text())
+        model, backend = Path(model) / manifest["artifact"], backend or manifest["backend"]
     ref = as_ref(model, unsafe, cache_dir)
     backend = backend or ("tf-function" if ref.is_keras else NATIVE[ref.format])
     return open_predictor(ref, backend, threads=threads, batch_size=batch_size, device=device, cache_dir=cache_dir)

@@ -231,33 +231,85 @@ def cmd_convert(args) -> int:
     return 0
 
 
-def cmd_demo(args) -> int:
-    """Train the built-in digits CNN (cached), report its accuracy, and benchmark it on every runtime."""
+def _parse_duration(text: str) -> float:
+    m = __import__("re").fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", str(text))
+    if not m:
+        raise KerasTurboError(f"--time-budget: expected a duration like 90s, 30m or 2h, received {text!r}")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
+
+
+def _run_optimize(model, data, train_data, cfg, out_dir, unsafe=False):
     import keras_turbo
-    from keras_turbo.bench import BenchmarkConfig
-    from keras_turbo.report import benchmark_table
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    _, err = _console()
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), TextColumn("{task.fields[left]}"), console=err, transient=True) as bar:
+        task = bar.add_task("optimize", total=1, left="")
+
+        def progress(what, done, total, left):
+            bar.update(task, description=f"candidate: {what}", completed=done, total=total,
+                       left=f"{max(left, 0) / 60:.1f} min left in budget")
+
+        return keras_turbo.optimize(model, data, train_data, cfg, out_dir, progress=progress, unsafe=unsafe)
+
+
+def _print_optimize(res) -> None:
+    from keras_turbo.report import headline, summary_table
+
+    out, _ = _console()
+    out.print(summary_table(res.doc))
+    h = headline(res.doc)
+    if h:
+        verdict = "" if h["budget_met"] else "  (no candidate met the budget: fastest float runtime recommended)"
+        acc = "-" if h["accuracy"] is None else f"{h['accuracy'] * 100:.2f}%"
+        base = "-" if h["baseline_accuracy"] is None else f"{h['baseline_accuracy'] * 100:.2f}%"
+        out.print(f"recommended: {h['recommended']}: {h['speedup']:.1f}x faster than {h['baseline']}, "
+                  f"{h['size_ratio']:.1f}x smaller, accuracy {acc} (float {base}){verdict}")
+    out.print(f"report: {res.report_html}")
+    out.print(f"serve it: keras_turbo.load({str(res.out / 'best')!r})")
+
+
+def cmd_optimize(args) -> int:
+    from keras_turbo.search import OptimizeConfig
+
+    cfg = OptimizeConfig(max_accuracy_drop=args.max_accuracy_drop if args.min_agreement is None else None,
+                         min_agreement=args.min_agreement, objective=args.objective, batch_size=args.batch_size,
+                         threads=args.threads, techniques=tuple(t for t in (args.techniques or "").split(",") if t),
+                         time_budget_s=_parse_duration(args.time_budget))
+    res = _run_optimize(args.model, args.data, args.train_data, cfg, args.out, args.unsafe)
+    _print_optimize(res)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from keras_turbo.report import write_reports
+
+    path = Path(args.dir) / "results.json"
+    if not path.exists():
+        raise KerasTurboError(f"{args.dir}: no results.json here (run keras-turbo optimize --out {args.dir} first)")
+    try:
+        doc = json.loads(path.read_text())
+    except ValueError as e:
+        raise KerasTurboError(f"{path}: not valid JSON ({e})") from e
+    write_reports(Path(args.dir), doc)
+    out, _ = _console()
+    out.print(f"wrote {Path(args.dir) / 'report.html'} and report.md")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """Train the built-in digits CNN (cached), then optimize it with train data and show the report."""
+    from keras_turbo.search import OptimizeConfig
     from keras_turbo.zoo import digits_model_path
 
     out, err = _console()
-    outdir = Path(args.out)
-    outdir.mkdir(parents=True, exist_ok=True)
     path = digits_model_path(progress=lambda msg: err.print(f"[dim]{msg}[/dim]"))
-    res = keras_turbo.evaluate(path, "builtin:digits:test", backend="keras-call")
     out.print(f"built-in digits CNN: {path}")
-    out.print(f"  float accuracy on the digits test split: {res['accuracy'] * 100:.2f}% ({res['samples']} samples)")
-    cfg = BenchmarkConfig(min_runs=30, min_seconds=1.0, warmup_seconds=0.3)
-    report = _run_benchmark(path, None, [1], args.threads, cfg)
-    out.print(benchmark_table(report))
-    report.write_json(outdir / "benchmark.json")
-    ok = [r for r in report.results if r.ok]
-    if ok:
-        best = min(ok, key=lambda r: r.latency_ms["p50"])
-        base = report.get("keras-predict", 1)
-        if base and base.ok:
-            out.print(f"fastest: {best.backend}, {base.latency_ms['p50'] / best.latency_ms['p50']:.0f}x faster than "
-                      f"keras-predict at batch 1 ({best.latency_ms['p50']:.3f} ms vs {base.latency_ms['p50']:.2f} ms)")
-    out.print(f"results: {outdir / 'benchmark.json'}")
-    return 0 if ok else 1
+    cfg = OptimizeConfig(max_accuracy_drop=1.0, threads=args.threads, time_budget_s=_parse_duration(args.time_budget))
+    res = _run_optimize(path, "builtin:digits:test", "builtin:digits:train", cfg, args.out)
+    _print_optimize(res)
+    return 0 if res.recommended else 1
 
 
 # ------------------------------------------------------------------------- parser
@@ -329,9 +381,30 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", metavar="PATH")
     sp.set_defaults(fn=cmd_devices)
 
-    sp = sub.add_parser("demo", help="train the built-in digits CNN and benchmark it on every runtime")
+    sp = sub.add_parser("optimize", help="the fastest variant within an accuracy budget, with a report")
+    model_arg(sp)
+    sp.add_argument("--data", required=True, help="held-out DATA to judge accuracy on")
+    sp.add_argument("--train-data", metavar="DATA", help="DATA for calibration and the training techniques")
+    sp.add_argument("--max-accuracy-drop", type=float, default=1.0, metavar="POINTS",
+                    help="allowed accuracy loss in points (default 1.0)")
+    sp.add_argument("--min-agreement", type=float, metavar="FRACTION",
+                    help="instead: top-1 agreement with the float model, e.g. 0.99 (no labels needed)")
+    sp.add_argument("--objective", choices=("latency", "throughput", "size"), default="latency")
+    sp.add_argument("--batch-size", type=_positive_int("--batch-size"), default=1)
+    sp.add_argument("--threads", type=_positive_int("--threads"))
+    sp.add_argument("--techniques", metavar="LIST", help="comma-separated: runtimes,fp16,int8,fallback and the training techniques")
+    sp.add_argument("--time-budget", default="30m", metavar="DURATION", help="e.g. 90s, 30m (default 30m)")
+    sp.add_argument("--out", default="keras-turbo-out", metavar="DIR")
+    sp.set_defaults(fn=cmd_optimize)
+
+    sp = sub.add_parser("report", help="re-render report.html and report.md from DIR/results.json")
+    sp.add_argument("dir")
+    sp.set_defaults(fn=cmd_report)
+
+    sp = sub.add_parser("demo", help="train the built-in digits CNN and optimize it (what make demo runs)")
     sp.add_argument("--out", default="keras-turbo-demo", help="folder for the results (default keras-turbo-demo)")
     sp.add_argument("--threads", type=_positive_int("--threads"))
+    sp.add_argument("--time-budget", default="8m", metavar="DURATION")
     sp.set_defaults(fn=cmd_demo)
     return p
 

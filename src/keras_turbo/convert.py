@@ -128,9 +128,44 @@ def layer_pattern(layer: str) -> re.Pattern:
     return re.compile(rf"(^|[/;]){re.escape(layer)}(_\d+)?(/|;|$)")
 
 
-def nodes_for_layers(node_names: Sequence[str], layers: Sequence[str]) -> dict[str, list[str]]:
-    """For each layer, the op names in a converted graph that belong to it."""
-    return {layer: [n for n in node_names if layer_pattern(layer).search(n)] for layer in layers}
+def nodes_for_layers(nodes: Sequence[tuple[str, str]], layers: Sequence[str]) -> dict[str, list[str]]:
+    """For each layer, the op names in a converted graph whose text names that layer."""
+    return {layer: [name for name, text in nodes if layer_pattern(layer).search(text)] for layer in layers}
+
+
+# Keras layer kind -> the weighted OpenVINO op it becomes.
+_OV_KIND = {"Conv1D": "Convolution", "Conv2D": "Convolution", "Conv3D": "Convolution", "Dense": "MatMul",
+            "DepthwiseConv2D": "GroupConvolution", "Conv2DTranspose": "ConvolutionBackpropData"}
+
+
+def layer_nodes(ref, target: "Target", model, layers: Sequence[str], cache_dir=None) -> dict[str, list[str]]:
+    """Map Keras layer names to the ops of the float artifact that quantization acts on.
+
+    By name where the converter kept TensorFlow's names (LiteRT, ONNX). OpenVINO's TensorFlow
+    front end renames convolutions, so a layer not found by name is matched to the weighted op of
+    the same type and weight size, the k-th such layer to the k-th such op in graph order.
+    """
+    nodes = graph_nodes(ref, target, cache_dir)
+    found = nodes_for_layers(nodes, layers)
+    if target.name != "openvino":
+        return found
+    by_key: dict[str, list[str]] = {}
+    for name, text in nodes:
+        m = re.search(r" #(\w+):(\d+)$", text)
+        if m:
+            by_key.setdefault(f"{m.group(1)}:{m.group(2)}", []).append(name)
+    seen: dict[str, int] = {}
+    for layer in layers:
+        obj = model.get_layer(layer)
+        kind = _OV_KIND.get(type(obj).__name__)
+        if kind is None:
+            continue
+        key = f"{kind}:{int(np.prod(obj.kernel.shape))}"
+        k = seen.get(key, 0)
+        seen[key] = k + 1
+        if not found[layer] and k < len(by_key.get(key, [])):
+            found[layer] = [by_key[key][k]]
+    return found
 
 
 def quantizable_layers(model) -> list[str]:
@@ -152,8 +187,8 @@ def float_artifact(ref, target: Target, cache_dir=None):
     return exporters.export(ref, target.export_to, cache_dir)
 
 
-def graph_nodes(ref, target: Target, cache_dir=None) -> list[str]:
-    """Op names of the float artifact, which quantized variants share."""
+def graph_nodes(ref, target: Target, cache_dir=None) -> list[tuple[str, str]]:
+    """(op name, text naming its layer) for the float artifact, which quantized variants share."""
     art = float_artifact(ref, target, cache_dir)
     if target.name == "litert":
         return litert_exp.node_names(art.path.read_bytes())
@@ -222,7 +257,9 @@ def convert(model, config: ConvertConfig | None = None, calibration=None, output
 
     keep_nodes = list(keep_float_nodes) if keep_float_nodes is not None else []
     if keep_float_nodes is None and cfg.keep_float:
-        found = nodes_for_layers(graph_nodes(ref, target, cache_dir), cfg.keep_float)
+        from keras_turbo.models import load_keras
+
+        found = layer_nodes(ref, target, load_keras(ref), cfg.keep_float, cache_dir)
         for layer, nodes in found.items():
             if not nodes:
                 msg = f"--keep-float {layer}: no op of that layer in the converted graph (unknown name, or fused away)"

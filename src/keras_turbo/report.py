@@ -42,3 +42,187 @@ def benchmark_table(report: BenchmarkReport) -> Table:
 
 def print_table(table, console: Console | None = None) -> None:
     (console or Console()).print(table)
+
+
+# ------------------------------------------------------------------ optimize reports
+
+def _fmt_acc(v) -> str:
+    return "-" if v is None else f"{v * 100:.2f}%"
+
+
+def _rows(doc: dict) -> list[list[str]]:
+    base = doc.get("baseline") or {}
+    base_p50 = base.get("latency_ms", {}).get("p50") if base.get("ok") else None
+    rows = []
+    ok = sorted((v for v in doc["variants"] if v.get("ok")), key=lambda v: v["latency_ms"]["p50"])
+    for v in ok + [v for v in doc["variants"] if not v.get("ok")]:
+        if not v.get("ok"):
+            rows.append([v["name"], v.get("backend", "-"), "failed" if not v.get("skipped") else "skipped",
+                         "", "", "", "", "", "", v.get("error") or ""])
+            continue
+        p50 = v["latency_ms"]["p50"]
+        mark = ("★ " if v["name"] == doc.get("recommended") else "") + ("pareto" if v.get("pareto") else "")
+        drop = "-" if v.get("accuracy_drop") is None else f"{-v['accuracy_drop']:+.2f}"
+        rows.append([v["name"], v["backend"], _fmt_acc(v.get("accuracy")), drop, _fmt_acc(v.get("top1_agreement")),
+                     f"{p50:.3f}", f"{base_p50 / p50:.1f}x" if base_p50 else "-", f"{v['throughput_per_s']:,.0f}",
+                     _size(v["model_bytes"]), ("within budget" if v.get("within_budget") else "over budget") + (f", {mark}" if mark else "")])
+    return rows
+
+
+HEADERS = ["variant", "runtime", "accuracy", "vs float (pts)", "agreement", "p50 ms", "vs keras-predict", "items/s", "size", "status"]
+
+
+def headline(doc: dict) -> dict:
+    """Baseline vs recommended: speedup, size ratio, accuracy."""
+    base = doc.get("baseline") or {}
+    best = next((v for v in doc["variants"] if v["name"] == doc.get("recommended")), None)
+    if not best or not base.get("ok"):
+        return {}
+    return {"baseline": base["name"], "recommended": best["name"],
+            "speedup": base["latency_ms"]["p50"] / best["latency_ms"]["p50"],
+            "size_ratio": base["model_bytes"] / best["model_bytes"],
+            "baseline_accuracy": doc.get("float_accuracy"), "accuracy": best.get("accuracy"),
+            "agreement": best.get("top1_agreement"), "budget_met": doc.get("budget_met")}
+
+
+def _budget_text(doc: dict) -> str:
+    b = doc["budget"]
+    lim = (f"at most {b['max_accuracy_drop']} points below float accuracy" if b.get("max_accuracy_drop") is not None
+           else f"top-1 agreement with float at least {b['min_agreement'] * 100:.1f}%")
+    return f"{lim}; objective {b['objective']}; batch {b['batch_size']}; {b['threads']} threads"
+
+
+def write_markdown(out, doc: dict) -> str:
+    h = headline(doc)
+    lines = [f"# keras-turbo optimize: {doc['model']}", "", f"Budget: {_budget_text(doc)}.", ""]
+    if h:
+        verdict = "" if h["budget_met"] else " **No candidate met the budget; the fastest float runtime is recommended.**"
+        lines += [f"**Recommended: `{h['recommended']}`**, {h['speedup']:.1f}x faster than `{h['baseline']}` at batch "
+                  f"{doc['budget']['batch_size']}, {h['size_ratio']:.1f}x smaller, accuracy {_fmt_acc(h['accuracy'])} "
+                  f"(float {_fmt_acc(h['baseline_accuracy'])}), agreement {_fmt_acc(h['agreement'])}.{verdict}", ""]
+    lines += ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
+    lines += ["| " + " | ".join(c.replace("|", "/") for c in r) + " |" for r in _rows(doc)]
+    m = doc["machine"]
+    lines += ["", f"Machine: {m['cpu']}, {m['usable_cores']} cores, flags: "
+              + ", ".join(k for k, v in m["cpu_flags"].items() if v) + f"; GPUs: {', '.join(m['gpus']) or 'none'}."]
+    text = "\n".join(lines) + "\n"
+    (out / "report.md").write_text(text)
+    return text
+
+
+def _svg(fig) -> str:
+    import io
+
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    svg = buf.getvalue()
+    svg = svg[svg.index("<svg"):]
+    import re
+
+    return re.sub(r"<metadata>.*?</metadata>", "", svg, flags=re.S)
+
+
+def pareto_svg(doc: dict) -> str:
+    """Latency vs accuracy (or agreement) for every measured variant; the front joined by a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [v for v in doc["variants"] if v.get("ok")]
+    use_acc = doc.get("float_accuracy") is not None
+    q = lambda v: (v["accuracy"] if use_acc else v["top1_agreement"]) * 100  # noqa: E731
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    for v in ok:
+        color = "#d62728" if v["name"] == doc.get("recommended") else ("#1f77b4" if v.get("within_budget") else "#999999")
+        ax.scatter(v["latency_ms"]["p50"], q(v), s=60 if v.get("pareto") else 30, color=color, zorder=3)
+        if v.get("pareto") or not v.get("within_budget") or v["name"] in (doc.get("recommended"), "keras-predict fp32"):
+            ax.annotate(v["name"], (v["latency_ms"]["p50"], q(v)), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    front = sorted((v for v in ok if v.get("pareto")), key=lambda v: v["latency_ms"]["p50"])
+    if len(front) > 1:
+        ax.plot([v["latency_ms"]["p50"] for v in front], [q(v) for v in front], color="#1f77b4", lw=1, zorder=2)
+    if use_acc and doc["budget"].get("max_accuracy_drop") is not None:
+        ax.axhline(doc["float_accuracy"] * 100 - doc["budget"]["max_accuracy_drop"], color="#d62728", ls="--", lw=1,
+                   label="accuracy budget")
+        ax.legend(loc="lower right", fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel(f"p50 latency at batch {doc['budget']['batch_size']} (ms, log scale)")
+    ax.set_ylabel("accuracy (%)" if use_acc else "top-1 agreement with float (%)")
+    ax.set_title("Every variant: latency vs accuracy (red: recommended, grey: over budget)")
+    ax.grid(alpha=0.3)
+    return _svg(fig)
+
+
+def sensitivity_svg(sens: dict) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layers = sens["layer_sensitivity"]
+    vals = [(r["accuracy_drop"] if r["accuracy_drop"] is not None else (1 - r["top1_agreement"]) * 100) for r in layers]
+    fig, ax = plt.subplots(figsize=(8, max(2.0, 0.3 * len(layers) + 1)))
+    colors = ["#d62728" if r["layer"] in sens.get("kept_float", []) else "#1f77b4" for r in layers]
+    ax.barh([r["layer"] for r in layers][::-1], vals[::-1], color=colors[::-1])
+    ax.set_xlabel("points lost when only this layer is int8 (red: kept in float)")
+    ax.set_title(f"Per-layer int8 sensitivity ({sens.get('runtime', '')})")
+    return _svg(fig)
+
+
+def write_html(out, doc: dict) -> str:
+    """report.html: self-contained (inline SVG and CSS, no scripts or links to fetch)."""
+    import html
+
+    h = headline(doc)
+    esc = html.escape
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>keras-turbo report</title><style>",
+             "body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse;font-size:13px}"
+             "td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}td:first-child,th:first-child{text-align:left}"
+             ".head{font-size:1.2em;background:#f3f7fb;padding:1em;border-radius:6px}.bad{color:#b00}",
+             "</style></head><body>", f"<h1>keras-turbo optimize</h1><p>{esc(doc['model'])}</p>",
+             f"<p>Budget: {esc(_budget_text(doc))}.</p>"]
+    if h:
+        parts.append(f"<div class='head' id='headline'><b>Recommended: {esc(h['recommended'])}</b><br>"
+                     f"{h['speedup']:.1f}x faster than {esc(h['baseline'])}, {h['size_ratio']:.1f}x smaller, accuracy "
+                     f"{_fmt_acc(h['accuracy'])} (float {_fmt_acc(h['baseline_accuracy'])}), agreement {_fmt_acc(h['agreement'])}"
+                     + ("" if h["budget_met"] else "<br><span class='bad'>No candidate met the budget: the fastest float "
+                        "runtime is recommended.</span>") + "</div>")
+    parts.append("<h2>Latency vs accuracy</h2><div id='pareto-plot'>" + pareto_svg(doc) + "</div>")
+    parts.append("<h2>All variants</h2><table id='variants'><tr>" + "".join(f"<th>{esc(c)}</th>" for c in HEADERS) + "</tr>")
+    for r in _rows(doc):
+        parts.append("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>")
+    parts.append("</table>")
+    if doc.get("sensitivity"):
+        parts.append("<h2>Per-layer quantization sensitivity</h2><div id='sensitivity-plot'>"
+                     + sensitivity_svg(doc["sensitivity"]) + "</div>")
+    m = doc["machine"]
+    parts.append("<h2>Machine</h2><table id='machine'>" + "".join(
+        f"<tr><td>{esc(k)}</td><td>{esc(str(v))}</td></tr>" for k, v in [
+            ("CPU", m["cpu"]), ("cores", m["usable_cores"]), ("flags", ", ".join(k for k, v in m["cpu_flags"].items() if v)),
+            ("GPUs", ", ".join(m["gpus"]) or "none"), ("memory GB", m["memory_gb"]),
+            ("libraries", ", ".join(f"{k} {v}" for k, v in m["libraries"].items() if v))]) + "</table>")
+    parts.append("</body></html>")
+    text = "\n".join(parts)
+    (out / "report.html").write_text(text)
+    return text
+
+
+def write_reports(out, doc: dict) -> None:
+    """report.md and report.html from a results.json document."""
+    from pathlib import Path
+
+    out = Path(out)
+    write_markdown(out, doc)
+    write_html(out, doc)
+
+
+def summary_table(doc: dict) -> Table:
+    t = Table(title=f"optimize: {doc['model']}")
+    for c in HEADERS:
+        t.add_column(c, justify="left" if c in ("variant", "runtime", "status") else "right")
+    for r in _rows(doc):
+        t.add_row(*r)
+    return t

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from keras_turbo.convert import ConvertConfig, ConvertResult, convert, graph_nodes, nodes_for_layers, quantizable_layers
+from keras_turbo.convert import ConvertConfig, ConvertResult, convert, graph_nodes, layer_nodes, quantizable_layers
 from keras_turbo.errors import KerasTurboError, bad_param
 from keras_turbo.techniques.base import TechniqueConfig
 
@@ -149,9 +149,10 @@ def quantize_with_fallback(model, config: ConvertConfig, calibration, eval_data,
 
     from keras_turbo.models import load_keras
 
-    layers = quantizable_layers(load_keras(ref))
-    nodes = graph_nodes(ref, _target(cfg), cache_dir)
-    by_layer = nodes_for_layers(nodes, layers)
+    keras_model = load_keras(ref)
+    layers = quantizable_layers(keras_model)
+    nodes = [name for name, _ in graph_nodes(ref, _target(cfg), cache_dir)]
+    by_layer = layer_nodes(ref, _target(cfg), keras_model, layers, cache_dir)
     layers = [name for name in layers if by_layer[name]]
     ranked = []
     for i, layer in enumerate(layers, 1):

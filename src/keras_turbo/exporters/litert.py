@@ -32,15 +32,16 @@ def _input_order(ref: ModelRef) -> list[str]:
     return [d["name"].removeprefix("serving_default_").split(":")[0] for d in it.get_input_details()]
 
 
-def node_names(content: bytes) -> list[str]:
-    """Output tensor names of every op: what the quantization debugger's denylist takes."""
+def node_names(content: bytes) -> list[tuple[str, str]]:
+    """(output tensor name, the same as text): what the quantization debugger's denylist takes.
+    The converter keeps TensorFlow's names (`model_1/conv1_1/convolution;...`)."""
     from ai_edge_litert.interpreter import Interpreter
 
     it = Interpreter(model_content=content)
     tensors = {d["index"]: d["name"] for d in it.get_tensor_details()}
     names = []
     for op in it._get_ops_details():
-        names.extend(tensors[i] for i in op["outputs"] if i in tensors)
+        names.extend((tensors[i], tensors[i]) for i in op["outputs"] if i in tensors)
     return names
 
 

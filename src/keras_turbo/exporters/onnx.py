@@ -53,11 +53,15 @@ def preprocessed(float_onnx: Path) -> Path:
     return pre
 
 
-def node_names(path: Path) -> list[str]:
-    """Node names of the pre-processed graph that quantization works on."""
+def node_names(path: Path) -> list[tuple[str, str]]:
+    """(node name, text to find its Keras layer in) for the pre-processed graph that quantization
+    works on. tf2onnx renames convolutions (`Conv__26`), but their weight initializers keep the
+    TensorFlow names (`model_1/conv1_1/convolution/merged_input:0`), so the text holds both."""
     import onnx
 
-    return [n.name for n in onnx.load(str(preprocessed(path))).graph.node]
+    g = onnx.load(str(preprocessed(path))).graph
+    inits = {i.name for i in g.initializer}
+    return [(n.name, " ".join([n.name, *[i for i in n.input if i in inits]])) for n in g.node]
 
 
 class _Reader:

@@ -21,10 +21,25 @@ def export(ref: ModelRef, out: Path) -> None:
     ov.save_model(model, str(out), compress_to_fp16=False)
 
 
-def node_names(path: Path) -> list[str]:
+WEIGHTED_OPS = ("Convolution", "GroupConvolution", "MatMul", "ConvolutionBackpropData")
+
+
+def node_names(path: Path) -> list[tuple[str, str]]:
+    """(op name, text to find its Keras layer in). OpenVINO's TensorFlow front end renames the ops
+    it moves while changing layout (`Transpose_656` for a convolution), so a weighted op's text
+    also carries its type and weight size, which `convert.layer_nodes` matches in graph order."""
+    import numpy as np
     import openvino as ov
 
-    return [op.get_friendly_name() for op in ov.Core().read_model(str(path)).get_ops()]
+    out = []
+    for op in ov.Core().read_model(str(path)).get_ordered_ops():
+        text = op.get_friendly_name()
+        if op.get_type_name() in WEIGHTED_OPS and op.get_input_size() > 1:
+            w = op.input_value(1).get_partial_shape()
+            if w.is_static:
+                text += f" #{op.get_type_name()}:{int(np.prod(w.to_shape()))}"
+        out.append((op.get_friendly_name(), text))
+    return out
 
 
 def quantize(float_xml: Path, out: Path, mode: str, calibration: Sequence[dict[str, np.ndarray]] | None,

@@ -1,0 +1,173 @@
+"""optimize: the search, results.json, best/, the reports, resuming, failures, budgets."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import keras_turbo
+from keras_turbo.report import write_markdown
+from keras_turbo.search import TECHNIQUE_STEPS, OptimizeConfig, optimize, recommend
+
+QUICK = dict(min_runs=5, min_seconds=0.05, calibration_size=100, eval_size=271)
+VARIANT_KEYS = {"name", "steps", "artifact", "backend", "ok", "error", "model_bytes", "accuracy", "accuracy_drop",
+                "top1_agreement", "latency_ms", "throughput_per_s", "pareto"}
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory, digits_model):
+    out = tmp_path_factory.mktemp("opt")
+    cfg = OptimizeConfig(max_accuracy_drop=1.0, techniques=("runtimes", "int8", "fallback"), **QUICK)
+    res = optimize(digits_model[0], "builtin:digits:test", "builtin:digits:train", cfg, out)
+    return res
+
+
+def test_results_json_schema(digits_run):
+    doc = json.loads((digits_run.out / "results.json").read_text())
+    assert {"model", "machine", "budget", "baseline", "variants", "recommended"} <= set(doc)
+    assert doc["baseline"]["backend"] == "keras-predict" and doc["baseline"]["ok"]
+    names = [v["name"] for v in doc["variants"]]
+    assert {"keras-predict fp32", "litert fp32", "onnxruntime fp32", "openvino fp32", "litert int8"} <= set(names)
+    for v in doc["variants"]:
+        if v["ok"]:
+            assert VARIANT_KEYS <= set(v), v["name"]
+            assert {"p50", "p90", "p99"} <= set(v["latency_ms"])
+            assert v["steps"] and {"technique", "config"} <= set(v["steps"][0])
+    assert any(v["pareto"] for v in doc["variants"])
+
+
+def test_recommended_is_fastest_within_budget_and_beats_predict(digits_run):
+    doc = digits_run.doc
+    best = digits_run.recommended
+    assert best["within_budget"] and doc["budget_met"]
+    assert (doc["float_accuracy"] - best["accuracy"]) * 100 <= 1.0
+    within = [v for v in doc["variants"] if v.get("ok") and v["within_budget"]]
+    assert best["latency_ms"]["p50"] == min(v["latency_ms"]["p50"] for v in within)
+    assert doc["baseline"]["latency_ms"]["p50"] / best["latency_ms"]["p50"] > 5
+
+
+def test_best_folder_serves(digits_run, digits_model):
+    p = keras_turbo.load(digits_run.out / "best")
+    assert p.backend == digits_run.recommended["backend"]
+    ev = keras_turbo.evaluate(p, "builtin:digits:test", reference=digits_model[0])
+    assert ev["accuracy"] == pytest.approx(digits_run.recommended["accuracy"], abs=1e-9)
+
+
+def test_reports_written_and_rerendered(digits_run, capsys):
+    html = (digits_run.out / "report.html").read_text()
+    assert "<svg" in html and "id='variants'" in html and "Recommended" in html
+    import re
+
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", html) and "<script" not in html  # nothing to fetch
+    md = (digits_run.out / "report.md").read_text()
+    assert "| variant |" in md and digits_run.recommended["name"] in md
+    (digits_run.out / "report.html").unlink()
+    from keras_turbo.cli import main
+
+    assert main(["report", str(digits_run.out)]) == 0
+    assert (digits_run.out / "report.html").exists()
+
+
+def test_report_renders_in_headless_chromium(digits_run, tmp_path):
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not browser:
+        pytest.skip("Debian's chromium is not installed here (make test installs it where apt can)")
+    cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", (digits_run.out / "report.html").as_uri()]
+    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
+    assert 'id="pareto-plot"' in dom and "<svg" in dom  # the plot
+    assert 'id="variants"' in dom and digits_run.recommended["name"] in dom  # the table
+    shot = tmp_path / "report.png"
+    subprocess.run(cmd[:-2] + [f"--screenshot={shot}", "--window-size=1200,1600", (digits_run.out / "report.html").as_uri()],
+                   capture_output=True, timeout=120)
+    assert shot.exists() and shot.stat().st_size > 10_000
+
+
+def test_interrupted_run_resumes_without_redoing(tmp_path, digits_model):
+    out = tmp_path / "resume"
+    cmd = [sys.executable, "-m", "keras_turbo.cli", "optimize", str(digits_model[0]), "--data", "builtin:digits:test",
+           "--techniques", "runtimes", "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    results = out / "results.json"
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline:
+            if results.exists():
+                try:
+                    if len(json.loads(results.read_text())["variants"]) >= 2:
+                        break
+                except ValueError:
+                    pytest.fail("results.json was caught half-written")
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    before = json.loads(results.read_text())  # valid JSON after a kill
+    done = {v["name"]: v for v in before["variants"]}
+    assert 2 <= len(done) < 6
+    cfg = OptimizeConfig(max_accuracy_drop=1.0, techniques=("runtimes",), min_runs=5, min_seconds=0.05)
+    res = optimize(digits_model[0], "builtin:digits:test", None, cfg, out)
+    after = {v["name"]: v for v in res.variants}
+    assert len(after) == 6 and all(v["ok"] for v in after.values())
+    for name, v in done.items():  # measured once, not again
+        assert after[name]["latency_ms"] == v["latency_ms"] and after[name]["build_and_measure_s"] == v["build_and_measure_s"]
+
+
+def test_failing_technique_is_recorded_and_run_goes_on(tmp_path, digits_model, monkeypatch):
+    def boom(model, train, val):
+        raise RuntimeError("this technique was made to fail")
+
+    monkeypatch.setitem(TECHNIQUE_STEPS, "boom", boom)
+    cfg = OptimizeConfig(max_accuracy_drop=1.0, techniques=("runtimes", "boom"), **QUICK)
+    res = optimize(digits_model[0], "builtin:digits:test", "builtin:digits:train", cfg, tmp_path / "boom")
+    failed = [v for v in res.variants if v["name"].startswith("boom")]
+    assert failed and all(not v["ok"] and "made to fail" in v["error"] for v in failed)
+    assert sum(v["ok"] for v in res.variants) == 6 and res.recommended is not None
+
+
+def test_no_candidate_meets_the_budget():
+    def v(name, p50, prec, within, steps=1):
+        return {"name": name, "ok": True, "precision": prec, "backend": name.split()[0], "within_budget": within, "steps": [{}] * steps,
+                "latency_ms": {"p50": p50}, "throughput_per_s": 1 / p50, "model_bytes": 100}
+
+    variants = [v("keras-predict fp32", 30.0, "fp32", False), v("litert fp32", 0.05, "fp32", False),
+                v("litert int8", 0.02, "int8", False)]
+    best, met = recommend(variants, "latency")
+    assert not met and best["name"] == "litert fp32"
+    doc = {"model": "m", "budget": {"max_accuracy_drop": 0.0, "min_agreement": None, "objective": "latency",
+                                    "batch_size": 1, "threads": 2},
+           "baseline": {**variants[0], "model_bytes": 100}, "variants": variants, "recommended": best["name"],
+           "budget_met": met, "float_accuracy": 0.9,
+           "machine": {"cpu": "x", "usable_cores": 2, "cpu_flags": {}, "gpus": []}}
+    for x in variants:
+        x.update(accuracy=0.8, accuracy_drop=10.0, top1_agreement=0.8, pareto=False)
+    import pathlib
+    import tempfile
+
+    text = write_markdown(pathlib.Path(tempfile.mkdtemp()), doc)
+    assert "No candidate met the budget" in text
+
+
+@pytest.mark.parametrize("data,match", [
+    (None, "needs held-out data"),
+    ("builtin:nope", "unknown built-in data set"),
+])
+def test_bad_data_fails_before_any_work(tmp_path, digits_model, data, match):
+    with pytest.raises(keras_turbo.KerasTurboError, match=match):
+        optimize(digits_model[0], data, None, OptimizeConfig(), tmp_path / "o")
+    assert not (tmp_path / "o" / "results.json").exists()
+
+
+def test_data_that_does_not_fit(tmp_path, digits_model):
+    np.savez(tmp_path / "d.npz", x=np.zeros((5, 28, 28, 1), "float32"))
+    with pytest.raises(keras_turbo.DataError, match=r"\(28, 28, 1\)"):
+        optimize(digits_model[0], str(tmp_path / "d.npz"), None, OptimizeConfig(), tmp_path / "o")
+    assert not (tmp_path / "o").exists()

@@ -1,0 +1,107 @@
+"""optimize on the reference set: the digits CNN (with train data), MobileNetV2 1.0 and ResNet50
+at 224x224 (weights=None; held-out data: digits resized to 224x224x3, no train data).
+
+For each: the keras-predict baseline, the best fp32 variant, the best int8 variant and the
+recommended one, with ratios, all from one optimize run. Writes the `optimize` section of
+BENCHMARKS.md and benchmarks/results/optimize.json.
+Run: `.venv/bin/python benchmarks/optimize.py` (about 20 minutes on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _common import RESULTS, WORK, machine_line, write_section  # noqa: E402
+
+os.environ.setdefault("KERAS_TURBO_CACHE", str(WORK / "cache"))
+
+import keras_turbo  # noqa: E402
+from keras_turbo.search import OptimizeConfig  # noqa: E402
+from keras_turbo.zoo import application, digits_model_path  # noqa: E402
+
+
+def best(variants, pred):
+    ok = [v for v in variants if v.get("ok") and pred(v)]
+    return min(ok, key=lambda v: v["latency_ms"]["p50"]) if ok else None
+
+
+def row(name: str, doc: dict) -> str:
+    vs = doc["variants"]
+    base = doc["baseline"]
+    f32 = best(vs, lambda v: v["precision"] == "fp32")
+    i8 = best(vs, lambda v: v["precision"] == "int8")
+    rec = next(v for v in vs if v["name"] == doc["recommended"])
+    b = base["latency_ms"]["p50"]
+
+    def cell(v):
+        if v is None:
+            return "- | -"
+        q = v["accuracy"] if v.get("accuracy") is not None else v["top1_agreement"]
+        return f"`{v['name']}` {v['latency_ms']['p50']:.3f} ms ({b / v['latency_ms']['p50']:.1f}x), {q * 100:.2f}%"
+
+    budget = doc["budget"]
+    lim = (f"drop <= {budget['max_accuracy_drop']} pts" if budget.get("max_accuracy_drop") is not None
+           else f"agreement >= {budget['min_agreement'] * 100:.0f}%")
+    return (f"| {name} | {lim} | {b:.2f} ms | {cell(f32).replace(' | ', ' ')} | {cell(i8).replace(' | ', ' ')} | "
+            f"{cell(rec).replace(' | ', ' ')}{'' if doc['budget_met'] else ' (budget not met)'} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--only", choices=("digits", "mobilenetv2", "resnet50"))
+    args = ap.parse_args()
+    started = time.time()
+    runs = {
+        "digits CNN": ("digits", lambda: digits_model_path(), "builtin:digits:test", "builtin:digits:train",
+                       OptimizeConfig(max_accuracy_drop=1.0, threads=args.threads)),
+        "MobileNetV2 1.0": ("mobilenetv2", lambda: _app("mobilenetv2"), "builtin:digits:test", None,
+                            OptimizeConfig(min_agreement=0.95, threads=args.threads, techniques=("runtimes", "fp16", "int8"),
+                                           eval_size=200, min_runs=10, min_seconds=2.0)),
+        "ResNet50": ("resnet50", lambda: _app("resnet50"), "builtin:digits:test", None,
+                     OptimizeConfig(min_agreement=0.95, threads=args.threads, techniques=("runtimes", "fp16", "int8"),
+                                    eval_size=200, min_runs=10, min_seconds=2.0)),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    raw_path = RESULTS / "optimize.json"
+    raw = json.loads(raw_path.read_text()) if raw_path.exists() else {}
+    for name, (key, make, data, train, cfg) in runs.items():
+        if args.only and args.only != key:
+            continue
+
+        def progress(what, done, total, left, name=name):
+            print(f"[{time.time() - started:6.0f}s] {name}: {what} ({done}/{total})", flush=True)
+
+        res = keras_turbo.optimize(make(), data, train, cfg, WORK / f"optimize-{key}", progress=progress)
+        raw[name] = res.doc
+        raw_path.write_text(json.dumps(raw, indent=2, default=str))
+    machine = next(iter(raw.values()))["machine"]
+    rows = [row(n, raw[n]) for n in runs if n in raw]
+    body = ("## optimize on the reference set\n\n"
+            "Reproduce: `.venv/bin/python benchmarks/optimize.py` (raw results.json documents in "
+            "`benchmarks/results/optimize.json`). Batch 1, all cores. The digits CNN is judged on its test split with "
+            "train data given (calibration, training techniques); MobileNetV2 and ResNet50 have random weights, so "
+            "they are judged by top-1 agreement with the float model on digits resized to 224x224x3, with no train "
+            "data (calibration set apart from that data). Ratios are against `keras-predict` in the same run.\n"
+            f"Machine: {machine_line(machine)}.\n\n"
+            "| model | budget | keras-predict p50 | best fp32 | best int8 | recommended |\n"
+            "| --- | --- | ---: | --- | --- | --- |\n" + "\n".join(rows))
+    write_section("optimize", body)
+    print(f"wrote BENCHMARKS.md in {time.time() - started:.0f} s")
+
+
+def _app(arch: str):
+    path = WORK / f"{arch}_224.keras"
+    if not path.exists():
+        WORK.mkdir(parents=True, exist_ok=True)
+        application(arch).save(path)
+    return path
+
+
+if __name__ == "__main__":
+    main()

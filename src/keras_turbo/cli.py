@@ -231,6 +231,97 @@ def cmd_convert(args) -> int:
     return 0
 
 
+def _technique_data(args, model):
+    from keras_turbo.api import as_ref, io_specs
+    from keras_turbo.data import load_data
+
+    inputs, outputs = io_specs(as_ref(args.model, unsafe=args.unsafe))
+    train = load_data(args.train_data, inputs, outputs, default_split="train", arg="--train-data") if args.train_data else None
+    val = load_data(args.val_data, inputs, outputs, default_split="val", arg="--val-data") if args.val_data else None
+    return train, val
+
+
+def _run_technique(args, name: str, config, suffix: str = ".keras"):
+    """The shared shell of prune / distill / qat / cluster: load safely, read data, apply, save."""
+    import keras_turbo
+    from keras_turbo.techniques import TECHNIQUES
+
+    if Path(args.output).suffix != suffix:
+        raise KerasTurboError(f"-o {args.output}: {name} writes a {suffix} file")
+    model = keras_turbo.load_model(args.model, unsafe=args.unsafe)
+    train, val = _technique_data(args, model)
+    _, err = _console()
+    err.print(f"[dim]{name}: working on {args.model}[/dim]")
+    result = TECHNIQUES[name][1](model, config, train, val)
+    _write_json(args.json, {"technique": name, "config": config.to_dict(), "report": result.report})
+    return result
+
+
+def _print_report(report: dict) -> None:
+    out, _ = _console()
+    for key, value in report.items():
+        if isinstance(value, (list, dict)) and len(json.dumps(value, default=str)) > 300:
+            out.print(f"  {key}: ({len(value)} entries; see --json)")
+        else:
+            out.print(f"  {key}: {value}")
+
+
+def cmd_prune(args) -> int:
+    if args.structured:
+        from keras_turbo.techniques.structured import StructuredConfig
+
+        cfg = StructuredConfig(sparsity=args.sparsity if args.sparsity is not None else 0.5,
+                               target_flops_reduction=args.target_flops_reduction, importance=args.importance,
+                               finetune=not args.no_finetune, epochs=args.epochs, distill=args.distill)
+        result = _run_technique(args, "structured", cfg)
+    else:
+        from keras_turbo.techniques.prune import PruneConfig
+
+        if args.target_flops_reduction is not None:
+            raise KerasTurboError("--target-flops-reduction applies to --structured pruning")
+        cfg = PruneConfig(sparsity=args.sparsity if args.sparsity is not None else 0.8, schedule=args.schedule,
+                          epochs=args.epochs, finetune=not args.no_finetune, pattern=args.pattern)
+        result = _run_technique(args, "prune", cfg)
+    result.model.save(args.output)
+    out, _ = _console()
+    out.print(f"wrote {args.output}")
+    _print_report(result.report)
+    return 0
+
+
+def cmd_distill(args) -> int:
+    from keras_turbo.techniques.distill import DistillConfig
+
+    cfg = DistillConfig(student=args.student, temperature=args.temperature, alpha=args.alpha, epochs=args.epochs)
+    result = _run_technique(args, "distill", cfg)
+    result.model.save(args.output)
+    _console()[0].print(f"wrote {args.output}")
+    _print_report(result.report)
+    return 0
+
+
+def cmd_qat(args) -> int:
+    from keras_turbo.techniques import qat
+
+    cfg = qat.QATConfig(epochs=args.epochs)
+    result = _run_technique(args, "qat", cfg, suffix=".tflite")
+    path = qat.export_tflite(result, args.output)
+    _console()[0].print(f"wrote {path}")
+    _print_report(result.report)
+    return 0
+
+
+def cmd_cluster(args) -> int:
+    from keras_turbo.techniques.cluster import ClusterConfig
+
+    cfg = ClusterConfig(clusters=args.clusters, epochs=args.epochs)
+    result = _run_technique(args, "cluster", cfg)
+    result.model.save(args.output)
+    _console()[0].print(f"wrote {args.output}")
+    _print_report(result.report)
+    return 0
+
+
 def _parse_duration(text: str) -> float:
     m = __import__("re").fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", str(text))
     if not m:
@@ -380,6 +471,48 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("devices", help="CPU features, GPUs and usable runtimes")
     sp.add_argument("--json", metavar="PATH")
     sp.set_defaults(fn=cmd_devices)
+
+    def train_args(sp, out_suffix=".keras"):
+        sp.add_argument("--train-data", metavar="DATA", help="DATA to fine-tune or train on")
+        sp.add_argument("--val-data", metavar="DATA", help="held-out DATA for the before/after accuracy")
+        sp.add_argument("-o", "--output", required=True, metavar=f"OUT{out_suffix}")
+        sp.add_argument("--json", metavar="PATH", help="write the technique's report as JSON")
+
+    sp = sub.add_parser("prune", help="magnitude pruning, or --structured channel pruning to a smaller model")
+    model_arg(sp)
+    train_args(sp)
+    sp.add_argument("--sparsity", type=float, help="fraction of weights (or with --structured, of channels) removed")
+    sp.add_argument("--schedule", choices=("polynomial", "constant"), default="polynomial")
+    sp.add_argument("--epochs", type=_positive_int("--epochs"), default=10)
+    sp.add_argument("--pattern", metavar="M:N", help="M:N sparsity such as 2:4 (magnitude pruning)")
+    sp.add_argument("--structured", action="store_true", help="remove whole filters and build a smaller dense model")
+    sp.add_argument("--target-flops-reduction", type=float, metavar="F", help="with --structured: e.g. 2.0 for half the FLOPs")
+    sp.add_argument("--importance", choices=("l1", "l2", "bn"), default="l1")
+    sp.add_argument("--distill", action="store_true", help="with --structured: fine-tune with the original as teacher")
+    sp.add_argument("--no-finetune", action="store_true", help="prune without training (no --train-data needed)")
+    sp.set_defaults(fn=cmd_prune)
+
+    sp = sub.add_parser("distill", help="train a lighter student with the model as teacher")
+    model_arg(sp)
+    train_args(sp)
+    sp.add_argument("--student", default="width:0.5", help="width:F, mobilenetv2:ALPHA, efficientnetb0, mobilenet, or PATH.keras")
+    sp.add_argument("--temperature", type=float, default=4.0)
+    sp.add_argument("--alpha", type=float, default=0.1, help="weight of the hard-label loss")
+    sp.add_argument("--epochs", type=_positive_int("--epochs"), default=30)
+    sp.set_defaults(fn=cmd_distill)
+
+    sp = sub.add_parser("qat", help="quantization-aware training, exported to a full-int8 .tflite")
+    model_arg(sp)
+    train_args(sp, ".tflite")
+    sp.add_argument("--epochs", type=_positive_int("--epochs"), default=5)
+    sp.set_defaults(fn=cmd_qat)
+
+    sp = sub.add_parser("cluster", help="k-means weight sharing (smaller when compressed)")
+    model_arg(sp)
+    train_args(sp)
+    sp.add_argument("--clusters", type=_positive_int("--clusters"), default=16)
+    sp.add_argument("--epochs", type=_positive_int("--epochs"), default=3)
+    sp.set_defaults(fn=cmd_cluster)
 
     sp = sub.add_parser("optimize", help="the fastest variant within an accuracy budget, with a report")
     model_arg(sp)

@@ -30,7 +30,7 @@ from keras_turbo.errors import KerasTurboError, bad_param
 from keras_turbo.exporters import litert as litert_exp
 from keras_turbo.exporters import onnx as onnx_exp
 from keras_turbo.exporters import openvino as openvino_exp
-from keras_turbo.techniques.base import TechniqueConfig
+from keras_turbo.config import TechniqueConfig
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from typing import Callable
 import numpy as np
 
 from keras_turbo.errors import KerasTurboError, bad_param
-from keras_turbo.techniques.base import TechniqueConfig
+from keras_turbo.config import TechniqueConfig
 
 OBJECTIVES = ("latency", "throughput", "size")
 FLOAT_BACKENDS = ("keras-predict", "tf-function", "tf-xla", "litert", "onnxruntime", "openvino")
@@ -80,7 +80,7 @@ class OptimizeConfig(TechniqueConfig):
             raise bad_param("threads", "an integer >= 1", self.threads)
         if not self.time_budget_s > 0:
             raise bad_param("time_budget_s", "a positive number of seconds", self.time_budget_s)
-        known = set(FAMILIES) | set(TECHNIQUE_STEPS)
+        known = set(FAMILIES) | set(TECHNIQUE_STEPS) | {QAT}
         unknown = [t for t in self.techniques if t not in known]
         if unknown:
             raise KerasTurboError(f"--techniques: unknown {', '.join(unknown)} (expected some of {', '.join(sorted(known))})")
@@ -92,9 +92,47 @@ class OptimizeConfig(TechniqueConfig):
 
 FAMILIES = ("runtimes", "fp16", "int8", "fallback")
 
-# Training techniques: name -> function(model, train Dataset, val Dataset | None) -> (new keras.Model,
-# config dict, report dict). Written out by hand; each lands with its technique's module.
-TECHNIQUE_STEPS: dict[str, Callable] = {}
+def _step(name: str, make_config: Callable[[], TechniqueConfig]) -> Callable:
+    """A training technique as optimize runs it: (model, train, val) -> (model, config, report).
+    The technique's module is imported only when it runs (they pull in TensorFlow, and the
+    benchmark workers that import this package must stay light)."""
+    def run(model, train, val):
+        from keras_turbo.techniques import TECHNIQUES
+
+        config = make_config()
+        result = TECHNIQUES[name][1](model, config, train, val)
+        return result.model, result.config.to_dict(), result.report
+    return run
+
+
+def _structured():
+    from keras_turbo.techniques.structured import StructuredConfig
+
+    return StructuredConfig(target_flops_reduction=2.0, epochs=8, distill=True)
+
+
+def _distill():
+    from keras_turbo.techniques.distill import DistillConfig
+
+    return DistillConfig(student="width:0.5", epochs=20)
+
+
+def _prune():
+    from keras_turbo.techniques.prune import PruneConfig
+
+    return PruneConfig(sparsity=0.8, epochs=6)
+
+
+# Training techniques, run with train data, each followed by the fastest exports: name ->
+# function(model, train Dataset, val Dataset | None) -> (new keras.Model, config dict, report).
+# Settings are sized so each costs minutes, not hours, on a small model (the standalone commands
+# take any settings). QAT has its own int8 export and is handled beside these.
+TECHNIQUE_STEPS: dict[str, Callable] = {
+    "structured": _step("structured", _structured),
+    "distill": _step("distill", _distill),
+    "prune": _step("prune", _prune),
+}
+QAT = "qat"
 
 
 @dataclass
@@ -428,6 +466,22 @@ def optimize(model, data, train_data=None, config: OptimizeConfig | None = None,
                     rec["technique_report"] = state.get("report")
                 save()
 
+        if cfg.wants(QAT) and not _qat_unsupported(load_keras(ref)):
+            total += 1
+            from keras_turbo.techniques import qat
+
+            qcfg = qat.QATConfig(epochs=5, calibration_size=cfg.calibration_size)
+
+            def build_qat(qcfg=qcfg):
+                result = qat.apply(load_keras(ref), qcfg, train_ds, None)
+                path = out / "artifacts" / "qat" / "model.tflite"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                return qat.export_tflite(result, path, calibration=calib_ds), "litert"
+
+            run(Candidate("qat + litert int8", [{"technique": "qat", "config": qcfg.to_dict()},
+                                                {"technique": "convert", "config": {"to": "litert", "quantize": "int8"}}],
+                          build_qat), "int8")
+
     pareto(variants)
     best, met = recommend(variants, cfg.objective)
     doc["recommended"] = best["name"] if best else None
@@ -444,6 +498,13 @@ def optimize(model, data, train_data=None, config: OptimizeConfig | None = None,
 
 
 TO_FOR_BACKEND_INV = {v: k for k, v in TO_FOR_BACKEND.items()}
+
+
+def _qat_unsupported(model) -> bool:
+    """QAT quantizes convolutions and dense layers; a model with none has nothing to train for."""
+    from keras_turbo.convert import quantizable_layers
+
+    return not quantizable_layers(model)
 
 
 def _best_exports(variants: list[dict]) -> list[tuple[str, str, str]]:

@@ -21,7 +21,7 @@ import numpy as np
 
 from keras_turbo.convert import ConvertConfig, ConvertResult, convert, graph_nodes, layer_nodes, quantizable_layers
 from keras_turbo.errors import KerasTurboError, bad_param
-from keras_turbo.techniques.base import TechniqueConfig
+from keras_turbo.config import TechniqueConfig
 
 
 @dataclass(frozen=True)

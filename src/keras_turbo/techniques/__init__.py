@@ -1,12 +1,21 @@
 """Techniques that build a new, faster or smaller Keras model from a given one.
 
-The registry is a dict written out by hand: name -> (config class, apply function).
+Each is one module with a frozen config and `apply(model, config, train, val) -> TechniqueResult`;
+none changes its input model. The registry is a dict written out by hand: name -> (config
+class, apply function).
 """
 
 from __future__ import annotations
 
+from keras_turbo.techniques import cluster, distill, prune, qat, structured
 from keras_turbo.techniques.base import TechniqueConfig, TechniqueResult
 
-TECHNIQUES: dict[str, tuple[type, object]] = {}
+TECHNIQUES: dict[str, tuple[type, object]] = {
+    "prune": (prune.PruneConfig, prune.apply),                  # magnitude pruning: zeros, smaller when compressed
+    "structured": (structured.StructuredConfig, structured.apply),  # channel pruning: a smaller dense model
+    "distill": (distill.DistillConfig, distill.apply),          # a lighter student taught by the model
+    "qat": (qat.QATConfig, qat.apply),                          # quantization-aware training, exported to int8
+    "cluster": (cluster.ClusterConfig, cluster.apply),          # weight sharing: smaller when compressed
+}
 
 __all__ = ["TECHNIQUES", "TechniqueConfig", "TechniqueResult"]

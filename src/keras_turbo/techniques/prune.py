@@ -6,7 +6,7 @@ method written for Keras 3, with no wrapper layers:
   - each prunable kernel gets a 0/1 mask that zeroes its smallest-magnitude weights;
   - while the model fine-tunes, the target sparsity rises from `initial_sparsity` to `sparsity`
     on TF-MOT's `PolynomialDecay` curve (power 3: fast at first, gently at the end), reached at
-    70% of the training steps so the last 30% recover at the final sparsity;
+    half-way through the training steps so the second half recovers at the final sparsity;
   - a Keras callback re-applies the masks after every optimizer step, so a pruned weight stays
     exactly zero whatever the optimizer does, and raises the masks on schedule;
   - the result is a plain Keras model (the same layers as the input) whose kernels hold real zeros.
@@ -14,8 +14,8 @@ method written for Keras 3, with no wrapper layers:
 Unstructured zeros do not make a dense runtime faster: they pay through compression (a gzipped
 model is several times smaller) or through runtimes with sparse kernels. The report says so.
 
-`apply` also holds the fine-tuning and measuring helpers that `structured.py` shares
-(`copy_model`, `finetune`, `accuracy`, `saved_sizes`).
+The module also holds the helpers `structured.py` shares: settings checks, `copy_model`,
+`finetune`, `accuracy` and `saved_sizes`.
 """
 
 from __future__ import annotations
@@ -34,34 +34,36 @@ from keras_turbo.errors import KerasTurboError, bad_param
 from keras_turbo.techniques.base import TechniqueConfig, TechniqueResult
 
 SCHEDULES = ("polynomial", "constant")
-RAMP_FRACTION = 0.7   # the sparsity reaches its target at 70% of the fine-tuning steps
+SCOPES = ("layer", "global")
+MAX_LAYER_SPARSITY = 0.98  # global ranking may not empty a layer: that would cut the model's path
+RAMP_FRACTION = 0.5   # the sparsity reaches its target half-way; the second half recovers at it
 POLYNOMIAL_POWER = 3  # as TF-MOT's PolynomialDecay default
 NO_FINETUNE_DATA = "pruning with fine-tuning needs train data (--train-data), or pass --no-finetune"
 SPARSE_NOTE = ("unstructured sparsity: the model has the same shape and runs at the same speed on dense "
                "runtimes; it pays through compression (gzip_bytes) or runtimes with sparse kernels")
 
 
-def _is_number(v) -> bool:
+def is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def _check_fraction(name: str, v) -> None:
-    if not _is_number(v) or not 0.0 <= v < 1.0:
+def check_fraction(name: str, v) -> None:
+    if not is_number(v) or not 0.0 <= v < 1.0:
         raise bad_param(name, "a float in [0, 1)", v)
 
 
-def _check_training(epochs, batch_size, learning_rate) -> None:
+def check_training(epochs, batch_size, learning_rate) -> None:
     """The fine-tuning settings every technique shares."""
     if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
         raise bad_param("epochs", "an integer >= 1", epochs)
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise bad_param("batch_size", "an integer >= 1", batch_size)
-    if not _is_number(learning_rate) or not learning_rate > 0:
+    if not is_number(learning_rate) or not learning_rate > 0:
         raise bad_param("learning_rate", "a number > 0", learning_rate)
 
 
 def parse_pattern(pattern: str) -> tuple[int, int]:
-    """"2:4" -> (2, 4): keep N of every M weights."""
+    """Read an "N:M" pattern ("2:4": keep 2 of every 4 weights) as (N, M)."""
     try:
         n, m = (int(p) for p in pattern.split(":"))
     except (ValueError, AttributeError):
@@ -78,6 +80,9 @@ class PruneConfig(TechniqueConfig):
 
     Attributes:
         sparsity: the fraction of each kernel's weights set to zero, in [0, 1).
+        scope: "layer" prunes every kernel to `sparsity` (as TF-MOT does); "global" ranks the
+            weights of all pruned kernels together, so that `sparsity` holds over them all and
+            big kernels, which have more weights to spare, give more (each layer at most 98%).
         schedule: "polynomial" (rise from `initial_sparsity` to `sparsity` while fine-tuning) or
             "constant" (prune to `sparsity` at once, then fine-tune with the masks held).
         initial_sparsity: where the polynomial schedule starts, in [0, sparsity].
@@ -103,6 +108,7 @@ class PruneConfig(TechniqueConfig):
     """
 
     sparsity: float = 0.8
+    scope: str = "layer"
     schedule: str = "polynomial"
     initial_sparsity: float = 0.0
     epochs: int = 10
@@ -117,13 +123,15 @@ class PruneConfig(TechniqueConfig):
     seed: int = 0
 
     def __post_init__(self):
-        _check_fraction("sparsity", self.sparsity)
+        check_fraction("sparsity", self.sparsity)
+        if self.scope not in SCOPES:
+            raise bad_param("scope", f"one of {', '.join(repr(s) for s in SCOPES)}", self.scope)
         if self.schedule not in SCHEDULES:
             raise bad_param("schedule", f"one of {', '.join(repr(s) for s in SCHEDULES)}", self.schedule)
-        _check_fraction("initial_sparsity", self.initial_sparsity)
+        check_fraction("initial_sparsity", self.initial_sparsity)
         if self.initial_sparsity > self.sparsity:
             raise bad_param("initial_sparsity", f"at most sparsity ({self.sparsity})", self.initial_sparsity)
-        _check_training(self.epochs, self.batch_size, self.learning_rate)
+        check_training(self.epochs, self.batch_size, self.learning_rate)
         if self.frequency is not None and (not isinstance(self.frequency, int) or self.frequency < 1):
             raise bad_param("frequency", "None or an integer >= 1", self.frequency)
         # from_dict turns JSON lists into tuples one level deep; the pairs inside may still be lists.
@@ -132,7 +140,7 @@ class PruneConfig(TechniqueConfig):
         for p in pairs:
             if not (isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str)):
                 raise bad_param("layer_sparsity", "pairs of (layer name, sparsity)", self.layer_sparsity)
-            _check_fraction(f"layer_sparsity[{p[0]!r}]", p[1])
+            check_fraction(f"layer_sparsity[{p[0]!r}]", p[1])
         if isinstance(self.exclude, str) or not all(isinstance(n, str) for n in self.exclude):
             raise bad_param("exclude", "a tuple of layer names", self.exclude)
         if self.pattern is not None:
@@ -154,11 +162,24 @@ def check_model(model, technique: str):
     return keras
 
 
+def clone_layer(layer, config: dict | None = None):
+    """A new layer like `layer` (from its config, or from `config` when given), without weights.
+
+    A Lambda is re-created through `deserialize_keras_object(safe_mode=False)`: Keras' safe mode
+    keeps code in untrusted *files* from running, and this layer's code already runs in this
+    process, so re-creating it from the live object runs nothing new.
+    """
+    keras = _tf.keras()
+    if isinstance(layer, keras.layers.Lambda):
+        return keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer), safe_mode=False)
+    return type(layer).from_config(layer.get_config() if config is None else config)
+
+
 def copy_model(model):
     """A new model with the same architecture and weights, sharing nothing with `model`."""
     keras = _tf.keras()
     try:
-        new = keras.models.clone_model(model)
+        new = keras.models.clone_model(model, clone_function=clone_layer)
     except Exception as e:  # a custom layer without get_config/from_config, a subclassed model
         raise KerasTurboError(f"cannot copy model {model.name!r} to transform it ({type(e).__name__}: "
                               f"{' '.join(str(e).split())[:200]}); functional and Sequential models of "
@@ -183,8 +204,8 @@ def predict(model, x: tuple[np.ndarray, ...], batch_size: int = 256) -> np.ndarr
 
 
 def accuracy(model, ds: Dataset | None) -> float | None:
-    """Top-1 accuracy on labelled data (None without data or labels)."""
-    if ds is None or ds.y is None:
+    """Top-1 accuracy on labelled data (None without data or labels, or for several outputs)."""
+    if ds is None or ds.y is None or len(model.outputs) != 1:
         return None
     out = predict(model, ds.x)
     if out.ndim != 2:
@@ -201,9 +222,9 @@ def _looks_like_probabilities(out: np.ndarray) -> bool:
     return bool(np.all(out >= -1e-6) and np.allclose(out.sum(-1), 1.0, atol=1e-3))
 
 
-def saved_sizes(model) -> dict:
-    """Bytes of the saved `.keras` file, gzipped (level 9) and not, and of all the weights as raw
-    float32 gzipped (the container-free measure of what zeros buy)."""
+def saved_sizes(model, compress: bool = True) -> dict:
+    """Bytes of the saved `.keras` file and, with `compress`, gzipped (level 9), and of all the
+    weights as raw float32 gzipped (the container-free measure of what zeros buy)."""
     keras = _tf.keras()
     fd, path = tempfile.mkstemp(suffix=".keras")
     os.close(fd)
@@ -213,6 +234,8 @@ def saved_sizes(model) -> dict:
             data = fh.read()
     finally:
         os.unlink(path)
+    if not compress:
+        return {"keras_bytes": len(data)}
     weights = b"".join(np.ascontiguousarray(w, dtype="float32").tobytes() for w in model.get_weights())
     return {"keras_bytes": len(data), "gzip_bytes": len(gzip.compress(data, 9)),
             "weights_bytes": len(weights), "weights_gzip_bytes": len(gzip.compress(weights, 9))}
@@ -364,7 +387,23 @@ def _plan(keras, model, config: PruneConfig) -> tuple[list[_Target], list[dict]]
                 skipped.append({**row, "reason": "target sparsity 0"})
             else:
                 targets.append(_Target(layer.name, type(layer).__name__, var, float(s)))
+    if config.scope == "global" and not pattern:
+        _allocate_globally([t for t in targets if t.layer not in per_layer], config.sparsity)
     return targets, skipped
+
+
+def _allocate_globally(targets: list[_Target], sparsity: float) -> None:
+    """Per-layer targets from one magnitude threshold over all the kernels' weights."""
+    if not targets:
+        return
+    mags = [np.abs(t.variable.numpy()).ravel() for t in targets]
+    pooled = np.concatenate(mags)
+    k = int(round(sparsity * pooled.size))
+    if k == 0:
+        return
+    threshold = np.partition(pooled, k - 1)[k - 1]
+    for t, m in zip(targets, mags):
+        t.sparsity = float(min(MAX_LAYER_SPARSITY, np.count_nonzero(m <= threshold) / m.size))
 
 
 def magnitude_mask(w: np.ndarray, sparsity: float) -> np.ndarray:
@@ -524,6 +563,14 @@ def apply(model, config: PruneConfig | None = None, train: Dataset | None = None
         zeros, total = zeros + z, total + w.size
         rows.append({"layer": t.layer, "type": t.kind, "kernel_shape": list(w.shape),
                      "target_sparsity": round(t.sparsity, 4), "achieved_sparsity": round(z / w.size, 4)})
+    # The kernels alone, before and after: what the zeros buy once the container, BatchNorm
+    # and bias weights and the layers left dense are set aside.
+    old_layers = {layer.name: layer for layer in _leaf_layers(keras, model)}
+    kernels_before = b"".join(np.asarray(next(v for v in old_layers[t.layer].weights if v.name == t.variable.name).numpy(),
+                                         dtype="float32").tobytes() for t in targets)
+    kernels_after = b"".join(np.asarray(next(v for v in new_layers[t.layer].weights if v.name == t.variable.name).numpy(),
+                                        dtype="float32").tobytes() for t in targets)
+    kernel_gzip = (len(gzip.compress(kernels_before, 9)), len(gzip.compress(kernels_after, 9)))
     all_w = new.get_weights()
     n_params = sum(w.size for w in all_w)
     size_before, size_after = saved_sizes(model), saved_sizes(new)
@@ -538,7 +585,10 @@ def apply(model, config: PruneConfig | None = None, train: Dataset | None = None
         "finetune": training,
         "size": {"before": size_before, "after": size_after,
                  "gzip_ratio": round(size_before["gzip_bytes"] / size_after["gzip_bytes"], 3),
-                 "weights_gzip_ratio": round(size_before["weights_gzip_bytes"] / size_after["weights_gzip_bytes"], 3)},
+                 "weights_gzip_ratio": round(size_before["weights_gzip_bytes"] / size_after["weights_gzip_bytes"], 3),
+                 "pruned_kernels": {"bytes": len(kernels_before), "gzip_bytes_before": kernel_gzip[0],
+                                    "gzip_bytes_after": kernel_gzip[1],
+                                    "gzip_ratio": round(kernel_gzip[0] / kernel_gzip[1], 3)}},
         "note": SPARSE_NOTE,
     }
     return TechniqueResult("prune", new, config, report)

@@ -1,0 +1,299 @@
+"""Knowledge distillation: train a lighter student to copy a trained teacher.
+
+The student is one of:
+  - "width:F" (default "width:0.5"): the teacher's own architecture, rebuilt from its config
+    with every Conv/Dense layer's filters/units times F (at least 1), except the output layer,
+    which keeps the teacher's classes. FLOPs of a conv scale with in x out channels, so F=0.5
+    costs about a quarter (a little more: the first conv's input and the head do not shrink);
+  - "mobilenet[:alpha]", "mobilenetv2[:alpha]", "mobilenetv3small[:alpha]", "efficientnetb0":
+    a keras.applications architecture with `weights=None` (nothing is downloaded) at the
+    teacher's input shape and class count;
+  - a path to a `.keras` / `.h5` model whose output shape matches the teacher's.
+
+The loss (Hinton et al., 2015): T^2 x KL(softmax(teacher / T) || softmax(student / T)) on
+temperature-softened logits, plus `alpha` x cross-entropy on the hard labels when there are
+labels; the T^2 keeps the soft term's gradients the same size whatever T is. Without labels the
+soft term alone trains the student. Outputs that are already probabilities (a softmax head) are
+turned back into logits with log(p), which is a logit up to a per-row constant that softmax
+ignores.
+
+The teacher runs once, in inference mode, over the train data before training starts: its
+outputs do not change during training, so there is no reason to pay for it every step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from keras_turbo import _tf
+from keras_turbo.data import Dataset
+from keras_turbo.errors import KerasTurboError, bad_param
+from keras_turbo.techniques.base import TechniqueConfig, TechniqueResult
+
+APPLICATIONS = ("mobilenet", "mobilenetv2", "mobilenetv3small", "efficientnetb0")
+WIDTH_SCALED = ("Conv1D", "Conv2D", "Conv3D", "SeparableConv1D", "SeparableConv2D", "Conv2DTranspose", "Dense")
+STUDENT_HELP = ('"width:F" (0 < F <= 1), "mobilenet[:alpha]", "mobilenetv2[:alpha]", "mobilenetv3small[:alpha]", '
+                '"efficientnetb0", or a path to a .keras/.h5 model')
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def parse_student(spec: str) -> tuple[str, float | None]:
+    """"width:0.5" -> ("width", 0.5); "mobilenetv2:0.35" -> ("mobilenetv2", 0.35);
+    "efficientnetb0" -> ("efficientnetb0", None); a model path -> ("path", None)."""
+    if not isinstance(spec, str) or not spec:
+        raise bad_param("student", STUDENT_HELP, spec)
+    if spec.endswith((".keras", ".h5", ".hdf5")) or "/" in spec or Path(spec).exists():
+        return "path", None
+    name, _, arg = spec.partition(":")
+    if name not in ("width", *APPLICATIONS):
+        raise bad_param("student", STUDENT_HELP, spec)
+    if not arg:
+        if name == "width":
+            raise bad_param("student", STUDENT_HELP, spec)
+        return name, None
+    if name == "efficientnetb0":
+        raise bad_param("student", f"{STUDENT_HELP} (efficientnetb0 takes no width)", spec)
+    try:
+        f = float(arg)
+    except ValueError:
+        raise bad_param("student", STUDENT_HELP, spec) from None
+    if not 0 < f <= (1.0 if name == "width" else 1.4):
+        raise bad_param("student", STUDENT_HELP, spec)
+    return name, f
+
+
+@dataclass(frozen=True)
+class DistillConfig(TechniqueConfig):
+    """How to distill.
+
+    Attributes:
+        student: which student to train (see the module docstring): "width:0.5" by default.
+        temperature: T, > 0; softens both outputs so the student learns the teacher's ranking
+            of the wrong classes too (the "dark knowledge"), not only its top class.
+        alpha: weight of the hard-label cross-entropy, in [0, 1] (the soft term has weight 1);
+            ignored when the train data has no labels.
+        labels_only: train the same student on the labels alone, with no teacher (the baseline
+            that distillation has to beat; needs labels).
+        epochs / batch_size / learning_rate: the training (Adam, cosine decay to zero).
+        seed: seeds Keras' random state: the student's initial weights and the batch order.
+
+    Raises:
+        KerasTurboError: a setting out of range or an unknown student name.
+
+    Example:
+        >>> DistillConfig(student="width:0.4", temperature=4.0, alpha=0.1, epochs=30)
+    """
+
+    student: str = "width:0.5"
+    temperature: float = 4.0
+    alpha: float = 0.1
+    labels_only: bool = False
+    epochs: int = 30
+    batch_size: int = 32
+    learning_rate: float = 2e-3
+    seed: int = 0
+
+    def __post_init__(self):
+        parse_student(self.student)
+        if not _is_number(self.temperature) or not self.temperature > 0:
+            raise bad_param("temperature", "a number > 0", self.temperature)
+        if not _is_number(self.alpha) or not 0.0 <= self.alpha <= 1.0:
+            raise bad_param("alpha", "a float in [0, 1]", self.alpha)
+        if not isinstance(self.labels_only, bool):
+            raise bad_param("labels_only", "True or False", self.labels_only)
+        if not isinstance(self.epochs, int) or isinstance(self.epochs, bool) or self.epochs < 1:
+            raise bad_param("epochs", "an integer >= 1", self.epochs)
+        if not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool) or self.batch_size < 1:
+            raise bad_param("batch_size", "an integer >= 1", self.batch_size)
+        if not _is_number(self.learning_rate) or not self.learning_rate > 0:
+            raise bad_param("learning_rate", "a number > 0", self.learning_rate)
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise bad_param("seed", "an integer", self.seed)
+
+
+# ------------------------------------------------------------------ students
+
+def width_scaled(teacher, factor: float):
+    """The teacher's architecture with every Conv/Dense width times `factor` (not the output
+    layers), freshly initialised. Rebuilt from the config so that everything downstream (BatchNorm,
+    depthwise convs, pooling) takes its new channel count from its input, as Keras builds it."""
+    keras = _tf.keras()
+    cfg = teacher.get_config()
+    layers = cfg.get("layers")
+    if not isinstance(layers, list):
+        raise KerasTurboError(f"student width:{factor}: model {teacher.name!r} is not a functional or Sequential model")
+    if isinstance(teacher, keras.Sequential):
+        outputs = {layers[-1]["config"]["name"]}
+    else:
+        outs = cfg["output_layers"]
+        outs = [outs] if outs and isinstance(outs[0], str) else outs
+        outputs = {o[0] for o in outs}
+    scaled = []
+    for layer in layers:
+        # The saved build shapes are the teacher's: drop them so each layer builds on its new input.
+        layer.pop("build_config", None)
+        c = layer["config"]
+        if layer["class_name"] in WIDTH_SCALED and c.get("name") not in outputs:
+            key = "filters" if "filters" in c else "units"
+            c[key] = max(1, int(round(c[key] * factor)))
+            scaled.append(c["name"])
+    try:
+        student = type(teacher).from_config(cfg) if isinstance(teacher, keras.Sequential) else keras.Model.from_config(cfg)
+    except Exception as e:  # e.g. a residual Add whose branches no longer agree on channels
+        raise KerasTurboError(f"student width:{factor}: the scaled copy of {teacher.name!r} cannot be built "
+                              f"({type(e).__name__}: {' '.join(str(e).split())[:160]}); pick another --student") from e
+    student.name = f"{teacher.name}_width{factor:g}"
+    return student, scaled
+
+
+def application_student(name: str, alpha: float | None, teacher, probs: bool):
+    """A keras.applications network (weights=None) at the teacher's input shape and classes."""
+    keras = _tf.keras()
+    A = keras.applications
+    makers = {"mobilenet": A.MobileNet, "mobilenetv2": A.MobileNetV2, "mobilenetv3small": A.MobileNetV3Small,
+              "efficientnetb0": A.EfficientNetB0}
+    if len(teacher.inputs) != 1 or len(teacher.inputs[0].shape) != 4:
+        raise KerasTurboError(f"student {name}: needs a teacher with one image input (height, width, channels); "
+                              f"{teacher.name!r} takes {[tuple(i.shape) for i in teacher.inputs]}")
+    shape = tuple(teacher.inputs[0].shape[1:])
+    classes = int(teacher.outputs[0].shape[-1])
+    kwargs = {"alpha": alpha} if alpha is not None else {}
+    if name == "mobilenetv3small":
+        # Its built-in rescaling expects [0, 255] pixels; our data is in [0, 1] as the teacher's.
+        kwargs["include_preprocessing"] = False
+    try:
+        return makers[name](weights=None, input_shape=shape, classes=classes,
+                            classifier_activation="softmax" if probs else None, **kwargs)
+    except Exception as e:  # keras.applications checks sizes (e.g. MobileNet needs >= 32x32)
+        raise KerasTurboError(f"student {name}: cannot be built at input {shape} with {classes} classes "
+                              f"({' '.join(str(e).split())[:200]}); try --student width:0.5") from e
+
+
+def make_student(teacher, spec: str, probs: bool):
+    """(student model, description) for a `student` spec."""
+    kind, arg = parse_student(spec)
+    if kind == "width":
+        student, scaled = width_scaled(teacher, arg)
+        return student, f"width-scaled copy of {teacher.name} (x{arg:g} on {', '.join(scaled) or 'nothing'})"
+    if kind == "path":
+        from keras_turbo.api import load_model
+
+        return load_model(spec), f"user model {spec}"
+    return application_student(kind, arg, teacher, probs), f"keras.applications {kind}" + (f" alpha {arg}" if arg else "") + " (weights=None)"
+
+
+# ------------------------------------------------------------------ the loss
+
+def _as_logits(ops, out, probs: bool):
+    # log(p) is a logit up to a per-row constant, which a softmax ignores.
+    return ops.log(ops.clip(out, 1e-7, 1.0)) if probs else out
+
+
+def distill_loss(ops, temperature: float, alpha: float, teacher_probs: bool, student_probs: bool, labels: bool):
+    """A Keras loss whose y_true packs [label, teacher outputs...]; returns per-sample losses."""
+    t2 = temperature ** 2
+
+    def loss(y_true, y_pred):
+        t_logits = _as_logits(ops, y_true[:, 1:], teacher_probs)
+        s_logits = _as_logits(ops, y_pred, student_probs)
+        t = ops.softmax(t_logits / temperature, axis=-1)
+        log_t = ops.log_softmax(t_logits / temperature, axis=-1)
+        log_s = ops.log_softmax(s_logits / temperature, axis=-1)
+        soft = t2 * ops.sum(t * (log_t - log_s), axis=-1)
+        if not labels or alpha == 0:
+            return soft
+        hard = ops.sparse_categorical_crossentropy(ops.cast(y_true[:, 0], "int32"), s_logits, from_logits=True)
+        return soft + alpha * hard
+
+    return loss
+
+
+# ------------------------------------------------------------------ apply
+
+def apply(model, config: DistillConfig | None = None, train: Dataset | None = None, val: Dataset | None = None) -> TechniqueResult:
+    """Train a lighter student to reproduce `model` (the teacher).
+
+    Args:
+        model: the trained teacher, a built keras.Model with one classifier output. Never changed.
+        config: a `DistillConfig` (default: a half-width copy, T=4, alpha=0.1, 30 epochs).
+        train: the train data; labels are optional (without them the teacher's outputs alone
+            teach, which is how distillation uses unlabelled data).
+        val: labelled data to measure teacher and student accuracy on (optional).
+
+    Returns:
+        A `TechniqueResult` whose model is the trained student (a plain Keras model); the report
+        holds the student's description, FLOPs and parameters of both, their ratio, the training
+        and accuracies on `val`.
+
+    Raises:
+        KerasTurboError: no train data; labels beyond the teacher's classes; a student whose output
+            shape differs from the teacher's; an unknown student name; `labels_only` without labels.
+
+    Example:
+        >>> r = distill.apply(teacher, DistillConfig(student="width:0.4", epochs=20), train, val)
+        >>> r.report["flops_ratio"], r.report["student_accuracy"]
+    """
+    from keras_turbo.describe import describe_keras
+    from keras_turbo.techniques.prune import _feed, _looks_like_probabilities, accuracy, check_model, predict
+
+    config = config or DistillConfig()
+    keras = check_model(model, "distill")
+    if train is None or len(train) == 0:
+        raise KerasTurboError("distillation needs train data (--train-data DATA); labels are optional")
+    if len(model.outputs) != 1:
+        raise KerasTurboError(f"distill: teacher {model.name!r} has {len(model.outputs)} outputs; distillation supports one")
+    t_out = predict(model, train.x).astype("float32")
+    if t_out.ndim != 2 or t_out.shape[-1] < 2:
+        raise KerasTurboError(f"distill: teacher {model.name!r} outputs shape {t_out.shape[1:]}; distillation needs "
+                              "class scores (batch, classes)")
+    classes = t_out.shape[-1]
+    labels = train.y is not None
+    if labels and (train.y.min() < 0 or train.y.max() >= classes):
+        raise KerasTurboError(f"--train-data: {train.source}: labels {int(train.y.min())}..{int(train.y.max())} do not fit "
+                              f"the teacher's {classes} output classes")
+    if config.labels_only and not labels:
+        raise KerasTurboError(f"distill: labels_only needs labelled train data ({train.source} has no labels)")
+    teacher_probs = _looks_like_probabilities(t_out)
+
+    keras.utils.set_random_seed(config.seed)  # the student's initial weights
+    student, description = make_student(model, config.student, teacher_probs)
+    s_shape, t_shape = tuple(student.outputs[0].shape[1:]), tuple(model.outputs[0].shape[1:])
+    if len(student.outputs) != 1 or s_shape != t_shape:
+        raise KerasTurboError(f"--student: the student's output shape {s_shape} differs from the teacher's {t_shape}")
+    student_probs = _looks_like_probabilities(predict(student, tuple(a[:64] for a in train.x)))
+
+    ops = keras.ops
+    if config.labels_only:
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=not student_probs)
+        y, kind = train.y, "cross-entropy on labels only (no teacher)"
+    else:
+        label_col = (train.y if labels else np.zeros(len(t_out))).astype("float32")[:, None]
+        y = np.concatenate([label_col, t_out], axis=1)
+        loss = distill_loss(ops, config.temperature, config.alpha, teacher_probs, student_probs, labels)
+        kind = (f"T^2 x KL at T={config.temperature:g}" + (f" + {config.alpha:g} x cross-entropy" if labels and config.alpha else "")
+                + ("" if labels else " (no labels: pure distillation)"))
+    keras.utils.set_random_seed(config.seed)  # the batch order
+    steps = config.epochs * math.ceil(len(train) / config.batch_size)
+    lr = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=steps)
+    student.compile(optimizer=keras.optimizers.Adam(lr), loss=loss)
+    hist = student.fit(_feed(student, train.x), y, epochs=config.epochs, batch_size=config.batch_size,
+                       shuffle=True, verbose=0)
+
+    t_info, s_info = describe_keras(model), describe_keras(student)
+    report = {
+        "student": description, "loss": kind, "teacher_outputs": "probabilities" if teacher_probs else "logits",
+        "teacher_flops": t_info["flops_per_sample"], "student_flops": s_info["flops_per_sample"],
+        "flops_ratio": s_info["flops_per_sample"] / max(1, t_info["flops_per_sample"]),
+        "teacher_params": t_info["params"], "student_params": s_info["params"],
+        "training": {"epochs": config.epochs, "steps": steps, "samples": len(train), "labels": labels,
+                     "final_loss": float(hist.history["loss"][-1])},
+        "teacher_accuracy": accuracy(model, val), "student_accuracy": accuracy(student, val),
+    }
+    return TechniqueResult("distill", student, config, report)

@@ -1,0 +1,94 @@
+"""Distillation: students, the loss, errors, and a student that learns from the digits CNN."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import keras_turbo
+from keras_turbo.data import Dataset, load_data
+from keras_turbo.describe import describe_keras
+from keras_turbo.errors import KerasTurboError
+from keras_turbo.techniques import distill
+from keras_turbo.techniques.distill import DistillConfig
+from tests.conftest import keras, residual_model, sequential_model
+
+
+def _digits(model, split):
+    from keras_turbo.runtimes.keras_runtimes import _infos
+
+    return load_data(f"builtin:digits:{split}", _infos(model.inputs))
+
+
+def test_config_validation_and_round_trip():
+    for bad in (dict(student="resnet9000"), dict(student="width:0"), dict(student="width:2"), dict(temperature=0),
+                dict(alpha=1.5), dict(epochs=0), dict(student="efficientnetb0:0.5")):
+        with pytest.raises(KerasTurboError, match="must be"):
+            DistillConfig(**bad)
+    cfg = DistillConfig(student="mobilenetv2:0.35", temperature=2.0)
+    assert DistillConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_width_student_scales_all_but_the_output():
+    m = sequential_model()
+    s, scaled = distill.width_scaled(m, 0.5)
+    assert scaled == ["conv"] and s.get_layer("conv").filters == 4 and tuple(s.outputs[0].shape) == tuple(m.outputs[0].shape)
+    with pytest.raises(KerasTurboError, match="cannot be built"):
+        distill.width_scaled(residual_model(), 0.5)  # the residual Add no longer agrees on channels
+
+
+def test_loss_is_zero_when_student_equals_teacher():
+    ops = keras.ops
+    logits = np.random.default_rng(0).standard_normal((4, 5)).astype("float32")
+    y = np.concatenate([np.zeros((4, 1), "float32"), logits], axis=1)
+    loss = distill.distill_loss(ops, 4.0, 0.0, False, False, labels=True)
+    np.testing.assert_allclose(np.asarray(loss(y, logits)), 0.0, atol=1e-5)
+    probs = np.asarray(ops.softmax(logits))
+    y_probs = np.concatenate([np.zeros((4, 1), "float32"), probs], axis=1)
+    np.testing.assert_allclose(np.asarray(distill.distill_loss(ops, 4.0, 0.0, True, False, True)(y_probs, logits)), 0.0, atol=1e-4)
+
+
+def test_errors():
+    m = sequential_model()
+    x = np.random.default_rng(0).random((20, 12, 12, 3)).astype("float32")
+    cfg = DistillConfig(epochs=1)
+    with pytest.raises(KerasTurboError, match="train data"):
+        distill.apply(m, cfg, None)
+    with pytest.raises(KerasTurboError, match="do not fit the teacher's 5 output classes"):
+        distill.apply(m, cfg, Dataset((x,), np.full(20, 7), "t"))
+    other = keras.Sequential([keras.Input((12, 12, 3)), keras.layers.Flatten(), keras.layers.Dense(3)])
+    with pytest.raises(KerasTurboError, match="output shape"):
+        distill.apply(m, DistillConfig(student=_save(other), epochs=1), Dataset((x,), None, "t"))
+    with pytest.raises(KerasTurboError, match="student"):
+        distill.apply(m, DistillConfig(student="mobilenet", epochs=1), Dataset((x,), None, "t"))  # 12x12 is too small
+
+
+def _save(model):
+    import tempfile
+
+    path = tempfile.mkdtemp() + "/student.keras"
+    model.save(path)
+    return path
+
+
+def test_unlabelled_pure_distillation_keeps_teacher_untouched():
+    m = sequential_model()
+    before = [w.copy() for w in m.get_weights()]
+    x = np.random.default_rng(0).random((40, 12, 12, 3)).astype("float32")
+    r = distill.apply(m, DistillConfig(student="width:0.5", epochs=1), Dataset((x,), None, "t"))
+    assert "pure distillation" in r.report["loss"]
+    assert all(np.array_equal(a, b) for a, b in zip(before, m.get_weights()))
+    assert tuple(r.model.outputs[0].shape) == tuple(m.outputs[0].shape)
+
+
+def test_digits_student_learns_and_runs_on_litert(digits_model):
+    path, acc = digits_model
+    teacher = keras_turbo.load_model(path)
+    train, test = _digits(teacher, "train"), _digits(teacher, "test")
+    r = distill.apply(teacher, DistillConfig(student="width:0.48", epochs=6, learning_rate=5e-3), train, test)
+    assert r.report["flops_ratio"] <= 0.25
+    assert describe_keras(r.model)["flops_per_sample"] <= describe_keras(teacher)["flops_per_sample"] / 4
+    assert r.report["student_accuracy"] > 0.8  # a few epochs only; the benchmark trains it fully
+    x = test.x[0][:16]
+    p = keras_turbo.load(r.model, backend="litert")
+    np.testing.assert_allclose(p(x), r.model(x, training=False), atol=1e-4)

@@ -1,0 +1,242 @@
+"""Structured channel pruning: exact on channels that contribute nothing (through residual Add,
+Concatenate offsets, squeeze-and-excite Multiply, depthwise chains, Flatten, two inputs); the
+digits CNN at half the FLOPs keeps its accuracy; five keras.applications architectures come out
+smaller and run on LiteRT; custom layers stay whole; bad settings and missing data are errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import keras_turbo
+from keras_turbo.errors import KerasTurboError
+from keras_turbo.techniques import structured
+from keras_turbo.techniques.structured import StructuredConfig
+from keras_turbo.zoo import application
+from tests.conftest import inputs_for, keras, keras_out, sequential_model, two_input_model
+from tests.test_prune import assert_unchanged, digits_data, weights_of
+
+L = keras.layers
+
+
+def zero_bn_channels(model, layer, channels):
+    """gamma = beta = 0: the BatchNormalization's output is exactly 0 on those channels."""
+    bn = model.get_layer(layer)
+    w = {v.name: v for v in bn.weights}
+    for name in ("gamma", "beta"):
+        a = w[name].numpy()
+        a[channels] = 0
+        w[name].assign(a)
+
+
+def zero_filters(model, layer, channels):
+    conv = model.get_layer(layer)
+    for v in conv.weights:
+        a = v.numpy()
+        if v.name == "kernel":
+            a[..., channels] = 0
+        elif v.name == "bias":
+            a[channels] = 0
+        v.assign(a)
+
+
+def block_model():
+    """Residual Add, squeeze-and-excite Multiply, a depthwise chain and a Concatenate, with the
+    channels a half-pruning removes made to contribute nothing."""
+    keras.utils.set_random_seed(4)
+    x = keras.Input((10, 10, 3), name="x")
+    a = L.Conv2D(8, 3, padding="same", use_bias=False, name="conv_a")(x)
+    a = L.ReLU(name="relu_a")(L.BatchNormalization(name="bn_a")(a))
+    d = L.DepthwiseConv2D(3, padding="same", use_bias=False, name="dw")(a)
+    d = L.ReLU(name="relu_dw")(L.BatchNormalization(name="bn_dw")(d))
+    se = L.GlobalAveragePooling2D(name="se_pool")(d)
+    se = L.Reshape((1, 1, 8), name="se_reshape")(se)
+    se = L.Conv2D(4, 1, activation="relu", name="se_reduce")(se)
+    se = L.Conv2D(8, 1, activation="sigmoid", name="se_expand")(se)
+    d = L.Multiply(name="se_mul")([d, se])
+    b = L.BatchNormalization(name="bn_b")(L.Conv2D(8, 1, use_bias=False, name="conv_b")(d))
+    r = L.Add(name="residual")([b, a])
+    c = L.BatchNormalization(name="bn_c")(L.Conv2D(4, 3, padding="same", use_bias=False, name="conv_c")(x))
+    h = L.Concatenate(name="concat")([r, c])
+    h = L.Conv2D(6, 3, activation="relu", name="conv_d")(h)
+    h = L.GlobalAveragePooling2D(name="gap")(h)
+    model = keras.Model(x, L.Dense(3, name="logits")(h), name="blocks")
+    # Give BatchNormalization non-trivial statistics, so only the zeroed channels are zero.
+    rng = np.random.default_rng(0)
+    for layer in model.layers:
+        if isinstance(layer, L.BatchNormalization):
+            layer.set_weights([rng.uniform(0.5, 1.5, w.shape).astype("float32") if i in (0, 3) else
+                               rng.normal(0, 0.3, w.shape).astype("float32") for i, w in enumerate(layer.get_weights())])
+    for bn in ("bn_a", "bn_dw", "bn_b"):   # one channel group: residual stream, depthwise and SE gate
+        zero_bn_channels(model, bn, [1, 3, 4, 6])
+    zero_bn_channels(model, "bn_c", [0, 2])
+    zero_filters(model, "se_reduce", [1, 2])
+    zero_filters(model, "conv_d", [0, 2, 5])
+    return model
+
+
+def assert_same_function(model, pruned, n=6):
+    feeds = inputs_for(model, n=n, seed=3)
+    np.testing.assert_allclose(keras_out(pruned, feeds), keras_out(model, feeds), rtol=1e-5, atol=1e-5)
+
+
+def test_removing_channels_that_contribute_nothing_changes_nothing():
+    model = block_model()
+    before = weights_of(model)
+    res = structured.apply(model, StructuredConfig(sparsity=0.5, importance="bn", finetune=False))
+    pruned = res.model
+    assert_same_function(model, pruned)
+    assert_unchanged(model, before)
+    groups = {tuple(sorted(g["layers"])): (g["channels"], g["kept"]) for g in res.report["groups"]}
+    assert groups == {("conv_a", "conv_b", "se_expand"): (8, 4), ("se_reduce",): (4, 2), ("conv_c",): (4, 2),
+                      ("conv_d",): (6, 3)}
+    assert pruned.get_layer("dw").get_weights()[0].shape == (3, 3, 4, 1)
+    assert pruned.get_layer("conv_d").get_weights()[0].shape == (3, 3, 6, 3)  # 4 + 2 concatenated inputs
+    assert pruned.get_layer("se_reshape").output.shape == (None, 1, 1, 4)
+    assert res.report["unpruned_groups"][0]["reason"] == "model output"
+    assert res.report["params_after"] < res.report["params_before"]
+    assert res.report["flops_after"] < res.report["flops_before"] / 2.5
+
+
+def test_sequential_with_flatten_and_two_input_models():
+    seq = sequential_model()
+    zero_bn_channels(seq, "bn", [0, 1, 5, 7])
+    res = structured.apply(seq, StructuredConfig(sparsity=0.5, importance="bn", finetune=False))
+    assert isinstance(res.model, keras.Sequential)
+    assert res.model.get_layer("probs").get_weights()[0].shape == (5 * 5 * 4, 5)  # Flatten of 4 channels
+    assert_same_function(seq, res.model)
+
+    two = two_input_model()
+    dense = [layer.name for layer in two.layers if isinstance(layer, L.Dense) and layer.name != "out"]
+    for name in dense:
+        zero_filters(two, name, [0, 3, 4])
+    res = structured.apply(two, StructuredConfig(sparsity=0.5, finetune=False))
+    assert [g["kept"] for g in res.report["groups"]] == [3, 3]
+    assert res.model.get_layer("out").get_weights()[0].shape == (6, 3)
+    assert_same_function(two, res.model)
+
+
+def test_separable_and_1d_convolutions():
+    keras.utils.set_random_seed(6)
+    x = keras.Input((12, 3), name="seq")
+    h = L.BatchNormalization(name="bn1")(L.Conv1D(8, 3, name="c1")(x))
+    h = L.SeparableConv1D(6, 3, depth_multiplier=2, name="sep")(h)
+    h = L.BatchNormalization(name="bn2")(h)
+    model = keras.Model(x, L.Dense(2, name="out")(L.GlobalMaxPooling1D()(h)))
+    zero_bn_channels(model, "bn1", [2, 3, 5, 7])
+    zero_bn_channels(model, "bn2", [0, 4, 5])
+    res = structured.apply(model, StructuredConfig(sparsity=0.5, importance="bn", finetune=False))
+    dw, pw, _ = res.model.get_layer("sep").get_weights()
+    assert dw.shape == (3, 4, 2) and pw.shape == (1, 8, 3)  # 4 inputs x multiplier 2 -> 8 pointwise inputs
+    assert_same_function(model, res.model)
+
+
+# ---------------------------------------------------------------- the digits CNN at half the FLOPs
+
+def test_digits_half_flops_keeps_accuracy_and_runs_on_litert(digits_model):
+    path, _ = digits_model
+    model = keras_turbo.load_model(path)
+    train, test, heldout = digits_data(model)
+    before = weights_of(model)
+    cfg = StructuredConfig(target_flops_reduction=2.0, epochs=10, batch_size=16, learning_rate=2e-3)
+    res = structured.apply(model, cfg, train=train, val=heldout)
+    rep = res.report
+    assert_unchanged(model, before)
+    assert rep["flops_reduction"] >= 2.0
+    assert rep["flops_reduction"] < 2.3  # the search finds the least pruning that reaches it
+    assert rep["params_after"] < rep["params_before"]
+    drop = rep["accuracy_before"] - rep["accuracy_after"]
+    assert drop <= 0.015, f"half the FLOPs lost {100 * drop:.2f} points ({rep['accuracy_after']:.4f})"
+    assert {g["layers"][0] for g in rep["groups"]} == {"conv1", "conv2", "conv3"}
+    assert rep["unpruned_groups"][0]["layers"] == ["probs"]  # the classifier keeps its 10 outputs
+    x = test.x[0][:32]
+    p = keras_turbo.load(res.model, backend="litert", threads=2)
+    np.testing.assert_allclose(p(x), np.asarray(res.model(x, training=False)), rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------- keras.applications, weights=None
+
+@pytest.mark.parametrize("name", ["mobilenet", "mobilenetv2", "mobilenetv3small", "efficientnetb0", "resnet50"])
+def test_applications_come_out_smaller_and_convert(name):
+    model = application(name, input_shape=(48, 48, 3))
+    res = structured.apply(model, StructuredConfig(sparsity=0.5, finetune=False))
+    rep = res.report
+    assert rep["params_after"] < 0.5 * rep["params_before"]
+    assert rep["flops_reduction"] > 2.5
+    assert len(rep["groups"]) >= 10
+    # Only the classifier's channels are held whole (and, for EfficientNet, its input Normalization).
+    assert all("model output" in g["reason"] or "predictions" in g["reason"] for g in rep["unpruned_groups"])
+    x = np.random.default_rng(0).random((2, 48, 48, 3), dtype="float32")
+    want = np.asarray(res.model(x, training=False))
+    assert want.shape == (2, 1000)
+    p = keras_turbo.load(res.model, backend="litert", threads=2)
+    np.testing.assert_allclose(p(x), want, rtol=1e-4, atol=1e-6)
+
+
+# ---------------------------------------------------------------- what it leaves alone, and errors
+
+@keras.saving.register_keras_serializable(package="kt_test")
+class Shift(keras.layers.Layer):
+    """A custom per-channel layer the pruner cannot know the channel semantics of."""
+
+    def build(self, shape):
+        self.shift = self.add_weight(shape=(shape[-1],), initializer="zeros", name="shift")
+
+    def call(self, x):
+        return x + self.shift
+
+
+def test_custom_and_lambda_layers_stay_whole_and_are_listed():
+    keras.utils.set_random_seed(5)
+    x = keras.Input((8, 8, 3), name="x")
+    h = L.Conv2D(8, 3, name="c1")(x)
+    h = Shift(name="custom")(h)
+    h = L.Conv2D(8, 3, name="c2")(h)
+    h = L.Lambda(lambda t: t * 2.0, name="lam")(h)
+    h = L.Conv2D(8, 1, name="c3")(h)
+    h = L.Conv2D(8, 1, name="c4")(h)
+    model = keras.Model(x, L.Dense(2, name="out")(L.GlobalAveragePooling2D()(h)))
+    before = weights_of(model)
+    res = structured.apply(model, StructuredConfig(sparsity=0.5, finetune=False))
+    skipped = {r["layer"]: r["reason"] for r in res.report["skipped_layers"]}
+    assert "custom layer Shift" in skipped["custom"] and "Lambda" in skipped["lam"]
+    whole = {g["layers"][0]: g["reason"] for g in res.report["unpruned_groups"]}
+    assert "custom" in whole["c1"] and "lam" in whole["c2"]
+    assert [g["layers"] for g in res.report["groups"]] == [["c3"], ["c4"]]
+    assert res.model.get_layer("custom").get_weights()[0].shape == (8,)
+    assert res.model.get_layer("c4").get_weights()[0].shape == (1, 1, 4, 4)
+    feeds = inputs_for(model, n=2)
+    assert keras_out(res.model, feeds).shape == (2, 2)
+    assert_unchanged(model, before)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(sparsity=1.5), "`sparsity` must be a float in [0, 1). Received: sparsity=1.5"),
+    (dict(target_flops_reduction=0.5), "`target_flops_reduction` must be None or a number > 1"),
+    (dict(importance="taylor"), "`importance` must be one of 'l1', 'l2', 'bn'"),
+    (dict(round_to=0), "`round_to` must be an integer >= 1"),
+    (dict(distill_weight=2.0), "`distill_weight` must be a number in [0, 1]"),
+])
+def test_bad_settings(kwargs, message):
+    with pytest.raises(KerasTurboError) as e:
+        StructuredConfig(**kwargs)
+    assert str(e.value).startswith(message)
+
+
+def test_finetuning_needs_train_data_and_unreachable_targets_are_errors():
+    model = sequential_model()
+    with pytest.raises(KerasTurboError, match=r"needs train data \(--train-data\), or pass --no-finetune"):
+        structured.apply(model, StructuredConfig())
+    with pytest.raises(KerasTurboError, match="target_flops_reduction=1000.0 cannot be reached"):
+        structured.apply(model, StructuredConfig(target_flops_reduction=1000.0, finetune=False))
+
+
+def test_round_to_and_config_round_trip():
+    model = block_model()
+    res = structured.apply(model, StructuredConfig(sparsity=0.3, round_to=4, finetune=False))
+    assert all(g["kept"] % 4 == 0 or g["kept"] == g["channels"] for g in res.report["groups"])
+    cfg = StructuredConfig(target_flops_reduction=2.0, exclude=("conv_a",), distill=True)
+    assert StructuredConfig.from_dict(cfg.to_dict()) == cfg
+    res = structured.apply(model, StructuredConfig(sparsity=0.5, exclude=("conv_b",), finetune=False))
+    whole = [g for g in res.report["unpruned_groups"] if "conv_b" in g["layers"]]
+    assert whole and "excluded" in whole[0]["reason"]

@@ -62,7 +62,7 @@ def _rows(doc: dict) -> list[list[str]]:
             continue
         p50 = v["latency_ms"]["p50"]
         mark = ("★ " if v["name"] == doc.get("recommended") else "") + ("pareto" if v.get("pareto") else "")
-        drop = "-" if v.get("accuracy_drop") is None else f"{-v['accuracy_drop']:+.2f}"
+        drop = "-" if v.get("accuracy_drop") is None else f"{0.0 - v['accuracy_drop'] + 0.0:+.2f}"
         rows.append([v["name"], v["backend"], _fmt_acc(v.get("accuracy")), drop, _fmt_acc(v.get("top1_agreement")),
                      f"{p50:.3f}", f"{base_p50 / p50:.1f}x" if base_p50 else "-", f"{v['throughput_per_s']:,.0f}",
                      _size(v["model_bytes"]), ("within budget" if v.get("within_budget") else "over budget") + (f", {mark}" if mark else "")])

@@ -108,19 +108,19 @@ def _step(name: str, make_config: Callable[[], TechniqueConfig]) -> Callable:
 def _structured():
     from keras_turbo.techniques.structured import StructuredConfig
 
-    return StructuredConfig(target_flops_reduction=2.0, epochs=8, distill=True)
+    return StructuredConfig(target_flops_reduction=2.0, epochs=20, distill=True)
 
 
 def _distill():
     from keras_turbo.techniques.distill import DistillConfig
 
-    return DistillConfig(student="width:0.5", epochs=20)
+    return DistillConfig(student="width:0.5", epochs=40)
 
 
 def _prune():
     from keras_turbo.techniques.prune import PruneConfig
 
-    return PruneConfig(sparsity=0.8, epochs=6)
+    return PruneConfig(sparsity=0.8, epochs=12)
 
 
 # Training techniques, run with train data, each followed by the fastest exports: name ->
@@ -444,7 +444,7 @@ def optimize(model, data, train_data=None, config: OptimizeConfig | None = None,
 
             for backend, precision, mode in exports:
                 total += 1
-                name = f"{tech} + {backend} {mode}"
+                name = f"{tech} + {backend} {'fp32' if mode == 'none' else mode}"
                 if backend in TO_FOR_BACKEND:
                     to = TO_FOR_BACKEND[backend]
 

@@ -14,7 +14,7 @@ from keras_turbo.techniques import structured
 from keras_turbo.techniques.structured import StructuredConfig
 from keras_turbo.zoo import application
 from tests.conftest import inputs_for, keras, keras_out, sequential_model, two_input_model
-from tests.test_prune import assert_unchanged, digits_data, weights_of
+from tests.test_prune import assert_unchanged, digits_data, mlp, mlp_data, weights_of
 
 L = keras.layers
 
@@ -229,6 +229,19 @@ def test_finetuning_needs_train_data_and_unreachable_targets_are_errors():
         structured.apply(model, StructuredConfig())
     with pytest.raises(KerasTurboError, match="target_flops_reduction=1000.0 cannot be reached"):
         structured.apply(model, StructuredConfig(target_flops_reduction=1000.0, finetune=False))
+
+
+def test_finetuning_with_distillation_from_the_original():
+    model = mlp()
+    before = weights_of(model)
+    res = structured.apply(model, StructuredConfig(sparsity=0.5, epochs=2, distill=True, temperature=2.0),
+                           train=mlp_data(), val=mlp_data(seed=1))
+    rep = res.report
+    assert "distillation (T=2.0" in rep["finetune"]["loss"] and "cross-entropy" in rep["finetune"]["loss"]
+    assert rep["accuracy_after"] is not None and np.isfinite(rep["finetune"]["final_loss"])
+    assert [g["kept"] for g in rep["groups"]] == [16, 16, 8]
+    assert not res.model.compiled
+    assert_unchanged(model, before)
 
 
 def test_round_to_and_config_round_trip():

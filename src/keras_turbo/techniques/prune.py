@@ -242,13 +242,14 @@ def saved_sizes(model, compress: bool = True) -> dict:
 
 
 def finetune(model, train: Dataset, *, epochs: int, batch_size: int, learning_rate: float, seed: int = 0,
-             teacher=None, temperature: float = 4.0, distill_weight: float = 0.5, callbacks=()) -> dict:
-    """Train `model` in place on `train` (Adam, cosine learning-rate decay), optionally distilling
-    from `teacher`.
+             teacher=None, distill: bool = False, temperature: float = 4.0, distill_weight: float = 0.5,
+             callbacks=()) -> dict:
+    """Train `model` in place on `train` (Adam, cosine learning-rate decay).
 
-    The loss: sparse cross-entropy on the labels; with a teacher, mixed with the distillation
-    loss T^2 * KL(teacher || student) at temperature T (weight `distill_weight`); without labels,
-    the teacher's outputs alone are the target (KL for classifiers, mean squared error otherwise).
+    The loss: sparse cross-entropy on the labels of a classifier; with `distill`, mixed with the
+    distillation loss T^2 * KL(teacher || student) at temperature T (weight `distill_weight`).
+    Where labels cannot serve (none given, or the model is not a classifier), the `teacher`'s
+    outputs are the target instead (KL for classifiers, mean squared error otherwise).
 
     Returns:
         {"epochs", "steps", "final_loss", "loss"}: what the report records about the training.
@@ -264,10 +265,11 @@ def finetune(model, train: Dataset, *, epochs: int, batch_size: int, learning_ra
     probs = _looks_like_probabilities(probe)
     classifier = probe.ndim == 2 and probe.shape[-1] > 1
     labels = train.y is not None and classifier
-    if not labels and teacher is None:
-        raise KerasTurboError("fine-tuning needs labelled train data for a classifier, or a teacher "
-                              f"(train data {train.source}: {'no labels' if train.y is None else 'labels, but the output is not a class score'})")
-    if teacher is None:
+    if teacher is None and (distill or not labels):
+        what = "no labels" if train.y is None else "labels, but the output is not a class score"
+        raise KerasTurboError(f"fine-tuning needs labelled train data for a classifier, or a teacher "
+                              f"(train data {train.source}: {what})")
+    if labels and not distill:
         loss, y, kind = keras.losses.SparseCategoricalCrossentropy(from_logits=not probs), train.y, "cross-entropy"
     else:
         t_out = predict(teacher, train.x).astype("float32")
@@ -279,8 +281,8 @@ def finetune(model, train: Dataset, *, epochs: int, batch_size: int, learning_ra
             y = np.concatenate([label_col, t_out], axis=1)
             kind = f"distillation (T={temperature}, weight {w})" + (" + cross-entropy" if labels else "")
             loss = _distill_loss(ops, probs, temperature, w)
-    # Cosine decay to zero: the last steps make small moves, so the model ends settled at the
-    # final masks rather than wherever the last large step left it.
+    # Cosine decay to zero: the last steps are small, so the model ends settled (at the final
+    # masks, when pruning) rather than wherever the last large step left it.
     steps = epochs * math.ceil(len(train) / batch_size)
     lr = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=steps)
     model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss)
@@ -506,9 +508,9 @@ def apply(model, config: PruneConfig | None = None, train: Dataset | None = None
     Args:
         model: a built keras.Model (functional or Sequential). It is not changed.
         config: a `PruneConfig`; default `PruneConfig()` (80%, polynomial schedule, fine-tuning).
-        train: data to fine-tune on (`keras_turbo.data.Dataset`); labels for a classifier, or,
-            without labels, the input model's own outputs are the target. Needed when
-            `config.finetune` is True.
+        train: data to fine-tune on (`keras_turbo.data.Dataset`): labels for a classifier; without
+            labels (or for a model that is not a classifier) the input model's own outputs are the
+            target. Needed when `config.finetune` is True.
         val: labelled data for accuracy before and after (optional).
 
     Returns:
@@ -544,8 +546,7 @@ def apply(model, config: PruneConfig | None = None, train: Dataset | None = None
         steps = config.epochs * math.ceil(len(train) / config.batch_size)
         cb = _mask_callback(keras, masker, config, steps)
         training = finetune(work, train, epochs=config.epochs, batch_size=config.batch_size,
-                            learning_rate=config.learning_rate, seed=config.seed, callbacks=[cb],
-                            teacher=model if train.y is None else None)
+                            learning_rate=config.learning_rate, seed=config.seed, callbacks=[cb], teacher=model)
         training.update(schedule=config.schedule if not config.pattern else f"pattern {config.pattern}",
                         mask_updates=cb.updates, **cb.plan)
         new.set_weights(work.get_weights())

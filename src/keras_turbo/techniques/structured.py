@@ -450,7 +450,8 @@ def _build_graph(keras, view, exclude: tuple[str, ...]) -> _Graph:
             handler, reason = None, "nested model (left whole)"
         elif isinstance(op, keras.layers.Layer):
             handler = table.get(type(op))
-            reason = (f"{type(op).__name__} is not a layer keras-turbo can prune through (left whole)" if type(op).__module__.startswith("keras.")
+            builtin = type(op).__module__.startswith("keras.")
+            reason = (f"{type(op).__name__} is not a layer keras-turbo can prune through (left whole)" if builtin
                       else f"custom layer {type(op).__name__} (left whole)")
         else:
             handler = _OP_HANDLERS.get((type(op).__module__, type(op).__name__))
@@ -666,8 +667,8 @@ def apply(model, config: StructuredConfig | None = None, train: Dataset | None =
         model: a built functional or Sequential keras.Model. It is not changed.
         config: a `StructuredConfig`; default `StructuredConfig()` (half the channels of every
             prunable group, L1 importance, fine-tuning).
-        train: data to fine-tune on; needed when `config.finetune` is True. Without labels, the
-            original model's outputs are the target.
+        train: data to fine-tune on; needed when `config.finetune` is True. Without labels (or
+            for a model that is not a classifier), the original model's outputs are the target.
         val: labelled data for accuracy before and after (optional).
 
     Returns:
@@ -711,10 +712,10 @@ def apply(model, config: StructuredConfig | None = None, train: Dataset | None =
     training = None
     if config.finetune:
         work = copy_model(new)   # fitting compiles it; the model handed back stays uncompiled
-        teacher = model if (config.distill or train.y is None) else None
         training = finetune(work, train, epochs=config.epochs, batch_size=config.batch_size,
-                            learning_rate=config.learning_rate, seed=config.seed, teacher=teacher,
-                            temperature=config.temperature, distill_weight=config.distill_weight)
+                            learning_rate=config.learning_rate, seed=config.seed, teacher=model,
+                            distill=config.distill, temperature=config.temperature,
+                            distill_weight=config.distill_weight)
         new.set_weights(work.get_weights())
 
     after = describe_keras(new)

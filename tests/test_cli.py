@@ -130,3 +130,21 @@ def test_devices(capsys, tmp_path):
     doc = json.loads((tmp_path / "d.json").read_text())
     assert set(doc["runtimes"]) == {"keras-predict", "keras-call", "tf-function", "tf-xla", "litert", "onnxruntime", "openvino"}
     assert all(r["usable"] for r in doc["runtimes"].values()), doc["runtimes"]
+
+
+def test_distill_command_with_unlabelled_data(capsys, tmp_path, model_files):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "train.npz", x=rng.random((16, 12, 12, 3)).astype("float32"), y=np.arange(16) % 5)
+    np.savez(tmp_path / "more.npz", x=rng.random((24, 12, 12, 3)).astype("float32"))
+    out = tmp_path / "student.keras"
+    code, stdout, err = run_cli(capsys, "distill", model_files["sequential"][0], "--train-data", tmp_path / "train.npz",
+                                "--unlabeled-data", tmp_path / "more.npz", "--epochs", 1, "--json", tmp_path / "d.json",
+                                "-o", out)
+    assert code == 0, err
+    assert out.exists() and "wrote" in stdout
+    report = json.loads((tmp_path / "d.json").read_text())["report"]
+    assert report["training"]["unlabeled_samples"] == 24 and report["training"]["samples"] == 16
+    np.savez(tmp_path / "bad.npz", x=rng.random((4, 8, 8, 3)).astype("float32"))
+    code, _, err = run_cli(capsys, "distill", model_files["sequential"][0], "--train-data", tmp_path / "train.npz",
+                           "--unlabeled-data", tmp_path / "bad.npz", "-o", tmp_path / "s2.keras")
+    assert_one_line_error(code, err, "--unlabeled-data", "bad.npz")

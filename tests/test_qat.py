@@ -68,6 +68,24 @@ def test_batchnorm_folded_and_input_untouched():
     assert all(np.array_equal(a, b) for a, b in zip(before, m.get_weights()))
 
 
+def test_fake_quant_model_survives_save_and_load(tmp_path):
+    """The QAT Keras model reloads (in a fresh process, where nothing imported the QAT module yet)
+    and computes the same outputs, ranges included."""
+    import subprocess
+    import sys
+
+    q, _ = qat.quantize_model(_conv_bn_relu())
+    x = np.random.default_rng(0).random((8, 12, 12, 3)).astype("float32")
+    qat.calibrate(q, (x,))
+    q.save(tmp_path / "q.keras")
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "ref.npy", np.asarray(q(x, training=False)))
+    code = ("import numpy as np, keras_turbo; m = keras_turbo.load_model('q.keras'); "
+            "np.testing.assert_allclose(np.asarray(m(np.load('x.npy'), training=False)), np.load('ref.npy'), atol=1e-6)")
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
 def test_errors():
     m = sequential_model()
     with pytest.raises(KerasTurboError, match="train data"):

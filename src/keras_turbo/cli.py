@@ -241,7 +241,17 @@ def _technique_data(args, model):
     return train, val
 
 
-def _run_technique(args, name: str, config, suffix: str = ".keras"):
+def _unlabeled_data(args, model):
+    from keras_turbo.api import as_ref, io_specs
+    from keras_turbo.data import load_data
+
+    if not getattr(args, "unlabeled_data", None):
+        return None
+    inputs, _ = io_specs(as_ref(args.model, unsafe=args.unsafe))
+    return load_data(args.unlabeled_data, inputs, default_split="train", arg="--unlabeled-data")
+
+
+def _run_technique(args, name: str, config, suffix: str = ".keras", **extra):
     """The shared shell of prune / distill / qat / cluster: load safely, read data, apply, save."""
     import keras_turbo
     from keras_turbo.techniques import TECHNIQUES
@@ -252,7 +262,7 @@ def _run_technique(args, name: str, config, suffix: str = ".keras"):
     train, val = _technique_data(args, model)
     _, err = _console()
     err.print(f"[dim]{name}: working on {args.model}[/dim]")
-    result = TECHNIQUES[name][1](model, config, train, val)
+    result = TECHNIQUES[name][1](model, config, train, val, **extra)
     _write_json(args.json, {"technique": name, "config": config.to_dict(), "report": result.report})
     return result
 
@@ -292,8 +302,9 @@ def cmd_prune(args) -> int:
 def cmd_distill(args) -> int:
     from keras_turbo.techniques.distill import DistillConfig
 
-    cfg = DistillConfig(student=args.student, temperature=args.temperature, alpha=args.alpha, epochs=args.epochs)
-    result = _run_technique(args, "distill", cfg)
+    cfg = DistillConfig(student=args.student, temperature=args.temperature, alpha=args.alpha, epochs=args.epochs,
+                        shift=args.shift, mixup=args.mixup, labels_only=args.labels_only, seed=args.seed)
+    result = _run_technique(args, "distill", cfg, unlabeled=_unlabeled_data(args, None))
     result.model.save(args.output)
     _console()[0].print(f"wrote {args.output}")
     _print_report(result.report)
@@ -498,6 +509,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--student", default="width:0.5", help="width:F, mobilenetv2:ALPHA, efficientnetb0, mobilenet, or PATH.keras")
     sp.add_argument("--temperature", type=float, default=4.0)
     sp.add_argument("--alpha", type=float, default=0.1, help="weight of the hard-label loss")
+    sp.add_argument("--unlabeled-data", metavar="DATA", help="more inputs without labels, taught by the teacher alone")
+    sp.add_argument("--shift", type=float, default=0.0, help="random image shifts up to this fraction of the size "
+                    "(teacher and student see the same shifted batch)")
+    sp.add_argument("--mixup", type=float, default=0.0, help="mixup Beta parameter (0: off)")
+    sp.add_argument("--labels-only", action="store_true", help="train the student on the labels alone (the baseline)")
+    sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--epochs", type=_positive_int("--epochs"), default=30)
     sp.set_defaults(fn=cmd_distill)
 

@@ -201,10 +201,14 @@ def load_keras(ref: ModelRef):
             _check_savedmodel_ops(ref)
         return _wrap_savedmodel(ref)
     _check_container(ref)
+    cfg = _config_json(ref)
+    if cfg and '"keras_turbo>' in cfg:
+        # keras-turbo's own layers (QAT's fake-quant wrappers) register with Keras when their
+        # module is imported; that module pulls in TensorFlow, so only when a file needs it.
+        import keras_turbo.techniques.qat  # noqa: F401
     if not ref.unsafe:
         # Refuse before Keras builds anything: a Lambda layer carries Python code (bytecode in
         # Keras 2 .h5 files), and naming the layer helps the user more than Keras' own message.
-        cfg = _config_json(ref)
         lambdas = _lambda_layers(cfg) if cfg else []
         if lambdas:
             raise ModelLoadError(

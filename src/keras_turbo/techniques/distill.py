@@ -17,8 +17,14 @@ soft term alone trains the student. Outputs that are already probabilities (a so
 turned back into logits with log(p), which is a logit up to a per-row constant that softmax
 ignores.
 
-The teacher runs once, in inference mode, over the train data before training starts: its
-outputs do not change during training, so there is no reason to pay for it every step.
+Augmentation (`shift`, `mixup`) follows "Knowledge distillation: a good teacher is patient and
+consistent" (Beyer et al., 2022): the teacher and the student see the *same* augmented batch, so
+the teacher labels every new image it makes, where a hard label can only guess (a mixup of a 3
+and an 8 is not 0.6 of a 3). The labels-only baseline sees the very same batches (the augmentation
+is drawn from the seed, the epoch and the step, nothing else) with the labels mixed alongside,
+so the comparison isolates the teacher. Without augmentation the teacher runs once, in inference
+mode, before training starts: its outputs on fixed inputs do not change, so there is no reason to
+pay for it every step.
 """
 
 from __future__ import annotations
@@ -81,8 +87,13 @@ class DistillConfig(TechniqueConfig):
             ignored when the train data has no labels.
         labels_only: train the same student on the labels alone, with no teacher (the baseline
             that distillation has to beat; needs labels).
+        shift: random translation of image inputs (batch, height, width, channels) by up to this
+            fraction of the height and width, edges repeated; 0 turns it off.
+        mixup: the Beta(a, a) parameter of mixup between pairs in a batch (0.2 to 1 are the usual
+            values); 0 turns it off. Labels are mixed alongside for the hard-label term.
         epochs / batch_size / learning_rate: the training (Adam, cosine decay to zero).
-        seed: seeds Keras' random state: the student's initial weights and the batch order.
+        seed: seeds Keras' random state (the student's initial weights) and the batch order and
+            augmentation.
 
     Raises:
         KerasTurboError: a setting out of range or an unknown student name.
@@ -95,6 +106,8 @@ class DistillConfig(TechniqueConfig):
     temperature: float = 4.0
     alpha: float = 0.1
     labels_only: bool = False
+    shift: float = 0.0
+    mixup: float = 0.0
     epochs: int = 30
     batch_size: int = 32
     learning_rate: float = 2e-3
@@ -106,6 +119,10 @@ class DistillConfig(TechniqueConfig):
             raise bad_param("temperature", "a number > 0", self.temperature)
         if not _is_number(self.alpha) or not 0.0 <= self.alpha <= 1.0:
             raise bad_param("alpha", "a float in [0, 1]", self.alpha)
+        if not _is_number(self.shift) or not 0.0 <= self.shift < 0.5:
+            raise bad_param("shift", "a fraction of the image size in [0, 0.5)", self.shift)
+        if not _is_number(self.mixup) or self.mixup < 0:
+            raise bad_param("mixup", "a number >= 0 (0 turns mixup off)", self.mixup)
         if not isinstance(self.labels_only, bool):
             raise bad_param("labels_only", "True or False", self.labels_only)
         if not isinstance(self.epochs, int) or isinstance(self.epochs, bool) or self.epochs < 1:
@@ -196,12 +213,14 @@ def _as_logits(ops, out, probs: bool):
     return ops.log(ops.clip(out, 1e-7, 1.0)) if probs else out
 
 
-def distill_loss(ops, temperature: float, alpha: float, teacher_probs: bool, student_probs: bool, labels: bool):
-    """A Keras loss whose y_true packs [label, teacher outputs...]; returns per-sample losses."""
+def distill_loss(ops, temperature: float, alpha: float, teacher_probs: bool, student_probs: bool, labels: bool,
+                 classes: int):
+    """A Keras loss whose y_true packs [label distribution (classes), teacher outputs (classes)];
+    returns per-sample losses. The label part is one-hot, or a mix of two one-hots under mixup."""
     t2 = temperature ** 2
 
     def loss(y_true, y_pred):
-        t_logits = _as_logits(ops, y_true[:, 1:], teacher_probs)
+        t_logits = _as_logits(ops, y_true[:, classes:], teacher_probs)
         s_logits = _as_logits(ops, y_pred, student_probs)
         t = ops.softmax(t_logits / temperature, axis=-1)
         log_t = ops.log_softmax(t_logits / temperature, axis=-1)
@@ -209,15 +228,67 @@ def distill_loss(ops, temperature: float, alpha: float, teacher_probs: bool, stu
         soft = t2 * ops.sum(t * (log_t - log_s), axis=-1)
         if not labels or alpha == 0:
             return soft
-        hard = ops.sparse_categorical_crossentropy(ops.cast(y_true[:, 0], "int32"), s_logits, from_logits=True)
+        hard = -ops.sum(y_true[:, :classes] * ops.log_softmax(s_logits, axis=-1), axis=-1)
         return soft + alpha * hard
 
     return loss
 
 
+# ------------------------------------------------------------------ batches
+
+def shift_images(a: np.ndarray, rng: np.random.Generator, fraction: float) -> np.ndarray:
+    """Each image of a (batch, height, width, channels) array moved by a random whole number of
+    pixels, up to `fraction` of its height / width each way, the edge pixels repeated into the gap."""
+    dy, dx = (max(1, int(round(fraction * a.shape[i]))) for i in (1, 2))
+    padded = np.pad(a, ((0, 0), (dy, dy), (dx, dx), (0, 0)), mode="edge")
+    oy, ox = rng.integers(0, 2 * dy + 1, len(a)), rng.integers(0, 2 * dx + 1, len(a))
+    h, w = a.shape[1:3]
+    return np.stack([padded[i, oy[i]:oy[i] + h, ox[i]:ox[i] + w] for i in range(len(a))])
+
+
+def batches(keras, x, targets, config: DistillConfig, feed):
+    """A keras PyDataset of `config.epochs` epochs of (inputs, targets(batch inputs, index, mix))
+    batches, as one long epoch. Everything random is drawn from (seed, epoch, step), so the
+    distilled and the labels-only student train on identical batches."""
+    n, bs = len(x[0]), config.batch_size
+    steps = math.ceil(n / bs)
+
+    class Batches(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__(workers=1, use_multiprocessing=False)
+
+        def __len__(self):
+            return config.epochs * steps
+
+        def __getitem__(self, i):
+            epoch, step = divmod(int(i), steps)
+            idx = np.random.default_rng([config.seed, epoch]).permutation(n)[step * bs:(step + 1) * bs]
+            rng = np.random.default_rng([config.seed, epoch, step, 1])
+            xb = [a[idx] for a in x]
+            if config.shift:
+                xb = [shift_images(a, rng, config.shift) if a.ndim == 4 else a for a in xb]
+            mix = None
+            if config.mixup:
+                lam, partner = rng.beta(config.mixup, config.mixup, len(idx)).astype("float32"), rng.permutation(len(idx))
+                mix = (lam, partner)
+                xb = [(lam.reshape((-1,) + (1,) * (a.ndim - 1)) * a + (1 - lam.reshape((-1,) + (1,) * (a.ndim - 1))) * a[partner]).astype(a.dtype)
+                      if np.issubdtype(a.dtype, np.floating) else a for a in xb]
+            return feed(tuple(xb)), targets(tuple(xb), idx, mix)
+
+    return Batches()
+
+
+def _mix(y: np.ndarray, mix) -> np.ndarray:
+    if mix is None:
+        return y
+    lam, partner = mix
+    return lam[:, None] * y + (1 - lam[:, None]) * y[partner]
+
+
 # ------------------------------------------------------------------ apply
 
-def apply(model, config: DistillConfig | None = None, train: Dataset | None = None, val: Dataset | None = None) -> TechniqueResult:
+def apply(model, config: DistillConfig | None = None, train: Dataset | None = None, val: Dataset | None = None,
+          unlabeled: Dataset | None = None) -> TechniqueResult:
     """Train a lighter student to reproduce `model` (the teacher).
 
     Args:
@@ -226,6 +297,9 @@ def apply(model, config: DistillConfig | None = None, train: Dataset | None = No
         train: the train data; labels are optional (without them the teacher's outputs alone
             teach, which is how distillation uses unlabelled data).
         val: labelled data to measure teacher and student accuracy on (optional).
+        unlabeled: more inputs without labels (optional; any labels they carry are ignored): the
+            teacher's outputs alone teach on them, beside `train`. This is where distillation
+            earns its keep: a few labels and many unlabelled images of the deployment data.
 
     Returns:
         A `TechniqueResult` whose model is the trained student (a plain Keras model); the report
@@ -234,7 +308,8 @@ def apply(model, config: DistillConfig | None = None, train: Dataset | None = No
 
     Raises:
         KerasTurboError: no train data; labels beyond the teacher's classes; a student whose output
-            shape differs from the teacher's; an unknown student name; `labels_only` without labels.
+            shape differs from the teacher's; an unknown student name; `labels_only` without labels
+            or with unlabelled data; unlabelled inputs shaped unlike the train inputs.
 
     Example:
         >>> r = distill.apply(teacher, DistillConfig(student="width:0.4", epochs=20), train, val)
@@ -261,6 +336,18 @@ def apply(model, config: DistillConfig | None = None, train: Dataset | None = No
     if config.labels_only and not labels:
         raise KerasTurboError(f"distill: labels_only needs labelled train data ({train.source} has no labels)")
     teacher_probs = _looks_like_probabilities(t_out)
+    onehot = np.eye(classes, dtype="float32")[train.y.astype("int64")] if labels else np.zeros((len(t_out), classes), "float32")
+    x = train.x
+    if unlabeled is not None and len(unlabeled):
+        if config.labels_only:
+            raise KerasTurboError("distill: labels_only trains on labels alone and cannot use unlabelled data")
+        if [a.shape[1:] for a in unlabeled.x] != [a.shape[1:] for a in train.x]:
+            raise KerasTurboError(f"--unlabeled-data: {unlabeled.source}: inputs shaped {[a.shape[1:] for a in unlabeled.x]}, "
+                                  f"the train data's are {[a.shape[1:] for a in train.x]}")
+        # A zero label row makes the hard-label term vanish for these samples: the teacher alone teaches.
+        x = tuple(np.concatenate([a, b]) for a, b in zip(train.x, unlabeled.x))
+        t_out = np.concatenate([t_out, predict(model, unlabeled.x).astype("float32")])
+        onehot = np.concatenate([onehot, np.zeros((len(unlabeled), classes), "float32")])
 
     keras.utils.set_random_seed(config.seed)  # the student's initial weights
     student, description = make_student(model, config.student, teacher_probs)
@@ -270,21 +357,30 @@ def apply(model, config: DistillConfig | None = None, train: Dataset | None = No
     student_probs = _looks_like_probabilities(predict(student, tuple(a[:64] for a in train.x)))
 
     ops = keras.ops
+    augmented = bool(config.shift or config.mixup)
     if config.labels_only:
-        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=not student_probs)
-        y, kind = train.y, "cross-entropy on labels only (no teacher)"
+        loss = keras.losses.CategoricalCrossentropy(from_logits=not student_probs)
+        kind = "cross-entropy on labels only (no teacher)"
+
+        def targets(xb, idx, mix):
+            return _mix(onehot[idx], mix)
     else:
-        label_col = (train.y if labels else np.zeros(len(t_out))).astype("float32")[:, None]
-        y = np.concatenate([label_col, t_out], axis=1)
-        loss = distill_loss(ops, config.temperature, config.alpha, teacher_probs, student_probs, labels)
+        loss = distill_loss(ops, config.temperature, config.alpha, teacher_probs, student_probs, labels, classes)
         kind = (f"T^2 x KL at T={config.temperature:g}" + (f" + {config.alpha:g} x cross-entropy" if labels and config.alpha else "")
                 + ("" if labels else " (no labels: pure distillation)"))
-    keras.utils.set_random_seed(config.seed)  # the batch order
-    steps = config.epochs * math.ceil(len(train) / config.batch_size)
+
+        def targets(xb, idx, mix):
+            # On augmented inputs the teacher labels what the student actually sees.
+            t = np.asarray(model(_feed(model, xb), training=False), "float32") if augmented else t_out[idx]
+            return np.concatenate([_mix(onehot[idx], mix), t], axis=1)
+    if augmented:
+        kind += ", on " + " + ".join(([f"shifts up to {config.shift:g} of the size"] if config.shift else [])
+                                     + ([f"mixup Beta({config.mixup:g})"] if config.mixup else []))
+    keras.utils.set_random_seed(config.seed)
+    steps = config.epochs * math.ceil(len(x[0]) / config.batch_size)
     lr = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=steps)
     student.compile(optimizer=keras.optimizers.Adam(lr), loss=loss)
-    hist = student.fit(_feed(student, train.x), y, epochs=config.epochs, batch_size=config.batch_size,
-                       shuffle=True, verbose=0)
+    hist = student.fit(batches(keras, x, targets, config, lambda xb: _feed(student, xb)), epochs=1, verbose=0)
 
     t_info, s_info = describe_keras(model), describe_keras(student)
     report = {
@@ -293,6 +389,8 @@ def apply(model, config: DistillConfig | None = None, train: Dataset | None = No
         "flops_ratio": s_info["flops_per_sample"] / max(1, t_info["flops_per_sample"]),
         "teacher_params": t_info["params"], "student_params": s_info["params"],
         "training": {"epochs": config.epochs, "steps": steps, "samples": len(train), "labels": labels,
+                     "unlabeled_samples": len(x[0]) - len(train),
+                     "shift": config.shift, "mixup": config.mixup,
                      "final_loss": float(hist.history["loss"][-1])},
         "teacher_accuracy": accuracy(model, val), "student_accuracy": accuracy(student, val),
     }

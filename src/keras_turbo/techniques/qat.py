@@ -154,7 +154,10 @@ class QuantizedKernel(keras.layers.Layer):
             self.pre_activation = ActivationQuantizer(momentum=momentum, name=f"{self.name}_preact_quant")
 
     def build(self, input_shape):
-        self.inner.build(input_shape)
+        # On load the inner layer's saved config carries its build shape, so deserializing it
+        # has built it already; building it again would add its variables twice.
+        if not self.inner.built:
+            self.inner.build(input_shape)
         if self.pre_activation is not None:
             self.pre_activation.build(None)
 

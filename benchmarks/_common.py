@@ -27,6 +27,17 @@ def write_section(name: str, body: str) -> None:
     BENCHMARKS_MD.write_text(text)
 
 
+def app_model_file(arch: str) -> Path:
+    """A keras.applications architecture at 224x224x3 with random weights, saved once in WORK."""
+    from keras_turbo.zoo import application
+
+    path = WORK / f"{arch}_224.keras"
+    if not path.exists():
+        WORK.mkdir(parents=True, exist_ok=True)
+        application(arch).save(path)
+    return path
+
+
 def machine_line(machine: dict) -> str:
     flags = ", ".join(k for k, v in machine["cpu_flags"].items() if v)
     libs = ", ".join(f"{k} {v}" for k, v in machine["libraries"].items() if v)

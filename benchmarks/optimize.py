@@ -17,13 +17,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import RESULTS, WORK, machine_line, write_section  # noqa: E402
+from _common import RESULTS, WORK, app_model_file, machine_line, write_section  # noqa: E402
 
 os.environ.setdefault("KERAS_TURBO_CACHE", str(WORK / "cache"))
 
 import keras_turbo  # noqa: E402
 from keras_turbo.search import OptimizeConfig  # noqa: E402
-from keras_turbo.zoo import application, digits_model_path  # noqa: E402
+from keras_turbo.zoo import digits_model_path  # noqa: E402
 
 
 def best(variants, pred):
@@ -64,10 +64,10 @@ def main() -> None:
     runs = {
         "digits CNN": ("digits", lambda: digits_model_path(), "builtin:digits:test", "builtin:digits:train",
                        OptimizeConfig(max_accuracy_drop=1.0, threads=args.threads)),
-        "MobileNetV2 1.0": ("mobilenetv2", lambda: _app("mobilenetv2"), "builtin:digits:test", None,
+        "MobileNetV2 1.0": ("mobilenetv2", lambda: app_model_file("mobilenetv2"), "builtin:digits:test", None,
                             OptimizeConfig(min_agreement=0.95, threads=args.threads, techniques=("runtimes", "fp16", "int8"),
                                            eval_size=200, min_runs=10, min_seconds=2.0)),
-        "ResNet50": ("resnet50", lambda: _app("resnet50"), "builtin:digits:test", None,
+        "ResNet50": ("resnet50", lambda: app_model_file("resnet50"), "builtin:digits:test", None,
                      OptimizeConfig(min_agreement=0.95, threads=args.threads, techniques=("runtimes", "fp16", "int8"),
                                     eval_size=200, min_runs=10, min_seconds=2.0)),
     }
@@ -162,14 +162,6 @@ def _digits_mobilenetv2(epochs: int = 6) -> Path:
     acc = model.evaluate(test.x[0], test.y, verbose=0)[1]
     print(f"trained MobileNetV2 on digits 224x224: test accuracy {acc:.4f} in {time.time() - t:.0f} s", flush=True)
     model.save(path)
-    return path
-
-
-def _app(arch: str):
-    path = WORK / f"{arch}_224.keras"
-    if not path.exists():
-        WORK.mkdir(parents=True, exist_ok=True)
-        application(arch).save(path)
     return path
 
 

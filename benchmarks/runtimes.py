@@ -13,23 +13,14 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import RESULTS, WORK, machine_line, write_section  # noqa: E402
+from _common import RESULTS, WORK, app_model_file, machine_line, write_section  # noqa: E402
 
 os.environ.setdefault("KERAS_TURBO_CACHE", str(WORK / "cache"))
 
 import keras_turbo  # noqa: E402
 from keras_turbo.bench import BenchmarkConfig  # noqa: E402
-from keras_turbo.zoo import application  # noqa: E402
 
 MODELS = {"MobileNetV2 1.0": "mobilenetv2", "ResNet50": "resnet50"}
-
-
-def model_file(arch: str):
-    path = WORK / f"{arch}_224.keras"
-    if not path.exists():
-        WORK.mkdir(parents=True, exist_ok=True)
-        application(arch).save(path)
-    return path
 
 
 def table(name: str, report) -> str:
@@ -65,7 +56,7 @@ def main() -> None:
     sections, raw = [], {}
     started = time.time()
     for name, arch in MODELS.items():
-        path = model_file(arch)
+        path = app_model_file(arch)
         info = keras_turbo.inspect(path)
 
         def progress(what, done, total, name=name):

@@ -96,6 +96,9 @@ def test_errors():
     with pytest.raises(KerasTurboError, match="cannot use unlabelled data"):
         distill.apply(m, DistillConfig(epochs=1, labels_only=True), Dataset((x,), np.zeros(20, int), "t"),
                       unlabeled=Dataset((x,), None, "u"))
+    flat = keras.Sequential([keras.Input((6,)), keras.layers.Dense(5)])
+    with pytest.raises(KerasTurboError, match="shift moves images"):
+        distill.apply(flat, DistillConfig(epochs=1, shift=0.1), Dataset((x[:, 0, :6, 0],), None, "t"))
     with pytest.raises(KerasTurboError, match="inputs shaped"):
         distill.apply(m, cfg, Dataset((x,), None, "t"), unlabeled=Dataset((x[:, :6],), None, "u"))
 

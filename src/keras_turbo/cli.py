@@ -231,27 +231,20 @@ def cmd_convert(args) -> int:
     return 0
 
 
-def _technique_data(args, model):
+def _technique_data(args):
+    """(train, val, unlabeled) Datasets from the technique's DATA arguments (None where not given)."""
     from keras_turbo.api import as_ref, io_specs
     from keras_turbo.data import load_data
 
     inputs, outputs = io_specs(as_ref(args.model, unsafe=args.unsafe))
     train = load_data(args.train_data, inputs, outputs, default_split="train", arg="--train-data") if args.train_data else None
     val = load_data(args.val_data, inputs, outputs, default_split="val", arg="--val-data") if args.val_data else None
-    return train, val
+    more = getattr(args, "unlabeled_data", None)  # distill only
+    unlabeled = load_data(more, inputs, default_split="train", arg="--unlabeled-data") if more else None
+    return train, val, unlabeled
 
 
-def _unlabeled_data(args, model):
-    from keras_turbo.api import as_ref, io_specs
-    from keras_turbo.data import load_data
-
-    if not getattr(args, "unlabeled_data", None):
-        return None
-    inputs, _ = io_specs(as_ref(args.model, unsafe=args.unsafe))
-    return load_data(args.unlabeled_data, inputs, default_split="train", arg="--unlabeled-data")
-
-
-def _run_technique(args, name: str, config, suffix: str = ".keras", **extra):
+def _run_technique(args, name: str, config, suffix: str = ".keras"):
     """The shared shell of prune / distill / qat / cluster: load safely, read data, apply, save."""
     import keras_turbo
     from keras_turbo.techniques import TECHNIQUES
@@ -259,9 +252,10 @@ def _run_technique(args, name: str, config, suffix: str = ".keras", **extra):
     if Path(args.output).suffix != suffix:
         raise KerasTurboError(f"-o {args.output}: {name} writes a {suffix} file")
     model = keras_turbo.load_model(args.model, unsafe=args.unsafe)
-    train, val = _technique_data(args, model)
+    train, val, unlabeled = _technique_data(args)
     _, err = _console()
     err.print(f"[dim]{name}: working on {args.model}[/dim]")
+    extra = {"unlabeled": unlabeled} if unlabeled is not None else {}
     result = TECHNIQUES[name][1](model, config, train, val, **extra)
     _write_json(args.json, {"technique": name, "config": config.to_dict(), "report": result.report})
     return result
@@ -304,7 +298,7 @@ def cmd_distill(args) -> int:
 
     cfg = DistillConfig(student=args.student, temperature=args.temperature, alpha=args.alpha, epochs=args.epochs,
                         shift=args.shift, mixup=args.mixup, labels_only=args.labels_only, seed=args.seed)
-    result = _run_technique(args, "distill", cfg, unlabeled=_unlabeled_data(args, None))
+    result = _run_technique(args, "distill", cfg)
     result.model.save(args.output)
     _console()[0].print(f"wrote {args.output}")
     _print_report(result.report)

@@ -335,6 +335,9 @@ def apply(model, config: DistillConfig | None = None, train: Dataset | None = No
                               f"the teacher's {classes} output classes")
     if config.labels_only and not labels:
         raise KerasTurboError(f"distill: labels_only needs labelled train data ({train.source} has no labels)")
+    if config.shift and not any(a.ndim == 4 for a in train.x):
+        raise KerasTurboError(f"distill: shift moves images (batch, height, width, channels); {train.source} has inputs "
+                              f"shaped {[a.shape[1:] for a in train.x]}")
     teacher_probs = _looks_like_probabilities(t_out)
     onehot = np.eye(classes, dtype="float32")[train.y.astype("int64")] if labels else np.zeros((len(t_out), classes), "float32")
     x = train.x

@@ -14,7 +14,7 @@ import pytest
 
 import keras_turbo
 from keras_turbo.report import write_markdown
-from keras_turbo.search import TECHNIQUE_STEPS, OptimizeConfig, optimize, recommend
+from keras_turbo.search import TECHNIQUE_STEPS, OptimizeConfig, optimize, pareto, recommend
 
 QUICK = dict(min_runs=5, min_seconds=0.05, calibration_size=100, eval_size=271)
 VARIANT_KEYS = {"name", "steps", "artifact", "backend", "ok", "error", "model_bytes", "accuracy", "accuracy_drop",
@@ -154,6 +154,23 @@ def test_no_candidate_meets_the_budget():
 
     text = write_markdown(pathlib.Path(tempfile.mkdtemp()), doc)
     assert "No candidate met the budget" in text
+
+
+def test_pareto_judges_by_what_the_budget_judges():
+    """Under --min-agreement the front is on agreement even when labels give an accuracy: a
+    fast variant that disagrees with float everywhere is not a trade-off."""
+    def v(name, ms, acc, agree):
+        return {"name": name, "ok": True, "latency_ms": {"p50": ms}, "model_bytes": 100, "accuracy": acc,
+                "top1_agreement": agree}
+
+    variants = [v("fp32", 3.0, 0.10, 1.0), v("broken int8", 1.0, 0.11, 0.0)]
+    pareto(variants)  # by accuracy: the broken one is faster and (by chance) as accurate
+    assert [x["pareto"] for x in variants] == [False, True]
+    pareto(variants, by_agreement=True)
+    assert [x["pareto"] for x in variants] == [True, True]
+    variants.append(v("good int8", 1.0, 0.10, 1.0))
+    pareto(variants, by_agreement=True)
+    assert [x["pareto"] for x in variants] == [False, False, True]
 
 
 @pytest.mark.parametrize("data,match", [

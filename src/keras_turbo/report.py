@@ -133,7 +133,8 @@ def pareto_svg(doc: dict) -> str:
     import matplotlib.pyplot as plt
 
     ok = [v for v in doc["variants"] if v.get("ok")]
-    use_acc = doc.get("float_accuracy") is not None
+    # The plot shows what the budget judges by (and what the front was computed on).
+    use_acc = doc.get("float_accuracy") is not None and doc["budget"].get("min_agreement") is None
     q = lambda v: (v["accuracy"] if use_acc else v["top1_agreement"]) * 100  # noqa: E731
     fig, ax = plt.subplots(figsize=(8, 4.8))
     for v in ok:
@@ -151,7 +152,7 @@ def pareto_svg(doc: dict) -> str:
     ax.set_xscale("log")
     ax.set_xlabel(f"p50 latency at batch {doc['budget']['batch_size']} (ms, log scale)")
     ax.set_ylabel("accuracy (%)" if use_acc else "top-1 agreement with float (%)")
-    ax.set_title("Every variant: latency vs accuracy (red: recommended, grey: over budget)")
+    ax.set_title(f"Every variant: latency vs {'accuracy' if use_acc else 'agreement'} (red: recommended, grey: over budget)")
     ax.grid(alpha=0.3)
     return _svg(fig)
 

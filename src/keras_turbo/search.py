@@ -183,13 +183,15 @@ def _top1(a: np.ndarray) -> np.ndarray:
     return (a[:, 0] > 0.5).astype(int) if a.shape[1] == 1 else a.argmax(1)
 
 
-def pareto(variants: list[dict]) -> None:
+def pareto(variants: list[dict], by_agreement: bool = False) -> None:
     """Mark each ok variant `pareto: True` when no other is at least as good on latency,
-    accuracy (or agreement) and size, and better on one."""
+    quality and size, and better on one. Quality is what the budget judges by: top-1 agreement
+    with the float model under `--min-agreement` (even when the data has labels: a variant that
+    disagrees with float everywhere is no trade-off worth showing there), accuracy otherwise."""
     ok = [v for v in variants if v.get("ok")]
 
     def key(v):
-        quality = v["accuracy"] if v.get("accuracy") is not None else v["top1_agreement"]
+        quality = v["accuracy"] if v.get("accuracy") is not None and not by_agreement else v["top1_agreement"]
         return (v["latency_ms"]["p50"], -quality, v["model_bytes"])
 
     for v in variants:
@@ -482,7 +484,7 @@ def optimize(model, data, train_data=None, config: OptimizeConfig | None = None,
                                                 {"technique": "convert", "config": {"to": "litert", "quantize": "int8"}}],
                           build_qat), "int8")
 
-    pareto(variants)
+    pareto(variants, by_agreement=cfg.min_agreement is not None)
     best, met = recommend(variants, cfg.objective)
     doc["recommended"] = best["name"] if best else None
     doc["budget_met"] = met

@@ -25,6 +25,7 @@ import numpy as np  # noqa: E402
 
 import keras_turbo  # noqa: E402
 from keras_turbo import _tf, exporters  # noqa: E402
+from keras_turbo.convert import ConvertConfig, convert  # noqa: E402
 from keras_turbo.bench import BenchmarkConfig  # noqa: E402
 from keras_turbo.data import Dataset, load_data  # noqa: E402
 from keras_turbo.models import resolve  # noqa: E402
@@ -46,14 +47,10 @@ def gz(path) -> int:
 
 
 def sparse_tflite(keras_path, out):
-    """The pruned model converted with `Optimize.EXPERIMENTAL_SPARSITY`: LiteRT stores the zeros'
-    positions instead of the zeros, and can run sparse kernels where it has them."""
-    tf = _tf.tf()
-    saved = exporters.export(resolve(keras_path), "savedmodel")
-    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved.path))
-    converter.optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
-    out.write_bytes(converter.convert())
-    return out
+    """The pruned model converted with LiteRT's sparse weight encoding (`keras-turbo convert --to
+    litert --sparse`): LiteRT stores the zeros' positions instead of the zeros, and can run sparse
+    kernels where it has them."""
+    return convert(keras_path, ConvertConfig(to="litert", sparse=True), output=out).path
 
 
 def bench_pair(models: dict, runtimes, batch_sizes, cfg) -> dict:

@@ -148,3 +148,66 @@ def test_distill_command_with_unlabelled_data(capsys, tmp_path, model_files):
     code, _, err = run_cli(capsys, "distill", model_files["sequential"][0], "--train-data", tmp_path / "train.npz",
                            "--unlabeled-data", tmp_path / "bad.npz", "-o", tmp_path / "s2.keras")
     assert_one_line_error(code, err, "--unlabeled-data", "bad.npz")
+
+
+def assert_ends_in_error(code, err, *needles):
+    """A technique command prints its progress, then fails with one error line and exit code 2."""
+    last = err.strip().splitlines()[-1]
+    assert code == 2 and last.startswith("keras-turbo: error: ") and "Traceback" not in err, err
+    for n in needles:
+        assert n in last, last
+
+
+def _train_npz(tmp_path, n=32):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "train.npz", x=rng.random((n, 12, 12, 3)).astype("float32"), y=np.arange(n) % 5)
+    return tmp_path / "train.npz"
+
+
+def test_prune_commands(capsys, tmp_path, model_files):
+    """`keras-turbo prune`: magnitude (with its schedule) and --structured (with a FLOPs target and
+    --no-finetune) write a model that loads, with the report in --json; the input file is untouched."""
+    import keras_turbo
+
+    src = model_files["sequential"][0]
+    before = src.read_bytes()
+    train = _train_npz(tmp_path)
+    out = tmp_path / "pruned.keras"
+    code, stdout, err = run_cli(capsys, "prune", src, "--train-data", train, "--sparsity", 0.5, "--schedule", "constant",
+                                "--epochs", 1, "--json", tmp_path / "p.json", "-o", out)
+    assert_ends_in_error(code, err, "no layer", "skip_first_last")  # a one-conv model: nothing in between
+    code, stdout, err = run_cli(capsys, "prune", src, "--train-data", train, "--sparsity", 0.5, "--schedule", "constant",
+                                "--prune-first-last", "--epochs", 1, "--json", tmp_path / "p.json", "-o", out)
+    assert code == 0, err
+    kernel = keras_turbo.load_model(out).get_layer("conv").kernel.numpy()
+    assert abs(float(np.mean(kernel == 0)) - 0.5) < 0.02 and "wrote" in stdout
+    small = tmp_path / "small.keras"
+    code, _, err = run_cli(capsys, "prune", src, "--structured", "--target-flops-reduction", 1.5, "--no-finetune",
+                           "--json", tmp_path / "s.json", "-o", small)
+    assert code == 0, err
+    report = json.loads((tmp_path / "s.json").read_text())["report"]
+    assert report["flops_reduction"] >= 1.5 and keras_turbo.load_model(small).get_layer("conv").filters < 8
+    assert src.read_bytes() == before
+    # Fine-tuning without train data is a one-line error, as is a target on magnitude pruning.
+    code, _, err = run_cli(capsys, "prune", src, "--structured", "--sparsity", 0.5, "-o", tmp_path / "x.keras")
+    assert_ends_in_error(code, err, "train")
+    code, _, err = run_cli(capsys, "prune", src, "--target-flops-reduction", 2, "--train-data", train, "-o", tmp_path / "y.keras")
+    assert_ends_in_error(code, err, "--structured")
+
+
+def test_qat_and_cluster_commands(capsys, tmp_path, model_files):
+    train = _train_npz(tmp_path)
+    code, stdout, err = run_cli(capsys, "qat", model_files["sequential"][0], "--train-data", train, "--epochs", 1,
+                                "-o", tmp_path / "q.tflite")
+    assert code == 0, err
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(tmp_path / "q.tflite"))
+    assert any(d["dtype"] == np.int8 for d in it.get_tensor_details())
+    code, _, err = run_cli(capsys, "cluster", model_files["sequential"][0], "--train-data", train, "--clusters", 4,
+                           "--epochs", 1, "-o", tmp_path / "c.keras")
+    assert code == 0, err
+    import keras_turbo
+
+    kernel = keras_turbo.load_model(tmp_path / "c.keras").get_layer("conv").kernel.numpy()
+    assert len(np.unique(kernel)) <= 4

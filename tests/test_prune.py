@@ -128,6 +128,24 @@ def test_digits_input_model_unchanged_and_runs_on_litert(digits_pruned, tmp_path
     assert np.mean(kernel(again, "conv2") == 0) == pytest.approx(0.8, abs=1e-3)
 
 
+def test_pruned_model_converts_to_a_smaller_sparse_tflite_and_to_int8(digits_pruned, tmp_path):
+    """Prune, then convert like any model: LiteRT's sparse encoding stores the zeros' positions
+    (a smaller file, same outputs), and full int8 keeps the accuracy."""
+    from keras_turbo.convert import ConvertConfig, convert
+
+    _, _, res, test = digits_pruned
+    dense = convert(res.model, ConvertConfig(to="litert"), output=tmp_path / "dense.tflite")
+    sparse = convert(res.model, ConvertConfig(to="litert", sparse=True), output=tmp_path / "sparse.tflite")
+    assert sparse.model_bytes < 0.6 * dense.model_bytes
+    x = test.x[0][:32]
+    np.testing.assert_allclose(sparse.load()(x), dense.load()(x), rtol=1e-4, atol=1e-5)
+    int8 = convert(res.model, ConvertConfig(to="litert", quantize="int8"), "builtin:digits:train")
+    float_acc = keras_turbo.evaluate(dense.load(), test)["accuracy"]
+    assert keras_turbo.evaluate(int8.load(), test)["accuracy"] >= float_acc - 0.01
+    with pytest.raises(KerasTurboError, match="--sparse applies to --to litert"):
+        ConvertConfig(to="onnx", sparse=True)
+
+
 # ---------------------------------------------------------------- settings and errors
 
 @pytest.mark.parametrize("bad", [1.5, 1.0, -0.1, "0.5", True, None])

@@ -170,7 +170,7 @@ def cmd_convert(args) -> int:
 
     out, err = _console()
     cfg = ConvertConfig(to=args.to, quantize=args.quantize, int8_io=args.int8_io, calibration_size=args.calibration_size,
-                        keep_float=tuple(args.keep_float or ()))
+                        keep_float=tuple(args.keep_float or ()), sparse=args.sparse)
     if args.output and Path(args.output).suffix != TARGETS[args.to].suffix:
         raise KerasTurboError(f"-o {args.output}: a {args.to} artifact needs the suffix {TARGETS[args.to].suffix}")
     doc: dict = {"model": args.model, "config": cfg.to_dict()}
@@ -271,6 +271,8 @@ def _print_report(report: dict) -> None:
 
 
 def cmd_prune(args) -> int:
+    if args.structured and args.prune_first_last:
+        raise KerasTurboError("--prune-first-last applies to magnitude pruning (--structured has no first/last rule)")
     if args.structured:
         from keras_turbo.techniques.structured import StructuredConfig
 
@@ -284,7 +286,8 @@ def cmd_prune(args) -> int:
         if args.target_flops_reduction is not None:
             raise KerasTurboError("--target-flops-reduction applies to --structured pruning")
         cfg = PruneConfig(sparsity=args.sparsity if args.sparsity is not None else 0.8, schedule=args.schedule,
-                          epochs=args.epochs, finetune=not args.no_finetune, pattern=args.pattern)
+                          epochs=args.epochs, finetune=not args.no_finetune, pattern=args.pattern,
+                          skip_first_last=not args.prune_first_last)
         result = _run_technique(args, "prune", cfg)
     result.model.save(args.output)
     out, _ = _console()
@@ -296,8 +299,9 @@ def cmd_prune(args) -> int:
 def cmd_distill(args) -> int:
     from keras_turbo.techniques.distill import DistillConfig
 
-    cfg = DistillConfig(student=args.student, temperature=args.temperature, alpha=args.alpha, epochs=args.epochs,
-                        shift=args.shift, mixup=args.mixup, labels_only=args.labels_only, seed=args.seed)
+    given = {"temperature": args.temperature, "alpha": args.alpha, "epochs": args.epochs}
+    cfg = DistillConfig(student=args.student, shift=args.shift, mixup=args.mixup, labels_only=args.labels_only,
+                        seed=args.seed, **{k: v for k, v in given.items() if v is not None})  # else the config's defaults
     result = _run_technique(args, "distill", cfg)
     result.model.save(args.output)
     _console()[0].print(f"wrote {args.output}")
@@ -460,6 +464,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--quantize", default="none", metavar="MODE",
                     help="none, fp16, dynamic, int8 or int16x8 (what each target has: see the README)")
     sp.add_argument("--int8-io", action="store_true", help="LiteRT full int8 with int8 input and output tensors")
+    sp.add_argument("--sparse", action="store_true",
+                    help="LiteRT: store pruned (mostly zero) weights sparsely, for a smaller file (see `prune`)")
     sp.add_argument("--calibration-data", metavar="DATA", help="DATA for int8 / int16x8 calibration")
     sp.add_argument("--calibration-size", type=_positive_int("--calibration-size"), default=300)
     sp.add_argument("--keep-float", action="append", metavar="LAYER", help="a Keras layer to keep in float (repeat)")
@@ -490,6 +496,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--schedule", choices=("polynomial", "constant"), default="polynomial")
     sp.add_argument("--epochs", type=_positive_int("--epochs"), default=10)
     sp.add_argument("--pattern", metavar="M:N", help="M:N sparsity such as 2:4 (magnitude pruning)")
+    sp.add_argument("--prune-first-last", action="store_true",
+                    help="magnitude pruning: prune the first and last prunable layers too (skipped by default)")
     sp.add_argument("--structured", action="store_true", help="remove whole filters and build a smaller dense model")
     sp.add_argument("--target-flops-reduction", type=float, metavar="F", help="with --structured: e.g. 2.0 for half the FLOPs")
     sp.add_argument("--importance", choices=("l1", "l2", "bn"), default="l1")
@@ -501,15 +509,15 @@ def build_parser() -> argparse.ArgumentParser:
     model_arg(sp)
     train_args(sp)
     sp.add_argument("--student", default="width:0.5", help="width:F, mobilenetv2:ALPHA, efficientnetb0, mobilenet, or PATH.keras")
-    sp.add_argument("--temperature", type=float, default=4.0)
-    sp.add_argument("--alpha", type=float, default=0.1, help="weight of the hard-label loss")
+    sp.add_argument("--temperature", type=float, help="softening of both outputs (default 2)")
+    sp.add_argument("--alpha", type=float, help="weight of the hard-label loss beside the soft one (default 0.5)")
     sp.add_argument("--unlabeled-data", metavar="DATA", help="more inputs without labels, taught by the teacher alone")
     sp.add_argument("--shift", type=float, default=0.0, help="random image shifts up to this fraction of the size "
                     "(teacher and student see the same shifted batch)")
     sp.add_argument("--mixup", type=float, default=0.0, help="mixup Beta parameter (0: off)")
     sp.add_argument("--labels-only", action="store_true", help="train the student on the labels alone (the baseline)")
     sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--epochs", type=_positive_int("--epochs"), default=30)
+    sp.add_argument("--epochs", type=_positive_int("--epochs"), help="training epochs (default: the config's)")
     sp.set_defaults(fn=cmd_distill)
 
     sp = sub.add_parser("qat", help="quantization-aware training, exported to a full-int8 .tflite")

@@ -64,6 +64,8 @@ class ConvertConfig(TechniqueConfig):
         calibration_size: samples drawn (seed `seed`) from the calibration data.
         keep_float: Keras layer names left in float (mixed precision).
         per_channel: per-channel weight scales (ONNX Runtime; LiteRT and NNCF always are).
+        sparse: LiteRT only: store mostly-zero (pruned) weights sparsely (smaller file; see
+            exporters.litert.export_quantized).
     """
 
     to: str = "litert"
@@ -73,6 +75,7 @@ class ConvertConfig(TechniqueConfig):
     seed: int = 0
     keep_float: tuple[str, ...] = ()
     per_channel: bool = True
+    sparse: bool = False
 
     def __post_init__(self):
         if self.to not in TARGETS:
@@ -82,6 +85,10 @@ class ConvertConfig(TechniqueConfig):
             raise KerasTurboError(f"--quantize {self.quantize} is not available for --to {self.to} (it has: {', '.join(modes)})")
         if self.int8_io and (self.to != "litert" or self.quantize != "int8"):
             raise KerasTurboError("--int8-io applies to --to litert --quantize int8 only")
+        if self.sparse and self.to != "litert":
+            raise KerasTurboError(f"--sparse applies to --to litert (LiteRT's sparse weight encoding), not --to {self.to}")
+        if self.sparse and self.keep_float:
+            raise KerasTurboError("--sparse cannot be combined with layers kept in float")
         if self.int8_io and self.keep_float:
             raise KerasTurboError("--int8-io cannot be combined with layers kept in float (LiteRT's selective quantization keeps float I/O)")
         if self.keep_float and self.quantize not in ("int8", "int16x8", "dynamic"):
@@ -305,14 +312,14 @@ def _build(ref, cfg: ConvertConfig, target: Target, samples, keep_nodes, out: Pa
     if target.name == "keras":
         _keras_quantize(ref, cfg, out)
         return
-    if cfg.quantize == "none":
+    if cfg.quantize == "none" and not cfg.sparse:
         shutil.copy(float_artifact(ref, target, cache_dir).path, out)
         if target.name == "openvino":
             shutil.copy(float_artifact(ref, target, cache_dir).path.with_suffix(".bin"), out.with_suffix(".bin"))
         return
     if target.name == "litert":
         sm = exporters.export(ref, "savedmodel", cache_dir)
-        litert_exp.export_quantized(sm, out, cfg.quantize, samples, cfg.int8_io, keep_nodes)
+        litert_exp.export_quantized(sm, out, cfg.quantize, samples, cfg.int8_io, keep_nodes, cfg.sparse)
     elif target.name == "onnx":
         onnx_exp.quantize(float_artifact(ref, target, cache_dir).path, out, cfg.quantize, samples, keep_nodes, cfg.per_channel)
     else:

@@ -46,7 +46,7 @@ def node_names(content: bytes) -> list[tuple[str, str]]:
 
 
 def export_quantized(ref: ModelRef, out: Path, mode: str, calibration: Sequence[dict[str, np.ndarray]] | None,
-                     int8_io: bool = False, keep_float: Sequence[str] = ()) -> None:
+                     int8_io: bool = False, keep_float: Sequence[str] = (), sparse: bool = False) -> None:
     """Convert the SavedModel `ref` with a quantization `mode`.
 
     Args:
@@ -54,14 +54,19 @@ def export_quantized(ref: ModelRef, out: Path, mode: str, calibration: Sequence[
         int8_io: full int8 with int8 input and output tensors (the Predictor quantizes for you).
         keep_float: op output-tensor names to leave in float (selective quantization, through
             the LiteRT quantization debugger's denylist).
+        sparse: store pruned (mostly zero) weights in a sparse encoding
+            (`Optimize.EXPERIMENTAL_SPARSITY`): a smaller file; XNNPACK has sparse kernels for
+            some float convolutions, elsewhere LiteRT densifies them at load.
     """
     tf = _tf.tf()
     conv = tf.lite.TFLiteConverter.from_saved_model(str(ref.path))
+    sparsity = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY] if sparse else []
     if mode == "none":
+        conv.optimizations = sparsity
         with _tf.quiet():
             out.write_bytes(conv.convert())
         return
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.optimizations = [tf.lite.Optimize.DEFAULT, *sparsity]
     if mode == "fp16":
         conv.target_spec.supported_types = [tf.float16]
     elif mode in ("int8", "int16x8"):

@@ -138,16 +138,29 @@ def test_augmented_distillation_runs_the_teacher_on_what_the_student_sees():
     m = sequential_model()
     x = np.random.default_rng(0).random((24, 12, 12, 3)).astype("float32")
     calls = []
-    original = m.call
+    conv = m.get_layer("conv")  # the teacher's own layer: its logits view runs it too
+    original = conv.call
 
     def spy(*a, **k):
         calls.append(1)
         return original(*a, **k)
 
-    m.call = spy
+    conv.call = spy
     r = distill.apply(m, DistillConfig(epochs=1, batch_size=8, shift=0.1, mixup=0.4), Dataset((x,), np.arange(24) % 5, "t"))
     assert "shifts up to 0.1" in r.report["loss"] and "mixup Beta(0.4)" in r.report["loss"]
     assert len(calls) >= 1 + 3  # once over the train data, then once per augmented batch
+
+
+def test_logits_view_shares_the_weights_and_undoes_the_softmax():
+    m = sequential_model()
+    v = distill.logits_view(m)
+    x = np.random.default_rng(0).random((6, 12, 12, 3)).astype("float32")
+    np.testing.assert_allclose(np.asarray(keras.ops.softmax(v(x))), np.asarray(m(x)), rtol=1e-5, atol=1e-6)
+    assert {id(w) for w in v.trainable_variables} == {id(w) for w in m.trainable_variables}
+    # A separate Softmax layer is cut off; a model that outputs logits has no view.
+    inp = keras.Input((4,))
+    sm = keras.Model(inp, keras.layers.Softmax()(keras.layers.Dense(3, name="d")(inp)))
+    assert distill.logits_view(sm).outputs[0].shape[-1] == 3 and distill.logits_view(residual_model()) is None
 
 
 def test_unlabelled_data_teaches_beside_the_labels(digits_model):

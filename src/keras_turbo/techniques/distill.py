@@ -103,8 +103,10 @@ class DistillConfig(TechniqueConfig):
     """
 
     student: str = "width:0.5"
-    temperature: float = 4.0
-    alpha: float = 0.1
+    # T=2 with the labels at half weight was the best of T 1/2/4 x alpha 0.1/0.5 on the digits
+    # validation split (benchmarks/training.py); T=4, alpha=0.1 was the worst there.
+    temperature: float = 2.0
+    alpha: float = 0.5
     labels_only: bool = False
     shift: float = 0.0
     mixup: float = 0.0
@@ -206,6 +208,57 @@ def make_student(teacher, spec: str, probs: bool):
     return application_student(kind, arg, teacher, probs), f"keras.applications {kind}" + (f" alpha {arg}" if arg else "") + " (weights=None)"
 
 
+def _linear_dense_class():
+    keras = _tf.keras()
+
+    class LinearDense(keras.layers.Layer):
+        """A Dense layer's affine part (no activation), computed with that layer's own variables:
+        Keras tracks the wrapped layer, so fitting a model that holds this layer trains the Dense."""
+
+        def __init__(self, dense, **kwargs):
+            super().__init__(**kwargs)
+            self.dense = dense
+
+        def call(self, h):
+            z = keras.ops.matmul(h, self.dense.kernel)
+            return z + self.dense.bias if self.dense.use_bias else z
+
+    return LinearDense
+
+
+def _linear_dense(dense, name: str):
+    return _linear_dense_class()(dense, name=name)
+
+
+def logits_view(model):
+    """The model's scores before its softmax, as a model that shares the weights; None when the
+    output is not a softmax the code can see (a user model with logits, or a custom head).
+
+    Why: log(softmax) recovered from probabilities must clip at some tiny p, and where the clip
+    bites its gradient is zero: a student the hard labels have made very sure can then no longer
+    be pulled back towards the teacher's softened ranking of the wrong classes, which is the
+    whole point of the soft term. Training on real logits keeps that gradient everywhere.
+    A softmax in its own layer is cut off (the view ends at that layer's input); a softmax fused
+    into the last Dense is replaced by that Dense's affine part, computed with the same kernel
+    and bias variables, so training the view trains the model itself.
+    """
+    keras = _tf.keras()
+    if len(model.outputs) != 1:
+        return None
+    out = model.outputs[0]
+    history = getattr(out, "_keras_history", None)
+    layer = history.operation if history is not None else None
+    if not isinstance(layer, keras.layers.Layer) or len(getattr(layer, "_inbound_nodes", [])) != 1:
+        return None  # a shared or nested output layer: its input is not one tensor of this model
+    act = layer.get_config().get("activation")
+    if isinstance(layer, keras.layers.Softmax) or (isinstance(layer, keras.layers.Activation) and act == "softmax"):
+        return keras.Model(model.inputs, layer.input, name=f"{model.name}_logits")
+    if act == "softmax" and type(layer) is keras.layers.Dense and layer.quantization_mode is None:
+        return keras.Model(model.inputs, _linear_dense(layer, name=f"{layer.name}_logits")(layer.input),
+                           name=f"{model.name}_logits")
+    return None
+
+
 # ------------------------------------------------------------------ the loss
 
 def _as_logits(ops, out, probs: bool):
@@ -293,7 +346,7 @@ def apply(model, config: DistillConfig | None = None, train: Dataset | None = No
 
     Args:
         model: the trained teacher, a built keras.Model with one classifier output. Never changed.
-        config: a `DistillConfig` (default: a half-width copy, T=4, alpha=0.1, 30 epochs).
+        config: a `DistillConfig` (default: a half-width copy, T=2, alpha=0.5, 30 epochs).
         train: the train data; labels are optional (without them the teacher's outputs alone
             teach, which is how distillation uses unlabelled data).
         val: labelled data to measure teacher and student accuracy on (optional).
@@ -338,7 +391,12 @@ def apply(model, config: DistillConfig | None = None, train: Dataset | None = No
     if config.shift and not any(a.ndim == 4 for a in train.x):
         raise KerasTurboError(f"distill: shift moves images (batch, height, width, channels); {train.source} has inputs "
                               f"shaped {[a.shape[1:] for a in train.x]}")
-    teacher_probs = _looks_like_probabilities(t_out)
+    teacher_probs = outputs_probs = _looks_like_probabilities(t_out)
+    # The teacher's real logits where its softmax can be seen (see logits_view); log(p) otherwise.
+    t_scores = logits_view(model) if teacher_probs else None
+    if t_scores is not None:
+        t_out, teacher_probs = predict(t_scores, train.x).astype("float32"), False
+    t_scores = t_scores or model
     onehot = np.eye(classes, dtype="float32")[train.y.astype("int64")] if labels else np.zeros((len(t_out), classes), "float32")
     x = train.x
     if unlabeled is not None and len(unlabeled):
@@ -349,15 +407,20 @@ def apply(model, config: DistillConfig | None = None, train: Dataset | None = No
                                   f"the train data's are {[a.shape[1:] for a in train.x]}")
         # A zero label row makes the hard-label term vanish for these samples: the teacher alone teaches.
         x = tuple(np.concatenate([a, b]) for a, b in zip(train.x, unlabeled.x))
-        t_out = np.concatenate([t_out, predict(model, unlabeled.x).astype("float32")])
+        t_out = np.concatenate([t_out, predict(t_scores, unlabeled.x).astype("float32")])
         onehot = np.concatenate([onehot, np.zeros((len(unlabeled), classes), "float32")])
 
     keras.utils.set_random_seed(config.seed)  # the student's initial weights
-    student, description = make_student(model, config.student, teacher_probs)
+    student, description = make_student(model, config.student, outputs_probs)
     s_shape, t_shape = tuple(student.outputs[0].shape[1:]), tuple(model.outputs[0].shape[1:])
     if len(student.outputs) != 1 or s_shape != t_shape:
         raise KerasTurboError(f"--student: the student's output shape {s_shape} differs from the teacher's {t_shape}")
     student_probs = _looks_like_probabilities(predict(student, tuple(a[:64] for a in train.x)))
+    # Train the student's logits where its softmax can be seen (same variables: see logits_view).
+    trained = logits_view(student) if student_probs else None
+    if trained is not None:
+        student_probs = False
+    trained = trained or student
 
     ops = keras.ops
     augmented = bool(config.shift or config.mixup)
@@ -374,7 +437,7 @@ def apply(model, config: DistillConfig | None = None, train: Dataset | None = No
 
         def targets(xb, idx, mix):
             # On augmented inputs the teacher labels what the student actually sees.
-            t = np.asarray(model(_feed(model, xb), training=False), "float32") if augmented else t_out[idx]
+            t = np.asarray(t_scores(_feed(model, xb), training=False), "float32") if augmented else t_out[idx]
             return np.concatenate([_mix(onehot[idx], mix), t], axis=1)
     if augmented:
         kind += ", on " + " + ".join(([f"shifts up to {config.shift:g} of the size"] if config.shift else [])
@@ -382,12 +445,14 @@ def apply(model, config: DistillConfig | None = None, train: Dataset | None = No
     keras.utils.set_random_seed(config.seed)
     steps = config.epochs * math.ceil(len(x[0]) / config.batch_size)
     lr = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=steps)
-    student.compile(optimizer=keras.optimizers.Adam(lr), loss=loss)
-    hist = student.fit(batches(keras, x, targets, config, lambda xb: _feed(student, xb)), epochs=1, verbose=0)
+    trained.compile(optimizer=keras.optimizers.Adam(lr), loss=loss)
+    hist = trained.fit(batches(keras, x, targets, config, lambda xb: _feed(student, xb)), epochs=1, verbose=0)
 
     t_info, s_info = describe_keras(model), describe_keras(student)
     report = {
-        "student": description, "loss": kind, "teacher_outputs": "probabilities" if teacher_probs else "logits",
+        "student": description, "loss": kind, "teacher_outputs": "probabilities" if outputs_probs else "logits",
+        "soft_targets_from": "teacher logits" if not teacher_probs else "log of the teacher's probabilities",
+        "student_trained_on": "logits (before its softmax)" if trained is not student else "its outputs",
         "teacher_flops": t_info["flops_per_sample"], "student_flops": s_info["flops_per_sample"],
         "flops_ratio": s_info["flops_per_sample"] / max(1, t_info["flops_per_sample"]),
         "teacher_params": t_info["params"], "student_params": s_info["params"],

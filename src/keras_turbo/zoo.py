@@ -85,12 +85,16 @@ def application(name: str, input_shape=(224, 224, 3), alpha: float | None = None
     return makers[name](weights=None, input_shape=input_shape, classes=1000, **kwargs)
 
 
-def outlier_digits_mlp(scale: float = 1000.0, seed: int = 0, epochs: int = 30):
+def outlier_digits_mlp(scale: float = 1000.0, seed: int = 0, epochs: int = 30, extra: int = 0):
     """A digits MLP that full int8 breaks, built honestly: trained normally, then one channel of
     the `spread` layer's output is scaled up by `scale` and the `head` layer's matching input
     weights scaled down by the same factor. In float the function is unchanged (ReLU commutes
     with a positive scale); in int8 the activation range of `spread`'s output is set by that one
     channel, so every other channel rounds to almost nothing.
+
+    `extra` adds that many more hidden layers before `spread` (`hidden2`, ...) and after it
+    (`post1`, ...; then `post1` reads the outlier instead of `head`): a deeper model in which a
+    fallback has to leave most layers int8 to be any good.
 
     Returns:
         (model, float test accuracy on builtin:digits:test)
@@ -105,23 +109,27 @@ def outlier_digits_mlp(scale: float = 1000.0, seed: int = 0, epochs: int = 30):
     L = keras.layers
     inp = keras.Input((64,), name="pixels")
     h = L.Dense(64, activation="relu", name="hidden")(inp)
+    for i in range(extra):
+        h = L.Dense(64, activation="relu", name=f"hidden{i + 2}")(h)
     h = L.Dense(64, activation="relu", name="spread")(h)
+    for i in range(extra):
+        h = L.Dense(64, activation="relu", name=f"post{i + 1}")(h)
     out = L.Dense(10, activation="softmax", name="head")(h)
     model = keras.Model(inp, out, name="outlier_mlp")
     model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(train.x[0], train.y, validation_data=(val.x[0], val.y), epochs=epochs, batch_size=32, verbose=0)
-    spread, head = model.get_layer("spread"), model.get_layer("head")
+    spread, reader = model.get_layer("spread"), model.get_layer("post1" if extra else "head")
     k, b = spread.get_weights()
     # The channel that is most active on the training data, so the outlier is real, not a dead unit.
-    act = np.maximum(train.x[0] @ model.get_layer("hidden").get_weights()[0] + model.get_layer("hidden").get_weights()[1], 0)
+    act = keras.Model(inp, spread.input).predict(train.x[0], verbose=0)
     j = int(np.argmax(np.maximum(act @ k + b, 0).mean(0)))
     k, b = k.copy(), b.copy()
     k[:, j] *= scale
     b[j] *= scale
     spread.set_weights([k, b])
-    hk, hb = head.get_weights()
+    hk, hb = reader.get_weights()
     hk = hk.copy()
     hk[j, :] /= scale
-    head.set_weights([hk, hb])
+    reader.set_weights([hk, hb])
     _, acc = model.evaluate(test.x[0], test.y, verbose=0)
     return model, float(acc)

@@ -88,7 +88,7 @@ def fallback_section() -> tuple[str, dict]:
             "the reader float is enough.\n\n"
             "| runtime | float % | full int8 % | per-layer drop when only that layer is int8 (pts) | kept float | still int8 | mixed % |\n"
             "| --- | ---: | ---: | --- | --- | --- | ---: |\n" + "\n".join(rows))
-    return f"<!-- quantization-fallback:begin -->\n{text}\n<!-- quantization-fallback:end -->", raw
+    return text, raw
 
 
 def ov_profile(xml: str, batch: int, threads: int | None) -> list[tuple[str, float, str]]:
@@ -242,8 +242,7 @@ def main() -> None:
         raw = json.loads((RESULTS / "quantization.json").read_text())
         raw["fallback"] = fb_raw
         (RESULTS / "quantization.json").write_text(json.dumps(raw, indent=2, default=str))
-        inner = fb_text.split("-->\n", 1)[1].rsplit("\n<!--", 1)[0]
-        write_section("quantization-fallback", inner)
+        write_section("quantization-fallback", fb_text)
         log("wrote BENCHMARKS.md (fallback subsection)")
         return
     digits_text, digits_raw = digits_section(args.threads)
@@ -261,7 +260,9 @@ def main() -> None:
             "Reproduce: `.venv/bin/python benchmarks/quantization.py` (raw data in `benchmarks/results/quantization.json`). "
             f"Threads: {machine['threads']}. Machine: {machine_line(raw['machine'])}.\n\n"
             "### Every runtime x mode on the digits CNN\n\n" + digits_text
-            + "\n\n### Per-layer fallback on a model that int8 breaks\n\n" + fb_text)
+            # Its own marked block inside this section, so --fallback-only can rewrite just that.
+            + "\n\n### Per-layer fallback on a model that int8 breaks\n\n<!-- quantization-fallback:begin -->\n"
+            + fb_text + "\n<!-- quantization-fallback:end -->")
     if large_text:
         body += ("\n\n### fp32 vs int8 on MobileNetV2 and ResNet50 (random weights, calibrated on digits resized to 224x224)\n\n"
                  "Each runtime and batch size in its own process; at least 10 runs and 3 s after warm-up; p50 in ms.\n\n"

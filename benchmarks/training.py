@@ -2,7 +2,8 @@
 
 Writes the `training` section of BENCHMARKS.md and benchmarks/results/training.json.
 Run: `.venv/bin/python benchmarks/training.py`; about 40 minutes on 2 cores (most of it the distillation study:
-5 seeds x every setting, the full split trained for 150 epochs).
+5 seeds x every setting, the full split trained for 150 epochs). `--skip-distill` reruns QAT and clustering
+and keeps the stored distillation study; `--latency-only` and `--render-only` as their names say.
 """
 
 from __future__ import annotations
@@ -103,56 +104,60 @@ def main() -> None:
     teacher = keras_turbo.load_model(digits_model_path())
     train, test = digits(teacher, "train"), digits(teacher, "test")
 
-    val = digits(teacher, "val")
+    if "--skip-distill" in sys.argv[1:]:  # QAT and clustering only; the distillation study as stored
+        raw["distill"] = json.loads((RESULTS / "training.json").read_text())["distill"]
+        m = None
+    else:
+        val = digits(teacher, "val")
 
-    # -- distillation: the full train split, a 300-sample subset, and 300 labels + the rest unlabelled.
-    # Every run is scored on the validation split (to choose a setting) and the test split (to report it).
-    def study(data, names, epochs, unlabeled=None, extra=None, known=None):
-        out = {}
-        for name in names:
-            if known and name in known:  # the same runs (data, settings, seeds) measured already
-                out[name] = known[name]
-                continue
-            runs = {"val": [], "test": []}
-            for seed in SEEDS:
-                cfg = distill.DistillConfig(**{**BASE, "epochs": epochs, **VARIANTS.get(name, {}),
-                                               **(extra or {}).get(name, {}), "seed": seed})
-                r = distill.apply(teacher, cfg, data, val, unlabeled=None if cfg.labels_only else unlabeled)
-                runs["val"].append(r.report["student_accuracy"])
-                runs["test"].append(accuracy(r.model, test))
-                if name == "KD T=2, alpha=0.5 (default)" and seed == 0 and data is train:
-                    WORK.mkdir(parents=True, exist_ok=True)
-                    r.model.save(WORK / "digits_student.keras")
-                    out["_flops_ratio"] = r.report["flops_ratio"]
-            out[name] = runs
-            print(f"[{time.time() - started:5.0f}s] distill {len(data)} {name}: test {[round(100 * a, 2) for a in runs['test']]}",
-                  flush=True)
-        return out
+        # -- distillation: the full train split, a 300-sample subset, and 300 labels + the rest unlabelled.
+        # Every run is scored on the validation split (to choose a setting) and the test split (to report it).
+        def study(data, names, epochs, unlabeled=None, extra=None, known=None):
+            out = {}
+            for name in names:
+                if known and name in known:  # the same runs (data, settings, seeds) measured already
+                    out[name] = known[name]
+                    continue
+                runs = {"val": [], "test": []}
+                for seed in SEEDS:
+                    cfg = distill.DistillConfig(**{**BASE, "epochs": epochs, **VARIANTS.get(name, {}),
+                                                   **(extra or {}).get(name, {}), "seed": seed})
+                    r = distill.apply(teacher, cfg, data, val, unlabeled=None if cfg.labels_only else unlabeled)
+                    runs["val"].append(r.report["student_accuracy"])
+                    runs["test"].append(accuracy(r.model, test))
+                    if name == "KD T=2, alpha=0.5 (default)" and seed == 0 and data is train:
+                        WORK.mkdir(parents=True, exist_ok=True)
+                        r.model.save(WORK / "digits_student.keras")
+                        out["_flops_ratio"] = r.report["flops_ratio"]
+                out[name] = runs
+                print(f"[{time.time() - started:5.0f}s] distill {len(data)} {name}: test {[round(100 * a, 2) for a in runs['test']]}",
+                      flush=True)
+            return out
 
-    subset = train.take(SUBSET, seed=0)
-    rest = np.setdiff1d(np.arange(len(train)), np.sort(np.random.default_rng(0).choice(len(train), SUBSET, replace=False)))
-    unlabeled = Dataset(tuple(a[rest] for a in train.x), None, "builtin:digits:train (labels dropped)")
-    same_steps = round(SMALL_EPOCHS * len(train) / SUBSET)
-    full = study(train, FULL_VARIANTS, FULL_EPOCHS)
-    small = study(subset, SMALL_VARIANTS, SMALL_EPOCHS)
-    steps_name = f"labels only, {same_steps} epochs (the distilled student's step count)"
-    studies = {
-        f"full train split ({len(train)} labels), {FULL_EPOCHS} epochs": full,
-        f"{SUBSET} labels, {SMALL_EPOCHS} epochs": small,
-        # Labels-only cannot use the unlabelled images: its same-epochs runs are the subset's.
-        f"{SUBSET} labels + {len(unlabeled)} unlabelled images, {SMALL_EPOCHS} epochs": study(
-            subset, ("labels only", steps_name, "KD T=2, alpha=0.5 (default)"), SMALL_EPOCHS, unlabeled,
-            {steps_name: dict(labels_only=True, epochs=same_steps)}, known={"labels only": small["labels only"]}),
-    }
-    flops_ratio = full.pop("_flops_ratio")
-    student_path = WORK / "digits_student.keras"
-    teacher_acc = {"val": accuracy(teacher, val), "test": accuracy(teacher, test)}
-    probe = teacher_probe(teacher, test)
-    lat, m = student_latency(student_path)
-    raw["distill"] = {"config": BASE, "full_epochs": FULL_EPOCHS, "small_epochs": SMALL_EPOCHS, "seeds": SEEDS,
-                      "variants": VARIANTS, "teacher_accuracy": teacher_acc, "teacher_probe": probe,
-                      "flops_ratio": flops_ratio, "studies": studies, "litert_p50_ms": lat}
-    print(f"[{time.time() - started:5.0f}s] latency {lat}", flush=True)
+        subset = train.take(SUBSET, seed=0)
+        rest = np.setdiff1d(np.arange(len(train)), np.sort(np.random.default_rng(0).choice(len(train), SUBSET, replace=False)))
+        unlabeled = Dataset(tuple(a[rest] for a in train.x), None, "builtin:digits:train (labels dropped)")
+        same_steps = round(SMALL_EPOCHS * len(train) / SUBSET)
+        full = study(train, FULL_VARIANTS, FULL_EPOCHS)
+        small = study(subset, SMALL_VARIANTS, SMALL_EPOCHS)
+        steps_name = f"labels only, {same_steps} epochs (the distilled student's step count)"
+        studies = {
+            f"full train split ({len(train)} labels), {FULL_EPOCHS} epochs": full,
+            f"{SUBSET} labels, {SMALL_EPOCHS} epochs": small,
+            # Labels-only cannot use the unlabelled images: its same-epochs runs are the subset's.
+            f"{SUBSET} labels + {len(unlabeled)} unlabelled images, {SMALL_EPOCHS} epochs": study(
+                subset, ("labels only", steps_name, "KD T=2, alpha=0.5 (default)"), SMALL_EPOCHS, unlabeled,
+                {steps_name: dict(labels_only=True, epochs=same_steps)}, known={"labels only": small["labels only"]}),
+        }
+        flops_ratio = full.pop("_flops_ratio")
+        student_path = WORK / "digits_student.keras"
+        teacher_acc = {"val": accuracy(teacher, val), "test": accuracy(teacher, test)}
+        probe = teacher_probe(teacher, test)
+        lat, m = student_latency(student_path)
+        raw["distill"] = {"config": BASE, "full_epochs": FULL_EPOCHS, "small_epochs": SMALL_EPOCHS, "seeds": SEEDS,
+                          "variants": VARIANTS, "teacher_accuracy": teacher_acc, "teacher_probe": probe,
+                          "flops_ratio": flops_ratio, "studies": studies, "litert_p50_ms": lat}
+        print(f"[{time.time() - started:5.0f}s] latency {lat}", flush=True)
 
     # -- QAT on a model that full int8 PTQ breaks
     model, float_acc = outlier_digits_mlp(scale=OUTLIER_SCALE)
@@ -174,7 +179,9 @@ def main() -> None:
                       "size": size, "distinct_values": cluster.distinct_values(c.model)}
     print(f"[{time.time() - started:5.0f}s] cluster {raw['cluster']}", flush=True)
 
-    raw["machine"] = m
+    from keras_turbo.machine import facts
+
+    raw["machine"] = m or facts()
     (RESULTS / "training.json").write_text(json.dumps(raw, indent=2, default=str))
     render(raw)
     print(f"wrote BENCHMARKS.md in {time.time() - started:.0f} s")

@@ -152,15 +152,17 @@ def test_augmented_distillation_runs_the_teacher_on_what_the_student_sees():
 
 
 def test_logits_view_shares_the_weights_and_undoes_the_softmax():
+    from keras_turbo.techniques.prune import logits_view
+
     m = sequential_model()
-    v = distill.logits_view(m)
+    v = logits_view(m)
     x = np.random.default_rng(0).random((6, 12, 12, 3)).astype("float32")
     np.testing.assert_allclose(np.asarray(keras.ops.softmax(v(x))), np.asarray(m(x)), rtol=1e-5, atol=1e-6)
     assert {id(w) for w in v.trainable_variables} == {id(w) for w in m.trainable_variables}
     # A separate Softmax layer is cut off; a model that outputs logits has no view.
     inp = keras.Input((4,))
     sm = keras.Model(inp, keras.layers.Softmax()(keras.layers.Dense(3, name="d")(inp)))
-    assert distill.logits_view(sm).outputs[0].shape[-1] == 3 and distill.logits_view(residual_model()) is None
+    assert logits_view(sm).outputs[0].shape[-1] == 3 and logits_view(residual_model()) is None
 
 
 def test_unlabelled_data_teaches_beside_the_labels(digits_model):

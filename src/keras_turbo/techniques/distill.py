@@ -208,57 +208,6 @@ def make_student(teacher, spec: str, probs: bool):
     return application_student(kind, arg, teacher, probs), f"keras.applications {kind}" + (f" alpha {arg}" if arg else "") + " (weights=None)"
 
 
-def _linear_dense_class():
-    keras = _tf.keras()
-
-    class LinearDense(keras.layers.Layer):
-        """A Dense layer's affine part (no activation), computed with that layer's own variables:
-        Keras tracks the wrapped layer, so fitting a model that holds this layer trains the Dense."""
-
-        def __init__(self, dense, **kwargs):
-            super().__init__(**kwargs)
-            self.dense = dense
-
-        def call(self, h):
-            z = keras.ops.matmul(h, self.dense.kernel)
-            return z + self.dense.bias if self.dense.use_bias else z
-
-    return LinearDense
-
-
-def _linear_dense(dense, name: str):
-    return _linear_dense_class()(dense, name=name)
-
-
-def logits_view(model):
-    """The model's scores before its softmax, as a model that shares the weights; None when the
-    output is not a softmax the code can see (a user model with logits, or a custom head).
-
-    Why: log(softmax) recovered from probabilities must clip at some tiny p, and where the clip
-    bites its gradient is zero: a student the hard labels have made very sure can then no longer
-    be pulled back towards the teacher's softened ranking of the wrong classes, which is the
-    whole point of the soft term. Training on real logits keeps that gradient everywhere.
-    A softmax in its own layer is cut off (the view ends at that layer's input); a softmax fused
-    into the last Dense is replaced by that Dense's affine part, computed with the same kernel
-    and bias variables, so training the view trains the model itself.
-    """
-    keras = _tf.keras()
-    if len(model.outputs) != 1:
-        return None
-    out = model.outputs[0]
-    history = getattr(out, "_keras_history", None)
-    layer = history.operation if history is not None else None
-    if not isinstance(layer, keras.layers.Layer) or len(getattr(layer, "_inbound_nodes", [])) != 1:
-        return None  # a shared or nested output layer: its input is not one tensor of this model
-    act = layer.get_config().get("activation")
-    if isinstance(layer, keras.layers.Softmax) or (isinstance(layer, keras.layers.Activation) and act == "softmax"):
-        return keras.Model(model.inputs, layer.input, name=f"{model.name}_logits")
-    if act == "softmax" and type(layer) is keras.layers.Dense and layer.quantization_mode is None:
-        return keras.Model(model.inputs, _linear_dense(layer, name=f"{layer.name}_logits")(layer.input),
-                           name=f"{model.name}_logits")
-    return None
-
-
 # ------------------------------------------------------------------ the loss
 
 def _as_logits(ops, out, probs: bool):
@@ -369,7 +318,7 @@ def apply(model, config: DistillConfig | None = None, train: Dataset | None = No
         >>> r.report["flops_ratio"], r.report["student_accuracy"]
     """
     from keras_turbo.describe import describe_keras
-    from keras_turbo.techniques.prune import _feed, _looks_like_probabilities, accuracy, check_model, predict
+    from keras_turbo.techniques.prune import _feed, _looks_like_probabilities, accuracy, check_model, logits_view, predict
 
     config = config or DistillConfig()
     keras = check_model(model, "distill")
@@ -377,11 +326,11 @@ def apply(model, config: DistillConfig | None = None, train: Dataset | None = No
         raise KerasTurboError("distillation needs train data (--train-data DATA); labels are optional")
     if len(model.outputs) != 1:
         raise KerasTurboError(f"distill: teacher {model.name!r} has {len(model.outputs)} outputs; distillation supports one")
-    t_out = predict(model, train.x).astype("float32")
-    if t_out.ndim != 2 or t_out.shape[-1] < 2:
-        raise KerasTurboError(f"distill: teacher {model.name!r} outputs shape {t_out.shape[1:]}; distillation needs "
+    probe = predict(model, tuple(a[:64] for a in train.x))
+    if probe.ndim != 2 or probe.shape[-1] < 2:
+        raise KerasTurboError(f"distill: teacher {model.name!r} outputs shape {probe.shape[1:]}; distillation needs "
                               "class scores (batch, classes)")
-    classes = t_out.shape[-1]
+    classes = probe.shape[-1]
     labels = train.y is not None
     if labels and (train.y.min() < 0 or train.y.max() >= classes):
         raise KerasTurboError(f"--train-data: {train.source}: labels {int(train.y.min())}..{int(train.y.max())} do not fit "
@@ -391,12 +340,12 @@ def apply(model, config: DistillConfig | None = None, train: Dataset | None = No
     if config.shift and not any(a.ndim == 4 for a in train.x):
         raise KerasTurboError(f"distill: shift moves images (batch, height, width, channels); {train.source} has inputs "
                               f"shaped {[a.shape[1:] for a in train.x]}")
-    teacher_probs = outputs_probs = _looks_like_probabilities(t_out)
+    outputs_probs = _looks_like_probabilities(probe)
     # The teacher's real logits where its softmax can be seen (see logits_view); log(p) otherwise.
-    t_scores = logits_view(model) if teacher_probs else None
-    if t_scores is not None:
-        t_out, teacher_probs = predict(t_scores, train.x).astype("float32"), False
+    t_scores = logits_view(model) if outputs_probs else None
+    teacher_probs = outputs_probs and t_scores is None
     t_scores = t_scores or model
+    t_out = predict(t_scores, train.x).astype("float32")
     onehot = np.eye(classes, dtype="float32")[train.y.astype("int64")] if labels else np.zeros((len(t_out), classes), "float32")
     x = train.x
     if unlabeled is not None and len(unlabeled):

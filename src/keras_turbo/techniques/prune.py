@@ -20,6 +20,7 @@ The module also holds the helpers `structured.py` shares: settings checks, `copy
 
 from __future__ import annotations
 
+import functools
 import gzip
 import math
 import os
@@ -222,6 +223,59 @@ def _looks_like_probabilities(out: np.ndarray) -> bool:
     return bool(np.all(out >= -1e-6) and np.allclose(out.sum(-1), 1.0, atol=1e-3))
 
 
+@functools.cache
+def _linear_dense_class():
+    keras = _tf.keras()
+
+    class LinearDense(keras.layers.Layer):
+        """A Dense layer's affine part (no activation), computed with that layer's own variables:
+        Keras tracks the wrapped layer, so fitting a model that holds this layer trains the Dense."""
+
+        def __init__(self, dense, **kwargs):
+            super().__init__(**kwargs)
+            self.dense = dense
+
+        def call(self, h):
+            z = keras.ops.matmul(h, self.dense.kernel)
+            return z + self.dense.bias if self.dense.use_bias else z
+
+    return LinearDense
+
+
+def _linear_dense(dense, name: str):
+    return _linear_dense_class()(dense, name=name)
+
+
+def logits_view(model):
+    """The model's scores before its softmax, as a model that shares the weights; None when the
+    output is not a softmax the code can see (a user model with logits, or a custom head).
+
+    Why: log(softmax) recovered from probabilities must clip at some tiny p, and where the clip
+    bites its gradient is zero: a student the hard labels have made very sure can then no longer
+    be pulled back towards the teacher's softened ranking of the wrong classes, which is the
+    whole point of a distillation loss. Training on real logits keeps that gradient everywhere;
+    every fine-tuning here (`finetune`, distill.apply) trains through this view where it exists.
+    A softmax in its own layer is cut off (the view ends at that layer's input); a softmax fused
+    into the last Dense is replaced by that Dense's affine part, computed with the same kernel
+    and bias variables, so training the view trains the model itself.
+    """
+    keras = _tf.keras()
+    if len(model.outputs) != 1:
+        return None
+    out = model.outputs[0]
+    history = getattr(out, "_keras_history", None)
+    layer = history.operation if history is not None else None
+    if not isinstance(layer, keras.layers.Layer) or len(getattr(layer, "_inbound_nodes", [])) != 1:
+        return None  # a shared or nested output layer: its input is not one tensor of this model
+    act = layer.get_config().get("activation")
+    if isinstance(layer, keras.layers.Softmax) or (isinstance(layer, keras.layers.Activation) and act == "softmax"):
+        return keras.Model(model.inputs, layer.input, name=f"{model.name}_logits")
+    if act == "softmax" and type(layer) is keras.layers.Dense and layer.quantization_mode is None:
+        return keras.Model(model.inputs, _linear_dense(layer, name=f"{layer.name}_logits")(layer.input),
+                           name=f"{model.name}_logits")
+    return None
+
+
 def saved_sizes(model, compress: bool = True) -> dict:
     """Bytes of the saved `.keras` file and, with `compress`, gzipped (level 9), and of all the
     weights as raw float32 gzipped (the container-free measure of what zeros buy)."""
@@ -262,8 +316,11 @@ def finetune(model, train: Dataset, *, epochs: int, batch_size: int, learning_ra
     keras.utils.set_random_seed(seed)
     x = _feed(model, train.x)
     probe = predict(model, tuple(a[:64] for a in train.x))
-    probs = _looks_like_probabilities(probe)
     classifier = probe.ndim == 2 and probe.shape[-1] > 1
+    # Train a softmax classifier through its logits (same variables; see logits_view).
+    trained = logits_view(model) if classifier and _looks_like_probabilities(probe) else None
+    probs = trained is None and _looks_like_probabilities(probe)
+    trained = trained or model
     labels = train.y is not None and classifier
     if teacher is None and (distill or not labels):
         what = "no labels" if train.y is None else "labels, but the output is not a class score"
@@ -272,7 +329,8 @@ def finetune(model, train: Dataset, *, epochs: int, batch_size: int, learning_ra
     if labels and not distill:
         loss, y, kind = keras.losses.SparseCategoricalCrossentropy(from_logits=not probs), train.y, "cross-entropy"
     else:
-        t_out = predict(teacher, train.x).astype("float32")
+        t_view = logits_view(teacher) if classifier else None
+        t_out = predict(t_view or teacher, train.x).astype("float32")
         if not classifier:
             loss, y, kind = "mse", t_out, "mean squared error to the teacher"
         else:
@@ -280,28 +338,28 @@ def finetune(model, train: Dataset, *, epochs: int, batch_size: int, learning_ra
             label_col = (train.y if labels else np.zeros(len(t_out))).astype("float32")[:, None]
             y = np.concatenate([label_col, t_out], axis=1)
             kind = f"distillation (T={temperature}, weight {w})" + (" + cross-entropy" if labels else "")
-            loss = _distill_loss(ops, probs, temperature, w)
+            loss = _distill_loss(ops, t_view is None and _looks_like_probabilities(t_out), probs, temperature, w)
     # Cosine decay to zero: the last steps are small, so the model ends settled (at the final
     # masks, when pruning) rather than wherever the last large step left it.
     steps = epochs * math.ceil(len(train) / batch_size)
     lr = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=steps)
-    model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss)
-    hist = model.fit(x, y, epochs=epochs, batch_size=batch_size, shuffle=True, verbose=0, callbacks=list(callbacks))
+    trained.compile(optimizer=keras.optimizers.Adam(lr), loss=loss)
+    hist = trained.fit(x, y, epochs=epochs, batch_size=batch_size, shuffle=True, verbose=0, callbacks=list(callbacks))
     losses = [float(v) for v in hist.history.get("loss", [])]
     return {"epochs": epochs, "steps": steps, "learning_rate": f"{learning_rate} with cosine decay", "loss": kind,
             "final_loss": losses[-1] if losses else None}
 
 
-def _distill_loss(ops, probs: bool, temperature: float, weight: float):
-    """y_true packs [label, teacher outputs...]; both outputs may be probabilities or logits."""
+def _distill_loss(ops, teacher_probs: bool, student_probs: bool, temperature: float, weight: float):
+    """y_true packs [label, teacher outputs...]; each side's outputs may be probabilities or logits."""
 
-    def logits(out):
+    def logits(out, probs):
         # log(p) is a logit up to a per-row constant, which a softmax ignores.
         return ops.log(ops.clip(out, 1e-7, 1.0)) if probs else out
 
     def loss(y_true, y_pred):
         label = ops.cast(y_true[:, 0], "int32")
-        t_logits, s_logits = logits(y_true[:, 1:]), logits(y_pred)
+        t_logits, s_logits = logits(y_true[:, 1:], teacher_probs), logits(y_pred, student_probs)
         t = ops.softmax(t_logits / temperature, axis=-1)
         log_s = ops.log_softmax(s_logits / temperature, axis=-1)
         kd = ops.sum(t * (ops.log(ops.clip(t, 1e-7, 1.0)) - log_s), axis=-1) * temperature**2

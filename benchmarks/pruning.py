@@ -10,6 +10,7 @@ Run: `.venv/bin/python benchmarks/pruning.py`; about 10 minutes on 2 cores.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gzip
 import json
 import os
@@ -34,6 +35,7 @@ from keras_turbo.techniques import prune, structured  # noqa: E402
 from keras_turbo.zoo import application, digits_model_path  # noqa: E402
 
 RUNTIMES = ["litert", "onnxruntime", "openvino"]
+EXTRA_SEEDS = (1, 2, 3)  # magnitude pruning's accuracy, averaged with seed 0 (the run measured for size and speed)
 STARTED = time.time()
 
 
@@ -112,11 +114,18 @@ def digits_part(cfg) -> tuple[dict, str, dict]:
 
     densify = sum(d["op_name"] == "DENSIFY" for d in Interpreter(model_path=str(sparse_path))._get_ops_details())
     acc_test = {"unpruned": prune.accuracy(model, test), "pruned": prune.accuracy(res.model, test)}
+    # One fine-tuning run moves by a test image or two: the same pruning with other seeds, for the mean.
+    seeds = {0: (rep["accuracy_after"], acc_test["pruned"])}
+    for seed in EXTRA_SEEDS:
+        log(f"magnitude pruning the digits CNN to 80%, seed {seed}")
+        r = prune.apply(model, dataclasses.replace(config, seed=seed), train=train, val=heldout)
+        seeds[seed] = (r.report["accuracy_after"], prune.accuracy(r.model, test))
     bench = bench_pair({"unpruned": str(path), "pruned": str(pruned_path)}, RUNTIMES, [1, 32], cfg)
     sparse = bench_pair({"pruned": str(dense_tfl["pruned"]), "pruned_sparse_tflite": str(sparse_path)}, ["litert"], [1, 32], cfg)
     bench["results"]["pruned_sparse_tflite"] = sparse["results"]["pruned_sparse_tflite"]
     bench["results"]["pruned"] += sparse["results"]["pruned"]
     raw = {"config": config.to_dict(), "prune_seconds": prune_s, "report": rep, "accuracy_test_split": acc_test,
+           "accuracy_by_seed": {str(k): {"val+test": v[0], "test": v[1]} for k, v in seeds.items()},
            **sizes, "sparse_tflite_densify_ops": densify, "benchmark": bench}
 
     s = rep["size"]
@@ -137,6 +146,12 @@ def digits_part(cfg) -> tuple[dict, str, dict]:
         f"{100 * (rep['accuracy_after'] - rep['accuracy_before']):+.2f} points |",
         f"| accuracy, test split only (271) | {100 * acc_test['unpruned']:.2f}% | {100 * acc_test['pruned']:.2f}% | "
         f"{100 * (acc_test['pruned'] - acc_test['unpruned']):+.2f} points |",
+        f"| accuracy, val + test, mean of seeds {', '.join(map(str, seeds))} | {100 * rep['accuracy_before']:.2f}% | "
+        f"{100 * np.mean([v[0] for v in seeds.values()]):.2f}% | "
+        f"{100 * (np.mean([v[0] for v in seeds.values()]) - rep['accuracy_before']):+.2f} points |",
+        f"| accuracy, test only, mean of seeds {', '.join(map(str, seeds))} | {100 * acc_test['unpruned']:.2f}% | "
+        f"{100 * np.mean([v[1] for v in seeds.values()]):.2f}% | "
+        f"{100 * (np.mean([v[1] for v in seeds.values()]) - acc_test['unpruned']):+.2f} points |",
         f"| `.keras` file, bytes | {b['keras_bytes']} | {a['keras_bytes']} | {b['keras_bytes'] / a['keras_bytes']:.2f}x |",
         f"| `.keras` file, gzip -9 | {b['gzip_bytes']} | {a['gzip_bytes']} | **{s['gzip_ratio']:.2f}x** |",
         f"| all weights as float32, gzip -9 | {b['weights_gzip_bytes']} | {a['weights_gzip_bytes']} | {s['weights_gzip_ratio']:.2f}x |",
@@ -149,7 +164,8 @@ def digits_part(cfg) -> tuple[dict, str, dict]:
         f"{tg['unpruned'] / tg['pruned_sparse']:.2f}x |",
         "",
         "One digit is 0.37 points of the 271-digit test split, so the val + test row (540 digits, neither seen in "
-        "training; val did pick the unpruned model's early-stopping epoch) is the steadier accuracy figure. "
+        "training; val did pick the unpruned model's early-stopping epoch) is the steadier accuracy figure, and "
+        "its mean over four fine-tuning seeds the steadiest (the size and latency rows are seed 0's model). "
         "The whole `.keras` file gzips "
         + ("at least" if s["gzip_ratio"] >= 3 else "less than")
         + " 3x smaller; the pruned kernels alone gzip "

@@ -20,7 +20,7 @@ from keras_turbo.bench import BenchmarkConfig, BenchmarkReport, benchmark
 from keras_turbo.convert import ConvertConfig, ConvertResult, convert
 from keras_turbo.errors import BackendError, DataError, KerasTurboError, ModelLoadError
 from keras_turbo.runtimes import BACKENDS, Predictor
-from keras_turbo.search import OptimizeConfig, OptimizeResult, optimize
+from keras_turbo.optimize import OptimizeConfig, OptimizeResult, optimize
 from keras_turbo.sensitivity import FallbackConfig, FallbackResult, quantize_with_fallback
 
 __version__ = "0.1.0"

@@ -338,7 +338,7 @@ def _parse_duration(text: str) -> float:
     return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
 
 
-def _run_optimize(model, data, train_data, cfg, out_dir, unsafe=False):
+def _run_optimize(model, data, train_data, cfg, out_dir, unsafe=False, **where):
     import keras_turbo
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -351,7 +351,7 @@ def _run_optimize(model, data, train_data, cfg, out_dir, unsafe=False):
             bar.update(task, description=f"candidate: {what}", completed=done, total=total,
                        left=f"{max(left, 0) / 60:.1f} min left in budget")
 
-        return keras_turbo.optimize(model, data, train_data, cfg, out_dir, progress=progress, unsafe=unsafe)
+        return keras_turbo.optimize(model, data, train_data, cfg, out_dir, progress=progress, unsafe=unsafe, **where)
 
 
 def _print_optimize(res) -> None:
@@ -371,13 +371,15 @@ def _print_optimize(res) -> None:
 
 
 def cmd_optimize(args) -> int:
-    from keras_turbo.search import OptimizeConfig
+    from keras_turbo.optimize import OptimizeConfig
 
     cfg = OptimizeConfig(max_accuracy_drop=args.max_accuracy_drop if args.min_agreement is None else None,
                          min_agreement=args.min_agreement, objective=args.objective, batch_size=args.batch_size,
                          threads=args.threads, techniques=tuple(t for t in (args.techniques or "").split(",") if t),
+                         runtimes=tuple(t for t in (args.runtimes or "").split(",") if t),
                          time_budget_s=_parse_duration(args.time_budget))
-    res = _run_optimize(args.model, args.data, args.train_data, cfg, args.out, args.unsafe)
+    res = _run_optimize(args.model, args.data, args.train_data, cfg, args.out, args.unsafe, executor=args.executor,
+                        ray_address=args.ray_address, target_node=args.target_node, target_resource=args.target_resource)
     _print_optimize(res)
     return 0
 
@@ -392,7 +394,11 @@ def cmd_report(args) -> int:
         doc = json.loads(path.read_text())
     except ValueError as e:
         raise KerasTurboError(f"{path}: not valid JSON ({e})") from e
-    write_reports(Path(args.dir), doc)
+    from keras_turbo.optimize.store import FORMAT, rejudge
+
+    if doc.get("format") != FORMAT:
+        raise KerasTurboError(f"{path}: results of an older keras-turbo layout; rerun optimize --out {args.dir}")
+    write_reports(Path(args.dir), rejudge(doc))
     out, _ = _console()
     out.print(f"wrote {Path(args.dir) / 'report.html'} and report.md")
     return 0
@@ -400,7 +406,7 @@ def cmd_report(args) -> int:
 
 def cmd_demo(args) -> int:
     """Train the built-in digits CNN (cached), then optimize it with train data and show the report."""
-    from keras_turbo.search import OptimizeConfig
+    from keras_turbo.optimize import OptimizeConfig
     from keras_turbo.zoo import digits_model_path
 
     out, err = _console()
@@ -545,8 +551,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--batch-size", type=_positive_int("--batch-size"), default=1)
     sp.add_argument("--threads", type=_positive_int("--threads"))
     sp.add_argument("--techniques", metavar="LIST", help="comma-separated: runtimes,fp16,int8,fallback and the training techniques")
+    sp.add_argument("--runtimes", metavar="LIST", help="comma-separated runtimes to try (default: every one that imports here)")
     sp.add_argument("--time-budget", default="30m", metavar="DURATION", help="e.g. 90s, 30m (default 30m)")
     sp.add_argument("--out", default="keras-turbo-out", metavar="DIR")
+    sp.add_argument("--executor", choices=("local", "ray"), default="local",
+                    help="local (default), or ray: builds and accuracy checks fan out over a Ray cluster")
+    sp.add_argument("--ray-address", metavar="ADDR", help="join a Ray cluster: auto or ray://HOST:PORT "
+                    "(default with --executor ray: start a local Ray instance)")
+    sp.add_argument("--target-node", metavar="NODE_ID|IP", help="the Ray node latency is measured on (default: this one)")
+    sp.add_argument("--target-resource", metavar="NAME", help="instead: a Ray custom resource marking the target nodes")
     sp.set_defaults(fn=cmd_optimize)
 
     sp = sub.add_parser("report", help="re-render report.html and report.md from DIR/results.json")

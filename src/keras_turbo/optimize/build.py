@@ -1,0 +1,218 @@
+"""Turning a recipe into an artifact, one step at a time, each prefix cached by its own id.
+
+`BUILDERS` maps a step kind to the function that performs it, written out by hand. Every prefix
+of a recipe (its steps up to some point) writes into a folder named by that prefix's content id,
+with a `status.json` saying whether it worked, what it made and how long it took. A recipe that
+shares a prefix with another (a technique followed by several exports; the same float export run
+on two runtimes) finds that folder and goes on from it, and a prefix that failed is not tried
+again: a technique trains once and fails once, whatever follows it. Because the folders are named
+by content, a build on one worker is found by any other that sees the same folder.
+
+A `BuildJob` is a picklable value (paths, fingerprints, recipe, settings): what a worker needs to
+build and judge a variant by itself, with no closures and no arrays.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import time
+import traceback
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from keras_turbo.optimize.measure import DataRef, measure_quality, node_facts
+from keras_turbo.optimize.recipe import Recipe, Step, prefix_id
+
+
+@dataclass(frozen=True)
+class BuildJob:
+    """Everything a worker needs to build one recipe and judge its quality."""
+
+    recipe: Recipe
+    model_path: str
+    root: str                      # the content-addressed artifact folders (shared by all workers)
+    calib: DataRef
+    eval: DataRef
+    reference: str                 # .npz of the float model's outputs on `eval`
+    inputs: tuple = ()
+    outputs: tuple = ()
+    train: DataRef | None = None
+    threads: int | None = None
+    unsafe: bool = False
+    export_cache: str | None = None
+    evaluate: bool = True          # False: the quality is already known (a resumed run)
+
+
+@dataclass
+class _Context:
+    """A job's data, loaded on first use and only by the steps that need it."""
+
+    job: BuildJob
+    _loaded: dict = field(default_factory=dict)
+
+    def data(self, which: str):
+        if which not in self._loaded:
+            ref = {"train": self.job.train, "calib": self.job.calib, "eval": self.job.eval}[which]
+            self._loaded[which] = ref.load(self.job.inputs, self.job.outputs if which != "calib" else None)
+        return self._loaded[which]
+
+    def keras_ref(self, path: Path):
+        from keras_turbo.models import resolve
+
+        return resolve(path, unsafe=self.job.unsafe)
+
+
+def error_text(e: BaseException) -> str:
+    """The error's type and its first line whole: the cause, not a cut-off prefix."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return f"{type(e).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+
+
+# ------------------------------------------------------------------ the step builders
+
+def build_train(step: Step, source: Path, ctx: _Context, dest: Path) -> tuple[Path, dict]:
+    """A Keras -> Keras technique (pruning, distillation, QAT, ...) on the train data."""
+    from keras_turbo.models import load_keras
+    from keras_turbo.techniques import TECHNIQUES
+
+    config_cls, apply = TECHNIQUES[step.name]
+    config = config_cls.from_dict(step.config)
+    train = ctx.data("train") if ctx.job.train is not None else None
+    result = apply(load_keras(ctx.keras_ref(source)), config, train, None)
+    path = dest / "model.keras"
+    result.model.save(path)
+    return path, {"config": result.config.to_dict(), "report": result.report}
+
+
+def build_convert(step: Step, source: Path, ctx: _Context, dest: Path) -> tuple[Path, dict]:
+    """A conversion to a runtime's artifact, float or quantized (QAT models export their own int8)."""
+    from keras_turbo.convert import TARGETS, ConvertConfig, convert
+
+    cfg = {k: v for k, v in step.config.items() if k != "qat"}
+    if step.config.get("qat"):
+        from keras_turbo.models import load_keras
+        from keras_turbo.techniques import qat
+
+        path = qat.export_tflite(load_keras(ctx.keras_ref(source)), dest / "model.tflite", calibration=ctx.data("calib"))
+        return path, {}
+    cc = ConvertConfig(to=step.name, **cfg)
+    r = convert(ctx.keras_ref(source), cc, ctx.data("calib") if cc.needs_calibration else None,
+                output=dest / f"model{TARGETS[step.name].suffix}", cache_dir=ctx.job.export_cache)
+    return r.path, {"calibration_samples": r.calibration_samples, "warnings": r.warnings}
+
+
+def build_fallback(step: Step, source: Path, ctx: _Context, dest: Path) -> tuple[Path, dict]:
+    """int8 with per-layer sensitivity, the layers that break the budget kept in float."""
+    from keras_turbo.convert import ConvertConfig
+    from keras_turbo.sensitivity import FallbackConfig, quantize_with_fallback
+
+    c = step.config
+    budget = FallbackConfig(max_accuracy_drop=c.get("max_accuracy_drop"), min_agreement=c.get("min_agreement"),
+                            eval_size=c.get("eval_size", 500))
+    cc = ConvertConfig(to=step.name, quantize=c.get("quantize", "int8"), calibration_size=c.get("calibration_size", 300))
+    fr = quantize_with_fallback(ctx.keras_ref(source), cc, ctx.data("calib"), ctx.data("eval"), budget,
+                                cache_dir=ctx.job.export_cache)
+    path = copy_artifact(fr.result.path, dest)
+    return path, {"kept_float": fr.kept_float, "sensitivity": {"runtime": fr.result.backend, **fr.to_dict()}}
+
+
+BUILDERS = {"train": build_train, "convert": build_convert, "fallback": build_fallback}
+# (a "runtime" step makes no artifact: it names the runtime the previous artifact runs on)
+
+
+# ------------------------------------------------------------------ prefixes, cached
+
+def copy_artifact(src: Path, dst_dir: Path) -> Path:
+    """Copy an artifact (a file, an OpenVINO .xml with its .bin, or a SavedModel folder)."""
+    src, dst_dir = Path(src), Path(dst_dir)
+    dst_dir.mkdir(parents=True, exist_ok=True)
+    dst = dst_dir / src.name
+    if src.is_dir():
+        shutil.copytree(src, dst, dirs_exist_ok=True)
+    else:
+        shutil.copy(src, dst)
+        if src.suffix == ".xml":
+            shutil.copy(src.with_suffix(".bin"), dst.with_suffix(".bin"))
+    return dst
+
+
+@contextmanager
+def _locked(path: Path):
+    """An exclusive lock on `path` (two workers never build one prefix at once)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _write_json(path: Path, doc: dict) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(doc, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+def build_prefix(recipe: Recipe, k: int, source: Path, ctx: _Context) -> dict:
+    """Build the first `k` steps of `recipe` from the artifact of its first k-1 (`source`),
+    or return the cached status of an earlier build (success or failure)."""
+    pid = prefix_id(recipe.model, recipe.steps[:k])
+    folder = Path(ctx.job.root) / pid
+    status_path = folder / "status.json"
+    with _locked(Path(ctx.job.root) / f"{pid}.lock"):
+        if status_path.exists():
+            return {**json.loads(status_path.read_text()), "cached": True}
+        step = recipe.steps[k - 1]
+        t0 = time.time()
+        work = folder.with_name(f".{pid}.{os.getpid()}.partial")
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        try:
+            artifact, details = BUILDERS[step.kind](step, source, ctx, work)
+            status = {"ok": True, "artifact": str(folder / Path(artifact).relative_to(work)), "details": details}
+        except Exception as e:  # a failed step is a recorded result; the folder says why
+            status = {"ok": False, "error": error_text(e), "traceback": traceback.format_exc(limit=4)[-2000:]}
+        status.update(prefix_id=pid, kind=step.kind, name=step.name, seconds=round(time.time() - t0, 2), node=node_facts())
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(work, folder)
+        _write_json(status_path, status)
+        return {**status, "cached": False}
+
+
+def build(job: BuildJob) -> dict:
+    """Build every prefix of the job's recipe (cached ones are reused), then judge the variant's
+    quality on the evaluation data unless the job says it is known.
+
+    Returns:
+        {"recipe_id", "ok", "artifact", "backend", "error", "steps" (one status per prefix),
+         "details" (what the steps reported), "quality" (or None), "node"}.
+    """
+    recipe, ctx = job.recipe, _Context(job)
+    current, steps, details = Path(job.model_path), [], {}
+    res = {"recipe_id": recipe.id, "ok": False, "artifact": None, "backend": recipe.backend, "error": None,
+           "steps": steps, "details": details, "quality": None, "node": node_facts()}
+    for k in range(1, len(recipe.steps)):
+        st = build_prefix(recipe, k, current, ctx)
+        steps.append({key: st.get(key) for key in ("prefix_id", "kind", "name", "ok", "seconds", "cached", "error", "node")})
+        if not st["ok"]:
+            res["error"] = f"{st['kind']} {st['name']}: {st['error']}"
+            return res
+        details.update(st.get("details") or {})
+        current = Path(st["artifact"])
+    res.update(ok=True, artifact=str(current))
+    if job.evaluate:
+        try:
+            res["quality"] = measure_quality(str(current), recipe.backend, job.eval, job.inputs, job.outputs,
+                                             job.reference, job.threads, job.unsafe)
+        except Exception as e:
+            res.update(ok=False, error=f"runtime {recipe.backend}: {error_text(e)}")
+    return res
+
+
+__all__ = ["BUILDERS", "BuildJob", "build", "build_prefix", "copy_artifact", "error_text"]

@@ -1,0 +1,79 @@
+"""`OptimizeConfig`: the user's budget, objective and serving setting, and how hard to look."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from keras_turbo.config import TechniqueConfig
+from keras_turbo.errors import KerasTurboError, bad_param
+
+OBJECTIVES = ("latency", "throughput", "size")
+#: candidate families the planner knows, besides the training techniques (plan.TECHNIQUE_SETTINGS)
+FAMILIES = ("runtimes", "fp16", "bf16", "int8", "fallback")
+
+
+@dataclass(frozen=True)
+class OptimizeConfig(TechniqueConfig):
+    """The budget, the objective and how hard to look.
+
+    Attributes:
+        max_accuracy_drop: allowed accuracy loss in points against the float model (needs labels).
+        min_agreement: alternatively, required top-1 agreement with the float model, in (0, 1].
+        objective: "latency" (batch p50), "throughput" (items/s) or "size" (bytes).
+        batch_size / threads: the serving setting every candidate is timed at.
+        techniques: which candidate families to try (see FAMILIES, and with train data the
+            training techniques); empty means all that apply.
+        runtimes: which runtimes to try (keras-predict, the baseline, always runs); empty: all.
+        time_budget_s: no new candidate starts after this many seconds.
+        calibration_size / eval_size: samples for int8 calibration and for judging accuracy.
+        min_runs / min_seconds: the benchmark's timed loop per candidate.
+    """
+
+    max_accuracy_drop: float | None = 1.0
+    min_agreement: float | None = None
+    objective: str = "latency"
+    batch_size: int = 1
+    threads: int | None = None
+    techniques: tuple[str, ...] = ()
+    runtimes: tuple[str, ...] = ()
+    time_budget_s: float = 1800.0
+    calibration_size: int = 300
+    eval_size: int = 1000
+    min_runs: int = 30
+    min_seconds: float = 1.0
+
+    def __post_init__(self):
+        from keras_turbo.optimize.plan import TECHNIQUE_SETTINGS
+
+        if self.min_agreement is not None:
+            object.__setattr__(self, "max_accuracy_drop", None)
+            if not (0 < self.min_agreement <= 1):
+                raise bad_param("min_agreement", "a fraction in (0, 1]", self.min_agreement)
+        elif self.max_accuracy_drop is None or not (0 <= self.max_accuracy_drop <= 100):
+            raise bad_param("max_accuracy_drop", "a number of points in [0, 100]", self.max_accuracy_drop)
+        if self.objective not in OBJECTIVES:
+            raise bad_param("objective", f"one of {', '.join(OBJECTIVES)}", self.objective)
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise bad_param("batch_size", "an integer >= 1", self.batch_size)
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise bad_param("threads", "an integer >= 1", self.threads)
+        if not self.time_budget_s > 0:
+            raise bad_param("time_budget_s", "a positive number of seconds", self.time_budget_s)
+        known = set(FAMILIES) | set(TECHNIQUE_SETTINGS)
+        unknown = [t for t in self.techniques if t not in known]
+        if unknown:
+            raise KerasTurboError(f"--techniques: unknown {', '.join(unknown)} (expected some of {', '.join(sorted(known))})")
+        object.__setattr__(self, "techniques", tuple(self.techniques))
+        from keras_turbo.runtimes import BACKENDS
+
+        bad = [r for r in self.runtimes if r not in BACKENDS]
+        if bad:
+            raise KerasTurboError(f"--runtimes: unknown {', '.join(bad)} (expected some of {', '.join(BACKENDS)})")
+        object.__setattr__(self, "runtimes", tuple(self.runtimes))
+
+    def wants(self, family: str) -> bool:
+        return not self.techniques or family in self.techniques
+
+    def budget(self) -> dict:
+        """The part of the config that judges quality (applied at selection time, never stored as a verdict)."""
+        return {"max_accuracy_drop": self.max_accuracy_drop, "min_agreement": self.min_agreement}

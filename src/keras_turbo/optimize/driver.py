@@ -1,0 +1,319 @@
+"""`optimize`: plan, build, measure, follow up, select; the pieces are in the modules beside this one."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from keras_turbo.errors import KerasTurboError
+from keras_turbo.optimize import plan as planner
+from keras_turbo.optimize import select
+from keras_turbo.optimize.build import BuildJob, copy_artifact
+from keras_turbo.optimize.config import OptimizeConfig
+from keras_turbo.optimize.executor import Executor, make_executor
+from keras_turbo.optimize.measure import DataRef, Protocol, data_fingerprint, machine_key
+from keras_turbo.optimize.recipe import Recipe
+from keras_turbo.optimize.store import Store
+
+BENCH = {"warmup_runs": 5, "warmup_seconds": 0.3}
+
+
+@dataclass
+class OptimizeResult:
+    """What `optimize` found: the document written to results.json, the rows judged under the
+    budget, and where things are."""
+
+    out: Path
+    doc: dict
+    recommended: dict | None = None
+    variants: list[dict] = field(default_factory=list)
+
+    @property
+    def report_html(self) -> Path:
+        return self.out / "report.html"
+
+
+@dataclass
+class _Run:
+    """The state of one optimize run."""
+
+    cfg: OptimizeConfig
+    ref: object
+    out: Path
+    store: Store
+    protocol: Protocol
+    job: dict          # the BuildJob fields every job of this run shares
+    executor: Executor
+    note: Callable
+    started: float = field(default_factory=time.time)
+    recipes: dict[str, Recipe] = field(default_factory=dict)
+    rows: dict[str, dict] = field(default_factory=dict)
+    total: int = 0
+
+    def time_left(self) -> float:
+        return self.cfg.time_budget_s - (time.time() - self.started)
+
+
+def optimize(model, data, train_data=None, config: OptimizeConfig | None = None, out: str | Path = "keras-turbo-out",
+             *, progress: Callable[[str, int, int, float], None] | None = None, unsafe: bool = False, cache_dir=None,
+             executor: str | Executor = "local", ray_address: str | None = None, target_node: str | None = None,
+             target_resource: str | None = None) -> OptimizeResult:
+    """Find the fastest deployable variant of `model` within an accuracy budget.
+
+    Args:
+        model: a Keras-family model (path or keras.Model); never changed.
+        data: held-out DATA (npz, image folder, builtin:digits) to judge accuracy on; without
+            `train_data`, a seeded part of it is set apart for int8 calibration.
+        train_data: DATA for calibration and for the training techniques (pruning, distillation,
+            QAT); without it only runtime and precision candidates are tried.
+        config: budget, objective, batch size, threads, techniques, time budget.
+        out: output folder (results.json, report.html, report.md, best/); a rerun into it reuses
+            what matches the new settings (see store.py) and measures the rest.
+        progress: called with (what, done, total, seconds left in the budget).
+        executor: "local" (this process), "ray" (a local Ray instance, or `ray_address`), or an
+            Executor; `target_node` / `target_resource` say where speed is measured on a cluster.
+
+    Returns:
+        An `OptimizeResult`; `recommended` is the chosen variant's row.
+
+    Raises:
+        KerasTurboError: no usable data or data that does not fit, before any work starts.
+
+    Example:
+        >>> r = keras_turbo.optimize("model.keras", "builtin:digits:test", "builtin:digits:train",
+        ...                          OptimizeConfig(max_accuracy_drop=1.0))
+        >>> r.recommended["name"], r.report_html
+    """
+    cfg = config or OptimizeConfig()
+    ex = make_executor(executor, ray_address, target_node, target_resource) if isinstance(executor, str) else executor
+    try:
+        run = _start(model, data, train_data, cfg, Path(out), ex, progress or (lambda *a: None), unsafe, cache_dir)
+        info = planner.ModelInfo(run.store.model, _quantizable(run.ref))
+        has_train = run.job["train"] is not None
+        first = planner.first_plan(info, machine_caps(), cfg, has_train)
+        run.job["left_out"] = first.left_out
+        wave = list(first.recipes)
+        while wave:
+            _run_wave(run, wave)
+            outcomes = [planner.Outcome(run.recipes[i], r.get("ok", False), bool(r.get("within_budget")),
+                                        (r.get("latency_ms") or {}).get("p50")) for i, r in run.rows.items()]
+            wave = [r for r in planner.follow_ups(info, outcomes, cfg, has_train).recipes if r.id not in run.recipes]
+        return _finish(run)
+    finally:
+        if isinstance(executor, str):
+            ex.close()
+
+
+# ------------------------------------------------------------------ setting up
+
+def _quantizable(ref) -> bool:
+    from keras_turbo.convert import quantizable_layers
+    from keras_turbo.models import load_keras
+
+    return bool(quantizable_layers(load_keras(ref)))
+
+
+def machine_caps() -> planner.MachineCaps:
+    """The runtimes that import here (and, where the CPU or GPU accelerates them, precision runtimes)."""
+    import importlib.util
+
+    from keras_turbo.runtimes import BACKENDS
+
+    usable = tuple(n for n, b in BACKENDS.items() if importlib.util.find_spec(b.requires) is not None)
+    return planner.MachineCaps(usable)
+
+
+def _data_refs(data, train_data, cfg: OptimizeConfig, inputs, outputs):
+    """(train, calibration, evaluation) DataRefs: with train data, calibration comes from it;
+    without, a seeded part of the held-out data is set apart for it and judged on the rest."""
+    from keras_turbo.data import load_data
+
+    if data is None:
+        raise KerasTurboError("--data: optimize needs held-out data to judge accuracy on")
+    for spec, arg in ((data, "--data"), (train_data, "--train-data")):
+        if spec is not None and not isinstance(spec, (str, os.PathLike)):
+            raise KerasTurboError(f"{arg}: optimize takes a DATA spec (a path or builtin:digits), so that every "
+                                  f"worker can read it; received {type(spec).__name__} (save arrays with numpy.savez)")
+    full = load_data(str(data), inputs, outputs, default_split="test", arg="--data")
+    if cfg.max_accuracy_drop is not None and full.y is None:
+        raise KerasTurboError("--max-accuracy-drop needs labelled --data; use --min-agreement for unlabelled data")
+    eval_fp = data_fingerprint(str(data))
+    if train_data is not None:
+        load_data(str(train_data), inputs, outputs, default_split="train", arg="--train-data")  # fail now, not in a worker
+        train = DataRef(str(train_data), "train", arg="--train-data", fingerprint=data_fingerprint(str(train_data)))
+        return train, train, DataRef(str(data), "test", take=cfg.eval_size, fingerprint=eval_fp)
+    n = len(full)
+    k = min(cfg.calibration_size, n // 3) if n >= 6 else 0
+    if not k:
+        ref = DataRef(str(data), "test", take=cfg.eval_size, fingerprint=eval_fp)
+        return None, ref, ref
+    calib = DataRef(str(data), "test", part="calib", k=k, fingerprint=eval_fp)
+    return None, calib, DataRef(str(data), "test", part="eval", k=k, take=cfg.eval_size, fingerprint=eval_fp)
+
+
+def _start(model, data, train_data, cfg, out: Path, ex: Executor, note, unsafe, cache_dir) -> _Run:
+    from keras_turbo.api import as_ref, io_specs, load
+    from keras_turbo.machine import default_threads
+
+    ref = as_ref(model, unsafe=unsafe, cache_dir=cache_dir)
+    if not ref.is_keras:
+        raise KerasTurboError(f"{ref.path}: optimize starts from a Keras model (.keras, .h5, SavedModel), not a .{ref.format} artifact")
+    inputs, outputs = io_specs(ref)
+    train, calib, evaluation = _data_refs(data, train_data, cfg, inputs, outputs)
+    threads = cfg.threads or default_threads()
+    bench = {**BENCH, "min_runs": cfg.min_runs, "min_seconds": cfg.min_seconds}
+    protocol = Protocol(ref.fingerprint(), evaluation.id, cfg.batch_size, threads, tuple(sorted(bench.items())),
+                        machine_key(ex.target_machine()))
+    (out / "artifacts").mkdir(parents=True, exist_ok=True)
+    store = Store(out, protocol.model)
+    # The float model's outputs on the held-out data: the reference every candidate is judged against.
+    ds = evaluation.load(inputs, outputs)
+    reference = out / "reference" / f"{protocol.quality_id}.npz"
+    if not reference.exists():
+        reference.parent.mkdir(parents=True, exist_ok=True)
+        p = load(ref, backend="tf-function", threads=cfg.threads)
+        ref_out = p.predict(list(ds.x), batch_size=64)
+        np.savez(reference, out=ref_out[0] if isinstance(ref_out, list) else ref_out)
+    from keras_turbo import quality
+
+    float_acc = quality.accuracy(np.load(reference)["out"], ds.y)
+    job = {"model_path": str(ref.path), "root": str(out / "artifacts"), "calib": calib, "eval": evaluation,
+           "reference": str(reference), "inputs": tuple(inputs), "outputs": tuple(outputs), "train": train,
+           "threads": cfg.threads, "unsafe": ref.unsafe, "export_cache": None if cache_dir is None else str(cache_dir),
+           "float_accuracy": float_acc, "samples": len(ds)}
+    return _Run(cfg, ref, out, store, protocol, job, ex, note)
+
+
+# ------------------------------------------------------------------ one wave of recipes
+
+_JOB_FIELDS = ("model_path", "root", "calib", "eval", "reference", "inputs", "outputs", "train", "threads", "unsafe",
+               "export_cache")
+
+
+def _run_wave(run: _Run, recipes: list[Recipe]) -> None:
+    """Build and judge the wave (in parallel where the executor can), then time each variant,
+    one at a time. What the store already holds for this protocol is reused."""
+    qid, sid = run.protocol.quality_id, run.protocol.speed_id
+    jobs, built = [], []
+    run.total += len(recipes)
+    for r in recipes:
+        run.recipes[r.id] = r
+        known_q, known_b = run.store.quality_for(r.id, qid), run.store.build_for(r.id)
+        if known_b and known_q:
+            built.append((r, known_b, known_q, {"build": True, "quality": True}))
+        elif run.time_left() <= 0:
+            run.rows[r.id] = {**_base_row(r), "skipped": True, "error": "skipped: the time budget ran out before it started"}
+        else:
+            jobs.append(BuildJob(r, **{k: run.job[k] for k in _JOB_FIELDS}, evaluate=known_q is None))
+    for res in run.executor.builds(jobs):
+        r = run.recipes[res["recipe_id"]]
+        run.store.record_build(r.id, res)
+        q = res.get("quality") or run.store.quality_for(r.id, qid)
+        run.note(f"built {r.name}", len(run.rows), run.total, run.time_left())
+        if res["ok"]:
+            cached = all(st.get("cached") for st in res.get("steps", []))
+            built.append((r, res, q, {"build": cached, "quality": res.get("quality") is None}))
+        else:
+            run.rows[r.id] = {**_base_row(r), "error": res["error"], "build": res}
+            _save(run)
+    for r, b, q, reused in built:
+        s = run.store.speed_for(r.id, sid)
+        s_reused = s is not None
+        if s is None and run.time_left() <= 0:
+            run.rows[r.id] = {**_base_row(r), "skipped": True, "error": "skipped: the time budget ran out before it was timed"}
+            continue
+        if s is None:
+            run.note(f"timing {r.name}", len(run.rows), run.total, run.time_left())
+            s = run.executor.time(b["artifact"], r.backend, run.cfg.batch_size, run.protocol.threads,
+                                  dict(run.protocol.bench), run.job["unsafe"])
+        reused = {**reused, "speed": s_reused}
+        run.store.record_measurement(r.id, run.protocol, q, s, reused)
+        run.rows[r.id] = {**_row(r, b, q, s, run.cfg), "reused": reused}
+        _save(run)
+
+
+def _base_row(r: Recipe) -> dict:
+    return {"id": r.id, "name": r.name, "backend": r.backend, "precision": r.precision, "techniques": list(r.techniques),
+            "mixed": any(s.kind == "fallback" for s in r.steps), "steps": [s.to_dict() for s in r.steps], "ok": False,
+            "error": None}
+
+
+def _row(r: Recipe, build: dict, q: dict, s: dict, cfg: OptimizeConfig) -> dict:
+    """One variant as the report and the selection see it: what made it, what it measured, and
+    the verdict under the current budget."""
+    row = {**_base_row(r), "artifact": build["artifact"], "build_s": sum(st.get("seconds") or 0 for st in build.get("steps", []))}
+    details = build.get("details") or {}
+    row.update(kept_float=details.get("kept_float"), technique_report=details.get("report"))
+    if not s.get("ok"):
+        return {**row, "error": f"benchmark failed: {s.get('error')}"}
+    within, why = select.within_budget(q, cfg.budget())
+    return {**row, "ok": True, **{k: q.get(k) for k in ("accuracy", "accuracy_drop", "top1_agreement", "max_abs_diff")},
+            **{k: s.get(k) for k in ("latency_ms", "throughput_per_s", "model_bytes", "init_ms", "peak_rss_mb")},
+            "within_budget": within, "verdict": why, "timed_on": s.get("node")}
+
+
+# ------------------------------------------------------------------ results
+
+def _doc(run: _Run) -> dict:
+    rows = list(run.rows.values())
+    select.pareto(rows, by_agreement=run.cfg.min_agreement is not None)
+    best, met = select.recommend(rows, run.cfg.objective)
+    baseline = next((v for v in rows if v["name"] == f"{planner.BASELINE} fp32"), None)
+    j = run.job
+    return {
+        "model": str(run.ref.path), "machine": run.executor.target_machine(), "executor": run.executor.name,
+        "config": run.cfg.to_dict(), "protocol": run.protocol.to_dict(),
+        "budget": {**run.cfg.budget(), "objective": run.cfg.objective, "batch_size": run.cfg.batch_size,
+                   "threads": run.protocol.threads, "time_budget_s": run.cfg.time_budget_s},
+        "data": {"eval": j["eval"].spec, "eval_samples": j["samples"], "train": j["train"].spec if j["train"] else None,
+                 "calibration": f"{j['calib'].spec} ({j['calib'].part})"},
+        "float_accuracy": j["float_accuracy"], "resume_note": run.store.note,
+        "plan": {"left_out": [{"name": n, "reason": why} for n, why in j.get("left_out", ())]},
+        "variants": rows, "baseline": baseline, "recommended": best["name"] if best else None, "budget_met": met,
+        "selection_note": "within_budget, pareto and recommended are recomputed from the measurements and the "
+                          "current budget on every run; they are never read back",
+        "elapsed_s": round(time.time() - run.started, 1),
+    }
+
+
+def _save(run: _Run) -> dict:
+    doc = _doc(run)
+    run.store.save({**doc, "variants": [{**r, "build": run.store.builds.get(r["id"])} for r in doc["variants"]]})
+    return doc
+
+
+def _finish(run: _Run) -> OptimizeResult:
+    from keras_turbo.report import write_reports
+
+    doc = _save(run)
+    best = next((v for v in doc["variants"] if v["name"] == doc["recommended"]), None)
+    if best:
+        write_best(run.out, best)
+    write_reports(run.out, doc)
+    run.note("done", run.total, run.total, run.time_left())
+    return OptimizeResult(run.out, doc, best, doc["variants"])
+
+
+def write_best(out: Path, best: dict) -> None:
+    """best/: the recommended artifact and a manifest, loadable with keras_turbo.load(out/'best').
+    Written beside and then renamed into place, so a reader never sees half of it."""
+    tmp = out / f".best.{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    art = copy_artifact(Path(best["artifact"]), tmp)
+    manifest = {k: best.get(k) for k in ("name", "backend", "steps", "accuracy", "top1_agreement", "latency_ms", "model_bytes")}
+    (tmp / "manifest.json").write_text(json.dumps({**manifest, "artifact": art.name, "recipe_id": best["id"]}, indent=2, default=str))
+    old = out / "best"
+    if old.exists():
+        trash = out / f".best.{os.getpid()}.old"
+        os.replace(old, trash)
+        os.replace(tmp, old)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(tmp, old)

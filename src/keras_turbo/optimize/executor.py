@@ -1,0 +1,175 @@
+"""Where the work runs: in this process, or spread over a Ray cluster.
+
+An executor does two things. `builds` takes a wave of `BuildJob`s (conversion, calibration,
+training, and the accuracy check on the held-out data) and yields their results as they finish;
+those may run in parallel, anywhere. `time` measures one artifact's speed, and is only ever
+called one job at a time: latency measured in parallel on one machine is not latency. With Ray,
+timing runs on the target node only (`target_node` by node id or IP, or `target_resource`, a Ray
+custom resource that marks the deployment hardware's nodes; by default the driver's node), and
+every measurement records the node it ran on.
+
+Artifacts are written into content-addressed folders under the run's output folder, so a
+cluster needs that folder on storage every node sees (NFS, a shared disk): a worker's build is
+then found by any other, and a worker lost mid-build leaves no status, so its prefix is built
+again by Ray's retry or by the next run.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Protocol
+
+from keras_turbo.errors import KerasTurboError
+from keras_turbo.optimize.build import BuildJob, build, error_text
+from keras_turbo.optimize.measure import measure_speed
+
+EXECUTORS = ("local", "ray")
+
+
+class Executor(Protocol):
+    name: str
+
+    def builds(self, jobs: list[BuildJob]) -> Iterator[dict]: ...
+
+    def time(self, artifact: str, backend: str, batch_size: int, threads: int, bench: dict, unsafe: bool) -> dict: ...
+
+    def target_machine(self) -> dict: ...
+
+    def close(self) -> None: ...
+
+
+class LocalExecutor:
+    """Everything in this process, one job after another; speed in a fresh process per job."""
+
+    name = "local"
+
+    def builds(self, jobs: list[BuildJob]) -> Iterator[dict]:
+        for job in jobs:
+            yield build(job)
+
+    def time(self, artifact, backend, batch_size, threads, bench, unsafe) -> dict:
+        return measure_speed(artifact, backend, batch_size, threads, bench, unsafe)
+
+    def target_machine(self) -> dict:
+        from keras_turbo import machine
+
+        return machine.facts()
+
+    def close(self) -> None:
+        pass
+
+
+def _build_task(job: BuildJob, *after) -> dict:
+    """A Ray task: `after` are the results of builds this one shares a trained prefix with (Ray
+    waits for them, so the technique is trained once and then found in the shared folder)."""
+    return build(job)
+
+
+def _time_task(artifact, backend, batch_size, threads, bench, unsafe) -> dict:
+    return measure_speed(artifact, backend, batch_size, threads, bench, unsafe)
+
+
+def _facts_task() -> dict:
+    from keras_turbo import machine
+    from keras_turbo.optimize.measure import node_facts
+
+    return {**machine.facts(), "node": node_facts()}
+
+
+class RayExecutor:
+    """Builds fan out as Ray tasks; timing runs one at a time on the target node.
+
+    Args:
+        address: None starts (or reuses) a local Ray instance on this machine; "auto" or
+            "ray://HOST:PORT" joins an existing cluster.
+        target_node: the node id or IP address where speed is measured.
+        target_resource: alternatively, a custom resource name that marks the target nodes.
+        retries: how often Ray retries a build whose worker or node died.
+    """
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, target_node: str | None = None,
+                 target_resource: str | None = None, retries: int = 3):
+        try:
+            import ray
+        except ImportError as e:  # pragma: no cover - ray is a pinned dependency
+            raise KerasTurboError(f"--executor ray: Ray is not installed ({e})") from None
+        self.ray = ray
+        self._started = not ray.is_initialized()
+        if self._started:
+            try:
+                ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+            except Exception as e:
+                raise KerasTurboError(f"--ray-address {address}: cannot reach a Ray cluster: {error_text(e)}") from None
+        self.retries = retries
+        self.gpus = ray.cluster_resources().get("GPU", 0) > 0
+        self._timing = self._timing_options(target_node, target_resource)
+
+    def _timing_options(self, node: str | None, resource: str | None) -> dict:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        if resource:
+            if self.ray.cluster_resources().get(resource, 0) <= 0:
+                raise KerasTurboError(f"--target-resource {resource}: no node of the cluster has that resource")
+            return {"resources": {resource: 0.01}, "num_cpus": 0}
+        alive = [n for n in self.ray.nodes() if n.get("Alive")]
+        if node:
+            match = [n for n in alive if node in (n["NodeID"], n.get("NodeManagerAddress"), n.get("NodeManagerHostname"))]
+            if not match:
+                raise KerasTurboError(f"--target-node {node}: no live node of the cluster has that id or address "
+                                      f"(nodes: {', '.join(n['NodeID'][:12] + '@' + n.get('NodeManagerAddress', '?') for n in alive)})")
+            node_id = match[0]["NodeID"]
+        else:
+            node_id = self.ray.get_runtime_context().get_node_id()
+        return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=node_id, soft=False), "num_cpus": 0}
+
+    def builds(self, jobs: list[BuildJob]) -> Iterator[dict]:
+        ray = self.ray
+        task = ray.remote(_build_task)
+        refs, by_prefix = {}, {}
+        for job in jobs:
+            trains = [k for k, s in enumerate(job.recipe.steps) if s.kind == "train"]
+            shared = job.recipe.prefix_ids()[trains[-1]] if trains else None
+            after = [by_prefix[shared]] if shared in by_prefix else []
+            opts = {"num_cpus": 1, "max_retries": self.retries, "retry_exceptions": False}
+            if trains and self.gpus:
+                opts["num_gpus"] = 1
+            ref = task.options(**opts).remote(job, *after)
+            if shared and shared not in by_prefix:
+                by_prefix[shared] = ref
+            refs[ref] = job
+        pending = list(refs)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            try:
+                yield ray.get(done[0])
+            except Exception as e:  # the task failed past its retries: that candidate's failure
+                job = refs[done[0]]
+                yield {"recipe_id": job.recipe.id, "ok": False, "artifact": None, "backend": job.recipe.backend,
+                       "error": f"ray task lost: {error_text(e)}", "steps": [], "details": {}, "quality": None, "node": None}
+
+    def time(self, artifact, backend, batch_size, threads, bench, unsafe) -> dict:
+        task = self.ray.remote(_time_task).options(max_retries=self.retries, **self._timing)
+        return self.ray.get(task.remote(artifact, backend, batch_size, threads, bench, unsafe))
+
+    def target_machine(self) -> dict:
+        return self.ray.get(self.ray.remote(_facts_task).options(**self._timing).remote())
+
+    def close(self) -> None:
+        if self._started:
+            self.ray.shutdown()
+
+
+def make_executor(name: str = "local", address: str | None = None, target_node: str | None = None,
+                  target_resource: str | None = None) -> Executor:
+    """The executor the CLI's --executor names (local, ray)."""
+    if name == "local":
+        if address or target_node or target_resource:
+            raise KerasTurboError("--ray-address / --target-node / --target-resource need --executor ray")
+        return LocalExecutor()
+    if name == "ray":
+        return RayExecutor(address, target_node, target_resource)
+    raise KerasTurboError(f"--executor: unknown {name!r} (expected one of {', '.join(EXECUTORS)})")
+
+
+__all__ = ["EXECUTORS", "Executor", "LocalExecutor", "RayExecutor", "make_executor"]

@@ -1,0 +1,148 @@
+"""What a measurement is keyed by, and the two measurements: quality on the held-out data, and
+speed on the target machine.
+
+A `Protocol` names everything a number depends on. Quality depends on the model and the
+evaluation data (`quality_id`); speed on the batch size, threads, benchmark settings and the
+machine it ran on (`speed_id`). A rerun reuses a stored quality measurement whose quality id
+matches and a stored speed measurement whose speed id matches, and measures the rest anew: change
+the batch size and only speed is remeasured; change the data and only quality is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+def _hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def data_fingerprint(spec: str) -> str:
+    """Which data a spec names: the built-in name, or each file's path, size and modification time
+    (cheap for large data sets; a file rewritten in place with another content changes its mtime)."""
+    spec = str(spec)
+    if spec.startswith("builtin:"):
+        return _hash(spec)
+    p = Path(spec)
+    files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+    return _hash([(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.exists()])
+
+
+@dataclass(frozen=True)
+class DataRef:
+    """A picklable reference to data a worker loads itself (no arrays travel with a job).
+
+    `part` selects a seeded split of the set: "calib" (the first `k` samples of a permutation with
+    seed 0, labels dropped: set apart for int8 calibration), "eval" (the rest), or "all"; then at
+    most `take` samples (seeded)."""
+
+    spec: str
+    default_split: str = "test"
+    part: str = "all"
+    k: int = 0
+    take: int | None = None
+    arg: str = "--data"
+    fingerprint: str = ""
+
+    @property
+    def id(self) -> str:
+        return _hash({k: v for k, v in asdict(self).items() if k not in ("spec", "arg")})
+
+    def load(self, inputs, outputs):
+        from keras_turbo.data import Dataset, load_data
+
+        ds = load_data(self.spec, inputs, outputs, default_split=self.default_split, arg=self.arg)
+        if self.part != "all":
+            idx = np.random.default_rng(0).permutation(len(ds))
+            sel = idx[:self.k] if self.part == "calib" else idx[self.k:]
+            y = None if self.part == "calib" or ds.y is None else ds.y[sel]
+            ds = Dataset(tuple(a[sel] for a in ds.x), y, ds.source)
+        return ds.take(self.take, 0) if self.take else ds
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """Everything a measurement depends on. `machine` identifies where speed is measured."""
+
+    model: str
+    eval_data: str  # DataRef.id of the evaluation data
+    batch_size: int
+    threads: int
+    bench: tuple[tuple[str, float], ...]
+    machine: str
+
+    @property
+    def quality_id(self) -> str:
+        return _hash({"model": self.model, "eval": self.eval_data})
+
+    @property
+    def speed_id(self) -> str:
+        return _hash({"batch": self.batch_size, "threads": self.threads, "bench": self.bench, "machine": self.machine})
+
+    @property
+    def id(self) -> str:
+        return _hash({"q": self.quality_id, "s": self.speed_id})
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "quality_id": self.quality_id, "speed_id": self.speed_id, **asdict(self),
+                "bench": dict(self.bench)}
+
+
+def machine_key(facts: dict) -> str:
+    """A machine's identity for speed results: CPU model, its flags, usable cores, GPUs."""
+    return _hash({k: facts.get(k) for k in ("cpu", "cpu_flags", "usable_cores", "gpus")})
+
+
+def node_facts() -> dict:
+    """Where this process runs: host, pid, and the Ray node id when inside a Ray worker."""
+    import socket
+
+    facts = {"host": socket.gethostname(), "pid": os.getpid(), "node_id": None}
+    try:
+        import ray
+
+        if ray.is_initialized():
+            facts["node_id"] = ray.get_runtime_context().get_node_id()
+    except Exception:  # not in a Ray worker: the host says where it ran
+        pass
+    return facts
+
+
+def measure_quality(artifact: str, backend: str, eval_ref: DataRef, inputs, outputs, reference: str,
+                    threads: int | None, unsafe: bool) -> dict:
+    """Run the artifact on the evaluation data and compare it with the float reference."""
+    from keras_turbo import quality
+    from keras_turbo.api import load
+
+    t0 = time.time()
+    ds = eval_ref.load(inputs, outputs)
+    ref = np.load(reference)
+    p = load(artifact, backend=backend, threads=threads, unsafe=unsafe)
+    try:
+        out = p.predict(list(ds.x), batch_size=64)
+    finally:
+        p.close()
+    out = out[0] if isinstance(out, list) else out
+    res = quality.compare(ref["out"], out, ds.y)
+    return {**res, "seconds": round(time.time() - t0, 2), "node": node_facts()}
+
+
+def measure_speed(artifact: str, backend: str, batch_size: int, threads: int, bench: dict, unsafe: bool) -> dict:
+    """Latency, throughput, size and memory through the isolated harness (a fresh process)."""
+    from keras_turbo.bench import BenchmarkConfig, benchmark
+
+    rep = benchmark(artifact, backends=[backend], batch_sizes=[batch_size], threads=threads,
+                    config=BenchmarkConfig(**bench), unsafe=unsafe, measure_overhead=False)
+    row = rep.results[0]
+    keep = ("ok", "error", "latency_ms", "throughput_per_s", "model_bytes", "init_ms", "peak_rss_mb")
+    return {**{k: getattr(row, k) for k in keep}, "node": node_facts(), "machine": rep.machine}
+
+
+__all__ = ["DataRef", "Protocol", "data_fingerprint", "machine_key", "measure_quality", "measure_speed", "node_facts"]

@@ -1,0 +1,104 @@
+"""results.json: what was built (`variants`, keyed by recipe id) and what was measured
+(`measurements`, keyed by recipe id and protocol id), written atomically after every candidate.
+
+A rerun into the same folder reads it back and reuses exactly what matches: a build whose
+recipe id matches (and whose artifact is still there), a quality measurement whose quality id
+matches, a speed measurement whose speed id matches. Verdicts are never read back: the
+`selection` block is a convenience for readers, recomputed on every run and every `report`.
+A file of an older layout, or of another model, is not resumed, and the run says so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+FORMAT = 2
+
+
+class Store:
+    """The run's results.json, in memory, saved after every change."""
+
+    def __init__(self, out: Path, model_fingerprint: str):
+        self.path = Path(out) / "results.json"
+        self.model = model_fingerprint
+        self.note: str | None = None
+        self.builds: dict[str, dict] = {}
+        self.measurements: list[dict] = []
+        if self.path.exists():
+            self._load_previous()
+
+    def _load_previous(self) -> None:
+        try:
+            doc = json.loads(self.path.read_text())
+        except (OSError, ValueError) as e:
+            self.note = f"results.json unreadable ({type(e).__name__}): not resumed"
+            return
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+            self.note = "results.json has an older layout: not resumed (every candidate is measured anew)"
+        elif doc.get("model_fingerprint") != self.model:
+            self.note = "results.json is of another model: not resumed"
+        else:
+            self.builds = {v["id"]: v["build"] for v in doc.get("variants", []) if v.get("build")}
+            self.measurements = [m for m in doc.get("measurements", []) if isinstance(m, dict)]
+
+    # -------------------------------------------------------------- reuse
+
+    def build_for(self, recipe_id: str) -> dict | None:
+        b = self.builds.get(recipe_id)
+        return b if b and b.get("ok") and b.get("artifact") and Path(b["artifact"]).exists() else None
+
+    def _latest(self, recipe_id: str, key: str, value: str, part: str) -> dict | None:
+        for m in reversed(self.measurements):
+            if m["recipe_id"] == recipe_id and m.get(key) == value and (m.get(part) or {}).get("ok", True) \
+                    and m.get(part) is not None:
+                return m[part]
+        return None
+
+    def quality_for(self, recipe_id: str, quality_id: str) -> dict | None:
+        return self._latest(recipe_id, "quality_id", quality_id, "quality")
+
+    def speed_for(self, recipe_id: str, speed_id: str) -> dict | None:
+        s = self._latest(recipe_id, "speed_id", speed_id, "speed")
+        return s if s and s.get("ok") else None
+
+    # -------------------------------------------------------------- recording
+
+    def record_build(self, recipe_id: str, build: dict) -> None:
+        self.builds[recipe_id] = build
+
+    def record_measurement(self, recipe_id: str, protocol, quality: dict | None, speed: dict | None,
+                           reused: dict) -> dict:
+        m = {"recipe_id": recipe_id, "protocol_id": protocol.id, "quality_id": protocol.quality_id,
+             "speed_id": protocol.speed_id, "quality": quality, "speed": speed, "reused": reused,
+             "at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        self.measurements = [x for x in self.measurements
+                             if not (x["recipe_id"] == recipe_id and x.get("protocol_id") == protocol.id)] + [m]
+        return m
+
+    def save(self, doc: dict) -> None:
+        full = {"format": FORMAT, "model_fingerprint": self.model, **doc, "measurements": self.measurements}
+        tmp = self.path.with_name(f".results.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(full, indent=1, default=str))
+        os.replace(tmp, self.path)
+
+
+__all__ = ["FORMAT", "Store", "rejudge"]
+
+
+def rejudge(doc: dict) -> dict:
+    """A results.json document with its verdicts, Pareto front and recommendation recomputed from
+    the measurements and the budget it records (what `keras-turbo report` renders)."""
+    from keras_turbo.optimize import select
+
+    budget = doc.get("budget") or {}
+    rows = [dict(v) for v in doc.get("variants", [])]
+    by_id = {m["recipe_id"]: m for m in doc.get("measurements", []) if m.get("protocol_id") == (doc.get("protocol") or {}).get("id")}
+    for r in rows:
+        if r.get("ok") and r["id"] in by_id:
+            r["within_budget"], r["verdict"] = select.within_budget(by_id[r["id"]]["quality"], budget)
+    select.pareto(rows, by_agreement=budget.get("min_agreement") is not None)
+    best, met = select.recommend(rows, budget.get("objective", "latency"))
+    return {**doc, "variants": rows, "recommended": best["name"] if best else None, "budget_met": met}

@@ -1,0 +1,187 @@
+"""The optimize engine's seams: recipes as data, a planner without TensorFlow, prefix-cached
+builds (a technique trains once and fails once), and measurements keyed by protocol (a rerun
+reuses what matches, remeasures what does not, and rejudges everything)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from keras_turbo.optimize import OptimizeConfig, optimize
+from keras_turbo.optimize import executor as executor_mod
+from keras_turbo.optimize import plan as planner
+from keras_turbo.optimize.recipe import Recipe, Step
+
+QUICK = dict(min_runs=5, min_seconds=0.05, calibration_size=100, eval_size=200)
+
+
+# ------------------------------------------------------------------ recipes
+
+def test_recipe_id_is_content_and_replays():
+    a = Recipe("fp", (Step("convert", "litert", {"quantize": "int8", "calibration_size": 100}), Step("runtime", "litert")), "int8")
+    b = Recipe("fp", (Step("convert", "litert", {"calibration_size": 100, "quantize": "int8"}), Step("runtime", "litert")), "int8")
+    assert a.id == b.id and a.name == "litert int8"
+    again = Recipe.from_dict(json.loads(json.dumps(a.to_dict())))
+    assert again == a and again.id == a.id
+    assert Recipe("other", a.steps, "int8").id != a.id  # another model, another id
+    assert a.prefix_ids()[0] != a.id and len(a.prefix_ids()) == 1
+    trained = Recipe("fp", (Step("train", "prune", {"sparsity": 0.8}),) + a.steps, "int8")
+    assert trained.name == "prune + litert int8" and trained.prefix_ids()[1] != a.prefix_ids()[0]
+
+
+@pytest.mark.parametrize("steps,match", [
+    ((Step("convert", "litert"),), "ending in a runtime step"),
+    ((Step("runtime", "litert"), Step("runtime", "openvino")), "one runtime step"),
+])
+def test_recipe_rejects_bad_steps(steps, match):
+    with pytest.raises(Exception, match=match):
+        Recipe("fp", steps)
+    with pytest.raises(Exception, match="kind"):
+        Step("bake", "x")
+
+
+# ------------------------------------------------------------------ the planner, pure
+
+PLANNER_CHECKS = textwrap.dedent('''
+    import sys
+    from keras_turbo.optimize import plan as P
+    from keras_turbo.optimize.config import OptimizeConfig
+    from keras_turbo.optimize.recipe import Recipe, Step
+
+    cfg = OptimizeConfig(max_accuracy_drop=1.0)
+    caps = P.MachineCaps(("keras-predict", "tf-function", "tf-xla", "litert", "onnxruntime", "openvino"))
+    info = P.ModelInfo("fp", quantizable=True)
+    first = P.first_plan(info, caps, cfg, has_train=False)
+    names = [r.name for r in first.recipes]
+    assert names[0] == "keras-predict fp32", names
+    assert {"litert fp32", "openvino fp32", "litert fp16", "litert int8", "onnxruntime int8", "litert dynamic"} <= set(names)
+    left = dict(first.left_out)
+    assert set(left) == set(P.TECHNIQUE_SETTINGS), left          # every technique planned or left out
+    assert left["prune"] == "needs --train-data" and "compressed" in left["cluster"]
+    # without litert importable, its candidates go and the reason is stated
+    no_litert = P.first_plan(info, P.MachineCaps(("keras-predict", "openvino")), cfg, False)
+    assert not any(r.backend == "litert" for r in no_litert.recipes) and "litert" in dict(no_litert.left_out)
+
+    def outcome(name, p50, within, ok=True):
+        r = next(r for r in first.recipes if r.name == name)
+        return P.Outcome(r, ok, within, p50)
+
+    # made-up measurements: litert int8 broke the budget but is the fastest of all: repair it;
+    # openvino int8 broke it too but is slower than a variant within budget: leave it
+    outcomes = [outcome("keras-predict fp32", 50.0, True), outcome("litert fp32", 1.0, True),
+                outcome("openvino fp32", 0.9, True), outcome("litert int8", 0.3, False),
+                outcome("openvino int8", 0.95, False), outcome("onnxruntime int8", 0.5, True)]
+    ups = P.follow_ups(info, outcomes, cfg, has_train=True).recipes
+    repairs = [r for r in ups if r.name.endswith("mixed")]
+    assert [r.name for r in repairs] == ["litert int8 mixed"], [r.name for r in ups]
+    assert repairs[0].steps[0].kind == "fallback" and repairs[0].steps[0].config["max_accuracy_drop"] == 1.0
+    trained = [r.name for r in ups if r.techniques]
+    for t in ("structured", "distill", "prune"):      # each followed by the best float and int8 exports
+        assert f"{t} + openvino fp32" in trained and f"{t} + onnxruntime int8" in trained, trained
+    assert "qat + litert int8" in trained
+    assert P.follow_ups(info, outcomes, cfg, has_train=False).recipes == tuple(repairs)
+    # the same plan from the same inputs, always (ids are content)
+    assert [r.id for r in P.first_plan(info, caps, cfg, False).recipes] == [r.id for r in first.recipes]
+    assert "tensorflow" not in sys.modules and "keras" not in sys.modules, "the planner imported TensorFlow"
+    print("planner ok")
+''')
+
+
+def test_planner_runs_without_tensorflow():
+    """In a fresh interpreter: the planner's decisions on made-up measurements, and no TensorFlow."""
+    proc = subprocess.run([sys.executable, "-c", PLANNER_CHECKS], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "planner ok" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_every_registered_technique_is_planned_or_left_out():
+    from keras_turbo.techniques import TECHNIQUES
+
+    assert set(TECHNIQUES) <= set(planner.TECHNIQUE_SETTINGS)
+
+
+# ------------------------------------------------------------------ resume keyed by protocol
+
+@pytest.fixture
+def timing_calls(monkeypatch):
+    """Count the speed measurements the local executor makes."""
+    calls = []
+    real = executor_mod.measure_speed
+
+    def counted(artifact, backend, *a, **k):
+        calls.append(backend)
+        return real(artifact, backend, *a, **k)
+
+    monkeypatch.setattr(executor_mod, "measure_speed", counted)
+    return calls
+
+
+def _run(model, out, data="builtin:digits:test", **kw):
+    cfg = OptimizeConfig(**{"max_accuracy_drop": 1.0, "techniques": ("runtimes",), "runtimes": ("litert", "openvino"),
+                            **QUICK, **kw})
+    return optimize(model, data, None, cfg, out)
+
+
+def test_rerun_reuses_remeasures_and_rejudges_by_protocol(tmp_path, digits_model, timing_calls):
+    model, out = digits_model[0], tmp_path / "o"
+    first = _run(model, out)
+    ids = {v["id"] for v in first.variants}
+    assert len(ids) == 3 and len(timing_calls) == 3 and all(v["ok"] for v in first.variants)
+
+    timing_calls.clear()
+    same = _run(model, out)  # nothing changed: nothing is measured again
+    assert timing_calls == [] and all(v["reused"] == {"build": True, "quality": True, "speed": True} for v in same.variants)
+    assert {v["id"]: v["latency_ms"] for v in same.variants} == {v["id"]: v["latency_ms"] for v in first.variants}
+
+    bigger = _run(model, out, batch_size=4)  # another batch size: speed remeasured, quality reused
+    assert len(timing_calls) == 3 and all(v["reused"]["quality"] and not v["reused"]["speed"] for v in bigger.variants)
+
+    timing_calls.clear()
+    threads = _run(model, out, threads=1)  # another thread count: speed again
+    assert len(timing_calls) == 3 and all(not v["reused"]["speed"] for v in threads.variants)
+
+    timing_calls.clear()
+    strict = _run(model, out, max_accuracy_drop=None, min_agreement=1.0)  # another budget: rejudged only
+    assert timing_calls == [] and all(v["reused"]["quality"] and v["reused"]["speed"] for v in strict.variants)
+    assert {v["verdict"].split()[0] for v in strict.variants} == {"agreement"}
+    assert all("points" in v["verdict"] for v in first.variants)
+
+    other = _run(model, out, data="builtin:digits:val")  # other data: quality remeasured, speed reused
+    assert timing_calls == [] and all(not v["reused"]["quality"] and v["reused"]["speed"] for v in other.variants)
+    assert {v["id"] for v in other.variants} == ids  # the same recipes throughout
+
+
+def test_results_of_the_old_layout_are_not_resumed(tmp_path, digits_model, timing_calls):
+    out = tmp_path / "old"
+    out.mkdir()
+    (out / "results.json").write_text(json.dumps({"model_fingerprint": "x", "variants": [{"name": "litert fp32"}]}))
+    res = _run(digits_model[0], out, runtimes=("litert",))
+    assert "older layout" in res.doc["resume_note"] and len(timing_calls) == 2
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["format"] == 2 and {m["recipe_id"] for m in doc["measurements"]} == {v["id"] for v in res.variants}
+
+
+def test_failing_technique_is_built_once(tmp_path, digits_model, monkeypatch, timing_calls):
+    from keras_turbo.techniques import TECHNIQUES
+    from keras_turbo.techniques.prune import PruneConfig
+
+    calls = []
+
+    def boom(model, config, train, val):
+        calls.append(1)
+        raise RuntimeError("this technique was made to fail\nsecond line")
+
+    monkeypatch.setitem(TECHNIQUES, "boom", (PruneConfig, boom))
+    monkeypatch.setitem(planner.TECHNIQUE_SETTINGS, "boom", {"sparsity": 0.5})
+    monkeypatch.setattr(planner, "EXPORT_FOLLOWED", ("boom",))
+    cfg = OptimizeConfig(max_accuracy_drop=1.0, techniques=("runtimes", "int8", "boom"), runtimes=("litert",), **QUICK)
+    for _ in range(2):  # and a rerun does not try it again
+        res = optimize(digits_model[0], "builtin:digits:test", "builtin:digits:train", cfg, tmp_path / "boom")
+        failed = [v for v in res.variants if v["name"].startswith("boom")]
+        assert len(failed) == 2 and all(not v["ok"] for v in failed)  # followed by the float and the int8 export
+        assert all(v["error"] == "train boom: RuntimeError: this technique was made to fail" for v in failed)
+        assert res.recommended is not None
+    assert calls == [1]

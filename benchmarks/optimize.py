@@ -23,7 +23,8 @@ from _common import RESULTS, WORK, app_model_file, machine_line, write_section  
 os.environ.setdefault("KERAS_TURBO_CACHE", str(WORK / "cache"))
 
 import keras_turbo  # noqa: E402
-from keras_turbo.search import OptimizeConfig, pareto  # noqa: E402
+from keras_turbo.optimize import OptimizeConfig  # noqa: E402
+from keras_turbo.optimize.select import pareto  # noqa: E402
 from keras_turbo.zoo import digits_model_path  # noqa: E402
 
 
@@ -37,7 +38,7 @@ def row(name: str, doc: dict) -> str:
     base = doc["baseline"]
     # the fastest of each precision among the variants within the budget
     f32 = best(vs, lambda v: v["precision"] == "fp32" and v["within_budget"])
-    i8 = best(vs, lambda v: v["precision"] == "int8" and v["within_budget"])
+    i8 = best(vs, lambda v: v["precision"] in ("int8", "dynamic") and v["within_budget"])
     by_agreement = doc["budget"].get("min_agreement") is not None
     rec = next(v for v in vs if v["name"] == doc["recommended"])
     b = base["latency_ms"]["p50"]

@@ -102,6 +102,11 @@ def write_markdown(out, doc: dict) -> str:
                   f"(float {_fmt_acc(h['baseline_accuracy'])}), agreement {_fmt_acc(h['agreement'])}.{verdict}", ""]
     lines += ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
     lines += ["| " + " | ".join(c.replace("|", "/") for c in r) + " |" for r in _rows(doc)]
+    left = (doc.get("plan") or {}).get("left_out") or []
+    if left:
+        lines += ["", "Left out of the plan: " + "; ".join(f"`{x['name']}`: {x['reason']}" for x in left) + "."]
+    if doc.get("resume_note"):
+        lines += ["", f"Note: {doc['resume_note']}."]
     m = doc["machine"]
     lines += ["", f"Machine: {m['cpu']}, {m['usable_cores']} cores, flags: "
               + ", ".join(k for k, v in m["cpu_flags"].items() if v) + f"; GPUs: {', '.join(m['gpus']) or 'none'}."]
@@ -199,6 +204,10 @@ def write_html(out, doc: dict) -> str:
     if doc.get("sensitivity"):
         parts.append("<h2>Per-layer quantization sensitivity</h2><div id='sensitivity-plot'>"
                      + sensitivity_svg(doc["sensitivity"]) + "</div>")
+    left = (doc.get("plan") or {}).get("left_out") or []
+    if left:
+        parts.append("<h2>Left out of the plan</h2><ul id='left-out'>"
+                     + "".join(f"<li><b>{esc(x['name'])}</b>: {esc(x['reason'])}</li>" for x in left) + "</ul>")
     m = doc["machine"]
     parts.append("<h2>Machine</h2><table id='machine'>" + "".join(
         f"<tr><td>{esc(k)}</td><td>{esc(str(v))}</td></tr>" for k, v in [

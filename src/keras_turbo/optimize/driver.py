@@ -169,8 +169,9 @@ def _start(model, data, train_data, cfg, out: Path, ex: Executor, note, unsafe, 
     train, calib, evaluation = _data_refs(data, train_data, cfg, inputs, outputs)
     threads = cfg.threads or default_threads()
     bench = {**BENCH, "min_runs": cfg.min_runs, "min_seconds": cfg.min_seconds}
+    facts = ex.target_machine()  # speed is measured there, so its numbers are keyed by it
     protocol = Protocol(ref.fingerprint(), evaluation.id, cfg.batch_size, threads, tuple(sorted(bench.items())),
-                        machine_key(ex.target_machine()))
+                        machine_key(facts))
     (out / "artifacts").mkdir(parents=True, exist_ok=True)
     store = Store(out, protocol.model)
     # The float model's outputs on the held-out data: the reference every candidate is judged against.
@@ -187,7 +188,7 @@ def _start(model, data, train_data, cfg, out: Path, ex: Executor, note, unsafe, 
     job = {"model_path": str(ref.path), "root": str(out / "artifacts"), "calib": calib, "eval": evaluation,
            "reference": str(reference), "inputs": tuple(inputs), "outputs": tuple(outputs), "train": train,
            "threads": cfg.threads, "unsafe": ref.unsafe, "export_cache": None if cache_dir is None else str(cache_dir),
-           "float_accuracy": float_acc, "samples": len(ds)}
+           "float_accuracy": float_acc, "samples": len(ds), "machine": facts}
     return _Run(cfg, ref, out, store, protocol, job, ex, note)
 
 
@@ -267,8 +268,10 @@ def _doc(run: _Run) -> dict:
     best, met = select.recommend(rows, run.cfg.objective)
     baseline = next((v for v in rows if v["name"] == f"{planner.BASELINE} fp32"), None)
     j = run.job
+    details = [(run.store.builds.get(r["id"]) or {}).get("details") or {} for r in rows if r.get("mixed")]
     return {
-        "model": str(run.ref.path), "machine": run.executor.target_machine(), "executor": run.executor.name,
+        "model": str(run.ref.path), "machine": j["machine"], "executor": run.executor.name,
+        "sensitivity": next((d["sensitivity"] for d in details if d.get("sensitivity")), None),
         "config": run.cfg.to_dict(), "protocol": run.protocol.to_dict(),
         "budget": {**run.cfg.budget(), "objective": run.cfg.objective, "batch_size": run.cfg.batch_size,
                    "threads": run.protocol.threads, "time_budget_s": run.cfg.time_budget_s},

@@ -138,11 +138,13 @@ def measure_speed(artifact: str, backend: str, batch_size: int, threads: int, be
     """Latency, throughput, size and memory through the isolated harness (a fresh process)."""
     from keras_turbo.bench import BenchmarkConfig, benchmark
 
+    t0 = time.time()
     rep = benchmark(artifact, backends=[backend], batch_sizes=[batch_size], threads=threads,
                     config=BenchmarkConfig(**bench), unsafe=unsafe, measure_overhead=False)
     row = rep.results[0]
     keep = ("ok", "error", "latency_ms", "throughput_per_s", "model_bytes", "init_ms", "peak_rss_mb")
-    return {**{k: getattr(row, k) for k in keep}, "node": node_facts(), "machine": rep.machine}
+    return {**{k: getattr(row, k) for k in keep}, "seconds": round(time.time() - t0, 2), "node": node_facts(),
+            "machine": rep.machine}
 
 
 __all__ = ["DataRef", "Protocol", "data_fingerprint", "machine_key", "measure_quality", "measure_speed", "node_facts"]

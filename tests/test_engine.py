@@ -80,9 +80,12 @@ PLANNER_CHECKS = textwrap.dedent('''
     assert [r.name for r in repairs] == ["litert int8 mixed"], [r.name for r in ups]
     assert repairs[0].steps[0].kind == "fallback" and repairs[0].steps[0].config["max_accuracy_drop"] == 1.0
     trained = [r.name for r in ups if r.techniques]
-    for t in ("structured", "distill", "prune"):      # each followed by the best float and int8 exports
-        assert f"{t} + openvino fp32" in trained and f"{t} + onnxruntime int8" in trained, trained
-    assert "qat + litert int8" in trained
+    # the searched techniques start with a probe each (a short fine-tune); QAT has its own export
+    assert trained == ["structured(flops/2) probe", "distill(width:0.5) probe", "prune(80%) probe",
+                       "qat + litert int8"], trained
+    nothing = [P.Outcome(r, True, True, 1.0) for r in ups if r.role == "probe"]  # every probe within budget...
+    again = [r.name for r in P.follow_ups(info, outcomes + nothing, cfg, has_train=True).recipes if r.techniques]
+    assert "structured(flops/4) probe" in again  # ...so each searches stronger settings
     assert P.follow_ups(info, outcomes, cfg, has_train=False).recipes == tuple(repairs)
     # the same plan from the same inputs, always (ids are content)
     assert [r.id for r in P.first_plan(info, caps, cfg, False).recipes] == [r.id for r in first.recipes]
@@ -185,3 +188,52 @@ def test_failing_technique_is_built_once(tmp_path, digits_model, monkeypatch, ti
         assert all(v["error"] == "train boom: RuntimeError: this technique was made to fail" for v in failed)
         assert res.recommended is not None
     assert calls == [1]
+
+
+# ------------------------------------------------------------------ the strength search
+
+def _probe_outcomes(name, within_up_to, seconds=1.0, fp="fp", time_budget_s=1800.0):
+    """Outcomes the planner would see after probing, on a monotone toy: a probe is within the
+    budget iff its grid index is at most `within_up_to`. Returns (probed indexes, chosen index)."""
+    cfg = OptimizeConfig(max_accuracy_drop=1.0, techniques=(name,), time_budget_s=time_budget_s)
+    outcomes, probed = [], []
+    share = planner.time_share(cfg, [name])
+    for _ in range(10):
+        index, chosen = planner.search_point(name, outcomes, cfg, share)
+        if chosen:
+            return probed, index
+        probed.append(index)
+        outcomes.append(planner.Outcome(planner.probe_recipe(fp, name, index), True, index <= within_up_to, None, seconds))
+    raise AssertionError("the search did not finish")
+
+
+@pytest.mark.parametrize("name", sorted(planner.SEARCH))
+def test_strength_search_finds_the_strongest_setting_within_budget(name):
+    grid = planner.SEARCH[name].grid
+    for answer in range(-1, len(grid)):
+        probed, chosen = _probe_outcomes(name, answer)
+        assert chosen == (None if answer < 0 else answer), (answer, probed)
+        assert len(probed) == len(set(probed)) <= 3  # bisection: no point twice, few probes
+
+
+def test_strength_search_respects_its_time_share():
+    cfg = OptimizeConfig(max_accuracy_drop=1.0, techniques=("prune",), time_budget_s=100)
+    share = planner.time_share(cfg, ["prune"])
+    assert share == pytest.approx(60)  # all of the training share: one technique
+    slow = _probe_outcomes("prune", within_up_to=4, seconds=share / 2, time_budget_s=100)  # one probe: half the share
+    assert slow == ([planner.SEARCH["prune"].start], planner.SEARCH["prune"].start)
+
+
+def test_search_plans_probes_then_the_full_fine_tune_with_exports():
+    cfg = OptimizeConfig(max_accuracy_drop=1.0, techniques=("runtimes", "int8", "prune"))
+    info = planner.ModelInfo("fp")
+    first = planner.first_plan(info, planner.MachineCaps(("keras-predict", "litert")), cfg, has_train=True)
+    assert any("prune: strength search over sparsity" in n for n in first.notes)
+    base = [planner.Outcome(r, True, True, 1.0 if r.precision == "fp32" else 0.5) for r in first.recipes]
+    ups = planner.follow_ups(info, base, cfg, has_train=True).recipes
+    assert [r.name for r in ups] == ["prune(80%) probe"] and ups[0].role == "probe"
+    assert ups[0].steps[0].config == {"sparsity": 0.8, "epochs": 4}  # the short fine-tune at the start point
+    done = base + [planner.Outcome(planner.probe_recipe("fp", "prune", i), True, i <= 3, None, 1.0) for i in (2, 3, 4)]
+    final = planner.follow_ups(info, done, cfg, has_train=True).recipes
+    assert {r.name for r in final} == {"prune(90%) + litert fp32", "prune(90%) + litert int8"}
+    assert all(r.steps[0].config == {"sparsity": 0.9, "epochs": 12} for r in final)

@@ -98,12 +98,13 @@ def optimize(model, data, train_data=None, config: OptimizeConfig | None = None,
         info = planner.ModelInfo(run.store.model, _quantizable(run.ref))
         has_train = run.job["train"] is not None
         first = planner.first_plan(info, machine_caps(), cfg, has_train)
-        run.job["left_out"] = first.left_out
+        run.job["left_out"], run.job["plan_notes"] = first.left_out, first.notes
         wave = list(first.recipes)
         while wave:
             _run_wave(run, wave)
             outcomes = [planner.Outcome(run.recipes[i], r.get("ok", False), bool(r.get("within_budget")),
-                                        (r.get("latency_ms") or {}).get("p50")) for i, r in run.rows.items()]
+                                        (r.get("latency_ms") or {}).get("p50"), r.get("build_s") or 0.0)
+                        for i, r in run.rows.items()]
             wave = [r for r in planner.follow_ups(info, outcomes, cfg, has_train).recipes if r.id not in run.recipes]
         return _finish(run)
     finally:
@@ -130,9 +131,11 @@ def machine_caps() -> planner.MachineCaps:
     return planner.MachineCaps(usable)
 
 
-def _data_refs(data, train_data, cfg: OptimizeConfig, inputs, outputs):
-    """(train, calibration, evaluation) DataRefs: with train data, calibration comes from it;
-    without, a seeded part of the held-out data is set apart for it and judged on the rest."""
+def _data_refs(data, train_data, cfg: OptimizeConfig, inputs, outputs) -> dict:
+    """The DataRefs of a run: "eval" (judged on), "calib" (int8 calibration), and with train data
+    "train", plus "val" (a seeded 15% of it the strength search judges probes on) and
+    "probe_train" (the rest, what probes train on). Without train data, a seeded part of the
+    held-out data is set apart for calibration and judged on the rest."""
     from keras_turbo.data import load_data
 
     if data is None:
@@ -146,77 +149,97 @@ def _data_refs(data, train_data, cfg: OptimizeConfig, inputs, outputs):
         raise KerasTurboError("--max-accuracy-drop needs labelled --data; use --min-agreement for unlabelled data")
     eval_fp = data_fingerprint(str(data))
     if train_data is not None:
-        load_data(str(train_data), inputs, outputs, default_split="train", arg="--train-data")  # fail now, not in a worker
-        train = DataRef(str(train_data), "train", arg="--train-data", fingerprint=data_fingerprint(str(train_data)))
-        return train, train, DataRef(str(data), "test", take=cfg.eval_size, fingerprint=eval_fp)
+        n = len(load_data(str(train_data), inputs, outputs, default_split="train", arg="--train-data"))  # fail now
+        spec, fp, kv = str(train_data), data_fingerprint(str(train_data)), max(1, int(0.15 * n))
+        train = DataRef(spec, "train", arg="--train-data", fingerprint=fp)
+        return {"train": train, "calib": train, "eval": DataRef(str(data), "test", take=cfg.eval_size, fingerprint=eval_fp),
+                "val": DataRef(spec, "train", part="head", k=kv, take=cfg.eval_size, arg="--train-data", fingerprint=fp),
+                "probe_train": DataRef(spec, "train", part="tail", k=kv, arg="--train-data", fingerprint=fp)}
     n = len(full)
     k = min(cfg.calibration_size, n // 3) if n >= 6 else 0
     if not k:
         ref = DataRef(str(data), "test", take=cfg.eval_size, fingerprint=eval_fp)
-        return None, ref, ref
-    calib = DataRef(str(data), "test", part="calib", k=k, fingerprint=eval_fp)
-    return None, calib, DataRef(str(data), "test", part="eval", k=k, take=cfg.eval_size, fingerprint=eval_fp)
+        return {"train": None, "calib": ref, "eval": ref}
+    return {"train": None, "calib": DataRef(str(data), "test", part="head", k=k, labels=False, fingerprint=eval_fp),
+            "eval": DataRef(str(data), "test", part="tail", k=k, take=cfg.eval_size, fingerprint=eval_fp)}
+
+
+def _reference(ref, data: DataRef, inputs, outputs, path: Path, threads):
+    """The float model's outputs on `data` (what every candidate is judged against), saved once;
+    returns them with the data's labels."""
+    from keras_turbo.api import load
+
+    ds = data.load(inputs, outputs)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        out = load(ref, backend="tf-function", threads=threads).predict(list(ds.x), batch_size=64)
+        np.savez(path, out=out[0] if isinstance(out, list) else out)
+    return np.load(path)["out"], ds
 
 
 def _start(model, data, train_data, cfg, out: Path, ex: Executor, note, unsafe, cache_dir) -> _Run:
-    from keras_turbo.api import as_ref, io_specs, load
+    from keras_turbo import quality
+    from keras_turbo.api import as_ref, io_specs
     from keras_turbo.machine import default_threads
 
     ref = as_ref(model, unsafe=unsafe, cache_dir=cache_dir)
     if not ref.is_keras:
         raise KerasTurboError(f"{ref.path}: optimize starts from a Keras model (.keras, .h5, SavedModel), not a .{ref.format} artifact")
     inputs, outputs = io_specs(ref)
-    train, calib, evaluation = _data_refs(data, train_data, cfg, inputs, outputs)
-    threads = cfg.threads or default_threads()
+    refs = _data_refs(data, train_data, cfg, inputs, outputs)
     bench = {**BENCH, "min_runs": cfg.min_runs, "min_seconds": cfg.min_seconds}
     facts = ex.target_machine()  # speed is measured there, so its numbers are keyed by it
-    protocol = Protocol(ref.fingerprint(), evaluation.id, cfg.batch_size, threads, tuple(sorted(bench.items())),
-                        machine_key(facts))
+    protocol = Protocol(ref.fingerprint(), refs["eval"].id, cfg.batch_size, cfg.threads or default_threads(),
+                        tuple(sorted(bench.items())), machine_key(facts))
     (out / "artifacts").mkdir(parents=True, exist_ok=True)
     store = Store(out, protocol.model)
-    # The float model's outputs on the held-out data: the reference every candidate is judged against.
-    ds = evaluation.load(inputs, outputs)
-    reference = out / "reference" / f"{protocol.quality_id}.npz"
-    if not reference.exists():
-        reference.parent.mkdir(parents=True, exist_ok=True)
-        p = load(ref, backend="tf-function", threads=cfg.threads)
-        ref_out = p.predict(list(ds.x), batch_size=64)
-        np.savez(reference, out=ref_out[0] if isinstance(ref_out, list) else ref_out)
-    from keras_turbo import quality
-
-    float_acc = quality.accuracy(np.load(reference)["out"], ds.y)
-    job = {"model_path": str(ref.path), "root": str(out / "artifacts"), "calib": calib, "eval": evaluation,
-           "reference": str(reference), "inputs": tuple(inputs), "outputs": tuple(outputs), "train": train,
+    ref_out, ds = _reference(ref, refs["eval"], inputs, outputs, out / "reference" / f"{protocol.quality_id}.npz", cfg.threads)
+    if refs["train"] is not None:
+        val_id = protocol.quality_id_for(refs["val"].id)
+        _reference(ref, refs["val"], inputs, outputs, out / "reference" / f"{val_id}.npz", cfg.threads)
+    job = {"model_path": str(ref.path), "root": str(out / "artifacts"), "inputs": tuple(inputs), "outputs": tuple(outputs),
            "threads": cfg.threads, "unsafe": ref.unsafe, "export_cache": None if cache_dir is None else str(cache_dir),
-           "float_accuracy": float_acc, "samples": len(ds), "machine": facts}
+           "float_accuracy": quality.accuracy(ref_out, ds.y), "samples": len(ds), "machine": facts, **refs}
     return _Run(cfg, ref, out, store, protocol, job, ex, note)
 
 
 # ------------------------------------------------------------------ one wave of recipes
 
-_JOB_FIELDS = ("model_path", "root", "calib", "eval", "reference", "inputs", "outputs", "train", "threads", "unsafe",
-               "export_cache")
+_SHARED = ("model_path", "root", "calib", "inputs", "outputs", "threads", "unsafe", "export_cache")
+
+
+def _job(run: _Run, r: Recipe, evaluate: bool) -> BuildJob:
+    """A probe trains on the train data less the validation split and is judged on that split;
+    a variant trains on all of it and is judged on the held-out data."""
+    probe = r.role == "probe"
+    data, qid = ("val", _qid(run, r)) if probe else ("eval", run.protocol.quality_id)
+    return BuildJob(r, **{k: run.job[k] for k in _SHARED}, eval=run.job[data], train=run.job["probe_train" if probe else "train"],
+                    reference=str(run.out / "reference" / f"{qid}.npz"), evaluate=evaluate)
+
+
+def _qid(run: _Run, r: Recipe) -> str:
+    return run.protocol.quality_id_for(run.job["val"].id) if r.role == "probe" else run.protocol.quality_id
 
 
 def _run_wave(run: _Run, recipes: list[Recipe]) -> None:
     """Build and judge the wave (in parallel where the executor can), then time each variant,
-    one at a time. What the store already holds for this protocol is reused."""
-    qid, sid = run.protocol.quality_id, run.protocol.speed_id
+    one at a time (probes are judged, never timed). What the store holds for this protocol is reused."""
+    sid = run.protocol.speed_id
     jobs, built = [], []
     run.total += len(recipes)
     for r in recipes:
         run.recipes[r.id] = r
-        known_q, known_b = run.store.quality_for(r.id, qid), run.store.build_for(r.id)
+        known_q, known_b = run.store.quality_for(r.id, _qid(run, r)), run.store.build_for(r.id)
         if known_b and known_q:
             built.append((r, known_b, known_q, {"build": True, "quality": True}))
         elif run.time_left() <= 0:
             run.rows[r.id] = {**_base_row(r), "skipped": True, "error": "skipped: the time budget ran out before it started"}
         else:
-            jobs.append(BuildJob(r, **{k: run.job[k] for k in _JOB_FIELDS}, evaluate=known_q is None))
+            jobs.append(_job(run, r, evaluate=known_q is None))
     for res in run.executor.builds(jobs):
         r = run.recipes[res["recipe_id"]]
         run.store.record_build(r.id, res)
-        q = res.get("quality") or run.store.quality_for(r.id, qid)
+        q = res.get("quality") or run.store.quality_for(r.id, _qid(run, r))
         run.note(f"built {r.name}", len(run.rows), run.total, run.time_left())
         if res["ok"]:
             cached = all(st.get("cached") for st in res.get("steps", []))
@@ -225,23 +248,37 @@ def _run_wave(run: _Run, recipes: list[Recipe]) -> None:
             run.rows[r.id] = {**_base_row(r), "error": res["error"], "build": res}
             _save(run)
     for r, b, q, reused in built:
-        s = run.store.speed_for(r.id, sid)
-        s_reused = s is not None
-        if s is None and run.time_left() <= 0:
-            run.rows[r.id] = {**_base_row(r), "skipped": True, "error": "skipped: the time budget ran out before it was timed"}
-            continue
-        if s is None:
-            run.note(f"timing {r.name}", len(run.rows), run.total, run.time_left())
-            s = run.executor.time(b["artifact"], r.backend, run.cfg.batch_size, run.protocol.threads,
-                                  dict(run.protocol.bench), run.job["unsafe"])
-        reused = {**reused, "speed": s_reused}
-        run.store.record_measurement(r.id, run.protocol, q, s, reused)
-        run.rows[r.id] = {**_row(r, b, q, s, run.cfg), "reused": reused}
+        run.rows[r.id] = _probe_row(run, r, b, q, reused) if r.role == "probe" else _timed_row(run, r, b, q, reused)
         _save(run)
 
 
+def _probe_row(run: _Run, r: Recipe, b: dict, q: dict, reused: dict) -> dict:
+    run.store.record_measurement(r.id, run.protocol, q, None, reused, quality_id=_qid(run, r))
+    within, why = select.within_budget(q, run.cfg.budget())
+    return {**_base_row(r), "ok": True, "label": r.label, "build_s": _build_seconds(b),
+            **{k: q.get(k) for k in ("accuracy", "accuracy_drop", "top1_agreement")},
+            "within_budget": within, "verdict": f"{why} (validation split, short fine-tune)", "reused": reused}
+
+
+def _timed_row(run: _Run, r: Recipe, b: dict, q: dict, reused: dict) -> dict:
+    s = run.store.speed_for(r.id, run.protocol.speed_id)
+    reused = {**reused, "speed": s is not None}
+    if s is None and run.time_left() <= 0:
+        return {**_base_row(r), "skipped": True, "error": "skipped: the time budget ran out before it was timed"}
+    if s is None:
+        run.note(f"timing {r.name}", len(run.rows), run.total, run.time_left())
+        s = run.executor.time(b["artifact"], r.backend, run.cfg.batch_size, run.protocol.threads,
+                              dict(run.protocol.bench), run.job["unsafe"])
+    run.store.record_measurement(r.id, run.protocol, q, s, reused)
+    return {**_row(r, b, q, s, run.cfg), "reused": reused}
+
+
+def _build_seconds(build: dict) -> float:
+    return round(sum(st.get("seconds") or 0 for st in build.get("steps", []) if not st.get("cached")), 2)
+
+
 def _base_row(r: Recipe) -> dict:
-    return {"id": r.id, "name": r.name, "backend": r.backend, "precision": r.precision, "techniques": list(r.techniques),
+    return {"id": r.id, "name": r.name, "role": r.role, "backend": r.backend, "precision": r.precision, "techniques": list(r.techniques),
             "mixed": any(s.kind == "fallback" for s in r.steps), "steps": [s.to_dict() for s in r.steps], "ok": False,
             "error": None}
 
@@ -249,7 +286,7 @@ def _base_row(r: Recipe) -> dict:
 def _row(r: Recipe, build: dict, q: dict, s: dict, cfg: OptimizeConfig) -> dict:
     """One variant as the report and the selection see it: what made it, what it measured, and
     the verdict under the current budget."""
-    row = {**_base_row(r), "artifact": build["artifact"], "build_s": sum(st.get("seconds") or 0 for st in build.get("steps", []))}
+    row = {**_base_row(r), "artifact": build["artifact"], "label": r.label, "build_s": _build_seconds(build)}
     details = build.get("details") or {}
     row.update(kept_float=details.get("kept_float"), technique_report=details.get("report"))
     if not s.get("ok"):
@@ -263,7 +300,8 @@ def _row(r: Recipe, build: dict, q: dict, s: dict, cfg: OptimizeConfig) -> dict:
 # ------------------------------------------------------------------ results
 
 def _doc(run: _Run) -> dict:
-    rows = list(run.rows.values())
+    rows = [r for r in run.rows.values() if r.get("role") != "probe"]
+    probes = [r for r in run.rows.values() if r.get("role") == "probe"]
     select.pareto(rows, by_agreement=run.cfg.min_agreement is not None)
     best, met = select.recommend(rows, run.cfg.objective)
     baseline = next((v for v in rows if v["name"] == f"{planner.BASELINE} fp32"), None)
@@ -278,7 +316,9 @@ def _doc(run: _Run) -> dict:
         "data": {"eval": j["eval"].spec, "eval_samples": j["samples"], "train": j["train"].spec if j["train"] else None,
                  "calibration": f"{j['calib'].spec} ({j['calib'].part})"},
         "float_accuracy": j["float_accuracy"], "resume_note": run.store.note,
-        "plan": {"left_out": [{"name": n, "reason": why} for n, why in j.get("left_out", ())]},
+        "plan": {"left_out": [{"name": n, "reason": why} for n, why in j.get("left_out", ())],
+                 "notes": list(j.get("plan_notes", ()))},
+        "search": probes,
         "variants": rows, "baseline": baseline, "recommended": best["name"] if best else None, "budget_met": met,
         "selection_note": "within_budget, pareto and recommended are recomputed from the measurements and the "
                           "current budget on every run; they are never read back",
@@ -288,7 +328,8 @@ def _doc(run: _Run) -> dict:
 
 def _save(run: _Run) -> dict:
     doc = _doc(run)
-    run.store.save({**doc, "variants": [{**r, "build": run.store.builds.get(r["id"])} for r in doc["variants"]]})
+    with_builds = lambda rows: [{**r, "build": run.store.builds.get(r["id"])} for r in rows]  # noqa: E731
+    run.store.save({**doc, "variants": with_builds(doc["variants"]), "search": with_builds(doc["search"])})
     return doc
 
 

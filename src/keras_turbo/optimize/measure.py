@@ -39,15 +39,18 @@ def data_fingerprint(spec: str) -> str:
 class DataRef:
     """A picklable reference to data a worker loads itself (no arrays travel with a job).
 
-    `part` selects a seeded split of the set: "calib" (the first `k` samples of a permutation with
-    seed 0, labels dropped: set apart for int8 calibration), "eval" (the rest), or "all"; then at
-    most `take` samples (seeded)."""
+    `part` selects a seeded split of the set: "head" (the first `k` samples of a permutation with
+    seed 0), "tail" (the rest) or "all"; `labels=False` drops the labels (calibration needs none);
+    then at most `take` samples (seeded). Without train data, the head of the held-out set is set
+    apart for int8 calibration and the tail judged; with it, the head of the train set is the
+    validation split the technique search judges its probes on, and the tail is trained on."""
 
     spec: str
     default_split: str = "test"
     part: str = "all"
     k: int = 0
     take: int | None = None
+    labels: bool = True
     arg: str = "--data"
     fingerprint: str = ""
 
@@ -61,9 +64,10 @@ class DataRef:
         ds = load_data(self.spec, inputs, outputs, default_split=self.default_split, arg=self.arg)
         if self.part != "all":
             idx = np.random.default_rng(0).permutation(len(ds))
-            sel = idx[:self.k] if self.part == "calib" else idx[self.k:]
-            y = None if self.part == "calib" or ds.y is None else ds.y[sel]
-            ds = Dataset(tuple(a[sel] for a in ds.x), y, ds.source)
+            sel = idx[:self.k] if self.part == "head" else idx[self.k:]
+            ds = Dataset(tuple(a[sel] for a in ds.x), None if ds.y is None else ds.y[sel], ds.source)
+        if not self.labels:
+            ds = Dataset(ds.x, None, ds.source)
         return ds.take(self.take, 0) if self.take else ds
 
 
@@ -80,7 +84,11 @@ class Protocol:
 
     @property
     def quality_id(self) -> str:
-        return _hash({"model": self.model, "eval": self.eval_data})
+        return self.quality_id_for(self.eval_data)
+
+    def quality_id_for(self, data_id: str) -> str:
+        """The quality id of a judgement on other data (the strength search's validation split)."""
+        return _hash({"model": self.model, "eval": data_id})
 
     @property
     def speed_id(self) -> str:

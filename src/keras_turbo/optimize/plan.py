@@ -24,13 +24,41 @@ CONVERSIONS = (("litert", "fp16", "fp16"), ("openvino", "fp16", "fp16"),
                ("litert", "dynamic", "int8"), ("onnx", "dynamic", "int8"))
 BASELINE = "keras-predict"
 
-#: the training techniques optimize runs, with the settings it runs them at (sized so each costs
-#: minutes, not hours, on a small model; the standalone commands take any settings). None: left out,
-#: with the reason in LEFT_OUT.
+@dataclass(frozen=True)
+class Knob:
+    """A technique's strength setting and how the search walks it: `grid` from weakest to
+    strongest, `start` the index probed first, `proxy` the short fine-tune a probe trains with,
+    `full` the settings of the one full fine-tune of the chosen point."""
+
+    setting: str
+    grid: tuple
+    start: int
+    proxy: dict
+    full: dict
+
+    def label(self, value) -> str:
+        if self.setting == "target_flops_reduction":
+            return f"flops/{value:g}"
+        return f"{value:.0%}" if self.setting == "sparsity" else str(value)
+
+
+#: the strength search per technique (structured pruning over the FLOPs reduction, distillation
+#: over the student width, magnitude pruning over sparsity); stronger is faster or smaller
+SEARCH: dict[str, Knob] = {
+    "structured": Knob("target_flops_reduction", (1.5, 2.0, 3.0, 4.0, 6.0), 1,
+                       {"epochs": 6, "distill": True}, {"epochs": 20, "distill": True}),
+    "distill": Knob("student", ("width:0.75", "width:0.5", "width:0.35", "width:0.25"), 1, {"epochs": 12}, {"epochs": 40}),
+    "prune": Knob("sparsity", (0.5, 0.7, 0.8, 0.9, 0.95), 2, {"epochs": 4}, {"epochs": 12}),
+}
+#: the share of --time-budget the training techniques may take together (split evenly; the probes
+#: of one technique stop at half of its share, leaving the rest for its full fine-tune)
+TRAIN_SHARE = 0.6
+
+#: the training techniques optimize runs, with the settings it runs them at (the searched ones at
+#: their starting point; sized so each costs minutes, not hours, on a small model). None: left
+#: out, with the reason in LEFT_OUT.
 TECHNIQUE_SETTINGS: dict[str, dict | None] = {
-    "structured": {"target_flops_reduction": 2.0, "epochs": 20, "distill": True},
-    "distill": {"student": "width:0.5", "epochs": 40},
-    "prune": {"sparsity": 0.8, "epochs": 12},
+    **{name: {k.setting: k.grid[k.start], **k.full} for name, k in SEARCH.items()},
     "qat": {"epochs": 5},
     "cluster": None,
 }
@@ -69,12 +97,14 @@ class Outcome:
     ok: bool
     within: bool = False
     p50_ms: float | None = None
+    seconds: float = 0.0  # what building it cost (the search's time share counts these)
 
 
 @dataclass(frozen=True)
 class Plan:
     recipes: tuple[Recipe, ...]
     left_out: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+    notes: tuple[str, ...] = ()
 
 
 def runtime_recipe(model: str, backend: str, convert_to: str | None, precision: str = "fp32",
@@ -109,7 +139,19 @@ def first_plan(model: ModelInfo, caps: MachineCaps, cfg, has_train: bool) -> Pla
         if cfg.wants(family) and BACKEND_OF[to] in usable and (not cfg.runtimes or BACKEND_OF[to] in cfg.runtimes):
             recipes.append(conversion_recipe(fp, to, mode, mode, cfg.calibration_size))
     left += _technique_reasons(model, cfg, has_train)
-    return Plan(tuple(recipes), tuple(left))
+    planned = [n for n in searched(cfg) if n not in dict(left)] if has_train else []
+    notes = tuple(f"{n}: strength search over {SEARCH[n].setting} {list(SEARCH[n].grid)}, at most "
+                  f"{time_share(cfg, planned):.0f} s of the time budget" for n in planned)
+    return Plan(tuple(recipes), tuple(left), notes)
+
+
+def searched(cfg) -> list[str]:
+    return [n for n in SEARCH if cfg.wants(n) and TECHNIQUE_SETTINGS.get(n) is not None]
+
+
+def time_share(cfg, techniques) -> float:
+    """Seconds of --time-budget one searched technique may take (probes and full fine-tune)."""
+    return cfg.time_budget_s * TRAIN_SHARE / max(1, len(techniques))
 
 
 def _technique_reasons(model: ModelInfo, cfg, has_train: bool) -> list[tuple[str, str]]:
@@ -127,7 +169,13 @@ def _technique_reasons(model: ModelInfo, cfg, has_train: bool) -> list[tuple[str
 
 
 def _is_plain_conversion(r: Recipe) -> bool:
-    return not r.techniques and not any(s.kind == "fallback" for s in r.steps)
+    return r.role == "variant" and not r.techniques and not any(s.kind == "fallback" for s in r.steps)
+
+
+def _is_converted(r: Recipe) -> bool:
+    """A (possibly trained) model converted and run: no fallback yet, no QAT export."""
+    return (r.role == "variant" and not any(s.kind == "fallback" for s in r.steps) and len(r.steps) >= 2
+            and r.steps[-2].kind == "convert" and not r.steps[-2].config.get("qat"))
 
 
 def _fastest(outcomes, pred) -> Outcome | None:
@@ -136,8 +184,9 @@ def _fastest(outcomes, pred) -> Outcome | None:
 
 
 def repairs(model: ModelInfo, outcomes: list[Outcome], cfg) -> list[Recipe]:
-    """A mixed-precision repair for each plain int8 path that broke the budget, where it could pay:
-    it was faster than its own runtime's float variant and than the best variant within budget."""
+    """A mixed-precision repair for each int8 path (of the model, or of a trained variant) that
+    broke the budget, where it could pay: it was faster than its own runtime's float variant and
+    than the best variant within budget."""
     if not (cfg.wants("fallback") and cfg.wants("int8")):
         return []
     best = _fastest(outcomes, lambda o: o.within)
@@ -145,17 +194,17 @@ def repairs(model: ModelInfo, outcomes: list[Outcome], cfg) -> list[Recipe]:
     for o in outcomes:
         r = o.recipe
         conv = r.steps[-2] if len(r.steps) >= 2 else None
-        if not (o.ok and not o.within and _is_plain_conversion(r) and conv and conv.kind == "convert"
-                and conv.config.get("quantize") == "int8"):
+        if not (o.ok and not o.within and _is_converted(r) and conv.config.get("quantize") == "int8"):
             continue
         own_float = _fastest(outcomes, lambda f: f.recipe.precision == "fp32" and f.recipe.backend == r.backend
-                             and _is_plain_conversion(f.recipe))
+                             and f.recipe.techniques == r.techniques and _is_converted(f.recipe))
         if (own_float and o.p50_ms >= own_float.p50_ms) or (best and o.p50_ms >= best.p50_ms):
             continue
         budget = {"max_accuracy_drop": cfg.max_accuracy_drop, "min_agreement": cfg.min_agreement,
                   "eval_size": min(cfg.eval_size, 500)}
         step = Step("fallback", conv.name, {"quantize": "int8", "calibration_size": cfg.calibration_size, **budget})
-        out.append(Recipe(model.fingerprint, (step, Step("runtime", r.backend)), "int8"))
+        prefix = r.steps[:-2]  # the trained model, if any, is what gets repaired
+        out.append(Recipe(model.fingerprint, prefix + (step, Step("runtime", r.backend)), "int8", r.label))
     return out
 
 
@@ -170,17 +219,68 @@ def best_exports(outcomes: list[Outcome]) -> list[Recipe]:
     return [p.recipe for p in picks if p is not None]
 
 
+def _trained(name: str, settings: dict) -> tuple[Step, ...]:
+    return (Step("train", name, settings),)
+
+
+def probe_recipe(model: str, name: str, index: int) -> Recipe:
+    k = SEARCH[name]
+    value = k.grid[index]
+    return Recipe(model, _trained(name, {k.setting: value, **k.proxy}) + (Step("runtime", "tf-function"),), "fp32",
+                  k.label(value), role="probe")
+
+
+def search_point(name: str, outcomes: list[Outcome], cfg, share: float) -> tuple[int | None, bool]:
+    """Bisection over the technique's grid on the probes measured so far: (the next index to
+    probe, False), or (the chosen index: the strongest within the budget, True) once the bracket
+    is closed or half the time share is spent. Assumes accuracy falls as strength rises."""
+    k = SEARCH[name]
+    probes = {}
+    for o in outcomes:
+        r = o.recipe
+        if r.role == "probe" and r.techniques == (name,):
+            probes[k.grid.index(r.steps[0].config[k.setting])] = o
+    good = [i for i, o in probes.items() if o.ok and o.within]
+    bad = [i for i, o in probes.items() if not (o.ok and o.within)]
+    lo = max(good) if good else None
+    hi = min((i for i in bad if lo is None or i > lo), default=None)
+    spent = sum(o.seconds for o in probes.values())
+    if not probes:
+        return k.start, False
+    if spent >= share / 2:
+        return lo, True
+    if lo is None:
+        nxt = (hi - 1) // 2 if hi else None  # everything probed so far failed: weaker
+        return (nxt, False) if nxt is not None and nxt not in probes else (None, True)
+    top = len(k.grid) if hi is None else hi
+    if top - lo <= 1:
+        return lo, True
+    return (lo + top) // 2, False
+
+
 def technique_recipes(model: ModelInfo, outcomes: list[Outcome], cfg, has_train: bool) -> list[Recipe]:
-    """Each training technique followed by the best exports; QAT with its own int8 export."""
+    """Each training technique, at the strength its search chose (or its fixed setting), followed
+    by the best exports; probes while a search is open; QAT with its own int8 export."""
     if not has_train:
         return []
     out = []
+    share = time_share(cfg, searched(cfg))
     for name in EXPORT_FOLLOWED:
         if not cfg.wants(name) or TECHNIQUE_SETTINGS.get(name) is None:
             continue
-        train = (Step("train", name, TECHNIQUE_SETTINGS[name]),)
+        if name in SEARCH:
+            index, chosen = search_point(name, outcomes, cfg, share)
+            if not chosen:
+                out.append(probe_recipe(model.fingerprint, name, index))
+                continue
+            if index is None:
+                continue  # no strength met the budget even at the weakest setting (the probes say so)
+            k = SEARCH[name]
+            train, label = _trained(name, {k.setting: k.grid[index], **k.full}), k.label(k.grid[index])
+        else:
+            train, label = _trained(name, TECHNIQUE_SETTINGS[name]), ""
         for export in best_exports(outcomes):
-            out.append(Recipe(model.fingerprint, train + export.steps, export.precision))
+            out.append(Recipe(model.fingerprint, train + export.steps, export.precision, label))
     if cfg.wants("qat") and model.quantizable:
         qat = Step("train", "qat", {**TECHNIQUE_SETTINGS["qat"], "calibration_size": cfg.calibration_size})
         conv = Step("convert", "litert", {"quantize": "int8", "qat": True, "calibration_size": cfg.calibration_size})
@@ -194,5 +294,6 @@ def follow_ups(model: ModelInfo, outcomes: list[Outcome], cfg, has_train: bool) 
     return Plan(tuple(repairs(model, outcomes, cfg) + technique_recipes(model, outcomes, cfg, has_train)))
 
 
-__all__ = ["BASELINE", "CONVERSIONS", "FLOAT_RUNTIMES", "LEFT_OUT", "TECHNIQUE_SETTINGS", "MachineCaps", "ModelInfo",
-           "Outcome", "Plan", "best_exports", "first_plan", "follow_ups", "repairs", "technique_recipes"]
+__all__ = ["BASELINE", "CONVERSIONS", "FLOAT_RUNTIMES", "LEFT_OUT", "SEARCH", "TECHNIQUE_SETTINGS", "Knob", "MachineCaps",
+           "ModelInfo", "Outcome", "Plan", "best_exports", "first_plan", "follow_ups", "probe_recipe", "repairs",
+           "search_point", "technique_recipes"]

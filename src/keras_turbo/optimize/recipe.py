@@ -64,7 +64,8 @@ class Recipe:
     model: str  # the model's content fingerprint
     steps: tuple[Step, ...]
     precision: str = "fp32"
-    label: str = ""  # an optional tag that tells apart settings of one technique (e.g. "s=0.8")
+    label: str = ""  # an optional tag that tells apart settings of one technique (e.g. "80%")
+    role: str = "variant"  # or "probe": a short fine-tune the strength search judges, never deployed
 
     def __post_init__(self):
         steps = tuple(s if isinstance(s, Step) else Step.from_dict(s) for s in self.steps)
@@ -73,10 +74,12 @@ class Recipe:
         if any(s.kind == "runtime" for s in steps[:-1]):
             raise bad_param("steps", "one runtime step, the last", [s.kind for s in steps])
         object.__setattr__(self, "steps", steps)
+        if self.role not in ("variant", "probe"):
+            raise bad_param("role", '"variant" or "probe"', self.role)
 
     @property
     def id(self) -> str:
-        return prefix_id(self.model, self.steps)
+        return prefix_id(self.model, self.steps) if self.role == "variant" else prefix_id(self.model, self.steps + ("probe",))
 
     def prefix_ids(self) -> list[str]:
         """The id of every prefix that makes an artifact (all steps but the runtime), shortest first."""
@@ -95,20 +98,23 @@ class Recipe:
         """A display name derived from the steps: "structured + litert int8 mixed"."""
         train = [s.name + (f"({self.label})" if self.label else "") for s in self.steps if s.kind == "train"]
         mixed = any(s.kind == "fallback" for s in self.steps)
+        if self.role == "probe":
+            return " + ".join(train) + " probe"
         return " + ".join(train + [f"{self.backend} {self.precision}" + (" mixed" if mixed else "")])
 
     def to_dict(self) -> dict:
         return {"id": self.id, "name": self.name, "model": self.model, "precision": self.precision,
-                "label": self.label, "steps": [s.to_dict() for s in self.steps]}
+                "label": self.label, "role": self.role, "steps": [s.to_dict() for s in self.steps]}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Recipe":
-        return cls(d["model"], tuple(Step.from_dict(s) for s in d["steps"]), d.get("precision", "fp32"), d.get("label", ""))
+        return cls(d["model"], tuple(Step.from_dict(s) for s in d["steps"]), d.get("precision", "fp32"), d.get("label", ""),
+                   d.get("role", "variant"))
 
 
 def prefix_id(model: str, steps) -> str:
     """The content id of the model followed by `steps` (a prefix of a recipe or a whole one)."""
-    doc = {"model": model, "steps": [s.to_dict() if isinstance(s, Step) else s for s in steps]}
+    doc = {"model": model, "steps": [s.to_dict() if isinstance(s, Step) else s for s in steps]}  # (a str marks a role)
     return hashlib.sha256(_canonical(doc).encode()).hexdigest()[:16]
 
 

@@ -41,7 +41,7 @@ class Store:
         elif doc.get("model_fingerprint") != self.model:
             self.note = "results.json is of another model: not resumed"
         else:
-            self.builds = {v["id"]: v["build"] for v in doc.get("variants", []) if v.get("build")}
+            self.builds = {v["id"]: v["build"] for v in doc.get("variants", []) + doc.get("search", []) if v.get("build")}
             self.measurements = [m for m in doc.get("measurements", []) if isinstance(m, dict)]
 
     # -------------------------------------------------------------- reuse
@@ -70,8 +70,8 @@ class Store:
         self.builds[recipe_id] = build
 
     def record_measurement(self, recipe_id: str, protocol, quality: dict | None, speed: dict | None,
-                           reused: dict) -> dict:
-        m = {"recipe_id": recipe_id, "protocol_id": protocol.id, "quality_id": protocol.quality_id,
+                           reused: dict, quality_id: str | None = None) -> dict:
+        m = {"recipe_id": recipe_id, "protocol_id": protocol.id, "quality_id": quality_id or protocol.quality_id,
              "speed_id": protocol.speed_id, "quality": quality, "speed": speed, "reused": reused,
              "at": time.strftime("%Y-%m-%dT%H:%M:%S")}
         self.measurements = [x for x in self.measurements

@@ -69,6 +69,19 @@ def _rows(doc: dict) -> list[list[str]]:
     return rows
 
 
+SEARCH_HEADERS = ["technique", "setting", "accuracy", "agreement", "verdict", "seconds"]
+
+
+def search_rows(doc: dict) -> list[list[str]]:
+    """The strength search's probes, one row each, by technique and strength."""
+    rows = []
+    for r in sorted(doc.get("search") or [], key=lambda r: (r["name"], r.get("label") or "")):
+        rows.append([", ".join(r.get("techniques") or []), r.get("label") or "", _fmt_acc(r.get("accuracy")),
+                     _fmt_acc(r.get("top1_agreement")), (r.get("verdict") or r.get("error") or "").replace("|", "/"),
+                     f"{r.get('build_s') or 0:.0f}"])
+    return rows
+
+
 HEADERS = ["variant", "runtime", "accuracy", "vs float (pts)", "agreement", "p50 ms", "vs keras-predict", "items/s", "size", "status"]
 
 
@@ -102,6 +115,13 @@ def write_markdown(out, doc: dict) -> str:
                   f"(float {_fmt_acc(h['baseline_accuracy'])}), agreement {_fmt_acc(h['agreement'])}.{verdict}", ""]
     lines += ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
     lines += ["| " + " | ".join(c.replace("|", "/") for c in r) + " |" for r in _rows(doc)]
+    if doc.get("search"):
+        lines += ["", "Technique strength search (short fine-tunes judged on a validation split of the train data):", "",
+                  "| " + " | ".join(SEARCH_HEADERS) + " |", "|" + "---|" * len(SEARCH_HEADERS)]
+        lines += ["| " + " | ".join(r) + " |" for r in search_rows(doc)]
+    notes = (doc.get("plan") or {}).get("notes") or []
+    if notes:
+        lines += ["", "Plan: " + "; ".join(notes) + "."]
     left = (doc.get("plan") or {}).get("left_out") or []
     if left:
         lines += ["", "Left out of the plan: " + "; ".join(f"`{x['name']}`: {x['reason']}" for x in left) + "."]
@@ -204,6 +224,12 @@ def write_html(out, doc: dict) -> str:
     if doc.get("sensitivity"):
         parts.append("<h2>Per-layer quantization sensitivity</h2><div id='sensitivity-plot'>"
                      + sensitivity_svg(doc["sensitivity"]) + "</div>")
+    if doc.get("search"):
+        parts.append("<h2>Technique strength search</h2><p>Short fine-tunes judged on a validation split of the train "
+                     "data; the strongest setting within the budget is then fine-tuned in full.</p><table id='search'><tr>"
+                     + "".join(f"<th>{esc(c)}</th>" for c in SEARCH_HEADERS) + "</tr>"
+                     + "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in search_rows(doc))
+                     + "</table>")
     left = (doc.get("plan") or {}).get("left_out") or []
     if left:
         parts.append("<h2>Left out of the plan</h2><ul id='left-out'>"

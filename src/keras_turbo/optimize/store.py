@@ -96,9 +96,10 @@ def rejudge(doc: dict) -> dict:
     budget = doc.get("budget") or {}
     rows = [dict(v) for v in doc.get("variants", [])]
     by_id = {m["recipe_id"]: m for m in doc.get("measurements", []) if m.get("protocol_id") == (doc.get("protocol") or {}).get("id")}
-    for r in rows:
+    probes = [dict(v) for v in doc.get("search", [])]
+    for r in rows + probes:
         if r.get("ok") and r["id"] in by_id:
             r["within_budget"], r["verdict"] = select.within_budget(by_id[r["id"]]["quality"], budget)
     select.pareto(rows, by_agreement=budget.get("min_agreement") is not None)
     best, met = select.recommend(rows, budget.get("objective", "latency"))
-    return {**doc, "variants": rows, "recommended": best["name"] if best else None, "budget_met": met}
+    return {**doc, "variants": rows, "search": probes, "recommended": best["name"] if best else None, "budget_met": met}

@@ -59,23 +59,33 @@ CALL_TIMEOUT_S = 600.0  # one call, which may compile a new input shape first
 
 # ---------------------------------------------------------------- Keras on JAX, in this process
 
-class _HideTensorFlow:
-    """An import hook that makes `import tensorflow` fail.
+class _Hide:
+    """An import hook that makes `import <name>` fail for the names given.
 
     Keras imports TensorFlow lazily when it is installed (its serializer checks for
-    `tf.TensorShape`); in a Keras-on-JAX process that costs seconds and hundreds of MB and would
-    let TensorFlow code sneak into a path that must run where TensorFlow is absent (the GPU
-    machines). Keras treats the failed import as "not installed".
+    `tf.TensorShape`); in a Keras-on-JAX process that costs seconds and hundreds of MB, and would
+    let TensorFlow code into a path that must run where TensorFlow is absent (the lent GPU
+    machines). Keras also imports scikit-learn at start for its scikit-learn wrappers only, about
+    a second of every worker's start that serving never uses. Keras treats both as not installed.
     """
 
+    def __init__(self, names: Sequence[str]):
+        self.names = tuple(names)
+
     def find_spec(self, name, path=None, target=None):
-        if name == "tensorflow" or name.startswith("tensorflow."):
-            raise ImportError("tensorflow is hidden in a Keras-on-JAX process (keras_turbo.runtimes.keras_jax)")
+        if name.split(".")[0] in self.names:
+            raise ImportError(f"{name} is hidden in a Keras-on-JAX process (keras_turbo.runtimes.keras_jax)")
         return None
+
+
+HIDDEN = ("tensorflow", "sklearn")
 
 
 def keras_on_jax():
     """Import Keras on the JAX backend in this process and return the `keras` module.
+
+    The first import hides TensorFlow and scikit-learn from Keras (where this process has not
+    imported them already).
 
     Raises:
         BackendError: Keras is already imported on another backend here.
@@ -83,8 +93,9 @@ def keras_on_jax():
     keras = sys.modules.get("keras")
     if keras is None:
         os.environ["KERAS_BACKEND"] = "jax"
-        if "tensorflow" not in sys.modules:
-            sys.meta_path.insert(0, _HideTensorFlow())
+        hide = [n for n in HIDDEN if n not in sys.modules]
+        if hide:
+            sys.meta_path.insert(0, _Hide(hide))
         import keras
     if keras.backend.backend() != "jax":
         raise BackendError(f"keras-jax: Keras is already imported on the {keras.backend.backend()} backend in this process")
@@ -284,6 +295,9 @@ def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {' '.join(str(e).split())[:400]}"
 
 
+_WORKER_MAIN = "from keras_turbo.runtimes.keras_jax import serve; raise SystemExit(serve())"
+
+
 class _Worker:
     """A Keras-on-JAX worker process and the pipe to it; it holds any number of models by id.
 
@@ -308,7 +322,7 @@ class _Worker:
         self._lock = threading.Lock()
         self._stderr = tempfile.TemporaryFile()
         self._proc = subprocess.Popen(
-            [sys.executable, "-c", "from keras_turbo.runtimes.keras_jax import serve; raise SystemExit(serve())"],
+            [sys.executable, "-c", _WORKER_MAIN],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, env=env)
         self._stop = weakref.finalize(self, _stop, self._proc, self._stderr)
 

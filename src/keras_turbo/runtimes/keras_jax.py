@@ -179,9 +179,13 @@ class JAXModel:
         self._jax = jax
         self.model = model
 
+    def put(self, feeds: Sequence[np.ndarray]) -> list:
+        """The inputs copied to this model's device (`run` takes these as well as numpy arrays)."""
+        return [self._jax.device_put(f, self._device) for f in feeds]
+
     def run(self, feeds: Sequence[np.ndarray]) -> list[np.ndarray]:
         jax = self._jax
-        xs = [jax.device_put(f, self._device) for f in feeds]
+        xs = self.put(feeds)  # no copy for arrays already on the device
         if self._matmul:
             # Part of the trace context, so it is in force when a new input signature compiles.
             with jax.default_matmul_precision(self._matmul):
@@ -487,22 +491,21 @@ class KerasJAXPredictor(Predictor):
         prescan(ref)  # nothing loads a file that holds Python code
         if in_process is None:
             in_process = keras_is_jax_here() or ("keras" not in sys.modules and process_is_dedicated())
-        if in_process:
-            self._engine = JAXModel(str(ref.path), ref.unsafe, self.precision, device)
-        else:
-            self._engine = _RemoteModel(ref, self.precision, device)
+        #: what runs the model: a `JAXModel` here, or a `_RemoteModel` handle on the worker
+        self.engine = JAXModel(str(ref.path), ref.unsafe, self.precision, device) if in_process else \
+            _RemoteModel(ref, self.precision, device)
         self.in_process = in_process
-        self.platform = self._engine.platform
-        super().__init__(self._engine.inputs, self._engine.outputs, None, device=self._engine.device,
+        self.platform = self.engine.platform
+        super().__init__(self.engine.inputs, self.engine.outputs, None, device=self.engine.device,
                          model_bytes=ref.size_bytes, artifact=str(ref.path))
         if batch_size:
             self.run([np.zeros((batch_size, *[d or 1 for d in t.shape[1:]]), t.dtype) for t in self.inputs])
 
     def run(self, feeds):
-        return self._engine.run(feeds)
+        return self.engine.run(feeds)
 
     def close(self):
-        self._engine.close()
+        self.engine.close()
 
 
 class KerasJAXTF32(KerasJAXPredictor):

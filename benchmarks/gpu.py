@@ -24,7 +24,9 @@ a CPU too: `--smoke` checks the whole script there with tiny image models and ba
    precision with fp32 on the crops is recorded beside it.
 
 Writes DIR/gpu.json (after every row, so a run cut short still leaves its rows) and
-DIR/gpu_section.md (the GPU section for BENCHMARKS.md). Prints the table last.
+DIR/gpu_section.md (the GPU section for BENCHMARKS.md). Prints the table last. Back on the
+development machine, `python benchmarks/gpu.py --render DIR/gpu.json` puts the section into
+BENCHMARKS.md (between its `<!-- gpu:begin -->` and `<!-- gpu:end -->` markers).
 """
 
 from __future__ import annotations
@@ -369,6 +371,9 @@ def parse(argv=None):
                     help="no new model or precision starts after this many seconds (gpu_check.sh's device call "
                          "allows 480 s in all)")
     ap.add_argument("--skip-checks", action="store_true")
+    ap.add_argument("--render", metavar="GPU_JSON",
+                    help="here, after the device call: write the section from a fetched gpu.json into BENCHMARKS.md "
+                         "and copy the JSON to benchmarks/results/gpu.json (imports no Keras)")
     args = ap.parse_args(argv)
     if args.smoke:
         args.size, args.alpha, args.batches = 48, 0.35, [1, 8]
@@ -384,8 +389,23 @@ def parse(argv=None):
     return args
 
 
+def render(gpu_json: str) -> int:
+    from _common import RESULTS, write_section
+
+    doc = json.loads(Path(gpu_json).read_text())
+    if doc["settings"]["smoke"]:
+        raise SystemExit(f"{gpu_json}: a --smoke run; its figures do not go into BENCHMARKS.md")
+    write_section("gpu", section(doc))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "gpu.json").write_text(json.dumps(doc, indent=2))
+    print(table(doc))
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse(argv)
+    if args.render:
+        return render(args.render)
     started = time.time()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

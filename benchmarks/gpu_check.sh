@@ -18,8 +18,10 @@
 #    call can fill in what was skipped, e.g.
 #        run(command="bash benchmarks/gpu_check.sh --skip-checks --models ResNet50 --precisions tf32 fp16",
 #            carry=["benchmarks/wheels"], timeout_s=300)
-# 3. Back here: put $OUT/gpu_section.md in place of BENCHMARKS.md's "GPU (keras-jax)" section,
-#    and the gpu.json beside the other results (benchmarks/results/gpu.json).
+# 3. Back here, with the fetched files (files_at in the run's reply):
+#        .venv/bin/python benchmarks/gpu.py --render <files_at>/gpu.json
+#    writes the section into BENCHMARKS.md (the "GPU (keras-jax)" block between its gpu markers)
+#    and copies the JSON to benchmarks/results/gpu.json. Then update README's "unverified" lines.
 # Any further arguments go to benchmarks/gpu.py (see its --help).
 set -euo pipefail
 cd "$(dirname "$0")/.."

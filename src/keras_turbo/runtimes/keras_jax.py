@@ -34,6 +34,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import warnings
 import weakref
 from pathlib import Path
 from typing import Sequence
@@ -41,7 +42,7 @@ from typing import Sequence
 import numpy as np
 
 from keras_turbo.errors import BackendError, KerasTurboError, ModelLoadError, bad_param
-from keras_turbo.models import ModelRef, prescan
+from keras_turbo.models import UNSAFE_WARNING, ModelRef, prescan
 from keras_turbo.runtimes.base import Predictor, TensorInfo, process_is_dedicated
 
 #: precision -> (Keras dtype policy of the rebuilt model or None, JAX default matmul precision)
@@ -489,6 +490,8 @@ class KerasJAXPredictor(Predictor):
         if device not in ("auto", "cpu", "gpu"):
             raise bad_param("device", 'one of "auto", "cpu", "gpu"', device)
         prescan(ref)  # nothing loads a file that holds Python code
+        if ref.unsafe:
+            warnings.warn(UNSAFE_WARNING, stacklevel=2)
         if in_process is None:
             in_process = keras_is_jax_here() or ("keras" not in sys.modules and process_is_dedicated())
         #: what runs the model: a `JAXModel` here, or a `_RemoteModel` handle on the worker

@@ -261,6 +261,7 @@ def run_benchmark(keras, args, device: str, workdir: Path, doc: dict, save, log,
                 t0 = time.perf_counter()
                 out = p.run([np.resize(probe, (big, *probe.shape[1:]))])[0][:n] if n <= big else p.predict(probe, big)
                 row["first_big_call_s"] = time.perf_counter() - t0
+                row["finite"] = bool(np.isfinite(out).all())  # fp16 can overflow where bf16 and fp32 do not
                 if prec == "fp32":
                     fp32_out = out
                 if fp32_out is not None:

@@ -89,6 +89,23 @@ def test_a_worker_that_fails_to_start_gives_its_first_error_line(model_files, mo
         keras_turbo.load(model_files["sequential"][0], backend="keras-jax", device="cpu")
 
 
+def test_closed_and_collected_predictors_free_their_models(model_files):
+    import gc
+
+    path, model = model_files["two_input"]
+    feeds = inputs_for(model)
+    closed, collected = keras_turbo.load(path, backend="keras-jax"), keras_turbo.load(path, backend="keras-jax")
+    worker, ids = closed.engine._worker, [closed.engine._id, collected.engine._id]
+    closed.close()
+    with pytest.raises(keras_turbo.BackendError, match="closed"):
+        closed(feeds)
+    del collected  # never closed: the garbage collector hands it back, with no I/O of its own
+    gc.collect()
+    for model_id in ids:  # the worker holds neither any more
+        header, _ = worker.request({"op": "run", "id": model_id}, [feeds["a_feats"], feeds["z_feats"]])
+        assert not header["ok"] and header["kind"] == "KeyError"
+
+
 def test_evaluate_runs_in_the_worker_and_agrees(tmp_path, model_files):
     path, model = model_files["sequential"]
     rng = np.random.default_rng(0)
@@ -106,3 +123,15 @@ def test_legacy_h5_file_and_a_throughput_batch(tmp_path, model_files):
     feeds = inputs_for(model, n=256)  # --objective throughput times large batches
     got = keras_turbo.load(path, backend="keras-jax", batch_size=256)(feeds)
     np.testing.assert_allclose(got, keras_out(model, feeds), rtol=1e-4, atol=1e-6)
+
+
+def test_jax_gpus_is_the_planners_switch():
+    """machine.jax_gpus() (for optimize's planner) lists the GPUs among JAX's devices, probed in a
+    subprocess: this process's Keras stays on TensorFlow."""
+    from keras_turbo import machine
+
+    devices, error = machine.jax_devices()
+    assert error is None and any(d["platform"] == "cpu" for d in devices)
+    assert machine.jax_gpus() == [d["kind"] for d in devices if d["platform"] in ("gpu", "cuda", "rocm")]
+    assert keras.backend.backend() == "tensorflow"
+

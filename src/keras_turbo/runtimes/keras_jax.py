@@ -325,6 +325,7 @@ class _Worker:
         if cpu_only:
             env["JAX_PLATFORMS"] = "cpu"  # never start a GPU client that will not be used
         self._lock = threading.Lock()
+        self._unused: list[int] = []  # models whose Predictor was garbage-collected unclosed
         self._stderr = tempfile.TemporaryFile()
         self._proc = subprocess.Popen(
             [sys.executable, "-c", _WORKER_MAIN],
@@ -339,14 +340,24 @@ class _Worker:
                 what: str = "a call") -> tuple[dict, list[np.ndarray]]:
         """Send one request and wait for its answer. Raises BackendError if the worker is gone or silent."""
         with self._lock:
-            if not self.alive:
-                raise BackendError(f"keras-jax worker: stopped earlier, so not {what}")
-            mark = self._stderr.tell()
-            try:
-                _send(self._proc.stdin, header, arrays)
-            except (OSError, ValueError) as e:  # BrokenPipeError; ValueError: the pipe is closed
-                raise self._died(what, mark) from e
-            return self._read(timeout_s, what, mark)
+            while self._unused:
+                self._exchange({"op": "free", "id": self._unused.pop()}, (), 60, "freeing a model")
+            return self._exchange(header, arrays, timeout_s, what)
+
+    def forget(self, model_id: int) -> None:
+        """Free a model with the next request. Does no I/O: it runs from the garbage collector,
+        which may be in the middle of a request on this very thread."""
+        self._unused.append(model_id)
+
+    def _exchange(self, header, arrays, timeout_s, what) -> tuple[dict, list[np.ndarray]]:
+        if not self.alive:
+            raise BackendError(f"keras-jax worker: stopped earlier, so not {what}")
+        mark = self._stderr.tell()
+        try:
+            _send(self._proc.stdin, header, arrays)
+        except (OSError, ValueError) as e:  # BrokenPipeError; ValueError: the pipe is closed
+            raise self._died(what, mark) from e
+        return self._read(timeout_s, what, mark)
 
     def stop(self) -> None:
         self._stop()
@@ -423,14 +434,6 @@ def stop_workers() -> None:
     _WORKERS.clear()
 
 
-def _free(worker: _Worker, model_id: int) -> None:
-    if worker.alive:
-        try:
-            worker.request({"op": "free", "id": model_id}, timeout_s=60, what="freeing a model")
-        except BackendError:  # the worker is gone, and the model with it
-            pass
-
-
 class _RemoteModel:
     """One model held by the worker: the same methods as `JAXModel`, each call a round trip on the pipe."""
 
@@ -445,13 +448,16 @@ class _RemoteModel:
             kind = {"ModelLoadError": ModelLoadError, "KerasTurboError": KerasTurboError}.get(header.get("kind"), BackendError)
             raise kind(f"keras-jax worker: {header['error']}")
         self._id = header["id"]
-        self._free = weakref.finalize(self, _free, self._worker, self._id)
+        # Unclosed and collected: freed in the worker with the next request (at exit, the
+        # worker's own end frees everything).
+        self._collected = weakref.finalize(self, self._worker.forget, self._id)
+        self._collected.atexit = False
         self.inputs = [TensorInfo(t["name"], tuple(t["shape"]), t["dtype"]) for t in header["inputs"]]
         self.outputs = [TensorInfo(t["name"], tuple(t["shape"]), t["dtype"]) for t in header["outputs"]]
         self.device, self.platform, self.device_kind = header["device"], header["platform"], header["device_kind"]
 
     def run(self, feeds: Sequence[np.ndarray]) -> list[np.ndarray]:
-        if not self._free.alive:
+        if not self._collected.alive:
             raise BackendError("keras-jax: this predictor is closed")
         header, arrays = self._worker.request({"op": "run", "id": self._id}, feeds, self._call_timeout)
         if not header["ok"]:
@@ -459,7 +465,11 @@ class _RemoteModel:
         return arrays
 
     def close(self) -> None:
-        self._free()
+        if self._collected.detach() and self._worker.alive:
+            try:
+                self._worker.request({"op": "free", "id": self._id}, timeout_s=60, what="freeing a model")
+            except BackendError:  # the worker is gone, and the model with it
+                pass
 
 
 # ---------------------------------------------------------------- the Predictor

@@ -166,16 +166,18 @@ def run_checks(keras, device: str, workdir: Path, log) -> list[dict]:
 
 # ---------------------------------------------------------------- 2. the benchmark
 
-def natural_images(n: int, size: int, seed: int = 0) -> np.ndarray:
+def natural_images(n: int, size: int, seed: int = 0) -> tuple[np.ndarray, str]:
     """n crops (0..255 float32, HWC) from scikit-learn's two sample photos, resized; smooth random
-    images where scikit-learn or its images are missing."""
+    images where scikit-learn or its images are missing. Returns (images, which)."""
     rng = np.random.default_rng(seed)
     try:
         from sklearn.datasets import load_sample_images
 
         photos = [np.asarray(im, "float32") for im in load_sample_images().images]
+        which = "crops of scikit-learn's sample photos"
     except Exception:  # no scikit-learn (or no PIL for its images): low-frequency noise, upsampled
         photos = [np.kron(rng.random((27, 40, 3)), np.ones((16, 16, 1))).astype("float32") * 255 for _ in range(2)]
+        which = "smooth random images (scikit-learn's sample photos were not available)"
     out = []
     for i in range(n):
         photo = photos[i % len(photos)]
@@ -185,7 +187,7 @@ def natural_images(n: int, size: int, seed: int = 0) -> np.ndarray:
         idx = (np.arange(size) * side / size).astype(int)  # nearest-neighbour resize
         crop = crop[idx][:, idx]
         out.append(crop[:, ::-1] if rng.random() < 0.5 else crop)
-    return np.stack(out)
+    return np.stack(out), which
 
 
 def calibrated_model(keras, name: str, size: int, images: np.ndarray, alpha: float = 1.0):
@@ -229,7 +231,8 @@ def run_benchmark(keras, args, device: str, workdir: Path, doc: dict, save, log,
     from keras_turbo.bench import random_inputs
 
     size = args.size
-    images = natural_images(args.calibration_images, size)
+    images, doc["images"] = natural_images(args.calibration_images, size)
+    log(f"  calibration images: {doc['images']}")
     for name in args.models:
         if time.time() - started > args.budget_s:
             log(f"  {name}: skipped, the time budget ({args.budget_s:.0f} s) is spent")
@@ -303,9 +306,9 @@ def section(doc: dict) -> str:
         "",
         f"Measured {doc['date']} by `benchmarks/gpu_check.sh` (benchmarks/gpu.py) on **{env['device']}** "
         f"({env['nvidia_smi'] or env['platform']}); Python {env['python']}, Keras {env['keras']} on JAX {env['jax']} "
-        f"(jaxlib {env['jaxlib']}, CUDA plugin {env['cuda_plugin']}), no TensorFlow. keras.applications models, "
+        f"(jaxlib {env['jaxlib']}, CUDA plugin {env['cuda_plugin']}), {'TensorFlow imported' if doc.get('tensorflow_imported') else 'no TensorFlow'}. keras.applications models, "
         f"`weights=None`, {doc['settings']['size']}x{doc['settings']['size']}, BatchNorm statistics from one "
-        "training-mode pass over natural-image crops. One jitted stateless call (`keras-jax` Predictor, in "
+        f"training-mode pass over {doc.get('images', 'natural-image crops')}. One jitted stateless call (`keras-jax` Predictor, in "
         "process); median of calls timed one by one after warm-up, every result copied to the host. `resident`: "
         "inputs already on the GPU (the issue's reference method); `host`: numpy in, numpy out (inputs copied "
         "to the GPU inside the timed call). Agreement: top-1 with fp32 on the calibration crops.",
@@ -414,6 +417,10 @@ def main(argv=None) -> int:
     def log(msg):
         print(f"[{time.time() - started:6.1f}s] {msg}", flush=True)
 
+    try:  # before Keras: keras_on_jax() hides scikit-learn from a Keras process that has not imported it
+        import sklearn.datasets  # noqa: F401  (the sample photos for BatchNorm statistics)
+    except ImportError:
+        pass
     from keras_turbo.runtimes.keras_jax import keras_on_jax
 
     keras = keras_on_jax()  # hides TensorFlow: nothing here may need it

@@ -17,9 +17,9 @@ the jitted call, the outputs cast to float32 on the device and copied back to th
 
 Precisions (each its own registry entry, judged by the quality check like any candidate):
   fp32   float32 everywhere, matrix products at full float32 precision ("highest");
-  tf32   float32 weights and activations, matrix products at JAX's default precision, which on
-         NVIDIA GPUs uses TF32 matrix units (TensorFlow does the same by default); on a CPU
-         it is the same as fp32;
+  tf32   float32 weights and activations, matrix products and convolutions at JAX's
+         "tensorfloat32" precision: TF32 matrix units on NVIDIA GPUs (TensorFlow's own default
+         there); on a CPU it is the same as fp32;
   bf16 / fp16   the model rebuilt under Keras' "mixed_bfloat16" / "mixed_float16" policy
          (variables float32, computation in 16 bits), the weights copied from the float model.
 """
@@ -488,6 +488,11 @@ class KerasJAXPredictor(Predictor):
     Raises:
         ModelLoadError: an unreadable or unsafe file.
         BackendError: a SavedModel or artifact, no GPU for device="gpu", or a worker that failed.
+
+    Example:
+        >>> p = keras_turbo.load("model.keras", backend="keras-jax-bf16")  # a GPU when JAX sees one
+        >>> p(x).dtype                                                      # 16-bit inside, float32 out
+        dtype('float32')
     """
 
     backend = "keras-jax"
@@ -522,7 +527,7 @@ class KerasJAXPredictor(Predictor):
 
 
 class KerasJAXTF32(KerasJAXPredictor):
-    """keras-jax with matrix products at JAX's default precision (TF32 on NVIDIA GPUs)."""
+    """keras-jax with matrix products at TF32 precision on NVIDIA GPUs (fp32 on a CPU)."""
 
     backend = "keras-jax-tf32"
     precision = "tf32"

@@ -21,7 +21,9 @@ a CPU too: `--smoke` checks the whole script there with tiny image models and ba
    calls timed one by one, every call's result copied to the host) in two ways: `host` =
    Predictor.run with numpy inputs (what a user gets: inputs copied to the GPU in the call) and
    `resident` = inputs already on the GPU (the issue's reference method). Top-1 agreement of each
-   precision with fp32 on the crops is recorded beside it.
+   precision with fp32 on the crops is recorded beside it. Precision by precision (fp32, bf16,
+   tf32, fp16) across both models, and no new row after --budget-s: a run cut for time loses the
+   rows without a reference figure first.
 
 Writes DIR/gpu.json (after every row, so a run cut short still leaves its rows) and
 DIR/gpu_section.md (the GPU section for BENCHMARKS.md). Prints the table last. Back on the
@@ -227,17 +229,14 @@ def time_calls(run, batches, warmup_runs: int, warmup_s: float, min_runs: int, m
 
 
 def run_benchmark(keras, args, device: str, workdir: Path, doc: dict, save, log, started: float) -> None:
-    import keras_turbo
-    from keras_turbo.bench import random_inputs
-
+    """Every model first (built, calibrated, saved), then precision by precision across the models,
+    in PRECISIONS order: if the time budget runs out, what is left out is the rows without a
+    reference figure (compiling ResNet50 for a new shape can take tens of seconds on a GPU)."""
     size = args.size
     images, doc["images"] = natural_images(args.calibration_images, size)
     log(f"  calibration images: {doc['images']}")
+    built = {}
     for name in args.models:
-        if time.time() - started > args.budget_s:
-            log(f"  {name}: skipped, the time budget ({args.budget_s:.0f} s) is spent")
-            doc["skipped"].append(name)
-            continue
         t0 = time.time()
         model, prep = calibrated_model(keras, name, size, images, alpha=args.alpha)
         path = workdir / f"{name}.keras"
@@ -246,54 +245,69 @@ def run_benchmark(keras, args, device: str, workdir: Path, doc: dict, save, log,
         # eager, not model.predict: that would compile a function of its own
         spread = float(np.std(np.asarray(model(probe, training=False)), axis=0).max())
         log(f"  {name}: built and calibrated in {time.time() - t0:.1f} s (output spread over images {spread:.3g})")
+        built[name] = (path, probe)
+        doc.setdefault("output_spread", {})[name] = spread
         del model
-        fp32_out = None
-        for prec in args.precisions:
+    fp32_out: dict[str, np.ndarray] = {}
+    for prec in args.precisions:
+        for name, (path, probe) in built.items():
             if time.time() - started > args.budget_s:
-                log(f"  {name} {prec}: skipped, the time budget is spent")
+                log(f"  {name} {prec}: skipped, the time budget ({args.budget_s:.0f} s) is spent")
                 doc["skipped"].append(f"{name} {prec}")
                 continue
-            row = {"model": name, "precision": prec, "backend": BACKEND[prec], "size": size}
-            try:
-                t0 = time.perf_counter()
-                p = keras_turbo.load(path, backend=BACKEND[prec], device=device)
-                row["load_s"] = time.perf_counter() - t0
-                # The crops through the largest batch size the benchmark compiles anyway (repeated
-                # to fill it), so judging quality compiles no shape of its own.
-                big, n = max(args.batches), len(probe)
-                t0 = time.perf_counter()
-                out = p.run([np.resize(probe, (big, *probe.shape[1:]))])[0][:n] if n <= big else p.predict(probe, big)
-                row["first_big_call_s"] = time.perf_counter() - t0
-                row["finite"] = bool(np.isfinite(out).all())  # fp16 can overflow where bf16 and fp32 do not
-                if prec == "fp32":
-                    fp32_out = out
-                if fp32_out is not None:
-                    row["top1_vs_fp32"] = float(np.mean(out.argmax(1) == fp32_out.argmax(1)))
-                    row["rel_err_vs_fp32"] = rel_err(out, fp32_out)
-                row["device"] = p.device
-                for b in args.batches:
-                    batches = random_inputs(p.inputs, b, 3, seed=b)
-                    t0 = time.perf_counter()
-                    p.run(batches[0])
-                    row[f"b{b}_first_call_s"] = time.perf_counter() - t0  # compiles b1 (the large batch is compiled)
-                    host = time_calls(p.run, batches, args.warmup_runs, args.warmup_s, args.min_runs, args.min_s)
-                    resident_batches = [p.engine.put(f) for f in batches]
-                    resident = time_calls(p.run, resident_batches, args.warmup_runs, args.warmup_s, args.min_runs, args.min_s)
-                    for how, r in (("host", host), ("resident", resident)):
-                        ms = r["latency_ms"]["p50"]
-                        row[f"b{b}_{how}"] = {"p50_ms": ms, "images_per_s": b / ms * 1e3, "runs": r["runs"],
-                                              "latency_ms": r["latency_ms"]}
-                    del resident_batches
-                    log(f"  {name} {prec} b{b}: host {host['latency_ms']['p50']:.3f} ms, "
-                        f"resident {resident['latency_ms']['p50']:.3f} ms "
-                        f"({b / resident['latency_ms']['p50'] * 1e3:,.0f} img/s)")
-                p.close()
-                row["ok"] = True
-            except Exception as e:  # one failed row, and the run goes on
-                row.update(ok=False, error=f"{type(e).__name__}: {' '.join(str(e).split())[:300]}")
-                log(f"  {name} {prec}: FAILED {row['error']}")
-            doc["rows"].append(row)
+            doc["rows"].append(measure_row(args, device, name, prec, path, probe, fp32_out, log))
             save()
+
+
+def measure_row(args, device: str, name: str, prec: str, path: Path, probe: np.ndarray, fp32_out: dict, log) -> dict:
+    """One model in one precision: quality against fp32 on the crops, then each batch size timed."""
+    import keras_turbo
+    from keras_turbo.bench import random_inputs
+
+    row = {"model": name, "precision": prec, "backend": BACKEND[prec], "size": args.size}
+    try:
+        t0 = time.perf_counter()
+        p = keras_turbo.load(path, backend=BACKEND[prec], device=device)
+        row["load_s"] = time.perf_counter() - t0
+        # The crops through the largest batch size the benchmark compiles anyway (repeated to
+        # fill it), so judging quality compiles no shape of its own.
+        big, n = max(args.batches), len(probe)
+        t0 = time.perf_counter()
+        out = p.run([np.resize(probe, (big, *probe.shape[1:]))])[0][:n] if n <= big else p.predict(probe, big)
+        row["first_big_call_s"] = time.perf_counter() - t0  # includes compiling the large batch
+        row["finite"] = bool(np.isfinite(out).all())  # fp16 can overflow where bf16 and fp32 do not
+        if prec == "fp32":
+            fp32_out[name] = out
+        if name in fp32_out:
+            row["top1_vs_fp32"] = float(np.mean(out.argmax(1) == fp32_out[name].argmax(1)))
+            row["rel_err_vs_fp32"] = rel_err(out, fp32_out[name])
+        row["device"] = p.device
+        for b in args.batches:
+            batches = random_inputs(p.inputs, b, 3, seed=b)
+            t0 = time.perf_counter()
+            p.run(batches[0])
+            row[f"b{b}_first_call_s"] = time.perf_counter() - t0  # compiles b1 (the large batch is done)
+            host = time_calls(p.run, batches, args.warmup_runs, args.warmup_s, args.min_runs, args.min_s)
+            resident_batches = [p.engine.put(f) for f in batches]
+            resident = time_calls(p.run, resident_batches, args.warmup_runs, args.warmup_s, args.min_runs, args.min_s)
+            for how, r in (("host", host), ("resident", resident)):
+                ms = r["latency_ms"]["p50"]
+                row[f"b{b}_{how}"] = {"p50_ms": ms, "images_per_s": b / ms * 1e3, "runs": r["runs"],
+                                      "latency_ms": r["latency_ms"]}
+            del resident_batches
+            log(f"  {name} {prec} b{b}: host {host['latency_ms']['p50']:.3f} ms, "
+                f"resident {resident['latency_ms']['p50']:.3f} ms ({b / resident['latency_ms']['p50'] * 1e3:,.0f} img/s)")
+        p.close()
+        row["ok"] = True
+    except Exception as e:  # one failed row, and the run goes on
+        row.update(ok=False, error=f"{type(e).__name__}: {' '.join(str(e).split())[:300]}")
+        log(f"  {name} {prec}: FAILED {row['error']}")
+    return row
+
+
+def _ordered(rows: list[dict]) -> list[dict]:
+    """Rows by model, then precision (they are measured precision by precision)."""
+    return sorted(rows, key=lambda r: (r["model"], PRECISIONS.index(r["precision"])))
 
 
 # ---------------------------------------------------------------- the BENCHMARKS.md section
@@ -318,13 +332,15 @@ def section(doc: dict) -> str:
     lines += [f"| model | precision | b1 ms (resident) | b1 ms (host) | b{big} img/s (resident) | b{big} img/s (host) | "
               "top-1 vs fp32 | reference b1 / b256 | vs reference |",
               "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
-    for r in doc["rows"]:
+    for r in _ordered(doc["rows"]):
         if not r.get("ok"):
             lines.append(f"| {r['model']} | {r['precision']} | failed: {r.get('error', '?')[:120]} | | | | | | |")
             continue
         b1, bb = r.get("b1_resident"), r.get(f"b{big}_resident")
         h1, hb = r.get("b1_host"), r.get(f"b{big}_host")
-        ref = REFERENCE.get(r["model"], {}).get(r["precision"])
+        # The reference's fp32 ran at JAX's default matmul precision, which is what tf32 names here
+        # (on NVIDIA GPUs JAX allows TF32 by default): both fp32 and tf32 are set against it.
+        ref = REFERENCE.get(r["model"], {}).get("fp32" if r["precision"] == "tf32" else r["precision"])
         verdict = ""
         if ref and b1 and bb and not smoke:
             verdict = f"b1 {ref[0] / b1['p50_ms']:.2f}x, b256 {bb['images_per_s'] / ref[1]:.2f}x " + (
@@ -343,15 +359,17 @@ def section(doc: dict) -> str:
     lines += ["", "Top-1 agreement here is between random-weight models' near-uniform outputs over 1000 classes, "
               "so it is a weak signal; on a trained model, optimize's quality check on the user's data decides."]
     lines += ["", "Reference (issue 14): a lent H200, Keras 3.15.1, JAX 0.11.2; speed-ups above are reference time / "
-              "this time at b1 and this throughput / reference at b256, both on resident inputs. tf32 and fp16 have "
-              "no reference row; the goal is to beat the fp32 and bf16 rows at both batch sizes."]
+              "this time at b1 and this throughput / reference at b256, both on resident inputs. The reference's fp32 "
+              "ran at JAX's default matmul precision (TF32 allowed on NVIDIA GPUs), so keras-jax fp32 (full float32 "
+              "products) and tf32 are both set against it; fp16 has no reference row. The goal: beat the fp32 and "
+              "bf16 rows at both batch sizes."]
     return "\n".join(lines) + "\n"
 
 
 def table(doc: dict) -> str:
     big = max(doc["settings"]["batches"])
     out = [f"{'model':<12} {'prec':<5} {'b1 ms':>8} {'b1 host':>8} {f'b{big} img/s':>12} {f'b{big} host':>10} {'top1':>6}"]
-    for r in doc["rows"]:
+    for r in _ordered(doc["rows"]):
         if not r.get("ok"):
             out.append(f"{r['model']:<12} {r['precision']:<5} FAILED {r.get('error', '')[:80]}")
             continue

@@ -338,8 +338,8 @@ def section(doc: dict) -> str:
             continue
         b1, bb = r.get("b1_resident"), r.get(f"b{big}_resident")
         h1, hb = r.get("b1_host"), r.get(f"b{big}_host")
-        # The reference's fp32 ran at JAX's default matmul precision, which is what tf32 names here
-        # (on NVIDIA GPUs JAX allows TF32 by default): both fp32 and tf32 are set against it.
+        # The reference's fp32 ran (as far as the issue says) at JAX's default matmul precision,
+        # which may use TF32 on NVIDIA GPUs: both fp32 and tf32 are set against it.
         ref = REFERENCE.get(r["model"], {}).get("fp32" if r["precision"] == "tf32" else r["precision"])
         verdict = ""
         if ref and b1 and bb and not smoke:
@@ -360,8 +360,8 @@ def section(doc: dict) -> str:
               "so it is a weak signal; on a trained model, optimize's quality check on the user's data decides."]
     lines += ["", "Reference (issue 14): a lent H200, Keras 3.15.1, JAX 0.11.2; speed-ups above are reference time / "
               "this time at b1 and this throughput / reference at b256, both on resident inputs. The reference's fp32 "
-              "ran at JAX's default matmul precision (TF32 allowed on NVIDIA GPUs), so keras-jax fp32 (full float32 "
-              "products) and tf32 are both set against it; fp16 has no reference row. The goal: beat the fp32 and "
+              "presumably ran at JAX's default matmul precision (which may use TF32 on NVIDIA GPUs), so keras-jax "
+              "fp32 (full float32 products) and tf32 are both set against it; fp16 has no reference row. The goal: beat the fp32 and "
               "bf16 rows at both batch sizes."]
     return "\n".join(lines) + "\n"
 

@@ -360,7 +360,7 @@ def section(doc: dict) -> str:
               "so it is a weak signal; on a trained model, optimize's quality check on the user's data decides."]
     lines += ["", "Reference (issue 14): a lent H200, Keras 3.15.1, JAX 0.11.2; speed-ups above are reference time / "
               "this time at b1 and this throughput / reference at b256, both on resident inputs. The reference's fp32 "
-              "presumably ran at JAX's default matmul precision (which may use TF32 on NVIDIA GPUs), so keras-jax "
+              "presumably ran at JAX's default matmul precision (documented as TF32 on recent NVIDIA GPUs), so keras-jax "
               "fp32 (full float32 products) and tf32 are both set against it; fp16 has no reference row. The goal: beat the fp32 and "
               "bf16 rows at both batch sizes."]
     return "\n".join(lines) + "\n"

@@ -16,7 +16,8 @@ the jitted call, the outputs cast to float32 on the device and copied back to th
 (`np.asarray` waits for the result). The weights stay on the device between calls.
 
 Precisions (each its own registry entry, judged by the quality check like any candidate):
-  fp32   float32 everywhere, matrix products at full float32 precision ("highest");
+  fp32   float32 everywhere, matrix products at full float32 precision ("highest"; JAX's own
+         default computes float32 products in TF32 on recent NVIDIA GPUs, which `tf32` names);
   tf32   float32 weights and activations, matrix products and convolutions at JAX's
          "tensorfloat32" precision: TF32 matrix units on NVIDIA GPUs (TensorFlow's own default
          there); on a CPU it is the same as fp32;

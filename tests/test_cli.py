@@ -128,8 +128,10 @@ def test_devices(capsys, tmp_path):
     code, out, _ = run_cli(capsys, "devices", "--json", tmp_path / "d.json")
     assert code == 0 and "avx512f" in out
     doc = json.loads((tmp_path / "d.json").read_text())
-    assert set(doc["runtimes"]) == {"keras-predict", "keras-call", "tf-function", "tf-xla", "litert", "onnxruntime", "openvino"}
+    assert set(doc["runtimes"]) == {"keras-predict", "keras-call", "tf-function", "tf-xla", "litert", "onnxruntime", "openvino",
+                                    "keras-jax", "keras-jax-tf32", "keras-jax-bf16", "keras-jax-fp16"}
     assert all(r["usable"] for r in doc["runtimes"].values()), doc["runtimes"]
+    assert any(d.startswith("cpu:") for d in doc["runtimes"]["keras-jax"]["devices"])  # JAX's devices, listed
 
 
 def test_distill_command_with_unlabelled_data(capsys, tmp_path, model_files):

@@ -43,7 +43,7 @@ def load(model, backend: str | None = None, threads: int | None = None, batch_si
             runtime for artifacts (litert for .tflite, onnxruntime for .onnx, openvino for .xml).
         threads: threads for the runtime; default: its own default.
         batch_size: the batch size to prepare for (runtimes that compile per shape do it now).
-        device: "auto", "cpu" or "gpu" (the TensorFlow runtimes).
+        device: "auto", "cpu" or "gpu" (the TensorFlow runtimes and keras-jax).
         unsafe: allow code inside the model file to run (Lambda layers). Off by default.
 
     Returns:

@@ -179,6 +179,9 @@ def peak_rss_mb() -> float:
 # ---------------------------------------------------------------- the worker process
 
 def _worker(job_path: str, result_path: str) -> int:
+    from keras_turbo.runtimes.base import dedicate_process
+
+    dedicate_process()  # this process measures one runtime, then exits
     job = json.loads(Path(job_path).read_text())
     cfg = BenchmarkConfig(**job["config"])
     try:

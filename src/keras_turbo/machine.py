@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
+import json
 import os
 import platform
 import shutil
@@ -10,7 +12,8 @@ import subprocess
 
 # CPU flags that decide which kernels the runtimes can use (as /proc/cpuinfo spells them).
 CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
-LIBRARIES = ("tensorflow", "keras", "ai-edge-litert", "onnxruntime", "tf2onnx", "onnx", "openvino", "nncf", "numpy")
+LIBRARIES = ("tensorflow", "keras", "ai-edge-litert", "onnxruntime", "tf2onnx", "onnx", "openvino", "nncf", "numpy", "jax",
+             "jaxlib")
 
 
 def _cpuinfo() -> tuple[str, set[str]]:
@@ -38,6 +41,46 @@ def gpus() -> list[str]:
     except (OSError, subprocess.SubprocessError):
         return []
     return [line.strip() for line in out.splitlines() if line.startswith("GPU")]
+
+
+# Run in a fresh interpreter: importing JAX here would start its runtime (threads, memory, a GPU
+# context) in the caller's process, and Keras must never see a backend switch in this one.
+_JAX_PROBE = (
+    "import json, jax; "
+    "print(json.dumps([{'platform': d.platform, 'kind': d.device_kind, 'id': d.id} for d in jax.devices()] "
+    "+ ([] if jax.default_backend() == 'cpu' else "
+    "[{'platform': d.platform, 'kind': d.device_kind, 'id': d.id} for d in jax.devices('cpu')])))"
+)
+
+
+@functools.lru_cache(maxsize=1)
+def jax_devices() -> tuple[tuple[dict, ...], str | None]:
+    """JAX's devices as a subprocess sees them: ((platform, kind, id) dicts, error or None).
+
+    The answer is cached for the life of this process (a probe takes a second or two).
+    """
+    import sys
+
+    env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="3")
+    try:
+        proc = subprocess.run([sys.executable, "-c", _JAX_PROBE], capture_output=True, text=True, timeout=120,
+                              env=env, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError) as e:
+        return (), f"{type(e).__name__}: {e}"
+    if proc.returncode != 0:
+        lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
+        return (), (lines[-1][:200] if lines else f"exit code {proc.returncode}")
+    return tuple(json.loads(proc.stdout.strip().splitlines()[-1])), None
+
+
+def jax_gpus() -> list[str]:
+    """The GPUs JAX can run on here, by kind ("NVIDIA H200", ...); empty without JAX or a GPU.
+
+    The planner's switch for the keras-jax candidates (fp32, tf32, bf16, fp16): on a CPU they
+    are rarely faster than the CPU runtimes, on a GPU they are the GPU path.
+    """
+    devs, _ = jax_devices()
+    return [d["kind"] for d in devs if d["platform"] in ("gpu", "cuda", "rocm")]
 
 
 def version(dist: str) -> str | None:
@@ -112,6 +155,9 @@ def _probe(module: str) -> tuple[bool, str | None, list[str]]:
             import openvino as ov
 
             return True, None, list(ov.Core().available_devices)
+        if module == "jax":
+            devs, err = jax_devices()
+            return (False, err, []) if err else (True, None, [f"{d['platform']}:{d['id']} ({d['kind']})" for d in devs])
         if module == "ai_edge_litert":
             from ai_edge_litert.interpreter import Interpreter  # noqa: F401
 

@@ -182,6 +182,28 @@ def _check_savedmodel_ops(ref: ModelRef) -> None:
         )
 
 
+def prescan(ref: ModelRef) -> str | None:
+    """Check a `.keras` / `.h5` file before any Keras loads it; imports neither Keras nor TensorFlow.
+
+    Returns the model's architecture JSON (None where it cannot be read without Keras).
+
+    Raises:
+        ModelLoadError: a truncated or corrupt container, or (without `unsafe`) Lambda layers.
+    """
+    _check_container(ref)
+    cfg = _config_json(ref)
+    if not ref.unsafe:
+        # Refuse before Keras builds anything: a Lambda layer carries Python code (bytecode in
+        # Keras 2 .h5 files), and naming the layer helps the user more than Keras' own message.
+        lambdas = _lambda_layers(cfg) if cfg else []
+        if lambdas:
+            raise ModelLoadError(
+                f"{ref.path}: holds Lambda layer(s) {', '.join(lambdas)} with Python code; refused in safe mode "
+                "(pass --unsafe only if you trust this file)"
+            )
+    return cfg
+
+
 def load_keras(ref: ModelRef):
     """Load a Keras-family model as a `keras.Model`, safely.
 
@@ -200,21 +222,11 @@ def load_keras(ref: ModelRef):
         if not ref.unsafe:
             _check_savedmodel_ops(ref)
         return _wrap_savedmodel(ref)
-    _check_container(ref)
-    cfg = _config_json(ref)
+    cfg = prescan(ref)
     if cfg and '"keras_turbo>' in cfg:
         # keras-turbo's own layers (QAT's fake-quant wrappers) register with Keras when their
         # module is imported; that module pulls in TensorFlow, so only when a file needs it.
         import keras_turbo.techniques.qat  # noqa: F401
-    if not ref.unsafe:
-        # Refuse before Keras builds anything: a Lambda layer carries Python code (bytecode in
-        # Keras 2 .h5 files), and naming the layer helps the user more than Keras' own message.
-        lambdas = _lambda_layers(cfg) if cfg else []
-        if lambdas:
-            raise ModelLoadError(
-                f"{ref.path}: holds Lambda layer(s) {', '.join(lambdas)} with Python code; refused in safe mode "
-                "(pass --unsafe only if you trust this file)"
-            )
     try:
         model = keras.models.load_model(ref.path, compile=False, safe_mode=not ref.unsafe)
     except Exception as e:

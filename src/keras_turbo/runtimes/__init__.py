@@ -13,13 +13,16 @@ from typing import Callable
 
 from keras_turbo.errors import BackendError
 from keras_turbo.models import KERAS_FORMATS, ModelRef
-from keras_turbo.runtimes import keras_runtimes, litert, onnxruntime, openvino
+from keras_turbo.runtimes import keras_jax, keras_runtimes, litert, onnxruntime, openvino
 from keras_turbo.runtimes.base import NullPredictor, Predictor, TensorInfo
 
 
 @dataclass(frozen=True)
 class Backend:
-    """A runtime: its name, the module it needs, what it runs, and how to open a Predictor."""
+    """A runtime: its name, the module it needs, what it runs, and how to open a Predictor.
+
+    A precision variant of a runtime is its own entry, named `<runtime>-<precision>`.
+    """
 
     name: str
     requires: str            # the Python module that must import for it to be usable
@@ -27,6 +30,7 @@ class Backend:
     export_to: str | None     # artifact a Keras model is exported to first (None: runs Keras directly)
     factory: Callable[..., Predictor]
     summary: str
+    precision: str = "fp32"   # the arithmetic it runs in: "fp32", or a faster, less exact one
 
 
 BACKENDS: dict[str, Backend] = {
@@ -44,6 +48,16 @@ BACKENDS: dict[str, Backend] = {
                            "ONNX Runtime, CPU provider (CUDA when installed)"),
     "openvino": Backend("openvino", "openvino", ("openvino", "onnx", "tflite"), "openvino", openvino.OpenVINOPredictor,
                         "OpenVINO CPU plugin, latency hint"),
+    # Keras 3 on JAX runs in a Keras-on-JAX worker process (see keras_jax.py); "requires" is only
+    # what must import there, so probing it never changes this process's Keras backend.
+    "keras-jax": Backend("keras-jax", "jax", keras_jax.FORMATS, None, keras_jax.KerasJAXPredictor,
+                         "Keras 3 on JAX, one jitted call (GPU when JAX sees one)"),
+    "keras-jax-tf32": Backend("keras-jax-tf32", "jax", keras_jax.FORMATS, None, keras_jax.KerasJAXTF32,
+                              "keras-jax, TF32 matrix products on NVIDIA GPUs (fp32 on a CPU)", precision="tf32"),
+    "keras-jax-bf16": Backend("keras-jax-bf16", "jax", keras_jax.FORMATS, None, keras_jax.KerasJAXBF16,
+                              "keras-jax under Keras' mixed_bfloat16 policy", precision="bf16"),
+    "keras-jax-fp16": Backend("keras-jax-fp16", "jax", keras_jax.FORMATS, None, keras_jax.KerasJAXFP16,
+                              "keras-jax under Keras' mixed_float16 policy", precision="fp16"),
 }
 
 #: the backend an artifact runs on when none is named
@@ -63,8 +77,13 @@ def get_backend(name: str) -> Backend:
 
 
 def default_backends(ref: ModelRef) -> list[str]:
-    """Every runtime for a Keras model; an artifact's own runtime for an artifact."""
-    return list(BACKENDS) if ref.is_keras else [NATIVE[ref.format]]
+    """Every float32 runtime that can run a Keras model; an artifact's own runtime for an artifact.
+
+    Lower-precision variants change the numbers, so they run only when named.
+    """
+    if not ref.is_keras:
+        return [NATIVE[ref.format]]
+    return [n for n, b in BACKENDS.items() if b.precision == "fp32" and (ref.format in b.formats or b.export_to)]
 
 
 def artifact_for(ref: ModelRef, backend: str, cache_dir: Path | None = None) -> ModelRef:

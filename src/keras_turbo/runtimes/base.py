@@ -10,6 +10,23 @@ import numpy as np
 
 from keras_turbo.errors import DataError
 
+# True in a process that serves one runtime and nothing else (the benchmark worker). A runtime may
+# then take process-wide state that it keeps out of a caller's process otherwise: keras-jax fixes
+# Keras' backend to JAX for the whole process, so in a dedicated process it runs the model right
+# there instead of behind a pipe, and the timings hold no inter-process copies.
+_DEDICATED = False
+
+
+def dedicate_process() -> None:
+    """Mark this process as serving a single runtime (called by the benchmark worker only)."""
+    global _DEDICATED
+    _DEDICATED = True
+
+
+def process_is_dedicated() -> bool:
+    """Whether `dedicate_process()` was called in this process."""
+    return _DEDICATED
+
 
 @dataclass(frozen=True)
 class TensorInfo:

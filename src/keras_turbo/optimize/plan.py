@@ -133,7 +133,7 @@ def first_plan(model: ModelInfo, caps: MachineCaps, cfg, has_train: bool) -> Pla
         else:
             left.append((backend, "its runtime does not import here"))
     for backend, to, precision in caps.accelerated:
-        if cfg.wants(precision):
+        if cfg.wants("runtimes" if precision in ("fp32", "tf32") else precision):
             recipes.append(runtime_recipe(fp, backend, to, precision))
     for to, mode, family in CONVERSIONS:
         if cfg.wants(family) and BACKEND_OF[to] in usable and (not cfg.runtimes or BACKEND_OF[to] in cfg.runtimes):

@@ -23,7 +23,7 @@ def within_budget(quality: dict | None, budget: dict) -> tuple[bool, str]:
     if drop is None:
         return False, "accuracy budget but no labels"
     ok = drop <= budget["max_accuracy_drop"] + EPS
-    return ok, f"{drop:+.2f} points {'<=' if ok else '>'} {budget['max_accuracy_drop']}"
+    return ok, f"drop {drop:.2f} points {'<=' if ok else '>'} {budget['max_accuracy_drop']}"
 
 
 def _quality_key(row: dict, by_agreement: bool) -> float:

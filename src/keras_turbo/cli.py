@@ -373,8 +373,15 @@ def _print_optimize(res) -> None:
 def cmd_optimize(args) -> int:
     from keras_turbo.optimize import OptimizeConfig
 
+    kinds = []
+    for item in args.output_kind or []:
+        name, sep, kind = item.partition("=")
+        if not sep or not name or not kind:
+            raise KerasTurboError(f"--output-kind: expected NAME=KIND, received {item!r}")
+        kinds.append((name, kind))
     cfg = OptimizeConfig(max_accuracy_drop=args.max_accuracy_drop if args.min_agreement is None else None,
-                         min_agreement=args.min_agreement, objective=args.objective, batch_size=args.batch_size,
+                         min_agreement=args.min_agreement, max_output_error=args.max_output_error,
+                         output_kinds=tuple(kinds), objective=args.objective, batch_size=args.batch_size,
                          threads=args.threads, techniques=tuple(t for t in (args.techniques or "").split(",") if t),
                          runtimes=tuple(t for t in (args.runtimes or "").split(",") if t),
                          time_budget_s=_parse_duration(args.time_budget))
@@ -547,6 +554,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="allowed accuracy loss in points (default 1.0)")
     sp.add_argument("--min-agreement", type=float, metavar="FRACTION",
                     help="instead: top-1 agreement with the float model, e.g. 0.99 (no labels needed)")
+    sp.add_argument("--max-output-error", type=float, metavar="E",
+                    help="for regression / embedding outputs: RMSE of the difference from float over the output's "
+                         "standard deviation (1 - cosine for embeddings); default 0.02")
+    sp.add_argument("--output-kind", action="append", metavar="NAME=KIND",
+                    help="override an output's detected kind: multiclass, binary, multilabel, segmentation, "
+                         "regression, embedding (repeatable)")
     sp.add_argument("--objective", choices=("latency", "throughput", "size"), default="latency")
     sp.add_argument("--batch-size", type=_positive_int("--batch-size"), default=1)
     sp.add_argument("--threads", type=_positive_int("--threads"))

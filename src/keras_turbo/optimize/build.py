@@ -45,6 +45,7 @@ class BuildJob:
     unsafe: bool = False
     export_cache: str | None = None
     evaluate: bool = True          # False: the quality is already known (a resumed run)
+    kinds: tuple = ()              # quality.OutputKind per output: how each is judged
 
 
 @dataclass
@@ -209,7 +210,7 @@ def build(job: BuildJob) -> dict:
     if job.evaluate:
         try:
             res["quality"] = measure_quality(str(current), recipe.backend, job.eval, job.inputs, job.outputs,
-                                             job.reference, job.threads, job.unsafe)
+                                             job.reference, job.threads, job.unsafe, job.kinds)
         except Exception as e:
             res.update(ok=False, error=f"runtime {recipe.backend}: {error_text(e)}")
     return res

@@ -18,7 +18,12 @@ class OptimizeConfig(TechniqueConfig):
 
     Attributes:
         max_accuracy_drop: allowed accuracy loss in points against the float model (needs labels).
-        min_agreement: alternatively, required top-1 agreement with the float model, in (0, 1].
+        min_agreement: alternatively, required top-1 agreement with the float model, in (0, 1]
+            (for every classification-like output: per sample, per label, per position).
+        max_output_error: for regression and embedding outputs: RMSE of the difference from the
+            float output over that output's standard deviation (1 - cosine for embeddings);
+            default quality.DEFAULT_MAX_OUTPUT_ERROR.
+        output_kinds: (output name, kind) pairs that override the detected kinds.
         objective: "latency" (batch p50), "throughput" (items/s) or "size" (bytes).
         batch_size / threads: the serving setting every candidate is timed at.
         techniques: which candidate families to try (see FAMILIES, and with train data the
@@ -31,6 +36,8 @@ class OptimizeConfig(TechniqueConfig):
 
     max_accuracy_drop: float | None = 1.0
     min_agreement: float | None = None
+    max_output_error: float | None = None
+    output_kinds: tuple[tuple[str, str], ...] = ()
     objective: str = "latency"
     batch_size: int = 1
     threads: int | None = None
@@ -51,6 +58,15 @@ class OptimizeConfig(TechniqueConfig):
                 raise bad_param("min_agreement", "a fraction in (0, 1]", self.min_agreement)
         elif self.max_accuracy_drop is None or not (0 <= self.max_accuracy_drop <= 100):
             raise bad_param("max_accuracy_drop", "a number of points in [0, 100]", self.max_accuracy_drop)
+        if self.max_output_error is not None and not (0 < self.max_output_error < 10):
+            raise bad_param("max_output_error", "a relative error in (0, 10)", self.max_output_error)
+        from keras_turbo.quality import KINDS
+
+        kinds = tuple(tuple(p) for p in self.output_kinds)
+        bad = [f"{n}={k}" for n, k in kinds if k not in KINDS]
+        if bad:
+            raise KerasTurboError(f"--output-kind: unknown kind in {', '.join(bad)} (expected one of {', '.join(KINDS)})")
+        object.__setattr__(self, "output_kinds", kinds)
         if self.objective not in OBJECTIVES:
             raise bad_param("objective", f"one of {', '.join(OBJECTIVES)}", self.objective)
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
@@ -76,4 +92,5 @@ class OptimizeConfig(TechniqueConfig):
 
     def budget(self) -> dict:
         """The part of the config that judges quality (applied at selection time, never stored as a verdict)."""
-        return {"max_accuracy_drop": self.max_accuracy_drop, "min_agreement": self.min_agreement}
+        return {"max_accuracy_drop": self.max_accuracy_drop, "min_agreement": self.min_agreement,
+                "max_output_error": self.max_output_error}

@@ -6,7 +6,8 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -178,12 +179,45 @@ def _reference(ref, data: DataRef, inputs, outputs, path: Path, threads):
     returns them with the data's labels."""
     from keras_turbo.api import load
 
+    from keras_turbo.optimize.measure import load_reference
+
     ds = data.load(inputs, outputs)
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         out = load(ref, backend="tf-function", threads=threads).predict(list(ds.x), batch_size=64)
-        np.savez(path, out=out[0] if isinstance(out, list) else out)
-    return np.load(path)["out"], ds
+        np.savez(path, **{f"out_{i}": o for i, o in enumerate(out if isinstance(out, list) else [out])})
+    return load_reference(path), ds
+
+
+def last_activation(tensor) -> str | None:
+    """The activation of the layer that makes a Keras output tensor ("softmax", "sigmoid", ...)."""
+    layer = getattr(getattr(tensor, "_keras_history", None), "operation", None)
+    if layer is None:
+        return None
+    if type(layer).__name__ == "Softmax":
+        return "softmax"
+    act = layer.get_config().get("activation") if hasattr(layer, "get_config") else None
+    return act if isinstance(act, str) else None
+
+
+def output_kinds(ref, outputs, refs: list, y, overrides) -> tuple:
+    """Each output's kind: detected from the model (quality.detect), or as the user named it."""
+    from keras_turbo import quality
+    from keras_turbo.models import load_keras
+
+    model, named = load_keras(ref), dict(overrides)
+    unknown = sorted(set(named) - {t.name for t in outputs})
+    if unknown:
+        raise KerasTurboError(f"--output-kind: no output named {', '.join(unknown)} (outputs: {', '.join(t.name for t in outputs)})")
+    kinds = []
+    for i, (t, tensor, r) in enumerate(zip(outputs, model.outputs, refs)):
+        fits = i == 0 and y is not None and len(t.shape) == 2 and t.shape[-1] and int(np.max(y)) < t.shape[-1]
+        k = quality.detect(t.name, t.shape, last_activation(tensor), r, bool(fits))
+        if t.name in named:
+            k = quality.OutputKind(t.name, named[t.name], k.threshold if named[t.name] != "binary" else
+                                   (0.5 if last_activation(tensor) == "sigmoid" else 0.0), why="named by the user")
+        kinds.append(k)
+    return tuple(kinds)
 
 
 def _start(model, data, train_data, cfg, out: Path, ex: Executor, note, unsafe, cache_dir) -> _Run:
@@ -202,32 +236,46 @@ def _start(model, data, train_data, cfg, out: Path, ex: Executor, note, unsafe, 
                         tuple(sorted(bench.items())), machine_key(facts))
     (out / "artifacts").mkdir(parents=True, exist_ok=True)
     store = Store(out, protocol.model)
-    ref_out, ds = _reference(ref, refs["eval"], inputs, outputs, out / "reference" / f"{protocol.quality_id}.npz", cfg.threads)
+    ref_outs, ds = _reference(ref, refs["eval"], inputs, outputs, out / "reference" / f"{refs['eval'].id}.npz", cfg.threads)
+    kinds = output_kinds(ref, outputs, ref_outs, ds.y, cfg.output_kinds)
+    for k in kinds:
+        if not k.sure:
+            warnings.warn(f"output {k.name} is {k.why}", stacklevel=2)
+    # How the outputs are judged is part of what a quality number means.
+    protocol = replace(protocol, eval_data=f"{refs['eval'].id}:{hash_kinds(kinds)}")
     if refs["train"] is not None:
-        val_id = protocol.quality_id_for(refs["val"].id)
-        _reference(ref, refs["val"], inputs, outputs, out / "reference" / f"{val_id}.npz", cfg.threads)
+        _reference(ref, refs["val"], inputs, outputs, out / "reference" / f"{refs['val'].id}.npz", cfg.threads)
     job = {"model_path": str(ref.path), "root": str(out / "artifacts"), "inputs": tuple(inputs), "outputs": tuple(outputs),
            "threads": cfg.threads, "unsafe": ref.unsafe, "export_cache": None if cache_dir is None else str(cache_dir),
-           "float_accuracy": quality.accuracy(ref_out, ds.y), "samples": len(ds), "machine": facts, **refs}
+           "float_accuracy": quality.accuracy(ref_outs[0], ds.y) if kinds[0].kind == "multiclass" else None,
+           "samples": len(ds), "machine": facts, "kinds": kinds, **refs}
     return _Run(cfg, ref, out, store, protocol, job, ex, note)
 
 
 # ------------------------------------------------------------------ one wave of recipes
 
-_SHARED = ("model_path", "root", "calib", "inputs", "outputs", "threads", "unsafe", "export_cache")
+_SHARED = ("model_path", "root", "calib", "inputs", "outputs", "threads", "unsafe", "export_cache", "kinds")
 
 
 def _job(run: _Run, r: Recipe, evaluate: bool) -> BuildJob:
     """A probe trains on the train data less the validation split and is judged on that split;
     a variant trains on all of it and is judged on the held-out data."""
     probe = r.role == "probe"
-    data, qid = ("val", _qid(run, r)) if probe else ("eval", run.protocol.quality_id)
-    return BuildJob(r, **{k: run.job[k] for k in _SHARED}, eval=run.job[data], train=run.job["probe_train" if probe else "train"],
-                    reference=str(run.out / "reference" / f"{qid}.npz"), evaluate=evaluate)
+    data = run.job["val" if probe else "eval"]
+    return BuildJob(r, **{k: run.job[k] for k in _SHARED}, eval=data, train=run.job["probe_train" if probe else "train"],
+                    reference=str(run.out / "reference" / f"{data.id}.npz"), evaluate=evaluate)
 
 
 def _qid(run: _Run, r: Recipe) -> str:
-    return run.protocol.quality_id_for(run.job["val"].id) if r.role == "probe" else run.protocol.quality_id
+    if r.role == "probe":
+        return run.protocol.quality_id_for(f"{run.job['val'].id}:{hash_kinds(run.job['kinds'])}")
+    return run.protocol.quality_id
+
+
+def hash_kinds(kinds) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps([k.to_dict() for k in kinds], sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _run_wave(run: _Run, recipes: list[Recipe]) -> None:
@@ -301,7 +349,7 @@ def _row(r: Recipe, build: dict, q: dict, s: dict, cfg: OptimizeConfig) -> dict:
     if not s.get("ok"):
         return {**row, "error": f"benchmark failed: {s.get('error')}"}
     within, why = select.within_budget(q, cfg.budget())
-    return {**row, "ok": True, **{k: q.get(k) for k in ("accuracy", "accuracy_drop", "top1_agreement", "max_abs_diff")},
+    return {**row, "ok": True, **{k: q.get(k) for k in ("accuracy", "accuracy_drop", "top1_agreement", "max_abs_diff", "outputs")},
             **{k: s.get(k) for k in ("latency_ms", "throughput_per_s", "model_bytes", "init_ms", "peak_rss_mb")},
             "within_budget": within, "verdict": why, "timed_on": s.get("node")}
 
@@ -325,6 +373,7 @@ def _doc(run: _Run) -> dict:
         "data": {"eval": j["eval"].spec, "eval_samples": j["samples"], "train": j["train"].spec if j["train"] else None,
                  "calibration": f"{j['calib'].spec} ({j['calib'].part})"},
         "float_accuracy": j["float_accuracy"], "resume_note": run.store.note,
+        "outputs": [k.to_dict() for k in j["kinds"]],
         "plan": {"left_out": [{"name": n, "reason": why} for n, why in j.get("left_out", ())],
                  "notes": list(j.get("plan_notes", ()))},
         "search": probes,

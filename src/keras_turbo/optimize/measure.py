@@ -123,22 +123,31 @@ def node_facts() -> dict:
     return facts
 
 
+def load_reference(path) -> list[np.ndarray]:
+    """The float model's outputs saved by the driver, one array per output."""
+    with np.load(path) as z:
+        return [z[f"out_{i}"] for i in range(len(z.files))]
+
+
 def measure_quality(artifact: str, backend: str, eval_ref: DataRef, inputs, outputs, reference: str,
-                    threads: int | None, unsafe: bool) -> dict:
-    """Run the artifact on the evaluation data and compare it with the float reference."""
+                    threads: int | None, unsafe: bool, kinds=()) -> dict:
+    """Run the artifact on the evaluation data and judge every output against the float
+    reference by its kind (quality.judge)."""
     from keras_turbo import quality
     from keras_turbo.api import load
 
     t0 = time.time()
     ds = eval_ref.load(inputs, outputs)
-    ref = np.load(reference)
+    refs = load_reference(reference)
     p = load(artifact, backend=backend, threads=threads, unsafe=unsafe)
     try:
         out = p.predict(list(ds.x), batch_size=64)
     finally:
         p.close()
-    out = out[0] if isinstance(out, list) else out
-    res = quality.compare(ref["out"], out, ds.y)
+    outs = out if isinstance(out, list) else [out]
+    kinds = list(kinds) or [quality.detect(f"output_{i}", r.shape[:1] and (None,) + r.shape[1:], None, r)
+                            for i, r in enumerate(refs)]
+    res = quality.judge(refs, outs, kinds, ds.y)
     return {**res, "seconds": round(time.time() - t0, 2), "node": node_facts()}
 
 
@@ -155,4 +164,5 @@ def measure_speed(artifact: str, backend: str, batch_size: int, threads: int, be
             "machine": rep.machine}
 
 
-__all__ = ["DataRef", "Protocol", "data_fingerprint", "machine_key", "measure_quality", "measure_speed", "node_facts"]
+__all__ = ["DataRef", "Protocol", "data_fingerprint", "load_reference", "machine_key", "measure_quality", "measure_speed",
+           "node_facts"]

@@ -10,20 +10,47 @@ from __future__ import annotations
 EPS = 1e-9
 
 
+def _one_output(o: dict, budget: dict) -> tuple[bool, str]:
+    """One output's verdict: classification-like kinds by accuracy drop (labelled) or agreement,
+    the others by their error relative to the float output; defaults where no budget applies."""
+    from keras_turbo.quality import CLASSIFYING, DEFAULT_MAX_OUTPUT_ERROR, DEFAULT_MIN_AGREEMENT
+
+    n = o.get("samples") or 0
+    if o["kind"] in CLASSIFYING:
+        if budget.get("max_accuracy_drop") is not None and o.get("accuracy_drop") is not None:
+            drop, lim = o["accuracy_drop"], budget["max_accuracy_drop"]
+            ok = drop <= lim + EPS
+            text = f"drop {drop:.2f} points {'<=' if ok else '>'} {lim}"
+            return ok, text + (f" (warning: {n} samples resolve only {100 / n:.2f} points)" if n and 100 / n > lim > 0 else "")
+        lim = budget.get("min_agreement")
+        default = lim is None
+        lim = DEFAULT_MIN_AGREEMENT if default else lim
+        a = o.get("agreement")
+        ok = a is not None and a >= lim - EPS
+        text = f"agreement {a * 100:.2f}% {'>=' if ok else '<'} {lim * 100:.2f}%" + (" (default budget)" if default else "")
+        return ok, text + (f" (warning: {n} samples cannot resolve {lim:.3f})" if n and (1 - lim) * n < 1 and lim < 1 else "")
+    lim = budget.get("max_output_error")
+    default = lim is None
+    lim = DEFAULT_MAX_OUTPUT_ERROR if default else lim
+    err = o.get("error")
+    ok = err is not None and err <= lim + EPS
+    what = "1 - cosine" if o["kind"] == "embedding" else "relative error"
+    return ok, f"{what} {err:.4f} {'<=' if ok else '>'} {lim}" + (" (default budget)" if default else "")
+
+
 def within_budget(quality: dict | None, budget: dict) -> tuple[bool, str]:
-    """(verdict, why) for one variant's quality measurement under `budget`
-    ({"max_accuracy_drop": points or None, "min_agreement": fraction or None})."""
+    """(verdict, why) for one variant's quality measurement under `budget` ({"max_accuracy_drop":
+    points, "min_agreement": fraction, "max_output_error": relative error; each may be None}).
+    Every output must meet the budget that applies to its kind."""
     if not quality:
         return False, "not measured"
-    if budget.get("min_agreement") is not None:
-        a = quality.get("top1_agreement")
-        ok = a is not None and a >= budget["min_agreement"] - EPS
-        return ok, f"agreement {a * 100:.2f}% {'>=' if ok else '<'} {budget['min_agreement'] * 100:.2f}%"
-    drop = quality.get("accuracy_drop")
-    if drop is None:
-        return False, "accuracy budget but no labels"
-    ok = drop <= budget["max_accuracy_drop"] + EPS
-    return ok, f"drop {drop:.2f} points {'<=' if ok else '>'} {budget['max_accuracy_drop']}"
+    outputs = quality.get("outputs") or [{"name": "output_0", "kind": "multiclass", "samples": quality.get("samples"),
+                                          "agreement": quality.get("top1_agreement"),
+                                          "accuracy_drop": quality.get("accuracy_drop")}]
+    verdicts = [_one_output(o, budget) for o in outputs]
+    if len(verdicts) == 1:
+        return verdicts[0]
+    return all(ok for ok, _ in verdicts), "; ".join(f"{o['name']}: {why}" for o, (_, why) in zip(outputs, verdicts))
 
 
 def _quality_key(row: dict, by_agreement: bool) -> float:

@@ -50,7 +50,9 @@ def _fmt_acc(v) -> str:
     return "-" if v is None else f"{v * 100:.2f}%"
 
 
-def _rows(doc: dict) -> list[list[str]]:
+def _rows(doc: dict, why: bool = False) -> list[list[str]]:
+    """One row per variant (fastest first, failures last); `why` adds the verdict: each output's
+    metric and the budget it was held to."""
     base = doc.get("baseline") or {}
     base_p50 = base.get("latency_ms", {}).get("p50") if base.get("ok") else None
     rows = []
@@ -58,14 +60,15 @@ def _rows(doc: dict) -> list[list[str]]:
     for v in ok + [v for v in doc["variants"] if not v.get("ok")]:
         if not v.get("ok"):
             rows.append([v["name"], v.get("backend", "-"), "failed" if not v.get("skipped") else "skipped",
-                         "", "", "", "", "", "", v.get("error") or ""])
+                         "", "", "", "", "", "", v.get("error") or ""] + ([""] if why else []))
             continue
         p50 = v["latency_ms"]["p50"]
         mark = ("★ " if v["name"] == doc.get("recommended") else "") + ("pareto" if v.get("pareto") else "")
         drop = "-" if v.get("accuracy_drop") is None else f"{0.0 - v['accuracy_drop'] + 0.0:+.2f}"
         rows.append([v["name"], v["backend"], _fmt_acc(v.get("accuracy")), drop, _fmt_acc(v.get("top1_agreement")),
                      f"{p50:.3f}", f"{base_p50 / p50:.1f}x" if base_p50 else "-", f"{v['throughput_per_s']:,.0f}",
-                     _size(v["model_bytes"]), ("within budget" if v.get("within_budget") else "over budget") + (f", {mark}" if mark else "")])
+                     _size(v["model_bytes"]), ("within budget" if v.get("within_budget") else "over budget") + (f", {mark}" if mark else "")]
+                    + ([v.get("verdict") or ""] if why else []))
     return rows
 
 
@@ -113,8 +116,8 @@ def write_markdown(out, doc: dict) -> str:
         lines += [f"**Recommended: `{h['recommended']}`**, {h['speedup']:.1f}x faster than `{h['baseline']}` at batch "
                   f"{doc['budget']['batch_size']}, {h['size_ratio']:.1f}x smaller, accuracy {_fmt_acc(h['accuracy'])} "
                   f"(float {_fmt_acc(h['baseline_accuracy'])}), agreement {_fmt_acc(h['agreement'])}.{verdict}", ""]
-    lines += ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
-    lines += ["| " + " | ".join(c.replace("|", "/") for c in r) + " |" for r in _rows(doc)]
+    lines += ["| " + " | ".join(HEADERS + ["judged by"]) + " |", "|" + "---|" * (len(HEADERS) + 1)]
+    lines += ["| " + " | ".join(c.replace("|", "/") for c in r) + " |" for r in _rows(doc, why=True)]
     if doc.get("search"):
         lines += ["", "Technique strength search (short fine-tunes judged on a validation split of the train data):", "",
                   "| " + " | ".join(SEARCH_HEADERS) + " |", "|" + "---|" * len(SEARCH_HEADERS)]
@@ -217,8 +220,8 @@ def write_html(out, doc: dict) -> str:
                      + ("" if h["budget_met"] else "<br><span class='bad'>No candidate met the budget: the fastest float "
                         "runtime is recommended.</span>") + "</div>")
     parts.append("<h2>Latency vs accuracy</h2><div id='pareto-plot'>" + pareto_svg(doc) + "</div>")
-    parts.append("<h2>All variants</h2><table id='variants'><tr>" + "".join(f"<th>{esc(c)}</th>" for c in HEADERS) + "</tr>")
-    for r in _rows(doc):
+    parts.append("<h2>All variants</h2><table id='variants'><tr>" + "".join(f"<th>{esc(c)}</th>" for c in HEADERS + ["judged by"]) + "</tr>")
+    for r in _rows(doc, why=True):
         parts.append("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>")
     parts.append("</table>")
     if doc.get("sensitivity"):

@@ -312,14 +312,7 @@ def apply(model, config: DistillConfig | None = None, train: Dataset | None = No
     teacher = _Teacher(model, probe, train, unlabeled, config)
     keras.utils.set_random_seed(config.seed)  # the student's initial weights
     student, description = make_student(model, config.student, teacher.outputs_probs)
-    s_shape, t_shape = tuple(student.outputs[0].shape[1:]), tuple(model.outputs[0].shape[1:])
-    if len(student.outputs) != 1 or s_shape != t_shape:
-        raise KerasTurboError(f"--student: the student's output shape {s_shape} differs from the teacher's {t_shape}")
-    student_probs = looks_like_probabilities(predict(student, tuple(a[:64] for a in train.x)))
-    # Train the student's logits where its softmax can be seen (same variables: see logits_view).
-    trained = logits_view(student) if student_probs else None
-    student_probs = student_probs and trained is None
-    trained = trained or student
+    trained, student_probs = _trained_view(model, student, train)
     loss, kind, targets = _objective(keras, config, teacher, student_probs)
     keras.utils.set_random_seed(config.seed)
     steps = config.epochs * math.ceil(len(teacher.x[0]) / config.batch_size)
@@ -353,6 +346,17 @@ def _check_data(model, config: DistillConfig, train: Dataset | None) -> np.ndarr
         raise KerasTurboError(f"distill: shift moves images (batch, height, width, channels); {train.source} has inputs "
                               f"shaped {[a.shape[1:] for a in train.x]}")
     return probe
+
+
+def _trained_view(teacher, student, train: Dataset):
+    """(the model that trains: the student's logits where its softmax can be seen, which share its
+    variables (see logits_view), else the student itself; whether that model outputs probabilities)."""
+    s_shape, t_shape = tuple(student.outputs[0].shape[1:]), tuple(teacher.outputs[0].shape[1:])
+    if len(student.outputs) != 1 or s_shape != t_shape:
+        raise KerasTurboError(f"--student: the student's output shape {s_shape} differs from the teacher's {t_shape}")
+    probs = looks_like_probabilities(predict(student, tuple(a[:64] for a in train.x)))
+    view = logits_view(student) if probs else None
+    return (view, False) if view is not None else (student, probs)
 
 
 class _Teacher:

@@ -32,6 +32,7 @@ from keras_turbo.data import Dataset, load_data  # noqa: E402
 from keras_turbo.models import resolve  # noqa: E402
 from keras_turbo.runtimes.keras_runtimes import _infos  # noqa: E402
 from keras_turbo.techniques import prune, structured  # noqa: E402
+from keras_turbo.techniques._training import accuracy  # noqa: E402
 from keras_turbo.zoo import application, digits_model_path  # noqa: E402
 
 RUNTIMES = ["litert", "onnxruntime", "openvino"]
@@ -113,13 +114,13 @@ def digits_part(cfg) -> tuple[dict, str, dict]:
     from ai_edge_litert.interpreter import Interpreter
 
     densify = sum(d["op_name"] == "DENSIFY" for d in Interpreter(model_path=str(sparse_path))._get_ops_details())
-    acc_test = {"unpruned": prune.accuracy(model, test), "pruned": prune.accuracy(res.model, test)}
+    acc_test = {"unpruned": accuracy(model, test), "pruned": accuracy(res.model, test)}
     # One fine-tuning run moves by a test image or two: the same pruning with other seeds, for the mean.
     seeds = {0: (rep["accuracy_after"], acc_test["pruned"])}
     for seed in EXTRA_SEEDS:
         log(f"magnitude pruning the digits CNN to 80%, seed {seed}")
         r = prune.apply(model, dataclasses.replace(config, seed=seed), train=train, val=heldout)
-        seeds[seed] = (r.report["accuracy_after"], prune.accuracy(r.model, test))
+        seeds[seed] = (r.report["accuracy_after"], accuracy(r.model, test))
     bench = bench_pair({"unpruned": str(path), "pruned": str(pruned_path)}, RUNTIMES, [1, 32], cfg)
     sparse = bench_pair({"pruned": str(dense_tfl["pruned"]), "pruned_sparse_tflite": str(sparse_path)}, ["litert"], [1, 32], cfg)
     bench["results"]["pruned_sparse_tflite"] = sparse["results"]["pruned_sparse_tflite"]

@@ -26,7 +26,8 @@ from keras_turbo.convert import ConvertConfig, convert  # noqa: E402
 from keras_turbo.data import Dataset, load_data  # noqa: E402
 from keras_turbo.runtimes.keras_runtimes import _infos  # noqa: E402
 from keras_turbo.techniques import cluster, distill, qat  # noqa: E402
-from keras_turbo.techniques.prune import accuracy, predict  # noqa: E402
+from keras_turbo import quality  # noqa: E402
+from keras_turbo.techniques._training import accuracy, predict  # noqa: E402
 from keras_turbo.zoo import digits_model_path, outlier_digits_mlp  # noqa: E402
 
 STUDENT = "width:0.48"  # 0.5 rounds to 26% of the FLOPs; 0.48 gives 8/15/31 filters, under a quarter
@@ -64,9 +65,9 @@ def teacher_probe(teacher, test) -> dict:
     distillation asks the teacher about."""
     rng = np.random.default_rng(0)
     x, y = test.x[0], test.y
-    shifted = predict(teacher, (distill.shift_images(x, rng, 0.05),)).argmax(1)
+    shifted = quality.top1(predict(teacher, (distill.shift_images(x, rng, 0.05),)))
     partner = rng.permutation(len(x))
-    mixed = predict(teacher, ((0.7 * x + 0.3 * x[partner]).astype("float32"),)).argmax(1)
+    mixed = quality.top1(predict(teacher, ((0.7 * x + 0.3 * x[partner]).astype("float32"),)))
     return {"shift_0.05_accuracy": float(np.mean(shifted == y)),
             "mix_0.7_says_major_class": float(np.mean(mixed == y)),
             "mix_0.7_says_neither_class": float(np.mean((mixed != y) & (mixed != y[partner])))}

@@ -1,83 +1,265 @@
-"""The one contract every technique passes (as scikit-learn's check_estimator does for its
-estimators): the input model is untouched, the config round-trips through a dict, the output is
-a Keras model that runs on a non-Keras runtime with the input's shapes, and the report is filled.
-(Every runtime's own contract is in test_runtimes.py.)"""
+"""The one contract every technique passes, as scikit-learn's `check_estimator` runs its named
+checks on every estimator: each `check_*` test below runs on every technique of the `TECHNIQUES`
+registry x a Sequential, a residual and a two-input model (tests/conftest.py; the dear second
+training run of the determinism check on the Sequential one), and the technique's output runs on
+every runtime of the `BACKENDS` registry. The registries are iterated, so a
+technique or runtime added to them is checked here without touching this file.
+
+What a runtime does with a plain model (same numbers as Keras, inputs untouched, list and dict
+inputs, any batch size) is test_runtimes.py's contract; here a runtime only has to run what a
+technique made, with the numbers Keras gives for it.
+
+Known exceptions live in ONE table, `KNOWN_FAILURES`, each with its reason, and
+`test_known_failure_fails_as_stated` asserts that every entry still fails in the stated way, so
+the table can hide neither a case that silently passes nor one that breaks differently.
+"""
 
 from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import re
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
 
 import keras_turbo
-from keras_turbo.data import load_data
-from keras_turbo.runtimes.base import TensorInfo
+from keras_turbo import quality
+from keras_turbo.data import Dataset
+from keras_turbo.errors import KerasTurboError
+from keras_turbo.runtimes import BACKENDS
 from keras_turbo.techniques import TECHNIQUES
-from tests.conftest import keras
+from keras_turbo.techniques._training import feed, predict
+from tests.conftest import MODEL_MAKERS, keras
 
-# Settings that keep each technique to seconds on the tiny model below.
+# Settings that keep every technique to a second or two on the tiny models: any of these fields
+# a config has is set, so a technique added to the registry gets them too.
+FAST = {"epochs": 1, "batch_size": 32, "calibration_size": 32, "seed": 0}
+# What a technique needs beyond FAST to have something to do on models this small.
 QUICK = {
-    "prune": {"sparsity": 0.5, "epochs": 1},
-    "structured": {"sparsity": 0.5, "epochs": 1},
-    "distill": {"student": "width:0.5", "epochs": 1},
-    "qat": {"epochs": 1, "calibration_size": 50},
-    "cluster": {"clusters": 8, "epochs": 1},
+    "prune": {"sparsity": 0.5, "skip_first_last": False},  # the tiny models have only a first and a last layer
+    "structured": {"sparsity": 0.5},
+    "cluster": {"clusters": 8, "min_weights": 0},  # the two-input model's kernels are under the default 64 weights
+}
+# The report key holding the accuracy of the technique's output model on `val` (default "accuracy_after").
+REPORT_ACCURACY = {"distill": "student_accuracy", "qat": "accuracy_fake_quant"}
+# One setting out of range per technique (default: epochs=0).
+BAD = {"prune": {"sparsity": 1.5}, "structured": {"sparsity": -0.1}, "distill": {"temperature": 0.0},
+       "qat": {"epochs": -1}, "cluster": {"clusters": 1}}
+TRAIN, VAL = 64, 32
+SAMPLES = 8  # val samples each runtime runs
+# A technique's output is compared with the Keras output of the same model: float paths agree to
+# rounding (test_runtimes.py holds plain models to 1e-4; trained weights are no harder).
+TOLERANCE = 1e-4
+
+
+@dataclass(frozen=True)
+class Known:
+    """An expected failure: what is raised, a regex its message matches, and why."""
+
+    error: type
+    match: str
+    reason: str
+
+
+FAKE_QUANT_ROUNDING = (
+    "QAT's output is a fake-quantized model; tf2onnx writes its rounding as QuantizeLinear/DequantizeLinear, "
+    "which round ties and nudge ranges unlike TF's fake-quant ops, so an activation on a rounding boundary lands "
+    "one int8 step from Keras' and the outputs differ by about that step (top-1 still agrees; the deployable QAT "
+    "output is its int8 LiteRT export, held to Keras in test_qat.py)")
+
+# (technique, model, runtime) -> Known; runtime None: the technique itself refuses the model.
+KNOWN_FAILURES: dict[tuple[str, str, str | None], Known] = {
+    ("distill", "residual", None): Known(
+        KerasTurboError, "cannot be built",
+        "the width:0.5 student halves conv_a, whose output meets the model's 4-channel input in the residual Add; "
+        "a residual model needs a student that keeps the residual widths (--student PATH or an application)"),
+    ("qat", "sequential", "onnxruntime"): Known(AssertionError, "differs from Keras by", FAKE_QUANT_ROUNDING),
+    ("qat", "residual", "onnxruntime"): Known(AssertionError, "differs from Keras by", FAKE_QUANT_ROUNDING),
+    ("qat", "two_input", "onnxruntime"): Known(AssertionError, "differs from Keras by", FAKE_QUANT_ROUNDING),
+    # OpenVINO reads the same fake-quant ops from the SavedModel; on this model a boundary case shows too.
+    ("qat", "residual", "openvino"): Known(AssertionError, "differs from Keras by", FAKE_QUANT_ROUNDING),
 }
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    keras.utils.set_random_seed(0)
-    m = keras.Sequential([
-        keras.Input((8, 8, 1), name="image"),
-        keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="c1"),
-        keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="c2"),
-        keras.layers.GlobalAveragePooling2D(name="gap"),
-        keras.layers.Dense(16, activation="relu", name="d1"),
-        keras.layers.Dense(10, activation="softmax", name="out"),
-    ], name="tiny")
-    m.compile("adam", "sparse_categorical_crossentropy")
-    spec = [TensorInfo("image", (None, 8, 8, 1), "float32")]
-    train = load_data("builtin:digits:train", spec).take(300)
-    m.fit(train.x[0], train.y, epochs=3, verbose=0)
-    return m, train, load_data("builtin:digits:val", spec).take(100)
-
-
-def test_registry_is_complete():
-    assert set(TECHNIQUES) == set(QUICK)
-
-
-@pytest.mark.parametrize("name", sorted(QUICK))
-def test_technique_contract(name, tiny, tmp_path):
-    model, train, val = tiny
-    config_cls, apply = TECHNIQUES[name]
-    cfg = config_cls(**QUICK[name])
-    assert config_cls.from_dict(cfg.to_dict()) == cfg  # the config round-trips
-    before = [w.copy() for w in model.get_weights()]
-
-    result = apply(model, cfg, train, val)
-
-    for a, b in zip(before, model.get_weights()):  # the input is untouched
-        np.testing.assert_array_equal(a, b)
-    assert result.model is not model and result.config == cfg and result.report  # a new model, a report
-    x = val.x[0][:4]
-    want = np.asarray(result.model(x, training=False))
-    assert want.shape == (4, 10)
-    if name == "qat":
-        # QAT's deployable output is its int8 LiteRT export, not the fake-quantized Keras model.
-        from keras_turbo.techniques import qat
-
-        path = qat.export_tflite(result, tmp_path / "qat.tflite", calibration=train)
-        p = keras_turbo.load(path)
-        assert float(np.mean(p(x).argmax(1) == want.argmax(1))) >= 0.75
-    else:
-        p = keras_turbo.load(result.model, backend="onnxruntime")  # it runs outside Keras
-        np.testing.assert_allclose(p(x), want, rtol=1e-3, atol=1e-4)
-
-
-@pytest.mark.parametrize("name", sorted(QUICK))
-def test_technique_rejects_bad_settings(name):
+def quick_config(name: str):
     config_cls, _ = TECHNIQUES[name]
-    bad = {"prune": {"sparsity": 1.5}, "structured": {"sparsity": -0.1}, "distill": {"temperature": 0.0},
-           "qat": {"epochs": -1}, "cluster": {"clusters": 1}}[name]
-    with pytest.raises(keras_turbo.KerasTurboError, match=r"must be .* Received"):
-        config_cls(**bad)
+    fields = {f.name for f in dataclasses.fields(config_cls)}
+    return config_cls(**{k: v for k, v in FAST.items() if k in fields}, **QUICK.get(name, {}))
+
+
+def labelled_data(model, n: int, seed: int) -> Dataset:
+    """Inputs in [0, 1) (one array per input, in name order) and labels that depend on them: the
+    class is the largest of the sums of `classes` fixed slices of the flattened inputs."""
+    rng = np.random.default_rng(seed)
+    inputs = sorted(model.inputs, key=lambda t: t.name)
+    x = tuple(rng.random((n, *t.shape[1:])).astype("float32") for t in inputs)
+    classes = int(model.outputs[0].shape[-1])
+    flat = np.concatenate([a.reshape(n, -1) for a in x], axis=1)
+    width = flat.shape[1] // classes
+    y = flat[:, :classes * width].reshape(n, classes, width).sum(-1).argmax(1)
+    return Dataset(x, y.astype("int64"), f"synthetic:{model.name}")
+
+
+def weights_of(model) -> list[np.ndarray]:
+    return [w.copy() for w in model.get_weights()]
+
+
+class Outcomes:
+    """Each (technique, model) applied once per module: the result or the exception, with what
+    the input model was before."""
+
+    def __init__(self):
+        self.models, self.cache = {}, {}
+        for i, (name, make) in enumerate(MODEL_MAKERS.items()):
+            m = make()
+            self.models[name] = (m, labelled_data(m, TRAIN, seed=i), labelled_data(m, VAL, seed=100 + i))
+
+    def run(self, technique: str, model_name: str):
+        model, train, val = self.models[model_name]
+        return TECHNIQUES[technique][1](model, quick_config(technique), train, val)
+
+    def get(self, technique: str, model_name: str):
+        key = (technique, model_name)
+        if key not in self.cache:
+            model, _, val = self.models[model_name]
+            before = {"weights": weights_of(model), "config": model.get_config(),
+                      "out": predict(model, val.x)}
+            try:
+                self.cache[key] = (self.run(technique, model_name), before)
+            except Exception as e:  # kept, so each check and the known-failure test see the same outcome
+                self.cache[key] = (e, before)
+        return self.cache[key]
+
+    def result(self, technique: str, model_name: str):
+        """The technique's result; skips a combination the table lists (its own test checks it)."""
+        known = KNOWN_FAILURES.get((technique, model_name, None))
+        if known:
+            pytest.skip(f"known failure: {known.reason}")
+        outcome, before = self.get(technique, model_name)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome, before
+
+
+@pytest.fixture(scope="module")
+def outcomes():
+    return Outcomes()
+
+
+PAIRS = [(t, m) for t in TECHNIQUES for m in MODEL_MAKERS]
+RUNS = [(t, m, b) for t, m in PAIRS for b in BACKENDS]
+
+
+# ---------------------------------------------------------------- the named checks
+
+@pytest.mark.parametrize("technique", list(TECHNIQUES))
+def test_check_config_roundtrip(technique):
+    cfg = quick_config(technique)
+    d = json.loads(json.dumps(cfg.to_dict()))  # through JSON, as results.json stores it
+    assert type(cfg).from_dict(d) == cfg
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.seed = 1
+    with pytest.raises(KerasTurboError, match="unknown setting"):
+        type(cfg).from_dict({**d, "no_such_setting": 1})
+
+
+@pytest.mark.parametrize("technique", list(TECHNIQUES))
+def test_check_rejects_bad_settings(technique):
+    config_cls, _ = TECHNIQUES[technique]
+    with pytest.raises(KerasTurboError, match=r"must be .* Received"):
+        config_cls(**BAD.get(technique, {"epochs": 0}))
+
+
+@pytest.mark.parametrize("technique,model_name", PAIRS)
+def test_check_input_untouched(outcomes, technique, model_name):
+    result, before = outcomes.result(technique, model_name)
+    model, _, val = outcomes.models[model_name]
+    assert result.model is not model
+    after = model.get_weights()
+    assert len(after) == len(before["weights"])
+    for a, b in zip(after, before["weights"]):
+        np.testing.assert_array_equal(a, b)
+    assert model.get_config() == before["config"]
+    np.testing.assert_array_equal(predict(model, val.x), before["out"])
+
+
+@pytest.mark.parametrize("technique,model_name", PAIRS)
+def test_check_report_filled(outcomes, technique, model_name):
+    result, _ = outcomes.result(technique, model_name)
+    _, _, val = outcomes.models[model_name]
+    assert result.technique == technique and result.config == quick_config(technique)
+    assert result.report and isinstance(result.report, dict)
+    json.dumps(result.report, allow_nan=False)  # JSON-ready as it is: results.json stores it
+    # The accuracy the report states is the output model's top-1 on val, by the one metric module.
+    key = REPORT_ACCURACY.get(technique, "accuracy_after")
+    want = quality.accuracy(predict(result.model, val.x), val.y)
+    assert result.report[key] == pytest.approx(want, abs=1e-9)
+
+
+# A second training run is the dearest check: it runs on the Sequential model (conv, BatchNorm,
+# softmax: every seeded step a technique has) rather than on all three.
+@pytest.mark.parametrize("technique,model_name", [(t, "sequential") for t in TECHNIQUES])
+def test_check_deterministic_under_seed(outcomes, technique, model_name):
+    first, _ = outcomes.result(technique, model_name)
+    second = outcomes.run(technique, model_name)
+    a, b = first.model.get_weights(), second.model.get_weights()
+    assert len(a) == len(b)
+    for wa, wb in zip(a, b):
+        np.testing.assert_array_equal(wa, wb)
+    _, _, val = outcomes.models[model_name]
+    np.testing.assert_array_equal(predict(first.model, val.x), predict(second.model, val.x))
+
+
+def _run_on(result, backend: str, val: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """(the runtime's output, Keras' output) of the technique's model on a few val samples."""
+    model = result.model
+    x = tuple(a[:SAMPLES] for a in val.x)
+    names = sorted(t.name.split(":")[0] for t in model.inputs)
+    p = keras_turbo.load(model, backend=backend, threads=2)
+    try:
+        got = np.asarray(p(dict(zip(names, x))))
+    finally:
+        p.close()
+    want = np.asarray(model(feed(model, x), training=False))
+    return got, want
+
+
+def _check_same_numbers(got: np.ndarray, want: np.ndarray) -> None:
+    assert got.shape == want.shape, f"output shape {got.shape}, Keras gives {want.shape}"
+    err = float(np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-12))
+    assert err < TOLERANCE, f"differs from Keras by {err:.2e} (relative to the largest output)"
+
+
+@pytest.mark.parametrize("technique,model_name,backend", RUNS)
+def test_check_runs_on_every_runtime(outcomes, technique, model_name, backend):
+    known = KNOWN_FAILURES.get((technique, model_name, backend))
+    if known:
+        pytest.skip(f"known failure: {known.reason}")
+    if importlib.util.find_spec(BACKENDS[backend].requires) is None:
+        pytest.skip(f"{backend} needs {BACKENDS[backend].requires}, not installed here")
+    result, _ = outcomes.result(technique, model_name)
+    _check_same_numbers(*_run_on(result, backend, outcomes.models[model_name][2]))
+
+
+# ---------------------------------------------------------------- the table of known failures
+
+@pytest.mark.parametrize("key", list(KNOWN_FAILURES), ids=lambda k: "-".join(str(p) for p in k))
+def test_known_failure_fails_as_stated(outcomes, key):
+    technique, model_name, backend = key
+    assert technique in TECHNIQUES and model_name in MODEL_MAKERS and (backend is None or backend in BACKENDS)
+    known = KNOWN_FAILURES[key]
+    assert known.reason.strip()
+    if backend is None:
+        outcome, _ = outcomes.get(technique, model_name)
+        assert isinstance(outcome, known.error), f"{key} no longer fails: it returned {outcome!r}; take it off the table"
+        assert re.search(known.match, str(outcome)), f"{key} fails differently: {outcome}"
+    else:
+        result, _ = outcomes.result(technique, model_name)
+        got, want = _run_on(result, backend, outcomes.models[model_name][2])
+        with pytest.raises(known.error, match=known.match):
+            _check_same_numbers(got, want)
+        # It runs and means the same: a rounding difference, not a broken model.
+        assert got.shape == want.shape and float(np.mean(quality.top1(got) == quality.top1(want))) >= 0.75

@@ -10,6 +10,7 @@ from keras_turbo.data import Dataset, load_data
 from keras_turbo.describe import describe_keras
 from keras_turbo.errors import KerasTurboError
 from keras_turbo.techniques import distill
+from keras_turbo.techniques._training import distillation_loss, logits_view
 from keras_turbo.techniques.distill import DistillConfig
 from tests.conftest import keras, residual_model, sequential_model
 
@@ -37,21 +38,78 @@ def test_width_student_scales_all_but_the_output():
         distill.width_scaled(residual_model(), 0.5)  # the residual Add no longer agrees on channels
 
 
-def test_loss_is_zero_when_student_equals_teacher():
+def _softmax(z):
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+# Two samples, three classes: logits picked so that no term is zero.
+T_LOGITS = np.array([[2.0, 0.0, -1.0], [0.5, 0.5, 1.0]], "float32")
+S_LOGITS = np.array([[1.0, 1.0, 0.0], [0.0, 2.0, -1.0]], "float32")
+LABELS = np.array([0, 2])
+
+
+def _by_hand(temperature, soft_weight, hard_weight, label_rows):
+    """soft_weight * T^2 KL(teacher_T || student_T) + hard_weight * CE(label rows, student), in numpy."""
+    t, s = _softmax(T_LOGITS / temperature), _softmax(S_LOGITS / temperature)
+    kl = np.sum(t * (np.log(t) - np.log(s)), axis=1)
+    ce = -np.sum(label_rows * np.log(_softmax(S_LOGITS)), axis=1)
+    return soft_weight * temperature ** 2 * kl + hard_weight * ce
+
+
+def test_one_distillation_loss_matches_a_hand_computation_in_both_parametrisations():
+    from keras_turbo.techniques._training import finetune_loss_weights
+
+    ops, T = keras.ops, 2.0
+    onehot = np.eye(3, dtype="float32")[LABELS]
+    # finetune(distill=True): distill_weight w of the soft term, 1 - w of cross-entropy; y = [label id, teacher].
+    soft, hard = finetune_loss_weights(0.3, labels=True)
+    assert (soft, hard) == pytest.approx((0.3, 0.7))
+    loss = distillation_loss(ops, temperature=T, soft_weight=soft, hard_weight=hard, label_layout="id")
+    got = np.asarray(loss(np.concatenate([LABELS[:, None].astype("float32"), T_LOGITS], 1), S_LOGITS))
+    np.testing.assert_allclose(got, _by_hand(T, 0.3, 0.7, onehot), rtol=1e-5)
+    # The same numbers as the old fine-tuning loss: (1 - w) * CE + w * T^2 KL.
+    kl_t2 = _by_hand(T, 1.0, 0.0, onehot)
+    ce = _by_hand(T, 0.0, 1.0, onehot)
+    np.testing.assert_allclose(got, 0.7 * ce + 0.3 * kl_t2, rtol=1e-5)
+    # distill.apply: soft term at weight 1, alpha of cross-entropy; y = [label distribution, teacher].
+    soft, hard = distill.loss_weights(DistillConfig(alpha=0.2), labels=True)
+    assert (soft, hard) == (1.0, 0.2)
+    mixed = 0.6 * onehot + 0.4 * onehot[::-1]  # a mixup of the two samples' labels
+    loss = distillation_loss(ops, temperature=T, soft_weight=soft, hard_weight=hard, label_layout="distribution")
+    got = np.asarray(loss(np.concatenate([mixed, T_LOGITS], 1), S_LOGITS))
+    np.testing.assert_allclose(got, _by_hand(T, 1.0, 0.2, mixed), rtol=1e-5)
+    np.testing.assert_allclose(got, kl_t2 + 0.2 * -np.sum(mixed * np.log(_softmax(S_LOGITS)), 1), rtol=1e-5)
+    # A hand number for the first sample, so the numpy helper itself is checked: T^2 KL = 0.48873 (t = [.6285 .2312 .1402], s = [.3837 .3837 .2327]).
+    assert float(kl_t2[0]) == pytest.approx(0.488732, rel=1e-4)
+    # Without labels both callers train on the soft term alone.
+    assert finetune_loss_weights(0.3, labels=False) == (1.0, 0.0)
+    assert distill.loss_weights(DistillConfig(alpha=0.2), labels=False) == (1.0, 0.0)
+
+
+def test_distillation_loss_on_probabilities_and_without_labels():
     ops = keras.ops
     logits = np.random.default_rng(0).standard_normal((4, 5)).astype("float32")
     onehot = np.eye(5, dtype="float32")[[0, 1, 2, 3]]
-    y = np.concatenate([onehot, logits], axis=1)
-    loss = distill.distill_loss(ops, 4.0, 0.0, False, False, labels=True, classes=5)
-    np.testing.assert_allclose(np.asarray(loss(y, logits)), 0.0, atol=1e-5)
     probs = np.asarray(ops.softmax(logits))
+    soft_only = dict(temperature=4.0, soft_weight=1.0, hard_weight=0.0, label_layout="distribution")
+    # The student equal to the teacher: no soft loss, whether the teacher's side is logits or probabilities.
+    np.testing.assert_allclose(np.asarray(distillation_loss(ops, **soft_only)(np.concatenate([onehot, logits], 1), logits)),
+                               0.0, atol=1e-5)
     y_probs = np.concatenate([onehot, probs], axis=1)
-    np.testing.assert_allclose(np.asarray(distill.distill_loss(ops, 4.0, 0.0, True, False, True, 5)(y_probs, logits)), 0.0, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(distillation_loss(ops, **soft_only, teacher_probs=True)(y_probs, logits)),
+                               0.0, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(distillation_loss(ops, **soft_only, teacher_probs=True, student_probs=True)(y_probs, probs)),
+                               0.0, atol=1e-4)
     # The hard term is the cross-entropy on the label part; a zero label row (unlabelled) adds nothing.
-    hard = np.asarray(distill.distill_loss(ops, 4.0, 1.0, False, False, True, 5)(y, logits))
-    np.testing.assert_allclose(hard, -np.log(probs[np.arange(4), [0, 1, 2, 3]]), rtol=1e-4)
+    hard_only = dict(temperature=4.0, soft_weight=0.0, hard_weight=1.0, label_layout="distribution")
+    y = np.concatenate([onehot, logits], axis=1)
+    np.testing.assert_allclose(np.asarray(distillation_loss(ops, **hard_only)(y, logits)),
+                               -np.log(probs[np.arange(4), [0, 1, 2, 3]]), rtol=1e-4)
     y[:, :5] = 0
-    np.testing.assert_allclose(np.asarray(distill.distill_loss(ops, 4.0, 1.0, False, False, True, 5)(y, logits)), 0.0, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(distillation_loss(ops, **hard_only)(y, logits)), 0.0, atol=1e-5)
+    with pytest.raises(ValueError, match="label_layout"):
+        distillation_loss(ops, temperature=1.0, soft_weight=1.0, hard_weight=0.0, label_layout="onehot")
 
 
 def test_shift_images_moves_whole_pixels_within_the_bound():
@@ -152,8 +210,6 @@ def test_augmented_distillation_runs_the_teacher_on_what_the_student_sees():
 
 
 def test_logits_view_shares_the_weights_and_undoes_the_softmax():
-    from keras_turbo.techniques.prune import logits_view
-
     m = sequential_model()
     v = logits_view(m)
     x = np.random.default_rng(0).random((6, 12, 12, 3)).astype("float32")

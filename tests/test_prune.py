@@ -14,6 +14,7 @@ from keras_turbo.data import Dataset, load_data
 from keras_turbo.errors import KerasTurboError
 from keras_turbo.runtimes.keras_runtimes import _infos
 from keras_turbo.techniques import prune
+from keras_turbo.techniques._training import accuracy
 from keras_turbo.techniques.prune import PruneConfig
 from tests.conftest import keras
 
@@ -81,7 +82,7 @@ def test_digits_80_percent_keeps_accuracy(digits_pruned):
     drop = rep["accuracy_before"] - rep["accuracy_after"]
     assert drop <= 0.01, f"80% pruning lost {100 * drop:.2f} points on val+test ({rep['accuracy_after']:.4f})"
     # The test split alone, for the record (noisier: see digits_data).
-    assert prune.accuracy(res.model, test) >= prune.accuracy(model, test) - 0.03
+    assert accuracy(res.model, test) >= accuracy(model, test) - 0.03
 
 
 def test_digits_80_percent_report_and_real_zeros(digits_pruned):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from keras_turbo import models
+from keras_turbo import models, quality
 from keras_turbo.errors import KerasTurboError
 from keras_turbo.models import ModelRef
 from keras_turbo.runtimes import NATIVE, Predictor, open_predictor
@@ -89,7 +89,9 @@ def evaluate(model, data, reference=None, backend: str | None = None, reference_
 
     Returns:
         {"samples", "accuracy" (None without labels), "top1_agreement", "max_abs_diff",
-         "mean_abs_diff" (None without reference), "backend", "reference_backend"}.
+         "mean_abs_diff" (None without reference), "backend", "reference_backend"}. Top-1 is
+        `keras_turbo.quality`'s: argmax, or for a single unit a threshold (0.5 for probabilities,
+        0 for logits) decided from the reference's outputs when there is one.
 
     Raises:
         KerasTurboError: unreadable data, data that does not fit, labels out of range.
@@ -102,26 +104,19 @@ def evaluate(model, data, reference=None, backend: str | None = None, reference_
     else:
         ds = load_data(data, predictor.inputs, predictor.outputs, default_split="test", arg="--data")
     out = _first(predictor.predict(list(ds.x), batch_size=batch_size))
-    result = {"samples": len(ds), "backend": predictor.backend, "accuracy": None, "top1_agreement": None,
-              "max_abs_diff": None, "mean_abs_diff": None, "reference_backend": None}
-    if ds.y is not None:
-        result["accuracy"] = float(np.mean(_top1(out) == ds.y))
+    result = {"samples": len(ds), "backend": predictor.backend, "accuracy": quality.accuracy(out, ds.y),
+              "top1_agreement": None, "max_abs_diff": None, "mean_abs_diff": None, "reference_backend": None}
     if reference is not None:
         ref_p = reference if isinstance(reference, Predictor) else load(reference, reference_backend, threads, unsafe=unsafe, cache_dir=cache_dir)
         ref_out = _first(ref_p.predict(list(ds.x), batch_size=batch_size))
         if ref_out.shape != out.shape:
             raise KerasTurboError(f"--reference: outputs of shape {ref_out.shape[1:]} cannot be compared with {out.shape[1:]}")
-        diff = np.abs(out.astype("float64") - ref_out.astype("float64"))
-        result.update(top1_agreement=float(np.mean(_top1(out) == _top1(ref_out))), max_abs_diff=float(diff.max()),
-                      mean_abs_diff=float(diff.mean()), reference_backend=ref_p.backend)
+        # Judged as quality.compare judges every variant: a single unit's threshold is the reference's.
+        q = quality.compare(ref_out, out, ds.y)
+        result.update(accuracy=q["accuracy"], top1_agreement=q["top1_agreement"], max_abs_diff=q["max_abs_diff"],
+                      mean_abs_diff=q["mean_abs_diff"], reference_backend=ref_p.backend)
     return result
 
 
 def _first(out):
     return out[0] if isinstance(out, list) else out
-
-
-def _top1(out: np.ndarray) -> np.ndarray:
-    out = out.reshape(len(out), -1)
-    # A single sigmoid unit is a binary classifier: threshold it rather than argmax one column.
-    return (out[:, 0] > 0.5).astype("int64") if out.shape[1] == 1 else out.argmax(axis=1)

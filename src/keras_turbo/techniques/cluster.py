@@ -27,6 +27,7 @@ import numpy as np
 from keras_turbo import _tf
 from keras_turbo.data import Dataset
 from keras_turbo.errors import KerasTurboError, bad_param
+from keras_turbo.techniques._training import accuracy, check_model, copy_model, finetune, saved_sizes
 from keras_turbo.techniques.base import TechniqueConfig, TechniqueResult
 
 CLUSTERABLE = ("Conv1D", "Conv2D", "Conv3D", "DepthwiseConv2D", "SeparableConv2D", "Conv2DTranspose", "Dense")
@@ -167,8 +168,6 @@ def apply(model, config: ClusterConfig | None = None, train: Dataset | None = No
         >>> r = cluster.apply(model, ClusterConfig(clusters=16, epochs=2), train, val)
         >>> r.model.save("clustered.keras"); r.report["size"]["weights_gzip_ratio"]
     """
-    from keras_turbo.techniques.prune import accuracy, check_model, copy_model, finetune, saved_sizes
-
     config = config or ClusterConfig()
     keras = check_model(model, "cluster")
     if config.epochs > 0 and train is None:

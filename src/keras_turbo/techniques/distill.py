@@ -10,9 +10,9 @@ The student is one of:
     teacher's input shape and class count;
   - a path to a `.keras` / `.h5` model whose output shape matches the teacher's.
 
-The loss (Hinton et al., 2015): T^2 x KL(softmax(teacher / T) || softmax(student / T)) on
-temperature-softened logits, plus `alpha` x cross-entropy on the hard labels when there are
-labels; the T^2 keeps the soft term's gradients the same size whatever T is. Without labels the
+The loss (Hinton et al., 2015; the one `_training.distillation_loss` every technique shares):
+T^2 x KL(softmax(teacher / T) || softmax(student / T)) on temperature-softened logits, plus
+`alpha` x cross-entropy on the hard labels when there are labels; the T^2 keeps the soft term's gradients the same size whatever T is. Without labels the
 soft term alone trains the student. Outputs that are already probabilities (a softmax head) are
 turned back into logits with log(p), which is a logit up to a per-row constant that softmax
 ignores.
@@ -38,16 +38,23 @@ import numpy as np
 from keras_turbo import _tf
 from keras_turbo.data import Dataset
 from keras_turbo.errors import KerasTurboError, bad_param
+from keras_turbo.techniques._training import (
+    accuracy,
+    check_model,
+    check_training,
+    distillation_loss,
+    feed,
+    is_number,
+    logits_view,
+    looks_like_probabilities,
+    predict,
+)
 from keras_turbo.techniques.base import TechniqueConfig, TechniqueResult
 
 APPLICATIONS = ("mobilenet", "mobilenetv2", "mobilenetv3small", "efficientnetb0")
 WIDTH_SCALED = ("Conv1D", "Conv2D", "Conv3D", "SeparableConv1D", "SeparableConv2D", "Conv2DTranspose", "Dense")
 STUDENT_HELP = ('"width:F" (0 < F <= 1), "mobilenet[:alpha]", "mobilenetv2[:alpha]", "mobilenetv3small[:alpha]", '
                 '"efficientnetb0", or a path to a .keras/.h5 model')
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def parse_student(spec: str) -> tuple[str, float | None]:
@@ -83,8 +90,11 @@ class DistillConfig(TechniqueConfig):
         student: which student to train (see the module docstring): "width:0.5" by default.
         temperature: T, > 0; softens both outputs so the student learns the teacher's ranking
             of the wrong classes too (the "dark knowledge"), not only its top class.
-        alpha: weight of the hard-label cross-entropy, in [0, 1] (the soft term has weight 1);
-            ignored when the train data has no labels.
+        alpha: weight of the hard-label cross-entropy, in [0, 1]: the one distillation loss
+            (`_training.distillation_loss`) is trained with soft_weight 1 and hard_weight `alpha`,
+            i.e. T^2 x KL + alpha x cross-entropy. Ignored when the train data has no labels.
+            (The fine-tuning of prune / structured weighs the same two terms as `distill_weight`
+            and 1 - `distill_weight` instead.)
         labels_only: train the same student on the labels alone, with no teacher (the baseline
             that distillation has to beat; needs labels).
         shift: random translation of image inputs (batch, height, width, channels) by up to this
@@ -117,22 +127,17 @@ class DistillConfig(TechniqueConfig):
 
     def __post_init__(self):
         parse_student(self.student)
-        if not _is_number(self.temperature) or not self.temperature > 0:
+        if not is_number(self.temperature) or not self.temperature > 0:
             raise bad_param("temperature", "a number > 0", self.temperature)
-        if not _is_number(self.alpha) or not 0.0 <= self.alpha <= 1.0:
+        if not is_number(self.alpha) or not 0.0 <= self.alpha <= 1.0:
             raise bad_param("alpha", "a float in [0, 1]", self.alpha)
-        if not _is_number(self.shift) or not 0.0 <= self.shift < 0.5:
+        if not is_number(self.shift) or not 0.0 <= self.shift < 0.5:
             raise bad_param("shift", "a fraction of the image size in [0, 0.5)", self.shift)
-        if not _is_number(self.mixup) or self.mixup < 0:
+        if not is_number(self.mixup) or self.mixup < 0:
             raise bad_param("mixup", "a number >= 0 (0 turns mixup off)", self.mixup)
         if not isinstance(self.labels_only, bool):
             raise bad_param("labels_only", "True or False", self.labels_only)
-        if not isinstance(self.epochs, int) or isinstance(self.epochs, bool) or self.epochs < 1:
-            raise bad_param("epochs", "an integer >= 1", self.epochs)
-        if not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool) or self.batch_size < 1:
-            raise bad_param("batch_size", "an integer >= 1", self.batch_size)
-        if not _is_number(self.learning_rate) or not self.learning_rate > 0:
-            raise bad_param("learning_rate", "a number > 0", self.learning_rate)
+        check_training(self.epochs, self.batch_size, self.learning_rate)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise bad_param("seed", "an integer", self.seed)
 
@@ -210,30 +215,10 @@ def make_student(teacher, spec: str, probs: bool):
 
 # ------------------------------------------------------------------ the loss
 
-def _as_logits(ops, out, probs: bool):
-    # log(p) is a logit up to a per-row constant, which a softmax ignores.
-    return ops.log(ops.clip(out, 1e-7, 1.0)) if probs else out
-
-
-def distill_loss(ops, temperature: float, alpha: float, teacher_probs: bool, student_probs: bool, labels: bool,
-                 classes: int):
-    """A Keras loss whose y_true packs [label distribution (classes), teacher outputs (classes)];
-    returns per-sample losses. The label part is one-hot, or a mix of two one-hots under mixup."""
-    t2 = temperature ** 2
-
-    def loss(y_true, y_pred):
-        t_logits = _as_logits(ops, y_true[:, classes:], teacher_probs)
-        s_logits = _as_logits(ops, y_pred, student_probs)
-        t = ops.softmax(t_logits / temperature, axis=-1)
-        log_t = ops.log_softmax(t_logits / temperature, axis=-1)
-        log_s = ops.log_softmax(s_logits / temperature, axis=-1)
-        soft = t2 * ops.sum(t * (log_t - log_s), axis=-1)
-        if not labels or alpha == 0:
-            return soft
-        hard = -ops.sum(y_true[:, :classes] * ops.log_softmax(s_logits, axis=-1), axis=-1)
-        return soft + alpha * hard
-
-    return loss
+def loss_weights(config: DistillConfig, labels: bool) -> tuple[float, float]:
+    """`apply`'s (soft_weight, hard_weight) of `_training.distillation_loss`: the soft term at
+    weight 1 and `alpha` of cross-entropy on the labels; the soft term alone without labels."""
+    return 1.0, (config.alpha if labels else 0.0)
 
 
 # ------------------------------------------------------------------ batches
@@ -293,6 +278,10 @@ def apply(model, config: DistillConfig | None = None, train: Dataset | None = No
           unlabeled: Dataset | None = None) -> TechniqueResult:
     """Train a lighter student to reproduce `model` (the teacher).
 
+    The loss is `_training.distillation_loss` with soft_weight 1 and hard_weight `config.alpha`
+    (T^2 KL at `config.temperature` + alpha x cross-entropy on the labels), the soft term alone
+    where a sample has no label.
+
     Args:
         model: the trained teacher, a built keras.Model with one classifier output. Never changed.
         config: a `DistillConfig` (default: a half-width copy, T=2, alpha=0.5, 30 epochs).
@@ -317,11 +306,28 @@ def apply(model, config: DistillConfig | None = None, train: Dataset | None = No
         >>> r = distill.apply(teacher, DistillConfig(student="width:0.4", epochs=20), train, val)
         >>> r.report["flops_ratio"], r.report["student_accuracy"]
     """
-    from keras_turbo.describe import describe_keras
-    from keras_turbo.techniques.prune import _feed, _looks_like_probabilities, accuracy, check_model, logits_view, predict
-
     config = config or DistillConfig()
     keras = check_model(model, "distill")
+    probe = _check_data(model, config, train)
+    teacher = _Teacher(model, probe, train, unlabeled, config)
+    keras.utils.set_random_seed(config.seed)  # the student's initial weights
+    student, description = make_student(model, config.student, teacher.outputs_probs)
+    trained, student_probs = _trained_view(model, student, train)
+    loss, kind, targets = _objective(keras, config, teacher, student_probs)
+    keras.utils.set_random_seed(config.seed)
+    steps = config.epochs * math.ceil(len(teacher.x[0]) / config.batch_size)
+    lr = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=steps)
+    trained.compile(optimizer=keras.optimizers.Adam(lr), loss=loss)
+    hist = trained.fit(batches(keras, teacher.x, targets, config, lambda xb: feed(student, xb)), epochs=1, verbose=0)
+    training = {"epochs": config.epochs, "steps": steps, "samples": len(train), "labels": teacher.labels,
+                "unlabeled_samples": len(teacher.x[0]) - len(train), "shift": config.shift, "mixup": config.mixup,
+                "final_loss": float(hist.history["loss"][-1])}
+    report = _report(model, student, trained, teacher, val, description=description, loss=kind, training=training)
+    return TechniqueResult("distill", student, config, report)
+
+
+def _check_data(model, config: DistillConfig, train: Dataset | None) -> np.ndarray:
+    """Refuses what distillation cannot use; returns the teacher's outputs on a few samples."""
     if train is None or len(train) == 0:
         raise KerasTurboError("distillation needs train data (--train-data DATA); labels are optional")
     if len(model.outputs) != 1:
@@ -331,84 +337,103 @@ def apply(model, config: DistillConfig | None = None, train: Dataset | None = No
         raise KerasTurboError(f"distill: teacher {model.name!r} outputs shape {probe.shape[1:]}; distillation needs "
                               "class scores (batch, classes)")
     classes = probe.shape[-1]
-    labels = train.y is not None
-    if labels and (train.y.min() < 0 or train.y.max() >= classes):
+    if train.y is not None and (train.y.min() < 0 or train.y.max() >= classes):
         raise KerasTurboError(f"--train-data: {train.source}: labels {int(train.y.min())}..{int(train.y.max())} do not fit "
                               f"the teacher's {classes} output classes")
-    if config.labels_only and not labels:
+    if config.labels_only and train.y is None:
         raise KerasTurboError(f"distill: labels_only needs labelled train data ({train.source} has no labels)")
     if config.shift and not any(a.ndim == 4 for a in train.x):
         raise KerasTurboError(f"distill: shift moves images (batch, height, width, channels); {train.source} has inputs "
                               f"shaped {[a.shape[1:] for a in train.x]}")
-    outputs_probs = _looks_like_probabilities(probe)
-    # The teacher's real logits where its softmax can be seen (see logits_view); log(p) otherwise.
-    t_scores = logits_view(model) if outputs_probs else None
-    teacher_probs = outputs_probs and t_scores is None
-    t_scores = t_scores or model
-    t_out = predict(t_scores, train.x).astype("float32")
-    onehot = np.eye(classes, dtype="float32")[train.y.astype("int64")] if labels else np.zeros((len(t_out), classes), "float32")
-    x = train.x
-    if unlabeled is not None and len(unlabeled):
+    return probe
+
+
+def _trained_view(teacher, student, train: Dataset):
+    """(the model that trains: the student's logits where its softmax can be seen, which share its
+    variables (see logits_view), else the student itself; whether that model outputs probabilities)."""
+    s_shape, t_shape = tuple(student.outputs[0].shape[1:]), tuple(teacher.outputs[0].shape[1:])
+    if len(student.outputs) != 1 or s_shape != t_shape:
+        raise KerasTurboError(f"--student: the student's output shape {s_shape} differs from the teacher's {t_shape}")
+    probs = looks_like_probabilities(predict(student, tuple(a[:64] for a in train.x)))
+    view = logits_view(student) if probs else None
+    return (view, False) if view is not None else (student, probs)
+
+
+class _Teacher:
+    """The teacher's side of the training: its scores (real logits where its softmax can be seen,
+    see logits_view; log(p) otherwise) on every training input, and the label rows beside them."""
+
+    def __init__(self, model, probe: np.ndarray, train: Dataset, unlabeled: Dataset | None, config: DistillConfig):
+        classes = probe.shape[-1]
+        self.model, self.labels = model, train.y is not None
+        self.outputs_probs = looks_like_probabilities(probe)
+        view = logits_view(model) if self.outputs_probs else None
+        self.probs = self.outputs_probs and view is None   # its packed scores are probabilities
+        self.scores = view or model
+        self.x = train.x
+        self.out = predict(self.scores, train.x).astype("float32")
+        self.onehot = (np.eye(classes, dtype="float32")[train.y.astype("int64")] if self.labels
+                       else np.zeros((len(self.out), classes), "float32"))
+        if unlabeled is not None and len(unlabeled):
+            self._add_unlabeled(unlabeled, train, config, classes)
+
+    def _add_unlabeled(self, unlabeled: Dataset, train: Dataset, config: DistillConfig, classes: int) -> None:
         if config.labels_only:
             raise KerasTurboError("distill: labels_only trains on labels alone and cannot use unlabelled data")
         if [a.shape[1:] for a in unlabeled.x] != [a.shape[1:] for a in train.x]:
             raise KerasTurboError(f"--unlabeled-data: {unlabeled.source}: inputs shaped {[a.shape[1:] for a in unlabeled.x]}, "
                                   f"the train data's are {[a.shape[1:] for a in train.x]}")
         # A zero label row makes the hard-label term vanish for these samples: the teacher alone teaches.
-        x = tuple(np.concatenate([a, b]) for a, b in zip(train.x, unlabeled.x))
-        t_out = np.concatenate([t_out, predict(t_scores, unlabeled.x).astype("float32")])
-        onehot = np.concatenate([onehot, np.zeros((len(unlabeled), classes), "float32")])
+        self.x = tuple(np.concatenate([a, b]) for a, b in zip(train.x, unlabeled.x))
+        self.out = np.concatenate([self.out, predict(self.scores, unlabeled.x).astype("float32")])
+        self.onehot = np.concatenate([self.onehot, np.zeros((len(unlabeled), classes), "float32")])
 
-    keras.utils.set_random_seed(config.seed)  # the student's initial weights
-    student, description = make_student(model, config.student, outputs_probs)
-    s_shape, t_shape = tuple(student.outputs[0].shape[1:]), tuple(model.outputs[0].shape[1:])
-    if len(student.outputs) != 1 or s_shape != t_shape:
-        raise KerasTurboError(f"--student: the student's output shape {s_shape} differs from the teacher's {t_shape}")
-    student_probs = _looks_like_probabilities(predict(student, tuple(a[:64] for a in train.x)))
-    # Train the student's logits where its softmax can be seen (same variables: see logits_view).
-    trained = logits_view(student) if student_probs else None
-    if trained is not None:
-        student_probs = False
-    trained = trained or student
+    def on(self, xb, idx):
+        """The teacher's scores on a batch: looked up, or on augmented inputs computed on what the
+        student actually sees."""
+        if xb is None:
+            return self.out[idx]
+        return np.asarray(self.scores(feed(self.model, xb), training=False), "float32")
 
-    ops = keras.ops
+
+def _objective(keras, config: DistillConfig, teacher: _Teacher, student_probs: bool):
+    """(loss, its description, targets(batch inputs, index, mix) for `batches`)."""
     augmented = bool(config.shift or config.mixup)
     if config.labels_only:
         loss = keras.losses.CategoricalCrossentropy(from_logits=not student_probs)
         kind = "cross-entropy on labels only (no teacher)"
 
         def targets(xb, idx, mix):
-            return _mix(onehot[idx], mix)
+            return _mix(teacher.onehot[idx], mix)
     else:
-        loss = distill_loss(ops, config.temperature, config.alpha, teacher_probs, student_probs, labels, classes)
-        kind = (f"T^2 x KL at T={config.temperature:g}" + (f" + {config.alpha:g} x cross-entropy" if labels and config.alpha else "")
-                + ("" if labels else " (no labels: pure distillation)"))
+        soft, hard = loss_weights(config, teacher.labels)
+        loss = distillation_loss(keras.ops, temperature=config.temperature, soft_weight=soft, hard_weight=hard,
+                                 label_layout="distribution", teacher_probs=teacher.probs, student_probs=student_probs)
+        kind = (f"T^2 x KL at T={config.temperature:g}" + (f" + {hard:g} x cross-entropy" if hard else "")
+                + ("" if teacher.labels else " (no labels: pure distillation)"))
 
         def targets(xb, idx, mix):
-            # On augmented inputs the teacher labels what the student actually sees.
-            t = np.asarray(t_scores(_feed(model, xb), training=False), "float32") if augmented else t_out[idx]
-            return np.concatenate([_mix(onehot[idx], mix), t], axis=1)
+            return np.concatenate([_mix(teacher.onehot[idx], mix), teacher.on(xb if augmented else None, idx)], axis=1)
     if augmented:
         kind += ", on " + " + ".join(([f"shifts up to {config.shift:g} of the size"] if config.shift else [])
                                      + ([f"mixup Beta({config.mixup:g})"] if config.mixup else []))
-    keras.utils.set_random_seed(config.seed)
-    steps = config.epochs * math.ceil(len(x[0]) / config.batch_size)
-    lr = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=steps)
-    trained.compile(optimizer=keras.optimizers.Adam(lr), loss=loss)
-    hist = trained.fit(batches(keras, x, targets, config, lambda xb: _feed(student, xb)), epochs=1, verbose=0)
+    return loss, kind, targets
+
+
+def _report(model, student, trained, teacher: _Teacher, val: Dataset | None, *, description: str, loss: str,
+            training: dict) -> dict:
+    """The student, the loss, what each side trained on, FLOPs and parameters of both, the
+    training, and both accuracies on `val`."""
+    from keras_turbo.describe import describe_keras
 
     t_info, s_info = describe_keras(model), describe_keras(student)
-    report = {
-        "student": description, "loss": kind, "teacher_outputs": "probabilities" if outputs_probs else "logits",
-        "soft_targets_from": "teacher logits" if not teacher_probs else "log of the teacher's probabilities",
+    return {
+        "student": description, "loss": loss, "teacher_outputs": "probabilities" if teacher.outputs_probs else "logits",
+        "soft_targets_from": "teacher logits" if not teacher.probs else "log of the teacher's probabilities",
         "student_trained_on": "logits (before its softmax)" if trained is not student else "its outputs",
         "teacher_flops": t_info["flops_per_sample"], "student_flops": s_info["flops_per_sample"],
         "flops_ratio": s_info["flops_per_sample"] / max(1, t_info["flops_per_sample"]),
         "teacher_params": t_info["params"], "student_params": s_info["params"],
-        "training": {"epochs": config.epochs, "steps": steps, "samples": len(train), "labels": labels,
-                     "unlabeled_samples": len(x[0]) - len(train),
-                     "shift": config.shift, "mixup": config.mixup,
-                     "final_loss": float(hist.history["loss"][-1])},
+        "training": training,
         "teacher_accuracy": accuracy(model, val), "student_accuracy": accuracy(student, val),
     }
-    return TechniqueResult("distill", student, config, report)

@@ -14,24 +14,29 @@ method written for Keras 3, with no wrapper layers:
 Unstructured zeros do not make a dense runtime faster: they pay through compression (a gzipped
 model is several times smaller) or through runtimes with sparse kernels. The report says so.
 
-The module also holds the helpers `structured.py` shares: settings checks, `copy_model`,
-`finetune`, `accuracy` and `saved_sizes`.
+The fine-tuning, settings checks and sizes are the shared ones of `techniques/_training.py`.
 """
 
 from __future__ import annotations
 
-import functools
 import gzip
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from keras_turbo import _tf
 from keras_turbo.data import Dataset
 from keras_turbo.errors import KerasTurboError, bad_param
+from keras_turbo.techniques._training import (
+    NO_FINETUNE_DATA,
+    accuracy,
+    check_fraction,
+    check_model,
+    check_training,
+    copy_model,
+    finetune,
+    saved_sizes,
+)
 from keras_turbo.techniques.base import TechniqueConfig, TechniqueResult
 
 SCHEDULES = ("polynomial", "constant")
@@ -39,28 +44,8 @@ SCOPES = ("layer", "global")
 MAX_LAYER_SPARSITY = 0.98  # global ranking may not empty a layer: that would cut the model's path
 RAMP_FRACTION = 0.5   # the sparsity reaches its target half-way; the second half recovers at it
 POLYNOMIAL_POWER = 3  # as TF-MOT's PolynomialDecay default
-NO_FINETUNE_DATA = "pruning with fine-tuning needs train data (--train-data), or pass --no-finetune"
 SPARSE_NOTE = ("unstructured sparsity: the model has the same shape and runs at the same speed on dense "
                "runtimes; it pays through compression (gzip_bytes) or runtimes with sparse kernels")
-
-
-def is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def check_fraction(name: str, v) -> None:
-    if not is_number(v) or not 0.0 <= v < 1.0:
-        raise bad_param(name, "a float in [0, 1)", v)
-
-
-def check_training(epochs, batch_size, learning_rate) -> None:
-    """The fine-tuning settings every technique shares."""
-    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
-        raise bad_param("epochs", "an integer >= 1", epochs)
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise bad_param("batch_size", "an integer >= 1", batch_size)
-    if not is_number(learning_rate) or not learning_rate > 0:
-        raise bad_param("learning_rate", "a number > 0", learning_rate)
 
 
 def parse_pattern(pattern: str) -> tuple[int, int]:
@@ -148,227 +133,6 @@ class PruneConfig(TechniqueConfig):
             parse_pattern(self.pattern)
         if not isinstance(self.seed, int):
             raise bad_param("seed", "an integer", self.seed)
-
-
-# ---------------------------------------------------------------- helpers shared with structured.py
-
-def check_model(model, technique: str):
-    """The input must be a Keras model; returns the keras module."""
-    keras = _tf.keras()
-    if not isinstance(model, keras.Model):
-        raise KerasTurboError(f"{technique}: expected a keras.Model, received {type(model).__name__} "
-                              "(load a file with keras_turbo.load_model first)")
-    if not model.built:
-        raise KerasTurboError(f"{technique}: the model {model.name!r} is not built (call it on data or build it first)")
-    return keras
-
-
-def clone_layer(layer, config: dict | None = None):
-    """A new layer like `layer` (from its config, or from `config` when given), without weights.
-
-    A Lambda is re-created through `deserialize_keras_object(safe_mode=False)`: Keras' safe mode
-    keeps code in untrusted *files* from running, and this layer's code already runs in this
-    process, so re-creating it from the live object runs nothing new.
-    """
-    keras = _tf.keras()
-    if isinstance(layer, keras.layers.Lambda):
-        return keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer), safe_mode=False)
-    return type(layer).from_config(layer.get_config() if config is None else config)
-
-
-def copy_model(model):
-    """A new model with the same architecture and weights, sharing nothing with `model`."""
-    keras = _tf.keras()
-    try:
-        new = keras.models.clone_model(model, clone_function=clone_layer)
-    except Exception as e:  # a custom layer without get_config/from_config, a subclassed model
-        raise KerasTurboError(f"cannot copy model {model.name!r} to transform it ({type(e).__name__}: "
-                              f"{' '.join(str(e).split())[:200]}); functional and Sequential models of "
-                              "serializable layers are supported") from e
-    new.set_weights(model.get_weights())
-    return new
-
-
-def _feed(model, x: tuple[np.ndarray, ...]):
-    """Dataset inputs (in input-name order, data.py) -> what the Keras model takes."""
-    if len(x) == 1:
-        return x[0]
-    names = sorted(t.name.split(":")[0] for t in model.inputs)
-    return dict(zip(names, x))
-
-
-def predict(model, x: tuple[np.ndarray, ...], batch_size: int = 256) -> np.ndarray:
-    out = model.predict(_feed(model, x), batch_size=batch_size, verbose=0)
-    if isinstance(out, (list, tuple, dict)):
-        raise KerasTurboError(f"model {model.name!r} has several outputs; fine-tuning and accuracy need one output")
-    return np.asarray(out)
-
-
-def accuracy(model, ds: Dataset | None) -> float | None:
-    """Top-1 accuracy on labelled data (None without data or labels, or for several outputs)."""
-    if ds is None or ds.y is None or len(model.outputs) != 1:
-        return None
-    out = predict(model, ds.x)
-    if out.ndim != 2:
-        return None
-    pred = out.argmax(-1) if out.shape[-1] > 1 else (out[:, 0] > (0.5 if _looks_like_probabilities(out) else 0.0))
-    return float(np.mean(pred.astype("int64") == ds.y))
-
-
-def _looks_like_probabilities(out: np.ndarray) -> bool:
-    """A softmax (or sigmoid) output, rather than logits: decides the loss's `from_logits`.
-    Checked on the numbers because the softmax may sit in a Dense, an Activation or a Softmax layer."""
-    if out.shape[-1] == 1:
-        return bool(np.all((out >= 0) & (out <= 1)))
-    return bool(np.all(out >= -1e-6) and np.allclose(out.sum(-1), 1.0, atol=1e-3))
-
-
-@functools.cache
-def _linear_dense_class():
-    keras = _tf.keras()
-
-    class LinearDense(keras.layers.Layer):
-        """A Dense layer's affine part (no activation), computed with that layer's own variables:
-        Keras tracks the wrapped layer, so fitting a model that holds this layer trains the Dense."""
-
-        def __init__(self, dense, **kwargs):
-            super().__init__(**kwargs)
-            self.dense = dense
-
-        def call(self, h):
-            z = keras.ops.matmul(h, self.dense.kernel)
-            return z + self.dense.bias if self.dense.use_bias else z
-
-    return LinearDense
-
-
-def _linear_dense(dense, name: str):
-    return _linear_dense_class()(dense, name=name)
-
-
-def logits_view(model):
-    """The model's scores before its softmax, as a model that shares the weights; None when the
-    output is not a softmax the code can see (a user model with logits, or a custom head).
-
-    Why: log(softmax) recovered from probabilities must clip at some tiny p, and where the clip
-    bites its gradient is zero: a student the hard labels have made very sure can then no longer
-    be pulled back towards the teacher's softened ranking of the wrong classes, which is the
-    whole point of a distillation loss. Training on real logits keeps that gradient everywhere;
-    every fine-tuning here (`finetune`, distill.apply) trains through this view where it exists.
-    A softmax in its own layer is cut off (the view ends at that layer's input); a softmax fused
-    into the last Dense is replaced by that Dense's affine part, computed with the same kernel
-    and bias variables, so training the view trains the model itself.
-    """
-    keras = _tf.keras()
-    if len(model.outputs) != 1:
-        return None
-    out = model.outputs[0]
-    history = getattr(out, "_keras_history", None)
-    layer = history.operation if history is not None else None
-    if not isinstance(layer, keras.layers.Layer) or len(getattr(layer, "_inbound_nodes", [])) != 1:
-        return None  # a shared or nested output layer: its input is not one tensor of this model
-    act = layer.get_config().get("activation")
-    if isinstance(layer, keras.layers.Softmax) or (isinstance(layer, keras.layers.Activation) and act == "softmax"):
-        return keras.Model(model.inputs, layer.input, name=f"{model.name}_logits")
-    if act == "softmax" and type(layer) is keras.layers.Dense and layer.quantization_mode is None:
-        return keras.Model(model.inputs, _linear_dense(layer, name=f"{layer.name}_logits")(layer.input),
-                           name=f"{model.name}_logits")
-    return None
-
-
-def saved_sizes(model, compress: bool = True) -> dict:
-    """Bytes of the saved `.keras` file and, with `compress`, gzipped (level 9), and of all the
-    weights as raw float32 gzipped (the container-free measure of what zeros buy)."""
-    keras = _tf.keras()
-    fd, path = tempfile.mkstemp(suffix=".keras")
-    os.close(fd)
-    try:
-        keras.saving.save_model(model, path)
-        with open(path, "rb") as fh:
-            data = fh.read()
-    finally:
-        os.unlink(path)
-    if not compress:
-        return {"keras_bytes": len(data)}
-    weights = b"".join(np.ascontiguousarray(w, dtype="float32").tobytes() for w in model.get_weights())
-    return {"keras_bytes": len(data), "gzip_bytes": len(gzip.compress(data, 9)),
-            "weights_bytes": len(weights), "weights_gzip_bytes": len(gzip.compress(weights, 9))}
-
-
-def finetune(model, train: Dataset, *, epochs: int, batch_size: int, learning_rate: float, seed: int = 0,
-             teacher=None, distill: bool = False, temperature: float = 4.0, distill_weight: float = 0.5,
-             callbacks=()) -> dict:
-    """Train `model` in place on `train` (Adam, cosine learning-rate decay).
-
-    The loss: sparse cross-entropy on the labels of a classifier; with `distill`, mixed with the
-    distillation loss T^2 * KL(teacher || student) at temperature T (weight `distill_weight`).
-    Where labels cannot serve (none given, or the model is not a classifier), the `teacher`'s
-    outputs are the target instead (KL for classifiers, mean squared error otherwise).
-
-    Returns:
-        {"epochs", "steps", "final_loss", "loss"}: what the report records about the training.
-    """
-    keras = _tf.keras()
-    ops = keras.ops
-    if len(model.outputs) != 1:
-        raise KerasTurboError(f"model {model.name!r} has {len(model.outputs)} outputs; fine-tuning supports one "
-                              "(pass finetune=False)")
-    keras.utils.set_random_seed(seed)
-    x = _feed(model, train.x)
-    probe = predict(model, tuple(a[:64] for a in train.x))
-    classifier = probe.ndim == 2 and probe.shape[-1] > 1
-    # Train a softmax classifier through its logits (same variables; see logits_view).
-    trained = logits_view(model) if classifier and _looks_like_probabilities(probe) else None
-    probs = trained is None and _looks_like_probabilities(probe)
-    trained = trained or model
-    labels = train.y is not None and classifier
-    if teacher is None and (distill or not labels):
-        what = "no labels" if train.y is None else "labels, but the output is not a class score"
-        raise KerasTurboError(f"fine-tuning needs labelled train data for a classifier, or a teacher "
-                              f"(train data {train.source}: {what})")
-    if labels and not distill:
-        loss, y, kind = keras.losses.SparseCategoricalCrossentropy(from_logits=not probs), train.y, "cross-entropy"
-    else:
-        t_view = logits_view(teacher) if classifier else None
-        t_out = predict(t_view or teacher, train.x).astype("float32")
-        if not classifier:
-            loss, y, kind = "mse", t_out, "mean squared error to the teacher"
-        else:
-            w = distill_weight if labels else 1.0
-            label_col = (train.y if labels else np.zeros(len(t_out))).astype("float32")[:, None]
-            y = np.concatenate([label_col, t_out], axis=1)
-            kind = f"distillation (T={temperature}, weight {w})" + (" + cross-entropy" if labels else "")
-            loss = _distill_loss(ops, t_view is None and _looks_like_probabilities(t_out), probs, temperature, w)
-    # Cosine decay to zero: the last steps are small, so the model ends settled (at the final
-    # masks, when pruning) rather than wherever the last large step left it.
-    steps = epochs * math.ceil(len(train) / batch_size)
-    lr = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=steps)
-    trained.compile(optimizer=keras.optimizers.Adam(lr), loss=loss)
-    hist = trained.fit(x, y, epochs=epochs, batch_size=batch_size, shuffle=True, verbose=0, callbacks=list(callbacks))
-    losses = [float(v) for v in hist.history.get("loss", [])]
-    return {"epochs": epochs, "steps": steps, "learning_rate": f"{learning_rate} with cosine decay", "loss": kind,
-            "final_loss": losses[-1] if losses else None}
-
-
-def _distill_loss(ops, teacher_probs: bool, student_probs: bool, temperature: float, weight: float):
-    """y_true packs [label, teacher outputs...]; each side's outputs may be probabilities or logits."""
-
-    def logits(out, probs):
-        # log(p) is a logit up to a per-row constant, which a softmax ignores.
-        return ops.log(ops.clip(out, 1e-7, 1.0)) if probs else out
-
-    def loss(y_true, y_pred):
-        label = ops.cast(y_true[:, 0], "int32")
-        t_logits, s_logits = logits(y_true[:, 1:], teacher_probs), logits(y_pred, student_probs)
-        t = ops.softmax(t_logits / temperature, axis=-1)
-        log_s = ops.log_softmax(s_logits / temperature, axis=-1)
-        kd = ops.sum(t * (ops.log(ops.clip(t, 1e-7, 1.0)) - log_s), axis=-1) * temperature**2
-        if weight >= 1.0:
-            return kd
-        ce = ops.sparse_categorical_crossentropy(label, s_logits, from_logits=True)
-        return (1.0 - weight) * ce + weight * kd
-
-    return loss
 
 
 # ---------------------------------------------------------------- magnitude pruning
@@ -560,6 +324,71 @@ def _mask_callback(keras, masker: _Masker, config: PruneConfig, total_steps: int
     return cb
 
 
+def _pruned_copy(keras, model, config: PruneConfig, train: Dataset | None):
+    """(the pruned copy, its targets, the report rows of the layers left dense, the fine-tuning's
+    report or None)."""
+    new = copy_model(model)
+    # Train a second copy: fitting compiles it with the fine-tuning loss and optimizer, and the
+    # model handed back should carry neither (only the weights move across at the end).
+    work = copy_model(new) if config.finetune else new
+    targets, skipped = _plan(keras, work, config)
+    if not targets:
+        raise KerasTurboError(f"prune: no layer of {model.name!r} to prune "
+                              f"({'; '.join(s['layer'] + ': ' + s['reason'] for s in skipped) or 'no Conv/Dense layers'})")
+    masker = _Masker(keras, targets, parse_pattern(config.pattern) if config.pattern else None)
+    training = None
+    if config.finetune:
+        steps = config.epochs * math.ceil(len(train) / config.batch_size)
+        cb = _mask_callback(keras, masker, config, steps)
+        training = finetune(work, train, epochs=config.epochs, batch_size=config.batch_size,
+                            learning_rate=config.learning_rate, seed=config.seed, callbacks=[cb], teacher=model)
+        training.update(schedule=config.schedule if not config.pattern else f"pattern {config.pattern}",
+                        mask_updates=cb.updates, **cb.plan)
+        new.set_weights(work.get_weights())
+    else:
+        masker.update(None)
+        masker.apply()
+    return new, targets, skipped, training
+
+
+def _kernel_of(layers: dict, t: _Target) -> np.ndarray:
+    """Target `t`'s kernel in the model whose layers by name are `layers`."""
+    return next(v for v in layers[t.layer].weights if v.name == t.variable.name).numpy()
+
+
+def _layer_rows(keras, new, targets: list[_Target]) -> tuple[list[dict], int, int]:
+    """One report row per pruned kernel, and the zeros and weights over them all."""
+    rows = []
+    new_layers = {layer.name: layer for layer in _leaf_layers(keras, new)}
+    zeros = total = 0
+    for t in targets:
+        # Read back from the returned model: the zeros must be real, not a mask held aside.
+        w = _kernel_of(new_layers, t)
+        z = int(np.count_nonzero(w == 0))
+        zeros, total = zeros + z, total + w.size
+        rows.append({"layer": t.layer, "type": t.kind, "kernel_shape": list(w.shape),
+                     "target_sparsity": round(t.sparsity, 4), "achieved_sparsity": round(z / w.size, 4)})
+    return rows, zeros, total
+
+
+def _sizes(keras, model, new, targets: list[_Target]) -> dict:
+    """Saved sizes before and after, gzipped, and of the pruned kernels alone: what the zeros buy
+    once the container, BatchNorm and bias weights and the layers left dense are set aside."""
+    def kernels(m) -> bytes:
+        layers = {layer.name: layer for layer in _leaf_layers(keras, m)}
+        return b"".join(np.asarray(_kernel_of(layers, t), dtype="float32").tobytes() for t in targets)
+
+    kernels_before, kernels_after = kernels(model), kernels(new)
+    kernel_gzip = (len(gzip.compress(kernels_before, 9)), len(gzip.compress(kernels_after, 9)))
+    before, after = saved_sizes(model), saved_sizes(new)
+    return {"before": before, "after": after,
+            "gzip_ratio": round(before["gzip_bytes"] / after["gzip_bytes"], 3),
+            "weights_gzip_ratio": round(before["weights_gzip_bytes"] / after["weights_gzip_bytes"], 3),
+            "pruned_kernels": {"bytes": len(kernels_before), "gzip_bytes_before": kernel_gzip[0],
+                               "gzip_bytes_after": kernel_gzip[1],
+                               "gzip_ratio": round(kernel_gzip[0] / kernel_gzip[1], 3)}}
+
+
 def apply(model, config: PruneConfig | None = None, train: Dataset | None = None, val: Dataset | None = None) -> TechniqueResult:
     """Prune the smallest weights of a model's Conv/Dense kernels to a target sparsity.
 
@@ -590,49 +419,10 @@ def apply(model, config: PruneConfig | None = None, train: Dataset | None = None
     keras = check_model(model, "prune")
     if config.finetune and train is None:
         raise KerasTurboError(NO_FINETUNE_DATA)
-    new = copy_model(model)
-    # Train a second copy: fitting compiles it with the fine-tuning loss and optimizer, and the
-    # model handed back should carry neither (only the weights move across at the end).
-    work = copy_model(new) if config.finetune else new
-    targets, skipped = _plan(keras, work, config)
-    if not targets:
-        raise KerasTurboError(f"prune: no layer of {model.name!r} to prune "
-                              f"({'; '.join(s['layer'] + ': ' + s['reason'] for s in skipped) or 'no Conv/Dense layers'})")
-    masker = _Masker(keras, targets, parse_pattern(config.pattern) if config.pattern else None)
-    training = None
-    if config.finetune:
-        steps = config.epochs * math.ceil(len(train) / config.batch_size)
-        cb = _mask_callback(keras, masker, config, steps)
-        training = finetune(work, train, epochs=config.epochs, batch_size=config.batch_size,
-                            learning_rate=config.learning_rate, seed=config.seed, callbacks=[cb], teacher=model)
-        training.update(schedule=config.schedule if not config.pattern else f"pattern {config.pattern}",
-                        mask_updates=cb.updates, **cb.plan)
-        new.set_weights(work.get_weights())
-    else:
-        masker.update(None)
-        masker.apply()
-
-    rows = []
-    new_layers = {layer.name: layer for layer in _leaf_layers(keras, new)}
-    zeros = total = 0
-    for t in targets:
-        # Read back from the returned model: the zeros must be real, not a mask held aside.
-        w = next(v for v in new_layers[t.layer].weights if v.name == t.variable.name).numpy()
-        z = int(np.count_nonzero(w == 0))
-        zeros, total = zeros + z, total + w.size
-        rows.append({"layer": t.layer, "type": t.kind, "kernel_shape": list(w.shape),
-                     "target_sparsity": round(t.sparsity, 4), "achieved_sparsity": round(z / w.size, 4)})
-    # The kernels alone, before and after: what the zeros buy once the container, BatchNorm
-    # and bias weights and the layers left dense are set aside.
-    old_layers = {layer.name: layer for layer in _leaf_layers(keras, model)}
-    kernels_before = b"".join(np.asarray(next(v for v in old_layers[t.layer].weights if v.name == t.variable.name).numpy(),
-                                         dtype="float32").tobytes() for t in targets)
-    kernels_after = b"".join(np.asarray(next(v for v in new_layers[t.layer].weights if v.name == t.variable.name).numpy(),
-                                        dtype="float32").tobytes() for t in targets)
-    kernel_gzip = (len(gzip.compress(kernels_before, 9)), len(gzip.compress(kernels_after, 9)))
+    new, targets, skipped, training = _pruned_copy(keras, model, config, train)
+    rows, zeros, total = _layer_rows(keras, new, targets)
     all_w = new.get_weights()
     n_params = sum(w.size for w in all_w)
-    size_before, size_after = saved_sizes(model), saved_sizes(new)
     report = {
         "layers": rows,
         "skipped": skipped,
@@ -642,12 +432,7 @@ def apply(model, config: PruneConfig | None = None, train: Dataset | None = None
         "accuracy_after": accuracy(new, val),
         "val_samples": len(val) if val is not None else 0,
         "finetune": training,
-        "size": {"before": size_before, "after": size_after,
-                 "gzip_ratio": round(size_before["gzip_bytes"] / size_after["gzip_bytes"], 3),
-                 "weights_gzip_ratio": round(size_before["weights_gzip_bytes"] / size_after["weights_gzip_bytes"], 3),
-                 "pruned_kernels": {"bytes": len(kernels_before), "gzip_bytes_before": kernel_gzip[0],
-                                    "gzip_bytes_after": kernel_gzip[1],
-                                    "gzip_ratio": round(kernel_gzip[0] / kernel_gzip[1], 3)}},
+        "size": _sizes(keras, model, new, targets),
         "note": SPARSE_NOTE,
     }
     return TechniqueResult("prune", new, config, report)

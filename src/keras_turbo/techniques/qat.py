@@ -35,6 +35,7 @@ import numpy as np
 from keras_turbo import _tf
 from keras_turbo.data import Dataset
 from keras_turbo.errors import KerasTurboError, bad_param
+from keras_turbo.techniques._training import accuracy, check_model, feed, finetune
 from keras_turbo.techniques.base import TechniqueConfig, TechniqueResult
 
 keras = _tf.keras()
@@ -347,8 +348,6 @@ def _quantizers(model) -> list[ActivationQuantizer]:
 def calibrate(qmodel, xs: tuple[np.ndarray, ...]) -> None:
     """Set every activation range to the min/max over `xs` (inputs in name order), the way the
     LiteRT converter calibrates: on the float activations, with the kernels already rounded."""
-    from keras_turbo.techniques.prune import _feed
-
     quantizers = _quantizers(qmodel)
     for q in quantizers:
         q.range_min.assign(np.float32(np.inf))
@@ -356,7 +355,7 @@ def calibrate(qmodel, xs: tuple[np.ndarray, ...]) -> None:
         q.calibrating = True
     try:
         for i in range(0, len(xs[0]), 256):  # eager calls: the quantizers read a Python flag
-            qmodel(_feed(qmodel, tuple(a[i:i + 256] for a in xs)), training=False)
+            qmodel(feed(qmodel, tuple(a[i:i + 256] for a in xs)), training=False)
     finally:
         for q in quantizers:
             q.calibrating = False
@@ -395,8 +394,6 @@ def apply(model, config: QATConfig | None = None, train: Dataset | None = None, 
         >>> r = qat.apply(model, QATConfig(epochs=5), train, val)
         >>> qat.export_tflite(r, "model_int8.tflite")
     """
-    from keras_turbo.techniques.prune import accuracy, check_model, finetune
-
     config = config or QATConfig()
     check_model(model, "qat")
     if train is None or len(train) == 0:

@@ -37,15 +37,16 @@ from keras_turbo.data import Dataset
 from keras_turbo.describe import describe_keras
 from keras_turbo.errors import KerasTurboError, bad_param
 from keras_turbo.techniques.base import TechniqueConfig, TechniqueResult
-from keras_turbo.techniques.prune import (
-    check_fraction,
-    check_training,
-    is_number,
+from keras_turbo.techniques._training import (
+    NO_FINETUNE_DATA,
     accuracy,
+    check_fraction,
     check_model,
+    check_training,
     clone_layer,
     copy_model,
     finetune,
+    is_number,
     saved_sizes,
 )
 
@@ -70,9 +71,13 @@ class StructuredConfig(TechniqueConfig):
         exclude: names of Conv/Dense layers whose filters are all kept (and every channel tied to them).
         finetune: train the smaller model on train data; False returns it as cut.
         epochs / batch_size / learning_rate: the fine-tuning (Adam with cosine decay).
-        distill: fine-tune with the original model as teacher (knowledge-distillation loss,
-            weight `distill_weight`, the rest cross-entropy on the labels).
-        temperature / distill_weight: the distillation's softmax temperature and weight.
+        distill: fine-tune with the original model as teacher (the one distillation loss,
+            `_training.distillation_loss`).
+        temperature / distill_weight: the distillation's softmax temperature T and the weight
+            of its soft term: the loss is distill_weight x T^2 KL + (1 - distill_weight) x
+            cross-entropy on the labels (soft_weight = distill_weight, hard_weight = the rest;
+            without labels the soft term alone). `DistillConfig.alpha` is instead the hard
+            term's weight beside a soft term of weight 1.
         seed: seeds Keras' random state for the fine-tuning.
 
     Raises:
@@ -659,6 +664,61 @@ def _search(keras, model, g, labels, groups, target: float, round_to: int, flops
     return hi, len(cache)
 
 
+@dataclass
+class _Cut:
+    """What `_cut` decided: the fraction removed, the groups and their kept channel counts."""
+
+    fraction: float
+    searched: int               # models built by the FLOPs search (0 without one)
+    graph: _Graph
+    groups: list[_Group]
+    counts: list[int]
+
+
+def _cut(keras, model, config: StructuredConfig, flops_before: int):
+    """(the rebuilt, smaller model with the kept weights copied in, the `_Cut` that made it)."""
+    view = _functional_view(keras, model)
+    names = {layer.name for layer in view.layers}
+    unknown = sorted(set(config.exclude) - names)
+    if unknown:
+        raise KerasTurboError(f"exclude names layers {model.name!r} does not have: {', '.join(unknown)}")
+    g = _build_graph(keras, view, config.exclude)
+    labels, groups = _groups(g, view, config.importance)
+    fraction, searched = config.sparsity, 0
+    if config.target_flops_reduction is not None:
+        fraction, searched = _search(keras, model, g, labels, groups, config.target_flops_reduction,
+                                     config.round_to, flops_before)
+    counts = _kept_counts(groups, fraction, config.round_to)
+    new = _rebuild(keras, model, g, _kept_indices(g, labels, groups, counts), True)
+    return new, _Cut(fraction, searched, g, groups, counts)
+
+
+def _finetune(new, model, config: StructuredConfig, train: Dataset) -> dict:
+    """Fine-tune `new` (optionally distilling from `model`); returns the training's report."""
+    work = copy_model(new)   # fitting compiles it; the model handed back stays uncompiled
+    training = finetune(work, train, epochs=config.epochs, batch_size=config.batch_size,
+                        learning_rate=config.learning_rate, seed=config.seed, teacher=model,
+                        distill=config.distill, temperature=config.temperature,
+                        distill_weight=config.distill_weight)
+    new.set_weights(work.get_weights())
+    return training
+
+
+def _group_report(cut: _Cut) -> dict:
+    """The channel groups pruned and left whole (with the reason), the layers skipped, the channels."""
+    pruned, whole = [], []
+    for grp, keep in zip(cut.groups, cut.counts):
+        row = {"layers": grp.producers, "normalizations": grp.norms, "channels": len(grp.components)}
+        if grp.fixed:
+            whole.append({**row, "reason": "; ".join(grp.fixed)})
+        else:
+            pruned.append({**row, "kept": keep})
+    return {"fraction": round(float(cut.fraction), 4), "groups": pruned, "unpruned_groups": whole,
+            "skipped_layers": [{"layer": k, "reason": v} for k, v in cut.graph.skipped.items()],
+            "channels_before": int(sum(len(grp.components) for grp in cut.groups)),
+            "channels_after": int(sum(cut.counts))}
+
+
 def apply(model, config: StructuredConfig | None = None, train: Dataset | None = None,
           val: Dataset | None = None) -> TechniqueResult:
     """Remove whole channels (filters) from a model and rebuild it smaller and dense.
@@ -687,56 +747,20 @@ def apply(model, config: StructuredConfig | None = None, train: Dataset | None =
         >>> res.report["flops_reduction"]
         2.03
     """
-    from keras_turbo.techniques.prune import NO_FINETUNE_DATA
-
     config = config or StructuredConfig()
     keras = check_model(model, "structured pruning")
     if config.finetune and train is None:
         raise KerasTurboError(NO_FINETUNE_DATA)
-    view = _functional_view(keras, model)
-    names = {layer.name for layer in view.layers}
-    unknown = sorted(set(config.exclude) - names)
-    if unknown:
-        raise KerasTurboError(f"exclude names layers {model.name!r} does not have: {', '.join(unknown)}")
-    g = _build_graph(keras, view, config.exclude)
-    labels, groups = _groups(g, view, config.importance)
     before = describe_keras(model)
-    fraction, searched = config.sparsity, 0
-    if config.target_flops_reduction is not None:
-        fraction, searched = _search(keras, model, g, labels, groups, config.target_flops_reduction,
-                                     config.round_to, before["flops_per_sample"])
-    counts = _kept_counts(groups, fraction, config.round_to)
-    kept = _kept_indices(g, labels, groups, counts)
-    new = _rebuild(keras, model, g, kept, True)
-
-    training = None
-    if config.finetune:
-        work = copy_model(new)   # fitting compiles it; the model handed back stays uncompiled
-        training = finetune(work, train, epochs=config.epochs, batch_size=config.batch_size,
-                            learning_rate=config.learning_rate, seed=config.seed, teacher=model,
-                            distill=config.distill, temperature=config.temperature,
-                            distill_weight=config.distill_weight)
-        new.set_weights(work.get_weights())
-
+    new, cut = _cut(keras, model, config, before["flops_per_sample"])
+    training = _finetune(new, model, config, train) if config.finetune else None
     after = describe_keras(new)
-    pruned, whole = [], []
-    for grp, keep in zip(groups, counts):
-        row = {"layers": grp.producers, "normalizations": grp.norms, "channels": len(grp.components)}
-        if grp.fixed:
-            whole.append({**row, "reason": "; ".join(grp.fixed)})
-        else:
-            pruned.append({**row, "kept": keep})
     report = {
-        "fraction": round(float(fraction), 4),
-        "groups": pruned,
-        "unpruned_groups": whole,
-        "skipped_layers": [{"layer": k, "reason": v} for k, v in g.skipped.items()],
-        "channels_before": int(sum(len(grp.components) for grp in groups)),
-        "channels_after": int(sum(counts)),
+        **_group_report(cut),
         "params_before": before["params"], "params_after": after["params"],
         "flops_before": before["flops_per_sample"], "flops_after": after["flops_per_sample"],
         "flops_reduction": round(before["flops_per_sample"] / max(after["flops_per_sample"], 1), 3),
-        "search": {"target_flops_reduction": config.target_flops_reduction, "models_built": searched}
+        "search": {"target_flops_reduction": config.target_flops_reduction, "models_built": cut.searched}
         if config.target_flops_reduction is not None else None,
         "accuracy_before": accuracy(model, val),
         "accuracy_after": accuracy(new, val),

@@ -1,0 +1,364 @@
+"""What the training techniques share: settings checks, copying a model, feeding it, accuracy,
+the logits behind a softmax, saved sizes, fine-tuning, and the ONE distillation loss.
+
+Every technique (prune, structured, distill, qat, cluster) imports these public names from here;
+none reaches into another technique's module. Accuracy is `keras_turbo.quality`'s top-1, so a
+technique's report and `evaluate` judge a model by the same rule.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import math
+import os
+import tempfile
+
+import numpy as np
+
+from keras_turbo import _tf, quality
+from keras_turbo.data import Dataset
+from keras_turbo.errors import KerasTurboError, bad_param
+
+# Below this a probability is treated as this: log(p) of a softmax output must stay finite.
+LOG_CLIP = 1e-7
+NO_FINETUNE_DATA = "pruning with fine-tuning needs train data (--train-data), or pass --no-finetune"
+
+
+# ---------------------------------------------------------------- settings checks
+
+def is_number(v) -> bool:
+    """An int or a float, not a bool (True is an int to Python, never a setting's number here)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def check_fraction(name: str, v) -> None:
+    """Raises `bad_param` unless `v` is a float in [0, 1)."""
+    if not is_number(v) or not 0.0 <= v < 1.0:
+        raise bad_param(name, "a float in [0, 1)", v)
+
+
+def check_training(epochs, batch_size, learning_rate) -> None:
+    """The fine-tuning settings every technique shares; raises `bad_param` on the first bad one."""
+    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
+        raise bad_param("epochs", "an integer >= 1", epochs)
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise bad_param("batch_size", "an integer >= 1", batch_size)
+    if not is_number(learning_rate) or not learning_rate > 0:
+        raise bad_param("learning_rate", "a number > 0", learning_rate)
+
+
+def check_model(model, technique: str):
+    """The input must be a built Keras model; returns the keras module.
+
+    Raises:
+        KerasTurboError: not a keras.Model, or not built.
+    """
+    keras = _tf.keras()
+    if not isinstance(model, keras.Model):
+        raise KerasTurboError(f"{technique}: expected a keras.Model, received {type(model).__name__} "
+                              "(load a file with keras_turbo.load_model first)")
+    if not model.built:
+        raise KerasTurboError(f"{technique}: the model {model.name!r} is not built (call it on data or build it first)")
+    return keras
+
+
+# ---------------------------------------------------------------- copying and running a model
+
+def clone_layer(layer, config: dict | None = None):
+    """A new layer like `layer` (from its config, or from `config` when given), without weights.
+
+    A Lambda is re-created through `deserialize_keras_object(safe_mode=False)`: Keras' safe mode
+    keeps code in untrusted *files* from running, and this layer's code already runs in this
+    process, so re-creating it from the live object runs nothing new.
+    """
+    keras = _tf.keras()
+    if isinstance(layer, keras.layers.Lambda):
+        return keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer), safe_mode=False)
+    return type(layer).from_config(layer.get_config() if config is None else config)
+
+
+def copy_model(model):
+    """A new model with the same architecture and weights, sharing nothing with `model`.
+
+    Raises:
+        KerasTurboError: a model Keras cannot clone (custom layers without a config, subclassed).
+    """
+    keras = _tf.keras()
+    try:
+        new = keras.models.clone_model(model, clone_function=clone_layer)
+    except Exception as e:  # a custom layer without get_config/from_config, a subclassed model
+        raise KerasTurboError(f"cannot copy model {model.name!r} to transform it ({type(e).__name__}: "
+                              f"{' '.join(str(e).split())[:200]}); functional and Sequential models of "
+                              "serializable layers are supported") from e
+    new.set_weights(model.get_weights())
+    return new
+
+
+def feed(model, x: tuple[np.ndarray, ...]):
+    """Dataset inputs (in input-name order, data.py) -> what the Keras model takes: the array
+    itself for one input, a dict by input name for several (Keras' own input order may differ)."""
+    if len(x) == 1:
+        return x[0]
+    names = sorted(t.name.split(":")[0] for t in model.inputs)
+    return dict(zip(names, x))
+
+
+def predict(model, x: tuple[np.ndarray, ...], batch_size: int = 256) -> np.ndarray:
+    """The model's one output on dataset inputs.
+
+    Raises:
+        KerasTurboError: the model has several outputs.
+    """
+    out = model.predict(feed(model, x), batch_size=batch_size, verbose=0)
+    if isinstance(out, (list, tuple, dict)):
+        raise KerasTurboError(f"model {model.name!r} has several outputs; fine-tuning and accuracy need one output")
+    return np.asarray(out)
+
+
+def accuracy(model, ds: Dataset | None) -> float | None:
+    """Top-1 accuracy on labelled data, by `keras_turbo.quality` (None without data or labels,
+    for several outputs, or for an output that is not one score vector per sample)."""
+    if ds is None or ds.y is None or len(model.outputs) != 1:
+        return None
+    out = predict(model, ds.x)
+    if out.ndim != 2:
+        return None
+    return quality.accuracy(out, ds.y)
+
+
+def looks_like_probabilities(out: np.ndarray) -> bool:
+    """A softmax (or sigmoid) output, rather than logits: decides the loss's `from_logits`.
+    Checked on the numbers because the softmax may sit in a Dense, an Activation or a Softmax layer."""
+    if out.shape[-1] == 1:
+        return bool(np.all((out >= 0) & (out <= 1)))
+    return bool(np.all(out >= -1e-6) and np.allclose(out.sum(-1), 1.0, atol=1e-3))
+
+
+# ---------------------------------------------------------------- logits behind a softmax
+
+@functools.cache
+def linear_dense_class():
+    """The `LinearDense` layer class (made on first use: defining it needs Keras imported)."""
+    keras = _tf.keras()
+
+    class LinearDense(keras.layers.Layer):
+        """A Dense layer's affine part (no activation), computed with that layer's own variables:
+        Keras tracks the wrapped layer, so fitting a model that holds this layer trains the Dense."""
+
+        def __init__(self, dense, **kwargs):
+            super().__init__(**kwargs)
+            self.dense = dense
+
+        def call(self, h):
+            z = keras.ops.matmul(h, self.dense.kernel)
+            return z + self.dense.bias if self.dense.use_bias else z
+
+    return LinearDense
+
+
+def logits_view(model):
+    """The model's scores before its softmax, as a model that shares the weights; None when the
+    output is not a softmax the code can see (a user model with logits, or a custom head).
+
+    Why: log(softmax) recovered from probabilities must clip at some tiny p, and where the clip
+    bites its gradient is zero: a student the hard labels have made very sure can then no longer
+    be pulled back towards the teacher's softened ranking of the wrong classes, which is the
+    whole point of a distillation loss. Training on real logits keeps that gradient everywhere;
+    every fine-tuning here (`finetune`, distill.apply) trains through this view where it exists.
+    A softmax in its own layer is cut off (the view ends at that layer's input); a softmax fused
+    into the last Dense is replaced by that Dense's affine part, computed with the same kernel
+    and bias variables, so training the view trains the model itself.
+    """
+    keras = _tf.keras()
+    if len(model.outputs) != 1:
+        return None
+    out = model.outputs[0]
+    history = getattr(out, "_keras_history", None)
+    layer = history.operation if history is not None else None
+    if not isinstance(layer, keras.layers.Layer) or len(getattr(layer, "_inbound_nodes", [])) != 1:
+        return None  # a shared or nested output layer: its input is not one tensor of this model
+    act = layer.get_config().get("activation")
+    if isinstance(layer, keras.layers.Softmax) or (isinstance(layer, keras.layers.Activation) and act == "softmax"):
+        return keras.Model(model.inputs, layer.input, name=f"{model.name}_logits")
+    if act == "softmax" and type(layer) is keras.layers.Dense and layer.quantization_mode is None:
+        linear = linear_dense_class()(layer, name=f"{layer.name}_logits")
+        return keras.Model(model.inputs, linear(layer.input), name=f"{model.name}_logits")
+    return None
+
+
+def saved_sizes(model, compress: bool = True) -> dict:
+    """Bytes of the saved `.keras` file and, with `compress`, gzipped (level 9), and of all the
+    weights as raw float32 gzipped (the container-free measure of what zeros buy)."""
+    keras = _tf.keras()
+    fd, path = tempfile.mkstemp(suffix=".keras")
+    os.close(fd)
+    try:
+        keras.saving.save_model(model, path)
+        with open(path, "rb") as fh:
+            data = fh.read()
+    finally:
+        os.unlink(path)
+    if not compress:
+        return {"keras_bytes": len(data)}
+    weights = b"".join(np.ascontiguousarray(w, dtype="float32").tobytes() for w in model.get_weights())
+    return {"keras_bytes": len(data), "gzip_bytes": len(gzip.compress(data, 9)),
+            "weights_bytes": len(weights), "weights_gzip_bytes": len(gzip.compress(weights, 9))}
+
+
+# ---------------------------------------------------------------- the one distillation loss
+
+def as_logits(ops, out, probs: bool):
+    """`out` as logits: log(p) for probabilities (a logit up to a per-row constant, which a
+    softmax ignores), `out` itself otherwise."""
+    return ops.log(ops.clip(out, LOG_CLIP, 1.0)) if probs else out
+
+
+def distillation_loss(ops, *, temperature: float, soft_weight: float, hard_weight: float,
+                      label_layout: str = "id", teacher_probs: bool = False, student_probs: bool = False):
+    """The distillation loss every technique trains with (Hinton et al., 2015), per sample:
+
+        soft_weight * T^2 * KL(softmax(teacher / T) || softmax(student / T))
+      + hard_weight * cross-entropy(labels, softmax(student))
+
+    The T^2 keeps the soft term's gradients the same size whatever T is. A term whose weight is
+    0 is not computed (so an all-zero label row, an unlabelled sample, adds nothing).
+
+    Args:
+        ops: `keras.ops`.
+        temperature: T, > 0.
+        soft_weight / hard_weight: the two terms' weights, as they stand (no 1 - w inside).
+        label_layout: how y_true begins: "id" (one column, the class id) or "distribution"
+            (one column per class: a one-hot row, a mix of two under mixup, or all zeros for a
+            sample without a label). The teacher's outputs (one column per class) follow.
+        teacher_probs / student_probs: whether the teacher's packed outputs / the student's
+            outputs are probabilities (turned into logits by log(p)) rather than logits.
+
+    Returns:
+        A Keras loss `loss(y_true, y_pred)` giving one value per sample.
+
+    Raises:
+        ValueError: an unknown `label_layout`.
+
+    Example:
+        >>> loss = distillation_loss(keras.ops, temperature=2.0, soft_weight=1.0, hard_weight=0.5,
+        ...                          label_layout="distribution")
+        >>> model.compile(optimizer="adam", loss=loss)   # y: [one-hot labels, teacher logits]
+    """
+    if label_layout not in ("id", "distribution"):
+        raise ValueError(f"label_layout must be 'id' or 'distribution', received {label_layout!r}")
+    t2 = temperature ** 2
+
+    def loss(y_true, y_pred):
+        classes = int(y_pred.shape[-1])
+        split = 1 if label_layout == "id" else classes
+        s_logits = as_logits(ops, y_pred, student_probs)
+        total = 0.0
+        if soft_weight:
+            t_logits = as_logits(ops, y_true[:, split:], teacher_probs)
+            t = ops.softmax(t_logits / temperature, axis=-1)
+            kl = ops.sum(t * (ops.log_softmax(t_logits / temperature, axis=-1)
+                              - ops.log_softmax(s_logits / temperature, axis=-1)), axis=-1)
+            total = soft_weight * t2 * kl
+        if hard_weight:
+            log_s = ops.log_softmax(s_logits, axis=-1)
+            if label_layout == "id":
+                labels = ops.one_hot(ops.cast(y_true[:, 0], "int32"), classes, dtype=log_s.dtype)
+            else:
+                labels = y_true[:, :classes]
+            total = total + hard_weight * -ops.sum(labels * log_s, axis=-1)
+        return total
+
+    return loss
+
+
+def finetune_loss_weights(distill_weight: float, labels: bool) -> tuple[float, float]:
+    """`finetune(distill=True)`'s (soft_weight, hard_weight): `distill_weight` of the soft term
+    and the rest, 1 - `distill_weight`, of cross-entropy on the labels; the soft term alone
+    (weight 1) when there are no labels."""
+    return (distill_weight, 1.0 - distill_weight) if labels else (1.0, 0.0)
+
+
+# ---------------------------------------------------------------- fine-tuning
+
+def finetune(model, train: Dataset, *, epochs: int, batch_size: int, learning_rate: float, seed: int = 0,
+             teacher=None, distill: bool = False, temperature: float = 4.0, distill_weight: float = 0.5,
+             callbacks=()) -> dict:
+    """Train `model` in place on `train` (Adam, cosine learning-rate decay to zero).
+
+    The loss: sparse cross-entropy on the labels of a classifier; with `distill`, the one
+    `distillation_loss` with soft_weight = `distill_weight` and hard_weight = 1 - `distill_weight`
+    (so `distill_weight` 0.5 weighs T^2 KL and cross-entropy equally, 1 is pure distillation).
+    Where labels cannot serve (none given, or the model is not a classifier), the `teacher`'s
+    outputs are the target instead (the soft term alone for classifiers, mean squared error
+    otherwise). A softmax classifier trains through its logits (`logits_view`).
+
+    Args:
+        model: the Keras model to train; its weights change (pass a copy to keep the original).
+        train: the train data; labels optional when a `teacher` is given.
+        epochs / batch_size / learning_rate / seed: the training.
+        teacher: the model to distill from, or to copy where there are no labels.
+        distill / temperature / distill_weight: the distillation loss's use and settings.
+        callbacks: Keras callbacks for `fit` (e.g. pruning masks).
+
+    Returns:
+        {"epochs", "steps", "learning_rate", "loss", "final_loss"}: what the report records.
+
+    Raises:
+        KerasTurboError: several outputs; no labels (or not a classifier) and no teacher.
+
+    Example:
+        >>> finetune(work, train, epochs=2, batch_size=32, learning_rate=1e-3, teacher=model, distill=True)
+    """
+    keras = _tf.keras()
+    if len(model.outputs) != 1:
+        raise KerasTurboError(f"model {model.name!r} has {len(model.outputs)} outputs; fine-tuning supports one "
+                              "(pass finetune=False)")
+    keras.utils.set_random_seed(seed)
+    probe = predict(model, tuple(a[:64] for a in train.x))
+    classifier = probe.ndim == 2 and probe.shape[-1] > 1
+    # Train a softmax classifier through its logits (same variables; see logits_view).
+    trained = logits_view(model) if classifier and looks_like_probabilities(probe) else None
+    probs = trained is None and looks_like_probabilities(probe)
+    trained = trained or model
+    labels = train.y is not None and classifier
+    if teacher is None and (distill or not labels):
+        what = "no labels" if train.y is None else "labels, but the output is not a class score"
+        raise KerasTurboError(f"fine-tuning needs labelled train data for a classifier, or a teacher "
+                              f"(train data {train.source}: {what})")
+    loss, y, kind = _finetune_target(keras, train, teacher, classifier, labels, probs,
+                                     distill=distill, temperature=temperature, distill_weight=distill_weight)
+    steps = epochs * math.ceil(len(train) / batch_size)
+    # Cosine decay to zero: the last steps are small, so the model ends settled (at the final
+    # masks, when pruning) rather than wherever the last large step left it.
+    lr = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=steps)
+    trained.compile(optimizer=keras.optimizers.Adam(lr), loss=loss)
+    hist = trained.fit(feed(model, train.x), y, epochs=epochs, batch_size=batch_size, shuffle=True, verbose=0,
+                       callbacks=list(callbacks))
+    losses = [float(v) for v in hist.history.get("loss", [])]
+    return {"epochs": epochs, "steps": steps, "learning_rate": f"{learning_rate} with cosine decay", "loss": kind,
+            "final_loss": losses[-1] if losses else None}
+
+
+def _finetune_target(keras, train: Dataset, teacher, classifier: bool, labels: bool, probs: bool, *,
+                     distill: bool, temperature: float, distill_weight: float):
+    """(loss, y, description) of `finetune`: labels alone, the distillation loss, or the
+    teacher's outputs under mean squared error."""
+    if labels and not distill:
+        return keras.losses.SparseCategoricalCrossentropy(from_logits=not probs), train.y, "cross-entropy"
+    t_view = logits_view(teacher) if classifier else None
+    t_out = predict(t_view or teacher, train.x).astype("float32")
+    if not classifier:
+        return "mse", t_out, "mean squared error to the teacher"
+    soft, hard = finetune_loss_weights(distill_weight, labels)
+    label_col = (train.y if labels else np.zeros(len(t_out))).astype("float32")[:, None]
+    loss = distillation_loss(keras.ops, temperature=temperature, soft_weight=soft, hard_weight=hard,
+                             label_layout="id", teacher_probs=t_view is None and looks_like_probabilities(t_out),
+                             student_probs=probs)
+    kind = f"distillation (T={temperature}, weight {soft})" + (" + cross-entropy" if labels else "")
+    return loss, np.concatenate([label_col, t_out], axis=1), kind
+
+
+__all__ = ["NO_FINETUNE_DATA", "accuracy", "as_logits", "check_fraction", "check_model", "check_training", "clone_layer", "copy_model",
+           "distillation_loss", "feed", "finetune", "finetune_loss_weights", "is_number", "linear_dense_class",
+           "logits_view", "looks_like_probabilities", "predict", "saved_sizes"]

@@ -236,4 +236,9 @@ def test_search_plans_probes_then_the_full_fine_tune_with_exports():
     done = base + [planner.Outcome(planner.probe_recipe("fp", "prune", i), True, i <= 3, None, 1.0) for i in (2, 3, 4)]
     final = planner.follow_ups(info, done, cfg, has_train=True).recipes
     assert {r.name for r in final} == {"prune(90%) + litert fp32", "prune(90%) + litert int8"}
-    assert all(r.steps[0].config == {"sparsity": 0.9, "epochs": 12} for r in final)
+    # quick probes: the full fine-tune gets its most epochs
+    assert all(r.steps[0].config == {"sparsity": 0.9, "epochs": 16} for r in final)
+    # slow probes (200 s for 4 epochs, 600 s spent of a 1080 s share): the epochs fit the time left
+    slow = base + [planner.Outcome(planner.probe_recipe("fp", "prune", i), True, i <= 3, None, 200.0) for i in (2, 3, 4)]
+    sized = planner.follow_ups(info, slow, cfg, has_train=True).recipes
+    assert {r.steps[0].config["epochs"] for r in sized} == {(1080 - 600) // 50}

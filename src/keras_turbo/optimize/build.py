@@ -41,6 +41,7 @@ class BuildJob:
     inputs: tuple = ()
     outputs: tuple = ()
     train: DataRef | None = None
+    val: DataRef | None = None     # a split of the train data for early stopping (settings with "patience")
     threads: int | None = None
     unsafe: bool = False
     export_cache: str | None = None
@@ -57,7 +58,7 @@ class _Context:
 
     def data(self, which: str):
         if which not in self._loaded:
-            ref = {"train": self.job.train, "calib": self.job.calib, "eval": self.job.eval}[which]
+            ref = {"train": self.job.train, "calib": self.job.calib, "eval": self.job.eval, "val": self.job.val}[which]
             self._loaded[which] = ref.load(self.job.inputs, self.job.outputs if which != "calib" else None)
         return self._loaded[which]
 
@@ -83,7 +84,8 @@ def build_train(step: Step, source: Path, ctx: _Context, dest: Path) -> tuple[Pa
     config_cls, apply = TECHNIQUES[step.name]
     config = config_cls.from_dict(step.config)
     train = ctx.data("train") if ctx.job.train is not None else None
-    result = apply(load_keras(ctx.keras_ref(source)), config, train, None)
+    val = ctx.data("val") if ctx.job.val is not None and "patience" in step.config else None
+    result = apply(load_keras(ctx.keras_ref(source)), config, train, val)
     path = dest / "model.keras"
     result.model.save(path)
     return path, {"config": result.config.to_dict(), "report": result.report}

@@ -262,7 +262,10 @@ def _job(run: _Run, r: Recipe, evaluate: bool) -> BuildJob:
     a variant trains on all of it and is judged on the held-out data."""
     probe = r.role == "probe"
     data = run.job["val" if probe else "eval"]
-    return BuildJob(r, **{k: run.job[k] for k in _SHARED}, eval=data, train=run.job["probe_train" if probe else "train"],
+    # A fine-tune that stops early trains on the train data less the validation split it watches.
+    stops = any(s.kind == "train" and "patience" in s.config for s in r.steps)
+    train = run.job["probe_train" if probe or stops else "train"]
+    return BuildJob(r, **{k: run.job[k] for k in _SHARED}, eval=data, train=train, val=run.job.get("val") if stops else None,
                     reference=str(run.out / "reference" / f"{data.id}.npz"), evaluate=evaluate)
 
 

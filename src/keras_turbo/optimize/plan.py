@@ -35,6 +35,15 @@ class Knob:
     start: int
     proxy: dict
     full: dict
+    max_epochs: int = 0  # the full fine-tune's epochs are sized to the time left, up to this
+
+    def epochs(self, probe_seconds: float, seconds_left: float) -> int:
+        """The full fine-tune's epochs: as many as the technique's time share has left at the
+        probe's pace (seconds per epoch of the short fine-tune on the same data), at least the
+        probe's, at most `max_epochs` (early stopping on the validation split ends it sooner)."""
+        per_epoch = probe_seconds / max(1, self.proxy["epochs"])
+        fit = int(seconds_left // per_epoch) if per_epoch > 0 else self.full["epochs"]
+        return max(self.proxy["epochs"], min(self.max_epochs or self.full["epochs"], fit))
 
     def label(self, value) -> str:
         if self.setting == "target_flops_reduction":
@@ -45,10 +54,12 @@ class Knob:
 #: the strength search per technique (structured pruning over the FLOPs reduction, distillation
 #: over the student width, magnitude pruning over sparsity); stronger is faster or smaller
 SEARCH: dict[str, Knob] = {
+    # structured pruning's full fine-tune stops early on the validation split (patience), so it may run long
     "structured": Knob("target_flops_reduction", (1.5, 2.0, 3.0, 4.0, 6.0), 1,
-                       {"epochs": 6, "distill": True}, {"epochs": 20, "distill": True}),
-    "distill": Knob("student", ("width:0.75", "width:0.5", "width:0.35", "width:0.25"), 1, {"epochs": 12}, {"epochs": 40}),
-    "prune": Knob("sparsity", (0.5, 0.7, 0.8, 0.9, 0.95), 2, {"epochs": 4}, {"epochs": 12}),
+                       {"epochs": 6, "distill": True}, {"epochs": 20, "distill": True, "patience": 5}, 40),
+    "distill": Knob("student", ("width:0.75", "width:0.5", "width:0.35", "width:0.25"), 1, {"epochs": 12}, {"epochs": 40}, 60),
+    # magnitude pruning ramps its sparsity through the whole run, so it is not stopped early
+    "prune": Knob("sparsity", (0.5, 0.7, 0.8, 0.9, 0.95), 2, {"epochs": 4}, {"epochs": 12}, 16),
 }
 #: the share of --time-budget the training techniques may take together (split evenly; the probes
 #: of one technique stop at half of its share, leaving the rest for its full fine-tune)
@@ -235,11 +246,7 @@ def search_point(name: str, outcomes: list[Outcome], cfg, share: float) -> tuple
     probe, False), or (the chosen index: the strongest within the budget, True) once the bracket
     is closed or half the time share is spent. Assumes accuracy falls as strength rises."""
     k = SEARCH[name]
-    probes = {}
-    for o in outcomes:
-        r = o.recipe
-        if r.role == "probe" and r.techniques == (name,):
-            probes[k.grid.index(r.steps[0].config[k.setting])] = o
+    probes = _probes(name, outcomes)
     good = [i for i, o in probes.items() if o.ok and o.within]
     bad = [i for i, o in probes.items() if not (o.ok and o.within)]
     lo = max(good) if good else None
@@ -256,6 +263,24 @@ def search_point(name: str, outcomes: list[Outcome], cfg, share: float) -> tuple
     if top - lo <= 1:
         return lo, True
     return (lo + top) // 2, False
+
+
+def _probes(name: str, outcomes: list[Outcome]) -> dict[int, Outcome]:
+    """The technique's probes measured so far, by grid index."""
+    k, probes = SEARCH[name], {}
+    for o in outcomes:
+        r = o.recipe
+        if r.role == "probe" and r.techniques == (name,):
+            probes[k.grid.index(r.steps[0].config[k.setting])] = o
+    return probes
+
+
+def final_settings(name: str, index: int, outcomes: list[Outcome], share: float) -> dict:
+    """The chosen point's full fine-tune, its epochs sized to what the time share has left."""
+    k, probes = SEARCH[name], _probes(name, outcomes)
+    spent = sum(o.seconds for o in probes.values())
+    epochs = k.epochs(probes[index].seconds, share - spent) if index in probes else k.full["epochs"]
+    return {k.setting: k.grid[index], **k.full, "epochs": epochs}
 
 
 def technique_recipes(model: ModelInfo, outcomes: list[Outcome], cfg, has_train: bool) -> list[Recipe]:
@@ -276,7 +301,7 @@ def technique_recipes(model: ModelInfo, outcomes: list[Outcome], cfg, has_train:
             if index is None:
                 continue  # no strength met the budget even at the weakest setting (the probes say so)
             k = SEARCH[name]
-            train, label = _trained(name, {k.setting: k.grid[index], **k.full}), k.label(k.grid[index])
+            train, label = _trained(name, final_settings(name, index, outcomes, share)), k.label(k.grid[index])
         else:
             train, label = _trained(name, TECHNIQUE_SETTINGS[name]), ""
         for export in best_exports(outcomes):

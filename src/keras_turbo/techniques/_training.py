@@ -281,9 +281,38 @@ def finetune_loss_weights(distill_weight: float, labels: bool) -> tuple[float, f
 
 # ---------------------------------------------------------------- fine-tuning
 
+def best_on_val(keras, model, val: Dataset, patience: int):
+    """A Keras callback that judges `model` on `val` after every epoch, keeps the best weights,
+    and stops the training after `patience` epochs without improvement: training long enough,
+    and no longer. `restore()` puts the best weights back."""
+
+    class BestOnVal(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.best, self.weights, self.best_epoch, self.wait, self.curve = -1.0, None, 0, 0, []
+
+        def on_epoch_end(self, epoch, logs=None):
+            acc = accuracy(model, val)
+            self.curve.append(acc)
+            if acc > self.best + 1e-9:
+                self.best, self.weights, self.best_epoch, self.wait = acc, model.get_weights(), epoch + 1, 0
+            else:
+                self.wait += 1
+                if self.wait >= patience:
+                    self.model.stop_training = True
+
+        def restore(self) -> dict:
+            if self.weights is not None:
+                model.set_weights(self.weights)
+            return {"patience": patience, "epochs_run": len(self.curve), "best_epoch": self.best_epoch,
+                    "val_accuracy": self.best, "val_samples": len(val)}
+
+    return BestOnVal()
+
+
 def finetune(model, train: Dataset, *, epochs: int, batch_size: int, learning_rate: float, seed: int = 0,
              teacher=None, distill: bool = False, temperature: float = 4.0, distill_weight: float = 0.5,
-             callbacks=()) -> dict:
+             callbacks=(), val: Dataset | None = None, patience: int | None = None) -> dict:
     """Train `model` in place on `train` (Adam, cosine learning-rate decay to zero).
 
     The loss: sparse cross-entropy on the labels of a classifier; with `distill`, the one
@@ -300,6 +329,9 @@ def finetune(model, train: Dataset, *, epochs: int, batch_size: int, learning_ra
         teacher: the model to distill from, or to copy where there are no labels.
         distill / temperature / distill_weight: the distillation loss's use and settings.
         callbacks: Keras callbacks for `fit` (e.g. pruning masks).
+        val / patience: early stopping: with labelled `val` and `patience`, the model is judged on
+            `val` after each epoch, the best epoch's weights are kept, and training stops after
+            `patience` epochs without improvement.
 
     Returns:
         {"epochs", "steps", "learning_rate", "loss", "final_loss"}: what the report records.
@@ -333,11 +365,12 @@ def finetune(model, train: Dataset, *, epochs: int, batch_size: int, learning_ra
     # masks, when pruning) rather than wherever the last large step left it.
     lr = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=steps)
     trained.compile(optimizer=keras.optimizers.Adam(lr), loss=loss)
+    stop = best_on_val(keras, model, val, patience) if patience and val is not None and val.y is not None else None
     hist = trained.fit(feed(model, train.x), y, epochs=epochs, batch_size=batch_size, shuffle=True, verbose=0,
-                       callbacks=list(callbacks))
+                       callbacks=list(callbacks) + ([stop] if stop else []))
     losses = [float(v) for v in hist.history.get("loss", [])]
     return {"epochs": epochs, "steps": steps, "learning_rate": f"{learning_rate} with cosine decay", "loss": kind,
-            "final_loss": losses[-1] if losses else None}
+            "final_loss": losses[-1] if losses else None, "early_stopping": stop.restore() if stop else None}
 
 
 def _finetune_target(keras, train: Dataset, teacher, classifier: bool, labels: bool, probs: bool, *,

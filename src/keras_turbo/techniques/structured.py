@@ -79,6 +79,8 @@ class StructuredConfig(TechniqueConfig):
             without labels the soft term alone). `DistillConfig.alpha` is instead the hard
             term's weight beside a soft term of weight 1.
         seed: seeds Keras' random state for the fine-tuning.
+        patience: early stopping: with `val` data given to `apply`, keep the best epoch's weights
+            and stop after this many epochs without improvement (None: train every epoch).
 
     Raises:
         KerasTurboError: a setting out of range.
@@ -100,8 +102,12 @@ class StructuredConfig(TechniqueConfig):
     temperature: float = 4.0
     distill_weight: float = 0.5
     seed: int = 0
+    patience: int | None = None
 
     def __post_init__(self):
+        if self.patience is not None and (isinstance(self.patience, bool) or not isinstance(self.patience, int)
+                                          or self.patience < 1):
+            raise bad_param("patience", "an integer >= 1 or None", self.patience)
         check_fraction("sparsity", self.sparsity)
         t = self.target_flops_reduction
         if t is not None and (not is_number(t) or not t > 1.0):
@@ -693,13 +699,14 @@ def _cut(keras, model, config: StructuredConfig, flops_before: int):
     return new, _Cut(fraction, searched, g, groups, counts)
 
 
-def _finetune(new, model, config: StructuredConfig, train: Dataset) -> dict:
-    """Fine-tune `new` (optionally distilling from `model`); returns the training's report."""
+def _finetune(new, model, config: StructuredConfig, train: Dataset, val: Dataset | None = None) -> dict:
+    """Fine-tune `new` (optionally distilling from `model`; early stopping on `val` with
+    `config.patience`); returns the training's report."""
     work = copy_model(new)   # fitting compiles it; the model handed back stays uncompiled
     training = finetune(work, train, epochs=config.epochs, batch_size=config.batch_size,
                         learning_rate=config.learning_rate, seed=config.seed, teacher=model,
                         distill=config.distill, temperature=config.temperature,
-                        distill_weight=config.distill_weight)
+                        distill_weight=config.distill_weight, val=val, patience=config.patience)
     new.set_weights(work.get_weights())
     return training
 
@@ -753,7 +760,7 @@ def apply(model, config: StructuredConfig | None = None, train: Dataset | None =
         raise KerasTurboError(NO_FINETUNE_DATA)
     before = describe_keras(model)
     new, cut = _cut(keras, model, config, before["flops_per_sample"])
-    training = _finetune(new, model, config, train) if config.finetune else None
+    training = _finetune(new, model, config, train, val) if config.finetune else None
     after = describe_keras(new)
     report = {
         **_group_report(cut),

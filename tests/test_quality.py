@@ -142,3 +142,24 @@ def test_optimize_judges_every_output_of_a_two_head_model(regression_two_head, t
             assert not v["within_budget"] and "output_1: relative error" in v["verdict"]
     doc = json.loads((tmp_path / "o" / "results.json").read_text())
     assert doc["outputs"][1]["sure"] is False
+
+
+def test_evaluate_judges_every_output_with_the_same_budgets(regression_two_head, tmp_path, capsys):
+    import keras_turbo
+    from keras_turbo.cli import main
+
+    d = regression_two_head
+    model = keras_turbo.load_model(d / "m.keras")
+    off = keras.Model(model.inputs, [model.outputs[0], model.outputs[1] * 1.1])  # the box head 10% off
+    off.save(tmp_path / "off.keras")
+    res = keras_turbo.evaluate(tmp_path / "off.keras", str(d / "x.npz"), reference=d / "m.keras",
+                               budget={"min_agreement": 0.99})
+    assert [o["kind"] for o in res["outputs"]] == ["multiclass", "regression"]
+    assert res["outputs"][0]["agreement"] == 1.0 and res["outputs"][1]["relative_error"] > 0.05
+    assert not res["within_budget"] and "output_1: relative error" in res["verdict"]
+    # the CLI: the same verdict, exit code 1 when over budget, 0 within (a looser error budget)
+    args = ["evaluate", str(tmp_path / "off.keras"), "--data", str(d / "x.npz"), "--reference", str(d / "m.keras"),
+            "--min-agreement", "0.99"]
+    assert main(args) == 1 and "OVER BUDGET" in capsys.readouterr().out
+    assert main(args + ["--max-output-error", "2.0"]) == 0
+    assert main(args + ["--output-kind", "output_9=regression"]) == 2  # no such output: one line, exit 2

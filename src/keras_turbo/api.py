@@ -78,7 +78,8 @@ def load_model(path, unsafe: bool = False):
 
 
 def evaluate(model, data, reference=None, backend: str | None = None, reference_backend: str | None = None,
-             batch_size: int = 32, threads: int | None = None, unsafe: bool = False, cache_dir: Path | None = None) -> dict:
+             batch_size: int = 32, threads: int | None = None, unsafe: bool = False, cache_dir: Path | None = None,
+             output_kinds=(), budget: dict | None = None) -> dict:
     """Accuracy on labelled data, and agreement with a reference model.
 
     Args:
@@ -86,12 +87,17 @@ def evaluate(model, data, reference=None, backend: str | None = None, reference_
         data: a DATA spec (`x.npz`, an image folder, `builtin:digits[:split]`) or a `Dataset`.
         reference: optional model to compare against (top-1 agreement, output differences).
         backend / reference_backend: runtimes to run them on (defaults as in `load`).
+        output_kinds: (output name, kind) pairs overriding the detected kinds (quality.KINDS).
+        budget: optional {"max_accuracy_drop", "min_agreement", "max_output_error"}: with a
+            reference, every output is judged against it as optimize judges a variant.
 
     Returns:
         {"samples", "accuracy" (None without labels), "top1_agreement", "max_abs_diff",
          "mean_abs_diff" (None without reference), "backend", "reference_backend"}. Top-1 is
         `keras_turbo.quality`'s: argmax, or for a single unit a threshold (0.5 for probabilities,
-        0 for logits) decided from the reference's outputs when there is one.
+        0 for logits) decided from the reference's outputs when there is one. With a reference,
+        also "outputs" (each output's kind and metric: agreement, relative error, cosine) and,
+        with a budget, "within_budget" and "verdict".
 
     Raises:
         KerasTurboError: unreadable data, data that does not fit, labels out of range.
@@ -115,7 +121,26 @@ def evaluate(model, data, reference=None, backend: str | None = None, reference_
         q = quality.compare(ref_out, out, ds.y)
         result.update(accuracy=q["accuracy"], top1_agreement=q["top1_agreement"], max_abs_diff=q["max_abs_diff"],
                       mean_abs_diff=q["mean_abs_diff"], reference_backend=ref_p.backend)
+        result.update(_judge_outputs(predictor, ref_p, reference, ds, batch_size, output_kinds, budget, unsafe))
     return result
+
+
+def _judge_outputs(predictor, ref_p, reference, ds, batch_size, overrides, budget, unsafe) -> dict:
+    """Every output of the model against the reference's, by its kind, as optimize judges a variant."""
+    from keras_turbo.kinds import output_kinds
+    from keras_turbo.optimize.select import within_budget
+
+    as_list = lambda o: o if isinstance(o, list) else [o]  # noqa: E731
+    outs = as_list(predictor.predict(list(ds.x), batch_size=batch_size))
+    refs = as_list(ref_p.predict(list(ds.x), batch_size=batch_size))
+    keras_ref = as_ref(reference, unsafe) if isinstance(reference, (str, os.PathLike)) else None
+    kinds = output_kinds(keras_ref if keras_ref is not None and keras_ref.is_keras else None, ref_p.outputs, refs, ds.y,
+                         overrides)
+    q = quality.judge(refs, outs, list(kinds), ds.y)
+    res = {"outputs": q["outputs"]}
+    if budget:
+        res["within_budget"], res["verdict"] = within_budget(q, budget)
+    return res
 
 
 def _first(out):

@@ -120,8 +120,16 @@ def cmd_benchmark(args) -> int:
 def cmd_evaluate(args) -> int:
     import keras_turbo
 
+    budget = None
+    if args.min_agreement is not None or args.max_accuracy_drop is not None or args.max_output_error is not None:
+        if args.reference is None:
+            raise KerasTurboError("--min-agreement / --max-accuracy-drop / --max-output-error judge MODEL against "
+                                  "--reference MODEL: give one")
+        budget = {"min_agreement": args.min_agreement, "max_accuracy_drop": args.max_accuracy_drop,
+                  "max_output_error": args.max_output_error}
     res = keras_turbo.evaluate(args.model, args.data, reference=args.reference, backend=args.backend,
-                               reference_backend=args.reference_backend, batch_size=args.batch_size, unsafe=args.unsafe)
+                               reference_backend=args.reference_backend, batch_size=args.batch_size, unsafe=args.unsafe,
+                               output_kinds=_output_kinds(args.output_kind), budget=budget)
     _write_json(args.json, res)
     out, _ = _console()
     out.print(f"{args.model} on {res['backend']}: {res['samples']} samples from {args.data}")
@@ -133,6 +141,13 @@ def cmd_evaluate(args) -> int:
         out.print(f"  top-1 agreement {res['top1_agreement'] * 100:.2f}% with {args.reference} on {res['reference_backend']}")
         out.print(f"  max |diff|      {res['max_abs_diff']:.3g}")
         out.print(f"  mean |diff|     {res['mean_abs_diff']:.3g}")
+    for o in res.get("outputs") or []:
+        metric = (f"agreement {o['agreement'] * 100:.2f}%" if "agreement" in o else
+                  f"1 - cosine {o['error']:.4g}" if o["kind"] == "embedding" else f"relative error {o['error']:.4g}")
+        out.print(f"  {o['name']} ({o['kind']}): {metric}")
+    if "within_budget" in res:
+        out.print(f"  {'within budget' if res['within_budget'] else 'OVER BUDGET'}: {res['verdict']}")
+        return 0 if res["within_budget"] else 1
     return 0
 
 
@@ -370,18 +385,25 @@ def _print_optimize(res) -> None:
     out.print(f"serve it: keras_turbo.load({str(res.out / 'best')!r})")
 
 
+def _output_kinds(items) -> tuple:
+    """--output-kind NAME=KIND, repeated -> ((name, kind), ...)."""
+    from keras_turbo.quality import KINDS
+
+    kinds = []
+    for item in items or []:
+        name, sep, kind = item.partition("=")
+        if not sep or not name or kind not in KINDS:
+            raise KerasTurboError(f"--output-kind: expected NAME=KIND with KIND one of {', '.join(KINDS)}, received {item!r}")
+        kinds.append((name, kind))
+    return tuple(kinds)
+
+
 def cmd_optimize(args) -> int:
     from keras_turbo.optimize import OptimizeConfig
 
-    kinds = []
-    for item in args.output_kind or []:
-        name, sep, kind = item.partition("=")
-        if not sep or not name or not kind:
-            raise KerasTurboError(f"--output-kind: expected NAME=KIND, received {item!r}")
-        kinds.append((name, kind))
     cfg = OptimizeConfig(max_accuracy_drop=args.max_accuracy_drop if args.min_agreement is None else None,
                          min_agreement=args.min_agreement, max_output_error=args.max_output_error,
-                         output_kinds=tuple(kinds), objective=args.objective, batch_size=args.batch_size,
+                         output_kinds=_output_kinds(args.output_kind), objective=args.objective, batch_size=args.batch_size,
                          threads=args.threads, techniques=tuple(t for t in (args.techniques or "").split(",") if t),
                          runtimes=tuple(t for t in (args.runtimes or "").split(",") if t),
                          time_budget_s=_parse_duration(args.time_budget))
@@ -468,6 +490,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--backend", metavar="NAME", help="runtime for MODEL")
     sp.add_argument("--reference-backend", metavar="NAME", help="runtime for the reference")
     sp.add_argument("--batch-size", type=_positive_int("--batch-size"), default=32)
+    sp.add_argument("--min-agreement", type=float, metavar="FRACTION", help="budget for classification-like outputs")
+    sp.add_argument("--max-accuracy-drop", type=float, metavar="POINTS", help="budget for labelled classifier outputs")
+    sp.add_argument("--max-output-error", type=float, metavar="E", help="budget for regression / embedding outputs")
+    sp.add_argument("--output-kind", action="append", metavar="NAME=KIND", help="override an output's detected kind")
     sp.add_argument("--json", metavar="PATH")
     sp.set_defaults(fn=cmd_evaluate)
 

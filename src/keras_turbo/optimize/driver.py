@@ -21,6 +21,7 @@ from keras_turbo.optimize.config import OptimizeConfig
 from keras_turbo.optimize.executor import Executor, make_executor
 from keras_turbo.optimize.measure import DataRef, Protocol, data_fingerprint, machine_key
 from keras_turbo.optimize.recipe import Recipe
+from keras_turbo.kinds import output_kinds
 from keras_turbo.optimize.store import Store
 
 BENCH = {"warmup_runs": 5, "warmup_seconds": 0.3}
@@ -187,37 +188,6 @@ def _reference(ref, data: DataRef, inputs, outputs, path: Path, threads):
         out = load(ref, backend="tf-function", threads=threads).predict(list(ds.x), batch_size=64)
         np.savez(path, **{f"out_{i}": o for i, o in enumerate(out if isinstance(out, list) else [out])})
     return load_reference(path), ds
-
-
-def last_activation(tensor) -> str | None:
-    """The activation of the layer that makes a Keras output tensor ("softmax", "sigmoid", ...)."""
-    layer = getattr(getattr(tensor, "_keras_history", None), "operation", None)
-    if layer is None:
-        return None
-    if type(layer).__name__ == "Softmax":
-        return "softmax"
-    act = layer.get_config().get("activation") if hasattr(layer, "get_config") else None
-    return act if isinstance(act, str) else None
-
-
-def output_kinds(ref, outputs, refs: list, y, overrides) -> tuple:
-    """Each output's kind: detected from the model (quality.detect), or as the user named it."""
-    from keras_turbo import quality
-    from keras_turbo.models import load_keras
-
-    model, named = load_keras(ref), dict(overrides)
-    unknown = sorted(set(named) - {t.name for t in outputs})
-    if unknown:
-        raise KerasTurboError(f"--output-kind: no output named {', '.join(unknown)} (outputs: {', '.join(t.name for t in outputs)})")
-    kinds = []
-    for i, (t, tensor, r) in enumerate(zip(outputs, model.outputs, refs)):
-        fits = i == 0 and y is not None and len(t.shape) == 2 and t.shape[-1] and int(np.max(y)) < t.shape[-1]
-        k = quality.detect(t.name, t.shape, last_activation(tensor), r, bool(fits))
-        if t.name in named:
-            k = quality.OutputKind(t.name, named[t.name], k.threshold if named[t.name] != "binary" else
-                                   (0.5 if last_activation(tensor) == "sigmoid" else 0.0), why="named by the user")
-        kinds.append(k)
-    return tuple(kinds)
 
 
 def _start(model, data, train_data, cfg, out: Path, ex: Executor, note, unsafe, cache_dir) -> _Run:

@@ -138,7 +138,7 @@ def outlier_digits_mlp(scale: float = 1000.0, seed: int = 0, epochs: int = 30, e
 OUTLIER_PATHS = ("pool", "add")
 
 
-def outlier_digits_cnn(via: str = "pool", scale: float = 1000.0, seed: int = 0, epochs: int = 8, width: int = 8):
+def outlier_digits_cnn(via: str = "pool", scale: float = 1000.0, seed: int = 0, epochs: int = 25, width: int = 8):
     """A small digits CNN (16x16 input) that full int8 breaks, with an activation outlier that
     reaches the next convolution through a parameter-free op, as outliers do in real networks.
 

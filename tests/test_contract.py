@@ -21,6 +21,7 @@ QUICK = {
     "distill": {"student": "width:0.5", "epochs": 1},
     "qat": {"epochs": 1, "calibration_size": 50},
     "cluster": {"clusters": 8, "epochs": 1},
+    "equalize": {"iterations": 5},
 }
 
 
@@ -78,6 +79,7 @@ def test_technique_contract(name, tiny, tmp_path):
 def test_technique_rejects_bad_settings(name):
     config_cls, _ = TECHNIQUES[name]
     bad = {"prune": {"sparsity": 1.5}, "structured": {"sparsity": -0.1}, "distill": {"temperature": 0.0},
-           "qat": {"epochs": -1}, "cluster": {"clusters": 1}}[name]
+           "qat": {"epochs": -1}, "cluster": {"clusters": 1},
+           "equalize": {"tolerance": 0.0}}[name]
     with pytest.raises(keras_turbo.KerasTurboError, match=r"must be .* Received"):
         config_cls(**bad)

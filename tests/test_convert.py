@@ -197,11 +197,8 @@ def test_per_layer_ranking_still_available(outlier_model):
 # ------------------------------------------------------------------ outliers through parameter-free ops
 
 @pytest.fixture(scope="module", params=["pool", "add"])
-def outlier_cnn(request):
-    from keras_turbo.zoo import outlier_digits_cnn
-
-    model, acc = outlier_digits_cnn(request.param)
-    return request.param, model
+def outlier_cnn(request, outlier_cnns):
+    return request.param, outlier_cnns(request.param)[0]
 
 
 # The weighted layers that must stay float, and the parameter-free ops between them that must too.

@@ -1,0 +1,75 @@
+"""Cross-layer equalization: the float function is kept, the outlier is gone, and full int8 of the
+equalized model is as accurate as float where plain int8 collapses."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import keras_turbo
+from keras_turbo.convert import ConvertConfig, convert
+from keras_turbo.techniques import equalize
+from tests.conftest import keras
+
+
+def _same_function(a, b, x):
+    want, got = np.asarray(a(x, training=False)), np.asarray(b(x, training=False))
+    assert np.max(np.abs(got - want)) <= 1e-4 * np.max(np.abs(want)) + 1e-6
+
+
+@pytest.mark.parametrize("via", ["pool", "add"])
+def test_keeps_the_function_and_the_input(outlier_cnns, via):
+    model, _ = outlier_cnns(via)
+    before = [w.copy() for w in model.get_weights()]
+    r = equalize.apply(model, equalize.EqualizeConfig())
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    x = np.random.default_rng(0).random((8, 16, 16, 1)).astype("float32")
+    _same_function(model, r.model, x)
+    pairs = {(p["w1"], p["w2"]): p for p in r.report["pairs"]}
+    if via == "pool":  # the outlier pair, through BatchNorm, ReLU and MaxPooling2D
+        p = pairs[("c2", "c3")]
+        assert p["bn"] == "bn2" and p["between"] == ["relu2", "pool"]
+        assert p["range_spread_before"] > 100 > 2 > p["range_spread_after"]
+    else:  # c3's output is also read by the residual Add: not a pair (no scale can be traded there)
+        assert not any("c3" == w1 for w1, _ in pairs) and ("c5", "c6") in pairs
+
+
+@pytest.mark.parametrize("to", ["litert", "onnx", "openvino"])
+def test_equalized_pool_outlier_model_survives_full_int8(outlier_cnns, to):
+    model, float_acc = outlier_cnns("pool")
+    plain = convert(model, ConvertConfig(to=to, quantize="int8"), "builtin:digits:train")
+    eq = equalize.apply(model).model
+    fixed = convert(eq, ConvertConfig(to=to, quantize="int8"), "builtin:digits:train")
+    acc_plain = keras_turbo.evaluate(plain.load(), "builtin:digits:test")["accuracy"]
+    acc_fixed = keras_turbo.evaluate(fixed.load(), "builtin:digits:test")["accuracy"]
+    assert float_acc - acc_plain > 0.5  # plain int8 collapses
+    assert float_acc - acc_fixed <= 0.01  # every layer int8, within a point of float
+
+
+def test_chains_dense_flatten_depthwise_and_leaky_relu():
+    keras.utils.set_random_seed(4)
+    x = keras.Input((8, 8, 3))
+    h = keras.layers.Conv2D(6, 3, padding="same", activation="relu", name="a")(x)
+    h = keras.layers.DepthwiseConv2D(3, padding="same", name="dw")(h)
+    h = keras.layers.LeakyReLU(0.1, name="leaky")(h)
+    h = keras.layers.ZeroPadding2D(name="pad")(h)
+    h = keras.layers.Conv2D(4, 3, name="b")(h)
+    h = keras.layers.ReLU(max_value=6.0, name="relu6")(h)  # bounded: no pair across it
+    h = keras.layers.Conv2D(4, 1, activation="relu", name="c")(h)
+    h = keras.layers.AveragePooling2D(2, name="avg")(h)
+    h = keras.layers.Flatten(name="flat")(h)
+    h = keras.layers.Dense(5, activation="relu", name="d1")(h)
+    m = keras.Model(x, keras.layers.Dense(3, name="d2")(h))
+    w = m.get_layer("a").get_weights()
+    w[0][..., 2] *= 300.0  # an uneven channel to equalize
+    m.get_layer("a").set_weights(w)
+    r = equalize.apply(m)
+    got = {(p["w1"], p["w2"]) for p in r.report["pairs"]}
+    assert got == {("a", "dw"), ("dw", "b"), ("c", "d1"), ("d1", "d2")}
+    _same_function(m, r.model, np.random.default_rng(1).standard_normal((4, 8, 8, 3)).astype("float32"))
+
+
+def test_bad_settings():
+    with pytest.raises(keras_turbo.KerasTurboError, match=r"`iterations` must be an integer >= 1. Received"):
+        equalize.EqualizeConfig(iterations=0)

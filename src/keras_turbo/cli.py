@@ -144,12 +144,16 @@ def cmd_devices(args) -> int:
     out, _ = _console()
     out.print(f"CPU: {info['cpu']} ({info['logical_cores']} logical cores, {info['usable_cores']} usable, {info['memory_gb']} GB)")
     out.print("  features: " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in info["cpu_flags"].items()))
+    fast = info.get("accelerated_precisions", {})
+    out.print("  accelerates: fp32" + "".join(f", {p} ({' / '.join(f)})" for p, f in fast.items()))
     out.print("GPUs: " + ("; ".join(info["gpus"]) if info["gpus"] else "none found"))
     from rich.table import Table
 
-    t = Table("runtime", "usable", "devices / providers", "what it is")
+    t = Table("runtime", "precision", "usable", "devices / providers", "what it is")
     for name, r in info["runtimes"].items():
-        t.add_row(name, "yes" if r["usable"] else f"[red]no: {r['error']}[/red]", ", ".join(r["devices"]), r["summary"])
+        usable = f"[red]no: {r['error']}[/red]" if not r["usable"] else \
+            f"[yellow]skipped: {r['skip_reason']}[/yellow]" if r.get("skip_reason") else "yes"
+        t.add_row(name, r.get("precision", "fp32"), usable, ", ".join(r["devices"]), r["summary"])
     out.print(t)
     return 0
 

@@ -19,7 +19,20 @@ from keras_turbo.runtimes.base import NullPredictor, Predictor, TensorInfo
 
 @dataclass(frozen=True)
 class Backend:
-    """A runtime: its name, the module it needs, what it runs, and how to open a Predictor."""
+    """A runtime: its name, the module it needs, what it runs, and how to open a Predictor.
+
+    A reduced-precision or throughput setting of a runtime is an entry of its own
+    (`<runtime>-<precision>`, `...-throughput`), so a benchmark worker needs only the name.
+
+    Attributes:
+        precision: the arithmetic it computes in: "fp32", "bf16" or "fp16". Anything but fp32 is
+            a candidate that has to pass the quality check, like int8.
+        needs: CPU flags (as /proc/cpuinfo spells them) of which the CPU must have AT LEAST ONE
+            for this entry to be worth running; without any, the precision is emulated and
+            slower than fp32 (`machine.skip_reason` says so). Empty: runs well anywhere.
+        objective: "latency" (one request, all cores) or "throughput" (parallel requests,
+            batch split across streams); None: the same path serves both.
+    """
 
     name: str
     requires: str            # the Python module that must import for it to be usable
@@ -27,6 +40,13 @@ class Backend:
     export_to: str | None     # artifact a Keras model is exported to first (None: runs Keras directly)
     factory: Callable[..., Predictor]
     summary: str
+    precision: str = "fp32"
+    needs: tuple[str, ...] = ()
+    objective: str | None = None
+
+
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")          # AMX tiles or AVX-512 BF16 dot products
+FP16_FLAGS = ("amx_fp16", "avx512_fp16", "asimdhp")  # native half-precision arithmetic (x86, ARM)
 
 
 BACKENDS: dict[str, Backend] = {
@@ -43,7 +63,25 @@ BACKENDS: dict[str, Backend] = {
     "onnxruntime": Backend("onnxruntime", "onnxruntime", ("onnx",), "onnx", onnxruntime.ONNXRuntimePredictor,
                            "ONNX Runtime, CPU provider (CUDA when installed)"),
     "openvino": Backend("openvino", "openvino", ("openvino", "onnx", "tflite"), "openvino", openvino.OpenVINOPredictor,
-                        "OpenVINO CPU plugin, latency hint"),
+                        "OpenVINO CPU plugin, latency hint, f32 pinned", objective="latency"),
+    # Reduced precision where the CPU has the arithmetic for it.
+    "tf-function-bf16": Backend("tf-function-bf16", "tensorflow", KERAS_FORMATS, None, keras_runtimes.TFFunctionBF16,
+                                "tf.function with oneDNN bf16 auto-mixed-precision", precision="bf16", needs=BF16_FLAGS),
+    # (No litert-fp16: see the note at the end of runtimes/litert.py.)
+    "openvino-bf16": Backend("openvino-bf16", "openvino", ("openvino", "onnx", "tflite"), "openvino",
+                             openvino.OpenVINOBF16Predictor, "OpenVINO CPU plugin, latency hint, bf16 inference precision",
+                             precision="bf16", needs=BF16_FLAGS, objective="latency"),
+    "openvino-fp16": Backend("openvino-fp16", "openvino", ("openvino", "onnx", "tflite"), "openvino",
+                             openvino.OpenVINOFP16Predictor, "OpenVINO CPU plugin, latency hint, f16 inference precision",
+                             precision="fp16", needs=FP16_FLAGS, objective="latency"),
+    # Throughput: several streams, a batch split across parallel requests.
+    "openvino-throughput": Backend("openvino-throughput", "openvino", ("openvino", "onnx", "tflite"), "openvino",
+                                   openvino.OpenVINOThroughputPredictor, "OpenVINO CPU plugin, throughput hint, f32",
+                                   objective="throughput"),
+    "openvino-bf16-throughput": Backend("openvino-bf16-throughput", "openvino", ("openvino", "onnx", "tflite"), "openvino",
+                                        openvino.OpenVINOBF16ThroughputPredictor,
+                                        "OpenVINO CPU plugin, throughput hint, bf16", precision="bf16", needs=BF16_FLAGS,
+                                        objective="throughput"),
 }
 
 #: the backend an artifact runs on when none is named
@@ -62,9 +100,15 @@ def get_backend(name: str) -> Backend:
         raise BackendError(f"--backend: unknown backend {name!r} (expected one of {', '.join(BACKENDS)})") from None
 
 
-def default_backends(ref: ModelRef) -> list[str]:
-    """Every runtime for a Keras model; an artifact's own runtime for an artifact."""
-    return list(BACKENDS) if ref.is_keras else [NATIVE[ref.format]]
+def default_backends(ref: ModelRef, flags: set[str] | None = None) -> list[str]:
+    """Every runtime for a Keras model (less the reduced-precision entries this CPU would only
+    emulate); an artifact's own runtime for an artifact."""
+    if not ref.is_keras:
+        return [NATIVE[ref.format]]
+    from keras_turbo.machine import cpu_flags, skip_reason
+
+    flags = cpu_flags() if flags is None else flags
+    return [name for name in BACKENDS if skip_reason(name, flags) is None]
 
 
 def artifact_for(ref: ModelRef, backend: str, cache_dir: Path | None = None) -> ModelRef:
@@ -91,5 +135,5 @@ def open_predictor(ref: ModelRef, backend: str, threads: int | None = None, batc
     return get_backend(backend).factory(artifact, threads=threads, batch_size=batch_size, device=device)
 
 
-__all__ = ["BACKENDS", "NATIVE", "Backend", "NullPredictor", "Predictor", "TensorInfo", "artifact_for",
+__all__ = ["BACKENDS", "BF16_FLAGS", "FP16_FLAGS", "NATIVE", "Backend", "NullPredictor", "Predictor", "TensorInfo", "artifact_for",
            "default_backends", "get_backend", "open_predictor"]

@@ -8,7 +8,6 @@ import sys
 
 import numpy as np
 import pytest
-
 import keras_turbo
 
 from keras_turbo.cli import main

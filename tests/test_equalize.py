@@ -26,18 +26,19 @@ def test_keeps_the_function_and_the_input(outlier_cnns, via):
         np.testing.assert_array_equal(a, b)
     x = np.random.default_rng(0).random((8, 16, 16, 1)).astype("float32")
     _same_function(model, r.model, x)
-    pairs = {(p["w1"], p["w2"]): p for p in r.report["pairs"]}
+    groups = {(tuple(g["writers"]), tuple(g["readers"])): g for g in r.report["groups"]}
     if via == "pool":  # the outlier pair, through BatchNorm, ReLU and MaxPooling2D
-        p = pairs[("c2", "c3")]
-        assert p["bn"] == "bn2" and p["between"] == ["relu2", "pool"]
-        assert p["range_spread_before"] > 100 > 2 > p["range_spread_after"]
-    else:  # c3's output is also read by the residual Add: not a pair (no scale can be traded there)
-        assert not any("c3" == w1 for w1, _ in pairs) and ("c5", "c6") in pairs
+        g = groups[(("c2",), ("c3",))]
+        assert g["batchnorms"] == ["bn2"] and g["between"] == ["relu2", "pool"]
+    else:  # the residual group: c3 and the branch c4 write the sum, c4 and c5 read it
+        g = groups[(("c3", "c4"), ("c4", "c5"))]
+        assert g["between"] == ["add", "relu_add", "pool"]
+    assert g["range_spread_before"] > 100 > 3 > g["range_spread_after"]
 
 
-@pytest.mark.parametrize("to", ["litert", "onnx", "openvino"])
-def test_equalized_pool_outlier_model_survives_full_int8(outlier_cnns, to):
-    model, float_acc = outlier_cnns("pool")
+@pytest.mark.parametrize("via,to", [("pool", "litert"), ("pool", "onnx"), ("pool", "openvino"), ("add", "litert")])
+def test_equalized_outlier_model_survives_full_int8(outlier_cnns, via, to):
+    model, float_acc = outlier_cnns(via)
     plain = convert(model, ConvertConfig(to=to, quantize="int8"), "builtin:digits:train")
     eq = equalize.apply(model).model
     fixed = convert(eq, ConvertConfig(to=to, quantize="int8"), "builtin:digits:train")
@@ -65,9 +66,20 @@ def test_chains_dense_flatten_depthwise_and_leaky_relu():
     w[0][..., 2] *= 300.0  # an uneven channel to equalize
     m.get_layer("a").set_weights(w)
     r = equalize.apply(m)
-    got = {(p["w1"], p["w2"]) for p in r.report["pairs"]}
-    assert got == {("a", "dw"), ("dw", "b"), ("c", "d1"), ("d1", "d2")}
+    got = {(tuple(g["writers"]), tuple(g["readers"])) for g in r.report["groups"]}
+    assert got == {(("a",), ("dw",)), (("dw",), ("b",)), (("c",), ("d1",)), (("d1",), ("d2",))}
     _same_function(m, r.model, np.random.default_rng(1).standard_normal((4, 8, 8, 3)).astype("float32"))
+
+
+def test_concatenate_and_model_outputs_end_a_group():
+    keras.utils.set_random_seed(5)
+    x = keras.Input((6, 6, 2))
+    a = keras.layers.Conv2D(3, 3, padding="same", activation="relu", name="a")(x)
+    b = keras.layers.Conv2D(3, 3, padding="same", activation="relu", name="b")(a)
+    h = keras.layers.Concatenate(name="cat")([a, b])
+    out = keras.layers.Conv2D(2, 1, name="out")(h)
+    m = keras.Model(x, [out, b])
+    assert equalize.find_groups(m) == []  # a feeds cat; b is a model output
 
 
 def test_bad_settings():

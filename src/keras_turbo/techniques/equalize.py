@@ -15,12 +15,17 @@ leaves both with the same range sqrt(r1_i * r2_i): a channel that one layer scal
 scales down (an activation outlier, common after BatchNorm folding) comes back in line, and
 per-tensor int8 of the activation between them stops losing every other channel.
 
+Residual connections go beyond the paper's pairs (AIMET skips them): the tensors joined by an
+`Add` must all carry the same scale, so the writers into the sum and the readers of it form one
+group, equalized with r1_i the largest range over the writers and r2_i over the readers. An
+outlier channel that a residual stream carries from block to block is brought back in line too.
+
 BatchNormalization is handled, not folded: W1's effective output weights are its kernel times
 gamma / sqrt(variance + epsilon), and the scale goes into gamma and beta, so the model keeps its
 layers (every runtime folds BatchNorm on export anyway). Chains (W1 -> W2 -> W3) are equalized
-pair by pair, repeated until the scales settle, as AIMET does. ReLU6 and other bounded or
+group by group, repeated until the scales settle, as AIMET does. ReLU6 and other bounded or
 non-homogeneous activations (sigmoid, swish, GELU) end a pair: a scale does not commute with them.
-A tensor that more than one layer reads (a residual branch) is left alone too.
+So are Concatenate and Multiply.
 
 No training data is needed: it is a pure weight transform. It makes int8 possible where an
 outlier breaks it; it does not itself make anything faster.
@@ -52,7 +57,7 @@ class EqualizeConfig(TechniqueConfig):
     """How to equalize.
 
     Attributes:
-        iterations: passes over all pairs at most (chains need a few to settle).
+        iterations: passes over all groups at most (chains need a few to settle).
         tolerance: stop once no channel's scale differs from 1 by more than this in a pass.
         min_range: channels whose weight range is below this (dead channels) keep scale 1.
         exclude: names of layers left out of every pair.
@@ -81,7 +86,7 @@ class EqualizeConfig(TechniqueConfig):
             raise bad_param("exclude", "a tuple of layer names", self.exclude)
 
 
-# ------------------------------------------------------------------ finding the pairs
+# ------------------------------------------------------------------ finding the groups
 
 def _activation(layer) -> str:
     act = getattr(layer, "activation", None)
@@ -113,43 +118,92 @@ def _kernel_ok(layer) -> bool:
     return getattr(layer, "data_format", "channels_last") == "channels_last"
 
 
-def find_pairs(model, exclude=()) -> list[dict]:
-    """(W1, BatchNorm or None, W2, the ops between) for every pair that can trade scales.
+def find_groups(model, exclude=()) -> list[dict]:
+    """The sets of layers that must share one per-channel scale, found in the Keras graph.
 
-    The tensor from W1 to W2 must be read by nothing else, and every op between them must
-    commute with a positive per-channel scale (W1's own activation included).
+    A group is a set of tensors joined by ops that commute with a positive per-channel scale
+    (activations, pooling, padding, Flatten) and by `Add` (a residual sum: every input carries
+    the same channel, so every input must carry the same scale). The weighted layers writing
+    those tensors (each directly, or through one BatchNormalization) are its writers; the ones
+    reading them its readers. The plain pair W1 -> ReLU -> pool -> W2 is the smallest group: one
+    writer, one reader. A group is left alone when any of its tensors is a model output or input,
+    or reaches an op that does not commute with the scale (ReLU6, sigmoid, Concatenate, Multiply).
+
+    Returns:
+        One dict per group: writers [(layer, batchnorm or None)], readers [(layer, flatten shape or
+        None)], between (the parameter-free layers in it), in graph order.
     """
     from keras_turbo.sensitivity import _functional, _graph
 
     model = _functional(model)
     producers, consumers, kind = _graph(model)
     layers = {layer.name: layer for layer in model.layers}
-    pairs = []
+    outputs = {t._keras_history.operation.name for t in model.outputs}
+    order = {layer.name: i for i, layer in enumerate(model.layers)}
+
+    def single(name) -> bool:
+        return len(layers[name]._inbound_nodes) == 1
+
+    def writer_ok(name) -> bool:
+        return name not in exclude and _kernel_ok(layers[name]) and single(name) and \
+            _activation(layers[name]) in HOMOGENEOUS
+
+    def bn_ok(name) -> bool:
+        n = layers[name]
+        return kind[name] == "BatchNormalization" and single(name) and len(producers[name]) == 1 and \
+            n.axis in (-1, [-1], len(n.output.shape) - 1, [len(n.output.shape) - 1]) and \
+            writer_ok(producers[name][0]) and consumers[producers[name][0]] == [name]
+
+    done: set[str] = set()
+    groups = []
     for layer in model.layers:
-        if layer.name in exclude or not _kernel_ok(layer) or _activation(layer) not in HOMOGENEOUS \
-                or len(layer._inbound_nodes) != 1:
+        start = layer.name
+        if start in done or not writer_ok(start):
             continue
-        bn, between, flatten, cur = None, [], None, layer.name
-        while True:
-            nxt = consumers[cur]
-            if len(nxt) != 1 or len(layers[nxt[0]]._inbound_nodes) != 1 or len(producers[nxt[0]]) != 1:
+        nxt = consumers[start]
+        first = nxt[0] if len(nxt) == 1 and bn_ok(nxt[0]) else start
+        writers: dict[str, str | None] = {}
+        readers: dict[str, tuple | None] = {}
+        between: list[str] = []
+        ok, seen, todo = True, set(), [(first, None)]
+        while todo and ok:
+            t, flatten = todo.pop()
+            if t in seen:
+                continue
+            seen.add(t)
+            if t in outputs or kind[t] == "InputLayer" or not single(t):
+                ok = False
                 break
-            n = layers[nxt[0]]
-            k = type(n).__name__
-            if _kernel_ok(n) and n.name not in exclude:
-                pairs.append({"w1": layer.name, "bn": bn, "w2": n.name, "between": between, "flatten": flatten})
-                break
-            if k == "BatchNormalization" and bn is None and not between and n.axis in (-1, [-1], len(n.output.shape) - 1,
-                                                                                  [len(n.output.shape) - 1]):
-                bn = n.name
-            elif _homogeneous(n):
-                if k == "Flatten":
-                    flatten = tuple(int(d) for d in n.input.shape[1:])
-                between.append(n.name)
+            # Who writes this tensor: a weighted writer, a BatchNorm after one, or ops of the group.
+            if _kernel_ok(layers[t]):
+                ok = writer_ok(t)
+                writers[t] = None
+            elif kind[t] == "BatchNormalization":
+                ok = bn_ok(t)
+                writers[producers[t][0]] = t if ok else None
+            elif _homogeneous(layers[t]) or kind[t] == "Add":
+                if kind[t] == "Add" and flatten:
+                    ok = False
+                if kind[t] == "Flatten":
+                    flatten = tuple(int(d) for d in layers[t].input.shape[1:])
+                between.append(t)
+                todo.extend((p, None) for p in producers[t])
             else:
-                break
-            cur = n.name
-    return pairs
+                ok = False
+            # Who reads it: weighted readers, or more ops of the group.
+            for c in consumers[t]:
+                if _kernel_ok(layers[c]) and c not in exclude and single(c):
+                    readers[c] = flatten
+                elif _homogeneous(layers[c]) or kind[c] == "Add":
+                    todo.append((c, flatten))
+                else:
+                    ok = False
+        done.update(writers)
+        if ok and writers and readers:
+            groups.append({"writers": sorted(writers.items(), key=lambda w: order[w[0]]),
+                           "readers": sorted(readers.items(), key=lambda r: order[r[0]]),
+                           "between": sorted(between, key=order.get)})
+    return groups
 
 
 # ------------------------------------------------------------------ the scales
@@ -184,32 +238,44 @@ def _scale_in(kind: str, k: np.ndarray, s: np.ndarray, flatten) -> np.ndarray:
     return k * s[:, None]
 
 
-def _equalize_pair(w1, bn, w2, flatten, min_range: float) -> np.ndarray:
-    """Rescale one pair in place (on the copy); returns the scales s used."""
-    k1_kind, k2_kind = type(w1).__name__, type(w2).__name__
-    k1 = np.asarray(w1.kernel.numpy(), dtype="float64")
-    k2 = np.asarray(w2.kernel.numpy(), dtype="float64")
-    r1 = np.abs(_out_view(k1_kind, k1)).max(axis=1)
-    if bn is not None:  # the effective output weights include BatchNorm's per-channel factor
-        gamma = np.asarray(bn.gamma.numpy(), dtype="float64") if bn.scale else np.ones_like(r1)
-        var = np.asarray(bn.moving_variance.numpy(), dtype="float64")
-        r1 = r1 * np.abs(gamma) / np.sqrt(var + bn.epsilon)
-    r2 = np.abs(_in_view(k2_kind, k2, flatten)).max(axis=1)
+def _out_range(w, bn) -> np.ndarray:
+    """Per output channel, the largest |weight| of W1 with a following BatchNorm's factor in."""
+    r = np.abs(_out_view(type(w).__name__, np.asarray(w.kernel.numpy(), dtype="float64"))).max(axis=1)
+    if bn is not None:
+        gamma = np.asarray(bn.gamma.numpy(), dtype="float64") if bn.scale else np.ones_like(r)
+        r = r * np.abs(gamma) / np.sqrt(np.asarray(bn.moving_variance.numpy(), dtype="float64") + bn.epsilon)
+    return r
+
+
+def _in_range(w, flatten) -> np.ndarray:
+    return np.abs(_in_view(type(w).__name__, np.asarray(w.kernel.numpy(), dtype="float64"), flatten)).max(axis=1)
+
+
+def _equalize_group(writers, readers, min_range: float) -> np.ndarray:
+    """Rescale one group in place (on the copy): s_i = sqrt(r1_i * r2_i) / r2_i, with r1 the
+    writers' largest output range of channel i and r2 the readers' largest input range, so both
+    sides end with range sqrt(r1_i * r2_i). Returns s."""
+    r1 = np.max([_out_range(w, bn) for w, bn in writers], axis=0)
+    r2 = np.max([_in_range(w, flatten) for w, flatten in readers], axis=0)
     live = (r1 > min_range) & (r2 > min_range)
     s = np.ones_like(r1)
     s[live] = np.sqrt(r1[live] * r2[live]) / r2[live]
-    if bn is None:
-        w1.kernel.assign(_scale_out(k1_kind, k1, s).astype("float32"))
-        if w1.use_bias:
-            w1.bias.assign((np.asarray(w1.bias.numpy(), dtype="float64") / s).astype("float32"))
-    else:  # BatchNorm's output is what W2 reads: scale gamma and beta, leave W1 as it is
+    for w, bn in writers:
+        if bn is None:
+            w.kernel.assign(_scale_out(type(w).__name__, np.asarray(w.kernel.numpy(), dtype="float64"), s).astype("float32"))
+            if w.use_bias:
+                w.bias.assign((np.asarray(w.bias.numpy(), dtype="float64") / s).astype("float32"))
+            continue
+        # BatchNorm's output is what the readers see: scale its gamma and beta, leave W1 alone.
         if bn.scale:
             bn.gamma.assign((np.asarray(bn.gamma.numpy(), dtype="float64") / s).astype("float32"))
         elif not np.allclose(s, 1):
             raise KerasTurboError(f"{bn.name}: BatchNormalization without gamma (scale=False) cannot take a scale")
         if bn.center:
             bn.beta.assign((np.asarray(bn.beta.numpy(), dtype="float64") / s).astype("float32"))
-    w2.kernel.assign(_scale_in(k2_kind, k2, s, flatten).astype("float32"))
+    for w, flatten in readers:  # re-read: a layer can be both a writer and a reader of a group
+        k = np.asarray(w.kernel.numpy(), dtype="float64")
+        w.kernel.assign(_scale_in(type(w).__name__, k, s, flatten).astype("float32"))
     return s
 
 
@@ -222,9 +288,10 @@ def apply(model, config: EqualizeConfig | None = None, train: Dataset | None = N
         train, val: not used (the transform needs no data); accepted for the technique contract.
 
     Returns:
-        A `TechniqueResult` with a new model computing the same function, and a report: the pairs
-        equalized, each with the largest and median scale applied and the weight range spread
-        (max / median over channels of W1's output ranges) before and after.
+        A `TechniqueResult` with a new model computing the same function, and a report: the groups
+        equalized (writers, readers, the ops between), each with the largest and smallest scale
+        applied and the weight range spread (max / median over channels of the writers' output
+        ranges) before and after.
 
     Raises:
         KerasTurboError: the model cannot be copied (a subclassed model, a custom layer without
@@ -232,43 +299,43 @@ def apply(model, config: EqualizeConfig | None = None, train: Dataset | None = N
 
     Example:
         >>> r = apply(model, EqualizeConfig())
-        >>> r.report["pairs"][0]
-        {'w1': 'c2', 'bn': 'bn2', 'w2': 'c3', ...}
+        >>> r.report["groups"][1]
+        {'writers': ['c2'], 'batchnorms': ['bn2'], 'readers': ['c3'], 'between': ['relu2', 'pool'], ...}
     """
     from keras_turbo.techniques.prune import copy_model
 
     cfg = config or EqualizeConfig()
     new = copy_model(model)
-    pairs = find_pairs(new, cfg.exclude)
+    groups = find_groups(new, cfg.exclude)
     layers = {layer.name: layer for layer in new.layers}
-    totals = {p["w1"]: np.ones(1) for p in pairs}
 
-    def spread(p) -> float:
-        w1 = layers[p["w1"]]
-        r = np.abs(_out_view(type(w1).__name__, np.asarray(w1.kernel.numpy(), "float64"))).max(axis=1)
-        if p["bn"]:
-            bn = layers[p["bn"]]
-            g = np.asarray(bn.gamma.numpy(), "float64") if bn.scale else 1.0
-            r = r * np.abs(g) / np.sqrt(np.asarray(bn.moving_variance.numpy(), "float64") + bn.epsilon)
+    def bound(g):
+        return ([(layers[w], layers[bn] if bn else None) for w, bn in g["writers"]],
+                [(layers[r], flatten) for r, flatten in g["readers"]])
+
+    def spread(g) -> float:
+        writers, _ = bound(g)
+        r = np.max([_out_range(w, bn) for w, bn in writers], axis=0)
         return float(r.max() / max(np.median(r), 1e-30))
 
-    before = {p["w1"]: spread(p) for p in pairs}
+    before = [spread(g) for g in groups]
+    totals = [1.0 for _ in groups]
     rounds = 0
     for rounds in range(1, cfg.iterations + 1):
         worst = 0.0
-        for p in pairs:
-            s = _equalize_pair(layers[p["w1"]], layers[p["bn"]] if p["bn"] else None, layers[p["w2"]], p["flatten"],
-                               cfg.min_range)
-            totals[p["w1"]] = totals[p["w1"]] * s
+        for i, g in enumerate(groups):
+            s = _equalize_group(*bound(g), cfg.min_range)
+            totals[i] = totals[i] * s
             worst = max(worst, float(np.max(np.abs(s - 1))))
         if worst <= cfg.tolerance:
             break
-    rows = [{"w1": p["w1"], "bn": p["bn"], "w2": p["w2"], "between": p["between"],
-             "max_scale": float(np.max(totals[p["w1"]])), "min_scale": float(np.min(totals[p["w1"]])),
-             "range_spread_before": before[p["w1"]], "range_spread_after": spread(p)} for p in pairs]
-    report = {"pairs": rows, "rounds": rounds,
+    rows = [{"writers": [w for w, _ in g["writers"]], "batchnorms": [bn for _, bn in g["writers"] if bn],
+             "readers": [r for r, _ in g["readers"]], "between": g["between"],
+             "max_scale": float(np.max(totals[i])), "min_scale": float(np.min(totals[i])),
+             "range_spread_before": before[i], "range_spread_after": spread(g)} for i, g in enumerate(groups)]
+    report = {"groups": rows, "rounds": rounds,
               "note": "the float function is unchanged; this prepares the model for int8, it does not make it faster"}
     return TechniqueResult("equalize", new, cfg, report)
 
 
-__all__ = ["EqualizeConfig", "apply", "find_pairs"]
+__all__ = ["EqualizeConfig", "apply", "find_groups"]

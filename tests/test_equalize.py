@@ -85,3 +85,14 @@ def test_concatenate_and_model_outputs_end_a_group():
 def test_bad_settings():
     with pytest.raises(keras_turbo.KerasTurboError, match=r"`iterations` must be an integer >= 1. Received"):
         equalize.EqualizeConfig(iterations=0)
+
+
+def test_repair_equalizes_first_and_needs_no_float_layer(outlier_cnns):
+    from keras_turbo.sensitivity import FallbackConfig, quantize_with_repair
+
+    model, _ = outlier_cnns("add")
+    fr = quantize_with_repair(model, ConvertConfig(to="onnx", quantize="int8"), "builtin:digits:train",
+                              "builtin:digits:val", FallbackConfig(max_accuracy_drop=1.0))
+    assert fr.met and fr.kept_float == [] and len(fr.steps) == 1  # int8 everywhere, no fallback step
+    assert any("add" in g["between"] for g in fr.equalization["groups"])
+    assert fr.to_dict()["equalization"]["groups"]

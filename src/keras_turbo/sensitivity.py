@@ -98,13 +98,15 @@ class FallbackResult:
     ranking: str = "tensors"
     stopped: bool = False          # the deadline passed before the budget was met
     seconds: float = 0.0
+    equalization: dict | None = None  # set when the model was equalized first (quantize_with_repair)
 
     def to_dict(self) -> dict:
         return {"float_accuracy": self.float_accuracy, "full_quantization": self.full.to_dict(),
                 "ranking": self.ranking, "layer_sensitivity": self.layers, "steps": self.steps,
                 "kept_float": self.kept_float, "carriers": self.carriers,
                 "quantized_layers": self.quantized_layers, "final": self.final.to_dict(), "budget_met": self.met,
-                "stopped": self.stopped, "seconds": round(self.seconds, 2), "artifact": self.result.to_dict()}
+                "stopped": self.stopped, "seconds": round(self.seconds, 2), "equalization": self.equalization,
+                "artifact": self.result.to_dict()}
 
 
 def _top1(a: np.ndarray) -> np.ndarray:
@@ -450,6 +452,45 @@ def quantize_with_fallback(model, config: ConvertConfig, calibration, eval_data,
                           seconds=time.monotonic() - started)
 
 
+def quantize_with_repair(model, config: ConvertConfig, calibration, eval_data, budget: FallbackConfig,
+                         progress=None, unsafe: bool = False, cache_dir=None, deadline: float | None = None,
+                         equalize: bool = True) -> FallbackResult:
+    """int8 that survives activation outliers: cross-layer equalization first, then the float
+    fallback for whatever still breaks the budget.
+
+    Equalization (`techniques.equalize`) keeps the float function and needs no data; where an
+    outlier channel passes between layers it can make the model int8 everywhere, and then the
+    fallback has nothing left to keep float. The artifact is of the equalized model.
+
+    Args:
+        equalize: False runs `quantize_with_fallback` on the model as it is.
+        (the others as `quantize_with_fallback`)
+
+    Returns:
+        A `FallbackResult`; `equalization` holds the equalization report (None when not applied:
+        `equalize=False`, or no layer pair/group to equalize in this model).
+
+    Example:
+        >>> fr = quantize_with_repair("m.keras", ConvertConfig(to="openvino", quantize="int8"),
+        ...                           "builtin:digits:train", "builtin:digits:val", FallbackConfig(min_agreement=0.99))
+        >>> fr.met, fr.kept_float, fr.equalization["groups"]
+    """
+    if not equalize:
+        return quantize_with_fallback(model, config, calibration, eval_data, budget, progress, unsafe, cache_dir, deadline)
+    from keras_turbo.api import as_ref
+    from keras_turbo.models import load_keras
+    from keras_turbo.techniques import equalize as equalize_mod
+
+    note = progress or (lambda msg: None)
+    note("cross-layer equalization")
+    eq = equalize_mod.apply(load_keras(as_ref(model, unsafe=unsafe, cache_dir=cache_dir)))
+    if not eq.report["groups"]:
+        return quantize_with_fallback(model, config, calibration, eval_data, budget, progress, unsafe, cache_dir, deadline)
+    fr = quantize_with_fallback(eq.model, config, calibration, eval_data, budget, progress, unsafe, cache_dir, deadline)
+    fr.equalization = eq.report
+    return fr
+
+
 def _better(m: Measured, than: Measured) -> bool:
     """Keep the variant that is closer to float (a step that made things worse is not kept)."""
     if m.accuracy is not None and than.accuracy is not None and m.accuracy != than.accuracy:
@@ -463,5 +504,5 @@ def _target(cfg: ConvertConfig):
     return TARGETS[cfg.to]
 
 
-__all__ = ["FallbackConfig", "FallbackResult", "carrying_layers", "could_win", "quantize_with_fallback", "repair_skip_reason",
-           "repair_unit", "tensor_errors"]
+__all__ = ["FallbackConfig", "FallbackResult", "carrying_layers", "could_win", "quantize_with_fallback", "quantize_with_repair",
+           "repair_skip_reason", "repair_unit", "tensor_errors"]

@@ -54,7 +54,7 @@ class FallbackConfig(TechniqueConfig):
     max_float_layers: int | None = None
     seed: int = 0
     ranking: str = "tensors"
-    rank_samples: int = 128
+    rank_samples: int = 64
 
     def __post_init__(self):
         if (self.max_accuracy_drop is None) == (self.min_agreement is None):
@@ -235,7 +235,9 @@ def tensor_errors(model, xs, batch_size: int = 32) -> list[dict]:
     per tensor, with the range the calibration data gives it, and scored by the normalised error
     averaged over channels: sum((q(x) - x)^2) / sum(x^2) per channel (the last axis), channels
     that are always zero left out. A tensor whose range one outlier channel sets scores near 1;
-    a healthy one near 0. Outputs that only feed a BatchNormalization or an activation are left
+    a healthy one near 0. A model output is scored whole (sum of errors / sum of squares): what
+    matters there is the answer, and a softmax's many near-zero scores rounding to 0 does not
+    change it. Outputs that only feed a BatchNormalization or an activation are left
     out: the runtimes fuse those into one op, so that tensor never exists in the artifact.
 
     Args:
@@ -262,6 +264,10 @@ def tensor_errors(model, xs, batch_size: int = 32) -> list[dict]:
         names.append(layer.name)
     probe = keras.Model(model.inputs, [model.get_layer(n).output for n in names])
     n = len(xs[0])
+    # Every layer's output at once is a lot of memory on a large model (ResNet50 at 224: ~25M
+    # floats a sample): keep one batch of them under ~200 MB.
+    per_sample = sum(int(np.prod([d or 1 for d in model.get_layer(nm).output.shape[1:]])) for nm in names)
+    batch_size = max(1, min(batch_size, int(5e7 // max(per_sample, 1))))
 
     def batches():
         for i in range(0, n, batch_size):
@@ -282,9 +288,13 @@ def tensor_errors(model, xs, batch_size: int = 32) -> list[dict]:
             err[k] = err[k] + ((q - flat) ** 2).sum(0)
             energy[k] = energy[k] + (flat ** 2).sum(0)
     rows = []
+    final = {t._keras_history.operation.name for t in model.outputs}
     for k, name in enumerate(names):
         live = energy[k] > 1e-12 * max(float(np.max(energy[k])), 1e-30)
-        score = float(np.mean(err[k][live] / energy[k][live])) if np.any(live) else 0.0
+        if name in final:  # a model output is judged whole: a softmax's many tiny scores may round to 0
+            score = float(np.sum(err[k]) / max(float(np.sum(energy[k])), 1e-30))
+        else:
+            score = float(np.mean(err[k][live] / energy[k][live])) if np.any(live) else 0.0
         rows.append({"layer": name, "kind": kind[name], "tensor_error": score, "channels": int(np.size(energy[k]))})
     rows.sort(key=lambda r: -r["tensor_error"])
     return rows

@@ -403,7 +403,9 @@ def quantize_with_fallback(model, config: ConvertConfig, calibration, eval_data,
     stopped = False
     ranked: list[dict] = []
     units: list[list[str]] = []
-    if not ok(full) and budget.ranking == "tensors":
+    if not ok(full) and late():
+        stopped = True
+    elif not ok(full) and budget.ranking == "tensors":
         note("ranking tensors by their int8 error (one calibration pass)")
         cal = check(calibration, inputs, None, "--calibration-data") if isinstance(calibration, Dataset) else \
             load_data(calibration, inputs, None, default_split="train", arg="--calibration-data")

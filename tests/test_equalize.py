@@ -96,3 +96,27 @@ def test_repair_equalizes_first_and_needs_no_float_layer(outlier_cnns):
     assert fr.met and fr.kept_float == [] and len(fr.steps) == 1  # int8 everywhere, no fallback step
     assert any("add" in g["between"] for g in fr.equalization["groups"])
     assert fr.to_dict()["equalization"]["groups"]
+
+
+def test_bias_absorption_moves_a_positive_offset_into_the_reader():
+    keras.utils.set_random_seed(6)
+    x = keras.Input((6,))
+    h = keras.layers.Dense(8, use_bias=False, name="w1")(x)
+    h = keras.layers.BatchNormalization(name="bn")(h)
+    h = keras.layers.ReLU(name="relu")(h)
+    m = keras.Model(x, keras.layers.Dense(3, name="w2")(h))
+    bn = m.get_layer("bn")
+    bn.set_weights([np.full(8, 0.5, "float32"), np.linspace(0, 8, 8).astype("float32"),
+                    np.zeros(8, "float32"), np.ones(8, "float32")])  # gamma, beta, mean, variance
+    plain = equalize.apply(m, equalize.EqualizeConfig())
+    r = equalize.apply(m, equalize.EqualizeConfig(absorb_bias=True))
+    assert "bias_absorbed" not in plain.report["groups"][0] and r.report["groups"][0]["bias_absorbed"] > 1.0
+    x = (0.1 * np.random.default_rng(2).standard_normal((16, 6))).astype("float32")
+
+    def relu_out(model):
+        return np.asarray(keras.Model(model.inputs, model.get_layer("relu").output)(x))
+
+    # The activation int8 has to cover now starts near 0 instead of at the offset.
+    assert relu_out(r.model).max() < relu_out(plain.model).max() - 1.0 and relu_out(r.model).min() >= 0
+    # Small inputs keep every pre-activation within 3 sigma of beta: the function is unchanged.
+    _same_function(m, r.model, x)

@@ -61,6 +61,13 @@ class EqualizeConfig(TechniqueConfig):
         tolerance: stop once no channel's scale differs from 1 by more than this in a pass.
         min_range: channels whose weight range is below this (dead channels) keep scale 1.
         exclude: names of layers left out of every pair.
+        absorb_bias: after equalizing, move each BatchNorm-followed writer's large positive
+            pre-ReLU offset into the readers' biases (the paper's bias absorption,
+            c = max(0, beta - 3 |gamma|)), which narrows the activation range int8 has to cover.
+            Exact while the pre-activation stays above c (3 standard deviations under the
+            BatchNorm statistics), approximate beyond: off by default. Applied where the tensor
+            passes only ReLU, pooling, Flatten or Dropout (no padding, no Add) to readers that
+            see no zero padding (Dense, or convolutions with 1x1 kernels or "valid" padding).
 
     Raises:
         KerasTurboError: a setting out of range.
@@ -73,6 +80,7 @@ class EqualizeConfig(TechniqueConfig):
     tolerance: float = 1e-4
     min_range: float = 1e-8
     exclude: tuple[str, ...] = ()
+    absorb_bias: bool = False
 
     def __post_init__(self):
         if not isinstance(self.iterations, int) or isinstance(self.iterations, bool) or self.iterations < 1:
@@ -84,6 +92,8 @@ class EqualizeConfig(TechniqueConfig):
         object.__setattr__(self, "exclude", tuple(self.exclude))
         if not all(isinstance(n, str) for n in self.exclude):
             raise bad_param("exclude", "a tuple of layer names", self.exclude)
+        if not isinstance(self.absorb_bias, bool):
+            raise bad_param("absorb_bias", "True or False", self.absorb_bias)
 
 
 # ------------------------------------------------------------------ finding the groups
@@ -279,6 +289,57 @@ def _equalize_group(writers, readers, min_range: float) -> np.ndarray:
     return s
 
 
+_SHIFT_SAFE = ("MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "AveragePooling1D", "AveragePooling2D",
+               "AveragePooling3D", "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D",
+               "GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalMaxPooling3D", "Dropout", "Flatten", "Identity")
+
+
+def _absorb_bias(group, layers) -> list[float] | None:
+    """Bias absorption for one group (see `EqualizeConfig.absorb_bias`); returns the offsets
+    moved, or None where the group does not qualify."""
+    if len(group["writers"]) != 1 or group["writers"][0][1] is None:
+        return None
+    relus = [n for n in group["between"] if type(layers[n]).__name__ in ("ReLU", "Activation")]
+    others = [n for n in group["between"] if n not in relus]
+    if len(relus) != 1 or any(type(layers[n]).__name__ not in _SHIFT_SAFE for n in others):
+        return None
+    relu = layers[relus[0]]
+    if type(relu).__name__ == "ReLU" and (relu.negative_slope or relu.threshold or relu.max_value is not None):
+        return None
+    if type(relu).__name__ == "Activation" and _activation(relu) != "relu":
+        return None
+    for name, _ in group["readers"]:
+        r = layers[name]
+        kernel = getattr(r, "kernel_size", (1,))
+        if not (type(r).__name__ == "Dense" or getattr(r, "padding", "valid") == "valid" or all(k == 1 for k in kernel)):
+            return None
+        if not r.use_bias:
+            return None
+    bn = layers[group["writers"][0][1]]
+    if not (bn.center and bn.scale):
+        return None
+    gamma = np.asarray(bn.gamma.numpy(), dtype="float64")
+    beta = np.asarray(bn.beta.numpy(), dtype="float64")
+    c = np.maximum(0.0, beta - 3 * np.abs(gamma))
+    if not np.any(c > 0):
+        return []
+    bn.beta.assign((beta - c).astype("float32"))  # relu(x - c) = relu(x) - c wherever x >= c
+    for name, flatten in group["readers"]:
+        r = layers[name]
+        k = np.asarray(r.kernel.numpy(), dtype="float64")
+        kind = type(r).__name__
+        if kind == "DepthwiseConv2D":
+            add = k[..., 0].reshape(-1, k.shape[-2]).sum(0) * c
+        elif kind == "Dense" and flatten:
+            add = np.tile(c, k.shape[0] // len(c)) @ k
+        elif kind == "Dense":
+            add = c @ k
+        else:  # every kernel position sees the same offset: no zero padding reaches it
+            add = np.einsum("...io,i->o", k, c)
+        r.bias.assign((np.asarray(r.bias.numpy(), dtype="float64") + add).astype("float32"))
+    return [float(v) for v in c]
+
+
 def apply(model, config: EqualizeConfig | None = None, train: Dataset | None = None, val: Dataset | None = None) -> TechniqueResult:
     """Equalize the weight ranges of consecutive layers, keeping the float function.
 
@@ -333,6 +394,10 @@ def apply(model, config: EqualizeConfig | None = None, train: Dataset | None = N
              "readers": [r for r, _ in g["readers"]], "between": g["between"],
              "max_scale": float(np.max(totals[i])), "min_scale": float(np.min(totals[i])),
              "range_spread_before": before[i], "range_spread_after": spread(g)} for i, g in enumerate(groups)]
+    if cfg.absorb_bias:
+        for g, row in zip(groups, rows):
+            moved = _absorb_bias(g, layers)
+            row["bias_absorbed"] = None if moved is None else float(np.max(moved, initial=0.0))
     report = {"groups": rows, "rounds": rounds,
               "note": "the float function is unchanged; this prepares the model for int8, it does not make it faster"}
     return TechniqueResult("equalize", new, cfg, report)

@@ -74,7 +74,7 @@ def fallback_section() -> tuple[str, dict]:
     for to in ("litert", "onnx", "openvino"):
         log(f"fallback: {to}")
         fr = quantize_with_fallback(model, ConvertConfig(to=to, quantize="int8"), "builtin:digits:train",
-                                    "builtin:digits:val", FallbackConfig(max_accuracy_drop=1.0))
+                                    "builtin:digits:val", FallbackConfig(max_accuracy_drop=1.0, ranking="per-layer"))
         raw[to] = fr.to_dict()
         ranking = ", ".join(f"{r['layer']} ({r['accuracy_drop']:.1f})" for r in fr.layers)
         rows.append(f"| {TARGETS[to].backend} | {fr.float_accuracy * 100:.2f} | {fr.full.accuracy * 100:.2f} | {ranking} | "

@@ -71,3 +71,18 @@ def digits_model():
 
     acc = keras_turbo.evaluate(path, "builtin:digits:test", backend="keras-call")["accuracy"]
     return path, acc
+
+
+@pytest.fixture(scope="session")
+def outlier_cnns():
+    """zoo.outlier_digits_cnn by path ("pool" or "add"), trained once per session: via -> (model, accuracy)."""
+    from keras_turbo.zoo import outlier_digits_cnn
+
+    built: dict = {}
+
+    def get(via: str):
+        if via not in built:
+            built[via] = outlier_digits_cnn(via)
+        return built[via]
+
+    return get

@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+import keras_turbo
 
 from keras_turbo.cli import main
 
@@ -128,10 +129,20 @@ def test_devices(capsys, tmp_path):
     code, out, _ = run_cli(capsys, "devices", "--json", tmp_path / "d.json")
     assert code == 0 and "avx512f" in out
     doc = json.loads((tmp_path / "d.json").read_text())
-    assert set(doc["runtimes"]) == {"keras-predict", "keras-call", "tf-function", "tf-xla", "litert", "onnxruntime", "openvino",
-                                    "keras-jax", "keras-jax-tf32", "keras-jax-bf16", "keras-jax-fp16"}
+    assert set(doc["runtimes"]) == set(keras_turbo.BACKENDS) >= {"keras-predict", "keras-call", "tf-function", "tf-xla",
+                                                                    "litert", "onnxruntime", "openvino", "openvino-bf16"}
     assert all(r["usable"] for r in doc["runtimes"].values()), doc["runtimes"]
+    assert {"keras-jax", "keras-jax-tf32", "keras-jax-bf16", "keras-jax-fp16"} <= set(doc["runtimes"])
     assert any(d.startswith("cpu:") for d in doc["runtimes"]["keras-jax"]["devices"])  # JAX's devices, listed
+    # What this CPU accelerates, and the reduced-precision runtimes it would only emulate, with the reason.
+    from keras_turbo.machine import accelerated_precisions, cpu_flags
+
+    assert doc["accelerated_precisions"] == accelerated_precisions(cpu_flags())
+    for name, r in doc["runtimes"].items():
+        assert (r["skip_reason"] is None) == (not keras_turbo.BACKENDS[name].needs or "bf16" in doc["accelerated_precisions"]
+                                              and keras_turbo.BACKENDS[name].precision == "bf16"
+                                              or "fp16" in doc["accelerated_precisions"]
+                                              and keras_turbo.BACKENDS[name].precision == "fp16"), name
 
 
 def test_distill_command_with_unlabelled_data(capsys, tmp_path, model_files):

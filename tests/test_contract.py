@@ -42,12 +42,13 @@ QUICK = {
     "prune": {"sparsity": 0.5, "skip_first_last": False},  # the tiny models have only a first and a last layer
     "structured": {"sparsity": 0.5},
     "cluster": {"clusters": 8, "min_weights": 0},  # the two-input model's kernels are under the default 64 weights
+    "equalize": {"iterations": 5},
 }
 # The report key holding the accuracy of the technique's output model on `val` (default "accuracy_after").
 REPORT_ACCURACY = {"distill": "student_accuracy", "qat": "accuracy_fake_quant"}
 # One setting out of range per technique (default: epochs=0).
 BAD = {"prune": {"sparsity": 1.5}, "structured": {"sparsity": -0.1}, "distill": {"temperature": 0.0},
-       "qat": {"epochs": -1}, "cluster": {"clusters": 1}}
+       "qat": {"epochs": -1}, "cluster": {"clusters": 1}, "equalize": {"tolerance": 0.0}}
 TRAIN, VAL = 64, 32
 SAMPLES = 8  # val samples each runtime runs
 # A technique's output is compared with the Keras output of the same model: float paths agree to
@@ -149,8 +150,27 @@ def outcomes():
     return Outcomes()
 
 
+# Runtime entries that are a precision or a setting of another entry's path: the same export and
+# the same runtime, run at bf16 / fp16 / tf32 or with a throughput hint. Their own contract (each
+# precision held to its tolerance, top-1 kept) is test_runtimes.py's; here the technique's output is
+# run on the path they share.
+SAME_PATH = {
+    "keras-jax-tf32": "keras-jax", "keras-jax-bf16": "keras-jax", "keras-jax-fp16": "keras-jax",
+    "tf-function-bf16": "tf-function", "openvino-bf16": "openvino", "openvino-fp16": "openvino",
+    "openvino-throughput": "openvino", "openvino-bf16-throughput": "openvino",
+}
+
 PAIRS = [(t, m) for t in TECHNIQUES for m in MODEL_MAKERS]
-RUNS = [(t, m, b) for t, m in PAIRS for b in BACKENDS]
+RUNS = [(t, m, b) for t, m in PAIRS for b in BACKENDS if b not in SAME_PATH]
+
+
+def test_same_path_table_names_real_variants():
+    for name, base in SAME_PATH.items():
+        assert name in BACKENDS and base in BACKENDS and name.startswith(base)
+        variant, plain = BACKENDS[name], BACKENDS[base]
+        assert (variant.precision, variant.objective) != (plain.precision, plain.objective)
+        assert (variant.formats, variant.export_to, variant.requires) == (plain.formats, plain.export_to, plain.requires)
+    assert all(b.precision == "fp32" for n, b in BACKENDS.items() if n not in SAME_PATH)  # the rest all run here
 
 
 # ---------------------------------------------------------------- the named checks

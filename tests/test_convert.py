@@ -144,8 +144,9 @@ def test_fallback_repairs_a_layer_that_breaks_int8(deep_outlier_model, to):
                                 "builtin:digits:val", FallbackConfig(max_accuracy_drop=1.0))
     drop_full = (fr.float_accuracy - fr.full.accuracy) * 100
     assert drop_full >= 5, f"plain int8 should break this model, lost only {drop_full:.1f} points"
-    # The outlier tensor lies between `spread` and `post1`: those are named first, the rest are harmless.
-    assert {r["layer"] for r in fr.layers[:2]} >= {"post1"} and fr.layers[0]["layer"] in ("spread", "post1")
+    # The outlier tensor lies between `spread` and `post1`: it ranks first, and its repair keeps both float.
+    assert fr.ranking == "tensors" and fr.layers[0]["layer"] == "spread" and fr.layers[0]["repair"] == ["spread", "post1"]
+    assert fr.layers[0]["tensor_error"] > 0.5 > 0.05 > fr.layers[1]["tensor_error"]
     assert fr.met and (fr.float_accuracy - fr.final.accuracy) * 100 <= 1.0
     # Only the two layers around the outlier may stay float; every other layer is still int8.
     assert "post1" in fr.kept_float and set(fr.kept_float) <= {"spread", "post1"}
@@ -183,6 +184,106 @@ def test_keep_float_by_layer_name(outlier_model):
     r = convert(model, ConvertConfig(to="litert", quantize="int8", keep_float=("spread", "head")), "builtin:digits:train")
     ev = keras_turbo.evaluate(r.load(), "builtin:digits:val", reference=model)
     assert ev["top1_agreement"] >= 0.99 and len(r.keep_float_nodes) >= 2
+
+
+def test_per_layer_ranking_still_available(outlier_model):
+    model, _ = outlier_model
+    fr = quantize_with_fallback(model, ConvertConfig(to="onnx", quantize="int8"), "builtin:digits:train",
+                                "builtin:digits:val", FallbackConfig(max_accuracy_drop=1.0, ranking="per-layer"))
+    assert fr.ranking == "per-layer" and {r["layer"] for r in fr.layers} == {"hidden", "spread", "head"}
+    assert fr.layers[0]["layer"] in ("spread", "head") and fr.met
+
+
+# ------------------------------------------------------------------ outliers through parameter-free ops
+
+@pytest.fixture(scope="module", params=["pool", "add"])
+def outlier_cnn(request, outlier_cnns):
+    return request.param, outlier_cnns(request.param)[0]
+
+
+# The weighted layers that must stay float, and the parameter-free ops between them that must too.
+OUTLIER_REPAIR = {"pool": ({"c2", "c3"}, {"bn2", "relu2", "pool"}), "add": ({"c3", "c4", "c5"}, {"add", "relu_add", "pool"})}
+
+
+@pytest.mark.parametrize("to", ["litert", "onnx", "openvino"])
+def test_fallback_repairs_an_outlier_carried_by_pooling_or_add(outlier_cnn, to):
+    """The outlier reaches the next convolution through MaxPooling2D (or a residual Add): keeping
+    the convolutions float is not enough unless the ops in between stay float with them."""
+    via, model = outlier_cnn
+    fr = quantize_with_fallback(model, ConvertConfig(to=to, quantize="int8"), "builtin:digits:train",
+                                "builtin:digits:val", FallbackConfig(max_accuracy_drop=1.0))
+    assert (fr.float_accuracy - fr.full.accuracy) * 100 >= 50, "full int8 should collapse on this model"
+    layers, carriers = OUTLIER_REPAIR[via]
+    assert fr.met and (fr.float_accuracy - fr.final.accuracy) * 100 <= 1.0
+    assert set(fr.kept_float) <= layers and set(fr.carriers) <= carriers and "pool" in fr.carriers
+    assert len(fr.quantized_layers) > len(fr.kept_float)  # most weighted layers still int8
+    assert len(fr.steps) <= 3  # ranked from one calibration pass: a step or two, not one conversion per layer
+    assert fr.layers[0]["tensor_error"] > 0.5 and fr.layers[0]["repair"]
+    # Look inside the artifact: the pooling op runs in float, the int8 layers on int8 inputs.
+    if to == "litert":
+        from ai_edge_litert.interpreter import Interpreter
+
+        it = Interpreter(model_path=str(fr.result.path))
+        dtypes = {d["index"]: d["dtype"] for d in it.get_tensor_details()}
+        ops = it._get_ops_details()
+        assert [dtypes[op["inputs"][0]] for op in ops if op["op_name"] == "MAX_POOL_2D"] == [np.float32]
+        convs = [dtypes[op["inputs"][0]] for op in ops if op["op_name"] in ("CONV_2D", "FULLY_CONNECTED")]
+        assert sum(d == np.int8 for d in convs) == len(fr.quantized_layers)
+    elif to == "onnx":
+        import onnx
+
+        g = onnx.load(str(fr.result.path)).graph
+        made_by = {o: n for n in g.node for o in n.output}
+        pools = [n for n in g.node if n.op_type == "MaxPool"]
+        assert pools and all(made_by[p.input[0]].op_type != "DequantizeLinear" for p in pools)
+        assert sum(n.op_type == "DequantizeLinear" for n in g.node) > 0
+    else:
+        import openvino as ov
+
+        m = ov.Core().read_model(str(fr.result.path))
+        pools = [op for op in m.get_ordered_ops() if op.get_type_name() == "MaxPool"]
+        assert pools and all(op.input_value(0).get_node().get_type_name() != "FakeQuantize" for op in pools)
+        assert sum(op.get_type_name() == "FakeQuantize" for op in m.get_ops()) > 0
+
+
+def test_carry_nodes_and_repair_unit_on_graphs():
+    from keras_turbo.convert import carry_nodes
+    from keras_turbo.sensitivity import carrying_layers, repair_unit
+    from tests.conftest import keras
+
+    g = [("c1", "CONV_2D", ("x",), ("a",)), ("pad", "PAD", ("a",), ("b",)), ("add", "ADD", ("b", "a"), ("c",)),
+         ("c2", "CONV_2D", ("c",), ("d",)), ("pool", "MAX_POOL_2D", ("d",), ("e",)), ("c3", "CONV_2D", ("e",), ("f",))]
+    assert carry_nodes(g, ["c1", "c2"], ["CONV_2D"]) == ["pad", "add"]
+    assert carry_nodes(g, ["c1", "c3"], ["CONV_2D"]) == []  # c2 in between is int8: nothing to carry
+    assert carry_nodes(g, ["c2", "c3"], ["CONV_2D"]) == ["pool"]
+    x = keras.Input((8, 8, 2))
+    a = keras.layers.Conv2D(4, 3, padding="same", name="ca")(x)
+    b = keras.layers.Conv2D(4, 3, padding="same", name="cb")(a)
+    h = keras.layers.Concatenate(name="cat")([a, b])
+    h = keras.layers.ZeroPadding2D(name="pad")(h)
+    h = keras.layers.AveragePooling2D(2, name="avg")(h)
+    m = keras.Model(x, keras.layers.Conv2D(2, 1, name="cc")(h))
+    assert repair_unit(m, "avg") == ["ca", "cb", "cc"] and repair_unit(m, "ca") == ["ca", "cb", "cc"]
+    assert repair_unit(m, "cb") == ["cb", "cc"]
+    assert carrying_layers(m, ["cb", "cc"]) == ["cat", "pad", "avg"]
+
+
+def test_repair_only_where_it_could_win():
+    from keras_turbo.sensitivity import could_win, repair_skip_reason
+
+    assert could_win(None, 4.0) and could_win(5.0, 4.0, float_ms=6.0)
+    assert not could_win(3.3, 4.1) and "best variant within budget" in repair_skip_reason(3.3, 4.1)
+    assert not could_win(None, 4.0, float_ms=3.5) and "own float path" in repair_skip_reason(None, 4.0, 3.5)
+
+
+def test_fallback_stops_at_the_deadline(outlier_model):
+    import time
+
+    model, _ = outlier_model
+    fr = quantize_with_fallback(model, ConvertConfig(to="onnx", quantize="int8"), "builtin:digits:train",
+                                "builtin:digits:val", FallbackConfig(max_accuracy_drop=1.0), deadline=time.monotonic())
+    assert fr.stopped and not fr.met and fr.kept_float == [] and len(fr.steps) == 1
+    assert fr.to_dict()["stopped"] is True
 
 
 # ------------------------------------------------------------------ errors

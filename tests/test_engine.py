@@ -76,8 +76,8 @@ PLANNER_CHECKS = textwrap.dedent('''
                 outcome("openvino fp32", 0.9, True), outcome("litert int8", 0.3, False),
                 outcome("openvino int8", 0.95, False), outcome("onnxruntime int8", 0.5, True)]
     ups = P.follow_ups(info, outcomes, cfg, has_train=True).recipes
-    repairs = [r for r in ups if r.name.endswith("mixed")]
-    assert [r.name for r in repairs] == ["litert int8 mixed"], [r.name for r in ups]
+    repairs = [r for r in ups if r.name.endswith("mixed") or "equalize" in r.techniques]
+    assert [r.name for r in repairs] == ["litert int8 mixed", "equalize + litert int8"], [r.name for r in ups]
     assert repairs[0].steps[0].kind == "fallback" and repairs[0].steps[0].config["max_accuracy_drop"] == 1.0
     trained = [r.name for r in ups if r.techniques]
     # the searched techniques start with a probe each (a short fine-tune); QAT has its own export
@@ -103,7 +103,7 @@ def test_planner_runs_without_tensorflow():
 def test_every_registered_technique_is_planned_or_left_out():
     from keras_turbo.techniques import TECHNIQUES
 
-    assert set(TECHNIQUES) <= set(planner.TECHNIQUE_SETTINGS)
+    assert set(TECHNIQUES) <= set(planner.TECHNIQUE_SETTINGS) | set(planner.REPAIR_TECHNIQUES)
 
 
 # ------------------------------------------------------------------ resume keyed by protocol

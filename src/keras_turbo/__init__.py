@@ -7,9 +7,10 @@ Public API (the CLI calls the same functions):
     evaluate(model, data, ...)    -> accuracy, and agreement with a reference model
     inspect(path)                 -> inputs, outputs, params, FLOPs, layer kinds
     convert(model, ConvertConfig) -> a LiteRT / ONNX / OpenVINO artifact, float or quantized
-    quantize_with_fallback(...)   -> per-layer sensitivity, and a mixed-precision artifact within a budget
+    quantize_with_fallback(...)   -> what breaks int8 (one calibration pass), and a mixed-precision artifact within a budget
+    quantize_with_repair(...)     -> cross-layer equalization first, then the fallback for what still breaks
     optimize(model, data, ...)    -> the fastest variant within an accuracy budget, with a report
-    devices()                     -> CPU features, GPUs, usable runtimes
+    devices()                     -> CPU features, the precisions it accelerates, GPUs, usable runtimes
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from keras_turbo.convert import ConvertConfig, ConvertResult, convert
 from keras_turbo.errors import BackendError, DataError, KerasTurboError, ModelLoadError
 from keras_turbo.runtimes import BACKENDS, Predictor
 from keras_turbo.optimize import OptimizeConfig, OptimizeResult, optimize
-from keras_turbo.sensitivity import FallbackConfig, FallbackResult, quantize_with_fallback
+from keras_turbo.sensitivity import FallbackConfig, FallbackResult, quantize_with_fallback, quantize_with_repair
 
 __version__ = "0.1.0"
 
@@ -48,4 +49,4 @@ def devices() -> dict:
 
 __all__ = ["BACKENDS", "BackendError", "BenchmarkConfig", "BenchmarkReport", "ConvertConfig", "ConvertResult", "DataError",
            "FallbackConfig", "FallbackResult", "KerasTurboError", "ModelLoadError", "OptimizeConfig", "OptimizeResult", "Predictor", "optimize", "benchmark", "convert",
-           "devices", "evaluate", "inspect", "load", "load_model", "quantize_with_fallback"]
+           "devices", "evaluate", "inspect", "load", "load_model", "quantize_with_fallback", "quantize_with_repair"]

@@ -159,12 +159,16 @@ def cmd_devices(args) -> int:
     out, _ = _console()
     out.print(f"CPU: {info['cpu']} ({info['logical_cores']} logical cores, {info['usable_cores']} usable, {info['memory_gb']} GB)")
     out.print("  features: " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in info["cpu_flags"].items()))
+    fast = info.get("accelerated_precisions", {})
+    out.print("  accelerates: fp32" + "".join(f", {p} ({' / '.join(f)})" for p, f in fast.items()))
     out.print("GPUs: " + ("; ".join(info["gpus"]) if info["gpus"] else "none found"))
     from rich.table import Table
 
-    t = Table("runtime", "usable", "devices / providers", "what it is")
+    t = Table("runtime", "precision", "usable", "devices / providers", "what it is")
     for name, r in info["runtimes"].items():
-        t.add_row(name, "yes" if r["usable"] else f"[red]no: {r['error']}[/red]", ", ".join(r["devices"]), r["summary"])
+        usable = f"[red]no: {r['error']}[/red]" if not r["usable"] else \
+            f"[yellow]skipped: {r['skip_reason']}[/yellow]" if r.get("skip_reason") else "yes"
+        t.add_row(name, r.get("precision", "fp32"), usable, ", ".join(r["devices"]), r["summary"])
     out.print(t)
     return 0
 
@@ -200,18 +204,25 @@ def cmd_convert(args) -> int:
                                     progress=lambda msg: err.print(f"[dim]{msg}[/dim]"))
         result = fr.result
         doc["fallback"] = fr.to_dict()
-        t = Table("rank", "layer", "accuracy drop (pts)", "top-1 agreement", "output nmse",
-                  title=f"per-layer sensitivity: only that layer quantized ({args.to} {args.quantize})")
-        for i, r in enumerate(fr.layers, 1):
-            drop = "-" if r["accuracy_drop"] is None else f"{r['accuracy_drop']:.2f}"
-            t.add_row(str(i), r["layer"], drop, f"{r['top1_agreement'] * 100:.2f}%", f"{r['output_nmse']:.2e}")
+        if fr.ranking == "tensors":
+            t = Table("rank", "layer", "kind", "int8 tensor error", "kept float to repair it",
+                      title=f"each layer's output quantized alone, one calibration pass ({args.to} {args.quantize})")
+            for i, r in enumerate(fr.layers[:15], 1):
+                t.add_row(str(i), r["layer"], r["kind"], f"{r['tensor_error']:.2e}", ", ".join(r["repair"]))
+        else:
+            t = Table("rank", "layer", "accuracy drop (pts)", "top-1 agreement", "output nmse",
+                      title=f"per-layer sensitivity: only that layer quantized ({args.to} {args.quantize})")
+            for i, r in enumerate(fr.layers, 1):
+                drop = "-" if r["accuracy_drop"] is None else f"{r['accuracy_drop']:.2f}"
+                t.add_row(str(i), r["layer"], drop, f"{r['top1_agreement'] * 100:.2f}%", f"{r['output_nmse']:.2e}")
         out.print(t)
         for step in fr.steps:
             acc = "-" if step["accuracy"] is None else f"{step['accuracy'] * 100:.2f}%"
             out.print(f"  kept in float: {', '.join(step['kept_float']) or 'none'} -> accuracy {acc}, "
                       f"agreement {step['top1_agreement'] * 100:.2f}%")
         status = "met" if fr.met else "[red]NOT met[/red]"
-        out.print(f"budget {status}: kept in float: {', '.join(fr.kept_float) or 'nothing'}; "
+        out.print(f"budget {status}: kept in float: {', '.join(fr.kept_float) or 'nothing'}"
+                  f"{' (with ' + ', '.join(fr.carriers) + ' between them)' if fr.carriers else ''}; "
                   f"still {args.quantize}: {', '.join(fr.quantized_layers) or 'none'}")
     else:
         result = keras_turbo.convert(args.model, cfg, args.calibration_data, unsafe=args.unsafe)

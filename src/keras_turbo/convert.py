@@ -204,6 +204,78 @@ def graph_nodes(ref, target: Target, cache_dir=None) -> list[tuple[str, str]]:
     return openvino_exp.node_names(art.path)
 
 
+def op_graph(ref, target: Target, cache_dir=None) -> list[tuple[str, str, tuple[str, ...], tuple[str, ...]]]:
+    """(op name, op type, input tensors, output tensors) of the float artifact's graph, where op
+    names are the ones `keep_float_nodes` takes (see each exporter's `op_graph`)."""
+    art = float_artifact(ref, target, cache_dir)
+    if target.name == "litert":
+        return litert_exp.op_graph(art.path.read_bytes())
+    if target.name == "onnx":
+        return onnx_exp.op_graph(art.path)
+    return openvino_exp.op_graph(art.path)
+
+
+def weighted_op_types(target: Target) -> tuple[str, ...]:
+    return {"litert": litert_exp.WEIGHTED_OPS, "onnx": onnx_exp.WEIGHTED_OPS,
+            "openvino": openvino_exp.WEIGHTED_OPS}[target.name]
+
+
+def carry_nodes(graph: Sequence[tuple[str, str, Sequence[str], Sequence[str]]], kept: Sequence[str],
+                weighted: Sequence[str]) -> list[str]:
+    """The parameter-free ops that carry a float op's output to another float op.
+
+    Keeping two weighted ops float is not enough when an activation outlier passes between them
+    through pooling, padding, a reshape, an activation, `Add` or `Concatenate`: the op in between
+    stays int8 and quantizes the outlier anyway. This finds every op on some path from a kept op
+    to a kept op whose ops in between carry no weights (types in `weighted` do), so that the
+    whole path stays float. A path that ends at an int8 weighted op is left alone: that op
+    quantizes its input whatever comes before.
+
+    Args:
+        graph: (op name, op type, input tensor names, output tensor names) per op.
+        kept: names of the ops kept float.
+        weighted: op types that carry weights (the path ends there).
+
+    Returns:
+        Names of the carrying ops, in graph order, not including `kept` themselves.
+
+    Example:
+        >>> g = [("c1", "CONV_2D", ("x",), ("a",)), ("pool", "MAX_POOL_2D", ("a",), ("b",)),
+        ...      ("c2", "CONV_2D", ("b",), ("c",))]
+        >>> carry_nodes(g, ["c1", "c2"], ["CONV_2D"])
+        ['pool']
+    """
+    kept = set(kept)
+    producer = {t: op[0] for op in graph for t in op[3]}
+    consumers: dict[str, list[str]] = {}
+    for name, _, ins, _ in graph:
+        for t in ins:
+            if t in producer:
+                consumers.setdefault(producer[t], []).append(name)
+    parents = {name: [producer[t] for t in ins if t in producer] for name, _, ins, _ in graph}
+    free = {name for name, kind, _, _ in graph if kind not in weighted and name not in kept}
+
+    def reach(start, step) -> set[str]:
+        seen, todo = set(), [n for k in start for n in step.get(k, [])]
+        while todo:
+            n = todo.pop()
+            if n in free and n not in seen:
+                seen.add(n)
+                todo.extend(step.get(n, []))
+        return seen
+
+    between = reach(kept, consumers) & reach(kept, parents)
+    return [name for name, _, _, _ in graph if name in between]
+
+
+def with_carriers(ref, target: Target, keep_nodes: Sequence[str], cache_dir=None) -> list[str]:
+    """`keep_nodes` and the parameter-free ops between them (`carry_nodes`)."""
+    if not keep_nodes or target.name == "keras":
+        return list(keep_nodes)
+    extra = carry_nodes(op_graph(ref, target, cache_dir), keep_nodes, weighted_op_types(target))
+    return list(keep_nodes) + [n for n in extra if n not in set(keep_nodes)]
+
+
 def _digest(cfg: ConvertConfig, samples, keep_nodes) -> str:
     h = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode())
     h.update(json.dumps(sorted(keep_nodes or [])).encode())
@@ -273,6 +345,9 @@ def convert(model, config: ConvertConfig | None = None, calibration=None, output
                 warnings.warn(msg, stacklevel=2)
                 notes.append(msg)
             keep_nodes.extend(nodes)
+    # An outlier between two float layers passes through the ops that connect them: those stay
+    # float too (a no-op where the kept layers feed each other directly).
+    keep_nodes = with_carriers(ref, target, keep_nodes, cache_dir)
 
     if output is None:
         entry = cache.root(cache_dir) / "exports" / ref.fingerprint() / f"{cfg.to}-{cfg.quantize}-{_digest(cfg, samples, keep_nodes)}"

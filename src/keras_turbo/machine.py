@@ -11,7 +11,15 @@ import shutil
 import subprocess
 
 # CPU flags that decide which kernels the runtimes can use (as /proc/cpuinfo spells them).
-CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8",
+             "amx_bf16", "amx_fp16", "asimdhp", "asimddp", "bf16", "i8mm")
+
+# Which flags make each precision fast (any one suffices), and what they are.
+PRECISION_FLAGS: dict[str, tuple[str, ...]] = {
+    "bf16": ("amx_bf16", "avx512_bf16"),
+    "fp16": ("amx_fp16", "avx512_fp16", "asimdhp"),
+    "int8": ("amx_int8", "avx512_vnni", "avx_vnni", "asimddp", "i8mm"),
+}
 LIBRARIES = ("tensorflow", "keras", "ai-edge-litert", "onnxruntime", "tf2onnx", "onnx", "openvino", "nncf", "numpy", "jax",
              "jaxlib")
 
@@ -30,6 +38,60 @@ def _cpuinfo() -> tuple[str, set[str]]:
     except OSError:  # not Linux: the model name from platform is the best we have
         pass
     return model, flags
+
+
+def cpu_flags() -> set[str]:
+    """This CPU's flags, as /proc/cpuinfo spells them (empty where that file does not exist)."""
+    return _cpuinfo()[1]
+
+
+def accelerated_precisions(flags: set[str] | frozenset[str]) -> dict[str, list[str]]:
+    """The precisions below float32 this CPU has arithmetic for, and the flags that give it.
+
+    Pure: the flags in, no probing. fp32 is always there and not listed.
+
+    Example:
+        >>> accelerated_precisions({"avx2", "avx512_bf16", "amx_bf16", "amx_int8", "avx512_vnni"})
+        {'bf16': ['amx_bf16', 'avx512_bf16'], 'int8': ['amx_int8', 'avx512_vnni']}
+    """
+    out = {}
+    for precision, wanted in PRECISION_FLAGS.items():
+        have = [f for f in wanted if f in flags]
+        if have:
+            out[precision] = have
+    return out
+
+
+def skip_reason(backend: str, flags: set[str] | frozenset[str]) -> str | None:
+    """Why `backend` is not worth running on a CPU with `flags`, or None when it is.
+
+    A reduced-precision entry (`Backend.needs`) on a CPU with none of the flags it needs would
+    run emulated, slower than float32: the planner skips it and reports this reason.
+
+    Example:
+        >>> skip_reason("openvino-bf16", {"avx2"})
+        'openvino-bf16 computes in bf16, which this CPU has no arithmetic for (needs one of amx_bf16, avx512_bf16)'
+    """
+    from keras_turbo.runtimes import get_backend
+
+    b = get_backend(backend)
+    if not b.needs or any(f in flags for f in b.needs):
+        return None
+    return f"{backend} computes in {b.precision}, which this CPU has no arithmetic for (needs one of {', '.join(b.needs)})"
+
+
+def precision_backends(flags: set[str] | frozenset[str], objective: str | None = None) -> dict[str, str | None]:
+    """Every registered backend for an objective, with the reason to skip it on this CPU (None:
+    run it). `objective` "latency" or "throughput" drops entries made for the other one.
+
+    Example:
+        >>> plan = precision_backends(cpu_flags(), "latency")
+        >>> [name for name, why in plan.items() if why is None]
+    """
+    from keras_turbo.runtimes import BACKENDS
+
+    return {name: skip_reason(name, flags) for name, b in BACKENDS.items()
+            if objective is None or b.objective in (None, objective)}
 
 
 def gpus() -> list[str]:
@@ -129,13 +191,16 @@ def devices() -> dict:
     from keras_turbo.runtimes import BACKENDS
 
     info = facts()
+    flags = cpu_flags()
+    info["accelerated_precisions"] = accelerated_precisions(flags)
     runtimes: dict[str, dict] = {}
     modules: dict[str, tuple[bool, str | None, list[str]]] = {}
     for name, b in BACKENDS.items():
         if b.requires not in modules:
             modules[b.requires] = _probe(b.requires)
         ok, err, devs = modules[b.requires]
-        runtimes[name] = {"usable": ok, "error": err, "devices": devs, "summary": b.summary}
+        runtimes[name] = {"usable": ok, "error": err, "devices": devs, "summary": b.summary, "precision": b.precision,
+                          "skip_reason": skip_reason(name, flags)}
     info["runtimes"] = runtimes
     return info
 

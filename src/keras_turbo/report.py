@@ -192,11 +192,18 @@ def sensitivity_svg(sens: dict) -> str:
     import matplotlib.pyplot as plt
 
     layers = sens["layer_sensitivity"]
-    vals = [(r["accuracy_drop"] if r["accuracy_drop"] is not None else (1 - r["top1_agreement"]) * 100) for r in layers]
+    float_ones = set(sens.get("kept_float", [])) | set(sens.get("carriers", []))
+    if sens.get("ranking", "per-layer") == "tensors":  # one calibration pass: each output's own int8 error
+        layers = layers[:20]
+        vals = [r["tensor_error"] for r in layers]
+        xlabel = "int8 error of this layer's output alone, averaged over channels (red: kept in float)"
+    else:
+        vals = [(r["accuracy_drop"] if r["accuracy_drop"] is not None else (1 - r["top1_agreement"]) * 100) for r in layers]
+        xlabel = "points lost when only this layer is int8 (red: kept in float)"
     fig, ax = plt.subplots(figsize=(8, max(2.0, 0.3 * len(layers) + 1)))
-    colors = ["#d62728" if r["layer"] in sens.get("kept_float", []) else "#1f77b4" for r in layers]
+    colors = ["#d62728" if r["layer"] in float_ones else "#1f77b4" for r in layers]
     ax.barh([r["layer"] for r in layers][::-1], vals[::-1], color=colors[::-1])
-    ax.set_xlabel("points lost when only this layer is int8 (red: kept in float)")
+    ax.set_xlabel(xlabel)
     ax.set_title(f"Per-layer int8 sensitivity ({sens.get('runtime', '')})")
     return _svg(fig)
 

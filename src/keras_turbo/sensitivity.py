@@ -1,27 +1,37 @@
 """Which layers cost accuracy under quantization, and a mixed-precision variant that keeps just
 those in float until the accuracy budget is met.
 
-Method (the same on LiteRT, ONNX Runtime and OpenVINO):
-  1. For each quantizable layer (convolutions, dense), build a variant where only that layer is
-     quantized and everything else stays float; measure it on held-out data against the float
-     model: accuracy drop (with labels), top-1 agreement and the output's normalised error.
-     This isolates each layer's own damage, including layers that only break together (an
-     activation outlier breaks both the layer that makes it and the one that reads it).
-  2. Rank the layers by that damage.
-  3. Starting from the fully quantized model, keep the most damaging layers in float, one at a
-     time, until the budget (`max_accuracy_drop` points, or `min_agreement`) is met.
+Two ways to rank (the same on LiteRT, ONNX Runtime and OpenVINO):
+  - "tensors" (the default; seconds): one calibration pass through the float Keras model. Each
+    layer's output tensor, parameter-free ops included (pooling, Add, Concatenate, padding,
+    activations), is fake-quantized to int8 alone with a per-tensor range taken from the
+    calibration data, and scored by its error averaged over channels (`tensor_errors`): an
+    activation outlier leaves every other channel of its tensor with a few quantization steps,
+    so that tensor scores near 1 where healthy ones score near 0. A bad tensor is repaired by
+    keeping float the weighted layers that write it and the ones that read it (`repair_unit`),
+    and with them the ops in between (`convert.carry_nodes`).
+  - "per-layer" (one conversion per layer; minutes on a large model): a variant where only that
+    layer is quantized and everything else stays float, measured against the float model. It
+    sees every kind of damage, not only activation ranges, at the price of one artifact per layer.
+Then, starting from the fully quantized model, the worst ones are kept in float, one unit at a
+time, until the budget (`max_accuracy_drop` points, or `min_agreement`) is met, the layer limit
+is reached, or the deadline passes (the result then says `stopped`, and holds the best so far).
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
-
 
 import numpy as np
 
-from keras_turbo.convert import ConvertConfig, ConvertResult, convert, graph_nodes, layer_nodes, quantizable_layers
+from keras_turbo.convert import (QUANTIZABLE, ConvertConfig, ConvertResult, convert, graph_nodes, layer_nodes,
+                                  quantizable_layers)
 from keras_turbo.errors import KerasTurboError, bad_param
 from keras_turbo.config import TechniqueConfig
+
+
+RANKINGS = ("tensors", "per-layer")
 
 
 @dataclass(frozen=True)
@@ -33,6 +43,9 @@ class FallbackConfig(TechniqueConfig):
         min_agreement: required top-1 agreement with the float model, in [0, 1] (no labels needed).
         eval_size: held-out samples used to judge each variant.
         max_float_layers: give up after keeping this many layers in float (None: no limit).
+        ranking: "tensors" (one calibration pass, then one conversion per fallback step) or
+            "per-layer" (one conversion per quantizable layer first).
+        rank_samples: calibration samples the "tensors" ranking passes through the float model.
     """
 
     max_accuracy_drop: float | None = None
@@ -40,6 +53,8 @@ class FallbackConfig(TechniqueConfig):
     eval_size: int = 500
     max_float_layers: int | None = None
     seed: int = 0
+    ranking: str = "tensors"
+    rank_samples: int = 64
 
     def __post_init__(self):
         if (self.max_accuracy_drop is None) == (self.min_agreement is None):
@@ -50,6 +65,10 @@ class FallbackConfig(TechniqueConfig):
             raise bad_param("min_agreement", "a fraction in (0, 1]", self.min_agreement)
         if not isinstance(self.eval_size, int) or self.eval_size < 1:
             raise bad_param("eval_size", "an integer >= 1", self.eval_size)
+        if self.ranking not in RANKINGS:
+            raise bad_param("ranking", f"one of {', '.join(RANKINGS)}", self.ranking)
+        if not isinstance(self.rank_samples, int) or self.rank_samples < 1:
+            raise bad_param("rank_samples", "an integer >= 1", self.rank_samples)
 
 
 @dataclass
@@ -75,11 +94,18 @@ class FallbackResult:
     result: ConvertResult
     met: bool
     quantized_layers: list[str] = field(default_factory=list)
+    carriers: list[str] = field(default_factory=list)  # parameter-free layers kept float between kept layers
+    ranking: str = "tensors"
+    stopped: bool = False          # the deadline passed before the budget was met
+    seconds: float = 0.0
+    equalization: dict | None = None  # set when the model was equalized first (quantize_with_repair)
 
     def to_dict(self) -> dict:
         return {"float_accuracy": self.float_accuracy, "full_quantization": self.full.to_dict(),
-                "layer_sensitivity": self.layers, "steps": self.steps, "kept_float": self.kept_float,
+                "ranking": self.ranking, "layer_sensitivity": self.layers, "steps": self.steps,
+                "kept_float": self.kept_float, "carriers": self.carriers,
                 "quantized_layers": self.quantized_layers, "final": self.final.to_dict(), "budget_met": self.met,
+                "stopped": self.stopped, "seconds": round(self.seconds, 2), "equalization": self.equalization,
                 "artifact": self.result.to_dict()}
 
 
@@ -99,8 +125,217 @@ def _measure(result: ConvertResult, xs, y, ref_out) -> Measured:
     return Measured(acc, agree, nmse)
 
 
+# ------------------------------------------------------------------ the Keras graph
+
+# Layers that pass activations on without weights of their own that quantization would act on.
+# BatchNormalization folds into the layer before it on every runtime.
+_FUSED_FOLLOWERS = ("BatchNormalization", "ReLU", "LeakyReLU", "Activation", "PReLU", "ELU", "Softmax")
+
+
+def _functional(model):
+    from keras_turbo import _tf
+
+    keras = _tf.keras()
+    if isinstance(model, keras.Sequential):
+        return keras.Model(model.inputs, model.outputs, name=model.name)
+    return model
+
+
+def _graph(model) -> tuple[dict[str, list[str]], dict[str, list[str]], dict[str, str]]:
+    """(producers, consumers, kind) by layer name, over the top-level layers of a functional model."""
+    producers: dict[str, list[str]] = {layer.name: [] for layer in model.layers}
+    consumers: dict[str, list[str]] = {layer.name: [] for layer in model.layers}
+    for layer in model.layers:
+        for node in layer._inbound_nodes:
+            for t in node.input_tensors:
+                p = t._keras_history.operation.name
+                if p in producers and p not in producers[layer.name]:
+                    producers[layer.name].append(p)
+                    consumers[p].append(layer.name)
+    return producers, consumers, {layer.name: type(layer).__name__ for layer in model.layers}
+
+
+def _weighted(kind: str) -> bool:
+    # A nested model is a barrier too: what is inside it is not walked.
+    return kind in QUANTIZABLE or kind in ("Functional", "Sequential", "Model")
+
+
+def repair_unit(model, layer: str) -> list[str]:
+    """The weighted layers to keep float so that `layer`'s output tensor is never quantized.
+
+    The tensor is written by the nearest weighted layers upstream (through parameter-free ops;
+    `layer` itself if it is weighted) and read by the nearest weighted layers downstream: all of
+    them have to run in float. (The parameter-free ops between them stay float with them:
+    `convert.carry_nodes`.)
+
+    Args:
+        model: a functional or Sequential keras.Model.
+        layer: the name of a top-level layer.
+
+    Returns:
+        Names of quantizable layers (convolutions, dense), in the model's layer order.
+
+    Example:
+        >>> repair_unit(model, "pool")   # conv -> relu -> pool -> conv2
+        ['conv', 'conv2']
+    """
+    model = _functional(model)
+    producers, consumers, kind = _graph(model)
+
+    def walk(start: list[str], step) -> set[str]:
+        found, seen, todo = set(), set(), list(start)
+        while todo:
+            n = todo.pop()
+            if n in seen:
+                continue
+            seen.add(n)
+            if _weighted(kind[n]):
+                found.add(n)
+            elif kind[n] != "InputLayer":
+                todo.extend(step[n])
+        return found
+
+    up = {layer} if _weighted(kind[layer]) else walk(producers[layer], producers)
+    unit = up | walk(consumers[layer], consumers)
+    return [layer.name for layer in model.layers if layer.name in unit and kind[layer.name] in QUANTIZABLE]
+
+
+def carrying_layers(model, kept: list[str]) -> list[str]:
+    """The parameter-free top-level layers on a path between two `kept` layers (the Keras-side
+    view of `convert.carry_nodes`, for reports)."""
+    model = _functional(model)
+    producers, consumers, kind = _graph(model)
+    kept_set = set(kept)
+
+    def reach(step) -> set[str]:
+        seen, todo = set(), [n for k in kept_set for n in step[k]]
+        while todo:
+            n = todo.pop()
+            if n not in seen and n not in kept_set and not _weighted(kind[n]) and kind[n] != "InputLayer":
+                seen.add(n)
+                todo.extend(step[n])
+        return seen
+
+    between = reach(consumers) & reach(producers)
+    return [layer.name for layer in model.layers if layer.name in between]
+
+
+def _fake_quant(x: np.ndarray, lo: float, hi: float, levels: int = 256) -> np.ndarray:
+    """Asymmetric per-tensor quantization over [min(lo, 0), max(hi, 0)], as int8 activations are."""
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    scale = (hi - lo) / (levels - 1) or 1.0
+    zero = np.round(-lo / scale)
+    return (np.clip(np.round(x / scale) + zero, 0, levels - 1) - zero) * scale
+
+
+def tensor_errors(model, xs, batch_size: int = 32) -> list[dict]:
+    """Each layer output's own int8 error, from one calibration pass through the float model.
+
+    Every top-level layer's output (parameter-free ops included; inputs too) is quantized alone,
+    per tensor, with the range the calibration data gives it, and scored by the normalised error
+    averaged over channels: sum((q(x) - x)^2) / sum(x^2) per channel (the last axis), channels
+    that are always zero left out. A tensor whose range one outlier channel sets scores near 1;
+    a healthy one near 0. A model output is scored whole (sum of errors / sum of squares): what
+    matters there is the answer, and a softmax's many near-zero scores rounding to 0 does not
+    change it. Outputs that only feed a BatchNormalization or an activation are left
+    out: the runtimes fuse those into one op, so that tensor never exists in the artifact.
+
+    Args:
+        model: a functional or Sequential keras.Model (not changed).
+        xs: the calibration inputs, a list of arrays in `model.inputs` order.
+
+    Returns:
+        One dict per scored layer, worst first: layer, kind, tensor_error, channels.
+    """
+    from keras_turbo import _tf
+
+    keras = _tf.keras()
+    model = _functional(model)
+    producers, consumers, kind = _graph(model)
+    names = []
+    for layer in model.layers:
+        nxt = consumers[layer.name]
+        if kind[layer.name] == "Dropout" or len(layer._inbound_nodes) > 1:
+            continue
+        if nxt and all(kind[c] in _FUSED_FOLLOWERS for c in nxt) and kind[layer.name] != "InputLayer":
+            continue
+        if not hasattr(layer, "output") or isinstance(layer.output, (list, tuple)):
+            continue
+        names.append(layer.name)
+    probe = keras.Model(model.inputs, [model.get_layer(n).output for n in names])
+    n = len(xs[0])
+    # Every layer's output at once is a lot of memory on a large model (ResNet50 at 224: ~25M
+    # floats a sample): keep one batch of them under ~200 MB.
+    per_sample = sum(int(np.prod([d or 1 for d in model.get_layer(nm).output.shape[1:]])) for nm in names)
+    batch_size = max(1, min(batch_size, int(5e7 // max(per_sample, 1))))
+
+    def batches():
+        for i in range(0, n, batch_size):
+            out = probe([x[i:i + batch_size] for x in xs], training=False)
+            yield [np.asarray(o, dtype="float32") for o in (out if isinstance(out, (list, tuple)) else [out])]
+
+    lo = np.full(len(names), np.inf)
+    hi = np.full(len(names), -np.inf)
+    for outs in batches():  # the ranges, as a calibrator sets them
+        for k, o in enumerate(outs):
+            lo[k], hi[k] = min(lo[k], float(o.min())), max(hi[k], float(o.max()))
+    err = [0.0] * len(names)
+    energy = [0.0] * len(names)
+    for outs in batches():  # each tensor's error under those ranges
+        for k, o in enumerate(outs):
+            flat = o.reshape(-1, o.shape[-1]) if o.ndim > 1 else o.reshape(-1, 1)
+            q = _fake_quant(flat, lo[k], hi[k])
+            err[k] = err[k] + ((q - flat) ** 2).sum(0)
+            energy[k] = energy[k] + (flat ** 2).sum(0)
+    rows = []
+    final = {t._keras_history.operation.name for t in model.outputs}
+    for k, name in enumerate(names):
+        live = energy[k] > 1e-12 * max(float(np.max(energy[k])), 1e-30)
+        if name in final:  # a model output is judged whole: a softmax's many tiny scores may round to 0
+            score = float(np.sum(err[k]) / max(float(np.sum(energy[k])), 1e-30))
+        else:
+            score = float(np.mean(err[k][live] / energy[k][live])) if np.any(live) else 0.0
+        rows.append({"layer": name, "kind": kind[name], "tensor_error": score, "channels": int(np.size(energy[k]))})
+    rows.sort(key=lambda r: -r["tensor_error"])
+    return rows
+
+
+# ------------------------------------------------------------------ is a repair worth it
+
+def repair_skip_reason(best_within_budget_ms: float | None, int8_ms: float, float_ms: float | None = None) -> str | None:
+    """Why repairing a broken int8 path cannot pay, or None when it could.
+
+    A repair keeps some layers float, so the repaired variant is never faster than the fully
+    int8 one: if that is not faster than the best variant already within budget, or than the
+    same runtime's own float path, the repair cannot win.
+
+    Args:
+        best_within_budget_ms: latency of the best variant already within budget (None: none yet).
+        int8_ms: latency of the broken fully-int8 variant.
+        float_ms: latency of the same runtime's float variant, when measured.
+
+    Example:
+        >>> repair_skip_reason(3.3, 4.1)
+        'its full int8 (4.1 ms) is already slower than the best variant within budget (3.3 ms)'
+    """
+    if best_within_budget_ms is not None and int8_ms >= best_within_budget_ms:
+        return f"its full int8 ({int8_ms:.3g} ms) is already slower than the best variant within budget ({best_within_budget_ms:.3g} ms)"
+    if float_ms is not None and int8_ms >= float_ms:
+        return f"its full int8 ({int8_ms:.3g} ms) is no faster than its own float path ({float_ms:.3g} ms)"
+    return None
+
+
+def could_win(best_within_budget_ms: float | None, int8_ms: float, float_ms: float | None = None) -> bool:
+    """True when repairing this int8 path could beat what is already within budget
+    (`repair_skip_reason` gives the reason when not)."""
+    return repair_skip_reason(best_within_budget_ms, int8_ms, float_ms) is None
+
+
+# ------------------------------------------------------------------ the fallback
+
 def quantize_with_fallback(model, config: ConvertConfig, calibration, eval_data, budget: FallbackConfig,
-                           progress=None, unsafe: bool = False, cache_dir=None) -> FallbackResult:
+                           progress=None, unsafe: bool = False, cache_dir=None,
+                           deadline: float | None = None) -> FallbackResult:
     """Quantize, find the layers that break accuracy, and keep just those in float.
 
     Args:
@@ -109,8 +344,10 @@ def quantize_with_fallback(model, config: ConvertConfig, calibration, eval_data,
         calibration: DATA spec or Dataset for calibration.
         eval_data: held-out DATA spec or Dataset to judge accuracy on (labels for
             `max_accuracy_drop`; any inputs for `min_agreement`).
-        budget: the accuracy budget (`FallbackConfig`).
+        budget: the accuracy budget and the ranking method (`FallbackConfig`).
         progress: optional callable(str) told what is being measured.
+        deadline: a `time.monotonic()` instant; once it passes, no new conversion starts and the
+            result holds the best variant so far, with `stopped=True`.
 
     Returns:
         A `FallbackResult` whose `result` is the mixed-precision artifact (or the fully quantized
@@ -118,10 +355,17 @@ def quantize_with_fallback(model, config: ConvertConfig, calibration, eval_data,
 
     Raises:
         KerasTurboError: bad data, or a budget in accuracy points without labels.
+
+    Example:
+        >>> fr = quantize_with_fallback("m.keras", ConvertConfig(to="litert", quantize="int8"),
+        ...                             "builtin:digits:train", "builtin:digits:val", FallbackConfig(max_accuracy_drop=1))
+        >>> fr.kept_float, fr.carriers, fr.met
     """
     from keras_turbo.api import as_ref, io_specs, load
+    from keras_turbo.convert import calibration_samples
     from keras_turbo.data import Dataset, check, load_data
 
+    started = time.monotonic()
     note = progress or (lambda msg: None)
     ref = as_ref(model, unsafe=unsafe, cache_dir=cache_dir)
     inputs, outputs = io_specs(ref)
@@ -142,6 +386,9 @@ def quantize_with_fallback(model, config: ConvertConfig, calibration, eval_data,
             return (float_acc - m.accuracy) * 100 <= budget.max_accuracy_drop + 1e-9
         return m.agreement >= budget.min_agreement
 
+    def late() -> bool:
+        return deadline is not None and time.monotonic() >= deadline
+
     cfg = ConvertConfig(**{**config.to_dict(), "keep_float": ()})
     note("quantizing every layer")
     full_res = convert(ref, cfg, calibration, cache_dir=cache_dir)
@@ -151,36 +398,116 @@ def quantize_with_fallback(model, config: ConvertConfig, calibration, eval_data,
 
     keras_model = load_keras(ref)
     layers = quantizable_layers(keras_model)
-    nodes = [name for name, _ in graph_nodes(ref, _target(cfg), cache_dir)]
     by_layer = layer_nodes(ref, _target(cfg), keras_model, layers, cache_dir)
     layers = [name for name in layers if by_layer[name]]
-    ranked = []
-    for i, layer in enumerate(layers, 1):
-        note(f"sensitivity {i}/{len(layers)}: only {layer} quantized")
-        own = set(by_layer[layer])
-        res = convert(ref, cfg, calibration, keep_float_nodes=[n for n in nodes if n not in own], cache_dir=cache_dir)
-        m = _measure(res, xs, y, ref_out)
-        drop = None if m.accuracy is None else (float_acc - m.accuracy) * 100
-        ranked.append({"layer": layer, "accuracy": m.accuracy, "accuracy_drop": drop, "top1_agreement": m.agreement,
-                       "output_nmse": m.nmse, "ops": len(own)})
-    ranked.sort(key=lambda r: (-(r["accuracy_drop"] or 0.0), r["top1_agreement"], -r["output_nmse"]))
+    stopped = False
+    ranked: list[dict] = []
+    units: list[list[str]] = []
+    if not ok(full) and late():
+        stopped = True
+    elif not ok(full) and budget.ranking == "tensors":
+        note("ranking tensors by their int8 error (one calibration pass)")
+        cal = check(calibration, inputs, None, "--calibration-data") if isinstance(calibration, Dataset) else \
+            load_data(calibration, inputs, None, default_split="train", arg="--calibration-data")
+        samples = calibration_samples(cal, [t.name for t in inputs], min(budget.rank_samples, len(cal)), cfg.seed)
+        order = [t.name for t in keras_model.inputs]
+        cal_x = [np.concatenate([s[n] for s in samples]) for n in order]
+        for row in tensor_errors(keras_model, cal_x):
+            unit = [name for name in repair_unit(keras_model, row["layer"]) if name in by_layer and by_layer[name]]
+            ranked.append({**row, "repair": unit})
+            if unit and unit not in units:
+                units.append(unit)
+    elif not ok(full):
+        nodes = [name for name, _ in graph_nodes(ref, _target(cfg), cache_dir)]
+        for i, layer in enumerate(layers, 1):
+            if late():
+                stopped = True
+                break
+            note(f"sensitivity {i}/{len(layers)}: only {layer} quantized")
+            own = set(by_layer[layer])
+            res = convert(ref, cfg, calibration, keep_float_nodes=[n for n in nodes if n not in own], cache_dir=cache_dir)
+            m = _measure(res, xs, y, ref_out)
+            drop = None if m.accuracy is None else (float_acc - m.accuracy) * 100
+            ranked.append({"layer": layer, "accuracy": m.accuracy, "accuracy_drop": drop, "top1_agreement": m.agreement,
+                           "output_nmse": m.nmse, "ops": len(own)})
+        ranked.sort(key=lambda r: (-(r["accuracy_drop"] or 0.0), r["top1_agreement"], -r["output_nmse"]))
+        units = [[r["layer"]] for r in ranked]
 
     kept: list[str] = []
     steps = [{"kept_float": [], **full.to_dict()}]
-    final, final_res = full, full_res
-    limit = budget.max_float_layers if budget.max_float_layers is not None else len(ranked)
-    for r in ranked[:limit]:
-        if ok(final):
+    final, final_res, best_kept = full, full_res, []
+    limit = budget.max_float_layers if budget.max_float_layers is not None else len(layers)
+    for unit in units:
+        if ok(final) or stopped:
             break
-        kept.append(r["layer"])
+        grown = kept + [name for name in unit if name not in kept]
+        if len(grown) == len(kept):
+            continue
+        if len(grown) > limit:
+            break
+        if late():
+            stopped = True
+            break
+        kept = grown
         note(f"fallback: keeping {', '.join(kept)} in float")
         keep_nodes = [n for layer in kept for n in by_layer[layer]]
-        final_res = convert(ref, ConvertConfig(**{**cfg.to_dict(), "keep_float": tuple(kept)}), calibration,
-                            keep_float_nodes=keep_nodes, cache_dir=cache_dir)
-        final = _measure(final_res, xs, y, ref_out)
-        steps.append({"kept_float": list(kept), **final.to_dict()})
-    return FallbackResult(float_acc, full, ranked, steps, kept, final, final_res, ok(final),
-                          quantized_layers=[name for name in layers if name not in kept])
+        res = convert(ref, ConvertConfig(**{**cfg.to_dict(), "keep_float": tuple(kept)}), calibration,
+                      keep_float_nodes=keep_nodes, cache_dir=cache_dir)
+        m = _measure(res, xs, y, ref_out)
+        steps.append({"kept_float": list(kept), "carriers": carrying_layers(keras_model, kept), **m.to_dict()})
+        if _better(m, final):
+            final, final_res, best_kept = m, res, list(kept)
+    return FallbackResult(float_acc, full, ranked, steps, list(best_kept), final, final_res, ok(final),
+                          quantized_layers=[name for name in layers if name not in best_kept],
+                          carriers=carrying_layers(keras_model, list(best_kept)) if best_kept else [],
+                          ranking=budget.ranking, stopped=stopped and not ok(final),
+                          seconds=time.monotonic() - started)
+
+
+def quantize_with_repair(model, config: ConvertConfig, calibration, eval_data, budget: FallbackConfig,
+                         progress=None, unsafe: bool = False, cache_dir=None, deadline: float | None = None,
+                         equalize: bool = True) -> FallbackResult:
+    """int8 that survives activation outliers: cross-layer equalization first, then the float
+    fallback for whatever still breaks the budget.
+
+    Equalization (`techniques.equalize`) keeps the float function and needs no data; where an
+    outlier channel passes between layers it can make the model int8 everywhere, and then the
+    fallback has nothing left to keep float. The artifact is of the equalized model.
+
+    Args:
+        equalize: False runs `quantize_with_fallback` on the model as it is.
+        (the others as `quantize_with_fallback`)
+
+    Returns:
+        A `FallbackResult`; `equalization` holds the equalization report (None when not applied:
+        `equalize=False`, or no layer pair/group to equalize in this model).
+
+    Example:
+        >>> fr = quantize_with_repair("m.keras", ConvertConfig(to="openvino", quantize="int8"),
+        ...                           "builtin:digits:train", "builtin:digits:val", FallbackConfig(min_agreement=0.99))
+        >>> fr.met, fr.kept_float, fr.equalization["groups"]
+    """
+    if not equalize:
+        return quantize_with_fallback(model, config, calibration, eval_data, budget, progress, unsafe, cache_dir, deadline)
+    from keras_turbo.api import as_ref
+    from keras_turbo.models import load_keras
+    from keras_turbo.techniques import equalize as equalize_mod
+
+    note = progress or (lambda msg: None)
+    note("cross-layer equalization")
+    eq = equalize_mod.apply(load_keras(as_ref(model, unsafe=unsafe, cache_dir=cache_dir)))
+    if not eq.report["groups"]:
+        return quantize_with_fallback(model, config, calibration, eval_data, budget, progress, unsafe, cache_dir, deadline)
+    fr = quantize_with_fallback(eq.model, config, calibration, eval_data, budget, progress, unsafe, cache_dir, deadline)
+    fr.equalization = eq.report
+    return fr
+
+
+def _better(m: Measured, than: Measured) -> bool:
+    """Keep the variant that is closer to float (a step that made things worse is not kept)."""
+    if m.accuracy is not None and than.accuracy is not None and m.accuracy != than.accuracy:
+        return m.accuracy > than.accuracy
+    return (m.agreement, -m.nmse) > (than.agreement, -than.nmse)
 
 
 def _target(cfg: ConvertConfig):
@@ -189,4 +516,5 @@ def _target(cfg: ConvertConfig):
     return TARGETS[cfg.to]
 
 
-__all__ = ["FallbackConfig", "FallbackResult", "quantize_with_fallback"]
+__all__ = ["FallbackConfig", "FallbackResult", "carrying_layers", "could_win", "quantize_with_fallback", "quantize_with_repair",
+           "repair_skip_reason", "repair_unit", "tensor_errors"]

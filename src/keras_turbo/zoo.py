@@ -133,3 +133,88 @@ def outlier_digits_mlp(scale: float = 1000.0, seed: int = 0, epochs: int = 30, e
     reader.set_weights([hk, hb])
     _, acc = model.evaluate(test.x[0], test.y, verbose=0)
     return model, float(acc)
+
+
+OUTLIER_PATHS = ("pool", "add")
+
+
+def outlier_digits_cnn(via: str = "pool", scale: float = 1000.0, seed: int = 0, epochs: int = 25, width: int = 8):
+    """A small digits CNN (16x16 input) that full int8 breaks, with an activation outlier that
+    reaches the next convolution through a parameter-free op, as outliers do in real networks.
+
+    Trained normally, then made function-preserving: one output channel `j` of the producer is
+    scaled up by `scale` and the reader's input weights for `j` scaled down by the same factor.
+    ReLU and max pooling commute with a positive per-channel scale, so the float function is
+    unchanged; in int8 the producer's per-tensor activation range is set by that one channel.
+
+    via="pool": c1 -> c2 -> bn2 -> relu2 -> pool -> c3 -> c4 -> gap -> head. The outlier is made
+        by bn2 (its gamma and beta for `j`), carried by relu2 and `pool`, and read by c3.
+    via="add": c1 -> c2 -> c3 --add--> relu_add -> pool -> c5 -> c6 -> gap -> head, where the
+        residual branch c4 (reading c3) joins at `add`. c3's channel `j` is the outlier; the
+        branch c4 reads it (input weights / scale) and writes it scaled too (output weights and
+        bias x scale), so the sum stays homogeneous; c5 reads it through add, relu_add and pool.
+
+    Returns:
+        (model, float test accuracy on builtin:digits:test)
+    """
+    from keras_turbo.data import load_digits
+    from keras_turbo.runtimes.base import TensorInfo
+
+    if via not in OUTLIER_PATHS:
+        raise ValueError(f"via must be one of {OUTLIER_PATHS}, got {via!r}")
+    keras = _tf.keras()
+    keras.utils.set_random_seed(seed)
+    shape = (16, 16, 1)
+    spec = [TensorInfo("image", (None, *shape), "float32")]
+    train, val, test = (load_digits(spec, s) for s in ("train", "val", "test"))
+    L = keras.layers
+    w = width
+    inp = keras.Input(shape, name="image")
+    h = L.Conv2D(w, 3, padding="same", activation="relu", name="c1")(inp)
+    if via == "pool":
+        h = L.Conv2D(2 * w, 3, padding="same", name="c2")(h)
+        h = L.BatchNormalization(name="bn2")(h)
+        h = L.ReLU(name="relu2")(h)
+        h = L.MaxPooling2D(name="pool")(h)
+        h = L.Conv2D(2 * w, 3, padding="same", activation="relu", name="c3")(h)
+        h = L.Conv2D(4 * w, 3, padding="same", activation="relu", name="c4")(h)
+        producer, reader = "bn2", "c3"
+    else:
+        h = L.Conv2D(2 * w, 3, padding="same", activation="relu", name="c2")(h)
+        h = L.Conv2D(2 * w, 3, padding="same", activation="relu", name="c3")(h)
+        r = L.Conv2D(2 * w, 3, padding="same", name="c4")(h)
+        h = L.Add(name="add")([h, r])
+        h = L.ReLU(name="relu_add")(h)
+        h = L.MaxPooling2D(name="pool")(h)
+        h = L.Conv2D(4 * w, 3, padding="same", activation="relu", name="c5")(h)
+        h = L.Conv2D(4 * w, 3, padding="same", activation="relu", name="c6")(h)
+        producer, reader = "c3", "c5"
+    h = L.GlobalAveragePooling2D(name="gap")(h)
+    out = L.Dense(10, activation="softmax", name="head")(h)
+    model = keras.Model(inp, out, name=f"outlier_cnn_{via}")
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(train.x[0], train.y, validation_data=(val.x[0], val.y), epochs=epochs, batch_size=32, verbose=0)
+
+    # The channel most active on the training data, so the outlier is real, not a dead unit.
+    act = keras.Model(inp, model.get_layer(producer).output).predict(train.x[0], verbose=0)
+    j = int(np.argmax(np.maximum(act, 0).mean(axis=(0, 1, 2))))
+    prod = model.get_layer(producer)
+    weights = [a.copy() for a in prod.get_weights()]
+    if via == "pool":  # BatchNormalization: gamma, beta, moving mean, moving variance
+        weights[0][j] *= scale
+        weights[1][j] *= scale
+    else:
+        weights[0][..., j] *= scale
+        weights[1][j] *= scale
+    prod.set_weights(weights)
+    if via == "add":  # the residual branch reads channel j and writes it, both rescaled
+        k, b = (a.copy() for a in model.get_layer("c4").get_weights())
+        k[:, :, j, :] /= scale
+        k[..., j] *= scale
+        b[j] *= scale
+        model.get_layer("c4").set_weights([k, b])
+    k, b = (a.copy() for a in model.get_layer(reader).get_weights())
+    k[:, :, j, :] /= scale
+    model.get_layer(reader).set_weights([k, b])
+    _, acc = model.evaluate(test.x[0], test.y, verbose=0)
+    return model, float(acc)

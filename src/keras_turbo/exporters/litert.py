@@ -45,6 +45,25 @@ def node_names(content: bytes) -> list[tuple[str, str]]:
     return names
 
 
+# Ops that carry weights, which quantization acts on; everything else only carries activations.
+WEIGHTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV", "CONV_3D", "CONV_3D_TRANSPOSE")
+
+
+def op_graph(content: bytes) -> list[tuple[str, str, tuple[str, ...], tuple[str, ...]]]:
+    """(op name, op type, input tensor names, output tensor names) per op, in graph order. An op
+    is named by its first output tensor, which is what the debugger's denylist takes."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_content=content)
+    tensors = {d["index"]: d["name"] for d in it.get_tensor_details()}
+    ops = []
+    for op in it._get_ops_details():
+        outs = tuple(tensors[i] for i in op["outputs"] if i in tensors)
+        if outs:
+            ops.append((outs[0], op["op_name"], tuple(tensors[i] for i in op["inputs"] if i in tensors), outs))
+    return ops
+
+
 def export_quantized(ref: ModelRef, out: Path, mode: str, calibration: Sequence[dict[str, np.ndarray]] | None,
                      int8_io: bool = False, keep_float: Sequence[str] = (), sparse: bool = False) -> None:
     """Convert the SavedModel `ref` with a quantization `mode`.

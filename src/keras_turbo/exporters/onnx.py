@@ -64,6 +64,24 @@ def node_names(path: Path) -> list[tuple[str, str]]:
     return [(n.name, " ".join([n.name, *[i for i in n.input if i in inits]])) for n in g.node]
 
 
+def op_graph(path: Path) -> list[tuple[str, str, tuple[str, ...], tuple[str, ...]]]:
+    """(node name, op type, input tensor names, output tensor names) per node of the pre-processed
+    graph that quantization works on. A node counts as weighted (see WEIGHTED_OPS) only with an
+    initializer input; a MatMul of two activations carries no weights."""
+    import onnx
+
+    g = onnx.load(str(preprocessed(path))).graph
+    inits = {i.name for i in g.initializer}
+    out = []
+    for n in g.node:
+        kind = n.op_type if n.op_type not in WEIGHTED_OPS or any(i in inits for i in n.input[1:]) else n.op_type + "(activations)"
+        out.append((n.name, kind, tuple(i for i in n.input if i and i not in inits), tuple(n.output)))
+    return out
+
+
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
 class _Reader:
     """Feeds calibration samples to ONNX Runtime's calibrator."""
 

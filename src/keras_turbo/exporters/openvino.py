@@ -42,6 +42,24 @@ def node_names(path: Path) -> list[tuple[str, str]]:
     return out
 
 
+def op_graph(path: Path) -> list[tuple[str, str, tuple[str, ...], tuple[str, ...]]]:
+    """(op name, op type, input names, output names) per op in graph order; an op's output i is
+    named `<op>:<i>`. Constants (and the weight-decompression ops fed only by them) are left
+    out: they carry no activations."""
+    import openvino as ov
+
+    out, const = [], set()
+    for op in ov.Core().read_model(str(path)).get_ordered_ops():
+        name = op.get_friendly_name()
+        srcs = [f"{v.get_node().get_friendly_name()}:{v.get_index()}" for v in op.input_values()]
+        if op.get_type_name() == "Constant" or (srcs and all(s.rsplit(":", 1)[0] in const for s in srcs)):
+            const.add(name)
+            continue
+        ins = tuple(s for s in srcs if s.rsplit(":", 1)[0] not in const)
+        out.append((name, op.get_type_name(), ins, tuple(f"{name}:{i}" for i in range(op.get_output_size()))))
+    return out
+
+
 def quantize(float_xml: Path, out: Path, mode: str, calibration: Sequence[dict[str, np.ndarray]] | None,
              keep_float: Sequence[str] = ()) -> None:
     """fp16: weights stored as float16; int8: NNCF's post-training quantization, with the named

@@ -47,6 +47,7 @@ class BuildJob:
     export_cache: str | None = None
     evaluate: bool = True          # False: the quality is already known (a resumed run)
     kinds: tuple = ()              # quality.OutputKind per output: how each is judged
+    deadline: float | None = None  # time.time() when the run's budget ends: a repair stops there
 
 
 @dataclass
@@ -118,9 +119,10 @@ def build_fallback(step: Step, source: Path, ctx: _Context, dest: Path) -> tuple
                             eval_size=c.get("eval_size", 500))
     cc = ConvertConfig(to=step.name, quantize=c.get("quantize", "int8"), calibration_size=c.get("calibration_size", 300))
     fr = quantize_with_fallback(ctx.keras_ref(source), cc, ctx.data("calib"), ctx.data("eval"), budget,
-                                cache_dir=ctx.job.export_cache)
+                                cache_dir=ctx.job.export_cache, deadline=ctx.job.deadline)
     path = copy_artifact(fr.result.path, dest)
-    return path, {"kept_float": fr.kept_float, "sensitivity": {"runtime": fr.result.backend, **fr.to_dict()}}
+    return path, {"kept_float": fr.kept_float, "stopped": fr.stopped,
+                  "sensitivity": {"runtime": fr.result.backend, **fr.to_dict()}}
 
 
 BUILDERS = {"train": build_train, "convert": build_convert, "fallback": build_fallback}

@@ -99,7 +99,7 @@ def optimize(model, data, train_data=None, config: OptimizeConfig | None = None,
         run = _start(model, data, train_data, cfg, Path(out), ex, progress or (lambda *a: None), unsafe, cache_dir)
         info = planner.ModelInfo(run.store.model, _quantizable(run.ref))
         has_train = run.job["train"] is not None
-        first = planner.first_plan(info, machine_caps(), cfg, has_train)
+        first = planner.first_plan(info, machine_caps(cfg.objective), cfg, has_train)
         run.job["left_out"], run.job["plan_notes"] = first.left_out, first.notes
         wave = list(first.recipes)
         while wave:
@@ -123,16 +123,28 @@ def _quantizable(ref) -> bool:
     return bool(quantizable_layers(load_keras(ref)))
 
 
-def machine_caps() -> planner.MachineCaps:
-    """The runtimes that import here (and, where the CPU or GPU accelerates them, precision runtimes)."""
+CONVERT_TO = {"tflite": "litert", "onnx": "onnx", "openvino": "openvino"}
+
+
+def machine_caps(objective: str = "latency") -> planner.MachineCaps:
+    """The runtimes that import here, and the precision / objective variants this machine
+    accelerates (bf16 and fp16 where the CPU has the arithmetic, keras-jax where JAX sees a GPU),
+    each one skipped elsewhere with its reason."""
     import importlib.util
 
+    from keras_turbo.machine import cpu_flags, jax_gpus, precision_backends
     from keras_turbo.runtimes import BACKENDS
-
-    from keras_turbo.machine import jax_gpus
 
     usable = tuple(n for n, b in BACKENDS.items() if importlib.util.find_spec(b.requires) is not None)
     accelerated, skipped = [], []
+    for name, why in precision_backends(cpu_flags(), objective).items():
+        b = BACKENDS[name]
+        if b.requires == "jax" or name in planner.FLOAT_RUNTIMES or name in ("keras-call",) or name not in usable:
+            continue
+        if why is None:
+            accelerated.append((name, CONVERT_TO.get(b.export_to) if b.export_to else None, b.precision))
+        else:
+            skipped.append((name, why))
     jax_runtimes = [n for n in BACKENDS if n.startswith("keras-jax") and n in usable]
     if jax_runtimes and jax_gpus():
         accelerated += [(n, None, BACKENDS[n].precision) for n in jax_runtimes]
@@ -236,7 +248,8 @@ def _job(run: _Run, r: Recipe, evaluate: bool) -> BuildJob:
     stops = any(s.kind == "train" and "patience" in s.config for s in r.steps)
     train = run.job["probe_train" if probe or stops else "train"]
     return BuildJob(r, **{k: run.job[k] for k in _SHARED}, eval=data, train=train, val=run.job.get("val") if stops else None,
-                    reference=str(run.out / "reference" / f"{data.id}.npz"), evaluate=evaluate)
+                    reference=str(run.out / "reference" / f"{data.id}.npz"), evaluate=evaluate,
+                    deadline=run.started + run.cfg.time_budget_s)
 
 
 def _qid(run: _Run, r: Recipe) -> str:

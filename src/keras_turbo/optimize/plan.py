@@ -77,6 +77,9 @@ LEFT_OUT = {
     "cluster": "clustering shares weight values: it shrinks a compressed file only, and optimize compares "
                "artifacts as they are deployed (uncompressed bytes, same speed); run `keras-turbo cluster` for that",
 }
+#: Keras -> Keras transforms that repair a broken int8 path rather than train: tried beside the
+#: float fallback where int8 breaks the budget (cross-layer equalization needs no data)
+REPAIR_TECHNIQUES: dict[str, dict] = {"equalize": {}}
 #: the techniques a trained variant is followed by the fastest exports of
 EXPORT_FOLLOWED = ("structured", "distill", "prune")
 
@@ -216,6 +219,10 @@ def repairs(model: ModelInfo, outcomes: list[Outcome], cfg) -> list[Recipe]:
         step = Step("fallback", conv.name, {"quantize": "int8", "calibration_size": cfg.calibration_size, **budget})
         prefix = r.steps[:-2]  # the trained model, if any, is what gets repaired
         out.append(Recipe(model.fingerprint, prefix + (step, Step("runtime", r.backend)), "int8", r.label))
+        for name, settings in REPAIR_TECHNIQUES.items():
+            if name not in r.techniques:  # function-preserving rescaling, then the same int8 conversion, all int8
+                out.append(Recipe(model.fingerprint, prefix + (Step("train", name, settings), conv, Step("runtime", r.backend)),
+                                  "int8", r.label))
     return out
 
 
@@ -319,6 +326,6 @@ def follow_ups(model: ModelInfo, outcomes: list[Outcome], cfg, has_train: bool) 
     return Plan(tuple(repairs(model, outcomes, cfg) + technique_recipes(model, outcomes, cfg, has_train)))
 
 
-__all__ = ["BASELINE", "CONVERSIONS", "FLOAT_RUNTIMES", "LEFT_OUT", "SEARCH", "TECHNIQUE_SETTINGS", "Knob", "MachineCaps",
+__all__ = ["BASELINE", "CONVERSIONS", "FLOAT_RUNTIMES", "LEFT_OUT", "REPAIR_TECHNIQUES", "SEARCH", "TECHNIQUE_SETTINGS", "Knob", "MachineCaps",
            "ModelInfo", "Outcome", "Plan", "best_exports", "first_plan", "follow_ups", "probe_recipe", "repairs",
            "search_point", "technique_recipes"]

@@ -21,7 +21,20 @@ from keras_turbo.runtimes.base import NullPredictor, Predictor, TensorInfo
 class Backend:
     """A runtime: its name, the module it needs, what it runs, and how to open a Predictor.
 
-    A precision variant of a runtime is its own entry, named `<runtime>-<precision>`.
+    A reduced-precision or throughput setting of a runtime is an entry of its own
+    (`<runtime>-<precision>`, `...-throughput`), so a benchmark worker needs only the name.
+
+    Attributes:
+        precision: the arithmetic it computes in: "fp32", "bf16" or "fp16". Anything but fp32 is
+            a candidate that has to pass the quality check, like int8.
+        needs: CPU flags (as /proc/cpuinfo spells them) of which the CPU must have AT LEAST ONE
+            for this entry to be worth running; without any, the precision is emulated and
+            slower than fp32 (`machine.skip_reason` says so). Empty: runs well anywhere.
+        objective: "latency" (one request, all cores) or "throughput" (parallel requests,
+            batch split across streams); None: the same path serves both.
+
+    keras-jax entries run Keras 3 on JAX in a worker process (runtimes/keras_jax.py); their
+    reduced precisions are GPU paths.
     """
 
     name: str
@@ -30,7 +43,13 @@ class Backend:
     export_to: str | None     # artifact a Keras model is exported to first (None: runs Keras directly)
     factory: Callable[..., Predictor]
     summary: str
-    precision: str = "fp32"   # the arithmetic it runs in: "fp32", or a faster, less exact one
+    precision: str = "fp32"
+    needs: tuple[str, ...] = ()
+    objective: str | None = None
+
+
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")          # AMX tiles or AVX-512 BF16 dot products
+FP16_FLAGS = ("amx_fp16", "avx512_fp16", "asimdhp")  # native half-precision arithmetic (x86, ARM)
 
 
 BACKENDS: dict[str, Backend] = {
@@ -47,7 +66,7 @@ BACKENDS: dict[str, Backend] = {
     "onnxruntime": Backend("onnxruntime", "onnxruntime", ("onnx",), "onnx", onnxruntime.ONNXRuntimePredictor,
                            "ONNX Runtime, CPU provider (CUDA when installed)"),
     "openvino": Backend("openvino", "openvino", ("openvino", "onnx", "tflite"), "openvino", openvino.OpenVINOPredictor,
-                        "OpenVINO CPU plugin, latency hint"),
+                        "OpenVINO CPU plugin, latency hint, f32 pinned", objective="latency"),
     # Keras 3 on JAX runs in a Keras-on-JAX worker process (see keras_jax.py); "requires" is only
     # what must import there, so probing it never changes this process's Keras backend.
     "keras-jax": Backend("keras-jax", "jax", keras_jax.FORMATS, None, keras_jax.KerasJAXPredictor,
@@ -58,6 +77,24 @@ BACKENDS: dict[str, Backend] = {
                               "keras-jax under Keras' mixed_bfloat16 policy", precision="bf16"),
     "keras-jax-fp16": Backend("keras-jax-fp16", "jax", keras_jax.FORMATS, None, keras_jax.KerasJAXFP16,
                               "keras-jax under Keras' mixed_float16 policy", precision="fp16"),
+    # Reduced precision where the CPU has the arithmetic for it.
+    "tf-function-bf16": Backend("tf-function-bf16", "tensorflow", KERAS_FORMATS, None, keras_runtimes.TFFunctionBF16,
+                                "tf.function with oneDNN bf16 auto-mixed-precision", precision="bf16", needs=BF16_FLAGS),
+    # (No litert-fp16: see the note at the end of runtimes/litert.py.)
+    "openvino-bf16": Backend("openvino-bf16", "openvino", ("openvino", "onnx", "tflite"), "openvino",
+                             openvino.OpenVINOBF16Predictor, "OpenVINO CPU plugin, latency hint, bf16 inference precision",
+                             precision="bf16", needs=BF16_FLAGS, objective="latency"),
+    "openvino-fp16": Backend("openvino-fp16", "openvino", ("openvino", "onnx", "tflite"), "openvino",
+                             openvino.OpenVINOFP16Predictor, "OpenVINO CPU plugin, latency hint, f16 inference precision",
+                             precision="fp16", needs=FP16_FLAGS, objective="latency"),
+    # Throughput: several streams, a batch split across parallel requests.
+    "openvino-throughput": Backend("openvino-throughput", "openvino", ("openvino", "onnx", "tflite"), "openvino",
+                                   openvino.OpenVINOThroughputPredictor, "OpenVINO CPU plugin, throughput hint, f32",
+                                   objective="throughput"),
+    "openvino-bf16-throughput": Backend("openvino-bf16-throughput", "openvino", ("openvino", "onnx", "tflite"), "openvino",
+                                        openvino.OpenVINOBF16ThroughputPredictor,
+                                        "OpenVINO CPU plugin, throughput hint, bf16", precision="bf16", needs=BF16_FLAGS,
+                                        objective="throughput"),
 }
 
 #: the backend an artifact runs on when none is named
@@ -76,14 +113,17 @@ def get_backend(name: str) -> Backend:
         raise BackendError(f"--backend: unknown backend {name!r} (expected one of {', '.join(BACKENDS)})") from None
 
 
-def default_backends(ref: ModelRef) -> list[str]:
-    """Every float32 runtime that can run a Keras model; an artifact's own runtime for an artifact.
-
-    Lower-precision variants change the numbers, so they run only when named.
-    """
+def default_backends(ref: ModelRef, flags: set[str] | None = None) -> list[str]:
+    """Every runtime for a Keras model, less the reduced-precision entries this CPU would only
+    emulate (and keras-jax's reduced precisions, GPU paths run when named); an artifact's own
+    runtime for an artifact."""
     if not ref.is_keras:
         return [NATIVE[ref.format]]
-    return [n for n, b in BACKENDS.items() if b.precision == "fp32" and (ref.format in b.formats or b.export_to)]
+    from keras_turbo.machine import cpu_flags, skip_reason
+
+    flags = cpu_flags() if flags is None else flags
+    return [n for n, b in BACKENDS.items() if (ref.format in b.formats or b.export_to)
+            and skip_reason(n, flags) is None and not (b.requires == "jax" and b.precision != "fp32")]
 
 
 def artifact_for(ref: ModelRef, backend: str, cache_dir: Path | None = None) -> ModelRef:
@@ -110,5 +150,5 @@ def open_predictor(ref: ModelRef, backend: str, threads: int | None = None, batc
     return get_backend(backend).factory(artifact, threads=threads, batch_size=batch_size, device=device)
 
 
-__all__ = ["BACKENDS", "NATIVE", "Backend", "NullPredictor", "Predictor", "TensorInfo", "artifact_for",
+__all__ = ["BACKENDS", "BF16_FLAGS", "FP16_FLAGS", "NATIVE", "Backend", "NullPredictor", "Predictor", "TensorInfo", "artifact_for",
            "default_backends", "get_backend", "open_predictor"]

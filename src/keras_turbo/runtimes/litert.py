@@ -104,3 +104,13 @@ class LiteRTPredictor(Predictor):
 
     def close(self):
         self._it = None
+
+
+
+# Not a registry entry: LiteRT/XNNPACK half precision. XNNPACK's FORCE_FP16 flag (0x4 in
+# tensorflow/lite/delegates/xnnpack/xnnpack_delegate.h) is not reachable through the Interpreter's
+# Python API; ai_edge_litert 2.3's CompiledModel API does take it (CpuOptions(xnnpack_flags=0x7)),
+# and the outputs show fp16 arithmetic (4e-4 relative error on MobileNetV2 vs 1e-7 in fp32). But
+# that API aborts the process (heap corruption, segfaults) when a compiled model is resized to
+# another batch size, or when a second compiled model is made in the same process: unsafe for a
+# runtime that the quality check and the test suite open many times per process.

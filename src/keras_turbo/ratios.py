@@ -1,0 +1,105 @@
+"""Speed-ups stated against what a user would otherwise run.
+
+A ratio against `model.predict()` flatters: predict carries a fixed per-call cost (tens of ms)
+that any compiled path avoids, so a model that runs in microseconds looks thousands of times
+faster. The people who judge such tools compare with (a) the best plain TensorFlow path
+(`tf.function`), and (b) what a peer runtime does out of the box. Every speed-up keras-turbo
+states leads with those two; (c) keras-predict comes last, for continuity.
+
+Rows are plain dicts as `bench.Result.to_dict()` writes them (or `benchmarks/peers.py`): a
+`backend` name, a `batch_size`, `latency_ms` with `p50`, and `throughput_per_s`. Peer defaults are
+rows whose backend starts with `peer:`. Only rows of the same batch size are compared.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+#: the plain TensorFlow paths a user has without keras-turbo (and their peer-run twin)
+PLAIN_TF = ("tf-function", "tf-xla", "peer:tf-function")
+PREDICT = ("keras-predict",)
+PEER_PREFIX = "peer:"
+KINDS = ("vs_tf_function", "vs_peer_default", "vs_keras_predict")
+
+
+def _value(row: dict, measure: str) -> float | None:
+    if not row.get("ok", True):
+        return None
+    if measure == "throughput":
+        v = row.get("throughput_per_s")
+    else:
+        v = (row.get("latency_ms") or {}).get("p50")
+    return float(v) if v else None
+
+
+def _best(rows: Sequence[dict], measure: str) -> tuple[dict, float] | None:
+    scored = [(r, _value(r, measure)) for r in rows]
+    scored = [(r, v) for r, v in scored if v is not None]
+    if not scored:
+        return None
+    return max(scored, key=lambda rv: rv[1]) if measure == "throughput" else min(scored, key=lambda rv: rv[1])
+
+
+def speedups(row: dict, baseline_rows: Sequence[dict], measure: str = "latency") -> dict:
+    """How many times faster `row` is than (a) the best plain TensorFlow path, (b) the best peer
+    default and (c) keras-predict, all measured at the same batch size.
+
+    Args:
+        row: the variant's measurement (`latency_ms.p50`, `throughput_per_s`, `batch_size`).
+        baseline_rows: measurements from the same run; which baseline each one is comes from its
+            `backend` name (`PLAIN_TF`, `peer:*`, `keras-predict`). Failed rows are ignored.
+        measure: "latency" (p50; ratio = baseline / variant) or "throughput" (items/s; ratio =
+            variant / baseline). Above 1 means the variant is faster.
+
+    Returns:
+        {"vs_tf_function": {...} | None, "vs_peer_default": {...} | None, "vs_keras_predict": {...} | None},
+        each {"ratio", "against" (the baseline's backend name), "baseline", "variant"}; None where
+        the run has no such baseline at that batch size.
+
+    Raises:
+        ValueError: `measure` is not "latency" or "throughput".
+
+    Example:
+        >>> v = {"backend": "openvino-bf16", "batch_size": 1, "latency_ms": {"p50": 1.8}}
+        >>> base = [{"backend": "tf-function", "batch_size": 1, "latency_ms": {"p50": 14.0}},
+        ...         {"backend": "peer:openvino-default", "batch_size": 1, "latency_ms": {"p50": 1.77}}]
+        >>> round(speedups(v, base)["vs_peer_default"]["ratio"], 3)
+        0.983
+    """
+    if measure not in ("latency", "throughput"):
+        raise ValueError(f"measure must be 'latency' or 'throughput', got {measure!r}")
+    mine = _value(row, measure)
+    batch = row.get("batch_size")
+    same = [r for r in baseline_rows if r.get("batch_size") == batch and r is not row]
+    groups = {
+        "vs_tf_function": [r for r in same if r.get("backend") in PLAIN_TF],
+        "vs_peer_default": [r for r in same if str(r.get("backend", "")).startswith(PEER_PREFIX)],
+        "vs_keras_predict": [r for r in same if r.get("backend") in PREDICT],
+    }
+    out: dict[str, dict | None] = {}
+    for kind, rows in groups.items():
+        best = _best(rows, measure)
+        if best is None or mine is None:
+            out[kind] = None
+            continue
+        base_row, base = best
+        ratio = mine / base if measure == "throughput" else base / mine
+        out[kind] = {"ratio": ratio, "against": base_row.get("backend"), "baseline": base, "variant": mine}
+    return out
+
+
+def headline(ratios: dict) -> str:
+    """One line, (a) and (b) first: "2.10x tf.function (tf-function), 0.98x the best peer default
+    (peer:openvino-default), 31x keras-predict"."""
+    words = {"vs_tf_function": "plain TensorFlow", "vs_peer_default": "the best peer default",
+             "vs_keras_predict": "keras-predict"}
+    parts = []
+    for kind in KINDS:
+        r = ratios.get(kind)
+        if r:
+            x = r["ratio"]
+            parts.append(f"{x:.3g}x vs {words[kind]} ({r['against']})")
+    return ", ".join(parts) or "no baseline measured"
+
+
+__all__ = ["KINDS", "PLAIN_TF", "headline", "speedups"]

@@ -1,0 +1,41 @@
+"""Which precisions a CPU accelerates, and which reduced-precision runtimes are worth running on it:
+pure functions of the CPU flags, checked on the flag sets of real machines."""
+
+from __future__ import annotations
+
+from keras_turbo.machine import accelerated_precisions, precision_backends, skip_reason
+from keras_turbo.runtimes import BACKENDS
+
+SAPPHIRE_RAPIDS = {"avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_tile",
+                   "amx_bf16", "amx_int8"}
+EPYC_GENOA = {"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16"}
+HASWELL = {"avx2", "fma"}
+
+
+def test_accelerated_precisions():
+    assert accelerated_precisions(SAPPHIRE_RAPIDS) == {"bf16": ["amx_bf16", "avx512_bf16"], "fp16": ["avx512_fp16"],
+                                                       "int8": ["amx_int8", "avx512_vnni", "avx_vnni"]}
+    assert accelerated_precisions(EPYC_GENOA) == {"bf16": ["avx512_bf16"], "int8": ["avx512_vnni"]}
+    assert accelerated_precisions(HASWELL) == {}
+
+
+def test_reduced_precision_entries_follow_the_flags():
+    for name, b in BACKENDS.items():
+        assert b.precision in ("fp32", "bf16", "fp16") and b.objective in (None, "latency", "throughput")
+        assert (b.precision == "fp32") == (not b.needs), name  # every reduced precision says what it needs
+        assert skip_reason(name, SAPPHIRE_RAPIDS) is None
+    assert skip_reason("openvino-bf16", EPYC_GENOA) is None and skip_reason("tf-function-bf16", EPYC_GENOA) is None
+    assert "no arithmetic for" in skip_reason("openvino-fp16", EPYC_GENOA)
+    assert "needs one of amx_bf16, avx512_bf16" in skip_reason("openvino-bf16", HASWELL)
+    assert skip_reason("openvino", HASWELL) is None and skip_reason("tf-function", HASWELL) is None
+
+
+def test_backends_per_objective():
+    latency = precision_backends(SAPPHIRE_RAPIDS, "latency")
+    throughput = precision_backends(SAPPHIRE_RAPIDS, "throughput")
+    assert "openvino-bf16" in latency and "openvino-throughput" not in latency
+    assert "openvino-bf16-throughput" in throughput and "openvino" not in throughput and "openvino-bf16" not in throughput
+    assert "tf-function-bf16" in latency and "tf-function-bf16" in throughput  # one path serves both
+    assert all(why is None for why in latency.values())
+    old = precision_backends(HASWELL, "latency")
+    assert old["openvino"] is None and old["openvino-bf16"] and old["tf-function-bf16"]

@@ -58,6 +58,7 @@ class _Run:
     recipes: dict[str, Recipe] = field(default_factory=dict)
     rows: dict[str, dict] = field(default_factory=dict)
     total: int = 0
+    wave: int = 0
 
     def time_left(self) -> float:
         return self.cfg.time_budget_s - (time.time() - self.started)
@@ -267,9 +268,9 @@ def hash_kinds(kinds) -> str:
 def _run_wave(run: _Run, recipes: list[Recipe]) -> None:
     """Build and judge the wave (in parallel where the executor can), then time each variant,
     one at a time (probes are judged, never timed). What the store holds for this protocol is reused."""
-    sid = run.protocol.speed_id
     jobs, built = [], []
     run.total += len(recipes)
+    run.wave += 1
     for r in recipes:
         run.recipes[r.id] = r
         known_q, known_b = run.store.quality_for(r.id, _qid(run, r)), run.store.build_for(r.id)
@@ -291,7 +292,8 @@ def _run_wave(run: _Run, recipes: list[Recipe]) -> None:
             run.rows[r.id] = {**_base_row(r), "error": res["error"], "build": res}
             _save(run)
     for r, b, q, reused in built:
-        run.rows[r.id] = _probe_row(run, r, b, q, reused) if r.role == "probe" else _timed_row(run, r, b, q, reused)
+        row = _probe_row(run, r, b, q, reused) if r.role == "probe" else _timed_row(run, r, b, q, reused)
+        run.rows[r.id] = {**row, "wave": run.wave}
         _save(run)
 
 

@@ -390,7 +390,9 @@ def _print_optimize(res) -> None:
         verdict = "" if h["budget_met"] else "  (no candidate met the budget: fastest float runtime recommended)"
         acc = "-" if h["accuracy"] is None else f"{h['accuracy'] * 100:.2f}%"
         base = "-" if h["baseline_accuracy"] is None else f"{h['baseline_accuracy'] * 100:.2f}%"
-        out.print(f"recommended: {h['recommended']}: {h['speedup']:.1f}x faster than {h['baseline']}, "
+        from keras_turbo.report import ratio_text
+
+        out.print(f"recommended: {h['recommended']}: {ratio_text(h)}; "
                   f"{h['size_ratio']:.1f}x smaller, accuracy {acc} (float {base}){verdict}")
     out.print(f"report: {res.report_html}")
     out.print(f"serve it: keras_turbo.load({str(res.out / 'best')!r})")

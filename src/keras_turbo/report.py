@@ -55,18 +55,21 @@ def _rows(doc: dict, why: bool = False) -> list[list[str]]:
     metric and the budget it was held to."""
     base = doc.get("baseline") or {}
     base_p50 = base.get("latency_ms", {}).get("p50") if base.get("ok") else None
+    tf = next((v for v in doc["variants"] if v["name"] == "tf-function fp32" and v.get("ok")), None)
+    tf_p50 = tf["latency_ms"]["p50"] if tf else None
     rows = []
     ok = sorted((v for v in doc["variants"] if v.get("ok")), key=lambda v: v["latency_ms"]["p50"])
     for v in ok + [v for v in doc["variants"] if not v.get("ok")]:
         if not v.get("ok"):
             rows.append([v["name"], v.get("backend", "-"), "failed" if not v.get("skipped") else "skipped",
-                         "", "", "", "", "", "", v.get("error") or ""] + ([""] if why else []))
+                         "", "", "", "", "", "", "", v.get("error") or ""] + ([""] if why else []))
             continue
         p50 = v["latency_ms"]["p50"]
         mark = ("★ " if v["name"] == doc.get("recommended") else "") + ("pareto" if v.get("pareto") else "")
         drop = "-" if v.get("accuracy_drop") is None else f"{0.0 - v['accuracy_drop'] + 0.0:+.2f}"
         rows.append([v["name"], v["backend"], _fmt_acc(v.get("accuracy")), drop, _fmt_acc(v.get("top1_agreement")),
-                     f"{p50:.3f}", f"{base_p50 / p50:.1f}x" if base_p50 else "-", f"{v['throughput_per_s']:,.0f}",
+                     f"{p50:.3f}", f"{tf_p50 / p50:.2f}x" if tf_p50 else "-", f"{base_p50 / p50:.1f}x" if base_p50 else "-",
+                     f"{v['throughput_per_s']:,.0f}",
                      _size(v["model_bytes"]), ("within budget" if v.get("within_budget") else "over budget") + (f", {mark}" if mark else "")]
                     + ([v.get("verdict") or ""] if why else []))
     return rows
@@ -85,20 +88,56 @@ def search_rows(doc: dict) -> list[list[str]]:
     return rows
 
 
-HEADERS = ["variant", "runtime", "accuracy", "vs float (pts)", "agreement", "p50 ms", "vs keras-predict", "items/s", "size", "status"]
+HEADERS = ["variant", "runtime", "accuracy", "vs float (pts)", "agreement", "p50 ms", "vs tf.function", "vs keras-predict",
+           "items/s", "size", "status"]
+
+
+#: optimize's own plain variants that are each peer's out-of-the-box path (the LiteRT converter's
+#: default with XNNPACK, an ONNX Runtime default session, OpenVINO at its CPU default precision:
+#: bf16 where the CPU has it, so `openvino-bf16` when it was planned, else `openvino`)
+PEER_DEFAULTS = {"litert fp32": "peer:litert", "onnxruntime fp32": "peer:onnxruntime",
+                 "openvino-bf16 bf16": "peer:openvino", "openvino fp32": "peer:openvino"}
+
+
+def baselines(doc: dict) -> list[dict]:
+    """The run's plain TensorFlow paths and peer defaults as `ratios.speedups` reads them."""
+    rows = {v["name"]: v for v in doc["variants"] if v.get("ok")}
+    batch = doc["budget"]["batch_size"]
+    out = [{**rows[n], "backend": rows[n]["backend"], "batch_size": batch}
+           for n in ("tf-function fp32", "tf-xla fp32", "keras-predict fp32") if n in rows]
+    ov = "openvino-bf16 bf16" if "openvino-bf16 bf16" in rows else "openvino fp32"
+    out += [{**rows[n], "backend": PEER_DEFAULTS[n], "batch_size": batch}
+            for n in ("litert fp32", "onnxruntime fp32", ov) if n in rows]
+    return out
 
 
 def headline(doc: dict) -> dict:
-    """Baseline vs recommended: speedup, size ratio, accuracy."""
+    """Recommended vs what a user would otherwise run: (a) the best plain TensorFlow path, (b) the
+    best peer default measured in the same run, (c) keras-predict; size ratio, accuracy."""
+    from keras_turbo.ratios import speedups
+
     base = doc.get("baseline") or {}
     best = next((v for v in doc["variants"] if v["name"] == doc.get("recommended")), None)
     if not best or not base.get("ok"):
         return {}
+    measure = "throughput" if doc["budget"].get("objective") == "throughput" else "latency"
+    r = speedups({**best, "batch_size": doc["budget"]["batch_size"]}, baselines(doc), measure)
     return {"baseline": base["name"], "recommended": best["name"],
-            "speedup": base["latency_ms"]["p50"] / best["latency_ms"]["p50"],
+            "speedup": base["latency_ms"]["p50"] / best["latency_ms"]["p50"], "ratios": r,
             "size_ratio": base["model_bytes"] / best["model_bytes"],
             "baseline_accuracy": doc.get("float_accuracy"), "accuracy": best.get("accuracy"),
             "agreement": best.get("top1_agreement"), "budget_met": doc.get("budget_met")}
+
+
+def ratio_text(h: dict) -> str:
+    """"2.1x vs tf.function (tf-function), 0.9x vs the best peer default (peer:litert), 150x vs keras-predict"."""
+    parts = []
+    for key, what in (("vs_tf_function", "the best plain TensorFlow path"), ("vs_peer_default", "the best peer default"),
+                      ("vs_keras_predict", "keras-predict")):
+        r = (h.get("ratios") or {}).get(key)
+        if r:
+            parts.append(f"{r['ratio']:.2f}x vs {what} ({r['against']})")
+    return ", ".join(parts)
 
 
 def _budget_text(doc: dict) -> str:
@@ -113,8 +152,8 @@ def write_markdown(out, doc: dict) -> str:
     lines = [f"# keras-turbo optimize: {doc['model']}", "", f"Budget: {_budget_text(doc)}.", ""]
     if h:
         verdict = "" if h["budget_met"] else " **No candidate met the budget; the fastest float runtime is recommended.**"
-        lines += [f"**Recommended: `{h['recommended']}`**, {h['speedup']:.1f}x faster than `{h['baseline']}` at batch "
-                  f"{doc['budget']['batch_size']}, {h['size_ratio']:.1f}x smaller, accuracy {_fmt_acc(h['accuracy'])} "
+        lines += [f"**Recommended: `{h['recommended']}`**: {ratio_text(h)} at batch "
+                  f"{doc['budget']['batch_size']}; {h['size_ratio']:.1f}x smaller, accuracy {_fmt_acc(h['accuracy'])} "
                   f"(float {_fmt_acc(h['baseline_accuracy'])}), agreement {_fmt_acc(h['agreement'])}.{verdict}", ""]
     lines += ["| " + " | ".join(HEADERS + ["judged by"]) + " |", "|" + "---|" * (len(HEADERS) + 1)]
     lines += ["| " + " | ".join(c.replace("|", "/") for c in r) + " |" for r in _rows(doc, why=True)]
@@ -222,7 +261,7 @@ def write_html(out, doc: dict) -> str:
              f"<p>Budget: {esc(_budget_text(doc))}.</p>"]
     if h:
         parts.append(f"<div class='head' id='headline'><b>Recommended: {esc(h['recommended'])}</b><br>"
-                     f"{h['speedup']:.1f}x faster than {esc(h['baseline'])}, {h['size_ratio']:.1f}x smaller, accuracy "
+                     f"{esc(ratio_text(h))}; {h['size_ratio']:.1f}x smaller, accuracy "
                      f"{_fmt_acc(h['accuracy'])} (float {_fmt_acc(h['baseline_accuracy'])}), agreement {_fmt_acc(h['agreement'])}"
                      + ("" if h["budget_met"] else "<br><span class='bad'>No candidate met the budget: the fastest float "
                         "runtime is recommended.</span>") + "</div>")

@@ -90,6 +90,7 @@ class KerasPredict(_KerasBase):
 
     def run(self, feeds):
         tf = _tf.tf()
+        set_onednn_bf16(False)  # predict() runs a graph function too: float32 even after a bf16 predictor
         with tf.device(self._device):
             return self._np(self.model.predict(self._x(feeds), batch_size=len(feeds[0]), verbose=0))
 
@@ -101,6 +102,7 @@ class KerasCall(_KerasBase):
 
     def run(self, feeds):
         tf = _tf.tf()
+        set_onednn_bf16(False)
         with tf.device(self._device):
             out = self.model(self._x(feeds), training=False)
         return self._np(out.numpy() if hasattr(out, "numpy") else [o.numpy() for o in out])

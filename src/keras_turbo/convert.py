@@ -275,14 +275,22 @@ def convert(model, config: ConvertConfig | None = None, calibration=None, output
             keep_nodes.extend(nodes)
 
     if output is None:
-        entry = cache.root(cache_dir) / "exports" / ref.fingerprint() / f"{cfg.to}-{cfg.quantize}-{_digest(cfg, samples, keep_nodes)}"
+        # Keyed by content and --unsafe (see exporters.export); built under a per-entry lock in a
+        # scratch folder of its own, recorded, then renamed into place.
+        entry = cache.root(cache_dir) / "exports" / ref.cache_key() / f"{cfg.to}-{cfg.quantize}-{_digest(cfg, samples, keep_nodes)}"
         out = entry / f"model{target.suffix}"
-        if out.exists():
-            return ConvertResult(out, _fmt(target), target.backend, cfg, _size(out), len(samples or []), keep_nodes, notes)
-    else:
-        out = Path(output)
-        if out.suffix != target.suffix:
-            raise KerasTurboError(f"-o {out}: a {cfg.to} artifact needs the suffix {target.suffix}")
+        with cache.lock(entry):
+            if not (out.exists() and cache.intact(entry)):
+                tmpdir = Path(tempfile.mkdtemp(prefix=".convert-", dir=entry.parent))
+                try:
+                    _build(ref, cfg, target, samples, keep_nodes, tmpdir / out.name, cache_dir)
+                    cache.publish(tmpdir, entry)
+                finally:
+                    shutil.rmtree(tmpdir, ignore_errors=True)
+        return ConvertResult(out, _fmt(target), target.backend, cfg, _size(out), len(samples or []), keep_nodes, notes)
+    out = Path(output)
+    if out.suffix != target.suffix:
+        raise KerasTurboError(f"-o {out}: a {cfg.to} artifact needs the suffix {target.suffix}")
     out.parent.mkdir(parents=True, exist_ok=True)
 
     tmpdir = Path(tempfile.mkdtemp(prefix=".convert-", dir=out.parent))

@@ -282,7 +282,7 @@ def optimize(model, data, train_data=None, config: OptimizeConfig | None = None,
     if results_path.exists():
         try:
             prev_doc = json.loads(results_path.read_text())
-            if prev_doc.get("model_fingerprint") == ref.fingerprint():
+            if prev_doc.get("model_fingerprint") == ref.cache_key():  # never reuse --unsafe results without it
                 # Skipped candidates are retried: the time budget may be larger this time.
                 previous = {v["name"]: v for v in prev_doc.get("variants", []) if not v.get("skipped")}
         except (ValueError, KeyError, TypeError):
@@ -297,7 +297,7 @@ def optimize(model, data, train_data=None, config: OptimizeConfig | None = None,
     bench_cfg = BenchmarkConfig(warmup_runs=5, warmup_seconds=0.3, min_runs=cfg.min_runs, min_seconds=cfg.min_seconds)
 
     doc = {
-        "model": str(ref.path), "model_fingerprint": ref.fingerprint(), "machine": machine.facts(),
+        "model": str(ref.path), "model_fingerprint": ref.cache_key(), "machine": machine.facts(),
         "budget": {"max_accuracy_drop": cfg.max_accuracy_drop, "min_agreement": cfg.min_agreement,
                    "objective": cfg.objective, "batch_size": cfg.batch_size,
                    "threads": cfg.threads or machine.default_threads(), "time_budget_s": cfg.time_budget_s},

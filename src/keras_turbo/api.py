@@ -97,10 +97,11 @@ def evaluate(model, data, reference=None, backend: str | None = None, reference_
     from keras_turbo.data import Dataset, check, load_data
 
     predictor = model if isinstance(model, Predictor) else load(model, backend, threads, unsafe=unsafe, cache_dir=cache_dir)
+    scales = _scales_inputs(model)
     if isinstance(data, Dataset):
-        ds = check(data, predictor.inputs, predictor.outputs, "--data")
+        ds = check(data, predictor.inputs, predictor.outputs, "--data", scales)
     else:
-        ds = load_data(data, predictor.inputs, predictor.outputs, default_split="test", arg="--data")
+        ds = load_data(data, predictor.inputs, predictor.outputs, default_split="test", arg="--data", scales_inputs=scales)
     out = _first(predictor.predict(list(ds.x), batch_size=batch_size))
     result = {"samples": len(ds), "backend": predictor.backend, "accuracy": None, "top1_agreement": None,
               "max_abs_diff": None, "mean_abs_diff": None, "reference_backend": None}
@@ -115,6 +116,16 @@ def evaluate(model, data, reference=None, backend: str | None = None, reference_
         result.update(top1_agreement=float(np.mean(_top1(out) == _top1(ref_out))), max_abs_diff=float(diff.max()),
                       mean_abs_diff=float(diff.mean()), reference_backend=ref_p.backend)
     return result
+
+
+def _scales_inputs(model) -> bool | None:
+    """models.scales_inputs for a model path (None for anything else, a best/ folder included)."""
+    if not isinstance(model, (str, os.PathLike)):
+        return None
+    try:
+        return models.scales_inputs(models.resolve(model))
+    except KerasTurboError:
+        return None
 
 
 def _first(out):

@@ -253,8 +253,11 @@ def convert(model, config: ConvertConfig | None = None, calibration=None, output
         if calibration is None:
             raise KerasTurboError(f"--quantize {cfg.quantize} needs calibration data (--calibration-data DATA)")
         inputs, _ = io_specs(ref)
-        ds = check(calibration, inputs, None, "--calibration-data") if isinstance(calibration, Dataset) else \
-            load_data(calibration, inputs, None, default_split="train", arg="--calibration-data")
+        from keras_turbo.models import scales_inputs
+
+        scales = scales_inputs(ref)
+        ds = check(calibration, inputs, None, "--calibration-data", scales) if isinstance(calibration, Dataset) else \
+            load_data(calibration, inputs, None, default_split="train", arg="--calibration-data", scales_inputs=scales)
         samples = calibration_samples(ds, [t.name for t in inputs], cfg.calibration_size, cfg.seed)
         if len(samples) < MIN_TRUSTED_CALIBRATION:
             msg = (f"--calibration-data: only {len(samples)} calibration samples; int8 ranges from fewer than "

@@ -199,6 +199,24 @@ def _lambda_layers(config_json: str) -> list[str]:
     return found
 
 
+SCALING_LAYERS = ("Rescaling", "Normalization")
+
+
+def scales_inputs(ref: ModelRef) -> bool | None:
+    """Whether a Keras model scales its own inputs (a Rescaling or Normalization layer), read
+    from its config without building it; None where that cannot be told (a SavedModel, an
+    artifact, a damaged file)."""
+    if ref.format not in ("keras", "h5"):
+        return None
+    try:
+        cfg = _config_json(ref)
+    except ModelLoadError:
+        return None
+    if not cfg:
+        return None
+    return any(f'"class_name": "{k}"' in cfg or f'"class_name":"{k}"' in cfg for k in SCALING_LAYERS)
+
+
 # ---------------------------------------------------------------- files a model names
 
 def require_own_file(path: Path, folder: Path | None, what: str) -> None:

@@ -102,6 +102,15 @@ def claim_out_dir(path: str | os.PathLike, force: bool = False, arg: str = "--ou
         fh.close()  # closing releases the lock; the file stays (removing it would race a waiter)
 
 
+def check_replaceable_dir(dst: str | os.PathLike, force: bool = False) -> None:
+    """Fail early (before any work) when `replace_dir_atomically(..., dst, force)` would refuse."""
+    dst = Path(dst)
+    if dst.exists() and not dst.is_dir():
+        raise OutputError(f"{dst}: a file of that name exists where keras-turbo writes a folder")
+    if dst.is_dir() and not is_ours(dst) and not force:
+        raise OutputError(f"{dst}: a folder keras-turbo did not write; not replacing it (move it away, or pass --force)")
+
+
 def replace_dir_atomically(build: Callable[[Path], None] | str | os.PathLike, dst: str | os.PathLike,
                            force: bool = False) -> Path:
     """Write a folder beside `dst` and move it into place, so `dst` is never half-written.
@@ -115,10 +124,7 @@ def replace_dir_atomically(build: Callable[[Path], None] | str | os.PathLike, ds
         OutputError: `dst` exists and keras-turbo did not write it (without force), or is a file.
     """
     dst = Path(dst)
-    if dst.exists() and not dst.is_dir():
-        raise OutputError(f"{dst}: a file of that name exists where keras-turbo writes a folder")
-    if dst.is_dir() and not is_ours(dst) and not force:
-        raise OutputError(f"{dst}: a folder keras-turbo did not write; not replacing it (move it away, or pass --force)")
+    check_replaceable_dir(dst, force)
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.new-", dir=dst.parent))
     old = None

@@ -216,7 +216,7 @@ def recommend(variants: list[dict], objective: str) -> tuple[dict | None, bool]:
 
 def optimize(model, data, train_data=None, config: OptimizeConfig | None = None, out: str | Path = "keras-turbo-out",
              *, progress: Callable[[str, int, int, float], None] | None = None, unsafe: bool = False,
-             cache_dir=None) -> OptimizeResult:
+             cache_dir=None, force: bool = False) -> OptimizeResult:
     """Find the fastest deployable variant of `model` within an accuracy budget.
 
     Args:
@@ -227,7 +227,9 @@ def optimize(model, data, train_data=None, config: OptimizeConfig | None = None,
             QAT); without it only runtime and precision candidates are tried.
         config: budget, objective, batch size, threads, techniques, time budget.
         out: output folder (results.json, report.html, report.md, best/); rerunning with the same
-            folder skips the candidates already measured there.
+            folder skips the candidates already measured there. Created when missing; an existing
+            folder with files keras-turbo did not write is refused unless `force`; locked for the
+            run (a second run into it is refused).
         progress: called with (what, done, total, seconds left in the budget).
 
     Returns:
@@ -235,17 +237,28 @@ def optimize(model, data, train_data=None, config: OptimizeConfig | None = None,
 
     Raises:
         KerasTurboError: no usable data or data that does not fit, before any work starts.
+        OutputError: `out` holds the user's files, is unwritable, or another run holds it.
 
     Example:
         >>> r = keras_turbo.optimize("model.keras", "builtin:digits:test", "builtin:digits:train",
         ...                          OptimizeConfig(max_accuracy_drop=1.0))
         >>> r.recommended["name"], r.report_html
     """
+    from keras_turbo.outputs import check_replaceable_dir, claim_out_dir
+
+    with claim_out_dir(out, force):
+        check_replaceable_dir(Path(out) / "best", force)
+        return _optimize(model, data, train_data, config, out, progress=progress, unsafe=unsafe, cache_dir=cache_dir,
+                         force=force)
+
+
+def _optimize(model, data, train_data, config, out, *, progress, unsafe, cache_dir, force) -> OptimizeResult:
     from keras_turbo import machine
     from keras_turbo.api import as_ref, io_specs, load
     from keras_turbo.bench import BenchmarkConfig, benchmark
     from keras_turbo.convert import ConvertConfig, convert
     from keras_turbo.data import load_data
+    from keras_turbo import models
     from keras_turbo.models import load_keras
 
     cfg = config or OptimizeConfig()
@@ -257,8 +270,9 @@ def optimize(model, data, train_data=None, config: OptimizeConfig | None = None,
     inputs, outputs = io_specs(ref)
     if data is None:
         raise KerasTurboError("--data: optimize needs held-out data to judge accuracy on")
-    eval_ds = load_data(data, inputs, outputs, default_split="test", arg="--data")
-    train_ds = load_data(train_data, inputs, outputs, default_split="train", arg="--train-data") if train_data else None
+    scales = models.scales_inputs(ref)  # warn on 0-255 data into a model that does not scale it
+    eval_ds = load_data(data, inputs, outputs, default_split="test", arg="--data", scales_inputs=scales)
+    train_ds = load_data(train_data, inputs, outputs, default_split="train", arg="--train-data", scales_inputs=scales) if train_data else None
     if cfg.max_accuracy_drop is not None and eval_ds.y is None:
         raise KerasTurboError("--max-accuracy-drop needs labelled --data; use --min-agreement for unlabelled data")
     if train_ds is not None:
@@ -284,7 +298,8 @@ def optimize(model, data, train_data=None, config: OptimizeConfig | None = None,
             prev_doc = json.loads(results_path.read_text())
             if prev_doc.get("model_fingerprint") == ref.cache_key():  # never reuse --unsafe results without it
                 # Skipped candidates are retried: the time budget may be larger this time.
-                previous = {v["name"]: v for v in prev_doc.get("variants", []) if not v.get("skipped")}
+                # So are candidates whose worker a signal killed (the OOM killer): no verdict on them.
+                previous = {v["name"]: v for v in prev_doc.get("variants", []) if not v.get("skipped") and not v.get("retry")}
         except (ValueError, KeyError, TypeError):
             previous, prev_doc = {}, {}  # a damaged results.json: start over rather than trust it
 
@@ -333,6 +348,8 @@ def optimize(model, data, train_data=None, config: OptimizeConfig | None = None,
                        max_abs_diff=float(np.max(np.abs(o.astype("float64") - ref_out))))
             rep = benchmark(artifact, backends=[backend], batch_sizes=[cfg.batch_size], threads=cfg.threads, config=bench_cfg)
             row = rep.results[0]
+            if row.signal:
+                rec["retry"] = True
             if not row.ok:
                 raise KerasTurboError(f"benchmark failed: {row.error}")
             rec.update(ok=True, latency_ms=row.latency_ms, throughput_per_s=row.throughput_per_s, model_bytes=row.model_bytes,
@@ -491,7 +508,7 @@ def optimize(model, data, train_data=None, config: OptimizeConfig | None = None,
     doc["elapsed_s"] = round(time.time() - started, 1)
     save()
     if best:
-        _write_best(out, best)
+        _write_best(out, best, force)
     from keras_turbo.report import write_reports
 
     write_reports(out, doc)
@@ -524,13 +541,16 @@ def _best_exports(variants: list[dict]) -> list[tuple[str, str, str]]:
     return picks
 
 
-def _write_best(out: Path, best: dict) -> None:
-    """best/: the recommended artifact and a manifest, loadable with keras_turbo.load(out/'best')."""
-    dst = out / "best"
-    if dst.exists():
-        shutil.rmtree(dst)
-    art = _copy_artifact(Path(best["artifact"]), dst)
-    manifest = {"name": best["name"], "backend": best["backend"], "artifact": art.name, "steps": best["steps"],
-                "accuracy": best.get("accuracy"), "top1_agreement": best.get("top1_agreement"),
-                "latency_ms": best.get("latency_ms"), "model_bytes": best.get("model_bytes")}
-    _atomic_write(dst / "manifest.json", json.dumps(manifest, indent=2, default=str))
+def _write_best(out: Path, best: dict, force: bool = False) -> None:
+    """best/: the recommended artifact and a manifest, loadable with keras_turbo.load(out/'best').
+    Built beside and renamed into place; a best/ keras-turbo did not write is never replaced."""
+    from keras_turbo.outputs import replace_dir_atomically
+
+    def build(dst: Path) -> None:
+        art = _copy_artifact(Path(best["artifact"]), dst)
+        manifest = {"name": best["name"], "backend": best["backend"], "artifact": art.name, "steps": best["steps"],
+                    "accuracy": best.get("accuracy"), "top1_agreement": best.get("top1_agreement"),
+                    "latency_ms": best.get("latency_ms"), "model_bytes": best.get("model_bytes")}
+        _atomic_write(dst / "manifest.json", json.dumps(manifest, indent=2, default=str))
+
+    replace_dir_atomically(build, out / "best", force)

@@ -66,7 +66,17 @@ class LiteRTPredictor(Predictor):
         self._out_q = [_scale(d) for _, d in out_order]
         self._quantized_io = any(q for q, _ in self._in_q) or any(self._out_q)
         self._shapes = [tuple(d["shape"]) for _, d in in_order]
-        self._it.allocate_tensors()
+        try:
+            self._it.allocate_tensors()
+        except RuntimeError as e:
+            msg = " ".join(str(e).split())
+            if "custom op" in msg:  # the file needs op kernels that only its author's build has
+                op = msg.split("custom op:", 1)[-1].split(".")[0].strip() if "custom op:" in msg else "?"
+                from keras_turbo.errors import ModelLoadError
+
+                raise ModelLoadError(f"{ref.path}: uses the custom op {op}, which LiteRT here has no kernel for "
+                                     "(it needs the runtime build it was made for)") from e
+            raise unreadable(ref.path, ".tflite", e) from e
         if batch_size:
             self._resize([(batch_size, *s[1:]) for s in self._shapes])
 

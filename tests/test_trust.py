@@ -499,9 +499,12 @@ def test_damaged_cache_entry_is_rebuilt(tmp_path, model_files):
     ref = resolve(model_files["sequential"][0])
     art = exporters.export(ref, "tflite", tmp_path)
     good = art.path.read_bytes()
+    stale = art.path.parent.parent / ".tflite.build-killed"  # a scratch folder a SIGKILLed run left
+    stale.mkdir()
     art.path.write_bytes(good[: len(good) // 2])  # truncated, as a killed copy would leave it
     again = exporters.export(ref, "tflite", tmp_path)
     assert again.path == art.path and again.path.read_bytes() == good
+    assert not stale.exists()  # cleared by the next build of that entry
 
 
 # ------------------------------------------------------------------ interruption
@@ -617,8 +620,10 @@ def test_worker_dies_with_a_killed_parent(tmp_path, model_files):
 
 def test_uint8_images_into_a_unit_range_model_warn(capsys, tmp_path, digits_model):
     from keras_turbo.data import load_digits
+    from keras_turbo.zoo import DIGITS_INPUT
+    from keras_turbo.runtimes.base import TensorInfo
 
-    ds = load_digits(None, "test")
+    ds = load_digits([TensorInfo("image", (None, *DIGITS_INPUT), "float32")], "test")
     x = (ds.x[0] * 255).round().astype("uint8")
     np.savez(tmp_path / "u8.npz", x=x, y=ds.y)
     code, out, err = run_cli(capsys, "evaluate", digits_model[0], "--data", tmp_path / "u8.npz", "--backend", "keras-call")

@@ -87,6 +87,17 @@ def intact(folder: Path) -> bool:
     return True
 
 
+def scratch(entry: Path) -> Path:
+    """A new scratch folder to build `entry` in (the caller holds `lock(entry)`). Scratch folders
+    of the same entry left by a killed run are removed first: under the lock, no live run can
+    be using them."""
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{entry.name}.build-"
+    for stale in entry.parent.glob(prefix + "*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=entry.parent))
+
+
 def publish(tmp: Path, entry: Path) -> None:
     """Record `tmp` and move it into place as `entry` (the caller holds `lock(entry)`)."""
     record(tmp)

@@ -284,7 +284,7 @@ def convert(model, config: ConvertConfig | None = None, calibration=None, output
         out = entry / f"model{target.suffix}"
         with cache.lock(entry):
             if not (out.exists() and cache.intact(entry)):
-                tmpdir = Path(tempfile.mkdtemp(prefix=".convert-", dir=entry.parent))
+                tmpdir = cache.scratch(entry)
                 try:
                     _build(ref, cfg, target, samples, keep_nodes, tmpdir / out.name, cache_dir)
                     cache.publish(tmpdir, entry)

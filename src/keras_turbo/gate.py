@@ -9,8 +9,8 @@ preprocessing layers and several keras.applications models with `weights=None`, 
 the ops of the graph and of every function in its library), plus pure tensor math of the same
 kind. Everything else is refused by name unless the user passes --unsafe.
 
-The check reads `saved_model.pb` with the protobuf parser alone: no TensorFlow import, nothing
-runs. It covers the top-level graph and every function of the library (serving functions,
+The check reads `saved_model.pb` with the protobuf parser alone (TensorFlow's generated message
+classes; no graph is imported or run). It covers the top-level graph and every function of the library (serving functions,
 resource initializers, While / If bodies), whether or not anything calls them.
 
 TensorFlow's own saver functions (`__inference__traced_save/_restore`, named by the
@@ -132,7 +132,10 @@ def check_savedmodel(path: str | Path, unsafe: bool = False) -> None:
     if pb.stat().st_size > MAX_PB_BYTES:
         raise ModelLoadError(f"{path}: saved_model.pb is {pb.stat().st_size >> 20} MiB; over the {MAX_PB_BYTES >> 20} MiB "
                              "keras-turbo reads (weights belong in variables/)")
-    from tensorflow.core.protobuf import saved_model_pb2  # the generated protobuf module only: TF does not start
+    from keras_turbo import _tf
+
+    _tf.tf()  # importing the message classes imports TensorFlow: do it quietly, as everywhere else
+    from tensorflow.core.protobuf import saved_model_pb2
 
     sm = saved_model_pb2.SavedModel()
     try:

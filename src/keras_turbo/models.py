@@ -273,9 +273,10 @@ def load_keras(ref: ModelRef):
     """
     if not ref.is_keras:
         raise ModelLoadError(f"{ref.path}: a .{ref.format} artifact, not a Keras model")
-    keras = _tf.keras()
     if ref.unsafe:
         warnings.warn(UNSAFE_WARNING, stacklevel=2)
+    # Every check below reads the file without TensorFlow: a refused file costs milliseconds
+    # and a few MB, not TensorFlow's start-up.
     if ref.format == "savedmodel":
         check_savedmodel(ref.path, ref.unsafe)
         return _wrap_savedmodel(ref)
@@ -294,6 +295,7 @@ def load_keras(ref: ModelRef):
                 f"{ref.path}: holds Lambda layer(s) {', '.join(lambdas)} with Python code; refused in safe mode "
                 "(pass --unsafe only if you trust this file)"
             )
+    keras = _tf.keras()
     try:
         model = keras.models.load_model(ref.path, compile=False, safe_mode=not ref.unsafe)
     except Exception as e:

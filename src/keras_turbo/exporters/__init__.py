@@ -10,7 +10,6 @@ The registry is written out by hand: target name -> (file name, function).
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 
 from keras_turbo import cache
@@ -56,7 +55,7 @@ def export(ref: ModelRef, target: str, cache_dir: Path | None = None) -> ModelRe
     with cache.lock(entry):
         if out.exists() and cache.intact(entry):
             return ModelRef(out, fmt, ref.unsafe)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target}-", dir=entry.parent))
+        tmp = cache.scratch(entry)
         try:
             fn(source, tmp / name)
             cache.publish(tmp, entry)

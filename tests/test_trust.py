@@ -242,15 +242,23 @@ def test_unsafe_exports_are_cached_apart(crafted, tmp_path):
     assert resolve(sm).cache_key() != resolve(sm, unsafe=True).cache_key()
 
 
-def test_keras_recurrent_and_text_models_pass_the_gate(tmp_path):
+def test_keras_layer_zoo_passes_the_gate(tmp_path):
+    """The allow-list must not refuse what Keras itself exports: recurrent control flow, text
+    lookups, augmentation and discretization layers in one model."""
     from tests.conftest import keras
 
-    tv = keras.layers.TextVectorization(max_tokens=20, output_sequence_length=5)
+    L = keras.layers
+    tv = L.TextVectorization(max_tokens=20, output_sequence_length=5, split="character")
     tv.adapt(["hello world foo", "bar baz Qux!"])
-    inp = keras.Input((1,), dtype="string")
-    h = keras.layers.Embedding(21, 4)(tv(inp))
-    h = keras.layers.GRU(3)(keras.layers.LSTM(4, return_sequences=True)(h))
-    keras.Model(inp, keras.layers.Dense(2)(h)).export(str(tmp_path / "sm"), format="tf_saved_model", verbose=False)
+    text = keras.Input((1,), dtype="string", name="text")
+    h = L.GRU(3)(L.LSTM(4, return_sequences=True)(L.Embedding(21, 4)(tv(text))))
+    img = keras.Input((16, 16, 3), name="img")
+    g = L.RandomRotation(0.1)(L.RandomFlip()(L.Resizing(12, 12)(L.Rescaling(1 / 255)(img))))
+    g = L.GlobalAveragePooling2D()(L.Conv2D(4, 3)(g))
+    num = keras.Input((3,), name="num")
+    n = L.CategoryEncoding(4, output_mode="count")(L.Discretization(bin_boundaries=[0.0, 1.0, 2.0])(num))
+    model = keras.Model([text, img, num], L.Dense(2)(L.Concatenate()([h, g, n])))
+    model.export(str(tmp_path / "sm"), format="tf_saved_model", verbose=False)
     check_savedmodel(tmp_path / "sm")
 
 
@@ -642,7 +650,7 @@ def test_inspect_openvino_ir(capsys, openvino_ir):
 
 
 def test_tflite_custom_op_is_one_line(capsys, tmp_path):
-    @tf.function(input_signature=[tf.TensorSpec([1, 4], tf.float32)])
+    @tf.function(input_signature=[tf.TensorSpec([1, 4], tf.float32)], autograph=False)
     def f(x):
         return tf.raw_ops.Igamma(a=x, x=x)
 

@@ -71,7 +71,23 @@ _PURE = {
     "TensorListResize", "TensorListScatterIntoExistingList", "TensorListSplit", "TensorScatterUpdate", "TopKV2",
     "TruncateDiv", "TruncatedNormal", "Unique", "Unpack", "Where", "Xdivy", "Xlogy", "ZerosLike",
 }
-ALLOWED_OPS = frozenset(_SEEN | _PURE)
+# Seen in a second sweep (augmentation layers, Discretization, TF-IDF and character
+# TextVectorization, 3D convolutions, attention, EfficientNetV2, Xception, InceptionV3, VGG16),
+# and their close kin that other settings of the same layers use.
+_SEEN_MORE = {
+    "Bucketize", "ImageProjectiveTransformV3", "RaggedBincount", "StatelessRandomGetKeyCounter", "UnicodeDecode",
+    "UnicodeEncode", "UnicodeDecodeWithOffsets", "UnicodeTranscode", "StatelessRandomUniformIntV2",
+    "StatelessTruncatedNormalV2", "StatelessRandomGetAlg", "StatelessRandomGetKeyCounterAlg", "RngReadAndSkip",
+    "RandomUniformInt", "AdjustContrastv2", "AdjustHue", "AdjustSaturation", "RGBToHSV", "HSVToRGB",
+    "ImageProjectiveTransformV2", "Assert", "StringFormat", "Bitcast", "Rint", "Inv", "Roll", "UniqueV2",
+    "SegmentSum", "SegmentMean", "SegmentMax", "UnsortedSegmentSum", "UnsortedSegmentMax", "SparseToDense",
+    "MatrixDiagPartV3", "MatrixSetDiagV3", "NonMaxSuppressionV3", "NonMaxSuppressionV4", "NonMaxSuppressionV5",
+    "CombinedNonMaxSuppression", "RFFT", "IRFFT", "FFT", "IFFT", "ComplexAbs", "Complex", "Real", "Imag", "Angle",
+    "Lgamma", "Erfinv", "Ndtri", "StringToNumber", "RegexFullMatch", "ReduceJoin", "StringToHashBucket",
+    "Fingerprint", "LookupTableRemoveV2", "RaggedTensorToSparse", "RaggedTensorToVariant", "RaggedTensorFromVariant",
+    "RaggedGather", "Conv3DBackpropInput", "Dilation2D", "DepthwiseConv2dNativeBackpropInput",
+}
+ALLOWED_OPS = frozenset(_SEEN | _PURE | _SEEN_MORE)
 
 # Only inside TensorFlow's own saver functions (see the module docstring).
 SAVER_OPS = frozenset({"SaveV2", "RestoreV2", "MergeV2Checkpoints", "ShardedFilename"})

@@ -622,6 +622,15 @@ def test_worker_dies_with_a_killed_parent(tmp_path, model_files):
     except psutil.NoSuchProcess:
         pass
     assert not worker.is_running() or worker.status() == psutil.STATUS_ZOMBIE
+    # its job folder outlived it (nothing runs after SIGKILL); the next benchmark removes it
+    import tempfile
+
+    from keras_turbo.bench import _remove_orphaned_job_folders
+
+    left = list(Path(tempfile.gettempdir()).glob(f"kt-bench-{p.pid}-*"))
+    assert left
+    _remove_orphaned_job_folders()
+    assert not any(f.exists() for f in left)
 
 
 # ------------------------------------------------------------------ input sanity

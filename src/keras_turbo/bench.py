@@ -228,6 +228,23 @@ def _kill_group(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
+def _remove_orphaned_job_folders() -> None:
+    """Job folders are named after the process that made them (kt-bench-PID-*); one whose
+    process is gone was left by a run killed outright (SIGKILL leaves no chance to clean up)."""
+    import shutil
+
+    for folder in Path(tempfile.gettempdir()).glob("kt-bench-*-*"):
+        pid = folder.name.split("-")[2]
+        if not pid.isdigit() or pid == str(os.getpid()):
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except PermissionError:  # alive, another user's
+            pass
+
+
 def run_isolated(job: dict, timeout_s: float) -> dict:
     """Run one job in a fresh interpreter and return its result dict (ok=False on any failure).
 
@@ -237,7 +254,8 @@ def run_isolated(job: dict, timeout_s: float) -> dict:
     """
     import signal
 
-    with tempfile.TemporaryDirectory(prefix="kt-bench-") as tmp:
+    _remove_orphaned_job_folders()
+    with tempfile.TemporaryDirectory(prefix=f"kt-bench-{os.getpid()}-") as tmp:
         job_path, result_path = Path(tmp, "job.json"), Path(tmp, "result.json")
         job_path.write_text(json.dumps(job))
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1", KERAS_TURBO_PARENT_PID=str(os.getpid()))

@@ -79,8 +79,10 @@ def claim_out_dir(path: str | os.PathLike, force: bool = False, arg: str = "--ou
             raise OutputError(f"{arg} {out}: holds files keras-turbo did not write ({shown}); "
                               "choose a new folder, or pass --force to write beside them")
     _check_writable_dir(out, arg, out)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     fh = open(out / LOCK, "a+")
+    failed = False
     try:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -98,8 +100,19 @@ def claim_out_dir(path: str | os.PathLike, force: bool = False, arg: str = "--ou
         if not is_ours(out):
             _write_marker(out, "run")
         yield out
+    except BaseException:
+        failed = True
+        raise
     finally:
-        fh.close()  # closing releases the lock; the file stays (removing it would race a waiter)
+        # A run that failed before writing anything (bad data, say) leaves no folder behind when
+        # it made the folder. Otherwise the lock file stays: removing it would race a waiter.
+        if failed and created and {p.name for p in out.iterdir()} <= {MARKER, LOCK}:
+            for name in (MARKER, LOCK):
+                with contextlib.suppress(FileNotFoundError):
+                    (out / name).unlink()
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        fh.close()  # closing releases the lock
 
 
 def check_replaceable_dir(dst: str | os.PathLike, force: bool = False) -> None:

@@ -431,6 +431,11 @@ def test_best_is_replaced_atomically_and_only_when_ours(tmp_path):
     with pytest.raises(OutputError, match="did not write"):
         replace_dir_atomically(lambda d: None, theirs)
     assert (theirs / "x").read_text() == "mine"
+    legacy = tmp_path / "legacy"  # a best/ written before markers existed: its manifest says whose it is
+    legacy.mkdir()
+    (legacy / "manifest.json").write_text(json.dumps({"artifact": "m.tflite", "backend": "litert", "steps": []}))
+    replace_dir_atomically(lambda d: (d / "new").write_text("1"), legacy)
+    assert (legacy / "new").exists()
 
 
 def test_output_files_never_overwrite_inputs_or_existing_files(capsys, tmp_path, model_files):

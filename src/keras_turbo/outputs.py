@@ -36,8 +36,19 @@ def _write_marker(folder: Path, kind: str) -> None:
 
 
 def is_ours(folder: Path) -> bool:
-    """Whether keras-turbo made `folder` (its marker file is there)."""
-    return (Path(folder) / MARKER).is_file()
+    """Whether keras-turbo made `folder`: its marker file is there, or (folders written before
+    markers existed) a results.json or best/manifest.json in keras-turbo's own schema."""
+    folder = Path(folder)
+    if (folder / MARKER).is_file():
+        return True
+    for name, keys in (("results.json", {"model_fingerprint", "variants"}), ("manifest.json", {"artifact", "backend", "steps"})):
+        f = folder / name
+        try:
+            if f.is_file() and f.stat().st_size < (64 << 20) and keys <= set(json.loads(f.read_text())):
+                return True
+        except (OSError, ValueError, TypeError):
+            pass
+    return False
 
 
 def _nearest_existing(path: Path) -> Path:

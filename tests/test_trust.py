@@ -388,6 +388,13 @@ def test_npz_is_memory_mapped_or_read_in_chunks(tmp_path):
     np.savez(tmp_path / "p.npz", x=np.array([{"a": 1}], dtype=object))
     with pytest.raises(DataError, match="pickled"):
         load_data(str(tmp_path / "p.npz"))
+    # a header that claims far more than the member holds (an npz bomb) is refused unallocated
+    with zipfile.ZipFile(tmp_path / "bomb.npz", "w", zipfile.ZIP_DEFLATED) as z:
+        with z.open("x.npy", "w") as fh:
+            np.lib.format.write_array_header_1_0(fh, {"descr": "<f4", "fortran_order": False, "shape": (10**12,)})
+            fh.write(b"\0" * 64)
+    with pytest.raises(DataError, match="declares shape"):
+        load_data(str(tmp_path / "bomb.npz"))
 
 
 # ------------------------------------------------------------------ outputs never destroy

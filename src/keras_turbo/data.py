@@ -130,6 +130,14 @@ def _npy_members(path: Path) -> dict[str, np.ndarray]:
                 header_len = fh.tell()
                 count = int(np.prod(shape, dtype=np.int64))
                 order = "F" if fortran else "C"
+                # The header's shape must match the bytes the member holds: a small file must not
+                # make us allocate what its header claims (an npz bomb).
+                if header_len + count * dtype.itemsize != info.file_size:
+                    raise DataError(f"{path}: array {info.filename[:-4]!r} declares shape {shape} but holds "
+                                    f"{info.file_size - header_len:,} bytes (damaged or hostile)")
+                if info.compress_type != zipfile.ZIP_STORED and count * dtype.itemsize > _available_bytes():
+                    raise DataError(f"{path}: array {info.filename[:-4]!r} inflates to {count * dtype.itemsize / 2**30:.1f} GiB, "
+                                    "more than the memory available (store it uncompressed: np.savez, not savez_compressed)")
                 if info.compress_type == zipfile.ZIP_STORED and count:
                     out[info.filename[:-4]] = np.memmap(path, dtype=dtype, mode="r", shape=shape, order=order,
                                                         offset=_member_data_offset(path, info) + header_len)
@@ -144,6 +152,12 @@ def _npy_members(path: Path) -> dict[str, np.ndarray]:
                     done += n
                 out[info.filename[:-4]] = flat.reshape(shape, order=order)
     return out
+
+
+def _available_bytes() -> int:
+    import psutil
+
+    return int(psutil.virtual_memory().available)
 
 
 def _member_data_offset(path: Path, info) -> int:

@@ -285,6 +285,8 @@ def _optimize(model, data, train_data, config, out, *, progress, unsafe, cache_d
 
         calib_ds = Dataset(tuple(a[idx[:k]] for a in eval_ds.x), None, eval_ds.source) if k else eval_ds
         rest = idx[k:] if k else idx
+        if cfg.eval_size < len(rest):  # the subset take() below keeps, chosen first: one copy of it, not of all the rest
+            rest = rest[np.sort(np.random.default_rng(0).choice(len(rest), size=cfg.eval_size, replace=False))]
         eval_ds = Dataset(tuple(a[rest] for a in eval_ds.x), None if eval_ds.y is None else eval_ds.y[rest], eval_ds.source)
     eval_ds = eval_ds.take(cfg.eval_size, 0)
 

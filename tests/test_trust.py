@@ -681,3 +681,25 @@ def test_tflite_custom_op_is_one_line(capsys, tmp_path):
         (tmp_path / "c.tflite").write_bytes(conv.convert())
     code, _, err = run_cli(capsys, "inspect", tmp_path / "c.tflite")
     one_line_error(code, err, "custom op Igamma")
+
+
+def test_data_outside_the_calibrated_range_warns(tmp_path, model_files):
+    """An int8-I/O model represents only the input range calibration saw: 0-255 data into a
+    model calibrated on [0, 1] is clipped, and evaluate says so in one line."""
+    import warnings
+
+    import keras_turbo
+    from keras_turbo.convert import ConvertConfig, convert
+    from keras_turbo.data import Dataset
+
+    rng = np.random.default_rng(0)
+    unit = rng.random((120, 12, 12, 3), dtype="float32")
+    r = convert(model_files["sequential"][0], ConvertConfig(to="litert", quantize="int8", int8_io=True,
+                                                             calibration_size=100), Dataset((unit,), None, "calib"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        keras_turbo.evaluate(r.path, Dataset((unit[:20],), None, "unit"))
+        assert not [w for w in caught if "calibrated" in str(w.message)]
+        keras_turbo.evaluate(r.path, Dataset((unit[:20] * 255,), None, "bytes"))
+    msgs = [str(w.message) for w in caught if "calibrated" in str(w.message)]
+    assert len(msgs) == 1 and "scale the data as in calibration" in msgs[0], msgs

@@ -94,7 +94,7 @@ def evaluate(model, data, reference=None, backend: str | None = None, reference_
     Raises:
         KerasTurboError: unreadable data, data that does not fit, labels out of range.
     """
-    from keras_turbo.data import Dataset, check, load_data
+    from keras_turbo.data import Dataset, check, load_data, warn_if_outside
 
     predictor = model if isinstance(model, Predictor) else load(model, backend, threads, unsafe=unsafe, cache_dir=cache_dir)
     scales = _scales_inputs(model)
@@ -102,6 +102,7 @@ def evaluate(model, data, reference=None, backend: str | None = None, reference_
         ds = check(data, predictor.inputs, predictor.outputs, "--data", scales)
     else:
         ds = load_data(data, predictor.inputs, predictor.outputs, default_split="test", arg="--data", scales_inputs=scales)
+    warn_if_outside(ds, predictor.input_ranges, predictor.inputs, "--data")
     out = _first(predictor.predict(list(ds.x), batch_size=batch_size))
     result = {"samples": len(ds), "backend": predictor.backend, "accuracy": None, "top1_agreement": None,
               "max_abs_diff": None, "mean_abs_diff": None, "reference_backend": None}

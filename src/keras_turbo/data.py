@@ -317,6 +317,25 @@ def _warn_if_unscaled(a: np.ndarray, name: str, want: str, arg: str, source: str
                       "divide the data by 255 (accuracy will suffer otherwise)", stacklevel=3)
 
 
+def warn_if_outside(ds: Dataset, ranges, inputs: Sequence[TensorInfo], arg: str = "DATA") -> None:
+    """One line per input whose data reaches far outside the range the model can represent
+    (`Predictor.input_ranges`: an int8 input quantized with its calibration data's range):
+    0-255 data into a model calibrated on [0, 1] is clipped to garbage, silently otherwise."""
+    import warnings
+
+    for a, r, t in zip(ds.x, ranges or (), inputs):
+        if r is None or len(a) == 0:
+            continue
+        rows = 4096
+        lo = min(float(a[i:i + rows].min()) for i in range(0, len(a), rows))
+        hi = max(float(a[i:i + rows].max()) for i in range(0, len(a), rows))
+        span = max(r[1] - r[0], 1e-12)
+        if lo < r[0] - 0.5 * span or hi > r[1] + 0.5 * span:
+            warnings.warn(f"{arg}: {ds.source}: input {t.name!r} holds values in {lo:g}..{hi:g}, but the model was "
+                          f"calibrated for {r[0]:.3g}..{r[1]:.3g} and clips the rest; scale the data as in calibration",
+                          stacklevel=3)
+
+
 def check(ds: Dataset, inputs: Sequence[TensorInfo] | None, outputs: Sequence[TensorInfo] | None, arg: str = "DATA",
           scales_inputs: bool | None = None) -> Dataset:
     """Validate a Dataset against a model; returns it with float inputs cast to the model's dtype.

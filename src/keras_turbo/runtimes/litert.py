@@ -63,6 +63,10 @@ class LiteRTPredictor(Predictor):
         super().__init__([info(n, d) for n, d in in_order], [info(n, d) for n, d in out_order], threads,
                          device="cpu", model_bytes=ref.size_bytes, artifact=str(ref.path))
         self._in_q = [(_scale(d), d["dtype"]) for _, d in in_order]
+        # An int8 input represents only the range calibration saw: say so, for the data checks.
+        self.input_ranges = tuple(
+            (float((np.iinfo(t).min - q[1]) * q[0]), float((np.iinfo(t).max - q[1]) * q[0])) if q else None
+            for q, t in self._in_q)
         self._out_q = [_scale(d) for _, d in out_order]
         self._quantized_io = any(q for q, _ in self._in_q) or any(self._out_q)
         self._shapes = [tuple(d["shape"]) for _, d in in_order]

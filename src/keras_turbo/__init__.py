@@ -15,16 +15,64 @@ Public API (the CLI calls the same functions):
 
 from __future__ import annotations
 
+import importlib
+import sys
+import types
+
 from keras_turbo import _tf  # noqa: F401  (sets TensorFlow's logging before anything imports it)
-from keras_turbo.api import evaluate, load, load_model
-from keras_turbo.bench import BenchmarkConfig, BenchmarkReport, benchmark
-from keras_turbo.convert import ConvertConfig, ConvertResult, convert
-from keras_turbo.errors import BackendError, DataError, KerasTurboError, ModelLoadError
-from keras_turbo.runtimes import BACKENDS, Predictor
-from keras_turbo.optimize import OptimizeConfig, OptimizeResult, optimize
-from keras_turbo.sensitivity import FallbackConfig, FallbackResult, quantize_with_fallback, quantize_with_repair
+from keras_turbo.errors import BackendError, DataError, KerasTurboError, ModelLoadError, OutputError
 
 __version__ = "0.1.0"
+
+# The rest of the public API is imported on first use: `import keras_turbo` (and so the CLI's
+# start) stays a few milliseconds, so a Ctrl-C in the first instant already meets the CLI's
+# handler instead of printing a traceback from deep inside an import.
+_LAZY = {
+    "evaluate": "keras_turbo.api", "load": "keras_turbo.api", "load_model": "keras_turbo.api",
+    "BenchmarkConfig": "keras_turbo.bench", "BenchmarkReport": "keras_turbo.bench", "benchmark": "keras_turbo.bench",
+    "ConvertConfig": "keras_turbo.convert", "ConvertResult": "keras_turbo.convert",
+    "BACKENDS": "keras_turbo.runtimes", "Predictor": "keras_turbo.runtimes",
+    "OptimizeConfig": "keras_turbo.optimize", "OptimizeResult": "keras_turbo.optimize",
+    "FallbackConfig": "keras_turbo.sensitivity", "FallbackResult": "keras_turbo.sensitivity",
+    "quantize_with_fallback": "keras_turbo.sensitivity", "quantize_with_repair": "keras_turbo.sensitivity",
+}
+
+
+class _Package(types.ModuleType):
+    """`keras_turbo.convert` and `keras_turbo.optimize` are the functions (the submodule and the
+    package of the same names are imported lazily, and the import system's setting of them there
+    is ignored), as when this file imported the functions eagerly."""
+
+    @property
+    def convert(self):
+        from keras_turbo.convert import convert
+
+        return convert
+
+    @convert.setter
+    def convert(self, value):
+        pass
+
+    @property
+    def optimize(self):
+        from keras_turbo.optimize import optimize
+
+        return optimize
+
+    @optimize.setter
+    def optimize(self, value):
+        pass
+
+
+sys.modules[__name__].__class__ = _Package
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'keras_turbo' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
 
 
 def inspect(model, unsafe: bool = False) -> dict:
@@ -47,6 +95,6 @@ def devices() -> dict:
     return _devices()
 
 
-__all__ = ["BACKENDS", "BackendError", "BenchmarkConfig", "BenchmarkReport", "ConvertConfig", "ConvertResult", "DataError",
+__all__ = ["BACKENDS", "BackendError", "OutputError", "BenchmarkConfig", "BenchmarkReport", "ConvertConfig", "ConvertResult", "DataError",
            "FallbackConfig", "FallbackResult", "KerasTurboError", "ModelLoadError", "OptimizeConfig", "OptimizeResult", "Predictor", "optimize", "benchmark", "convert",
            "devices", "evaluate", "inspect", "load", "load_model", "quantize_with_fallback", "quantize_with_repair"]

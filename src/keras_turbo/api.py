@@ -102,13 +102,15 @@ def evaluate(model, data, reference=None, backend: str | None = None, reference_
     Raises:
         KerasTurboError: unreadable data, data that does not fit, labels out of range.
     """
-    from keras_turbo.data import Dataset, check, load_data
+    from keras_turbo.data import Dataset, check, load_data, warn_if_outside
 
     predictor = model if isinstance(model, Predictor) else load(model, backend, threads, unsafe=unsafe, cache_dir=cache_dir)
+    scales = _scales_inputs(model)
     if isinstance(data, Dataset):
-        ds = check(data, predictor.inputs, predictor.outputs, "--data")
+        ds = check(data, predictor.inputs, predictor.outputs, "--data", scales)
     else:
-        ds = load_data(data, predictor.inputs, predictor.outputs, default_split="test", arg="--data")
+        ds = load_data(data, predictor.inputs, predictor.outputs, default_split="test", arg="--data", scales_inputs=scales)
+    warn_if_outside(ds, predictor.input_ranges, predictor.inputs, "--data")
     out = _first(predictor.predict(list(ds.x), batch_size=batch_size))
     result = {"samples": len(ds), "backend": predictor.backend, "accuracy": quality.accuracy(out, ds.y),
               "top1_agreement": None, "max_abs_diff": None, "mean_abs_diff": None, "reference_backend": None}
@@ -141,6 +143,16 @@ def _judge_outputs(predictor, ref_p, reference, ds, batch_size, overrides, budge
     if budget:
         res["within_budget"], res["verdict"] = within_budget(q, budget)
     return res
+
+
+def _scales_inputs(model) -> bool | None:
+    """models.scales_inputs for a model path (None for anything else, a best/ folder included)."""
+    if not isinstance(model, (str, os.PathLike)):
+        return None
+    try:
+        return models.scales_inputs(models.resolve(model))
+    except KerasTurboError:
+        return None
 
 
 def _first(out):

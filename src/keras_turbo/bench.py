@@ -92,6 +92,7 @@ class Result:
     device: str = "cpu"
     artifact: str | None = None
     pid: int | None = None  # the worker process that measured it
+    signal: int | None = None  # the signal that killed the worker (the OOM killer's SIGKILL...): worth a retry
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -202,20 +203,83 @@ def _worker(job_path: str, result_path: str) -> int:
     return 0
 
 
+def _die_with_parent() -> None:
+    """In the worker: be killed when the parent dies, however it dies (even SIGKILL, which leaves
+    it no chance to clean up). Linux's parent-death signal, set through prctl."""
+    parent = int(os.environ.get("KERAS_TURBO_PARENT_PID", "0"))
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        PR_SET_PDEATHSIG = 1
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):  # no libc symbol: the parent's group kill still applies
+            pass
+    if parent and os.getppid() != parent:  # the parent died before prctl took hold
+        os._exit(1)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """Kill the worker and anything it started (it leads its own process group)."""
+    import signal
+
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
+
+
+def _remove_orphaned_job_folders() -> None:
+    """Job folders are named after the process that made them (kt-bench-PID-*); one whose
+    process is gone was left by a run killed outright (SIGKILL leaves no chance to clean up)."""
+    import shutil
+
+    for folder in Path(tempfile.gettempdir()).glob("kt-bench-*-*"):
+        pid = folder.name.split("-")[2]
+        if not pid.isdigit() or pid == str(os.getpid()):
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except PermissionError:  # alive, another user's
+            pass
+
+
 def run_isolated(job: dict, timeout_s: float) -> dict:
-    """Run one job in a fresh interpreter and return its result dict (ok=False on any failure)."""
-    with tempfile.TemporaryDirectory(prefix="kt-bench-") as tmp:
+    """Run one job in a fresh interpreter and return its result dict (ok=False on any failure).
+
+    The worker leads its own process group (a Ctrl-C at the terminal reaches only this process,
+    which then kills the group and removes the job folder) and dies with this process. A worker
+    killed by a signal says so (`signal`), so callers can retry it rather than record a verdict.
+    """
+    import signal
+
+    _remove_orphaned_job_folders()
+    with tempfile.TemporaryDirectory(prefix=f"kt-bench-{os.getpid()}-") as tmp:
         job_path, result_path = Path(tmp, "job.json"), Path(tmp, "result.json")
         job_path.write_text(json.dumps(job))
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1", KERAS_TURBO_PARENT_PID=str(os.getpid()))
+        proc = subprocess.Popen([sys.executable, "-m", "keras_turbo.bench", str(job_path), str(result_path)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
         try:
-            proc = subprocess.run([sys.executable, "-m", "keras_turbo.bench", str(job_path), str(result_path)],
-                                  capture_output=True, text=True, timeout=timeout_s, env=env, stdin=subprocess.DEVNULL)
+            _, stderr = proc.communicate(timeout=timeout_s)
         except subprocess.TimeoutExpired:
+            _kill_group(proc)
             return {"ok": False, "error": f"timed out after {timeout_s:.0f} s"}
+        except BaseException:  # Ctrl-C, SIGTERM: no worker outlives the run
+            _kill_group(proc)
+            raise
+        if proc.returncode < 0:
+            name = signal.Signals(-proc.returncode).name
+            return {"ok": False, "signal": -proc.returncode,
+                    "error": f"worker killed by {name} (out of memory?); retried on the next run"}
         if result_path.exists():
             return json.loads(result_path.read_text())
-        lines = [ln for ln in (proc.stderr or "").splitlines() if ln.strip()]
+        lines = [ln for ln in (stderr or "").splitlines() if ln.strip()]
         tail = lines[-1].strip()[:300] if lines else "no output"
         return {"ok": False, "error": f"worker exited with code {proc.returncode}: {tail}"}
 
@@ -247,8 +311,10 @@ class BenchmarkReport:
                 "results": [r.to_dict() for r in self.results]}
 
     def write_json(self, path: str | os.PathLike) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
+        from keras_turbo.outputs import write_file_atomically
+
+        text = json.dumps(self.to_dict(), indent=2)
+        write_file_atomically(path, lambda tmp: tmp.write_text(text))
 
     def get(self, backend: str, batch_size: int = 1) -> Result | None:
         return next((r for r in self.results if r.backend == backend and r.batch_size == batch_size), None)
@@ -334,5 +400,6 @@ def benchmark(model, backends: Sequence[str] | None = None, batch_sizes: Sequenc
 if __name__ == "__main__":
     if len(sys.argv) != 3:
         raise SystemExit("usage: python -m keras_turbo.bench JOB.json RESULT.json (internal: the benchmark worker)")
+    _die_with_parent()
     raise SystemExit(_worker(sys.argv[1], sys.argv[2]))
 

@@ -36,8 +36,24 @@ def _positive_int(name):
 
 def _write_json(path: str | None, obj) -> None:
     if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(obj, indent=2, default=str))
+        from keras_turbo.outputs import write_file_atomically
+
+        text = json.dumps(obj, indent=2, default=str)
+        write_file_atomically(path, lambda tmp: tmp.write_text(text))
+
+
+def _check_outputs(args, *inputs, files=("json",)) -> None:
+    """Every output file the command will write, checked before any work starts: not an input,
+    not an existing file without --force, not a folder, in a writable place."""
+    from keras_turbo.outputs import check_output_file
+
+    paths = {name: getattr(args, name, None) for name in files}
+    given = [p for p in paths.values() if p]
+    if len(given) != len({str(Path(p).absolute()) for p in given}):
+        raise KerasTurboError(f"{', '.join(given)}: two outputs name the same file")
+    for name, path in paths.items():
+        flag = "-o" if name == "output" else f"--{name}"
+        check_output_file(path, inputs, getattr(args, "force", False), flag)
 
 
 def _console():
@@ -54,6 +70,7 @@ def _console():
 def cmd_inspect(args) -> int:
     import keras_turbo
 
+    _check_outputs(args, args.model)
     info = keras_turbo.inspect(args.model, unsafe=args.unsafe)
     _write_json(args.json, info)
     out, _ = _console()
@@ -107,6 +124,7 @@ def _run_benchmark(model, backends, batch_sizes, threads, cfg, unsafe=False):
 def cmd_benchmark(args) -> int:
     from keras_turbo.report import benchmark_table
 
+    _check_outputs(args, args.model)
     report = _run_benchmark(args.model, args.backend, args.batch_size or [1], args.threads, _bench_config(args), args.unsafe)
     out, _ = _console()
     out.print(benchmark_table(report))
@@ -114,12 +132,16 @@ def cmd_benchmark(args) -> int:
         report.write_json(args.json)
         out.print(f"results written to {args.json}")
     failed = [r for r in report.results if not r.ok]
-    return 0 if len(failed) < len(report.results) else 1
+    if len(failed) == len(report.results):
+        print("keras-turbo: error: nothing was measured: every runtime failed (reasons in the table)", file=sys.stderr)
+        return 1
+    return 0
 
 
 def cmd_evaluate(args) -> int:
     import keras_turbo
 
+    _check_outputs(args, args.model, args.data, args.reference)
     budget = None
     if args.min_agreement is not None or args.max_accuracy_drop is not None or args.max_output_error is not None:
         if args.reference is None:
@@ -154,6 +176,7 @@ def cmd_evaluate(args) -> int:
 def cmd_devices(args) -> int:
     import keras_turbo
 
+    _check_outputs(args)
     info = keras_turbo.devices()
     _write_json(args.json, info)
     out, _ = _console()
@@ -176,10 +199,12 @@ def cmd_devices(args) -> int:
 def _copy_artifact(src: Path, dst: Path) -> None:
     import shutil
 
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy(src, dst)
+    from keras_turbo.outputs import write_file_atomically
+
+    # .bin first: an .xml never stands beside a half-written .bin.
     if src.suffix == ".xml":
-        shutil.copy(src.with_suffix(".bin"), dst.with_suffix(".bin"))
+        write_file_atomically(dst.with_suffix(".bin"), lambda tmp: shutil.copy(src.with_suffix(".bin"), tmp))
+    write_file_atomically(dst, lambda tmp: shutil.copy(src, tmp))
 
 
 def cmd_convert(args) -> int:
@@ -192,6 +217,7 @@ def cmd_convert(args) -> int:
                         keep_float=tuple(args.keep_float or ()), sparse=args.sparse)
     if args.output and Path(args.output).suffix != TARGETS[args.to].suffix:
         raise KerasTurboError(f"-o {args.output}: a {args.to} artifact needs the suffix {TARGETS[args.to].suffix}")
+    _check_outputs(args, args.model, args.calibration_data, args.eval_data, files=("output", "json"))
     doc: dict = {"model": args.model, "config": cfg.to_dict()}
     budget = args.max_accuracy_drop is not None or args.min_agreement is not None
     if budget:
@@ -277,6 +303,8 @@ def _run_technique(args, name: str, config, suffix: str = ".keras"):
 
     if Path(args.output).suffix != suffix:
         raise KerasTurboError(f"-o {args.output}: {name} writes a {suffix} file")
+    _check_outputs(args, args.model, args.train_data, args.val_data, getattr(args, "unlabeled_data", None),
+                   files=("output", "json"))
     model = keras_turbo.load_model(args.model, unsafe=args.unsafe)
     train, val, unlabeled = _technique_data(args)
     _, err = _console()
@@ -364,7 +392,7 @@ def _parse_duration(text: str) -> float:
     return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
 
 
-def _run_optimize(model, data, train_data, cfg, out_dir, unsafe=False, **where):
+def _run_optimize(model, data, train_data, cfg, out_dir, unsafe=False, force=False, **where):
     import keras_turbo
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -377,7 +405,8 @@ def _run_optimize(model, data, train_data, cfg, out_dir, unsafe=False, **where):
             bar.update(task, description=f"candidate: {what}", completed=done, total=total,
                        left=f"{max(left, 0) / 60:.1f} min left in budget")
 
-        return keras_turbo.optimize(model, data, train_data, cfg, out_dir, progress=progress, unsafe=unsafe, **where)
+        return keras_turbo.optimize(model, data, train_data, cfg, out_dir, progress=progress, unsafe=unsafe, force=force,
+                                    **where)
 
 
 def _print_optimize(res) -> None:
@@ -395,7 +424,8 @@ def _print_optimize(res) -> None:
         out.print(f"recommended: {h['recommended']}: {ratio_text(h)}; "
                   f"{h['size_ratio']:.1f}x smaller, accuracy {acc} (float {base}){verdict}")
     out.print(f"report: {res.report_html}")
-    out.print(f"serve it: keras_turbo.load({str(res.out / 'best')!r})")
+    if res.recommended:
+        out.print(f"serve it: keras_turbo.load({str(res.out / 'best')!r})")
 
 
 def _output_kinds(items) -> tuple:
@@ -420,10 +450,20 @@ def cmd_optimize(args) -> int:
                          threads=args.threads, techniques=tuple(t for t in (args.techniques or "").split(",") if t),
                          runtimes=tuple(t for t in (args.runtimes or "").split(",") if t),
                          time_budget_s=_parse_duration(args.time_budget))
-    res = _run_optimize(args.model, args.data, args.train_data, cfg, args.out, args.unsafe, executor=args.executor,
+    res = _run_optimize(args.model, args.data, args.train_data, cfg, args.out, args.unsafe, args.force, executor=args.executor,
                         ray_address=args.ray_address, target_node=args.target_node, target_resource=args.target_resource)
     _print_optimize(res)
-    return 0
+    return _nothing_measured(res)
+
+
+def _nothing_measured(res) -> int:
+    """A run that measured no candidate says so and fails (a short --time-budget, or every
+    candidate failing), rather than exiting 0 and pointing at a best/ that was not written."""
+    if res.recommended:
+        return 0
+    print(f"keras-turbo: error: no candidate was measured (time budget spent, or every candidate failed: "
+          f"see {res.out / 'results.json'}); no best/ written", file=sys.stderr)
+    return 1
 
 
 def cmd_report(args) -> int:
@@ -455,9 +495,9 @@ def cmd_demo(args) -> int:
     path = digits_model_path(progress=lambda msg: err.print(f"[dim]{msg}[/dim]"))
     out.print(f"built-in digits CNN: {path}")
     cfg = OptimizeConfig(max_accuracy_drop=1.0, threads=args.threads, time_budget_s=_parse_duration(args.time_budget))
-    res = _run_optimize(path, "builtin:digits:test", "builtin:digits:train", cfg, args.out)
+    res = _run_optimize(path, "builtin:digits:test", "builtin:digits:train", cfg, args.out, force=args.force)
     _print_optimize(res)
-    return 0 if res.recommended else 1
+    return _nothing_measured(res)
 
 
 # ------------------------------------------------------------------------- parser
@@ -470,6 +510,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show tracebacks and library logs")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
+    def force_arg(sp, what="the output files"):
+        sp.add_argument("--force", action="store_true",
+                        help=f"overwrite {what} when they exist (never an input file)")
+
     def model_arg(sp):
         sp.add_argument("model", help="a .keras, .h5, SavedModel dir, .tflite, .onnx or OpenVINO .xml")
         sp.add_argument("--unsafe", action="store_true",
@@ -478,6 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("inspect", help="inputs, outputs, parameters, FLOPs, size and layer kinds of a model")
     model_arg(sp)
     sp.add_argument("--json", metavar="PATH", help="also write the description as JSON")
+    force_arg(sp)
     sp.set_defaults(fn=cmd_inspect)
 
     sp = sub.add_parser("benchmark", help="latency, throughput, start-up and memory on each runtime")
@@ -494,6 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
     sp.add_argument("--timeout", type=float, default=900.0, help="seconds one runtime may take")
     sp.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    force_arg(sp)
     sp.set_defaults(fn=cmd_benchmark)
 
     sp = sub.add_parser("evaluate", help="accuracy on DATA, and agreement with a reference model")
@@ -508,6 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--max-output-error", type=float, metavar="E", help="budget for regression / embedding outputs")
     sp.add_argument("--output-kind", action="append", metavar="NAME=KIND", help="override an output's detected kind")
     sp.add_argument("--json", metavar="PATH")
+    force_arg(sp)
     sp.set_defaults(fn=cmd_evaluate)
 
     sp = sub.add_parser("convert", help="export to LiteRT / ONNX / OpenVINO, optionally quantized, with float fallback")
@@ -529,10 +576,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--benchmark", action="store_true", help="also time float vs converted at batch 1 on the runtime")
     sp.add_argument("-o", "--output", metavar="PATH", help="where to write the artifact")
     sp.add_argument("--json", metavar="PATH")
+    force_arg(sp)
     sp.set_defaults(fn=cmd_convert)
 
     sp = sub.add_parser("devices", help="CPU features, GPUs and usable runtimes")
     sp.add_argument("--json", metavar="PATH")
+    force_arg(sp)
     sp.set_defaults(fn=cmd_devices)
 
     def train_args(sp, out_suffix=".keras"):
@@ -540,6 +589,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--val-data", metavar="DATA", help="held-out DATA for the before/after accuracy")
         sp.add_argument("-o", "--output", required=True, metavar=f"OUT{out_suffix}")
         sp.add_argument("--json", metavar="PATH", help="write the technique's report as JSON")
+        force_arg(sp)
 
     sp = sub.add_parser("prune", help="magnitude pruning, or --structured channel pruning to a smaller model")
     model_arg(sp)
@@ -612,6 +662,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "(default with --executor ray: start a local Ray instance)")
     sp.add_argument("--target-node", metavar="NODE_ID|IP", help="the Ray node latency is measured on (default: this one)")
     sp.add_argument("--target-resource", metavar="NAME", help="instead: a Ray custom resource marking the target nodes")
+    force_arg(sp, "a --out folder holding other files, and its best/,")
     sp.set_defaults(fn=cmd_optimize)
 
     sp = sub.add_parser("report", help="re-render report.html and report.md from DIR/results.json")
@@ -622,6 +673,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", default="keras-turbo-demo", help="folder for the results (default keras-turbo-demo)")
     sp.add_argument("--threads", type=_positive_int("--threads"))
     sp.add_argument("--time-budget", default="8m", metavar="DURATION")
+    force_arg(sp, "a --out folder holding other files, and its best/,")
     sp.set_defaults(fn=cmd_demo)
     return p
 
@@ -630,8 +682,47 @@ def _one_line_warnings(message, category, filename, lineno, file=None, line=None
     print(f"keras-turbo: warning: {message}", file=sys.stderr)
 
 
+# Set by the signal handlers: which signal stopped the run (its exit code is 128 + it).
+_stopped_by: list[int] = []
+
+
+def _on_signal(signum, frame):
+    """Ctrl-C and SIGTERM alike: unwind (every `finally` runs, so temp folders go and benchmark
+    workers are killed), then one line and 128 + signal number."""
+    import signal
+
+    _stopped_by.append(signum)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not break the clean-up
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    import signal
+
+    as_program = argv is None
+    try:
+        handlers = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread: the signals stay the caller's
+        handlers = {}
+    _stopped_by.clear()
+    try:
+        return _main(sys.argv[1:] if argv is None else argv)
+    except KeyboardInterrupt:
+        signum = _stopped_by[0] if _stopped_by else signal.SIGINT
+        word = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+        print(f"keras-turbo: {word}", file=sys.stderr)
+        return 128 + signum
+    finally:
+        if as_program:  # shutting down: an interrupt now would only print a traceback
+            for sig in handlers:
+                signal.signal(sig, signal.SIG_IGN)
+        else:  # called in-process (tests, notebooks): give the caller its handlers back
+            for sig, h in handlers.items():
+                signal.signal(sig, h)
+
+
+def _main(argv: list[str]) -> int:
     debug = "--debug" in argv
     if debug:
         import os
@@ -655,8 +746,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"keras-turbo: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("keras-turbo: interrupted", file=sys.stderr)
-        return 130
+        raise
     except Exception as e:
         if debug:
             raise

@@ -325,8 +325,11 @@ def convert(model, config: ConvertConfig | None = None, calibration=None, output
         if calibration is None:
             raise KerasTurboError(f"--quantize {cfg.quantize} needs calibration data (--calibration-data DATA)")
         inputs, _ = io_specs(ref)
-        ds = check(calibration, inputs, None, "--calibration-data") if isinstance(calibration, Dataset) else \
-            load_data(calibration, inputs, None, default_split="train", arg="--calibration-data")
+        from keras_turbo.models import scales_inputs
+
+        scales = scales_inputs(ref)
+        ds = check(calibration, inputs, None, "--calibration-data", scales) if isinstance(calibration, Dataset) else \
+            load_data(calibration, inputs, None, default_split="train", arg="--calibration-data", scales_inputs=scales)
         samples = calibration_samples(ds, [t.name for t in inputs], cfg.calibration_size, cfg.seed)
         if len(samples) < MIN_TRUSTED_CALIBRATION:
             msg = (f"--calibration-data: only {len(samples)} calibration samples; int8 ranges from fewer than "
@@ -350,14 +353,22 @@ def convert(model, config: ConvertConfig | None = None, calibration=None, output
     keep_nodes = with_carriers(ref, target, keep_nodes, cache_dir)
 
     if output is None:
-        entry = cache.root(cache_dir) / "exports" / ref.fingerprint() / f"{cfg.to}-{cfg.quantize}-{_digest(cfg, samples, keep_nodes)}"
+        # Keyed by content and --unsafe (see exporters.export); built under a per-entry lock in a
+        # scratch folder of its own, recorded, then renamed into place.
+        entry = cache.root(cache_dir) / "exports" / ref.cache_key() / f"{cfg.to}-{cfg.quantize}-{_digest(cfg, samples, keep_nodes)}"
         out = entry / f"model{target.suffix}"
-        if out.exists():
-            return ConvertResult(out, _fmt(target), target.backend, cfg, _size(out), len(samples or []), keep_nodes, notes)
-    else:
-        out = Path(output)
-        if out.suffix != target.suffix:
-            raise KerasTurboError(f"-o {out}: a {cfg.to} artifact needs the suffix {target.suffix}")
+        with cache.lock(entry):
+            if not (out.exists() and cache.intact(entry)):
+                tmpdir = cache.scratch(entry)
+                try:
+                    _build(ref, cfg, target, samples, keep_nodes, tmpdir / out.name, cache_dir)
+                    cache.publish(tmpdir, entry)
+                finally:
+                    shutil.rmtree(tmpdir, ignore_errors=True)
+        return ConvertResult(out, _fmt(target), target.backend, cfg, _size(out), len(samples or []), keep_nodes, notes)
+    out = Path(output)
+    if out.suffix != target.suffix:
+        raise KerasTurboError(f"-o {out}: a {cfg.to} artifact needs the suffix {target.suffix}")
     out.parent.mkdir(parents=True, exist_ok=True)
 
     tmpdir = Path(tempfile.mkdtemp(prefix=".convert-", dir=out.parent))

@@ -104,10 +104,79 @@ def load_digits(inputs: Sequence[TensorInfo] | None, split: str) -> Dataset:
     return Dataset((x,), d.target[idx].astype("int64"), f"builtin:digits:{split}")
 
 
+def _npy_members(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an .npz, holding at most one copy of the data in memory.
+
+    np.load would decompress each member into a bytes buffer and then copy it into an array
+    (two copies at the peak, more when the caller converts). Here an uncompressed member is
+    memory-mapped straight from the .npz (the page cache holds it; nothing is copied), and a
+    compressed one is decompressed in chunks into its final array. Pickled (object) arrays are
+    refused: reading them would run code.
+    """
+    import zipfile
+
+    out = {}
+    with zipfile.ZipFile(path) as z:
+        for info in z.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            with z.open(info) as fh:
+                fmt = np.lib.format
+                version = fmt.read_magic(fh)
+                read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+                shape, fortran, dtype = read_header(fh)
+                if dtype.hasobject:
+                    raise DataError(f"{path}: array {info.filename[:-4]!r} holds Python objects (pickled); refused")
+                header_len = fh.tell()
+                count = int(np.prod(shape, dtype=np.int64))
+                order = "F" if fortran else "C"
+                # The header's shape must match the bytes the member holds: a small file must not
+                # make us allocate what its header claims (an npz bomb).
+                if header_len + count * dtype.itemsize != info.file_size:
+                    raise DataError(f"{path}: array {info.filename[:-4]!r} declares shape {shape} but holds "
+                                    f"{info.file_size - header_len:,} bytes (damaged or hostile)")
+                if info.compress_type != zipfile.ZIP_STORED and count * dtype.itemsize > _available_bytes():
+                    raise DataError(f"{path}: array {info.filename[:-4]!r} inflates to {count * dtype.itemsize / 2**30:.1f} GiB, "
+                                    "more than the memory available (store it uncompressed: np.savez, not savez_compressed)")
+                if info.compress_type == zipfile.ZIP_STORED and count:
+                    out[info.filename[:-4]] = np.memmap(path, dtype=dtype, mode="r", shape=shape, order=order,
+                                                        offset=_member_data_offset(path, info) + header_len)
+                    continue
+                flat = np.empty(count, dtype=dtype)
+                view = memoryview(flat.view(np.uint8))
+                done = 0
+                while done < len(view):
+                    n = fh.readinto(view[done:done + (16 << 20)])
+                    if not n:
+                        raise DataError(f"{path}: array {info.filename[:-4]!r} is truncated")
+                    done += n
+                out[info.filename[:-4]] = flat.reshape(shape, order=order)
+    return out
+
+
+def _available_bytes() -> int:
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def _member_data_offset(path: Path, info) -> int:
+    """Where a stored zip member's bytes start: after its local header, whose name and extra
+    field lengths may differ from the central directory's."""
+    import struct
+
+    with open(path, "rb") as fh:
+        fh.seek(info.header_offset)
+        local = fh.read(30)
+    name_len, extra_len = struct.unpack("<HH", local[26:30])
+    return info.header_offset + 30 + name_len + extra_len
+
+
 def load_npz(path: Path, inputs: Sequence[TensorInfo] | None) -> Dataset:
     try:
-        with np.load(path, allow_pickle=False) as z:
-            files = dict(z.items())
+        files = _npy_members(path)
+    except DataError:
+        raise
     except Exception as e:
         raise DataError(f"{path}: cannot read as .npz ({type(e).__name__}: {' '.join(str(e).split())[:150]})") from e
     y = files.get("y")
@@ -123,6 +192,11 @@ def load_npz(path: Path, inputs: Sequence[TensorInfo] | None) -> Dataset:
     return Dataset(x, y, str(path))
 
 
+# A 97 KB PNG of 9000 x 9000 once took 2.7 GB to decode; no classification input needs more
+# than this many pixels. Checked on the header, before decoding.
+MAX_IMAGE_PIXELS = 32 * 1024 * 1024
+
+
 def load_image_folder(path: Path, inputs: Sequence[TensorInfo] | None) -> Dataset:
     import PIL.Image
 
@@ -133,13 +207,23 @@ def load_image_folder(path: Path, inputs: Sequence[TensorInfo] | None) -> Datase
         raise DataError(f"{path}: image folders fit single-input models; this one takes {len(inputs)} inputs")
     shape = inputs[0].shape[1:] if inputs is not None else None
     xs, ys = [], []
+    # PIL's own bomb check stays as a backstop, above ours (which names the size).
+    PIL.Image.MAX_IMAGE_PIXELS = 4 * MAX_IMAGE_PIXELS
     for label, cls in enumerate(classes):
         for f in sorted((path / cls).iterdir()):
             if f.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
+            _own_file(f, path)
             try:
-                with PIL.Image.open(f) as im:
+                with PIL.Image.open(f) as im:  # reads the header only
+                    if im.size[0] * im.size[1] > MAX_IMAGE_PIXELS:
+                        raise DataError(f"{f}: {im.size[0]} x {im.size[1]} pixels, over the {MAX_IMAGE_PIXELS:,} "
+                                        "keras-turbo decodes (resize it first)")
                     arr = np.asarray(im.convert("RGB"), dtype="float32") / 255.0
+            except DataError:
+                raise
+            except PIL.Image.DecompressionBombError as e:
+                raise DataError(f"{f}: over the {MAX_IMAGE_PIXELS:,} pixels keras-turbo decodes (resize it first)") from e
             except Exception as e:
                 raise DataError(f"{f}: not a readable image ({type(e).__name__})") from e
             if shape is not None:
@@ -155,8 +239,20 @@ def load_image_folder(path: Path, inputs: Sequence[TensorInfo] | None) -> Datase
     return Dataset((x,), np.asarray(ys, dtype="int64"), str(path))
 
 
+def _own_file(f: Path, folder: Path | None) -> None:
+    """Data files are regular files (a FIFO named x.png must not hang the run), and an image
+    folder's files lie inside it."""
+    from keras_turbo.errors import ModelLoadError
+    from keras_turbo.models import require_own_file
+
+    try:
+        require_own_file(f, folder, "a data file")
+    except ModelLoadError as e:
+        raise DataError(str(e)) from None
+
+
 def load_data(spec: str, inputs: Sequence[TensorInfo] | None = None, outputs: Sequence[TensorInfo] | None = None,
-              default_split: str = "test", arg: str = "DATA") -> Dataset:
+              default_split: str = "test", arg: str = "DATA", scales_inputs: bool | None = None) -> Dataset:
     """Read a DATA spec and check it against the model's inputs (and outputs, for labels).
 
     Args:
@@ -165,6 +261,8 @@ def load_data(spec: str, inputs: Sequence[TensorInfo] | None = None, outputs: Se
         outputs: the model's outputs; when given, labels are checked against the class count.
         default_split: the digits split a plain `builtin:digits` means.
         arg: the argument's name, for error messages ("--data", "--calibration-data", ...).
+        scales_inputs: whether the model scales its own inputs (`models.scales_inputs`); False
+            turns on the warning for 0-255 image data (see `check`).
 
     Returns:
         A `Dataset` whose arrays fit the model's inputs.
@@ -188,14 +286,61 @@ def load_data(spec: str, inputs: Sequence[TensorInfo] | None = None, outputs: Se
         if path.is_dir():
             ds = load_image_folder(path, inputs)
         elif path.suffix.lower() == ".npz":
+            _own_file(path, None)
             ds = load_npz(path, inputs)
         else:
             raise DataError(f"{arg}: {path}: expected a .npz file, an image folder or builtin:digits")
-    return check(ds, inputs, outputs, arg)
+    return check(ds, inputs, outputs, arg, scales_inputs)
 
 
-def check(ds: Dataset, inputs: Sequence[TensorInfo] | None, outputs: Sequence[TensorInfo] | None, arg: str = "DATA") -> Dataset:
-    """Validate a Dataset against a model; returns it with float inputs cast to the model's dtype."""
+def _non_finite(a: np.ndarray, rows: int = 4096) -> int:
+    """NaN and inf count, a block of rows at a time (a whole-array isfinite is another copy)."""
+    return sum(int(np.size(b) - np.count_nonzero(np.isfinite(b))) for b in (a[i:i + rows] for i in range(0, len(a), rows)))
+
+
+def _warn_if_unscaled(a: np.ndarray, name: str, want: str, arg: str, source: str) -> None:
+    """One line when image-like data in 0..255 goes to a float input of a model that does not
+    scale its inputs: it was almost surely trained on [0, 1] (uint8 digits into a [0, 1] model
+    scored 19.7% instead of 100%, silently)."""
+    import warnings
+
+    if a.ndim < 3 or not np.issubdtype(np.dtype(want), np.floating) or len(a) == 0:
+        return
+    if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
+        return
+    rows = 4096
+    lo = min(float(a[i:i + rows].min()) for i in range(0, len(a), rows))
+    hi = max(float(a[i:i + rows].max()) for i in range(0, len(a), rows))
+    if lo >= 0 and 1.5 < hi <= 255:
+        warnings.warn(f"{arg}: {source}: input {name!r} holds {a.dtype} values in {lo:g}..{hi:g}, but the model takes "
+                      f"{want} and has no Rescaling or Normalization layer; if it was trained on [0, 1] inputs, "
+                      "divide the data by 255 (accuracy will suffer otherwise)", stacklevel=3)
+
+
+def warn_if_outside(ds: Dataset, ranges, inputs: Sequence[TensorInfo], arg: str = "DATA") -> None:
+    """One line per input whose data reaches far outside the range the model can represent
+    (`Predictor.input_ranges`: an int8 input quantized with its calibration data's range):
+    0-255 data into a model calibrated on [0, 1] is clipped to garbage, silently otherwise."""
+    import warnings
+
+    for a, r, t in zip(ds.x, ranges or (), inputs):
+        if r is None or len(a) == 0:
+            continue
+        rows = 4096
+        lo = min(float(a[i:i + rows].min()) for i in range(0, len(a), rows))
+        hi = max(float(a[i:i + rows].max()) for i in range(0, len(a), rows))
+        span = max(r[1] - r[0], 1e-12)
+        if lo < r[0] - 0.5 * span or hi > r[1] + 0.5 * span:
+            warnings.warn(f"{arg}: {ds.source}: input {t.name!r} holds values in {lo:g}..{hi:g}, but the model was "
+                          f"calibrated for {r[0]:.3g}..{r[1]:.3g} and clips the rest; scale the data as in calibration",
+                          stacklevel=3)
+
+
+def check(ds: Dataset, inputs: Sequence[TensorInfo] | None, outputs: Sequence[TensorInfo] | None, arg: str = "DATA",
+          scales_inputs: bool | None = None) -> Dataset:
+    """Validate a Dataset against a model; returns it with float inputs cast to the model's dtype.
+    With `scales_inputs=False` (the model has no Rescaling / Normalization layer), warns when
+    image-like data in 0..255 reaches a float input."""
     n = len(ds.x[0])
     if n == 0:
         raise DataError(f"{arg}: {ds.source}: holds no samples")
@@ -206,14 +351,17 @@ def check(ds: Dataset, inputs: Sequence[TensorInfo] | None, outputs: Sequence[Te
             raise DataError(f"{arg}: {ds.source}: inputs hold different sample counts ({n} and {a.shape[0]})")
         if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
             raise DataError(f"{arg}: {ds.source}: input {name!r} holds {a.dtype} values, not numbers")
-        if np.issubdtype(a.dtype, np.floating) and not np.all(np.isfinite(a)):
-            bad = int(np.size(a) - np.count_nonzero(np.isfinite(a)))
-            raise DataError(f"{arg}: {ds.source}: input {name!r} holds {bad} NaN or inf value(s)")
+        if np.issubdtype(a.dtype, np.floating):
+            bad = _non_finite(a)
+            if bad:
+                raise DataError(f"{arg}: {ds.source}: input {name!r} holds {bad} NaN or inf value(s)")
         if inputs is not None:
             want = inputs[i].shape[1:]
             if a.ndim != len(inputs[i].shape) or any(w is not None and w != g for w, g in zip(want, a.shape[1:])):
                 shown = ", ".join("?" if d is None else str(d) for d in want)
                 raise DataError(f"{arg}: {ds.source}: input {name!r} has samples of shape {a.shape[1:]}, the model expects ({shown})")
+            if scales_inputs is False:
+                _warn_if_unscaled(a, name, inputs[i].dtype, arg, ds.source)
             a = a.astype(inputs[i].dtype, copy=False)
         xs.append(a)
     y = ds.y

@@ -95,7 +95,8 @@ def _artifact_ops(ref: ModelRef) -> tuple[dict, int | None]:
 
         m = ov.Core().read_model(str(ref.path))
         ops = Counter(op.get_type_name() for op in m.get_ops())
-        params = sum(int(np.prod(op.get_output_shape(0).to_shape())) for op in m.get_ops()
+        # get_output_shape returns a static Shape already (it had no to_shape: issue 15).
+        params = sum(int(np.prod(list(op.get_output_shape(0)))) for op in m.get_ops()
                      if op.get_type_name() == "Constant" and op.get_output_partial_shape(0).is_static
                      and op.get_output_element_type(0).is_real())
         return dict(ops.most_common()), params

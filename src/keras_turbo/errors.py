@@ -25,3 +25,11 @@ class BackendError(KerasTurboError):
 def bad_param(name: str, expected: str, received: object) -> KerasTurboError:
     """The one message template for a bad parameter value (as Keras and scikit-learn do)."""
     return KerasTurboError(f"`{name}` must be {expected}. Received: {name}={received!r}")
+
+
+class OutputError(KerasTurboError):
+    """An output path that would destroy the user's files, is unwritable, or is in use."""
+
+
+class UnsafeModelError(ModelLoadError):
+    """A model file holds code or graph ops outside what keras-turbo runs without --unsafe."""

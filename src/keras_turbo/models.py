@@ -5,8 +5,9 @@ artifacts `.tflite` (LiteRT), `.onnx` (ONNX Runtime) and `.xml` (+ `.bin`, OpenV
 
 Safety: a Keras file can carry Python code (a `Lambda` layer's bytecode). Keras' `safe_mode`
 refuses to deserialize it and keras-turbo keeps that on unless the user passes `--unsafe`.
-A SavedModel holds a graph rather than Python, but a graph can still read or write files; such
-ops are refused the same way.
+A SavedModel holds a graph rather than Python, but a graph can still read or write files: every
+SavedModel passes `keras_turbo.gate.check_savedmodel` (an allow-list of op types) before anything
+loads it.
 """
 
 from __future__ import annotations
@@ -20,18 +21,11 @@ from pathlib import Path
 
 from keras_turbo import _tf
 from keras_turbo.errors import ModelLoadError
+from keras_turbo.gate import check_savedmodel
 
 KERAS_FORMATS = ("keras", "h5", "savedmodel")
 ARTIFACT_FORMATS = ("tflite", "onnx", "openvino")
 SUFFIXES = {".keras": "keras", ".h5": "h5", ".hdf5": "h5", ".tflite": "tflite", ".onnx": "onnx", ".xml": "openvino"}
-
-# Graph ops that touch the file system or call back into Python: a SavedModel that holds one is
-# refused without --unsafe. (SaveV2/RestoreV2 are not here: every SavedModel has them, for its
-# own variables.)
-UNSAFE_GRAPH_OPS = frozenset(
-    {"PyFunc", "PyFuncStateless", "EagerPyFunc", "ReadFile", "WriteFile", "MatchingFiles",
-     "DeleteFile", "RecursivelyCreateDir", "ImmutableConst", "ReadVariableXlaSplitND"}
-)
 
 UNSAFE_WARNING = (
     "--unsafe: the model file may run arbitrary Python code (Lambda layers, custom objects) or "
@@ -72,6 +66,11 @@ class ModelRef:
                     h.update(block)
         return h.hexdigest()[:20]
 
+    def cache_key(self) -> str:
+        """The fingerprint, kept apart for --unsafe: what was built trusting the file is never
+        served to a run that does not."""
+        return self.fingerprint() + ("-unsafe" if self.unsafe else "")
+
 
 def _files_of(path: Path) -> list[Path]:
     if path.is_dir():
@@ -98,6 +97,9 @@ def resolve(path: str | os.PathLike, unsafe: bool = False) -> ModelRef:
         raise ModelLoadError(f"{p}: no such file or directory")
     if p.is_dir():
         if (p / "saved_model.pb").exists():
+            for f in p.rglob("*"):  # variables and assets: the SavedModel's own files only
+                if not f.is_dir():
+                    require_own_file(f, p, "a file of the SavedModel")
             return ModelRef(p, "savedmodel", unsafe)
         if (p / "manifest.json").exists():
             raise ModelLoadError(f"{p}: a keras-turbo artifact folder; open it with keras_turbo.load()")
@@ -106,11 +108,14 @@ def resolve(path: str | os.PathLike, unsafe: bool = False) -> ModelRef:
     if fmt is None:
         known = ", ".join(sorted(SUFFIXES))
         raise ModelLoadError(f"{p}: unknown model format {p.suffix!r} (expected one of {known}, or a SavedModel directory)")
+    require_own_file(p, None, "the model file")  # a FIFO named model.keras must not hang
     if p.stat().st_size == 0:
         raise ModelLoadError(f"{p}: the file is empty")
     if fmt == "openvino" and not p.with_suffix(".bin").exists():
         raise ModelLoadError(f"{p}: OpenVINO IR needs its weights file {p.with_suffix('.bin').name} beside it")
-    return ModelRef(p, fmt, unsafe)
+    ref = ModelRef(p, fmt, unsafe)
+    check_artifact_files(ref)
+    return ref
 
 
 def _check_container(ref: ModelRef) -> None:
@@ -123,17 +128,48 @@ def _check_container(ref: ModelRef) -> None:
                 raise ModelLoadError(f"{ref.path}: not a valid HDF5 file (bad signature; truncated or corrupt?)")
 
 
+# Keras configs of the largest keras.applications models are a few MB; a config this large is a
+# bomb (one 4.8 MB .keras declared 4.3 GiB and drove the pre-scan to 9.8 GB), refused unread.
+MAX_CONFIG_BYTES = 64 << 20
+
+
+def _too_big(ref: ModelRef, size: int) -> ModelLoadError:
+    return ModelLoadError(f"{ref.path}: its model config is {size / 2**20:,.0f} MiB, over the "
+                          f"{MAX_CONFIG_BYTES >> 20} MiB keras-turbo reads (a damaged or hostile file)")
+
+
 def _config_json(ref: ModelRef) -> str | None:
-    """The model's architecture JSON, read without building anything."""
+    """The model's architecture JSON, read without building anything and never past the cap.
+
+    Raises:
+        ModelLoadError: the config is over MAX_CONFIG_BYTES (checked on the size the container
+            declares, before reading, and again while reading, in case the declaration lies).
+    """
     try:
         if ref.format == "keras":
             with zipfile.ZipFile(ref.path) as z:
-                return z.read("config.json").decode("utf-8", "replace")
+                info = z.getinfo("config.json")
+                if info.file_size > MAX_CONFIG_BYTES:
+                    raise _too_big(ref, info.file_size)
+                with z.open(info) as fh:
+                    data = fh.read(MAX_CONFIG_BYTES + 1)
+                if len(data) > MAX_CONFIG_BYTES:
+                    raise _too_big(ref, len(data))
+                return data.decode("utf-8", "replace")
         import h5py
 
         with h5py.File(ref.path, "r") as f:
+            if "model_config" not in f.attrs:
+                return None
+            aid = f.attrs.get_id("model_config")
+            size = aid.get_storage_size()
+            del aid  # an open attribute keeps the file open (and locked) past the `with`
+            if size > MAX_CONFIG_BYTES:
+                raise _too_big(ref, size)
             cfg = f.attrs.get("model_config")
             return cfg.decode("utf-8", "replace") if isinstance(cfg, bytes) else cfg
+    except ModelLoadError:
+        raise
     except Exception as e:  # corrupt containers: let Keras' own loader produce the message
         del e
         return None
@@ -158,28 +194,72 @@ def _lambda_layers(config_json: str) -> list[str]:
         walk(json.loads(config_json))
     except ValueError:
         return []
+    except RecursionError:  # nesting no real model has: refuse rather than let Keras recurse too
+        return ["(a config nested too deeply to read)"]
     return found
 
 
-def _check_savedmodel_ops(ref: ModelRef) -> None:
-    from tensorflow.core.protobuf import saved_model_pb2
+SCALING_LAYERS = ("Rescaling", "Normalization")
 
-    sm = saved_model_pb2.SavedModel()
+
+def scales_inputs(ref: ModelRef) -> bool | None:
+    """Whether a Keras model scales its own inputs (a Rescaling or Normalization layer), read
+    from its config without building it; None where that cannot be told (a SavedModel, an
+    artifact, a damaged file)."""
+    if ref.format not in ("keras", "h5"):
+        return None
     try:
-        sm.ParseFromString((ref.path / "saved_model.pb").read_bytes())
-    except Exception as e:  # protobuf's DecodeError, but it is not exported in one place
-        raise ModelLoadError(f"{ref.path}: saved_model.pb is not a valid SavedModel ({e})") from e
-    found = set()
-    for mg in sm.meta_graphs:
-        found.update(n.op for n in mg.graph_def.node)
-        for fn in mg.graph_def.library.function:
-            found.update(n.op for n in fn.node_def)
-    bad = sorted(found & UNSAFE_GRAPH_OPS)
-    if bad:
-        raise ModelLoadError(
-            f"{ref.path}: the SavedModel graph holds ops that touch files or run Python ({', '.join(bad)}); "
-            "refused in safe mode (pass --unsafe only if you trust this file)"
-        )
+        cfg = _config_json(ref)
+    except ModelLoadError:
+        return None
+    if not cfg:
+        return None
+    return any(f'"class_name": "{k}"' in cfg or f'"class_name":"{k}"' in cfg for k in SCALING_LAYERS)
+
+
+# ---------------------------------------------------------------- files a model names
+
+def require_own_file(path: Path, folder: Path | None, what: str) -> None:
+    """A file a model or data set brings along (an OpenVINO .bin, ONNX external data, an image in
+    a DATA folder) must be a regular file inside `folder`: a symlink out would serve another
+    file's bytes as weights (an OpenVINO .bin linked to a secret was read back through the
+    model's outputs), and a FIFO or device would hang or never end. `folder` None: only the
+    regular-file check (the model file itself may be a link the user made).
+
+    Raises:
+        ModelLoadError: with the file's name and what is wrong.
+    """
+    import stat
+
+    try:
+        real = path.resolve(strict=True)
+        st = real.stat()
+    except (OSError, RuntimeError) as e:  # missing, dangling link or a link loop
+        raise ModelLoadError(f"{path}: {what} cannot be read ({type(e).__name__})") from e
+    if folder is not None and not real.is_relative_to(folder.resolve()):
+        raise ModelLoadError(f"{path}: {what} lies outside {folder} (through a link); refused")
+    if not stat.S_ISREG(st.st_mode):
+        raise ModelLoadError(f"{path}: {what} is not a regular file (a FIFO, device or socket); refused")
+
+
+def check_onnx_external_data(path: Path) -> None:
+    """Every external-data file an ONNX model names must be its own (see require_own_file)."""
+    import onnx
+    from onnx.external_data_helper import _get_all_tensors
+
+    model = onnx.load(str(path), load_external_data=False)
+    for t in _get_all_tensors(model):
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            location = next((e.value for e in t.external_data if e.key == "location"), "")
+            require_own_file(path.parent / location, path.parent, f"external data {location!r} of tensor {t.name!r}")
+
+
+def check_artifact_files(ref: ModelRef) -> None:
+    """The checks above for an artifact's companions: OpenVINO's .bin, ONNX external data."""
+    if ref.format == "openvino":
+        require_own_file(ref.path.with_suffix(".bin"), ref.path.parent, "the OpenVINO weights file")
+    elif ref.format == "onnx":
+        check_onnx_external_data(ref.path)
 
 
 def prescan(ref: ModelRef) -> str | None:
@@ -215,18 +295,19 @@ def load_keras(ref: ModelRef):
     """
     if not ref.is_keras:
         raise ModelLoadError(f"{ref.path}: a .{ref.format} artifact, not a Keras model")
-    keras = _tf.keras()
     if ref.unsafe:
         warnings.warn(UNSAFE_WARNING, stacklevel=2)
+    # Every check below reads the file without TensorFlow: a refused file costs milliseconds
+    # and a few MB, not TensorFlow's start-up.
     if ref.format == "savedmodel":
-        if not ref.unsafe:
-            _check_savedmodel_ops(ref)
+        check_savedmodel(ref.path, ref.unsafe)
         return _wrap_savedmodel(ref)
     cfg = prescan(ref)
     if cfg and '"keras_turbo>' in cfg:
         # keras-turbo's own layers (QAT's fake-quant wrappers) register with Keras when their
         # module is imported; that module pulls in TensorFlow, so only when a file needs it.
         import keras_turbo.techniques.qat  # noqa: F401
+    keras = _tf.keras()
     try:
         model = keras.models.load_model(ref.path, compile=False, safe_mode=not ref.unsafe)
     except Exception as e:
@@ -289,8 +370,8 @@ def keras_model_to_ref(model, cache_dir: Path | None = None) -> ModelRef:
         h.update(w.numpy().tobytes())
     path = cache.root(cache_dir) / "models" / f"{model.name}-{h.hexdigest()[:16]}.keras"
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.keras")
-        keras.saving.save_model(model, tmp)
-        tmp.replace(path)
+        from keras_turbo.outputs import write_file_atomically
+
+        # A unique temp name: two processes saving the same model must not write one file.
+        write_file_atomically(path, lambda tmp: keras.saving.save_model(model, tmp))
     return ModelRef(path, "keras", False)

@@ -60,14 +60,16 @@ def train_digits_cnn(epochs: int = 60, seed: int = 0, verbose: int = 0):
 def digits_model_path(cache_dir: Path | None = None, progress=None) -> Path:
     """The trained digits CNN as a `.keras` file, trained on first use and cached after."""
     path = cache.root(cache_dir) / "models" / f"digits_cnn_v{DIGITS_VERSION}.keras"
-    if not path.exists():
-        if progress:
-            progress("training the built-in digits CNN (once; cached afterwards)")
-        model, _ = train_digits_cnn()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.keras")
-        model.save(tmp)
-        tmp.replace(path)
+    if path.exists():
+        return path
+    from keras_turbo.outputs import write_file_atomically
+
+    with cache.lock(path):  # two first runs at once: one trains, the other waits for its file
+        if not path.exists():
+            if progress:
+                progress("training the built-in digits CNN (once; cached afterwards)")
+            model, _ = train_digits_cnn()
+            write_file_atomically(path, model.save)
     return path
 
 

@@ -10,7 +10,6 @@ The registry is written out by hand: target name -> (file name, function).
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 
 from keras_turbo import cache
@@ -45,20 +44,21 @@ def export(ref: ModelRef, target: str, cache_dir: Path | None = None) -> ModelRe
         return ref
     if not ref.is_keras:
         raise KerasTurboError(f"{ref.path}: a .{ref.format} artifact cannot be converted to {target}; start from the Keras model")
-    entry = cache.root(cache_dir) / "exports" / ref.fingerprint() / target
+    # Keyed by content and by --unsafe: an export built under --unsafe is never served to a run
+    # without it (that run rebuilds, and the gate refuses what it must).
+    entry = cache.root(cache_dir) / "exports" / ref.cache_key() / target
     out = entry / name
-    if out.exists():
-        return ModelRef(out, fmt, ref.unsafe)
     source = ref if target == "savedmodel" else export(ref, "savedmodel", cache_dir)
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    # Build in a scratch folder and move it into place, so an interrupted export never leaves a
-    # half-written artifact that a later run would trust.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target}-", dir=entry.parent))
-    try:
-        fn(source, tmp / name)
-        if entry.exists():
-            shutil.rmtree(entry)
-        tmp.rename(entry)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    # One builder per entry at a time: a second run waits and then finds it built. Each build
+    # happens in a scratch folder of its own and is renamed into place with its sizes and hashes
+    # recorded, so an interrupted or damaged export is rebuilt rather than trusted.
+    with cache.lock(entry):
+        if out.exists() and cache.intact(entry):
+            return ModelRef(out, fmt, ref.unsafe)
+        tmp = cache.scratch(entry)
+        try:
+            fn(source, tmp / name)
+            cache.publish(tmp, entry)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return ModelRef(out, fmt, ref.unsafe)

@@ -9,12 +9,14 @@ from typing import Sequence
 import numpy as np
 
 from keras_turbo import _tf
+from keras_turbo.gate import check_savedmodel
 from keras_turbo.models import ModelRef
 
 MODES = ("none", "fp16", "dynamic", "int8", "int16x8")
 
 
 def export(ref: ModelRef, out: Path) -> None:
+    check_savedmodel(ref.path, ref.unsafe)
     tf = _tf.tf()
     converter = tf.lite.TFLiteConverter.from_saved_model(str(ref.path))
     with _tf.quiet():
@@ -25,6 +27,7 @@ def _input_order(ref: ModelRef) -> list[str]:
     """Input names in the order the converted model's interpreter lists them."""
     from ai_edge_litert.interpreter import Interpreter
 
+    check_savedmodel(ref.path, ref.unsafe)
     tf = _tf.tf()
     with _tf.quiet():
         content = tf.lite.TFLiteConverter.from_saved_model(str(ref.path)).convert()
@@ -77,6 +80,7 @@ def export_quantized(ref: ModelRef, out: Path, mode: str, calibration: Sequence[
             (`Optimize.EXPERIMENTAL_SPARSITY`): a smaller file; XNNPACK has sparse kernels for
             some float convolutions, elsewhere LiteRT densifies them at load.
     """
+    check_savedmodel(ref.path, ref.unsafe)
     tf = _tf.tf()
     conv = tf.lite.TFLiteConverter.from_saved_model(str(ref.path))
     sparsity = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY] if sparse else []

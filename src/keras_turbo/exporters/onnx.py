@@ -9,6 +9,7 @@ from typing import Sequence
 import numpy as np
 
 from keras_turbo import _tf
+from keras_turbo.gate import check_savedmodel
 from keras_turbo.models import ModelRef
 
 OPSET = 17
@@ -23,6 +24,7 @@ def signature_io(loaded):
 
 
 def export(ref: ModelRef, out: Path) -> None:
+    check_savedmodel(ref.path, ref.unsafe)
     tf = _tf.tf()
     import tf2onnx
 
@@ -47,9 +49,10 @@ def preprocessed(float_onnx: Path) -> Path:
 
     pre = float_onnx.with_name(float_onnx.stem + ".pre.onnx")
     if not pre.exists():
-        tmp = float_onnx.with_name(float_onnx.stem + ".pre.tmp.onnx")
-        quant_pre_process(str(float_onnx), str(tmp), skip_symbolic_shape=True)
-        tmp.replace(pre)
+        from keras_turbo.outputs import write_file_atomically
+
+        # A unique temp name (two runs on one cold cache once shared a fixed one and failed).
+        write_file_atomically(pre, lambda tmp: quant_pre_process(str(float_onnx), str(tmp), skip_symbolic_shape=True))
     return pre
 
 

@@ -8,6 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
+from keras_turbo.gate import check_savedmodel
 from keras_turbo.models import ModelRef
 
 MODES = ("none", "fp16", "int8")
@@ -16,6 +17,7 @@ MODES = ("none", "fp16", "int8")
 def export(ref: ModelRef, out: Path) -> None:
     import openvino as ov
 
+    check_savedmodel(ref.path, ref.unsafe)
     model = ov.convert_model(str(ref.path))
     # save_model compresses weights to float16 by default; a float32 export must stay float32.
     ov.save_model(model, str(out), compress_to_fp16=False)

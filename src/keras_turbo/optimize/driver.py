@@ -67,7 +67,7 @@ class _Run:
 def optimize(model, data, train_data=None, config: OptimizeConfig | None = None, out: str | Path = "keras-turbo-out",
              *, progress: Callable[[str, int, int, float], None] | None = None, unsafe: bool = False, cache_dir=None,
              executor: str | Executor = "local", ray_address: str | None = None, target_node: str | None = None,
-             target_resource: str | None = None) -> OptimizeResult:
+             target_resource: str | None = None, force: bool = False) -> OptimizeResult:
     """Find the fastest deployable variant of `model` within an accuracy budget.
 
     Args:
@@ -78,7 +78,9 @@ def optimize(model, data, train_data=None, config: OptimizeConfig | None = None,
             QAT); without it only runtime and precision candidates are tried.
         config: budget, objective, batch size, threads, techniques, time budget.
         out: output folder (results.json, report.html, report.md, best/); a rerun into it reuses
-            what matches the new settings (see store.py) and measures the rest.
+            what matches the new settings (see store.py) and measures the rest. Created when
+            missing; an existing folder with files keras-turbo did not write is refused unless
+            `force`; locked for the run (a second run into it is refused).
         progress: called with (what, done, total, seconds left in the budget).
         executor: "local" (this process), "ray" (a local Ray instance, or `ray_address`), or an
             Executor; `target_node` / `target_resource` say where speed is measured on a cluster.
@@ -88,31 +90,42 @@ def optimize(model, data, train_data=None, config: OptimizeConfig | None = None,
 
     Raises:
         KerasTurboError: no usable data or data that does not fit, before any work starts.
+        OutputError: `out` holds the user's files, is unwritable, or another run holds it.
 
     Example:
         >>> r = keras_turbo.optimize("model.keras", "builtin:digits:test", "builtin:digits:train",
         ...                          OptimizeConfig(max_accuracy_drop=1.0))
         >>> r.recommended["name"], r.report_html
     """
+    from keras_turbo.outputs import check_replaceable_dir, claim_out_dir
+
     cfg = config or OptimizeConfig()
-    ex = make_executor(executor, ray_address, target_node, target_resource) if isinstance(executor, str) else executor
-    try:
-        run = _start(model, data, train_data, cfg, Path(out), ex, progress or (lambda *a: None), unsafe, cache_dir)
-        info = planner.ModelInfo(run.store.model, _quantizable(run.ref))
-        has_train = run.job["train"] is not None
-        first = planner.first_plan(info, machine_caps(cfg.objective), cfg, has_train)
-        run.job["left_out"], run.job["plan_notes"] = first.left_out, first.notes
-        wave = list(first.recipes)
-        while wave:
-            _run_wave(run, wave)
-            outcomes = [planner.Outcome(run.recipes[i], r.get("ok", False), bool(r.get("within_budget")),
-                                        (r.get("latency_ms") or {}).get("p50"), r.get("build_s") or 0.0)
-                        for i, r in run.rows.items()]
-            wave = [r for r in planner.follow_ups(info, outcomes, cfg, has_train).recipes if r.id not in run.recipes]
-        return _finish(run)
-    finally:
-        if isinstance(executor, str):
-            ex.close()
+    with claim_out_dir(out, force):
+        check_replaceable_dir(Path(out) / "best", force)
+        ex = make_executor(executor, ray_address, target_node, target_resource) if isinstance(executor, str) else executor
+        try:
+            return _search(model, data, train_data, cfg, Path(out), ex, progress, unsafe, cache_dir, force)
+        finally:
+            if isinstance(executor, str):
+                ex.close()
+
+
+def _search(model, data, train_data, cfg, out: Path, ex: Executor, progress, unsafe, cache_dir, force) -> OptimizeResult:
+    """The first plan, then waves of build / judge / time and the follow-ups they call for, until
+    nothing new is proposed; then the selection, the reports and best/."""
+    run = _start(model, data, train_data, cfg, out, ex, progress or (lambda *a: None), unsafe, cache_dir)
+    info = planner.ModelInfo(run.store.model, _quantizable(run.ref))
+    has_train = run.job["train"] is not None
+    first = planner.first_plan(info, machine_caps(cfg.objective), cfg, has_train)
+    run.job["left_out"], run.job["plan_notes"] = first.left_out, first.notes
+    wave = list(first.recipes)
+    while wave:
+        _run_wave(run, wave)
+        outcomes = [planner.Outcome(run.recipes[i], r.get("ok", False), bool(r.get("within_budget")),
+                                    (r.get("latency_ms") or {}).get("p50"), r.get("build_s") or 0.0)
+                    for i, r in run.rows.items()]
+        wave = [r for r in planner.follow_ups(info, outcomes, cfg, has_train).recipes if r.id not in run.recipes]
+    return _finish(run, force)
 
 
 # ------------------------------------------------------------------ setting up
@@ -155,7 +168,7 @@ def machine_caps(objective: str = "latency") -> planner.MachineCaps:
     return planner.MachineCaps(usable, tuple(accelerated), tuple(skipped))
 
 
-def _data_refs(data, train_data, cfg: OptimizeConfig, inputs, outputs) -> dict:
+def _data_refs(data, train_data, cfg: OptimizeConfig, inputs, outputs, scales: bool | None = None) -> dict:
     """The DataRefs of a run: "eval" (judged on), "calib" (int8 calibration), and with train data
     "train", plus "val" (a seeded 15% of it the strength search judges probes on) and
     "probe_train" (the rest, what probes train on). Without train data, a seeded part of the
@@ -168,12 +181,13 @@ def _data_refs(data, train_data, cfg: OptimizeConfig, inputs, outputs) -> dict:
         if spec is not None and not isinstance(spec, (str, os.PathLike)):
             raise KerasTurboError(f"{arg}: optimize takes a DATA spec (a path or builtin:digits), so that every "
                                   f"worker can read it; received {type(spec).__name__} (save arrays with numpy.savez)")
-    full = load_data(str(data), inputs, outputs, default_split="test", arg="--data")
+    full = load_data(str(data), inputs, outputs, default_split="test", arg="--data", scales_inputs=scales)
     if cfg.max_accuracy_drop is not None and full.y is None:
         raise KerasTurboError("--max-accuracy-drop needs labelled --data; use --min-agreement for unlabelled data")
     eval_fp = data_fingerprint(str(data))
     if train_data is not None:
-        n = len(load_data(str(train_data), inputs, outputs, default_split="train", arg="--train-data"))  # fail now
+        n = len(load_data(str(train_data), inputs, outputs, default_split="train", arg="--train-data",
+                          scales_inputs=scales))  # fail now, not in a worker
         spec, fp, kv = str(train_data), data_fingerprint(str(train_data)), max(1, int(0.15 * n))
         train = DataRef(spec, "train", arg="--train-data", fingerprint=fp)
         return {"train": train, "calib": train, "eval": DataRef(str(data), "test", take=cfg.eval_size, fingerprint=eval_fp),
@@ -212,10 +226,13 @@ def _start(model, data, train_data, cfg, out: Path, ex: Executor, note, unsafe, 
     if not ref.is_keras:
         raise KerasTurboError(f"{ref.path}: optimize starts from a Keras model (.keras, .h5, SavedModel), not a .{ref.format} artifact")
     inputs, outputs = io_specs(ref)
-    refs = _data_refs(data, train_data, cfg, inputs, outputs)
+    from keras_turbo.models import scales_inputs
+
+    refs = _data_refs(data, train_data, cfg, inputs, outputs, scales_inputs(ref))  # (warns on 0-255 data into [0, 1] models)
     bench = {**BENCH, "min_runs": cfg.min_runs, "min_seconds": cfg.min_seconds}
     facts = ex.target_machine()  # speed is measured there, so its numbers are keyed by it
-    protocol = Protocol(ref.fingerprint(), refs["eval"].id, cfg.batch_size, cfg.threads or default_threads(),
+    # The model's id keeps what was built trusting the file (--unsafe) apart from what was not.
+    protocol = Protocol(ref.cache_key(), refs["eval"].id, cfg.batch_size, cfg.threads or default_threads(),
                         tuple(sorted(bench.items())), machine_key(facts))
     (out / "artifacts").mkdir(parents=True, exist_ok=True)
     store = Store(out, protocol.model)
@@ -379,31 +396,28 @@ def _save(run: _Run) -> dict:
     return doc
 
 
-def _finish(run: _Run) -> OptimizeResult:
+def _finish(run: _Run, force: bool = False) -> OptimizeResult:
     from keras_turbo.report import write_reports
 
     doc = _save(run)
     best = next((v for v in doc["variants"] if v["name"] == doc["recommended"]), None)
     if best:
-        write_best(run.out, best)
+        write_best(run.out, best, force)
     write_reports(run.out, doc)
     run.note("done", run.total, run.total, run.time_left())
     return OptimizeResult(run.out, doc, best, doc["variants"])
 
 
-def write_best(out: Path, best: dict) -> None:
+def write_best(out: Path, best: dict, force: bool = False) -> None:
     """best/: the recommended artifact and a manifest, loadable with keras_turbo.load(out/'best').
-    Written beside and then renamed into place, so a reader never sees half of it."""
-    tmp = out / f".best.{os.getpid()}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    art = copy_artifact(Path(best["artifact"]), tmp)
-    manifest = {k: best.get(k) for k in ("name", "backend", "steps", "accuracy", "top1_agreement", "latency_ms", "model_bytes")}
-    (tmp / "manifest.json").write_text(json.dumps({**manifest, "artifact": art.name, "recipe_id": best["id"]}, indent=2, default=str))
-    old = out / "best"
-    if old.exists():
-        trash = out / f".best.{os.getpid()}.old"
-        os.replace(old, trash)
-        os.replace(tmp, old)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(tmp, old)
+    Built beside and renamed into place; a best/ keras-turbo did not write is never replaced."""
+    from keras_turbo.outputs import replace_dir_atomically
+
+    def build(dst: Path) -> None:
+        art = copy_artifact(Path(best["artifact"]), dst)
+        manifest = {k: best.get(k) for k in ("name", "backend", "steps", "accuracy", "top1_agreement", "latency_ms",
+                                             "model_bytes")}
+        (dst / "manifest.json").write_text(json.dumps({**manifest, "artifact": art.name, "recipe_id": best["id"]},
+                                                      indent=2, default=str))
+
+    replace_dir_atomically(build, out / "best", force)

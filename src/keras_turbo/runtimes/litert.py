@@ -63,10 +63,24 @@ class LiteRTPredictor(Predictor):
         super().__init__([info(n, d) for n, d in in_order], [info(n, d) for n, d in out_order], threads,
                          device="cpu", model_bytes=ref.size_bytes, artifact=str(ref.path))
         self._in_q = [(_scale(d), d["dtype"]) for _, d in in_order]
+        # An int8 input represents only the range calibration saw: say so, for the data checks.
+        self.input_ranges = tuple(
+            (float((np.iinfo(t).min - q[1]) * q[0]), float((np.iinfo(t).max - q[1]) * q[0])) if q else None
+            for q, t in self._in_q)
         self._out_q = [_scale(d) for _, d in out_order]
         self._quantized_io = any(q for q, _ in self._in_q) or any(self._out_q)
         self._shapes = [tuple(d["shape"]) for _, d in in_order]
-        self._it.allocate_tensors()
+        try:
+            self._it.allocate_tensors()
+        except RuntimeError as e:
+            msg = " ".join(str(e).split())
+            if "custom op" in msg:  # the file needs op kernels that only its author's build has
+                op = msg.split("custom op:", 1)[-1].split(".")[0].strip() if "custom op:" in msg else "?"
+                from keras_turbo.errors import ModelLoadError
+
+                raise ModelLoadError(f"{ref.path}: uses the custom op {op}, which LiteRT here has no kernel for "
+                                     "(it needs the runtime build it was made for)") from e
+            raise unreadable(ref.path, ".tflite", e) from e
         if batch_size:
             self._resize([(batch_size, *s[1:]) for s in self._shapes])
 

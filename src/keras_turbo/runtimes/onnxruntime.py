@@ -20,6 +20,9 @@ class ONNXRuntimePredictor(Predictor):
     def __init__(self, ref: ModelRef, threads: int | None = None, batch_size: int | None = None, device: str = "auto"):
         import onnxruntime as ort
 
+        from keras_turbo.models import check_artifact_files
+
+        check_artifact_files(ref)  # external data must be the model's own files
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

@@ -29,6 +29,11 @@ class OpenVINOPredictor(Predictor):
                  precision: str | None = None):
         import openvino as ov
 
+        from keras_turbo.models import check_artifact_files
+
+        # The .bin (or an ONNX file's external data) must be the model's own regular file: a
+        # symlinked .bin once served another file's bytes as weights.
+        check_artifact_files(ref)
         self._core = ov.Core()
         try:
             self._model = self._core.read_model(str(ref.path))

@@ -565,7 +565,7 @@ def test_worker_killed_by_a_signal_is_reported_for_retry():
 
 def test_optimize_retries_a_row_whose_worker_was_killed(tmp_path, digits_model, monkeypatch):
     from keras_turbo import bench
-    from keras_turbo.search import OptimizeConfig, optimize
+    from keras_turbo.optimize import OptimizeConfig, optimize
 
     cfg = OptimizeConfig(max_accuracy_drop=1.0, techniques=("fallback",), min_runs=5, min_seconds=0.05, eval_size=100)
     real = bench.run_isolated

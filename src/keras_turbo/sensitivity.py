@@ -27,6 +27,7 @@ import numpy as np
 
 from keras_turbo.convert import (QUANTIZABLE, ConvertConfig, ConvertResult, convert, graph_nodes, layer_nodes,
                                   quantizable_layers)
+from keras_turbo import quality
 from keras_turbo.errors import KerasTurboError, bad_param
 from keras_turbo.config import TechniqueConfig
 
@@ -109,17 +110,13 @@ class FallbackResult:
                 "artifact": self.result.to_dict()}
 
 
-def _top1(a: np.ndarray) -> np.ndarray:
-    a = a.reshape(len(a), -1)
-    return (a[:, 0] > 0.5).astype(int) if a.shape[1] == 1 else a.argmax(1)
-
-
 def _measure(result: ConvertResult, xs, y, ref_out) -> Measured:
     p = result.load()
     out = p.predict(list(xs), batch_size=64)
     out = out[0] if isinstance(out, list) else out
-    acc = float(np.mean(_top1(out) == y)) if y is not None else None
-    agree = float(np.mean(_top1(out) == _top1(ref_out)))
+    t = quality.binary_threshold(ref_out)  # a single unit's threshold: the reference's, on both sides
+    acc = quality.accuracy(out, y, t)
+    agree = quality.agreement(out, ref_out)
     nmse = float(np.mean((out - ref_out) ** 2) / max(np.mean(ref_out ** 2), 1e-12))
     p.close()
     return Measured(acc, agree, nmse)
@@ -361,107 +358,151 @@ def quantize_with_fallback(model, config: ConvertConfig, calibration, eval_data,
         ...                             "builtin:digits:train", "builtin:digits:val", FallbackConfig(max_accuracy_drop=1))
         >>> fr.kept_float, fr.carriers, fr.met
     """
-    from keras_turbo.api import as_ref, io_specs, load
-    from keras_turbo.convert import calibration_samples
-    from keras_turbo.data import Dataset, check, load_data
+    from keras_turbo.api import as_ref
+    from keras_turbo.models import load_keras
 
     started = time.monotonic()
-    note = progress or (lambda msg: None)
     ref = as_ref(model, unsafe=unsafe, cache_dir=cache_dir)
+    job = _Job(ref, ConvertConfig(**{**config.to_dict(), "keep_float": ()}), calibration, budget,
+               progress or (lambda msg: None), cache_dir, deadline, *_judged_data(ref, eval_data, budget))
+    job.note("quantizing every layer")
+    full_res = convert(ref, job.cfg, calibration, cache_dir=cache_dir)
+    full = _measure(full_res, job.xs, job.y, job.ref_out)
+    keras_model = load_keras(ref)
+    layers = quantizable_layers(keras_model)
+    by_layer = layer_nodes(ref, _target(job.cfg), keras_model, layers, cache_dir)
+    layers = [name for name in layers if by_layer[name]]
+    ranked, units, stopped = _rank(job, full, keras_model, layers, by_layer)
+    final, final_res, best_kept, steps, stopped = _fall_back(job, full, full_res, units, layers, by_layer, keras_model,
+                                                             stopped)
+    return FallbackResult(job.float_acc, full, ranked, steps, list(best_kept), final, final_res, job.ok(final),
+                          quantized_layers=[name for name in layers if name not in best_kept],
+                          carriers=carrying_layers(keras_model, list(best_kept)) if best_kept else [],
+                          ranking=budget.ranking, stopped=stopped and not job.ok(final),
+                          seconds=time.monotonic() - started)
+
+
+def _judged_data(ref, eval_data, budget: FallbackConfig) -> tuple:
+    """(inputs, held-out xs, labels, the float model's outputs, float accuracy) for the fallback."""
+    from keras_turbo.api import io_specs, load
+    from keras_turbo.data import Dataset, check, load_data
+
     inputs, outputs = io_specs(ref)
     ds = check(eval_data, inputs, outputs, "--eval-data") if isinstance(eval_data, Dataset) else \
         load_data(eval_data, inputs, outputs, default_split="val", arg="--eval-data")
     ds = ds.take(budget.eval_size, budget.seed)
     if budget.max_accuracy_drop is not None and ds.y is None:
         raise KerasTurboError("--max-accuracy-drop needs labelled --eval-data; use --min-agreement for unlabelled data")
-    xs, y = ds.x, ds.y
-
-    ref_p = load(ref, backend="tf-function")
-    ref_out = ref_p.predict(list(xs), batch_size=64)
+    ref_out = load(ref, backend="tf-function").predict(list(ds.x), batch_size=64)
     ref_out = ref_out[0] if isinstance(ref_out, list) else ref_out
-    float_acc = float(np.mean(_top1(ref_out) == y)) if y is not None else None
+    return inputs, ds.x, ds.y, ref_out, quality.accuracy(ref_out, ds.y)
 
-    def ok(m: Measured) -> bool:
-        if budget.max_accuracy_drop is not None:
-            return (float_acc - m.accuracy) * 100 <= budget.max_accuracy_drop + 1e-9
-        return m.agreement >= budget.min_agreement
 
-    def late() -> bool:
-        return deadline is not None and time.monotonic() >= deadline
+@dataclass
+class _Job:
+    """One fallback run's settings and the float reference it judges against."""
 
-    cfg = ConvertConfig(**{**config.to_dict(), "keep_float": ()})
-    note("quantizing every layer")
-    full_res = convert(ref, cfg, calibration, cache_dir=cache_dir)
-    full = _measure(full_res, xs, y, ref_out)
+    ref: object
+    cfg: ConvertConfig
+    calibration: object
+    budget: FallbackConfig
+    note: object
+    cache_dir: object
+    deadline: float | None
+    inputs: list
+    xs: tuple
+    y: np.ndarray | None
+    ref_out: np.ndarray
+    float_acc: float | None
 
-    from keras_turbo.models import load_keras
+    def ok(self, m: Measured) -> bool:
+        if self.budget.max_accuracy_drop is not None:
+            return (self.float_acc - m.accuracy) * 100 <= self.budget.max_accuracy_drop + 1e-9
+        return m.agreement >= self.budget.min_agreement
 
-    keras_model = load_keras(ref)
-    layers = quantizable_layers(keras_model)
-    by_layer = layer_nodes(ref, _target(cfg), keras_model, layers, cache_dir)
-    layers = [name for name in layers if by_layer[name]]
-    stopped = False
-    ranked: list[dict] = []
-    units: list[list[str]] = []
-    if not ok(full) and late():
-        stopped = True
-    elif not ok(full) and budget.ranking == "tensors":
-        note("ranking tensors by their int8 error (one calibration pass)")
-        cal = check(calibration, inputs, None, "--calibration-data") if isinstance(calibration, Dataset) else \
-            load_data(calibration, inputs, None, default_split="train", arg="--calibration-data")
-        samples = calibration_samples(cal, [t.name for t in inputs], min(budget.rank_samples, len(cal)), cfg.seed)
-        order = [t.name for t in keras_model.inputs]
-        cal_x = [np.concatenate([s[n] for s in samples]) for n in order]
-        for row in tensor_errors(keras_model, cal_x):
-            unit = [name for name in repair_unit(keras_model, row["layer"]) if name in by_layer and by_layer[name]]
-            ranked.append({**row, "repair": unit})
-            if unit and unit not in units:
-                units.append(unit)
-    elif not ok(full):
-        nodes = [name for name, _ in graph_nodes(ref, _target(cfg), cache_dir)]
-        for i, layer in enumerate(layers, 1):
-            if late():
-                stopped = True
-                break
-            note(f"sensitivity {i}/{len(layers)}: only {layer} quantized")
-            own = set(by_layer[layer])
-            res = convert(ref, cfg, calibration, keep_float_nodes=[n for n in nodes if n not in own], cache_dir=cache_dir)
-            m = _measure(res, xs, y, ref_out)
-            drop = None if m.accuracy is None else (float_acc - m.accuracy) * 100
-            ranked.append({"layer": layer, "accuracy": m.accuracy, "accuracy_drop": drop, "top1_agreement": m.agreement,
-                           "output_nmse": m.nmse, "ops": len(own)})
-        ranked.sort(key=lambda r: (-(r["accuracy_drop"] or 0.0), r["top1_agreement"], -r["output_nmse"]))
-        units = [[r["layer"]] for r in ranked]
+    def late(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
 
+
+def _rank(job: _Job, full: Measured, keras_model, layers: list[str], by_layer: dict) -> tuple[list, list, bool]:
+    """(ranked rows, repair units worst first, stopped): from one calibration pass (tensors), or
+    one conversion per layer (per-layer); nothing when full int8 already meets the budget."""
+    if job.ok(full):
+        return [], [], False
+    if job.late():
+        return [], [], True
+    if job.budget.ranking == "tensors":
+        return _rank_tensors(job, keras_model, by_layer) + (False,)
+    return _rank_layers(job, layers, by_layer)
+
+
+def _rank_tensors(job: _Job, keras_model, by_layer: dict) -> tuple[list, list]:
+    from keras_turbo.convert import calibration_samples
+    from keras_turbo.data import Dataset, check, load_data
+
+    job.note("ranking tensors by their int8 error (one calibration pass)")
+    cal = job.calibration
+    cal = check(cal, job.inputs, None, "--calibration-data") if isinstance(cal, Dataset) else \
+        load_data(cal, job.inputs, None, default_split="train", arg="--calibration-data")
+    samples = calibration_samples(cal, [t.name for t in job.inputs], min(job.budget.rank_samples, len(cal)), job.cfg.seed)
+    cal_x = [np.concatenate([s[n] for s in samples]) for n in [t.name for t in keras_model.inputs]]
+    ranked, units = [], []
+    for row in tensor_errors(keras_model, cal_x):
+        unit = [name for name in repair_unit(keras_model, row["layer"]) if name in by_layer and by_layer[name]]
+        ranked.append({**row, "repair": unit})
+        if unit and unit not in units:
+            units.append(unit)
+    return ranked, units
+
+
+def _rank_layers(job: _Job, layers: list[str], by_layer: dict) -> tuple[list, list, bool]:
+    nodes = [name for name, _ in graph_nodes(job.ref, _target(job.cfg), job.cache_dir)]
+    ranked, stopped = [], False
+    for i, layer in enumerate(layers, 1):
+        if job.late():
+            stopped = True
+            break
+        job.note(f"sensitivity {i}/{len(layers)}: only {layer} quantized")
+        own = set(by_layer[layer])
+        res = convert(job.ref, job.cfg, job.calibration, keep_float_nodes=[n for n in nodes if n not in own],
+                      cache_dir=job.cache_dir)
+        m = _measure(res, job.xs, job.y, job.ref_out)
+        drop = None if m.accuracy is None else (job.float_acc - m.accuracy) * 100
+        ranked.append({"layer": layer, "accuracy": m.accuracy, "accuracy_drop": drop, "top1_agreement": m.agreement,
+                       "output_nmse": m.nmse, "ops": len(own)})
+    ranked.sort(key=lambda r: (-(r["accuracy_drop"] or 0.0), r["top1_agreement"], -r["output_nmse"]))
+    return ranked, [[r["layer"]] for r in ranked], stopped
+
+
+def _fall_back(job: _Job, full: Measured, full_res, units: list, layers: list[str], by_layer: dict, keras_model,
+               stopped: bool):
+    """Keep the ranked units float one after another until the budget holds (or the limit, or
+    the deadline); the best variant seen is kept (a step that made things worse is not)."""
     kept: list[str] = []
     steps = [{"kept_float": [], **full.to_dict()}]
     final, final_res, best_kept = full, full_res, []
-    limit = budget.max_float_layers if budget.max_float_layers is not None else len(layers)
+    limit = job.budget.max_float_layers if job.budget.max_float_layers is not None else len(layers)
     for unit in units:
-        if ok(final) or stopped:
+        if job.ok(final) or stopped:
             break
         grown = kept + [name for name in unit if name not in kept]
         if len(grown) == len(kept):
             continue
         if len(grown) > limit:
             break
-        if late():
+        if job.late():
             stopped = True
             break
         kept = grown
-        note(f"fallback: keeping {', '.join(kept)} in float")
+        job.note(f"fallback: keeping {', '.join(kept)} in float")
         keep_nodes = [n for layer in kept for n in by_layer[layer]]
-        res = convert(ref, ConvertConfig(**{**cfg.to_dict(), "keep_float": tuple(kept)}), calibration,
-                      keep_float_nodes=keep_nodes, cache_dir=cache_dir)
-        m = _measure(res, xs, y, ref_out)
+        res = convert(job.ref, ConvertConfig(**{**job.cfg.to_dict(), "keep_float": tuple(kept)}), job.calibration,
+                      keep_float_nodes=keep_nodes, cache_dir=job.cache_dir)
+        m = _measure(res, job.xs, job.y, job.ref_out)
         steps.append({"kept_float": list(kept), "carriers": carrying_layers(keras_model, kept), **m.to_dict()})
         if _better(m, final):
             final, final_res, best_kept = m, res, list(kept)
-    return FallbackResult(float_acc, full, ranked, steps, list(best_kept), final, final_res, ok(final),
-                          quantized_layers=[name for name in layers if name not in best_kept],
-                          carriers=carrying_layers(keras_model, list(best_kept)) if best_kept else [],
-                          ranking=budget.ranking, stopped=stopped and not ok(final),
-                          seconds=time.monotonic() - started)
+    return final, final_res, best_kept, steps, stopped
 
 
 def quantize_with_repair(model, config: ConvertConfig, calibration, eval_data, budget: FallbackConfig,

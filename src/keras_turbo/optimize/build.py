@@ -118,8 +118,10 @@ def build_fallback(step: Step, source: Path, ctx: _Context, dest: Path) -> tuple
     budget = FallbackConfig(max_accuracy_drop=c.get("max_accuracy_drop"), min_agreement=c.get("min_agreement"),
                             eval_size=c.get("eval_size", 500))
     cc = ConvertConfig(to=step.name, quantize=c.get("quantize", "int8"), calibration_size=c.get("calibration_size", 300))
+    # The job's deadline is wall-clock time (it crosses machines); the fallback's is monotonic.
+    deadline = None if ctx.job.deadline is None else time.monotonic() + (ctx.job.deadline - time.time())
     fr = quantize_with_fallback(ctx.keras_ref(source), cc, ctx.data("calib"), ctx.data("eval"), budget,
-                                cache_dir=ctx.job.export_cache, deadline=ctx.job.deadline)
+                                cache_dir=ctx.job.export_cache, deadline=deadline)
     path = copy_artifact(fr.result.path, dest)
     return path, {"kept_float": fr.kept_float, "stopped": fr.stopped,
                   "sensitivity": {"runtime": fr.result.backend, **fr.to_dict()}}

@@ -352,7 +352,9 @@ def _row(r: Recipe, build: dict, q: dict, s: dict, cfg: OptimizeConfig) -> dict:
     details = build.get("details") or {}
     row.update(kept_float=details.get("kept_float"), technique_report=details.get("report"))
     if not s.get("ok"):
-        return {**row, "error": f"benchmark failed: {s.get('error')}"}
+        # Not reused by a rerun (only measurements that worked are); a worker a signal killed (the
+        # OOM killer) is marked so.
+        return {**row, "error": f"benchmark failed: {s.get('error')}", "retry": bool(s.get("signal"))}
     within, why = select.within_budget(q, cfg.budget())
     return {**row, "ok": True, **{k: q.get(k) for k in ("accuracy", "accuracy_drop", "top1_agreement", "max_abs_diff", "outputs")},
             **{k: s.get(k) for k in ("latency_ms", "throughput_per_s", "model_bytes", "init_ms", "peak_rss_mb")},

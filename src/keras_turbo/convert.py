@@ -310,8 +310,7 @@ def convert(model, config: ConvertConfig | None = None, calibration=None, output
         >>> r = keras_turbo.convert("m.keras", ConvertConfig(to="litert", quantize="int8"), "builtin:digits:train")
         >>> r.load()(x)
     """
-    from keras_turbo.api import as_ref, io_specs
-    from keras_turbo.data import Dataset, check, load_data
+    from keras_turbo.api import as_ref
 
     cfg = config or ConvertConfig()
     ref = as_ref(model, unsafe=unsafe, cache_dir=cache_dir)
@@ -320,34 +319,10 @@ def convert(model, config: ConvertConfig | None = None, calibration=None, output
     target = TARGETS[cfg.to]
     notes: list[str] = []
 
-    samples = None
-    if cfg.needs_calibration:
-        if calibration is None:
-            raise KerasTurboError(f"--quantize {cfg.quantize} needs calibration data (--calibration-data DATA)")
-        inputs, _ = io_specs(ref)
-        from keras_turbo.models import scales_inputs
-
-        scales = scales_inputs(ref)
-        ds = check(calibration, inputs, None, "--calibration-data", scales) if isinstance(calibration, Dataset) else \
-            load_data(calibration, inputs, None, default_split="train", arg="--calibration-data", scales_inputs=scales)
-        samples = calibration_samples(ds, [t.name for t in inputs], cfg.calibration_size, cfg.seed)
-        if len(samples) < MIN_TRUSTED_CALIBRATION:
-            msg = (f"--calibration-data: only {len(samples)} calibration samples; int8 ranges from fewer than "
-                   f"{MIN_TRUSTED_CALIBRATION} may not be trusted")
-            warnings.warn(msg, stacklevel=2)
-            notes.append(msg)
-
+    samples = _samples(ref, cfg, calibration, notes) if cfg.needs_calibration else None
     keep_nodes = list(keep_float_nodes) if keep_float_nodes is not None else []
     if keep_float_nodes is None and cfg.keep_float:
-        from keras_turbo.models import load_keras
-
-        found = layer_nodes(ref, target, load_keras(ref), cfg.keep_float, cache_dir)
-        for layer, nodes in found.items():
-            if not nodes:
-                msg = f"--keep-float {layer}: no op of that layer in the converted graph (unknown name, or fused away)"
-                warnings.warn(msg, stacklevel=2)
-                notes.append(msg)
-            keep_nodes.extend(nodes)
+        keep_nodes += _layer_keep_nodes(ref, target, cfg.keep_float, notes, cache_dir)
     # An outlier between two float layers passes through the ops that connect them: those stay
     # float too (a no-op where the kept layers feed each other directly).
     keep_nodes = with_carriers(ref, target, keep_nodes, cache_dir)
@@ -380,6 +355,41 @@ def convert(model, config: ConvertConfig | None = None, calibration=None, output
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
     return ConvertResult(out, _fmt(target), target.backend, cfg, _size(out), len(samples or []), keep_nodes, notes)
+
+
+def _samples(ref, cfg: ConvertConfig, calibration, notes: list[str]) -> list:
+    """The calibration samples (a warning, kept in `notes`, when too few to trust)."""
+    from keras_turbo.api import io_specs
+    from keras_turbo.data import Dataset, check, load_data
+    from keras_turbo.models import scales_inputs
+
+    if calibration is None:
+        raise KerasTurboError(f"--quantize {cfg.quantize} needs calibration data (--calibration-data DATA)")
+    inputs, _ = io_specs(ref)
+    scales = scales_inputs(ref)
+    ds = check(calibration, inputs, None, "--calibration-data", scales) if isinstance(calibration, Dataset) else \
+        load_data(calibration, inputs, None, default_split="train", arg="--calibration-data", scales_inputs=scales)
+    samples = calibration_samples(ds, [t.name for t in inputs], cfg.calibration_size, cfg.seed)
+    if len(samples) < MIN_TRUSTED_CALIBRATION:
+        msg = (f"--calibration-data: only {len(samples)} calibration samples; int8 ranges from fewer than "
+               f"{MIN_TRUSTED_CALIBRATION} may not be trusted")
+        warnings.warn(msg, stacklevel=3)
+        notes.append(msg)
+    return samples
+
+
+def _layer_keep_nodes(ref, target: Target, layers, notes: list[str], cache_dir) -> list[str]:
+    """The graph's ops of the Keras layers named to stay float (a warning for a name with none)."""
+    from keras_turbo.models import load_keras
+
+    nodes_out = []
+    for layer, nodes in layer_nodes(ref, target, load_keras(ref), layers, cache_dir).items():
+        if not nodes:
+            msg = f"--keep-float {layer}: no op of that layer in the converted graph (unknown name, or fused away)"
+            warnings.warn(msg, stacklevel=3)
+            notes.append(msg)
+        nodes_out.extend(nodes)
+    return nodes_out
 
 
 def _fmt(target: Target) -> str:

@@ -146,74 +146,85 @@ def find_groups(model, exclude=()) -> list[dict]:
     from keras_turbo.sensitivity import _functional, _graph
 
     model = _functional(model)
-    producers, consumers, kind = _graph(model)
-    layers = {layer.name: layer for layer in model.layers}
-    outputs = {t._keras_history.operation.name for t in model.outputs}
-    order = {layer.name: i for i, layer in enumerate(model.layers)}
-
-    def single(name) -> bool:
-        return len(layers[name]._inbound_nodes) == 1
-
-    def writer_ok(name) -> bool:
-        return name not in exclude and _kernel_ok(layers[name]) and single(name) and \
-            _activation(layers[name]) in HOMOGENEOUS
-
-    def bn_ok(name) -> bool:
-        n = layers[name]
-        return kind[name] == "BatchNormalization" and single(name) and len(producers[name]) == 1 and \
-            n.axis in (-1, [-1], len(n.output.shape) - 1, [len(n.output.shape) - 1]) and \
-            writer_ok(producers[name][0]) and consumers[producers[name][0]] == [name]
-
+    v = _View(model, *_graph(model), exclude)
     done: set[str] = set()
     groups = []
     for layer in model.layers:
         start = layer.name
-        if start in done or not writer_ok(start):
+        if start in done or not v.writer_ok(start):
             continue
-        nxt = consumers[start]
-        first = nxt[0] if len(nxt) == 1 and bn_ok(nxt[0]) else start
-        writers: dict[str, str | None] = {}
-        readers: dict[str, tuple | None] = {}
-        between: list[str] = []
-        ok, seen, todo = True, set(), [(first, None)]
-        while todo and ok:
-            t, flatten = todo.pop()
-            if t in seen:
-                continue
-            seen.add(t)
-            if t in outputs or kind[t] == "InputLayer" or not single(t):
-                ok = False
-                break
-            # Who writes this tensor: a weighted writer, a BatchNorm after one, or ops of the group.
-            if _kernel_ok(layers[t]):
-                ok = writer_ok(t)
-                writers[t] = None
-            elif kind[t] == "BatchNormalization":
-                ok = bn_ok(t)
-                writers[producers[t][0]] = t if ok else None
-            elif _homogeneous(layers[t]) or kind[t] == "Add":
-                if kind[t] == "Add" and flatten:
-                    ok = False
-                if kind[t] == "Flatten":
-                    flatten = tuple(int(d) for d in layers[t].input.shape[1:])
-                between.append(t)
-                todo.extend((p, None) for p in producers[t])
-            else:
-                ok = False
-            # Who reads it: weighted readers, or more ops of the group.
-            for c in consumers[t]:
-                if _kernel_ok(layers[c]) and c not in exclude and single(c):
-                    readers[c] = flatten
-                elif _homogeneous(layers[c]) or kind[c] == "Add":
-                    todo.append((c, flatten))
-                else:
-                    ok = False
+        nxt = v.consumers[start]
+        ok, writers, readers, between = _grow(v, nxt[0] if len(nxt) == 1 and v.bn_ok(nxt[0]) else start)
         done.update(writers)
         if ok and writers and readers:
-            groups.append({"writers": sorted(writers.items(), key=lambda w: order[w[0]]),
-                           "readers": sorted(readers.items(), key=lambda r: order[r[0]]),
-                           "between": sorted(between, key=order.get)})
+            groups.append({"writers": sorted(writers.items(), key=lambda w: v.order[w[0]]),
+                           "readers": sorted(readers.items(), key=lambda r: v.order[r[0]]),
+                           "between": sorted(between, key=v.order.get)})
     return groups
+
+
+class _View:
+    """The Keras graph as find_groups walks it, and the tests a writer or a BatchNorm must pass."""
+
+    def __init__(self, model, producers, consumers, kind, exclude):
+        self.producers, self.consumers, self.kind, self.exclude = producers, consumers, kind, exclude
+        self.layers = {layer.name: layer for layer in model.layers}
+        self.outputs = {t._keras_history.operation.name for t in model.outputs}
+        self.order = {layer.name: i for i, layer in enumerate(model.layers)}
+
+    def single(self, name) -> bool:
+        return len(self.layers[name]._inbound_nodes) == 1
+
+    def writer_ok(self, name) -> bool:
+        return name not in self.exclude and _kernel_ok(self.layers[name]) and self.single(name) and \
+            _activation(self.layers[name]) in HOMOGENEOUS
+
+    def bn_ok(self, name) -> bool:
+        n, p = self.layers[name], self.producers[name]
+        return self.kind[name] == "BatchNormalization" and self.single(name) and len(p) == 1 and \
+            n.axis in (-1, [-1], len(n.output.shape) - 1, [len(n.output.shape) - 1]) and \
+            self.writer_ok(p[0]) and self.consumers[p[0]] == [name]
+
+
+def _grow(v: _View, first: str):
+    """Walk out from `first` through the ops that commute with a per-channel scale: (ok, writers
+    {layer: its BatchNorm or None}, readers {layer: flatten shape or None}, the ops between)."""
+    writers: dict[str, str | None] = {}
+    readers: dict[str, tuple | None] = {}
+    between: list[str] = []
+    ok, seen, todo = True, set(), [(first, None)]
+    while todo and ok:
+        t, flatten = todo.pop()
+        if t in seen:
+            continue
+        seen.add(t)
+        if t in v.outputs or v.kind[t] == "InputLayer" or not v.single(t):
+            return False, writers, readers, between
+        # Who writes this tensor: a weighted writer, a BatchNorm after one, or ops of the group.
+        if _kernel_ok(v.layers[t]):
+            ok = v.writer_ok(t)
+            writers[t] = None
+        elif v.kind[t] == "BatchNormalization":
+            ok = v.bn_ok(t)
+            writers[v.producers[t][0]] = t if ok else None
+        elif _homogeneous(v.layers[t]) or v.kind[t] == "Add":
+            if v.kind[t] == "Add" and flatten:
+                ok = False
+            if v.kind[t] == "Flatten":
+                flatten = tuple(int(d) for d in v.layers[t].input.shape[1:])
+            between.append(t)
+            todo.extend((p, None) for p in v.producers[t])
+        else:
+            ok = False
+        # Who reads it: weighted readers, or more ops of the group.
+        for c in v.consumers[t]:
+            if _kernel_ok(v.layers[c]) and c not in v.exclude and v.single(c):
+                readers[c] = flatten
+            elif _homogeneous(v.layers[c]) or v.kind[c] == "Add":
+                todo.append((c, flatten))
+            else:
+                ok = False
+    return ok, writers, readers, between
 
 
 # ------------------------------------------------------------------ the scales

@@ -62,13 +62,16 @@ class DataRef:
         from keras_turbo.data import Dataset, load_data
 
         ds = load_data(self.spec, inputs, outputs, default_split=self.default_split, arg=self.arg)
+        sel = np.arange(len(ds))
         if self.part != "all":
             idx = np.random.default_rng(0).permutation(len(ds))
             sel = idx[:self.k] if self.part == "head" else idx[self.k:]
-            ds = Dataset(tuple(a[sel] for a in ds.x), None if ds.y is None else ds.y[sel], ds.source)
-        if not self.labels:
-            ds = Dataset(ds.x, None, ds.source)
-        return ds.take(self.take, 0) if self.take else ds
+        if self.take and self.take < len(sel):  # the samples Dataset.take(take, 0) keeps, chosen first
+            sel = sel[np.sort(np.random.default_rng(0).choice(len(sel), size=self.take, replace=False))]
+        if len(sel) == len(ds) and self.part == "all":
+            return ds if self.labels else Dataset(ds.x, None, ds.source)
+        # One copy of the selected samples only (a memory-mapped npz is not read in full).
+        return Dataset(tuple(a[sel] for a in ds.x), None if ds.y is None or not self.labels else ds.y[sel], ds.source)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from keras_turbo.optimize import select
 from keras_turbo.optimize.build import BuildJob, copy_artifact
 from keras_turbo.optimize.config import OptimizeConfig
 from keras_turbo.optimize.executor import Executor, make_executor
-from keras_turbo.optimize.measure import DataRef, Protocol, data_fingerprint, machine_key
+from keras_turbo.optimize.measure import DataRef, Protocol, content_hash, data_fingerprint, machine_key
 from keras_turbo.optimize.recipe import Recipe
 from keras_turbo.kinds import output_kinds
 from keras_turbo.optimize.store import Store
@@ -242,13 +242,14 @@ def _start(model, data, train_data, cfg, out: Path, ex: Executor, note, unsafe, 
         if not k.sure:
             warnings.warn(f"output {k.name} is {k.why}", stacklevel=2)
     # How the outputs are judged is part of what a quality number means.
-    protocol = replace(protocol, eval_data=f"{refs['eval'].id}:{hash_kinds(kinds)}")
+    kinds_id = content_hash([k.to_dict() for k in kinds])
+    protocol = replace(protocol, eval_data=f"{refs['eval'].id}:{kinds_id}")
     if refs["train"] is not None:
         _reference(ref, refs["val"], inputs, outputs, out / "reference" / f"{refs['val'].id}.npz", cfg.threads)
     job = {"model_path": str(ref.path), "root": str(out / "artifacts"), "inputs": tuple(inputs), "outputs": tuple(outputs),
            "threads": cfg.threads, "unsafe": ref.unsafe, "export_cache": None if cache_dir is None else str(cache_dir),
            "float_accuracy": quality.accuracy(ref_outs[0], ds.y) if kinds[0].kind == "multiclass" else None,
-           "samples": len(ds), "machine": facts, "kinds": kinds, **refs}
+           "samples": len(ds), "machine": facts, "kinds": kinds, "kinds_id": kinds_id, **refs}
     return _Run(cfg, ref, out, store, protocol, job, ex, note)
 
 
@@ -272,14 +273,8 @@ def _job(run: _Run, r: Recipe, evaluate: bool) -> BuildJob:
 
 def _qid(run: _Run, r: Recipe) -> str:
     if r.role == "probe":
-        return run.protocol.quality_id_for(f"{run.job['val'].id}:{hash_kinds(run.job['kinds'])}")
+        return run.protocol.quality_id_for(f"{run.job['val'].id}:{run.job['kinds_id']}")
     return run.protocol.quality_id
-
-
-def hash_kinds(kinds) -> str:
-    import hashlib
-
-    return hashlib.sha256(json.dumps([k.to_dict() for k in kinds], sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _run_wave(run: _Run, recipes: list[Recipe]) -> None:

@@ -10,6 +10,7 @@ the batch size and only speed is remeasured; change the data and only quality is
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -20,8 +21,12 @@ from pathlib import Path
 import numpy as np
 
 
-def _hash(obj) -> str:
+def content_hash(obj) -> str:
+    """A short content id of a JSON-ready value (the ids of data, protocols and output kinds)."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+_hash = content_hash
 
 
 def data_fingerprint(spec: str) -> str:
@@ -59,6 +64,11 @@ class DataRef:
         return _hash({k: v for k, v in asdict(self).items() if k not in ("spec", "arg")})
 
     def load(self, inputs, outputs):
+        """The selected samples, fitted to the model's inputs. Loaded once per process: every
+        candidate a local run judges reads the same data, and a worker's jobs share it too."""
+        return _load(self, tuple(inputs), None if outputs is None else tuple(outputs))
+
+    def _read(self, inputs, outputs):
         from keras_turbo.data import Dataset, load_data
 
         ds = load_data(self.spec, inputs, outputs, default_split=self.default_split, arg=self.arg)
@@ -72,6 +82,12 @@ class DataRef:
             return ds if self.labels else Dataset(ds.x, None, ds.source)
         # One copy of the selected samples only (a memory-mapped npz is not read in full).
         return Dataset(tuple(a[sel] for a in ds.x), None if ds.y is None or not self.labels else ds.y[sel], ds.source)
+
+
+@functools.lru_cache(maxsize=4)
+def _load(ref: DataRef, inputs: tuple, outputs: tuple | None):
+    # A DataRef names its data by content (`fingerprint`), so the cached copy is the data it names.
+    return ref._read(inputs, outputs)
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from keras_turbo.errors import KerasTurboError, bad_param
-from keras_turbo.runtimes.base import NullPredictor, Predictor, TensorInfo
+from keras_turbo.errors import KerasTurboError, bad_param, cause
+from keras_turbo.runtimes.base import STRING, NullPredictor, Predictor, TensorInfo
 
 
 @dataclass(frozen=True)
@@ -106,6 +106,11 @@ def random_inputs(inputs: Sequence[TensorInfo], batch_size: int, count: int, see
         feeds = []
         for t in inputs:
             shape = (batch_size, *[d if d is not None else 1 for d in t.shape[1:]])
+            if t.dtype == STRING:  # text: a few words drawn from a small vocabulary per sample
+                words = np.array(["the", "model", "runs", "fast", "on", "every", "input", "text"])
+                feeds.append(np.char.encode(np.array([" ".join(rng.choice(words, size=6)) for _ in range(int(np.prod(shape)))])
+                                            .reshape(shape), "utf-8"))
+                continue
             dt = np.dtype(t.dtype)
             if np.issubdtype(dt, np.floating):
                 feeds.append(rng.random(shape, dtype="float32").astype(dt))
@@ -198,7 +203,7 @@ def _worker(job_path: str, result_path: str) -> int:
             open_fn = lambda: factory(ref, threads=job["threads"], batch_size=job["batch_size"], device=cfg.device)  # noqa: E731
         out = measure(open_fn, job["batch_size"], cfg)
     except Exception as e:  # recorded as a failed row by the parent, never a crash there
-        out = {"ok": False, "error": f"{type(e).__name__}: {' '.join(str(e).split())[:400]}"}
+        out = {"ok": False, "error": cause(e)}
     Path(result_path).write_text(json.dumps(out))
     return 0
 
@@ -280,7 +285,7 @@ def run_isolated(job: dict, timeout_s: float) -> dict:
         if result_path.exists():
             return json.loads(result_path.read_text())
         lines = [ln for ln in (stderr or "").splitlines() if ln.strip()]
-        tail = lines[-1].strip()[:300] if lines else "no output"
+        tail = lines[-1].strip() if lines else "no output"
         return {"ok": False, "error": f"worker exited with code {proc.returncode}: {tail}"}
 
 
@@ -383,7 +388,7 @@ def benchmark(model, backends: Sequence[str] | None = None, batch_sizes: Sequenc
         except KerasTurboError as e:
             row.error = str(e)
         except Exception as e:  # an export that fails is that runtime's failure, not the run's
-            row.error = f"export failed: {type(e).__name__}: {' '.join(str(e).split())[:300]}"
+            row.error = f"export failed: {cause(e)}"
         else:
             job = {"backend": name, "artifact": str(artifact.path), "format": artifact.format, "unsafe": ref.unsafe,
                    "batch_size": batch, "threads": threads, "config": cfg.to_dict()}

@@ -750,8 +750,9 @@ def _main(argv: list[str]) -> int:
     except Exception as e:
         if debug:
             raise
-        msg = " ".join(str(e).split())[:300]
-        print(f"keras-turbo: internal error: {type(e).__name__}: {msg} (run with --debug for the traceback)", file=sys.stderr)
+        from keras_turbo.errors import cause
+
+        print(f"keras-turbo: internal error: {cause(e)} (run with --debug for the traceback)", file=sys.stderr)
         return 1
 
 

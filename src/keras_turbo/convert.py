@@ -414,7 +414,7 @@ def _build(ref, cfg: ConvertConfig, target: Target, samples, keep_nodes, out: Pa
             shutil.copy(float_artifact(ref, target, cache_dir).path.with_suffix(".bin"), out.with_suffix(".bin"))
         return
     if target.name == "litert":
-        sm = exporters.export(ref, "savedmodel", cache_dir)
+        sm = exporters.litert_source(ref, cache_dir)
         litert_exp.export_quantized(sm, out, cfg.quantize, samples, cfg.int8_io, keep_nodes, cfg.sparse)
     elif target.name == "onnx":
         onnx_exp.quantize(float_artifact(ref, target, cache_dir).path, out, cfg.quantize, samples, keep_nodes, cfg.per_channel)

@@ -5,6 +5,8 @@ A DATA spec is one of:
     optionally, integer labels `y` (one-hot labels are accepted and reduced with argmax);
   - a folder with one sub-folder of images per class (sub-folder names, sorted, are the
     classes), resized to the model's input and scaled to [0, 1];
+  - `path.txt`, plain text, one sample per line (blank lines skipped), for a model whose one
+    input takes strings (TextVectorization, StringLookup);
   - `builtin:digits`, scikit-learn's 1,797 8x8 handwritten digits (shipped inside the package,
     nothing is downloaded), brought to the model's input size and scaled to [0, 1]. Fixed splits
     (seed 0): 70% train, 15% validation, 15% test; `builtin:digits:train|val|test|all` picks one,
@@ -20,11 +22,14 @@ from typing import Sequence
 
 import numpy as np
 
-from keras_turbo.errors import DataError
-from keras_turbo.runtimes.base import TensorInfo
+from keras_turbo.errors import DataError, cause
+from keras_turbo.runtimes.base import STRING, TensorInfo
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 SPLITS = ("train", "val", "test", "all")
+TEXT_SUFFIXES = (".txt",)
+# A text DATA file is read whole; one this size is not a set of samples for a text model.
+MAX_TEXT_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -126,7 +131,8 @@ def _npy_members(path: Path) -> dict[str, np.ndarray]:
                 read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
                 shape, fortran, dtype = read_header(fh)
                 if dtype.hasobject:
-                    raise DataError(f"{path}: array {info.filename[:-4]!r} holds Python objects (pickled); refused")
+                    raise DataError(f"{path}: array {info.filename[:-4]!r} holds Python objects (pickled); refused "
+                                    "(save text as a str array: np.savez(f, x=np.array(texts, dtype=str)))")
                 header_len = fh.tell()
                 count = int(np.prod(shape, dtype=np.int64))
                 order = "F" if fortran else "C"
@@ -178,7 +184,7 @@ def load_npz(path: Path, inputs: Sequence[TensorInfo] | None) -> Dataset:
     except DataError:
         raise
     except Exception as e:
-        raise DataError(f"{path}: cannot read as .npz ({type(e).__name__}: {' '.join(str(e).split())[:150]})") from e
+        raise DataError(f"{path}: cannot read as .npz ({cause(e)})") from e
     y = files.get("y")
     if inputs is not None and len(inputs) > 1:
         missing = [t.name for t in inputs if f"x_{t.name}" not in files]
@@ -190,6 +196,25 @@ def load_npz(path: Path, inputs: Sequence[TensorInfo] | None) -> Dataset:
     else:
         raise DataError(f"{path}: no array named 'x' (found: {', '.join(files) or 'none'})")
     return Dataset(x, y, str(path))
+
+
+def load_text(path: Path, inputs: Sequence[TensorInfo] | None, arg: str = "DATA") -> Dataset:
+    """One sample per line of a UTF-8 text file (line ends and blank lines dropped), for a model
+    whose single input takes strings; shaped (n,) or (n, 1) as that input is."""
+    if inputs is not None and (len(inputs) != 1 or inputs[0].dtype != STRING):
+        takes = ", ".join(f"{t.name} ({t.dtype})" for t in inputs)
+        raise DataError(f"{arg}: {path}: a text file fits a model with one string input; this one takes {takes}")
+    if path.stat().st_size > MAX_TEXT_BYTES:
+        raise DataError(f"{arg}: {path}: {path.stat().st_size / 2**30:.1f} GiB of text, over the "
+                        f"{MAX_TEXT_BYTES >> 30} GiB keras-turbo reads as DATA")
+    try:
+        lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    except UnicodeDecodeError as e:
+        raise DataError(f"{arg}: {path}: not UTF-8 text ({cause(e)})") from e
+    x = np.array(lines, dtype=str)
+    if inputs is not None and len(inputs[0].shape) == 2:
+        x = x[:, None]
+    return Dataset((x,), None, str(path))
 
 
 # A 97 KB PNG of 9000 x 9000 once took 2.7 GB to decode; no classification input needs more
@@ -288,9 +313,18 @@ def load_data(spec: str, inputs: Sequence[TensorInfo] | None = None, outputs: Se
         elif path.suffix.lower() == ".npz":
             _own_file(path, None)
             ds = load_npz(path, inputs)
+        elif path.suffix.lower() in TEXT_SUFFIXES:
+            _own_file(path, None)
+            ds = load_text(path, inputs, arg)
         else:
-            raise DataError(f"{arg}: {path}: expected a .npz file, an image folder or builtin:digits")
+            raise DataError(f"{arg}: {path}: expected a .npz file, a .txt file (one text per line), an image folder "
+                            "or builtin:digits")
     return check(ds, inputs, outputs, arg, scales_inputs)
+
+
+def _integral(a: np.ndarray, rows: int = 4096) -> bool:
+    """Whether every value of a float array is a whole number (a block of rows at a time)."""
+    return all(bool(np.all(b == np.round(b))) for b in (a[i:i + rows] for i in range(0, len(a), rows)))
 
 
 def _non_finite(a: np.ndarray, rows: int = 4096) -> int:
@@ -349,17 +383,30 @@ def check(ds: Dataset, inputs: Sequence[TensorInfo] | None, outputs: Sequence[Te
         name = inputs[i].name if inputs is not None else f"x{i}"
         if a.shape[0] != n:
             raise DataError(f"{arg}: {ds.source}: inputs hold different sample counts ({n} and {a.shape[0]})")
-        if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
+        text = a.dtype.kind in "US"
+        if inputs is not None and (inputs[i].dtype == STRING) != text:
+            want = "text (a str array, or a .txt file)" if inputs[i].dtype == STRING else f"{inputs[i].dtype} numbers"
+            raise DataError(f"{arg}: {ds.source}: input {name!r} takes {want}, the data holds {a.dtype} values")
+        if not (text or np.issubdtype(a.dtype, np.number) or a.dtype == bool):
             raise DataError(f"{arg}: {ds.source}: input {name!r} holds {a.dtype} values, not numbers")
+        if inputs is not None and not text and np.issubdtype(np.dtype(inputs[i].dtype), np.integer) \
+                and np.issubdtype(a.dtype, np.floating) and not _integral(a):
+            raise DataError(f"{arg}: {ds.source}: input {name!r} takes {inputs[i].dtype} (token ids, indices); the data "
+                            f"holds {a.dtype} values with fractions")
         if np.issubdtype(a.dtype, np.floating):
             bad = _non_finite(a)
             if bad:
                 raise DataError(f"{arg}: {ds.source}: input {name!r} holds {bad} NaN or inf value(s)")
+        if text and a.ndim == 1 and inputs is not None and tuple(inputs[i].shape[1:]) == (1,):
+            a = a[:, None]  # one text per sample, for an Input(shape=(1,), dtype="string")
         if inputs is not None:
             want = inputs[i].shape[1:]
             if a.ndim != len(inputs[i].shape) or any(w is not None and w != g for w, g in zip(want, a.shape[1:])):
                 shown = ", ".join("?" if d is None else str(d) for d in want)
                 raise DataError(f"{arg}: {ds.source}: input {name!r} has samples of shape {a.shape[1:]}, the model expects ({shown})")
+            if text:
+                xs.append(a)
+                continue
             if scales_inputs is False:
                 _warn_if_unscaled(a, name, inputs[i].dtype, arg, ds.source)
             a = a.astype(inputs[i].dtype, copy=False)

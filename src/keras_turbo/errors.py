@@ -33,3 +33,17 @@ class OutputError(KerasTurboError):
 
 class UnsafeModelError(ModelLoadError):
     """A model file holds code or graph ops outside what keras-turbo runs without --unsafe."""
+
+
+def first_line(e: BaseException) -> str:
+    """The first non-empty line of an error's text, whole: where converters and runtimes state the
+    cause (a prefix cut at a few hundred characters lost it: tf2onnx's and the LiteRT converter's
+    first line names the op only at its end). Later lines (MLIR locations, tracebacks, URLs) are
+    dropped."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return lines[0] if lines else ""
+
+
+def cause(e: BaseException) -> str:
+    """`Type: first line`, the form every failed row and wrapped error states its cause in."""
+    return f"{type(e).__name__}: {first_line(e)}".rstrip(": ")

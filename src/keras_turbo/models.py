@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from keras_turbo import _tf
-from keras_turbo.errors import ModelLoadError
+from keras_turbo.errors import ModelLoadError, cause, first_line
 from keras_turbo.gate import check_savedmodel
 
 KERAS_FORMATS = ("keras", "h5", "savedmodel")
@@ -318,8 +318,8 @@ def load_keras(ref: ModelRef):
                 "(pass --unsafe only if you trust this file)"
             ) from e
         if "Unknown layer" in msg or "Could not locate" in msg:
-            raise ModelLoadError(f"{ref.path}: uses a custom layer or object keras-turbo cannot build ({msg[:200]})") from e
-        raise ModelLoadError(f"{ref.path}: cannot load as a Keras model ({type(e).__name__}: {msg[:200]})") from e
+            raise ModelLoadError(f"{ref.path}: uses a custom layer or object keras-turbo cannot build ({first_line(e)})") from e
+        raise ModelLoadError(f"{ref.path}: cannot load as a Keras model ({cause(e)})") from e
     if not isinstance(model, keras.Model):
         raise ModelLoadError(f"{ref.path}: holds a {type(model).__name__}, not a Keras model")
     return model
@@ -334,7 +334,7 @@ def _wrap_savedmodel(ref: ModelRef):
     except KeyError as e:
         raise ModelLoadError(f"{ref.path}: the SavedModel has no 'serving_default' signature") from e
     except Exception as e:
-        raise ModelLoadError(f"{ref.path}: cannot load the SavedModel ({' '.join(str(e).split())[:200]})") from e
+        raise ModelLoadError(f"{ref.path}: cannot load the SavedModel ({first_line(e)})") from e
     specs = sig.structured_input_signature[1]
     names = sorted(specs)
     out_specs = sig.structured_outputs

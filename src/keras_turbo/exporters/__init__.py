@@ -20,6 +20,8 @@ from keras_turbo.models import ModelRef
 # target -> (format of the result, file or folder name inside the cache entry, export function)
 EXPORTERS = {
     "savedmodel": ("savedmodel", "saved_model", savedmodel.export),
+    # What LiteRT converts from when the model has recurrent layers (see litert_source).
+    "savedmodel-unrolled": ("savedmodel", "saved_model", savedmodel.export_unrolled),
     "tflite": ("tflite", "model.tflite", litert.export),
     "onnx": ("onnx", "model.onnx", onnx.export),
     "openvino": ("openvino", "model.xml", openvino.export),
@@ -48,7 +50,8 @@ def export(ref: ModelRef, target: str, cache_dir: Path | None = None) -> ModelRe
     # without it (that run rebuilds, and the gate refuses what it must).
     entry = cache.root(cache_dir) / "exports" / ref.cache_key() / target
     out = entry / name
-    source = ref if target == "savedmodel" else export(ref, "savedmodel", cache_dir)
+    source = ref if target.startswith("savedmodel") else \
+        litert_source(ref, cache_dir) if target == "tflite" else export(ref, "savedmodel", cache_dir)
     # One builder per entry at a time: a second run waits and then finds it built. Each build
     # happens in a scratch folder of its own and is renamed into place with its sizes and hashes
     # recorded, so an interrupted or damaged export is rebuilt rather than trusted.
@@ -62,3 +65,20 @@ def export(ref: ModelRef, target: str, cache_dir: Path | None = None) -> ModelRe
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return ModelRef(out, fmt, ref.unsafe)
+
+
+def litert_source(ref: ModelRef, cache_dir: Path | None = None) -> ModelRef:
+    """The SavedModel the LiteRT converter reads: the plain export, or for a Keras file with
+    recurrent layers (LSTM, GRU, SimpleRNN) the unrolled one (`savedmodel.export_unrolled`), which
+    the converter takes where the plain one fails on its TensorList loop."""
+    if ref.format in ("keras", "h5") and _has_recurrent(ref):
+        return export(ref, "savedmodel-unrolled", cache_dir)
+    return export(ref, "savedmodel", cache_dir)
+
+
+def _has_recurrent(ref: ModelRef) -> bool:
+    """Whether the model's config names a recurrent layer (read without building the model)."""
+    from keras_turbo.models import _config_json
+
+    cfg = _config_json(ref) or ""
+    return any(f'"class_name": "{k}"' in cfg or f'"class_name":"{k}"' in cfg for k in savedmodel.RECURRENT)

@@ -16,9 +16,22 @@ MODES = ("none", "fp16", "dynamic", "int8", "int16x8")
 
 
 def export(ref: ModelRef, out: Path) -> None:
+    """Convert with LiteRT's built-in ops; a graph that needs TensorFlow ops LiteRT has no kernel
+    for (string preprocessing: TextVectorization, StringLookup) is converted with them as
+    TensorFlow Select ops, which run where LiteRT is built with the Flex delegate (the
+    select-tf-ops builds for Android and iOS). The runtime here says plainly when it cannot."""
     check_savedmodel(ref.path, ref.unsafe)
     tf = _tf.tf()
     converter = tf.lite.TFLiteConverter.from_saved_model(str(ref.path))
+    try:
+        with _tf.quiet():
+            out.write_bytes(converter.convert())
+        return
+    except Exception as e:
+        if "TF Select ops" not in str(e) and "flex op" not in str(e):
+            raise
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(ref.path))
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
     with _tf.quiet():
         out.write_bytes(converter.convert())
 

@@ -9,6 +9,7 @@ from typing import Sequence
 import numpy as np
 
 from keras_turbo import _tf
+from keras_turbo.errors import KerasTurboError
 from keras_turbo.gate import check_savedmodel
 from keras_turbo.models import ModelRef
 
@@ -24,21 +25,80 @@ def signature_io(loaded):
 
 
 def export(ref: ModelRef, out: Path) -> None:
+    """Convert the SavedModel's serving signature to ONNX (opset OPSET), inputs and outputs named
+    as in the signature.
+
+    The signature is frozen here rather than by tf2onnx's `from_function`: that one freezes
+    variables but lists every other captured tensor as a graph input, so a Keras `Normalization`
+    layer (whose mean and variance the traced graph captures as constants) became two extra ONNX
+    inputs that ONNX Runtime then filled with whatever it was fed. TensorFlow's
+    `convert_variables_to_constants_v2` folds every capture, variables and constants alike.
+
+    Raises:
+        KerasTurboError: the converted graph's inputs are not the signature's (checked, never
+            assumed), or an op has no ONNX form.
+    """
     check_savedmodel(ref.path, ref.unsafe)
     tf = _tf.tf()
     import tf2onnx
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
     loaded = tf.saved_model.load(str(ref.path))
     sig, specs, names, outputs = signature_io(loaded)
     input_signature = [tf.TensorSpec(specs[n].shape, specs[n].dtype, name=n) for n in names]
 
-    # Returning a dict names the ONNX outputs after the signature's outputs (output_0, ...).
     @tf.function(input_signature=input_signature)
     def serve(*args):
         result = sig(**dict(zip(names, args)))
-        return {k: result[k] for k in outputs}
+        return [result[k] for k in outputs]
 
-    tf2onnx.convert.from_function(serve, input_signature=input_signature, opset=OPSET, output_path=str(out))
+    concrete = serve.get_concrete_function()
+    with _tf.quiet():
+        frozen = convert_variables_to_constants_v2(concrete, lower_control_flow=False, aggressive_inlining=True)
+    graph_def = frozen.graph.as_graph_def(add_shapes=True)
+    tables = [t.name for t in frozen.inputs if t.dtype == tf.resource]
+    if tables:
+        raise KerasTurboError(f"ONNX export: the graph keeps {len(tables)} TensorFlow lookup table(s) (TextVectorization, "
+                              "StringLookup, IntegerLookup) that tf2onnx cannot write as ONNX constants")
+    in_tensors = [t.name for t in frozen.inputs]
+    out_tensors = [t.name for t in frozen.outputs]
+    if len(in_tensors) != len(names):
+        raise KerasTurboError(f"ONNX export: the frozen graph has {len(in_tensors)} inputs, the model {len(names)} "
+                              f"({', '.join(names)}): a captured value did not fold into a constant")
+    rename = {**dict(zip(in_tensors, names)), **dict(zip(out_tensors, outputs))}
+    with _tf.quiet():
+        tf2onnx.convert.from_graph_def(graph_def, name="keras_turbo", input_names=in_tensors, output_names=out_tensors,
+                                       opset=OPSET, tensors_to_rename=rename, output_path=str(out),
+                                       custom_op_handlers={"Erfc": (_erfc, [])})
+    _check_graph_io(out, names, outputs)
+
+
+def _erfc(ctx, node, name, args):
+    """tf2onnx has no conversion for TensorFlow's `Erfc` (Keras' exact GELU, 0.5 x erfc(-x/√2)),
+    and ONNX has no Erfc op: write it as 1 - Erf(x). The difference is an absolute one, at most
+    float32's rounding of 1 - erf (about 6e-8), which GELU multiplies by x/2: exact within 1e-4
+    where the approximate (tanh) GELU would not be."""
+    from tf2onnx import utils
+
+    dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(node.input[0]))
+    erf = ctx.make_node("Erf", [node.input[0]], op_name_scope=node.name)
+    one = ctx.make_const(utils.make_name(f"{node.name}_one"), np.array(1, dtype=dtype))
+    node.type = "Sub"
+    ctx.replace_inputs(node, [one.output[0], erf.output[0]])
+
+
+def _check_graph_io(path: Path, inputs: list[str], outputs: list[str]) -> None:
+    """The ONNX graph takes exactly the model's inputs and gives its outputs, by name."""
+    import onnx
+
+    g = onnx.load(str(path), load_external_data=False).graph
+    inits = {i.name for i in g.initializer}
+    got_in = [i.name for i in g.input if i.name not in inits]
+    got_out = [o.name for o in g.output]
+    extra = [n for n in got_in if n not in inputs]
+    if extra or sorted(got_in) != sorted(inputs) or sorted(got_out) != sorted(outputs):
+        raise KerasTurboError(f"ONNX export: the graph takes inputs {got_in} and gives {got_out}; the model takes "
+                              f"{inputs} and gives {outputs}" + (f" ({len(extra)} extra input(s): {', '.join(extra)})" if extra else ""))
 
 
 def preprocessed(float_onnx: Path) -> Path:

@@ -18,9 +18,29 @@ def export(ref: ModelRef, out: Path) -> None:
     import openvino as ov
 
     check_savedmodel(ref.path, ref.unsafe)
-    model = ov.convert_model(str(ref.path))
+    try:
+        model = ov.convert_model(str(ref.path))
+    except Exception as e:
+        raise _conversion_error(e) from e
     # save_model compresses weights to float16 by default; a float32 export must stay float32.
     ov.save_model(model, str(out), compress_to_fp16=False)
+
+
+def _conversion_error(e: Exception) -> Exception:
+    """OpenVINO's conversion errors open with the C++ check that failed ("Check 'false' failed at
+    src/frontends/...") and name the ops it could not convert only further down, one per line
+    starting "-- OpName with a message:": state those first."""
+    from keras_turbo.errors import KerasTurboError
+
+    ops = []
+    for line in str(e).splitlines():
+        if line.startswith("-- ") and " with a message" in line:
+            op = line[3:].split(" with a message")[0].strip()
+            if op not in ops:
+                ops.append(op)
+    if not ops:
+        return e
+    return KerasTurboError(f"OpenVINO cannot convert the TensorFlow op(s) {', '.join(ops)} ({type(e).__name__})")
 
 
 WEIGHTED_OPS = ("Convolution", "GroupConvolution", "MatMul", "ConvolutionBackpropData")

@@ -71,8 +71,9 @@ class _Context:
 
 def error_text(e: BaseException) -> str:
     """The error's type and its first line whole: the cause, not a cut-off prefix."""
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    return f"{type(e).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+    from keras_turbo.errors import cause
+
+    return cause(e)
 
 
 # ------------------------------------------------------------------ the step builders

@@ -8,7 +8,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from keras_turbo.errors import DataError
+from keras_turbo.errors import DataError, cause
 
 # True in a process that serves one runtime and nothing else (the benchmark worker). A runtime may
 # then take process-wide state that it keeps out of a caller's process otherwise: keras-jax fixes
@@ -26,6 +26,41 @@ def dedicate_process() -> None:
 def process_is_dedicated() -> bool:
     """Whether `dedicate_process()` was called in this process."""
     return _DEDICATED
+
+
+#: TensorInfo.dtype of a string tensor (TensorFlow's variable-length strings; numpy has no name
+#: for them). A string input is fed as a numpy bytes array (UTF-8), which every runtime that runs
+#: strings takes.
+STRING = "string"
+
+
+def dtype_name(dtype) -> str:
+    """A numpy / TensorFlow / Keras dtype (or its name) as TensorInfo spells it: numpy's name, or
+    STRING for text of any kind."""
+    name = dtype if isinstance(dtype, str) else getattr(dtype, "name", None) or str(dtype)
+    if name in (STRING, "str", "bytes", "object", "tf.string") or name.startswith(("<U", "|S", "bytes", "str")):
+        return STRING
+    try:
+        d = np.dtype(dtype if not hasattr(dtype, "as_numpy_dtype") else dtype.as_numpy_dtype)
+    except TypeError:
+        return name
+    return STRING if d.kind in "USO" else d.name
+
+
+def as_strings(a, name: str) -> np.ndarray:
+    """Text as a numpy bytes array (UTF-8): from str, bytes, or an object array of either.
+
+    Raises:
+        DataError: the values are not text.
+    """
+    a = np.asarray(a)
+    if a.dtype.kind == "S":
+        return a
+    if a.dtype.kind == "U":
+        return np.char.encode(a, "utf-8")
+    if a.dtype.kind == "O" and all(isinstance(v, (str, bytes)) for v in a.flat):
+        return np.array([v.encode("utf-8") if isinstance(v, str) else v for v in a.flat], dtype=bytes).reshape(a.shape)
+    raise DataError(f"input {name!r} takes text (strings), received {a.dtype} values")
 
 
 @dataclass(frozen=True)
@@ -110,7 +145,12 @@ class Predictor(abc.ABC):
                     f"input {info.name!r}: expected shape (batch, {', '.join('?' if d is None else str(d) for d in want)}), "
                     f"received {a.shape}"
                 )
-            feeds.append(np.ascontiguousarray(a, dtype=info.dtype))
+            if info.dtype == STRING:
+                feeds.append(as_strings(a, info.name))
+            elif a.dtype.kind in "USO":
+                raise DataError(f"input {info.name!r} takes {info.dtype} values, received text ({a.dtype})")
+            else:
+                feeds.append(np.ascontiguousarray(a, dtype=info.dtype))
         return feeds
 
     def __call__(self, x):
@@ -135,7 +175,7 @@ def unreadable(path, kind: str, e: Exception):
     """The one error for an artifact file its runtime cannot read."""
     from keras_turbo.errors import ModelLoadError
 
-    return ModelLoadError(f"{path}: not a valid {kind} file ({type(e).__name__}: {' '.join(str(e).split())[:160]})")
+    return ModelLoadError(f"{path}: not a valid {kind} file ({cause(e)})")
 
 
 class NullPredictor(Predictor):

@@ -42,9 +42,9 @@ from typing import Sequence
 
 import numpy as np
 
-from keras_turbo.errors import BackendError, KerasTurboError, ModelLoadError, bad_param
+from keras_turbo.errors import BackendError, KerasTurboError, ModelLoadError, bad_param, cause
 from keras_turbo.models import UNSAFE_WARNING, ModelRef, prescan
-from keras_turbo.runtimes.base import Predictor, TensorInfo, process_is_dedicated
+from keras_turbo.runtimes.base import STRING, Predictor, TensorInfo, dtype_name, process_is_dedicated
 
 #: precision -> (Keras dtype policy of the rebuilt model or None, JAX default matmul precision)
 PRECISIONS = {
@@ -150,8 +150,7 @@ class JAXModel:
         try:
             model = keras.models.load_model(path, compile=False, safe_mode=not unsafe)
         except Exception as e:
-            msg = " ".join(str(e).split())
-            raise ModelLoadError(f"{path}: cannot load on Keras-on-JAX ({type(e).__name__}: {msg[:200]})") from e
+            raise ModelLoadError(f"{path}: cannot load on Keras-on-JAX ({cause(e)})") from e
         if not isinstance(model, keras.Model):
             raise ModelLoadError(f"{path}: holds a {type(model).__name__}, not a Keras model")
         policy, self._matmul = PRECISIONS[precision]
@@ -161,6 +160,10 @@ class JAXModel:
         self.platform = self._device.platform
         self.device = "gpu" if self.platform in ("gpu", "cuda", "rocm") else self.platform
 
+        text = [t.name for t in model.inputs if dtype_name(t.dtype) == STRING]
+        if text:
+            raise BackendError(f"keras-jax: input {text[0]!r} takes strings, and Keras-on-JAX runs no string ops "
+                               "(TextVectorization / StringLookup compute in TensorFlow); run it on tf-function")
         ins = [TensorInfo(t.name, tuple(t.shape), np.dtype(t.dtype).name) for t in model.inputs]
         by_name = sorted(range(len(ins)), key=lambda i: ins[i].name)
         self.inputs = [ins[i] for i in by_name]
@@ -298,7 +301,7 @@ def serve() -> int:
 
 
 def _one_line(e: BaseException) -> str:
-    return f"{type(e).__name__}: {' '.join(str(e).split())[:400]}"
+    return cause(e)
 
 
 _WORKER_MAIN = "from keras_turbo.runtimes.keras_jax import serve; raise SystemExit(serve())"
@@ -397,7 +400,7 @@ class _Worker:
         is_error = re.compile(r"^[\w.]*(Error|Exception)\b")
         first = next((ln for ln in recent if is_error.match(ln)), recent[-1] if recent else "no output")
         self.stop()
-        return BackendError(f"keras-jax worker exited (code {code}) {what}: {first[:300]}")
+        return BackendError(f"keras-jax worker exited (code {code}) {what}: {first}")
 
 
 def _stop(proc: subprocess.Popen, stderr) -> None:

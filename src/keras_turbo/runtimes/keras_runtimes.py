@@ -12,7 +12,7 @@ import numpy as np
 
 from keras_turbo import _tf
 from keras_turbo.models import ModelRef, load_keras
-from keras_turbo.runtimes.base import Predictor, TensorInfo
+from keras_turbo.runtimes.base import STRING, Predictor, TensorInfo, dtype_name
 
 
 _WARNED: set[int] = set()
@@ -50,9 +50,15 @@ def _infos(tensors, names=None) -> list[TensorInfo]:
     out = []
     for i, t in enumerate(tensors):
         name = names[i] if names else t.name.split(":")[0]
-        dtype = t.dtype if isinstance(t.dtype, str) else t.dtype.name
-        out.append(TensorInfo(name, tuple(t.shape), np.dtype(dtype).name))
+        out.append(TensorInfo(name, tuple(t.shape), dtype_name(t.dtype)))
     return out
+
+
+def flat_outputs(out) -> list:
+    """A model's outputs as a flat list in `model.outputs` order: a dict (outputs named by key) is
+    flattened the way Keras flattens it (keys sorted), as are nested lists; one tensor is a list
+    of one. Every runtime serves outputs in this order, as output_0, output_1, ..."""
+    return _tf.tf().nest.flatten(out)
 
 
 class _KerasBase(Predictor):
@@ -79,8 +85,7 @@ class _KerasBase(Predictor):
 
     @staticmethod
     def _np(out) -> list[np.ndarray]:
-        out = out if isinstance(out, (list, tuple)) else [out]
-        return [np.asarray(o) for o in out]
+        return [np.asarray(o) for o in flat_outputs(out)]
 
 
 class KerasPredict(_KerasBase):
@@ -91,6 +96,9 @@ class KerasPredict(_KerasBase):
     def run(self, feeds):
         tf = _tf.tf()
         set_onednn_bf16(False)  # predict() runs a graph function too: float32 even after a bf16 predictor
+        # predict() reads numpy through its own data adapter, which has no numpy bytes dtype: text
+        # goes in as a tf.string tensor.
+        feeds = [tf.constant(f) if f.dtype.kind == "S" else f for f in feeds]
         with tf.device(self._device):
             return self._np(self.model.predict(self._x(feeds), batch_size=len(feeds[0]), verbose=0))
 
@@ -105,7 +113,7 @@ class KerasCall(_KerasBase):
         set_onednn_bf16(False)
         with tf.device(self._device):
             out = self.model(self._x(feeds), training=False)
-        return self._np(out.numpy() if hasattr(out, "numpy") else [o.numpy() for o in out])
+        return self._np(out)
 
 
 _ONEDNN_BF16 = {"on": False}
@@ -147,8 +155,7 @@ class TFFunction(_KerasBase):
         set_onednn_bf16(self.bf16)
         with tf.device(self._device):
             out = self._fn(*feeds)
-        out = out if isinstance(out, (list, tuple)) else [out]
-        return [o.numpy() for o in out]
+        return [o.numpy() for o in flat_outputs(out)]
 
 
 class TFFunctionBF16(TFFunction):
@@ -166,3 +173,14 @@ class TFXLA(TFFunction):
 
     backend = "tf-xla"
     jit_compile = True
+
+    def _build(self):
+        # XLA has no string type: TensorFlow aborts the whole process (a CHECK failure, not an
+        # exception) when it tries to compile a graph fed strings, so refuse before tracing.
+        text = [t.name for t in self.inputs if t.dtype == STRING]
+        if text:
+            from keras_turbo.errors import BackendError
+
+            raise BackendError(f"tf-xla: input {text[0]!r} takes strings, and XLA compiles no string ops "
+                               "(TextVectorization, StringLookup); run it on tf-function")
+        super()._build()

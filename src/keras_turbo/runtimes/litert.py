@@ -6,7 +6,7 @@ import numpy as np
 
 from keras_turbo import _tf
 from keras_turbo.models import ModelRef
-from keras_turbo.runtimes.base import Predictor, TensorInfo, unreadable
+from keras_turbo.runtimes.base import Predictor, TensorInfo, dtype_name, unreadable
 
 
 def _plain(name: str) -> str:
@@ -22,6 +22,22 @@ def _scale(detail) -> tuple[float, int] | None:
     return (float(scale), int(zero)) if scale else None
 
 
+def _flex_error(ref: ModelRef, e: Exception):
+    """The error for a file that holds TensorFlow Select ops ("Flex" ops: string preprocessing
+    such as TextVectorization), which ai_edge_litert's interpreter has no delegate for; None for
+    any other error."""
+    if "Select TensorFlow op" not in str(e) and "Flex" not in str(e):
+        return None
+    import re
+
+    from keras_turbo.errors import BackendError
+
+    ops = sorted({m.decode() for m in re.findall(rb"Flex([A-Z][A-Za-z0-9]+)", ref.path.read_bytes())})
+    return BackendError(f"{ref.path.name}: needs TensorFlow Select ops ({', '.join(ops) or '?'}), and this LiteRT "
+                        "interpreter (ai_edge_litert) has no Flex delegate to run them; the file runs where LiteRT is "
+                        "built with select-tf-ops (Android, iOS), and the model runs here on tf-function")
+
+
 class LiteRTPredictor(Predictor):
     """Runs a `.tflite` file. Inputs and outputs are matched by the serving signature's names when
     the file has one, else taken in the file's order. The batch size may change between calls:
@@ -35,8 +51,9 @@ class LiteRTPredictor(Predictor):
         try:
             with _tf.quiet():  # the interpreter announces its XNNPACK delegate on stderr
                 self._it = Interpreter(model_path=str(ref.path), num_threads=threads)
-        except ValueError as e:
-            raise unreadable(ref.path, ".tflite", e) from e
+        except (ValueError, RuntimeError) as e:
+            raise _flex_error(ref, e) or unreadable(ref.path, ".tflite", e) from e
+        self._ref = ref
         in_details = {d["index"]: d for d in self._it.get_input_details()}
         out_details = {d["index"]: d for d in self._it.get_output_details()}
         # The signature maps names to tensor indices. (A SignatureRunner would too, but it holds
@@ -57,7 +74,7 @@ class LiteRTPredictor(Predictor):
             shape = tuple(None if int(s) < 0 else int(s) for s in sig)
             # An int8 input/output (full-int8 models with int8 I/O) is served as float32: the
             # Predictor quantizes inputs and dequantizes outputs with the tensor's own scale.
-            dtype = "float32" if _scale(d) else np.dtype(d["dtype"]).name
+            dtype = "float32" if _scale(d) else dtype_name(d["dtype"])
             return TensorInfo(name, shape, dtype)
 
         super().__init__([info(n, d) for n, d in in_order], [info(n, d) for n, d in out_order], threads,
@@ -73,6 +90,9 @@ class LiteRTPredictor(Predictor):
         try:
             self._it.allocate_tensors()
         except RuntimeError as e:
+            flex = _flex_error(ref, e)
+            if flex:
+                raise flex from e
             msg = " ".join(str(e).split())
             if "custom op" in msg:  # the file needs op kernels that only its author's build has
                 op = msg.split("custom op:", 1)[-1].split(".")[0].strip() if "custom op:" in msg else "?"
@@ -87,7 +107,10 @@ class LiteRTPredictor(Predictor):
     def _resize(self, shapes):
         for idx, shape in zip(self._in_idx, shapes):
             self._it.resize_tensor_input(idx, shape, strict=False)
-        self._it.allocate_tensors()
+        try:
+            self._it.allocate_tensors()
+        except RuntimeError as e:
+            raise _flex_error(self._ref, e) or e
         self._shapes = shapes
 
     def run(self, feeds):
@@ -99,7 +122,10 @@ class LiteRTPredictor(Predictor):
             return self._run_quantized(feeds)
         for idx, f in zip(self._in_idx, feeds):
             it.set_tensor(idx, f)
-        it.invoke()
+        try:
+            it.invoke()
+        except RuntimeError as e:  # Select TF ops fail here, at their first use
+            raise _flex_error(self._ref, e) or e
         return [it.get_tensor(idx) for idx in self._out_idx]
 
     def _run_quantized(self, feeds):

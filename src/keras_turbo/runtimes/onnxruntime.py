@@ -9,7 +9,7 @@ from keras_turbo.runtimes.base import Predictor, TensorInfo, unreadable
 
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16",
               "tensor(int8)": "int8", "tensor(uint8)": "uint8", "tensor(int32)": "int32", "tensor(int64)": "int64",
-              "tensor(bool)": "bool"}
+              "tensor(bool)": "bool", "tensor(string)": "string"}
 
 
 class ONNXRuntimePredictor(Predictor):
@@ -49,6 +49,8 @@ class ONNXRuntimePredictor(Predictor):
         self._out_names = [t.name for t in self.outputs]
 
     def run(self, feeds):
+        # ONNX Runtime takes text as an object array of str (the Predictor holds UTF-8 bytes).
+        feeds = [f.astype(str).astype(object) if f.dtype.kind == "S" else f for f in feeds]
         return self._sess.run(self._out_names, dict(zip(self._names, feeds)))
 
     def close(self):

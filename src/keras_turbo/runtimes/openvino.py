@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from keras_turbo.models import ModelRef
-from keras_turbo.runtimes.base import Predictor, TensorInfo, unreadable
+from keras_turbo.runtimes.base import Predictor, TensorInfo, dtype_name, unreadable
 
 
 class OpenVINOPredictor(Predictor):
@@ -47,7 +47,7 @@ class OpenVINOPredictor(Predictor):
             names = port.get_names()
             name = sorted(names)[0] if names else fallback
             shape = tuple(None if d.is_dynamic else d.get_length() for d in port.get_partial_shape())
-            return TensorInfo(name, shape, np.dtype(port.get_element_type().to_dtype()).name)
+            return TensorInfo(name, shape, dtype_name(port.get_element_type().to_dtype()))
 
         ins = [info(p, f"input_{i}") for i, p in enumerate(self._model.inputs)]
         outs = [info(p, f"output_{i}") for i, p in enumerate(self._model.outputs)]

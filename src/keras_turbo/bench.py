@@ -42,6 +42,9 @@ class BenchmarkConfig:
         device: "auto" (a GPU for the TensorFlow runtimes when present), "cpu" or "gpu".
         timeout_s: a (runtime, batch size) that takes longer is stopped and recorded as failed.
         seed: for the random inputs.
+        input_shapes: one sample shape (no batch dimension) per model input, in name order, that
+            random inputs are made in; () takes the model's own shapes, which must then be fixed
+            (a dynamic dimension has no size to time at: `benchmark` asks for one).
     """
 
     warmup_runs: int = 5
@@ -52,8 +55,16 @@ class BenchmarkConfig:
     device: str = "auto"
     timeout_s: float = 900.0
     seed: int = 0
+    input_shapes: tuple[tuple[int, ...], ...] = ()
 
     def __post_init__(self):
+        try:  # JSON gives lists back: normalise to tuples, so configs compare and hash alike
+            shapes = tuple(tuple(int(d) for d in shape) for shape in self.input_shapes)
+        except (TypeError, ValueError):
+            raise bad_param("input_shapes", "one tuple of integers per input", self.input_shapes) from None
+        if any(d < 1 for shape in shapes for d in shape):
+            raise bad_param("input_shapes", "sizes >= 1", self.input_shapes)
+        object.__setattr__(self, "input_shapes", shapes)
         for name in ("warmup_runs", "min_runs"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < (1 if name == "min_runs" else 0):
@@ -92,20 +103,25 @@ class Result:
     device: str = "cpu"
     artifact: str | None = None
     pid: int | None = None  # the worker process that measured it
+    export_check: float | None = None  # largest relative difference from Keras on the check samples
+    input_shapes: list | None = None  # the sample shape (no batch) timed, per input
     signal: int | None = None  # the signal that killed the worker (the OOM killer's SIGKILL...): worth a retry
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def random_inputs(inputs: Sequence[TensorInfo], batch_size: int, count: int, seed: int) -> list[list[np.ndarray]]:
-    """`count` distinct batches of random data that fit the inputs (dynamic dims become 1)."""
+def random_inputs(inputs: Sequence[TensorInfo], batch_size: int, count: int, seed: int,
+                  shapes: Sequence[Sequence[int]] = ()) -> list[list[np.ndarray]]:
+    """`count` distinct batches of random data that fit the inputs, each sample of the shape
+    `shapes` gives for its input (default: the input's own; a dynamic dim becomes 1 there)."""
     rng = np.random.default_rng(seed)
     batches = []
     for _ in range(count):
         feeds = []
-        for t in inputs:
-            shape = (batch_size, *[d if d is not None else 1 for d in t.shape[1:]])
+        for i, t in enumerate(inputs):
+            sample = tuple(shapes[i]) if shapes else tuple(d if d is not None else 1 for d in t.shape[1:])
+            shape = (batch_size, *sample)
             if t.dtype == STRING:  # text: a few words drawn from a small vocabulary per sample
                 words = np.array(["the", "model", "runs", "fast", "on", "every", "input", "text"])
                 feeds.append(np.char.encode(np.array([" ".join(rng.choice(words, size=6)) for _ in range(int(np.prod(shape)))])
@@ -131,12 +147,21 @@ def stats(times_ms: Sequence[float]) -> dict[str, float]:
     }
 
 
-def measure(open_fn: Callable[[], Predictor], batch_size: int, cfg: BenchmarkConfig) -> dict:
-    """Load, warm up and time one predictor in this process. Returns the measured fields."""
+def measure(open_fn: Callable[[], Predictor], batch_size: int, cfg: BenchmarkConfig,
+            batches: list[list[np.ndarray]] | None = None, check: Callable[[Predictor], object] | None = None) -> dict:
+    """Load, warm up and time one predictor in this process. Returns the measured fields.
+
+    `batches` are the inputs to time on, in the predictor's input order (default: random ones,
+    see random_inputs); `check` runs on the loaded predictor before anything is timed (the export
+    check: it raises when the artifact does not compute what the model does)."""
     t0 = time.perf_counter()
     predictor = open_fn()
     init_ms = (time.perf_counter() - t0) * 1e3
-    batches = random_inputs(predictor.inputs, batch_size, cfg.rotate, cfg.seed)
+    checked = check(predictor) if check else None
+    if batches is None:
+        batches = random_inputs(predictor.inputs, batch_size, cfg.rotate, cfg.seed, cfg.input_shapes)
+    else:
+        batches = [predictor.prepare(b) for b in batches]
     run = predictor.run
 
     t0 = time.perf_counter()
@@ -162,7 +187,7 @@ def measure(open_fn: Callable[[], Predictor], batch_size: int, cfg: BenchmarkCon
         "ok": True, "latency_ms": stats(times), "throughput_per_s": batch_size * len(times) / total_s if total_s else None,
         "init_ms": init_ms, "first_inference_ms": first_ms, "runs": len(times), "threads": predictor.threads,
         "device": predictor.device, "model_bytes": predictor.model_bytes, "artifact": predictor.artifact,
-        "pid": os.getpid(),
+        "pid": os.getpid(), "export_check": checked,
     }
     predictor.close()
     out["peak_rss_mb"] = peak_rss_mb()
@@ -201,11 +226,33 @@ def _worker(job_path: str, result_path: str) -> int:
             ref = ModelRef(Path(job["artifact"]), job["format"], job["unsafe"])
             factory = get_backend(job["backend"]).factory
             open_fn = lambda: factory(ref, threads=job["threads"], batch_size=job["batch_size"], device=cfg.device)  # noqa: E731
-        out = measure(open_fn, job["batch_size"], cfg)
+        batches, check = _job_inputs(job)
+        out = measure(open_fn, job["batch_size"], cfg, batches, check)
     except Exception as e:  # recorded as a failed row by the parent, never a crash there
         out = {"ok": False, "error": cause(e)}
     Path(result_path).write_text(json.dumps(out))
     return 0
+
+
+def _job_inputs(job: dict):
+    """The timing batches and the export check a job carries in its inputs file (see
+    `_write_inputs`), or (None, None) for random inputs and no check."""
+    if not job.get("inputs"):
+        return None, None
+    with np.load(job["inputs"], allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    n_in = len(job["input_names"])
+    batches = [[arrays[f"b{job['batch_size']}_{r}_{i}"] for i in range(n_in)]
+               for r in range(job["rotate"])] if job.get("data_batches") else None
+    check = None
+    if "check_in_0" in arrays:
+        from keras_turbo.exporters.check import check_predictor
+
+        feeds = [arrays[f"check_in_{i}"] for i in range(n_in)]
+        want = [arrays[f"check_out_{k}"] for k in range(job["outputs"])]
+        check = lambda p: check_predictor(p, job["input_names"], feeds, want, job["tolerance"],  # noqa: E731
+                                          what=f"the {job['backend']} artifact")
+    return batches, check
 
 
 def _die_with_parent() -> None:
@@ -292,7 +339,7 @@ def run_isolated(job: dict, timeout_s: float) -> dict:
 def harness_overhead_ms(cfg: BenchmarkConfig) -> float:
     """p50 time of one call to a predictor that does nothing: the harness's own cost."""
     job = {"backend": "null", "batch_size": 1, "threads": 1,
-           "config": {**cfg.to_dict(), "min_runs": 2000, "min_seconds": 0.2, "warmup_seconds": 0.05}}
+           "config": {**cfg.to_dict(), "input_shapes": (), "min_runs": 2000, "min_seconds": 0.2, "warmup_seconds": 0.05}}
     res = run_isolated(job, cfg.timeout_s)
     return res["latency_ms"]["p50"] if res.get("ok") else float("nan")
 
@@ -331,8 +378,14 @@ Progress = Callable[[str, int, int], None]  # (what is running now, jobs done, j
 def benchmark(model, backends: Sequence[str] | None = None, batch_sizes: Sequence[int] = (1,),
               threads: int | None = None, config: BenchmarkConfig | None = None, *, unsafe: bool = False,
               cache_dir: Path | None = None, progress: Progress | None = None,
-              measure_overhead: bool = True) -> BenchmarkReport:
+              measure_overhead: bool = True, data=None, check: bool = True) -> BenchmarkReport:
     """Measure a model's latency, throughput, start-up cost and memory on each runtime.
+
+    Every runtime is timed on inputs of one shape: the user's data (`data`), or random values of
+    `config.input_shapes`, or of the model's own input shapes when those are fixed. Before
+    timing, each runtime's artifact is checked against the Keras model on a few samples (the
+    data's first ones, else a random batch): an artifact that takes other inputs or computes
+    other numbers is a failed row with the reason, never a timing.
 
     Args:
         model: a model path (.keras, .h5, SavedModel dir, .tflite, .onnx, .xml) or a `keras.Model`.
@@ -340,18 +393,22 @@ def benchmark(model, backends: Sequence[str] | None = None, batch_sizes: Sequenc
             Keras model, the artifact's own runtime for an artifact.
         batch_sizes: each batch size is measured separately.
         threads: threads per runtime; default all cores this process may use.
-        config: the measuring method (warm-up, minimum runs and seconds, device, timeout).
+        config: the measuring method (warm-up, minimum runs and seconds, device, timeout, input shapes).
         unsafe: let the model file run code (Lambda layers); off by default.
         cache_dir: where exported artifacts are cached.
         progress: called with (description, done, total) as the jobs go.
         measure_overhead: time the harness's own cost first (an extra process); a caller that
             benchmarks many artifacts in one run measures it once instead.
+        data: a DATA spec or `Dataset`: its samples are timed (cycled into each batch size) and
+            checked on; required (or `config.input_shapes`) when an input has a dynamic dimension.
+        check: compare each runtime with the Keras model before timing (Keras models only).
 
     Returns:
         A `BenchmarkReport`. A runtime that fails is a row with `ok=False` and its error.
 
     Raises:
-        KerasTurboError: the model cannot be read, a backend name is unknown, or a setting is bad.
+        KerasTurboError: the model cannot be read, a backend name is unknown, a setting is bad,
+            or an input's size is dynamic and neither data nor input shapes say what to time.
 
     Example:
         >>> report = keras_turbo.benchmark("model.keras", backends=["litert", "openvino"], batch_sizes=[1, 32])
@@ -373,6 +430,10 @@ def benchmark(model, backends: Sequence[str] | None = None, batch_sizes: Sequenc
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise bad_param("threads", "an integer >= 1", threads)
     threads = threads or machine.default_threads()
+    inputs = model_inputs(ref, cache_dir)
+    ds = _bench_data(data, inputs, ref)
+    shapes = timed_shapes(inputs, cfg.input_shapes, ds)
+    cfg = BenchmarkConfig(**{**cfg.to_dict(), "input_shapes": shapes})
 
     jobs = [(n, b) for n in names for b in batch_sizes]
     total = len(jobs) + 1
@@ -380,26 +441,135 @@ def benchmark(model, backends: Sequence[str] | None = None, batch_sizes: Sequenc
     note("harness overhead", 0, total)
     overhead = harness_overhead_ms(cfg) if measure_overhead else float("nan")
     results = []
-    for i, (name, batch) in enumerate(jobs, start=1):
-        row = Result(name, batch, threads)
-        note(f"{name} batch {batch}", i, total)
-        try:
-            artifact = artifact_for(ref, name, cache_dir)
-        except KerasTurboError as e:
-            row.error = str(e)
-        except Exception as e:  # an export that fails is that runtime's failure, not the run's
-            row.error = f"export failed: {cause(e)}"
-        else:
-            job = {"backend": name, "artifact": str(artifact.path), "format": artifact.format, "unsafe": ref.unsafe,
-                   "batch_size": batch, "threads": threads, "config": cfg.to_dict()}
-            out = run_isolated(job, cfg.timeout_s)
-            out.setdefault("model_bytes", artifact.size_bytes)
-            out["threads"] = out.get("threads") or threads
-            for k, v in out.items():
-                setattr(row, k, v)
-        results.append(row)
+    with tempfile.TemporaryDirectory(prefix=f"kt-bench-{os.getpid()}-inputs-") as tmp:
+        feeds = _write_inputs(Path(tmp) / "inputs.npz", ref, inputs, ds, cfg, batch_sizes, check and ref.is_keras)
+        for i, (name, batch) in enumerate(jobs, start=1):
+            row = Result(name, batch, threads, input_shapes=[list(x) for x in shapes])
+            note(f"{name} batch {batch}", i, total)
+            try:
+                artifact = artifact_for(ref, name, cache_dir)
+            except KerasTurboError as e:
+                row.error = str(e)
+            except Exception as e:  # an export that fails is that runtime's failure, not the run's
+                row.error = f"export failed: {cause(e)}"
+            else:
+                job = {"backend": name, "artifact": str(artifact.path), "format": artifact.format, "unsafe": ref.unsafe,
+                       "batch_size": batch, "threads": threads, "config": cfg.to_dict(), **feeds,
+                       "tolerance": _tolerance(name)}
+                out = run_isolated(job, cfg.timeout_s)
+                out.setdefault("model_bytes", artifact.size_bytes)
+                out["threads"] = out.get("threads") or threads
+                for k, v in out.items():
+                    setattr(row, k, v)
+            results.append(row)
     note("done", total, total)
     return BenchmarkReport(str(ref.path), machine.facts(), cfg.to_dict(), overhead, results)
+
+
+def model_inputs(ref, cache_dir: Path | None = None) -> list[TensorInfo]:
+    """The model's inputs in name order: a Keras model's own, or what an artifact's runtime reports."""
+    if ref.is_keras:
+        from keras_turbo.api import io_specs
+
+        return list(io_specs(ref)[0])
+    from keras_turbo.runtimes import NATIVE, open_predictor
+
+    p = open_predictor(ref, NATIVE[ref.format], cache_dir=cache_dir)
+    try:
+        return list(p.inputs)
+    finally:
+        p.close()
+
+
+def _bench_data(data, inputs, ref):
+    if data is None:
+        return None
+    from keras_turbo.data import Dataset, check, load_data
+
+    if isinstance(data, Dataset):
+        return check(data, inputs, None, "--data")
+    return load_data(data, inputs, None, default_split="test", arg="--data")
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """`1x224x224x3` -> (1, 224, 224, 3).
+
+    Raises:
+        KerasTurboError: not sizes >= 1 joined by x.
+    """
+    try:
+        dims = tuple(int(d) for d in str(text).lower().split("x"))
+    except ValueError:
+        dims = ()
+    if not dims or any(d < 1 for d in dims):
+        raise KerasTurboError(f"--input-shape: expected sizes joined by x, batch first (e.g. 1x224x224x3); received {text!r}")
+    return dims
+
+
+def timed_shapes(inputs: Sequence[TensorInfo], given: Sequence[Sequence[int]], ds=None) -> tuple[tuple[int, ...], ...]:
+    """The sample shape (no batch) each input is timed at: the data's, else the given ones (checked
+    against the model's), else the model's own.
+
+    Raises:
+        KerasTurboError: an input has a dynamic dimension and nothing says its size, or a given
+            shape does not fit the model.
+    """
+    if ds is not None:
+        return tuple(tuple(int(d) for d in a.shape[1:]) for a in ds.x)
+    if given:
+        if len(given) != len(inputs):
+            raise KerasTurboError(f"--input-shape: the model takes {len(inputs)} input(s) "
+                                  f"({', '.join(t.name for t in inputs)}); received {len(given)} shape(s)")
+        for t, shape in zip(inputs, given):
+            want = t.shape[1:]
+            if len(shape) != len(want) or any(w is not None and w != g for w, g in zip(want, shape)):
+                shown = "x".join("?" if d is None else str(d) for d in want)
+                raise KerasTurboError(f"--input-shape: input {t.name!r} takes samples of shape {shown}; "
+                                      f"received {'x'.join(map(str, shape))}")
+        return tuple(tuple(s) for s in given)
+    dynamic = [t for t in inputs if any(d is None for d in t.shape[1:])]
+    if dynamic:
+        t = dynamic[0]
+        shown = "x".join("N" if d is None else str(d) for d in t.shape[1:])
+        raise KerasTurboError(f"input {t.name!r} has a dynamic size (batch x {shown}); say what to time it at with "
+                              f"--input-shape 1x{shown.replace('N', '224')} (batch first) or give --data")
+    return tuple(tuple(int(d) for d in t.shape[1:]) for t in inputs)
+
+
+def _tolerance(backend: str) -> float:
+    from keras_turbo.exporters.check import TOLERANCE
+    from keras_turbo.runtimes import get_backend
+
+    return TOLERANCE.get(get_backend(backend).precision, TOLERANCE["fp32"])
+
+
+def _write_inputs(path: Path, ref, inputs, ds, cfg: BenchmarkConfig, batch_sizes, check: bool) -> dict:
+    """The inputs file every job reads: the data's samples cycled into `rotate` batches per batch
+    size (with data), and the export check's samples with the Keras model's outputs on them
+    (`check`). Returns the job fields that point at it."""
+    from keras_turbo.exporters.check import SAMPLES, reference
+
+    arrays: dict[str, np.ndarray] = {}
+    if ds is not None:
+        n = len(ds)
+        for b in batch_sizes:
+            for r in range(cfg.rotate):
+                idx = (r * b + np.arange(b)) % n
+                for i, a in enumerate(ds.x):
+                    arrays[f"b{b}_{r}_{i}"] = np.asarray(a[idx])
+    outputs = 0
+    if check:
+        feeds = [np.asarray(a[:SAMPLES]) for a in ds.x] if ds is not None else \
+            random_inputs(inputs, 2, 1, cfg.seed, cfg.input_shapes)[0]
+        want = reference(ref, feeds)
+        outputs = len(want)
+        arrays.update({f"check_in_{i}": f for i, f in enumerate(feeds)})
+        arrays.update({f"check_out_{k}": w for k, w in enumerate(want)})
+    if not arrays:
+        return {}
+    np.savez(path, **arrays)
+    return {"inputs": str(path), "input_names": [t.name for t in inputs], "rotate": cfg.rotate,
+            "data_batches": ds is not None, "outputs": outputs}
 
 
 if __name__ == "__main__":

@@ -99,13 +99,17 @@ def cmd_inspect(args) -> int:
 
 
 def _bench_config(args):
-    from keras_turbo.bench import BenchmarkConfig
+    from keras_turbo.bench import BenchmarkConfig, parse_shape
 
+    shapes = [parse_shape(t) for t in getattr(args, "input_shape", None) or []]
+    if shapes and not args.batch_size:
+        args.batch_size = [shapes[0][0]]  # --input-shape's leading size is the batch
     return BenchmarkConfig(warmup_runs=args.warmup_runs, warmup_seconds=args.warmup_seconds, min_runs=args.min_runs,
-                           min_seconds=args.min_seconds, device=args.device, timeout_s=args.timeout)
+                           min_seconds=args.min_seconds, device=args.device, timeout_s=args.timeout,
+                           input_shapes=tuple(x[1:] for x in shapes))
 
 
-def _run_benchmark(model, backends, batch_sizes, threads, cfg, unsafe=False):
+def _run_benchmark(model, backends, batch_sizes, threads, cfg, unsafe=False, data=None):
     import keras_turbo
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -118,14 +122,15 @@ def _run_benchmark(model, backends, batch_sizes, threads, cfg, unsafe=False):
             bar.update(task, description=f"measuring {what}", completed=done, total=total)
 
         return keras_turbo.benchmark(model, backends=backends, batch_sizes=batch_sizes, threads=threads,
-                                     config=cfg, unsafe=unsafe, progress=progress)
+                                     config=cfg, unsafe=unsafe, progress=progress, data=data)
 
 
 def cmd_benchmark(args) -> int:
     from keras_turbo.report import benchmark_table
 
-    _check_outputs(args, args.model)
-    report = _run_benchmark(args.model, args.backend, args.batch_size or [1], args.threads, _bench_config(args), args.unsafe)
+    _check_outputs(args, args.model, args.data)
+    cfg = _bench_config(args)
+    report = _run_benchmark(args.model, args.backend, args.batch_size or [1], args.threads, cfg, args.unsafe, args.data)
     out, _ = _console()
     out.print(benchmark_table(report))
     if args.json:
@@ -538,6 +543,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--min-seconds", type=float, default=2.0)
     sp.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
     sp.add_argument("--timeout", type=float, default=900.0, help="seconds one runtime may take")
+    sp.add_argument("--data", metavar="DATA", help="time (and check each runtime) on these samples, at their shape: "
+                    "x.npz, a .txt file (text models), an image folder, builtin:digits[:split]")
+    sp.add_argument("--input-shape", action="append", metavar="BxDx...",
+                    help="time at this input shape, batch first (1x224x224x3); one per input, in input-name order; "
+                         "needed without --data when an input's size is dynamic")
     sp.add_argument("--json", metavar="PATH", help="write the results as JSON")
     force_arg(sp)
     sp.set_defaults(fn=cmd_benchmark)

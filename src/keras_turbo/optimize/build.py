@@ -107,7 +107,23 @@ def build_convert(step: Step, source: Path, ctx: _Context, dest: Path) -> tuple[
     cc = ConvertConfig(to=step.name, **cfg)
     r = convert(ctx.keras_ref(source), cc, ctx.data("calib") if cc.needs_calibration else None,
                 output=dest / f"model{TARGETS[step.name].suffix}", cache_dir=ctx.job.export_cache)
-    return r.path, {"calibration_samples": r.calibration_samples, "warnings": r.warnings}
+    return r.path, {"calibration_samples": r.calibration_samples, "warnings": r.warnings,
+                    "export_check": check_export(ctx, source, r, cc.quantize != "none")}
+
+
+def check_export(ctx: _Context, source: Path, r, quantized: bool) -> float | None:
+    """The conversion's artifact against the Keras model it came from, on a few calibration
+    samples, before anything times or judges it (exporters.check): an artifact that takes other
+    inputs, or whose float outputs differ, fails this step with the reason. Returns the largest
+    relative difference (None for a quantized artifact, checked for its structure only)."""
+    from keras_turbo.convert import TARGETS
+    from keras_turbo.exporters.check import SAMPLES, check_artifact
+    from keras_turbo.models import ModelRef
+
+    feeds = [a[:SAMPLES] for a in ctx.data("calib").x]
+    artifact = ModelRef(Path(r.path), r.format, ctx.job.unsafe)
+    return check_artifact(ctx.keras_ref(source), artifact, TARGETS[r.config.to].backend, feeds,
+                          [t.name for t in ctx.job.inputs], quantized, ctx.job.threads)
 
 
 def build_fallback(step: Step, source: Path, ctx: _Context, dest: Path) -> tuple[Path, dict]:

@@ -237,6 +237,11 @@ def _start(model, data, train_data, cfg, out: Path, ex: Executor, note, unsafe, 
     (out / "artifacts").mkdir(parents=True, exist_ok=True)
     store = Store(out, protocol.model)
     ref_outs, ds = _reference(ref, refs["eval"], inputs, outputs, out / "reference" / f"{refs['eval'].id}.npz", cfg.threads)
+    if any(d is None for t in inputs for d in t.shape[1:]):
+        # A dynamic size is timed at the data's (a made-up size 1 timed a 1x1 image once); speed
+        # measurements are then keyed by that shape too.
+        bench["input_shapes"] = tuple(tuple(int(d) for d in a.shape[1:]) for a in ds.x)
+        protocol = replace(protocol, bench=tuple(sorted(bench.items())))
     kinds = output_kinds(ref, outputs, ref_outs, ds.y, cfg.output_kinds)
     for k in kinds:
         if not k.sure:

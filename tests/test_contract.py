@@ -32,6 +32,7 @@ from keras_turbo.errors import KerasTurboError, ModelLoadError
 from keras_turbo.runtimes import BACKENDS
 from keras_turbo.techniques import TECHNIQUES
 from keras_turbo.techniques._training import feed, predict
+from tests import tiny_models
 from tests.conftest import MODEL_MAKERS, keras
 
 # Settings that keep every technique to a second or two on the tiny models: any of these fields
@@ -75,8 +76,24 @@ QAT_ON_JAX = ("QAT's output holds keras-turbo's own fake-quant layers, which reg
               "keras_turbo.techniques.qat is imported, a module built on TensorFlow; the keras-jax worker runs Keras "
               "on JAX without TensorFlow, so it cannot build them (the deployable QAT output is its int8 LiteRT export)")
 
+TEXT_OPS = ("TextVectorization computes in TensorFlow string ops (StringLower, StaticRegexReplace, StringSplitV2) "
+            "and a lookup table")
+
 # (technique, model, runtime) -> Known; runtime None: the technique itself refuses the model.
+# Technique "none": a model of tiny_models.KINDS run as it is (the kinds of model section below).
 KNOWN_FAILURES: dict[tuple[str, str, str | None], Known] = {
+    ("none", "text", "tf-xla"): Known(KerasTurboError, "XLA compiles no string ops",
+                                      f"XLA has no string type; {TEXT_OPS} (TensorFlow would abort the process)"),
+    ("none", "text", "litert"): Known(KerasTurboError, "no Flex delegate",
+                                      f"{TEXT_OPS}: LiteRT runs them only as TensorFlow Select ops, and ai_edge_litert's "
+                                      "interpreter has no Flex delegate (the converted file runs on select-tf-ops builds)"),
+    ("none", "text", "onnxruntime"): Known(KerasTurboError, "lookup table",
+                                           f"{TEXT_OPS}; tf2onnx cannot write its lookup table as ONNX constants"),
+    ("none", "text", "openvino"): Known(KerasTurboError, "OpenVINO cannot convert the TensorFlow op",
+                                        f"{TEXT_OPS}; OpenVINO's TensorFlow front end converts neither the table nor its lookup"),
+    ("none", "text", "keras-jax"): Known(KerasTurboError, "requires TensorFlow",
+                                         f"{TEXT_OPS}; Keras-on-JAX builds TextVectorization only where TensorFlow is importable, "
+                                         "and the keras-jax worker runs without it"),
     ("distill", "residual", None): Known(
         KerasTurboError, "cannot be built",
         "the width:0.5 student halves conv_a, whose output meets the model's 4-channel input in the residual Add; "
@@ -271,14 +288,75 @@ def test_check_runs_on_every_runtime(outcomes, technique, model_name, backend):
     _check_same_numbers(*_run_on(result, backend, outcomes.models[model_name][2]))
 
 
+# ---------------------------------------------------------------- kinds of model on every runtime
+# The layers, inputs and outputs real models have (tiny_models.KINDS: Normalization, a GELU
+# transformer block, an LSTM, a dict output, a string input), each run as it is on every runtime:
+# every output within 1e-4 of Keras', or a stated failure of the KNOWN_FAILURES table.
+
+KIND_RUNS = [(m, b) for m in tiny_models.KINDS for b in BACKENDS if b not in SAME_PATH]
+
+
+@pytest.fixture(scope="module")
+def kind_models():
+    return {name: make(keras) for name, make in tiny_models.KINDS.items()}
+
+
+def kind_inputs(model, n: int = SAMPLES, seed: int = 0) -> dict[str, np.ndarray]:
+    """Inputs by name: sentences for a string input, values around the data's scale otherwise."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for t in model.inputs:
+        name = t.name.split(":")[0]
+        if t.dtype == "string":
+            out[name] = np.array(tiny_models.TEXTS[:n] + ["an unseen sentence"])[:n, None]
+        else:
+            out[name] = rng.normal(2.0, 2.0, (n, *t.shape[1:])).astype("float32")
+    return out
+
+
+def _run_kind(model, backend: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(the runtime's outputs, Keras' outputs, flattened in model.outputs order)."""
+    x = kind_inputs(model)
+    p = keras_turbo.load(model, backend=backend, threads=2)
+    try:
+        got = p(x)
+    finally:
+        p.close()
+    feeds = [x[t.name.split(":")[0]] for t in model.inputs]
+    want = model(feeds if len(feeds) > 1 else feeds[0], training=False)
+    want = [np.asarray(w) for w in keras.tree.flatten(want)]
+    return (got if isinstance(got, list) else [got]), want
+
+
+@pytest.mark.parametrize("model_name,backend", KIND_RUNS)
+def test_kind_runs_on_every_runtime(kind_models, model_name, backend):
+    known = KNOWN_FAILURES.get(("none", model_name, backend))
+    if known:
+        pytest.skip(f"known failure: {known.reason}")
+    if importlib.util.find_spec(BACKENDS[backend].requires) is None:
+        pytest.skip(f"{backend} needs {BACKENDS[backend].requires}, not installed here")
+    got, want = _run_kind(kind_models[model_name], backend)
+    assert len(got) == len(want), f"{len(got)} outputs, Keras gives {len(want)}"
+    for g, w in zip(got, want):
+        _check_same_numbers(np.asarray(g), w)
+
+
 # ---------------------------------------------------------------- the table of known failures
 
 @pytest.mark.parametrize("key", list(KNOWN_FAILURES), ids=lambda k: "-".join(str(p) for p in k))
-def test_known_failure_fails_as_stated(outcomes, key):
+def test_known_failure_fails_as_stated(request, key):
+    outcomes = request.getfixturevalue("outcomes") if key[0] != "none" else None
     technique, model_name, backend = key
-    assert technique in TECHNIQUES and model_name in MODEL_MAKERS and (backend is None or backend in BACKENDS)
     known = KNOWN_FAILURES[key]
     assert known.reason.strip()
+    if technique == "none":  # a kind of model, as it is, on a runtime that cannot take it
+        assert model_name in tiny_models.KINDS and backend in BACKENDS
+        if importlib.util.find_spec(BACKENDS[backend].requires) is None:
+            pytest.skip(f"{backend} needs {BACKENDS[backend].requires}, not installed here")
+        with pytest.raises(known.error, match=known.match):
+            _run_kind(tiny_models.KINDS[model_name](keras), backend)
+        return
+    assert technique in TECHNIQUES and model_name in MODEL_MAKERS and (backend is None or backend in BACKENDS)
     if backend is None:
         outcome, _ = outcomes.get(technique, model_name)
         assert isinstance(outcome, known.error), f"{key} no longer fails: it returned {outcome!r}; take it off the table"

@@ -40,3 +40,76 @@ def two_input(keras):
 
 
 MAKERS = {"sequential": sequential, "residual": residual, "two_input": two_input}
+
+
+# ---------------------------------------------------------------- the kinds real models come in
+# (issue 11): layers, inputs and outputs that exports have broken on. Separate from MAKERS, which
+# benchmarks/gpu.py also builds on Keras-on-JAX (the text model needs TensorFlow to adapt).
+
+TEXTS = ["the cat sat on the mat", "a dog ran far away", "birds flew over the sea", "cats and dogs play",
+         "far away the sea is calm", "the mat is red", "dogs bark at night", "a cat sleeps all day"]
+
+
+def normalization(keras):
+    """A Normalization layer with adapted mean and variance (they once became ONNX graph inputs)."""
+    import numpy as np
+
+    keras.utils.set_random_seed(4)
+    x = keras.Input((6,), name="x")
+    norm = keras.layers.Normalization(name="norm")
+    norm.adapt(np.random.default_rng(4).normal(3.0, 2.0, (64, 6)).astype("float32"))
+    h = keras.layers.Dense(8, activation="relu")(norm(x))
+    return keras.Model(x, keras.layers.Dense(3, activation="softmax", name="probs")(h), name="normalization")
+
+
+def gelu_block(keras):
+    """A transformer block: MultiHeadAttention, LayerNormalization and an exact-GELU Dense (tf2onnx
+    had no conversion for GELU's Erfc)."""
+    keras.utils.set_random_seed(5)
+    x = keras.Input((6, 8), name="tokens")
+    a = keras.layers.MultiHeadAttention(2, 4, name="attn")(x, x)
+    h = keras.layers.LayerNormalization(name="ln")(keras.layers.Add()([x, a]))
+    h = keras.layers.Dense(16, activation="gelu", name="ffn")(h)
+    h = keras.layers.GlobalAveragePooling1D()(keras.layers.Dense(8)(h))
+    return keras.Model(x, keras.layers.Dense(3, name="logits")(h), name="gelu_block")
+
+
+def lstm(keras):
+    """An LSTM over a fixed number of steps (the LiteRT converter refused its TensorList loop)."""
+    keras.utils.set_random_seed(6)
+    x = keras.Input((5, 3), name="seq")
+    h = keras.layers.LSTM(6, name="lstm")(x)
+    return keras.Model(x, keras.layers.Dense(2, name="out")(h), name="lstm")
+
+
+def dict_output(keras):
+    """Two heads returned as a dict (Keras serves them sorted by key: box, then score)."""
+    keras.utils.set_random_seed(7)
+    x = keras.Input((6,), name="feats")
+    h = keras.layers.Dense(8, activation="relu")(x)
+    return keras.Model(x, {"score": keras.layers.Dense(1, activation="sigmoid", name="score")(h),
+                           "box": keras.layers.Dense(4, name="box")(h)}, name="dict_output")
+
+
+def text(keras):
+    """A string input through TextVectorization, an Embedding and a softmax."""
+    import numpy as np
+
+    keras.utils.set_random_seed(8)
+    vec = keras.layers.TextVectorization(max_tokens=40, output_sequence_length=6, name="vec")
+    vec.adapt(np.array(TEXTS))
+    x = keras.Input((1,), dtype="string", name="text")
+    h = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(40, 8, name="embed")(vec(x)))
+    return keras.Model(x, keras.layers.Dense(3, activation="softmax", name="probs")(h), name="text")
+
+
+def dynamic_fcn(keras):
+    """A fully convolutional net over images of any size (per-pixel softmax)."""
+    keras.utils.set_random_seed(9)
+    x = keras.Input((None, None, 3), name="img")
+    h = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="conv")(x)
+    return keras.Model(x, keras.layers.Conv2D(2, 1, activation="softmax", name="mask")(h), name="dynamic_fcn")
+
+
+KINDS = {"normalization": normalization, "gelu_block": gelu_block, "lstm": lstm, "dict_output": dict_output,
+         "text": text}

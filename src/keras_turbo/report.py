@@ -202,7 +202,10 @@ def pareto_svg(doc: dict) -> str:
     ok = [v for v in doc["variants"] if v.get("ok")]
     # The plot shows what the budget judges by (and what the front was computed on).
     use_acc = doc.get("float_accuracy") is not None and doc["budget"].get("min_agreement") is None
-    q = lambda v: (v["accuracy"] if use_acc else v["top1_agreement"]) * 100  # noqa: E731
+    from keras_turbo.optimize.select import _quality_key
+
+    # (a model whose first output is not classification-like is placed by its worst output error)
+    q = lambda v: _quality_key(v, not use_acc) * 100  # noqa: E731
     fig, ax = plt.subplots(figsize=(8, 4.8))
     for v in ok:
         color = "#d62728" if v["name"] == doc.get("recommended") else ("#1f77b4" if v.get("within_budget") else "#999999")

@@ -54,7 +54,14 @@ def within_budget(quality: dict | None, budget: dict) -> tuple[bool, str]:
 
 
 def _quality_key(row: dict, by_agreement: bool) -> float:
-    return row["accuracy"] if row.get("accuracy") is not None and not by_agreement else row["top1_agreement"]
+    if row.get("accuracy") is not None and not by_agreement:
+        return row["accuracy"]
+    if row.get("top1_agreement") is not None:
+        return row["top1_agreement"]
+    # No classification-like first output (a regression head first, as a dict's sorted keys may
+    # put it): the worst output's error, negated so that higher is better here too.
+    errors = [o["error"] for o in row.get("outputs") or [] if o.get("error") is not None]
+    return -max(errors) if errors else 0.0
 
 
 def pareto(rows: list[dict], by_agreement: bool = False) -> None:

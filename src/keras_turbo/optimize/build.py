@@ -120,10 +120,19 @@ def check_export(ctx: _Context, source: Path, r, quantized: bool) -> float | Non
     from keras_turbo.exporters.check import SAMPLES, check_artifact
     from keras_turbo.models import ModelRef
 
-    feeds = [a[:SAMPLES] for a in ctx.data("calib").x]
+    keras_ref = ctx.keras_ref(source)
+    if ctx.job.inputs:
+        inputs = list(ctx.job.inputs)
+        feeds = [a[:SAMPLES] for a in ctx.data("calib").x]
+    else:  # a job built without the model's inputs (a replayed recipe): a random batch of the model's shapes
+        from keras_turbo.api import io_specs
+        from keras_turbo.bench import random_inputs
+
+        inputs = list(io_specs(keras_ref)[0])
+        feeds = random_inputs(inputs, 2, 1, 0)[0]
     artifact = ModelRef(Path(r.path), r.format, ctx.job.unsafe)
-    return check_artifact(ctx.keras_ref(source), artifact, TARGETS[r.config.to].backend, feeds,
-                          [t.name for t in ctx.job.inputs], quantized, ctx.job.threads)
+    return check_artifact(keras_ref, artifact, TARGETS[r.config.to].backend, feeds, [t.name for t in inputs],
+                          quantized, ctx.job.threads)
 
 
 def build_fallback(step: Step, source: Path, ctx: _Context, dest: Path) -> tuple[Path, dict]:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from keras_turbo import models, quality
+from keras_turbo.custom import accepts
 from keras_turbo.errors import KerasTurboError
 from keras_turbo.models import ModelRef
 from keras_turbo.runtimes import NATIVE, Predictor, open_predictor
@@ -33,8 +34,9 @@ def io_specs(ref: ModelRef):
     return ins, _infos(model.outputs, [f"output_{i}" for i in range(len(model.outputs))])
 
 
+@accepts
 def load(model, backend: str | None = None, threads: int | None = None, batch_size: int | None = None,
-         device: str = "auto", unsafe: bool = False, cache_dir: Path | None = None) -> Predictor:
+         device: str = "auto", unsafe: bool = False, cache_dir: Path | None = None, *, custom_objects=None) -> Predictor:
     """Open a model on a runtime, ready to serve.
 
     Args:
@@ -45,6 +47,9 @@ def load(model, backend: str | None = None, threads: int | None = None, batch_si
         batch_size: the batch size to prepare for (runtimes that compile per shape do it now).
         device: "auto", "cpu" or "gpu" (the TensorFlow runtimes and keras-jax).
         unsafe: allow code inside the model file to run (Lambda layers). Off by default.
+        custom_objects: the model's custom layers: a .py file that registers them
+            (`keras.saving.register_keras_serializable`) or lists them in `CUSTOM_OBJECTS`, or a
+            dict of classes from an importable module. The user's own code, run because named.
 
     Returns:
         A `Predictor`: call it with numpy arrays, get numpy arrays back.
@@ -68,8 +73,10 @@ def load(model, backend: str | None = None, threads: int | None = None, batch_si
     return open_predictor(ref, backend, threads=threads, batch_size=batch_size, device=device, cache_dir=cache_dir)
 
 
-def load_model(path, unsafe: bool = False):
-    """Load a Keras-family model file (.keras, .h5, SavedModel) as a `keras.Model`, safely.
+@accepts
+def load_model(path, unsafe: bool = False, *, custom_objects=None):
+    """Load a Keras-family model file (.keras, .h5, SavedModel) as a `keras.Model`, safely
+    (`custom_objects` as in `load`).
 
     Raises:
         ModelLoadError: missing, corrupt, not a Keras model, or holds code and `unsafe` is False.

@@ -518,6 +518,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("model", help="a .keras, .h5, SavedModel dir, .tflite, .onnx or OpenVINO .xml")
         sp.add_argument("--unsafe", action="store_true",
                         help="let the model file run Python code (Lambda layers); only for files you trust")
+        sp.add_argument("--custom-objects", metavar="FILE.py",
+                        help="your own Python file that registers (keras.saving.register_keras_serializable) or lists "
+                             "(a CUSTOM_OBJECTS dict) the model's custom layers; run because you name it")
 
     sp = sub.add_parser("inspect", help="inputs, outputs, parameters, FLOPs, size and layer kinds of a model")
     model_arg(sp)
@@ -739,7 +742,11 @@ def _main(argv: list[str]) -> int:
 
         print(f"keras-turbo: warning: {UNSAFE_WARNING}", file=sys.stderr)
     try:
-        return args.fn(args)
+        from keras_turbo import custom
+
+        # the user's own code, named by them: effective here and in every worker process
+        with custom.activated(getattr(args, "custom_objects", None)):
+            return args.fn(args)
     except KerasTurboError as e:
         if debug:
             raise

@@ -67,7 +67,7 @@ class _Run:
 def optimize(model, data, train_data=None, config: OptimizeConfig | None = None, out: str | Path = "keras-turbo-out",
              *, progress: Callable[[str, int, int, float], None] | None = None, unsafe: bool = False, cache_dir=None,
              executor: str | Executor = "local", ray_address: str | None = None, target_node: str | None = None,
-             target_resource: str | None = None, force: bool = False) -> OptimizeResult:
+             target_resource: str | None = None, force: bool = False, custom_objects=None) -> OptimizeResult:
     """Find the fastest deployable variant of `model` within an accuracy budget.
 
     Args:
@@ -84,6 +84,8 @@ def optimize(model, data, train_data=None, config: OptimizeConfig | None = None,
         progress: called with (what, done, total, seconds left in the budget).
         executor: "local" (this process), "ray" (a local Ray instance, or `ray_address`), or an
             Executor; `target_node` / `target_resource` say where speed is measured on a cluster.
+        custom_objects: the model's custom layers (a .py file or a dict, as in `load`): loaded
+            here and in every build, check and timing process, Ray tasks included.
 
     Returns:
         An `OptimizeResult`; `recommended` is the chosen variant's row.
@@ -97,10 +99,12 @@ def optimize(model, data, train_data=None, config: OptimizeConfig | None = None,
         ...                          OptimizeConfig(max_accuracy_drop=1.0))
         >>> r.recommended["name"], r.report_html
     """
+    from keras_turbo import custom
     from keras_turbo.outputs import check_replaceable_dir, claim_out_dir
 
     cfg = config or OptimizeConfig()
-    with claim_out_dir(out, force):
+    # before the executor starts: local Ray workers inherit the environment it sets
+    with custom.activated(custom_objects), claim_out_dir(out, force):
         check_replaceable_dir(Path(out) / "best", force)
         ex = make_executor(executor, ray_address, target_node, target_resource) if isinstance(executor, str) else executor
         try:
@@ -218,7 +222,7 @@ def _reference(ref, data: DataRef, inputs, outputs, path: Path, threads):
 
 
 def _start(model, data, train_data, cfg, out: Path, ex: Executor, note, unsafe, cache_dir) -> _Run:
-    from keras_turbo import quality
+    from keras_turbo import custom, quality
     from keras_turbo.api import as_ref, io_specs
     from keras_turbo.machine import default_threads
 
@@ -249,13 +253,15 @@ def _start(model, data, train_data, cfg, out: Path, ex: Executor, note, unsafe, 
     job = {"model_path": str(ref.path), "root": str(out / "artifacts"), "inputs": tuple(inputs), "outputs": tuple(outputs),
            "threads": cfg.threads, "unsafe": ref.unsafe, "export_cache": None if cache_dir is None else str(cache_dir),
            "float_accuracy": quality.accuracy(ref_outs[0], ds.y) if kinds[0].kind == "multiclass" else None,
-           "samples": len(ds), "machine": facts, "kinds": kinds, "kinds_id": kinds_id, **refs}
+           "samples": len(ds), "machine": facts, "kinds": kinds, "kinds_id": kinds_id, "custom_objects": custom.current(),
+           **refs}
     return _Run(cfg, ref, out, store, protocol, job, ex, note)
 
 
 # ------------------------------------------------------------------ one wave of recipes
 
-_SHARED = ("model_path", "root", "calib", "inputs", "outputs", "threads", "unsafe", "export_cache", "kinds")
+_SHARED = ("model_path", "root", "calib", "inputs", "outputs", "threads", "unsafe", "export_cache", "kinds",
+           "custom_objects")
 
 
 def _job(run: _Run, r: Recipe, evaluate: bool) -> BuildJob:

@@ -69,7 +69,7 @@ class DataRef:
         return _load(self, tuple(inputs), None if outputs is None else tuple(outputs))
 
     def _read(self, inputs, outputs):
-        from keras_turbo.data import Dataset, load_data
+        from keras_turbo.data import load_data
 
         ds = load_data(self.spec, inputs, outputs, default_split=self.default_split, arg=self.arg)
         sel = np.arange(len(ds))
@@ -79,9 +79,9 @@ class DataRef:
         if self.take and self.take < len(sel):  # the samples Dataset.take(take, 0) keeps, chosen first
             sel = sel[np.sort(np.random.default_rng(0).choice(len(sel), size=self.take, replace=False))]
         if len(sel) == len(ds) and self.part == "all":
-            return ds if self.labels else Dataset(ds.x, None, ds.source)
+            return ds if self.labels else ds.subset(None, labels=False)
         # One copy of the selected samples only (a memory-mapped npz is not read in full).
-        return Dataset(tuple(a[sel] for a in ds.x), None if ds.y is None or not self.labels else ds.y[sel], ds.source)
+        return ds.subset(sel, self.labels)
 
 
 @functools.lru_cache(maxsize=4)

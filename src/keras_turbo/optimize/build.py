@@ -49,6 +49,7 @@ class BuildJob:
     kinds: tuple = ()              # quality.OutputKind per output: how each is judged
     deadline: float | None = None  # time.time() when the run's budget ends: a repair stops there
     custom_objects: tuple = ()     # custom.spec_of(...): the user's custom layers, loaded by the worker
+    metric: object = None          # the user's metric: "FILE.py:function" (loaded by the worker) or a callable
 
 
 @dataclass
@@ -220,7 +221,7 @@ def build(job: BuildJob) -> dict:
     if job.evaluate:
         try:
             res["quality"] = measure_quality(str(current), recipe.backend, job.eval, job.inputs, job.outputs,
-                                             job.reference, job.threads, job.unsafe, job.kinds)
+                                             job.reference, job.threads, job.unsafe, job.kinds, job.metric)
         except Exception as e:
             res.update(ok=False, error=f"runtime {recipe.backend}: {error_text(e)}")
     return res

@@ -149,9 +149,10 @@ def load_reference(path) -> list[np.ndarray]:
 
 
 def measure_quality(artifact: str, backend: str, eval_ref: DataRef, inputs, outputs, reference: str,
-                    threads: int | None, unsafe: bool, kinds=()) -> dict:
+                    threads: int | None, unsafe: bool, kinds=(), metric=None) -> dict:
     """Run the artifact on the evaluation data and judge every output against the float
-    reference by its kind (quality.judge)."""
+    reference by its kind, with each output's labels where the data has them (quality.judge),
+    and by the user's metric when one is given ("FILE.py:function", loaded here, or a callable)."""
     from keras_turbo import quality
     from keras_turbo.api import load
 
@@ -166,7 +167,7 @@ def measure_quality(artifact: str, backend: str, eval_ref: DataRef, inputs, outp
     outs = out if isinstance(out, list) else [out]
     kinds = list(kinds) or [quality.detect(f"output_{i}", r.shape[:1] and (None,) + r.shape[1:], None, r)
                             for i, r in enumerate(refs)]
-    res = quality.judge(refs, outs, kinds, ds.y)
+    res = quality.judge(refs, outs, kinds, ds.output_labels(len(refs)), metric=metric)
     return {**res, "seconds": round(time.time() - t0, 2), "node": node_facts()}
 
 

@@ -83,7 +83,7 @@ def fingerprint(spec: tuple | None = None) -> str:
 
 def _load_file(path: str) -> dict:
     """Import the user's file (its decorators register with Keras) and return its CUSTOM_OBJECTS."""
-    name = "keras_turbo_user_objects_" + hashlib.sha256(path.encode()).hexdigest()[:10]
+    name = "user_custom_objects_" + hashlib.sha256(path.encode()).hexdigest()[:10]
     import sys
 
     try:

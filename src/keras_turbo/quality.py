@@ -321,7 +321,7 @@ def load_metric(spec):
         raise KerasTurboError(f"--metric: expected FILE.py:function, received {spec!r}")
     if not Path(path).is_file():
         raise KerasTurboError(f"--metric {spec}: {path}: no such file")
-    name = "keras_turbo_user_metric_" + hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:10]
+    name = "user_metric_" + hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:10]
     module = sys.modules.get(name)
     if module is None:
         try:

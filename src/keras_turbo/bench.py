@@ -326,7 +326,7 @@ Progress = Callable[[str, int, int], None]  # (what is running now, jobs done, j
 def benchmark(model, backends: Sequence[str] | None = None, batch_sizes: Sequence[int] = (1,),
               threads: int | None = None, config: BenchmarkConfig | None = None, *, unsafe: bool = False,
               cache_dir: Path | None = None, progress: Progress | None = None,
-              measure_overhead: bool = True) -> BenchmarkReport:
+              measure_overhead: bool = True, custom_objects=None) -> BenchmarkReport:
     """Measure a model's latency, throughput, start-up cost and memory on each runtime.
 
     Args:
@@ -341,6 +341,8 @@ def benchmark(model, backends: Sequence[str] | None = None, batch_sizes: Sequenc
         progress: called with (description, done, total) as the jobs go.
         measure_overhead: time the harness's own cost first (an extra process); a caller that
             benchmarks many artifacts in one run measures it once instead.
+        custom_objects: the model's custom layers (a .py file or a dict, as in `load`); every
+            worker process loads them.
 
     Returns:
         A `BenchmarkReport`. A runtime that fails is a row with `ok=False` and its error.
@@ -352,6 +354,13 @@ def benchmark(model, backends: Sequence[str] | None = None, batch_sizes: Sequenc
         >>> report = keras_turbo.benchmark("model.keras", backends=["litert", "openvino"], batch_sizes=[1, 32])
         >>> report.get("litert", 1).latency_ms["p50"]
     """
+    from keras_turbo import custom
+
+    with custom.activated(custom_objects):  # workers inherit it through their environment
+        return _benchmark(model, backends, batch_sizes, threads, config, unsafe, cache_dir, progress, measure_overhead)
+
+
+def _benchmark(model, backends, batch_sizes, threads, config, unsafe, cache_dir, progress, measure_overhead) -> BenchmarkReport:
     from keras_turbo import machine
     from keras_turbo.api import as_ref
     from keras_turbo.runtimes import artifact_for, default_backends, get_backend

@@ -48,6 +48,8 @@ class BuildJob:
     evaluate: bool = True          # False: the quality is already known (a resumed run)
     kinds: tuple = ()              # quality.OutputKind per output: how each is judged
     deadline: float | None = None  # time.time() when the run's budget ends: a repair stops there
+    custom_objects: tuple = ()     # custom.spec_of(...): the user's custom layers, loaded by the worker
+    metric: object = None          # the user's metric: "FILE.py:function" (loaded by the worker) or a callable
 
 
 @dataclass
@@ -200,6 +202,9 @@ def build(job: BuildJob) -> dict:
         {"recipe_id", "ok", "artifact", "backend", "error", "steps" (one status per prefix),
          "details" (what the steps reported), "quality" (or None), "node"}.
     """
+    from keras_turbo import custom
+
+    custom.activate(job.custom_objects)  # a Ray worker on another node has no environment from the driver
     recipe, ctx = job.recipe, _Context(job)
     current, steps, details = Path(job.model_path), [], {}
     res = {"recipe_id": recipe.id, "ok": False, "artifact": None, "backend": recipe.backend, "error": None,
@@ -216,7 +221,7 @@ def build(job: BuildJob) -> dict:
     if job.evaluate:
         try:
             res["quality"] = measure_quality(str(current), recipe.backend, job.eval, job.inputs, job.outputs,
-                                             job.reference, job.threads, job.unsafe, job.kinds)
+                                             job.reference, job.threads, job.unsafe, job.kinds, job.metric)
         except Exception as e:
             res.update(ok=False, error=f"runtime {recipe.backend}: {error_text(e)}")
     return res

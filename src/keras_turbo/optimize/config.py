@@ -23,6 +23,14 @@ class OptimizeConfig(TechniqueConfig):
         max_output_error: for regression and embedding outputs: RMSE of the difference from the
             float output over that output's standard deviation (1 - cosine for embeddings);
             default quality.DEFAULT_MAX_OUTPUT_ERROR.
+        max_metric_drop: for labelled metrics other than accuracy (RMSE of regression outputs,
+            mean IoU of segmentation, F1 of multi-label) and for the user's `metric`: allowed
+            drop relative to the float model's value, in percent (RMSE: its rise). Without it,
+            those outputs are judged label-free (`max_output_error`, `min_agreement`) and the
+            user metric by quality.DEFAULT_MAX_METRIC_DROP.
+        metric: the user's own metric: "FILE.py:function" or a callable (module-level, so worker
+            processes can import it), called with (float outputs, variant outputs, labels or
+            None) on the whole evaluation set, higher is better (quality.judge_metric).
         output_kinds: (output name, kind) pairs that override the detected kinds.
         objective: "latency" (batch p50), "throughput" (items/s) or "size" (bytes).
         batch_size / threads: the serving setting every candidate is timed at.
@@ -37,6 +45,8 @@ class OptimizeConfig(TechniqueConfig):
     max_accuracy_drop: float | None = 1.0
     min_agreement: float | None = None
     max_output_error: float | None = None
+    max_metric_drop: float | None = None
+    metric: object = None
     output_kinds: tuple[tuple[str, str], ...] = ()
     objective: str = "latency"
     batch_size: int = 1
@@ -60,6 +70,12 @@ class OptimizeConfig(TechniqueConfig):
             raise bad_param("max_accuracy_drop", "a number of points in [0, 100]", self.max_accuracy_drop)
         if self.max_output_error is not None and not (0 < self.max_output_error < 10):
             raise bad_param("max_output_error", "a relative error in (0, 10)", self.max_output_error)
+        if self.max_metric_drop is not None and not (0 <= self.max_metric_drop <= 100):
+            raise bad_param("max_metric_drop", "a percentage in [0, 100]", self.max_metric_drop)
+        if self.metric is not None and not callable(self.metric):
+            from keras_turbo.quality import load_metric
+
+            load_metric(self.metric)  # a bad FILE.py:function fails now, not in a worker
         from keras_turbo.quality import KINDS
 
         kinds = tuple(tuple(p) for p in self.output_kinds)
@@ -93,4 +109,9 @@ class OptimizeConfig(TechniqueConfig):
     def budget(self) -> dict:
         """The part of the config that judges quality (applied at selection time, never stored as a verdict)."""
         return {"max_accuracy_drop": self.max_accuracy_drop, "min_agreement": self.min_agreement,
-                "max_output_error": self.max_output_error}
+                "max_output_error": self.max_output_error, "max_metric_drop": self.max_metric_drop}
+
+    def to_dict(self) -> dict:
+        from keras_turbo.quality import metric_name
+
+        return {**super().to_dict(), "metric": metric_name(self.metric)}

@@ -67,7 +67,7 @@ class _Run:
 def optimize(model, data, train_data=None, config: OptimizeConfig | None = None, out: str | Path = "keras-turbo-out",
              *, progress: Callable[[str, int, int, float], None] | None = None, unsafe: bool = False, cache_dir=None,
              executor: str | Executor = "local", ray_address: str | None = None, target_node: str | None = None,
-             target_resource: str | None = None, force: bool = False) -> OptimizeResult:
+             target_resource: str | None = None, force: bool = False, custom_objects=None) -> OptimizeResult:
     """Find the fastest deployable variant of `model` within an accuracy budget.
 
     Args:
@@ -84,6 +84,8 @@ def optimize(model, data, train_data=None, config: OptimizeConfig | None = None,
         progress: called with (what, done, total, seconds left in the budget).
         executor: "local" (this process), "ray" (a local Ray instance, or `ray_address`), or an
             Executor; `target_node` / `target_resource` say where speed is measured on a cluster.
+        custom_objects: the model's custom layers (a .py file or a dict, as in `load`): loaded
+            here and in every build, check and timing process, Ray tasks included.
 
     Returns:
         An `OptimizeResult`; `recommended` is the chosen variant's row.
@@ -97,10 +99,12 @@ def optimize(model, data, train_data=None, config: OptimizeConfig | None = None,
         ...                          OptimizeConfig(max_accuracy_drop=1.0))
         >>> r.recommended["name"], r.report_html
     """
+    from keras_turbo import custom
     from keras_turbo.outputs import check_replaceable_dir, claim_out_dir
 
     cfg = config or OptimizeConfig()
-    with claim_out_dir(out, force):
+    # before the executor starts: local Ray workers inherit the environment it sets
+    with custom.activated(custom_objects), claim_out_dir(out, force):
         check_replaceable_dir(Path(out) / "best", force)
         ex = make_executor(executor, ray_address, target_node, target_resource) if isinstance(executor, str) else executor
         try:
@@ -182,8 +186,9 @@ def _data_refs(data, train_data, cfg: OptimizeConfig, inputs, outputs, scales: b
             raise KerasTurboError(f"{arg}: optimize takes a DATA spec (a path or builtin:digits), so that every "
                                   f"worker can read it; received {type(spec).__name__} (save arrays with numpy.savez)")
     full = load_data(str(data), inputs, outputs, default_split="test", arg="--data", scales_inputs=scales)
-    if cfg.max_accuracy_drop is not None and full.y is None:
-        raise KerasTurboError("--max-accuracy-drop needs labelled --data; use --min-agreement for unlabelled data")
+    if cfg.max_accuracy_drop is not None and full.labels is None:
+        raise KerasTurboError("--max-accuracy-drop needs labelled --data; use --min-agreement (and --max-output-error "
+                              "for regression outputs) for unlabelled data")
     eval_fp = data_fingerprint(str(data))
     if train_data is not None:
         n = len(load_data(str(train_data), inputs, outputs, default_split="train", arg="--train-data",
@@ -218,7 +223,7 @@ def _reference(ref, data: DataRef, inputs, outputs, path: Path, threads):
 
 
 def _start(model, data, train_data, cfg, out: Path, ex: Executor, note, unsafe, cache_dir) -> _Run:
-    from keras_turbo import quality
+    from keras_turbo import custom, quality
     from keras_turbo.api import as_ref, io_specs
     from keras_turbo.machine import default_threads
 
@@ -242,20 +247,32 @@ def _start(model, data, train_data, cfg, out: Path, ex: Executor, note, unsafe, 
         if not k.sure:
             warnings.warn(f"output {k.name} is {k.why}", stacklevel=2)
     # How the outputs are judged is part of what a quality number means.
-    kinds_id = content_hash([k.to_dict() for k in kinds])
+    kinds_id = content_hash([k.to_dict() for k in kinds] + ([_metric_id(cfg.metric)] if cfg.metric is not None else []))
     protocol = replace(protocol, eval_data=f"{refs['eval'].id}:{kinds_id}")
     if refs["train"] is not None:
         _reference(ref, refs["val"], inputs, outputs, out / "reference" / f"{refs['val'].id}.npz", cfg.threads)
     job = {"model_path": str(ref.path), "root": str(out / "artifacts"), "inputs": tuple(inputs), "outputs": tuple(outputs),
            "threads": cfg.threads, "unsafe": ref.unsafe, "export_cache": None if cache_dir is None else str(cache_dir),
            "float_accuracy": quality.accuracy(ref_outs[0], ds.y) if kinds[0].kind == "multiclass" else None,
-           "samples": len(ds), "machine": facts, "kinds": kinds, "kinds_id": kinds_id, **refs}
+           "samples": len(ds), "machine": facts, "kinds": kinds, "kinds_id": kinds_id, "custom_objects": custom.current(),
+           "metric": cfg.metric, **refs}
     return _Run(cfg, ref, out, store, protocol, job, ex, note)
+
+
+def _metric_id(metric) -> str:
+    """What the user's metric is, for the quality id: its name and, for a file, its content (a
+    stored score is reused only for the same metric)."""
+    from keras_turbo.quality import metric_name
+
+    name = metric_name(metric)
+    path = name.rpartition(":")[0] if isinstance(metric, str) else ""
+    return name + (":" + content_hash(Path(path).read_text()) if path and Path(path).is_file() else "")
 
 
 # ------------------------------------------------------------------ one wave of recipes
 
-_SHARED = ("model_path", "root", "calib", "inputs", "outputs", "threads", "unsafe", "export_cache", "kinds")
+_SHARED = ("model_path", "root", "calib", "inputs", "outputs", "threads", "unsafe", "export_cache", "kinds",
+           "custom_objects", "metric")
 
 
 def _job(run: _Run, r: Recipe, evaluate: bool) -> BuildJob:
@@ -313,7 +330,7 @@ def _probe_row(run: _Run, r: Recipe, b: dict, q: dict, reused: dict) -> dict:
     run.store.record_measurement(r.id, run.protocol, q, None, reused, quality_id=_qid(run, r))
     within, why = select.within_budget(q, run.cfg.budget())
     return {**_base_row(r), "ok": True, "label": r.label, "build_s": _build_seconds(b),
-            **{k: q.get(k) for k in ("accuracy", "accuracy_drop", "top1_agreement")},
+            **{k: q.get(k) for k in ("accuracy", "accuracy_drop", "top1_agreement", "outputs", "user_metric")},
             "within_budget": within, "verdict": f"{why} (validation split, short fine-tune)", "reused": reused}
 
 
@@ -351,7 +368,8 @@ def _row(r: Recipe, build: dict, q: dict, s: dict, cfg: OptimizeConfig) -> dict:
         # OOM killer) is marked so.
         return {**row, "error": f"benchmark failed: {s.get('error')}", "retry": bool(s.get("signal"))}
     within, why = select.within_budget(q, cfg.budget())
-    return {**row, "ok": True, **{k: q.get(k) for k in ("accuracy", "accuracy_drop", "top1_agreement", "max_abs_diff", "outputs")},
+    return {**row, "ok": True, **{k: q.get(k) for k in ("accuracy", "accuracy_drop", "top1_agreement", "max_abs_diff", "outputs",
+                                                       "user_metric")},
             **{k: s.get(k) for k in ("latency_ms", "throughput_per_s", "model_bytes", "init_ms", "peak_rss_mb")},
             "within_budget": within, "verdict": why, "timed_on": s.get("node")}
 

@@ -142,17 +142,26 @@ class JAXModel:
     """
 
     def __init__(self, path: str, unsafe: bool = False, precision: str = "fp32", device: str = "auto",
-                 fold: bool = True, precast: bool = True):
+                 custom_objects: tuple = (), fold: bool = True, precast: bool = True):
         if precision not in PRECISIONS:
             raise bad_param("precision", f"one of {', '.join(PRECISIONS)}", precision)
         keras = keras_on_jax()
         import jax
+
+        from keras_turbo import custom
+
+        # the user's --custom-objects (a worker may have started before they were named: the spec comes with the request)
+        custom.activate(tuple(tuple(e) for e in custom_objects) or custom.current())
 
         self._device = _jax_device(jax, device)
         try:
             model = keras.models.load_model(path, compile=False, safe_mode=not unsafe)
         except Exception as e:
             msg = " ".join(str(e).split())
+            if custom.unknown_class(msg):
+                from keras_turbo.models import unknown_class_message
+
+                raise ModelLoadError(unknown_class_message(path, custom.unknown_class(msg))) from e
             raise ModelLoadError(f"{path}: cannot load on Keras-on-JAX ({type(e).__name__}: {msg[:200]})") from e
         if not isinstance(model, keras.Model):
             raise ModelLoadError(f"{path}: holds a {type(model).__name__}, not a Keras model")
@@ -317,7 +326,8 @@ def serve() -> int:
         try:
             if op == "load":
                 next_id += 1
-                models[next_id] = JAXModel(header["path"], header["unsafe"], header["precision"], header["device"])
+                models[next_id] = JAXModel(header["path"], header["unsafe"], header["precision"], header["device"],
+                                           header.get("custom", ()))
                 _send(out, {"ok": True, "id": next_id, **models[next_id].describe()})
             elif op == "run":
                 _send(out, {"ok": True}, models[header["id"]].run(feeds))
@@ -468,6 +478,12 @@ def stop_workers() -> None:
     _WORKERS.clear()
 
 
+def custom_current() -> tuple:
+    from keras_turbo import custom
+
+    return custom.current()
+
+
 class _RemoteModel:
     """One model held by the worker: the same methods as `JAXModel`, each call a round trip on the pipe."""
 
@@ -476,7 +492,8 @@ class _RemoteModel:
         self._worker = _worker_for(device)
         self._call_timeout = call_timeout_s
         header, _ = self._worker.request({"op": "load", "path": str(ref.path), "unsafe": ref.unsafe,
-                                          "precision": precision, "device": device},
+                                          "precision": precision, "device": device,
+                                          "custom": [list(e) for e in custom_current()]},
                                          timeout_s=load_timeout_s, what=f"loading {ref.path.name}")
         if not header["ok"]:
             kind = {"ModelLoadError": ModelLoadError, "KerasTurboError": KerasTurboError}.get(header.get("kind"), BackendError)

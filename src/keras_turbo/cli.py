@@ -652,8 +652,9 @@ def build_parser() -> argparse.ArgumentParser:
     model_arg(sp)
     sp.add_argument("--data", required=True, help="held-out DATA to judge accuracy on")
     sp.add_argument("--train-data", metavar="DATA", help="DATA for calibration and the training techniques")
-    sp.add_argument("--max-accuracy-drop", type=float, default=1.0, metavar="POINTS",
-                    help="allowed accuracy loss in points (default 1.0)")
+    sp.add_argument("--max-accuracy-drop", type=float, metavar="POINTS",
+                    help="allowed accuracy loss in points (default: 1.0 where --data has labels; without labels, "
+                         "--min-agreement 0.99)")
     sp.add_argument("--min-agreement", type=float, metavar="FRACTION",
                     help="instead: top-1 agreement with the float model, e.g. 0.99 (no labels needed)")
     sp.add_argument("--max-output-error", type=float, metavar="E",

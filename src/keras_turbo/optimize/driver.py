@@ -118,6 +118,7 @@ def _search(model, data, train_data, cfg, out: Path, ex: Executor, progress, uns
     """The first plan, then waves of build / judge / time and the follow-ups they call for, until
     nothing new is proposed; then the selection, the reports and best/."""
     run = _start(model, data, train_data, cfg, out, ex, progress or (lambda *a: None), unsafe, cache_dir)
+    cfg = run.cfg  # the budget resolved for the data
     info = planner.ModelInfo(run.store.model, _quantizable(run.ref))
     has_train = run.job["train"] is not None
     first = planner.first_plan(info, machine_caps(cfg.objective), cfg, has_train)
@@ -172,8 +173,8 @@ def machine_caps(objective: str = "latency") -> planner.MachineCaps:
     return planner.MachineCaps(usable, tuple(accelerated), tuple(skipped))
 
 
-def _data_refs(data, train_data, cfg: OptimizeConfig, inputs, outputs, scales: bool | None = None) -> dict:
-    """The DataRefs of a run: "eval" (judged on), "calib" (int8 calibration), and with train data
+def _data_refs(data, train_data, cfg: OptimizeConfig, inputs, outputs, scales: bool | None = None) -> tuple[dict, OptimizeConfig]:
+    """(refs, cfg with its budget resolved for the data: OptimizeConfig.resolved). The DataRefs of a run: "eval" (judged on), "calib" (int8 calibration), and with train data
     "train", plus "val" (a seeded 15% of it the strength search judges probes on) and
     "probe_train" (the rest, what probes train on). Without train data, a seeded part of the
     held-out data is set apart for calibration and judged on the rest."""
@@ -186,6 +187,11 @@ def _data_refs(data, train_data, cfg: OptimizeConfig, inputs, outputs, scales: b
             raise KerasTurboError(f"{arg}: optimize takes a DATA spec (a path or builtin:digits), so that every "
                                   f"worker can read it; received {type(spec).__name__} (save arrays with numpy.savez)")
     full = load_data(str(data), inputs, outputs, default_split="test", arg="--data", scales_inputs=scales)
+    if full.labels is None and cfg.max_accuracy_drop is None and cfg.min_agreement is None:
+        warnings.warn(f"--data has no labels and no budget was given: classification-like outputs are held to top-1 "
+                      f"agreement >= {cfg.resolved(False).min_agreement} with the float model, regression and embedding "
+                      f"outputs to --max-output-error's default", stacklevel=3)
+    cfg = cfg.resolved(full.labels is not None)
     if cfg.max_accuracy_drop is not None and full.labels is None:
         raise KerasTurboError("--max-accuracy-drop needs labelled --data; use --min-agreement (and --max-output-error "
                               "for regression outputs) for unlabelled data")
@@ -197,14 +203,14 @@ def _data_refs(data, train_data, cfg: OptimizeConfig, inputs, outputs, scales: b
         train = DataRef(spec, "train", arg="--train-data", fingerprint=fp)
         return {"train": train, "calib": train, "eval": DataRef(str(data), "test", take=cfg.eval_size, fingerprint=eval_fp),
                 "val": DataRef(spec, "train", part="head", k=kv, take=cfg.eval_size, arg="--train-data", fingerprint=fp),
-                "probe_train": DataRef(spec, "train", part="tail", k=kv, arg="--train-data", fingerprint=fp)}
+                "probe_train": DataRef(spec, "train", part="tail", k=kv, arg="--train-data", fingerprint=fp)}, cfg
     n = len(full)
     k = min(cfg.calibration_size, n // 3) if n >= 6 else 0
     if not k:
         ref = DataRef(str(data), "test", take=cfg.eval_size, fingerprint=eval_fp)
-        return {"train": None, "calib": ref, "eval": ref}
+        return {"train": None, "calib": ref, "eval": ref}, cfg
     return {"train": None, "calib": DataRef(str(data), "test", part="head", k=k, labels=False, fingerprint=eval_fp),
-            "eval": DataRef(str(data), "test", part="tail", k=k, take=cfg.eval_size, fingerprint=eval_fp)}
+            "eval": DataRef(str(data), "test", part="tail", k=k, take=cfg.eval_size, fingerprint=eval_fp)}, cfg
 
 
 def _reference(ref, data: DataRef, inputs, outputs, path: Path, threads):
@@ -233,7 +239,7 @@ def _start(model, data, train_data, cfg, out: Path, ex: Executor, note, unsafe, 
     inputs, outputs = io_specs(ref)
     from keras_turbo.models import scales_inputs
 
-    refs = _data_refs(data, train_data, cfg, inputs, outputs, scales_inputs(ref))  # (warns on 0-255 data into [0, 1] models)
+    refs, cfg = _data_refs(data, train_data, cfg, inputs, outputs, scales_inputs(ref))  # (warns on 0-255 data into [0, 1] models)
     bench = {**BENCH, "min_runs": cfg.min_runs, "min_seconds": cfg.min_seconds}
     facts = ex.target_machine()  # speed is measured there, so its numbers are keyed by it
     # The model's id keeps what was built trusting the file (--unsafe) apart from what was not.

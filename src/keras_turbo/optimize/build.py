@@ -117,8 +117,10 @@ def build_fallback(step: Step, source: Path, ctx: _Context, dest: Path) -> tuple
     from keras_turbo.sensitivity import FallbackConfig, quantize_with_fallback
 
     c = step.config
+    # Judged as optimize's quality check judges: every output by its kind and budget.
     budget = FallbackConfig(max_accuracy_drop=c.get("max_accuracy_drop"), min_agreement=c.get("min_agreement"),
-                            eval_size=c.get("eval_size", 500))
+                            max_output_error=c.get("max_output_error"), max_metric_drop=c.get("max_metric_drop"),
+                            kinds=tuple(k.to_dict() for k in ctx.job.kinds), eval_size=c.get("eval_size", 500))
     cc = ConvertConfig(to=step.name, quantize=c.get("quantize", "int8"), calibration_size=c.get("calibration_size", 300))
     # The job's deadline is wall-clock time (it crosses machines); the fallback's is monotonic.
     deadline = None if ctx.job.deadline is None else time.monotonic() + (ctx.job.deadline - time.time())

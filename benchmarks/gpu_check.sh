@@ -2,8 +2,9 @@
 # The keras-jax GPU check, in ONE device call: installs the carried Keras wheels (the GPU machine
 # has JAX with CUDA, numpy, h5py, rich, ml-dtypes, psutil, scikit-learn, no TensorFlow and no
 # network), then runs benchmarks/gpu.py: the keras-jax contract checks on the GPU, then
-# MobileNetV2 and ResNet50 at batch 1 and 256 in fp32, bf16, tf32 and fp16 (in that order across
-# both models, so a cut for time leaves out rows without a reference figure first). Writes
+# MobileNetV2 and ResNet50 at batch 1 and 256 in fp32, bf16 and fp16, the fp32 and bf16 rows of the
+# model as loaded (no BatchNormalization folding), then tf32 (gpu.py's ORDER: a cut for time loses
+# the last rows first). On a lent H200 on 2026-11-26 the whole call took 340 s (--budget-s 420). Writes
 # $OUT/gpu.json, $OUT/gpu_section.md (the GPU section for BENCHMARKS.md) and $OUT/gpu.log.
 #
 # 1. Here, once, from the repository root (needs the package index; ~3 MB into the git-ignored

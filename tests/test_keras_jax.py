@@ -135,3 +135,39 @@ def test_jax_gpus_is_the_planners_switch():
     assert machine.jax_gpus() == [d["kind"] for d in devices if d["platform"] in ("gpu", "cuda", "rocm")]
     assert keras.backend.backend() == "tensorflow"
 
+
+
+def test_batchnorm_folding_keeps_the_function_and_the_input(tmp_path):
+    from keras_turbo.runtimes.fold import fold_batchnorm
+    from tests import tiny_models
+
+    model = tiny_models.bn_fold(keras)
+    before = [w.copy() for w in model.get_weights()]
+    x = np.random.default_rng(0).standard_normal((16, 9, 9, 3)).astype("float32")
+    want = np.asarray(model(x, training=False))
+    folded, n = fold_batchnorm(keras, model)
+    # Three BatchNormalization layers follow a Conv2D, a DepthwiseConv2D (multiplier 2) and a Dense
+    # that nothing else reads; the fourth's convolution output is also read by the Add.
+    assert n == 3
+    kinds = [type(l).__name__ for l in folded.layers]
+    assert kinds.count("BatchNormalization") == 1 and len(folded.layers) == len(model.layers) - 3
+    got = np.asarray(folded(x, training=False))
+    assert np.max(np.abs(got - want)) < 1e-5 * np.max(np.abs(want))
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))  # the input is unchanged
+
+    # keras-jax folds at load and still matches Keras-on-TensorFlow on the unfolded model.
+    model.save(tmp_path / "bn.keras")
+    p = keras_turbo.load(tmp_path / "bn.keras", backend="keras-jax", device="cpu")
+    try:
+        assert p.engine.folded == 3
+        assert np.max(np.abs(p(x) - want)) < 1e-4 * np.max(np.abs(want))
+    finally:
+        p.close()
+
+
+def test_nothing_folds_where_an_activation_or_a_second_reader_sits_between(model_files):
+    from keras_turbo.runtimes.fold import fold_batchnorm
+
+    _, model = model_files["sequential"]  # Conv2D(activation="relu") then BatchNormalization
+    same, n = fold_batchnorm(keras, model)
+    assert n == 0 and same is model

@@ -179,3 +179,22 @@ def test_data_that_does_not_fit(tmp_path, digits_model):
     with pytest.raises(keras_turbo.DataError, match=r"\(28, 28, 1\)"):
         optimize(digits_model[0], str(tmp_path / "d.npz"), None, OptimizeConfig(), tmp_path / "o")
     assert not (tmp_path / "o").exists()
+
+
+def test_the_budget_nobody_gave_follows_the_data(tmp_path, digits_model):
+    from keras_turbo.api import as_ref, io_specs
+    from keras_turbo.optimize.driver import _data_refs
+
+    inputs, outputs = io_specs(as_ref(digits_model[0]))
+    x = np.random.default_rng(0).random((30, *inputs[0].shape[1:])).astype("float32")
+    np.savez(tmp_path / "plain.npz", x=x)
+    np.savez(tmp_path / "labelled.npz", x=x, y=np.arange(30) % 10)
+    # labelled data: the 1-point accuracy budget; unlabelled: top-1 agreement 0.99, said in one warning
+    _, cfg = _data_refs(str(tmp_path / "labelled.npz"), None, OptimizeConfig(), inputs, outputs)
+    assert (cfg.max_accuracy_drop, cfg.min_agreement) == (1.0, None)
+    with pytest.warns(UserWarning, match="no labels and no budget was given.*agreement >= 0.99"):
+        _, cfg = _data_refs(str(tmp_path / "plain.npz"), None, OptimizeConfig(), inputs, outputs)
+    assert (cfg.max_accuracy_drop, cfg.min_agreement) == (None, 0.99)
+    # a budget the user named is theirs: an accuracy budget on unlabelled data is an error
+    with pytest.raises(keras_turbo.KerasTurboError, match="needs labelled --data"):
+        _data_refs(str(tmp_path / "plain.npz"), None, OptimizeConfig(max_accuracy_drop=2.0), inputs, outputs)

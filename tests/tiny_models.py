@@ -39,6 +39,31 @@ def two_input(keras):
     return keras.Model([z, a], keras.layers.Dense(3, name="out")(h), name="two_input")
 
 
+def bn_fold(keras):
+    """BatchNormalization after a Conv2D, a DepthwiseConv2D (multiplier 2) and a Dense, all foldable,
+    and one after a Conv2D whose output is also read by an Add (not foldable); moving statistics
+    and scales away from 0/1 so that a wrong fold shows. Not in MAKERS: the keras-jax fold checks
+    use it (tests/test_keras_jax.py, benchmarks/gpu.py)."""
+    import numpy as np
+
+    keras.utils.set_random_seed(4)
+    bn = keras.layers.BatchNormalization
+    i = keras.Input((9, 9, 3), name="img")
+    x = bn(name="bn_c1")(keras.layers.Conv2D(4, 3, use_bias=False, name="c1")(i))
+    x = keras.layers.ReLU(6.0)(x)
+    y = bn(name="bn_dw")(keras.layers.DepthwiseConv2D(3, depth_multiplier=2, padding="same", name="dw")(x))
+    z = keras.layers.Conv2D(8, 1, name="c2")(x)
+    h = keras.layers.Add()([y, bn(name="bn_c2")(z), z])
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    model = keras.Model(i, bn(name="bn_d")(keras.layers.Dense(5, name="d")(h)), name="bn_fold")
+    rng = np.random.default_rng(4)
+    for layer in model.layers:
+        if isinstance(layer, bn):  # gamma, beta, moving mean, moving variance
+            c = layer.weights[0].shape
+            layer.set_weights([rng.uniform(0.5, 2, c), rng.normal(0, 0.3, c), rng.normal(0, 0.3, c), rng.uniform(0.5, 2, c)])
+    return model
+
+
 MAKERS = {"sequential": sequential, "residual": residual, "two_input": two_input}
 
 

@@ -75,17 +75,20 @@ def __getattr__(name: str):
     return value
 
 
-def inspect(model, unsafe: bool = False) -> dict:
+def inspect(model, unsafe: bool = False, *, custom_objects=None) -> dict:
     """Describe a model file: inputs and outputs, parameter count, FLOPs per sample (and how they
     are counted), size on disk, and the layer kinds that matter for optimization.
+    `custom_objects`: a .py file (or a dict of classes) with the model's custom layers.
 
     Example:
         >>> keras_turbo.inspect("model.keras")["flops_per_sample"]
     """
+    from keras_turbo import custom
     from keras_turbo.api import as_ref
     from keras_turbo.describe import describe
 
-    return describe(as_ref(model, unsafe=unsafe))
+    with custom.activated(custom_objects):
+        return describe(as_ref(model, unsafe=unsafe))
 
 
 def devices() -> dict:

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from keras_turbo import models, quality
+from keras_turbo import custom
+from keras_turbo.custom import accepts
 from keras_turbo.errors import KerasTurboError
 from keras_turbo.models import ModelRef
 from keras_turbo.runtimes import NATIVE, Predictor, open_predictor
@@ -33,8 +35,9 @@ def io_specs(ref: ModelRef):
     return ins, _infos(model.outputs, [f"output_{i}" for i in range(len(model.outputs))])
 
 
+@accepts
 def load(model, backend: str | None = None, threads: int | None = None, batch_size: int | None = None,
-         device: str = "auto", unsafe: bool = False, cache_dir: Path | None = None) -> Predictor:
+         device: str = "auto", unsafe: bool = False, cache_dir: Path | None = None, *, custom_objects=None) -> Predictor:
     """Open a model on a runtime, ready to serve.
 
     Args:
@@ -45,6 +48,9 @@ def load(model, backend: str | None = None, threads: int | None = None, batch_si
         batch_size: the batch size to prepare for (runtimes that compile per shape do it now).
         device: "auto", "cpu" or "gpu" (the TensorFlow runtimes and keras-jax).
         unsafe: allow code inside the model file to run (Lambda layers). Off by default.
+        custom_objects: the model's custom layers: a .py file that registers them
+            (`keras.saving.register_keras_serializable`) or lists them in `CUSTOM_OBJECTS`, or a
+            dict of classes from an importable module. The user's own code, run because named.
 
     Returns:
         A `Predictor`: call it with numpy arrays, get numpy arrays back.
@@ -68,8 +74,10 @@ def load(model, backend: str | None = None, threads: int | None = None, batch_si
     return open_predictor(ref, backend, threads=threads, batch_size=batch_size, device=device, cache_dir=cache_dir)
 
 
-def load_model(path, unsafe: bool = False):
-    """Load a Keras-family model file (.keras, .h5, SavedModel) as a `keras.Model`, safely.
+@accepts
+def load_model(path, unsafe: bool = False, *, custom_objects=None):
+    """Load a Keras-family model file (.keras, .h5, SavedModel) as a `keras.Model`, safely
+    (`custom_objects` as in `load`).
 
     Raises:
         ModelLoadError: missing, corrupt, not a Keras model, or holds code and `unsafe` is False.
@@ -79,29 +87,44 @@ def load_model(path, unsafe: bool = False):
 
 def evaluate(model, data, reference=None, backend: str | None = None, reference_backend: str | None = None,
              batch_size: int = 32, threads: int | None = None, unsafe: bool = False, cache_dir: Path | None = None,
-             output_kinds=(), budget: dict | None = None) -> dict:
+             output_kinds=(), budget: dict | None = None, metric=None, *, custom_objects=None) -> dict:
     """Accuracy on labelled data, and agreement with a reference model.
 
     Args:
         model: a path or keras.Model (or an open `Predictor`).
         data: a DATA spec (`x.npz`, an image folder, `builtin:digits[:split]`) or a `Dataset`.
+            Labels: `y` for the first output, `y_<output name>` for any output (data.py).
         reference: optional model to compare against (top-1 agreement, output differences).
         backend / reference_backend: runtimes to run them on (defaults as in `load`).
         output_kinds: (output name, kind) pairs overriding the detected kinds (quality.KINDS).
-        budget: optional {"max_accuracy_drop", "min_agreement", "max_output_error"}: with a
-            reference, every output is judged against it as optimize judges a variant.
+        budget: optional {"max_accuracy_drop", "min_agreement", "max_output_error",
+            "max_metric_drop"}: with a reference, every output is judged against it as optimize
+            judges a variant.
+        metric: the user's metric, "FILE.py:function" or a callable (quality.judge_metric):
+            scored for the model (and, with a reference, against the reference's score).
+        custom_objects: the model's custom layers (a .py file or a dict, as in `load`).
 
     Returns:
         {"samples", "accuracy" (None without labels), "top1_agreement", "max_abs_diff",
-         "mean_abs_diff" (None without reference), "backend", "reference_backend"}. Top-1 is
-        `keras_turbo.quality`'s: argmax, or for a single unit a threshold (0.5 for probabilities,
-        0 for logits) decided from the reference's outputs when there is one. With a reference,
-        also "outputs" (each output's kind and metric: agreement, relative error, cosine) and,
-        with a budget, "within_budget" and "verdict".
+         "mean_abs_diff" (None without reference), "backend", "reference_backend", "outputs"}.
+        Top-1 is `keras_turbo.quality`'s: argmax, or for a single unit a threshold (0.5 for
+        probabilities, 0 for logits) decided from the reference's outputs when there is one.
+        "outputs" has each output's kind and its metrics: against the labels (accuracy, top-5,
+        exact-set accuracy and F1, mean IoU, RMSE and MAE) and, with a reference, against it
+        (agreement, relative error, cosine). With a metric, "user_metric"; with a budget,
+        "within_budget" and "verdict".
 
     Raises:
-        KerasTurboError: unreadable data, data that does not fit, labels out of range.
+        KerasTurboError: unreadable data, data that does not fit, labels out of range, a metric
+            that fails.
     """
+    with custom.activated(custom_objects):
+        return _evaluate(model, data, reference, backend, reference_backend, batch_size, threads, unsafe, cache_dir,
+                         output_kinds, budget, metric)
+
+
+def _evaluate(model, data, reference, backend, reference_backend, batch_size, threads, unsafe, cache_dir,
+              overrides, budget, metric) -> dict:
     from keras_turbo.data import Dataset, check, load_data, warn_if_outside
 
     predictor = model if isinstance(model, Predictor) else load(model, backend, threads, unsafe=unsafe, cache_dir=cache_dir)
@@ -111,38 +134,62 @@ def evaluate(model, data, reference=None, backend: str | None = None, reference_
     else:
         ds = load_data(data, predictor.inputs, predictor.outputs, default_split="test", arg="--data", scales_inputs=scales)
     warn_if_outside(ds, predictor.input_ranges, predictor.inputs, "--data")
-    out = _first(predictor.predict(list(ds.x), batch_size=batch_size))
-    result = {"samples": len(ds), "backend": predictor.backend, "accuracy": quality.accuracy(out, ds.y),
+    outs = _as_list(predictor.predict(list(ds.x), batch_size=batch_size))
+    labels = ds.output_labels(len(outs))
+    result = {"samples": len(ds), "backend": predictor.backend, "accuracy": None,
               "top1_agreement": None, "max_abs_diff": None, "mean_abs_diff": None, "reference_backend": None}
-    if reference is not None:
-        ref_p = reference if isinstance(reference, Predictor) else load(reference, reference_backend, threads, unsafe=unsafe, cache_dir=cache_dir)
-        ref_out = _first(ref_p.predict(list(ds.x), batch_size=batch_size))
-        if ref_out.shape != out.shape:
-            raise KerasTurboError(f"--reference: outputs of shape {ref_out.shape[1:]} cannot be compared with {out.shape[1:]}")
-        # Judged as quality.compare judges every variant: a single unit's threshold is the reference's.
-        q = quality.compare(ref_out, out, ds.y)
-        result.update(accuracy=q["accuracy"], top1_agreement=q["top1_agreement"], max_abs_diff=q["max_abs_diff"],
-                      mean_abs_diff=q["mean_abs_diff"], reference_backend=ref_p.backend)
-        result.update(_judge_outputs(predictor, ref_p, reference, ds, batch_size, output_kinds, budget, unsafe))
+    if reference is None:
+        kinds = _kinds(model, predictor, outs, ds, overrides, unsafe)
+        # the model against itself: what is left is each output's metric against the labels
+        q = quality.judge(outs, outs, list(kinds), labels)
+        keep = lambda o: {k: v for k, v in o.items() if not k.startswith("reference_") and k not in  # noqa: E731
+                          ("agreement", "exact_set_agreement", "max_abs_diff", "rmse_vs_float", "relative_error",
+                           "error", "cosine", "accuracy_drop", "metric_drop")}
+        result["outputs"] = [keep(o) for o in q["outputs"]]
+        if kinds[0].kind in quality.CLASSIFYING or not kinds[0].sure:  # an unsure single unit may be a logit
+            result["accuracy"] = q["outputs"][0].get("accuracy", quality.accuracy(outs[0], ds.y))
+        if metric is not None:
+            m = quality.judge_metric(metric, outs, outs, labels)
+            result["user_metric"] = {"name": m["name"], "score": m["score"], "labelled": m["labelled"]}
+        return result
+    ref_p = reference if isinstance(reference, Predictor) else load(reference, reference_backend, threads, unsafe=unsafe, cache_dir=cache_dir)
+    refs = _as_list(ref_p.predict(list(ds.x), batch_size=batch_size))
+    if len(refs) != len(outs) or any(r.shape != o.shape for r, o in zip(refs, outs)):
+        raise KerasTurboError(f"--reference: outputs of shape {[r.shape[1:] for r in refs]} cannot be compared with "
+                              f"{[o.shape[1:] for o in outs]}")
+    # Judged as quality.compare judges every variant: a single unit's threshold is the reference's.
+    c = quality.compare(refs[0], outs[0], ds.y)
+    result.update(accuracy=c["accuracy"], top1_agreement=c["top1_agreement"], max_abs_diff=c["max_abs_diff"],
+                  mean_abs_diff=c["mean_abs_diff"], reference_backend=ref_p.backend)
+    kinds = _kinds(reference, ref_p, refs, ds, overrides, unsafe)
+    q = quality.judge(refs, outs, list(kinds), labels, metric=metric)
+    result["outputs"] = q["outputs"]
+    if kinds[0].kind not in quality.CLASSIFYING and kinds[0].sure:
+        result["accuracy"] = None
+    elif q["outputs"][0].get("accuracy") is not None:
+        result["accuracy"] = q["outputs"][0]["accuracy"]
+    if "user_metric" in q:
+        result["user_metric"] = q["user_metric"]
+    if budget:
+        from keras_turbo.optimize.select import within_budget
+
+        result["within_budget"], result["verdict"] = within_budget(q, budget)
     return result
 
 
-def _judge_outputs(predictor, ref_p, reference, ds, batch_size, overrides, budget, unsafe) -> dict:
-    """Every output of the model against the reference's, by its kind, as optimize judges a variant."""
+def _kinds(model, predictor, values, ds, overrides, unsafe):
+    """Each output's kind, from the Keras model when `model` is one (its last activations), else
+    from the values."""
     from keras_turbo.kinds import output_kinds
-    from keras_turbo.optimize.select import within_budget
 
-    as_list = lambda o: o if isinstance(o, list) else [o]  # noqa: E731
-    outs = as_list(predictor.predict(list(ds.x), batch_size=batch_size))
-    refs = as_list(ref_p.predict(list(ds.x), batch_size=batch_size))
-    keras_ref = as_ref(reference, unsafe) if isinstance(reference, (str, os.PathLike)) else None
-    kinds = output_kinds(keras_ref if keras_ref is not None and keras_ref.is_keras else None, ref_p.outputs, refs, ds.y,
-                         overrides)
-    q = quality.judge(refs, outs, list(kinds), ds.y)
-    res = {"outputs": q["outputs"]}
-    if budget:
-        res["within_budget"], res["verdict"] = within_budget(q, budget)
-    return res
+    ref = None
+    if isinstance(model, (str, os.PathLike)) and not (Path(model) / "manifest.json").exists():
+        ref = as_ref(model, unsafe)
+    return output_kinds(ref if ref is not None and ref.is_keras else None, predictor.outputs, values, ds.y, overrides)
+
+
+def _as_list(o) -> list:
+    return o if isinstance(o, list) else [o]
 
 
 def _scales_inputs(model) -> bool | None:
@@ -153,7 +200,3 @@ def _scales_inputs(model) -> bool | None:
         return models.scales_inputs(models.resolve(model))
     except KerasTurboError:
         return None
-
-
-def _first(out):
-    return out[0] if isinstance(out, list) else out

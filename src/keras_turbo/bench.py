@@ -378,7 +378,7 @@ Progress = Callable[[str, int, int], None]  # (what is running now, jobs done, j
 def benchmark(model, backends: Sequence[str] | None = None, batch_sizes: Sequence[int] = (1,),
               threads: int | None = None, config: BenchmarkConfig | None = None, *, unsafe: bool = False,
               cache_dir: Path | None = None, progress: Progress | None = None,
-              measure_overhead: bool = True, data=None, check: bool = True) -> BenchmarkReport:
+              measure_overhead: bool = True, custom_objects=None, data=None, check: bool = True) -> BenchmarkReport:
     """Measure a model's latency, throughput, start-up cost and memory on each runtime.
 
     Every runtime is timed on inputs of one shape: the user's data (`data`), or random values of
@@ -399,6 +399,8 @@ def benchmark(model, backends: Sequence[str] | None = None, batch_sizes: Sequenc
         progress: called with (description, done, total) as the jobs go.
         measure_overhead: time the harness's own cost first (an extra process); a caller that
             benchmarks many artifacts in one run measures it once instead.
+        custom_objects: the model's custom layers (a .py file or a dict, as in `load`); every
+            worker process loads them.
         data: a DATA spec or `Dataset`: its samples are timed (cycled into each batch size) and
             checked on; required (or `config.input_shapes`) when an input has a dynamic dimension.
         check: compare each runtime with the Keras model before timing (Keras models only).
@@ -414,6 +416,15 @@ def benchmark(model, backends: Sequence[str] | None = None, batch_sizes: Sequenc
         >>> report = keras_turbo.benchmark("model.keras", backends=["litert", "openvino"], batch_sizes=[1, 32])
         >>> report.get("litert", 1).latency_ms["p50"]
     """
+    from keras_turbo import custom
+
+    with custom.activated(custom_objects):  # workers inherit it through their environment
+        return _benchmark(model, backends, batch_sizes, threads, config, unsafe, cache_dir, progress, measure_overhead,
+                          data, check)
+
+
+def _benchmark(model, backends, batch_sizes, threads, config, unsafe, cache_dir, progress, measure_overhead,
+               data=None, check=True) -> BenchmarkReport:
     from keras_turbo import machine
     from keras_turbo.api import as_ref
     from keras_turbo.runtimes import artifact_for, default_backends, get_backend

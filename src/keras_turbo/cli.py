@@ -148,15 +148,15 @@ def cmd_evaluate(args) -> int:
 
     _check_outputs(args, args.model, args.data, args.reference)
     budget = None
-    if args.min_agreement is not None or args.max_accuracy_drop is not None or args.max_output_error is not None:
+    if any(v is not None for v in (args.min_agreement, args.max_accuracy_drop, args.max_output_error, args.max_metric_drop)):
         if args.reference is None:
-            raise KerasTurboError("--min-agreement / --max-accuracy-drop / --max-output-error judge MODEL against "
-                                  "--reference MODEL: give one")
+            raise KerasTurboError("--min-agreement / --max-accuracy-drop / --max-output-error / --max-metric-drop judge "
+                                  "MODEL against --reference MODEL: give one")
         budget = {"min_agreement": args.min_agreement, "max_accuracy_drop": args.max_accuracy_drop,
-                  "max_output_error": args.max_output_error}
+                  "max_output_error": args.max_output_error, "max_metric_drop": args.max_metric_drop}
     res = keras_turbo.evaluate(args.model, args.data, reference=args.reference, backend=args.backend,
                                reference_backend=args.reference_backend, batch_size=args.batch_size, unsafe=args.unsafe,
-                               output_kinds=_output_kinds(args.output_kind), budget=budget)
+                               output_kinds=_output_kinds(args.output_kind), budget=budget, metric=args.metric)
     _write_json(args.json, res)
     out, _ = _console()
     out.print(f"{args.model} on {res['backend']}: {res['samples']} samples from {args.data}")
@@ -169,9 +169,13 @@ def cmd_evaluate(args) -> int:
         out.print(f"  max |diff|      {res['max_abs_diff']:.3g}")
         out.print(f"  mean |diff|     {res['mean_abs_diff']:.3g}")
     for o in res.get("outputs") or []:
-        metric = (f"agreement {o['agreement'] * 100:.2f}%" if "agreement" in o else
-                  f"1 - cosine {o['error']:.4g}" if o["kind"] == "embedding" else f"relative error {o['error']:.4g}")
-        out.print(f"  {o['name']} ({o['kind']}): {metric}")
+        from keras_turbo.report import output_metrics_text
+
+        out.print(f"  {o['name']} ({o['kind']}): {output_metrics_text(o)}")
+    if res.get("user_metric"):
+        m = res["user_metric"]
+        vs = f" (reference {m['reference_score']:.6g}, drop {m['drop']:.2f}%)" if "reference_score" in m else ""
+        out.print(f"  metric {m['name']}: {m['score']:.6g}{vs}")
     if "within_budget" in res:
         out.print(f"  {'within budget' if res['within_budget'] else 'OVER BUDGET'}: {res['verdict']}")
         return 0 if res["within_budget"] else 1
@@ -451,7 +455,7 @@ def cmd_optimize(args) -> int:
 
     cfg = OptimizeConfig(max_accuracy_drop=args.max_accuracy_drop if args.min_agreement is None else None,
                          min_agreement=args.min_agreement, max_output_error=args.max_output_error,
-                         output_kinds=_output_kinds(args.output_kind), objective=args.objective, batch_size=args.batch_size,
+                         max_metric_drop=args.max_metric_drop, metric=args.metric, output_kinds=_output_kinds(args.output_kind), objective=args.objective, batch_size=args.batch_size,
                          threads=args.threads, techniques=tuple(t for t in (args.techniques or "").split(",") if t),
                          runtimes=tuple(t for t in (args.runtimes or "").split(",") if t),
                          time_budget_s=_parse_duration(args.time_budget))
@@ -523,6 +527,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("model", help="a .keras, .h5, SavedModel dir, .tflite, .onnx or OpenVINO .xml")
         sp.add_argument("--unsafe", action="store_true",
                         help="let the model file run Python code (Lambda layers); only for files you trust")
+        sp.add_argument("--custom-objects", metavar="FILE.py",
+                        help="your own Python file that registers (keras.saving.register_keras_serializable) or lists "
+                             "(a CUSTOM_OBJECTS dict) the model's custom layers; run because you name it")
 
     sp = sub.add_parser("inspect", help="inputs, outputs, parameters, FLOPs, size and layer kinds of a model")
     model_arg(sp)
@@ -562,6 +569,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--min-agreement", type=float, metavar="FRACTION", help="budget for classification-like outputs")
     sp.add_argument("--max-accuracy-drop", type=float, metavar="POINTS", help="budget for labelled classifier outputs")
     sp.add_argument("--max-output-error", type=float, metavar="E", help="budget for regression / embedding outputs")
+    sp.add_argument("--max-metric-drop", type=float, metavar="PERCENT",
+                    help="for labelled metrics other than accuracy (regression RMSE, segmentation mean IoU, "
+                         "multi-label F1) and for --metric: allowed drop relative to the float model, in percent")
+    sp.add_argument("--metric", metavar="FILE.py:FUNCTION",
+                    help="your own metric (your trusted code, run because you name it): called with (float outputs, "
+                         "variant outputs, labels or None), returns a score, higher is better")
     sp.add_argument("--output-kind", action="append", metavar="NAME=KIND", help="override an output's detected kind")
     sp.add_argument("--json", metavar="PATH")
     force_arg(sp)
@@ -649,13 +662,20 @@ def build_parser() -> argparse.ArgumentParser:
     model_arg(sp)
     sp.add_argument("--data", required=True, help="held-out DATA to judge accuracy on")
     sp.add_argument("--train-data", metavar="DATA", help="DATA for calibration and the training techniques")
-    sp.add_argument("--max-accuracy-drop", type=float, default=1.0, metavar="POINTS",
-                    help="allowed accuracy loss in points (default 1.0)")
+    sp.add_argument("--max-accuracy-drop", type=float, metavar="POINTS",
+                    help="allowed accuracy loss in points (default: 1.0 where --data has labels; without labels, "
+                         "--min-agreement 0.99)")
     sp.add_argument("--min-agreement", type=float, metavar="FRACTION",
                     help="instead: top-1 agreement with the float model, e.g. 0.99 (no labels needed)")
     sp.add_argument("--max-output-error", type=float, metavar="E",
                     help="for regression / embedding outputs: RMSE of the difference from float over the output's "
                          "standard deviation (1 - cosine for embeddings); default 0.02")
+    sp.add_argument("--max-metric-drop", type=float, metavar="PERCENT",
+                    help="for labelled metrics other than accuracy (regression RMSE, segmentation mean IoU, "
+                         "multi-label F1) and for --metric: allowed drop relative to the float model, in percent")
+    sp.add_argument("--metric", metavar="FILE.py:FUNCTION",
+                    help="your own metric (your trusted code, run because you name it): called with (float outputs, "
+                         "variant outputs, labels or None), returns a score, higher is better")
     sp.add_argument("--output-kind", action="append", metavar="NAME=KIND",
                     help="override an output's detected kind: multiclass, binary, multilabel, segmentation, "
                          "regression, embedding (repeatable)")
@@ -749,7 +769,11 @@ def _main(argv: list[str]) -> int:
 
         print(f"keras-turbo: warning: {UNSAFE_WARNING}", file=sys.stderr)
     try:
-        return args.fn(args)
+        from keras_turbo import custom
+
+        # the user's own code, named by them: effective here and in every worker process
+        with custom.activated(getattr(args, "custom_objects", None)):
+            return args.fn(args)
     except KerasTurboError as e:
         if debug:
             raise

@@ -2,7 +2,11 @@
 
 A DATA spec is one of:
   - `path.npz` holding `x` (or, for a multi-input model, one `x_<input name>` per input) and,
-    optionally, integer labels `y` (one-hot labels are accepted and reduced with argmax);
+    optionally, labels: `y` for the first output (output_0) and `y_<output name>` for any
+    output (`y_output_1`, ... as `inspect` names them). Labels keep the shape the output has:
+    class ids or one-hot rows for a multi-class output, 0/1 for a binary one, 0/1 rows for a
+    multi-label one, targets for a regression output, and for a per-position (segmentation)
+    output a mask of class ids (N, H, W) or the output's own shape;
   - a folder with one sub-folder of images per class (sub-folder names, sorted, are the
     classes), resized to the model's input and scaled to [0, 1];
   - `path.txt`, plain text, one sample per line (blank lines skipped), for a model whose one
@@ -40,16 +44,35 @@ class Dataset:
     x: tuple[np.ndarray, ...]
     y: np.ndarray | None
     source: str
+    #: every output's labels, in the output's shape (None for an output without labels), once
+    #: `check` has matched them to the model's outputs; before that, the arrays by npz name
+    labels: tuple | dict | None = None
 
     def __len__(self) -> int:
         return int(self.x[0].shape[0])
+
+    def subset(self, idx, labels: bool = True) -> "Dataset":
+        """The samples at `idx` (None: all), with or without the labels."""
+        pick = (lambda a: a) if idx is None else (lambda a: a[idx])  # noqa: E731
+        if not labels:
+            return Dataset(tuple(pick(a) for a in self.x), None, self.source)
+        lab = self.labels
+        if isinstance(lab, dict):
+            lab = {k: pick(v) for k, v in lab.items()}
+        elif lab is not None:
+            lab = tuple(None if v is None else pick(v) for v in lab)
+        return Dataset(tuple(pick(a) for a in self.x), None if self.y is None else pick(self.y), self.source, lab)
 
     def take(self, n: int, seed: int = 0) -> "Dataset":
         """A reproducible random subset of at most `n` samples."""
         if n >= len(self):
             return self
-        idx = np.sort(np.random.default_rng(seed).choice(len(self), size=n, replace=False))
-        return Dataset(tuple(a[idx] for a in self.x), None if self.y is None else self.y[idx], self.source)
+        return self.subset(np.sort(np.random.default_rng(seed).choice(len(self), size=n, replace=False)))
+
+    def output_labels(self, count: int) -> list:
+        """`count` entries, one per output: its labels or None."""
+        lab = list(self.labels) if isinstance(self.labels, tuple) else [self.y]
+        return (lab + [None] * count)[:count]
 
 
 def digits_splits(seed: int = 0) -> dict[str, np.ndarray]:
@@ -186,6 +209,7 @@ def load_npz(path: Path, inputs: Sequence[TensorInfo] | None) -> Dataset:
     except Exception as e:
         raise DataError(f"{path}: cannot read as .npz ({cause(e)})") from e
     y = files.get("y")
+    labels = {k: v for k, v in files.items() if k == "y" or k.startswith("y_")}
     if inputs is not None and len(inputs) > 1:
         missing = [t.name for t in inputs if f"x_{t.name}" not in files]
         if missing:
@@ -195,7 +219,7 @@ def load_npz(path: Path, inputs: Sequence[TensorInfo] | None) -> Dataset:
         x = (files["x"],)
     else:
         raise DataError(f"{path}: no array named 'x' (found: {', '.join(files) or 'none'})")
-    return Dataset(x, y, str(path))
+    return Dataset(x, y, str(path), labels or None)
 
 
 def load_text(path: Path, inputs: Sequence[TensorInfo] | None, arg: str = "DATA") -> Dataset:
@@ -411,23 +435,92 @@ def check(ds: Dataset, inputs: Sequence[TensorInfo] | None, outputs: Sequence[Te
                 _warn_if_unscaled(a, name, inputs[i].dtype, arg, ds.source)
             a = a.astype(inputs[i].dtype, copy=False)
         xs.append(a)
-    y = ds.y
-    if y is not None:
-        y = np.asarray(y)
-        if y.shape[0] != n:
-            raise DataError(f"{arg}: {ds.source}: {y.shape[0]} labels for {n} samples")
-        if y.ndim == 2 and y.shape[1] > 1:
-            y = y.argmax(axis=1)
-        y = y.reshape(n)
-        if not np.issubdtype(y.dtype, np.integer):
-            if np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
-                y = y.astype("int64")
-            else:
-                raise DataError(f"{arg}: {ds.source}: labels must be integer class ids (received {y.dtype} values)")
-        classes = None
-        if outputs is not None and len(outputs) == 1 and outputs[0].shape[-1]:
-            classes = outputs[0].shape[-1]
-        if y.min() < 0 or (classes is not None and classes > 1 and y.max() >= classes):
-            hi = f", the model has {classes} classes" if classes else ""
-            raise DataError(f"{arg}: {ds.source}: labels out of range (found {int(y.min())}..{int(y.max())}{hi})")
-    return Dataset(tuple(xs), y, ds.source)
+    labels = _match_labels(ds, n, outputs, arg)
+    y = _class_ids(labels[0]) if labels and labels[0] is not None else None
+    return Dataset(tuple(xs), y, ds.source, None if all(v is None for v in labels) else tuple(labels))
+
+
+def _raw_labels(ds: Dataset, outputs) -> dict:
+    """The label arrays by the name they answer to: "y" or "y_<output name>"."""
+    if isinstance(ds.labels, dict):
+        return dict(ds.labels)
+    if isinstance(ds.labels, tuple):  # already matched (a checked Dataset checked again)
+        names = [t.name for t in outputs] if outputs is not None else [f"output_{i}" for i in range(len(ds.labels))]
+        return {f"y_{nm}": v for nm, v in zip(names, ds.labels) if v is not None}
+    return {} if ds.y is None else {"y": ds.y}
+
+
+def _match_labels(ds: Dataset, n: int, outputs, arg: str) -> list:
+    """Each output's labels, checked against its shape and kept in it (class ids where the labels
+    are ids); `y` is the first output's."""
+    raw = _raw_labels(ds, outputs)
+    if outputs is None:
+        return [_checked(np.asarray(raw["y"]), n, None, "y", arg, ds.source)] if "y" in raw else []
+    names = [t.name for t in outputs]
+    unknown = [k for k in raw if k != "y" and k[2:] not in names]
+    if unknown:
+        raise DataError(f"{arg}: {ds.source}: labels {', '.join(unknown)} name no output of the model "
+                        f"(outputs: {', '.join(names)}; labels are y or y_<output name>)")
+    if "y" in raw and f"y_{names[0]}" in raw:
+        raise DataError(f"{arg}: {ds.source}: both y and y_{names[0]} label the first output; keep one")
+    out = []
+    for i, t in enumerate(outputs):
+        a = raw.get(f"y_{t.name}", raw.get("y") if i == 0 else None)
+        out.append(None if a is None else _checked(np.asarray(a), n, t.shape, f"y_{t.name}" if i else "y", arg, ds.source))
+    return out
+
+
+def _integral(a: np.ndarray) -> bool:
+    if np.issubdtype(a.dtype, np.integer) or a.dtype == bool:
+        return True
+    return bool(np.issubdtype(a.dtype, np.floating) and np.all(a == np.round(a)))
+
+
+def _checked(a: np.ndarray, n: int, shape, name: str, arg: str, source: str) -> np.ndarray:
+    """One output's labels: the right count, numbers, finite, and a shape that fits the output:
+    its own shape, or class ids (one per sample for a class-score output, one per position for a
+    per-position one). Class ids are checked against the class count."""
+    where = f"{arg}: {source}:"
+    if a.shape[:1] != (n,):
+        raise DataError(f"{where} {a.shape[0] if a.ndim else 0} labels for {n} samples" + (f" ({name})" if name != "y" else ""))
+    if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
+        raise DataError(f"{where} labels {name} hold {a.dtype} values, not numbers")
+    if np.issubdtype(a.dtype, np.floating) and _non_finite(a):
+        raise DataError(f"{where} labels {name} hold NaN or inf values")
+    if shape is None:
+        return a
+    out, classes = tuple(shape[1:]), shape[-1] if len(shape) > 1 else None
+    fits = lambda got, want: len(got) == len(want) and all(w is None or w == g for g, w in zip(got, want))  # noqa: E731
+    ids = None
+    if len(out) == 1 and classes and classes > 1 and (a.ndim == 1 or a.shape[1:] == (1,)):
+        ids = a.reshape(n)  # a class id per sample
+    elif len(out) > 1 and classes and classes > 1 and (fits(a.shape[1:], out[:-1]) or fits(a.shape[1:], (*out[:-1], 1))):
+        ids = a.reshape(a.shape[:len(out)])  # a class id per position (a segmentation mask)
+    if ids is not None:
+        if not _integral(ids):
+            raise DataError(f"{where} labels {name} must be integer class ids for an output of {classes} classes "
+                            f"(received {a.dtype} values)")
+        ids = ids.astype("int64")
+        if ids.size and (ids.min() < 0 or ids.max() >= classes):
+            raise DataError(f"{where} labels out of range (found {int(ids.min())}..{int(ids.max())}, the model has {classes} classes)")
+        return ids
+    if fits(a.shape[1:], out):
+        return a
+    if out and all(d is not None for d in out) and a.size == n * int(np.prod(out)) and \
+            tuple(d for d in a.shape[1:] if d != 1) == tuple(d for d in out if d != 1):
+        return a.reshape((n, *out))  # (N,) for an (N, 1) output, and the like
+    shown = ", ".join("?" if d is None else str(d) for d in out)
+    ids_too = " or class ids" if classes and classes > 1 else ""
+    raise DataError(f"{where} labels {name} have samples of shape {a.shape[1:]}; the output takes ({shown}){ids_too}")
+
+
+def _class_ids(labels: np.ndarray) -> np.ndarray | None:
+    """The first output's labels as one class id per sample, where they are that (the form the
+    training techniques and the classification summary use); None otherwise (targets, masks,
+    multi-hot rows)."""
+    a = np.asarray(labels)
+    if a.ndim == 1 or (a.ndim == 2 and a.shape[1] == 1):
+        return a.reshape(len(a)).astype("int64") if _integral(a) else None
+    if a.ndim == 2 and _integral(a) and a.size and a.min() >= 0 and a.max() <= 1 and np.all(a.sum(axis=1) == 1):
+        return a.argmax(axis=1).astype("int64")  # one-hot rows
+    return None

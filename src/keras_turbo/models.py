@@ -68,8 +68,12 @@ class ModelRef:
 
     def cache_key(self) -> str:
         """The fingerprint, kept apart for --unsafe: what was built trusting the file is never
-        served to a run that does not."""
-        return self.fingerprint() + ("-unsafe" if self.unsafe else "")
+        served to a run that does not; and apart for the custom objects' code in effect (an
+        artifact built with one version of a custom layer is not served for another)."""
+        from keras_turbo import custom
+
+        co = custom.fingerprint() if self.is_keras else ""
+        return self.fingerprint() + ("-unsafe" if self.unsafe else "") + (f"-co{co}" if co else "")
 
 
 def _files_of(path: Path) -> list[Path]:
@@ -307,6 +311,9 @@ def load_keras(ref: ModelRef):
         # keras-turbo's own layers (QAT's fake-quant wrappers) register with Keras when their
         # module is imported; that module pulls in TensorFlow, so only when a file needs it.
         import keras_turbo.techniques.qat  # noqa: F401
+    from keras_turbo import custom
+
+    custom.activate_from_env()  # the user's --custom-objects, in whichever process loads the model
     keras = _tf.keras()
     try:
         model = keras.models.load_model(ref.path, compile=False, safe_mode=not ref.unsafe)
@@ -317,12 +324,23 @@ def load_keras(ref: ModelRef):
                 f"{ref.path}: holds a Lambda layer or other Python code; refused in safe mode "
                 "(pass --unsafe only if you trust this file)"
             ) from e
-        if "Unknown layer" in msg or "Could not locate" in msg:
-            raise ModelLoadError(f"{ref.path}: uses a custom layer or object keras-turbo cannot build ({first_line(e)})") from e
+        missing = custom.unknown_class(msg)
+        if missing:
+            raise ModelLoadError(unknown_class_message(ref.path, missing)) from e
         raise ModelLoadError(f"{ref.path}: cannot load as a Keras model ({cause(e)})") from e
     if not isinstance(model, keras.Model):
         raise ModelLoadError(f"{ref.path}: holds a {type(model).__name__}, not a Keras model")
     return model
+
+
+def unknown_class_message(path, name: str) -> str:
+    """The one message for a model that uses a class nobody registered: name it, say what to do."""
+    from keras_turbo import custom
+
+    given = " (the --custom-objects given do not define it)" if custom.current() else ""
+    return (f"{path}: uses the custom class {name!r}, which Keras does not know{given}; pass its code with "
+            "--custom-objects FILE.py (a module that registers it with @keras.saving.register_keras_serializable "
+            "or lists it in a CUSTOM_OBJECTS dict)")
 
 
 def _wrap_savedmodel(ref: ModelRef):

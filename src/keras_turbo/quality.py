@@ -146,9 +146,101 @@ def _decisions(a: np.ndarray, k: OutputKind) -> np.ndarray:
     return a.argmax(axis=-1)  # multiclass: per sample; segmentation: per position
 
 
+def _class_ids(y: np.ndarray, rank: int) -> np.ndarray:
+    """Labels of a softmax-like output as class ids: ids as given, one-hot rows reduced."""
+    y = np.asarray(y)
+    return y.argmax(axis=-1) if y.ndim == rank else y
+
+
+def _f1(pred: np.ndarray, true: np.ndarray) -> float:
+    """Micro-averaged F1 over every (sample, label) decision."""
+    tp = float(np.sum(pred & true))
+    denom = float(np.sum(pred) + np.sum(true))
+    return 1.0 if denom == 0 else 2 * tp / denom
+
+
+def _miou(pred: np.ndarray, true: np.ndarray, classes: int) -> float:
+    """Mean intersection over union over the classes present in the prediction or the truth."""
+    ious = []
+    for c in range(classes):
+        p, t = pred == c, true == c
+        union = np.count_nonzero(p | t)
+        if union:
+            ious.append(np.count_nonzero(p & t) / union)
+    return float(np.mean(ious)) if ious else 1.0
+
+
+def relative_drop(reference: float, value: float, higher_is_better: bool = True) -> float:
+    """How much worse `value` is than `reference`, in percent of the reference (positive: worse).
+    A reference of 0 counts the absolute difference in percent of 1."""
+    worse = (reference - value) if higher_is_better else (value - reference)
+    return 100.0 * worse / (abs(reference) if abs(reference) > 1e-12 else 1.0)
+
+
+def _labelled(ref: np.ndarray, out: np.ndarray, k: OutputKind, y: np.ndarray) -> dict:
+    """The metrics against the labels, for the variant and the float model, and the drops the
+    budget judges: `accuracy_drop` (points; classification) and `metric_drop` (percent of the
+    float model's value; mIoU, F1, RMSE)."""
+    res: dict = {}
+    y = np.asarray(y)
+    if k.kind == "multiclass":
+        ids = _class_ids(y, 2).reshape(-1)
+        for tag, a in (("", out), ("reference_", ref)):
+            res[f"{tag}accuracy"] = float(np.mean(a.argmax(axis=1) == ids))
+            if a.shape[1] >= 10:  # top-5 says something only where there are many classes
+                top5 = np.argsort(-a, axis=1)[:, :5]
+                res[f"{tag}top5_accuracy"] = float(np.mean((top5 == ids[:, None]).any(axis=1)))
+    elif k.kind == "binary":
+        truth = y.reshape(len(y), -1)[:, 0] > 0.5
+        for tag, a in (("", out), ("reference_", ref)):
+            res[f"{tag}accuracy"] = float(np.mean(_decisions(a, k).reshape(len(a), -1)[:, 0] == truth))
+    elif k.kind == "multilabel":
+        truth = y.reshape(len(y), -1) > 0.5
+        for tag, a in (("", out), ("reference_", ref)):
+            d = _decisions(a, k).reshape(len(a), -1)
+            res[f"{tag}accuracy"] = float(np.mean((d == truth).all(axis=1)))  # exact set
+            res[f"{tag}f1"] = _f1(d, truth)
+        res.update(labelled_metric="f1", metric_drop=relative_drop(res["reference_f1"], res["f1"]))
+    elif k.kind == "segmentation":
+        if k.threshold is None:  # softmax per position: class ids
+            classes, truth = out.shape[-1], _class_ids(y, out.ndim)
+            dec = lambda a: a.argmax(axis=-1)  # noqa: E731
+        else:  # sigmoid per position: a binary mask (one channel) or one mask per channel
+            truth = (y.reshape(out.shape) > 0.5)
+            classes = 2 if out.shape[-1] == 1 else out.shape[-1]
+            dec = (lambda a: _decisions(a, k).astype("int64")) if out.shape[-1] == 1 else None  # noqa: E731
+        for tag, a in (("", out), ("reference_", ref)):
+            if dec is not None:
+                p = dec(a)
+                res[f"{tag}pixel_accuracy"] = float(np.mean(p == truth.astype(p.dtype)))
+                res[f"{tag}miou"] = _miou(p, truth.astype(p.dtype), classes)
+            else:  # channels are labels of their own: IoU of each channel's positives
+                d = _decisions(a, k)
+                res[f"{tag}pixel_accuracy"] = float(np.mean(d == truth))
+                ious = [np.count_nonzero(d[..., c] & truth[..., c]) / max(np.count_nonzero(d[..., c] | truth[..., c]), 1)
+                        for c in range(classes)]
+                res[f"{tag}miou"] = float(np.mean(ious))
+        res.update(labelled_metric="miou", metric_drop=relative_drop(res["reference_miou"], res["miou"]))
+        return res
+    elif k.kind == "regression":
+        truth = y.reshape(out.shape).astype("float64")
+        for tag, a in (("", out), ("reference_", ref)):
+            res[f"{tag}rmse"] = float(np.sqrt(np.mean((a - truth) ** 2)))
+            res[f"{tag}mae"] = float(np.mean(np.abs(a - truth)))
+        res.update(labelled_metric="rmse", metric_drop=relative_drop(res["reference_rmse"], res["rmse"], higher_is_better=False))
+        return res
+    else:  # embeddings: labels say nothing a metric here could use
+        return res
+    res["accuracy_drop"] = (res["reference_accuracy"] - res["accuracy"]) * 100
+    return res
+
+
 def judge_output(ref: np.ndarray, out: np.ndarray, k: OutputKind, y: np.ndarray | None = None) -> dict:
     """One output against the float model's: agreement for classification-like kinds (per
-    sample, per label, per position), error relative to the float output's spread for the others."""
+    sample, per label, per position), error relative to the float output's spread for the others;
+    with labels (`y`, in the output's shape, or class ids), also the kind's metric against them
+    for both models: accuracy (top-5 too with 10 classes or more), exact-set accuracy and F1,
+    pixel accuracy and mean IoU, RMSE and MAE."""
     ref, out = np.asarray(ref, "float64"), np.asarray(out, "float64")
     if ref.shape != out.shape:
         raise ValueError(f"output {k.name}: shape {out.shape[1:]} cannot be compared with the reference's {ref.shape[1:]}")
@@ -159,10 +251,6 @@ def judge_output(ref: np.ndarray, out: np.ndarray, k: OutputKind, y: np.ndarray 
         res["agreement"] = float(same.mean())
         if k.kind == "multilabel":
             res["exact_set_agreement"] = float(same.reshape(len(same), -1).all(axis=1).mean())
-        if y is not None and k.kind == "multiclass":
-            res["accuracy"] = float(np.mean(_decisions(out, k) == np.asarray(y).reshape(-1)))
-            res["reference_accuracy"] = float(np.mean(_decisions(ref, k) == np.asarray(y).reshape(-1)))
-            res["accuracy_drop"] = (res["reference_accuracy"] - res["accuracy"]) * 100
     elif k.kind == "embedding":
         a, b = out.reshape(len(out), -1), ref.reshape(len(ref), -1)
         cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
@@ -171,19 +259,123 @@ def judge_output(ref: np.ndarray, out: np.ndarray, k: OutputKind, y: np.ndarray 
         spread = float(ref.std())
         rmse = float(np.sqrt(np.mean((out - ref) ** 2)))
         res.update(rmse_vs_float=rmse, relative_error=rmse / spread if spread > 0 else rmse, error=rmse / spread if spread > 0 else rmse)
+    if y is not None:
+        res.update(_labelled(ref, out, k, y))
     return res
 
 
-def judge(refs: list, outs: list, kinds: list[OutputKind], y: np.ndarray | None = None) -> dict:
-    """Every output judged by its kind (labels go with the first classifying output, the one the
-    data's `y` describes), with the summary `compare` gives for the first output alongside."""
+def _per_output(y, kinds: list[OutputKind]) -> list:
+    """Labels as one entry per output. A list or tuple is that already; a single array (the
+    older form) labels the first classifying output."""
+    if isinstance(y, (list, tuple)):
+        return (list(y) + [None] * len(kinds))[:len(kinds)]
     first_cls = next((i for i, k in enumerate(kinds) if k.kind in CLASSIFYING), None)
-    per = [judge_output(r, o, k, y if i == first_cls else None) for i, (r, o, k) in enumerate(zip(refs, outs, kinds))]
-    summary = compare(refs[0], outs[0], y if first_cls == 0 else None)
+    return [y if i == first_cls else None for i in range(len(kinds))]
+
+
+def judge(refs: list, outs: list, kinds: list[OutputKind], y=None, metric=None) -> dict:
+    """Every output judged by its kind (`y`: one label array per output, None where an output
+    has none; a single array labels the first classifying output), with the summary `compare`
+    gives for the first output alongside, and the user's metric (`metric`, a callable) when given."""
+    labels = _per_output(y, kinds)
+    per = [judge_output(r, o, k, lab) for r, o, k, lab in zip(refs, outs, kinds, labels)]
+    first = labels[0] if kinds[0].kind in ("multiclass", "binary") else None
+    if first is not None and kinds[0].kind == "multiclass":
+        first = _class_ids(first, 2).reshape(-1)
+    summary = compare(refs[0], outs[0], first)
     if kinds[0].kind not in CLASSIFYING:
         summary.update(accuracy=None, reference_accuracy=None, accuracy_drop=None, top1_agreement=None)
-    return {**summary, "outputs": per}
+    elif first is None and per[0].get("accuracy") is not None:  # multi-label, segmentation: their own accuracy
+        summary.update({k: per[0].get(k) for k in ("accuracy", "reference_accuracy", "accuracy_drop")})
+    res = {**summary, "outputs": per}
+    if metric is not None:
+        res["user_metric"] = judge_metric(metric, refs, outs, labels)
+    return res
 
 
-__all__ += ["CLASSIFYING", "DEFAULT_MAX_OUTPUT_ERROR", "DEFAULT_MIN_AGREEMENT", "KINDS", "OutputKind", "detect",
-            "judge", "judge_output"]
+# ------------------------------------------------------------------ the user's metric
+
+#: the relative drop a user metric may take when no --max-metric-drop is given (stated in the verdict)
+DEFAULT_MAX_METRIC_DROP = 1.0
+
+
+def load_metric(spec):
+    """The user's metric: a callable as given, or "FILE.py:function" imported from the user's
+    own file (trusted because they named it; nothing is imported otherwise).
+
+    Raises:
+        KerasTurboError: a spec that is not FILE.py:function, a missing file or function, or a
+            file that fails to import.
+    """
+    if spec is None or callable(spec):
+        return spec
+    import importlib.util
+    import hashlib
+    import sys
+    from pathlib import Path
+
+    from keras_turbo.errors import KerasTurboError
+
+    path, _, fn = str(spec).rpartition(":")
+    if not path.endswith(".py") or not fn.isidentifier():
+        raise KerasTurboError(f"--metric: expected FILE.py:function, received {spec!r}")
+    if not Path(path).is_file():
+        raise KerasTurboError(f"--metric {spec}: {path}: no such file")
+    name = "user_metric_" + hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:10]
+    module = sys.modules.get(name)
+    if module is None:
+        try:
+            mspec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(mspec)
+            mspec.loader.exec_module(module)
+        except Exception as e:
+            first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), "")
+            raise KerasTurboError(f"--metric {spec}: importing {path} failed ({type(e).__name__}: {first})") from e
+        sys.modules[name] = module
+    f = getattr(module, fn, None)
+    if not callable(f):
+        raise KerasTurboError(f"--metric {spec}: {path} has no function {fn!r}")
+    return f
+
+
+def metric_name(spec) -> str:
+    """How a metric is named in reports: its spec, or a callable's module and name."""
+    if spec is None or isinstance(spec, str):
+        return spec
+    return f"{getattr(spec, '__module__', '?')}.{getattr(spec, '__qualname__', repr(spec))}"
+
+
+def judge_metric(metric, refs: list, outs: list, labels: list) -> dict:
+    """The user's metric on the whole evaluation set, called as metric(float outputs, variant
+    outputs, labels): each is one array for a single-output model, else a list in output order;
+    labels None when the data has none (a list entry None for an output without). Higher is
+    better. The float model's own score is metric(float, float, labels), so a metric that compares
+    the two outputs scores the float model against itself, and one that uses labels scores it
+    against them; the drop is relative to it, in percent.
+
+    Raises:
+        KerasTurboError: the metric raised, or returned something that is not a finite number.
+    """
+    from keras_turbo.errors import KerasTurboError
+
+    fn = load_metric(metric)
+    one = len(refs) == 1
+    pack = lambda xs: xs[0] if one else list(xs)  # noqa: E731
+    lab = None if all(v is None for v in labels) else pack(labels)
+    scores = []
+    for a in (refs, outs):
+        try:
+            v = fn(pack(refs), pack(a), lab)
+            v = float(v)
+        except Exception as e:
+            first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), "")
+            raise KerasTurboError(f"--metric {metric_name(metric)}: {type(e).__name__}: {first}") from e
+        if not np.isfinite(v):
+            raise KerasTurboError(f"--metric {metric_name(metric)}: returned {v}, not a finite number")
+        scores.append(v)
+    return {"name": metric_name(metric), "reference_score": scores[0], "score": scores[1],
+            "drop": relative_drop(scores[0], scores[1]), "labelled": lab is not None}
+
+
+__all__ += ["CLASSIFYING", "DEFAULT_MAX_METRIC_DROP", "DEFAULT_MAX_OUTPUT_ERROR", "DEFAULT_MIN_AGREEMENT", "KINDS",
+            "OutputKind", "detect", "judge", "judge_metric", "judge_output", "load_metric", "metric_name", "relative_drop"]

@@ -141,10 +141,63 @@ def ratio_text(h: dict) -> str:
 
 
 def _budget_text(doc: dict) -> str:
+    from keras_turbo.quality import DEFAULT_MAX_OUTPUT_ERROR
+
     b = doc["budget"]
     lim = (f"at most {b['max_accuracy_drop']} points below float accuracy" if b.get("max_accuracy_drop") is not None
            else f"top-1 agreement with float at least {b['min_agreement'] * 100:.1f}%")
+    kinds = {o["kind"] for o in doc.get("outputs") or []}
+    if kinds - {"multiclass", "binary", "multilabel", "segmentation"}:
+        lim += f"; output error at most {b.get('max_output_error') or DEFAULT_MAX_OUTPUT_ERROR}" + \
+               ("" if b.get("max_output_error") else " (default)")
+    if b.get("max_metric_drop") is not None:
+        lim += f"; labelled metrics (RMSE, mean IoU, F1{', the user metric' if (doc.get('config') or {}).get('metric') else ''}) " \
+               f"at most {b['max_metric_drop']}% worse than float"
+    elif (doc.get("config") or {}).get("metric"):
+        from keras_turbo.quality import DEFAULT_MAX_METRIC_DROP
+
+        lim += f"; the user metric at most {DEFAULT_MAX_METRIC_DROP}% below float (default)"
     return f"{lim}; objective {b['objective']}; batch {b['batch_size']}; {b['threads']} threads"
+
+
+def output_metrics_text(o: dict) -> str:
+    """One output's metrics in a line: against the labels (accuracy, F1, mean IoU, RMSE / MAE)
+    and against the float model (agreement, relative error, 1 - cosine)."""
+    parts = []
+    pct = lambda v: f"{v * 100:.2f}%"  # noqa: E731
+    num = lambda v: f"{v:.4g}"  # noqa: E731
+    for key, label, fmt in (("accuracy", "exact-set accuracy" if o["kind"] == "multilabel" else "accuracy", pct),
+                            ("top5_accuracy", "top-5", pct), ("f1", "F1", num), ("pixel_accuracy", "pixel accuracy", pct),
+                            ("miou", "mean IoU", num), ("rmse", "RMSE", num), ("mae", "MAE", num)):
+        if o.get(key) is not None:
+            ref = o.get("reference_" + key)
+            parts.append(f"{label} {fmt(o[key])}" + (f" (float {fmt(ref)})" if ref is not None else ""))
+    if "agreement" in o:
+        parts.append(f"agreement {o['agreement'] * 100:.2f}%")
+    elif o.get("error") is not None:
+        parts.append(f"1 - cosine {o['error']:.4g}" if o["kind"] == "embedding" else f"relative error {o['error']:.4g}")
+    return ", ".join(parts) or "-"
+
+
+OUTPUT_HEADERS = ["output", "kind", "samples", "metrics", "held to"]
+
+
+def output_rows(doc: dict) -> list[list[str]]:
+    """The recommended variant's outputs, one row each: kind, samples, metrics, and the budget
+    it was held to (its part of the verdict); the user metric last."""
+    from keras_turbo.optimize.select import output_verdict, user_metric_verdict
+
+    best = next((v for v in doc["variants"] if v["name"] == doc.get("recommended")), None)
+    if not best or not best.get("outputs"):
+        return []
+    budget = doc["budget"]
+    rows = [[o["name"], o["kind"], str(o.get("samples", "")), output_metrics_text(o), output_verdict(o, budget)[1]]
+            for o in best["outputs"]]
+    if best.get("user_metric"):
+        m = best["user_metric"]
+        rows.append(["(metric)", m["name"], str(best["outputs"][0].get("samples", "")),
+                     f"score {m['score']:.6g} (float {m['reference_score']:.6g})", user_metric_verdict(m, budget)[1]])
+    return rows
 
 
 def write_markdown(out, doc: dict) -> str:
@@ -155,6 +208,11 @@ def write_markdown(out, doc: dict) -> str:
         lines += [f"**Recommended: `{h['recommended']}`**: {ratio_text(h)} at batch "
                   f"{doc['budget']['batch_size']}; {h['size_ratio']:.1f}x smaller, accuracy {_fmt_acc(h['accuracy'])} "
                   f"(float {_fmt_acc(h['baseline_accuracy'])}), agreement {_fmt_acc(h['agreement'])}.{verdict}", ""]
+    outs = output_rows(doc)
+    if outs:
+        lines += [f"Each output of `{doc['recommended']}`, and the budget it was held to:", "",
+                  "| " + " | ".join(OUTPUT_HEADERS) + " |", "|" + "---|" * len(OUTPUT_HEADERS)]
+        lines += ["| " + " | ".join(c.replace("|", "/") for c in r) + " |" for r in outs] + [""]
     lines += ["| " + " | ".join(HEADERS + ["judged by"]) + " |", "|" + "---|" * (len(HEADERS) + 1)]
     lines += ["| " + " | ".join(c.replace("|", "/") for c in r) + " |" for r in _rows(doc, why=True)]
     if doc.get("search"):
@@ -196,16 +254,18 @@ def pareto_svg(doc: dict) -> str:
     """Latency vs accuracy (or agreement) for every measured variant; the front joined by a line."""
     import matplotlib
 
+    from keras_turbo.optimize.select import quality_key
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     ok = [v for v in doc["variants"] if v.get("ok")]
     # The plot shows what the budget judges by (and what the front was computed on).
     use_acc = doc.get("float_accuracy") is not None and doc["budget"].get("min_agreement") is None
-    from keras_turbo.optimize.select import _quality_key
-
-    # (a model whose first output is not classification-like is placed by its worst output error)
-    q = lambda v: _quality_key(v, not use_acc) * 100  # noqa: E731
+    by_agreement = not use_acc and all(v.get("top1_agreement") is not None for v in ok)
+    # a first output that is not a classifier: its relative error to float, shown as -error x 100
+    q = lambda v: (v["accuracy"] if use_acc else v["top1_agreement"]) * 100 if use_acc or by_agreement \
+        else quality_key(v, True) * 100  # noqa: E731
     fig, ax = plt.subplots(figsize=(8, 4.8))
     for v in ok:
         color = "#d62728" if v["name"] == doc.get("recommended") else ("#1f77b4" if v.get("within_budget") else "#999999")
@@ -221,8 +281,10 @@ def pareto_svg(doc: dict) -> str:
         ax.legend(loc="lower right", fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel(f"p50 latency at batch {doc['budget']['batch_size']} (ms, log scale)")
-    ax.set_ylabel("accuracy (%)" if use_acc else "top-1 agreement with float (%)")
-    ax.set_title(f"Every variant: latency vs {'accuracy' if use_acc else 'agreement'} (red: recommended, grey: over budget)")
+    what = "accuracy" if use_acc else "agreement" if by_agreement else "output error"
+    ax.set_ylabel("accuracy (%)" if use_acc else "top-1 agreement with float (%)" if by_agreement
+                  else "- relative error of the first output vs float (%)")
+    ax.set_title(f"Every variant: latency vs {what} (red: recommended, grey: over budget)")
     ax.grid(alpha=0.3)
     return _svg(fig)
 
@@ -268,6 +330,11 @@ def write_html(out, doc: dict) -> str:
                      f"{_fmt_acc(h['accuracy'])} (float {_fmt_acc(h['baseline_accuracy'])}), agreement {_fmt_acc(h['agreement'])}"
                      + ("" if h["budget_met"] else "<br><span class='bad'>No candidate met the budget: the fastest float "
                         "runtime is recommended.</span>") + "</div>")
+    outs = output_rows(doc)
+    if outs:
+        parts.append(f"<h2>Each output of {esc(doc['recommended'])}</h2><table id='outputs'><tr>"
+                     + "".join(f"<th>{esc(c)}</th>" for c in OUTPUT_HEADERS) + "</tr>"
+                     + "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in outs) + "</table>")
     parts.append("<h2>Latency vs accuracy</h2><div id='pareto-plot'>" + pareto_svg(doc) + "</div>")
     parts.append("<h2>All variants</h2><table id='variants'><tr>" + "".join(f"<th>{esc(c)}</th>" for c in HEADERS + ["judged by"]) + "</tr>")
     for r in _rows(doc, why=True):

@@ -47,10 +47,19 @@ class FallbackConfig(TechniqueConfig):
         ranking: "tensors" (one calibration pass, then one conversion per fallback step) or
             "per-layer" (one conversion per quantizable layer first).
         rank_samples: calibration samples the "tensors" ranking passes through the float model.
+        kinds: every output's kind (quality.OutputKind dicts, as optimize detects them): when
+            given, a variant meets the budget only if every output meets the budget for its kind
+            (optimize.select.within_budget, with `max_output_error` / `max_metric_drop`), as
+            optimize's own quality check judges it; without, the first output's top-1 decides.
+        max_output_error / max_metric_drop: the budgets of regression and embedding outputs and
+            of labelled metrics (see OptimizeConfig); used with `kinds`.
     """
 
     max_accuracy_drop: float | None = None
     min_agreement: float | None = None
+    max_output_error: float | None = None
+    max_metric_drop: float | None = None
+    kinds: tuple = ()
     eval_size: int = 500
     max_float_layers: int | None = None
     seed: int = 0
@@ -77,9 +86,12 @@ class Measured:
     accuracy: float | None
     agreement: float
     nmse: float  # mean squared output error / mean squared float output
+    within: bool | None = None  # every output within its kind's budget (None: judged by the first output only)
+    why: str = ""
 
     def to_dict(self) -> dict:
-        return {"accuracy": self.accuracy, "top1_agreement": self.agreement, "output_nmse": self.nmse}
+        d = {"accuracy": self.accuracy, "top1_agreement": self.agreement, "output_nmse": self.nmse}
+        return {**d, "within_budget": self.within, "verdict": self.why} if self.within is not None else d
 
 
 @dataclass
@@ -110,16 +122,25 @@ class FallbackResult:
                 "artifact": self.result.to_dict()}
 
 
-def _measure(result: ConvertResult, xs, y, ref_out) -> Measured:
+def _measure(result: ConvertResult, job: "_Job") -> Measured:
     p = result.load()
-    out = p.predict(list(xs), batch_size=64)
-    out = out[0] if isinstance(out, list) else out
+    outs = p.predict(list(job.xs), batch_size=64)
+    p.close()
+    outs = outs if isinstance(outs, list) else [outs]
+    out, ref_out = outs[0], job.ref_outs[0]
     t = quality.binary_threshold(ref_out)  # a single unit's threshold: the reference's, on both sides
-    acc = quality.accuracy(out, y, t)
+    acc = quality.accuracy(out, job.y, t)
     agree = quality.agreement(out, ref_out)
     nmse = float(np.mean((out - ref_out) ** 2) / max(np.mean(ref_out ** 2), 1e-12))
-    p.close()
-    return Measured(acc, agree, nmse)
+    if not job.kinds:
+        return Measured(acc, agree, nmse)
+    from keras_turbo.optimize.select import within_budget
+
+    b = job.budget
+    judged = quality.judge(job.ref_outs, outs, job.kinds, job.labels)
+    ok, why = within_budget(judged, {"max_accuracy_drop": b.max_accuracy_drop, "min_agreement": b.min_agreement,
+                                     "max_output_error": b.max_output_error, "max_metric_drop": b.max_metric_drop})
+    return Measured(acc, agree, nmse, ok, why)
 
 
 # ------------------------------------------------------------------ the Keras graph
@@ -367,7 +388,7 @@ def quantize_with_fallback(model, config: ConvertConfig, calibration, eval_data,
                progress or (lambda msg: None), cache_dir, deadline, *_judged_data(ref, eval_data, budget))
     job.note("quantizing every layer")
     full_res = convert(ref, job.cfg, calibration, cache_dir=cache_dir)
-    full = _measure(full_res, job.xs, job.y, job.ref_out)
+    full = _measure(full_res, job)
     keras_model = load_keras(ref)
     layers = quantizable_layers(keras_model)
     by_layer = layer_nodes(ref, _target(job.cfg), keras_model, layers, cache_dir)
@@ -383,7 +404,8 @@ def quantize_with_fallback(model, config: ConvertConfig, calibration, eval_data,
 
 
 def _judged_data(ref, eval_data, budget: FallbackConfig) -> tuple:
-    """(inputs, held-out xs, labels, the float model's outputs, float accuracy) for the fallback."""
+    """(inputs, held-out xs, first output's class ids, the float model's outputs (one per output),
+    float accuracy, every output's labels, the output kinds) for the fallback."""
     from keras_turbo.api import io_specs, load
     from keras_turbo.data import Dataset, check, load_data
 
@@ -391,11 +413,15 @@ def _judged_data(ref, eval_data, budget: FallbackConfig) -> tuple:
     ds = check(eval_data, inputs, outputs, "--eval-data") if isinstance(eval_data, Dataset) else \
         load_data(eval_data, inputs, outputs, default_split="val", arg="--eval-data")
     ds = ds.take(budget.eval_size, budget.seed)
-    if budget.max_accuracy_drop is not None and ds.y is None:
+    if budget.max_accuracy_drop is not None and ds.y is None and not budget.kinds:
         raise KerasTurboError("--max-accuracy-drop needs labelled --eval-data; use --min-agreement for unlabelled data")
-    ref_out = load(ref, backend="tf-function").predict(list(ds.x), batch_size=64)
-    ref_out = ref_out[0] if isinstance(ref_out, list) else ref_out
-    return inputs, ds.x, ds.y, ref_out, quality.accuracy(ref_out, ds.y)
+    ref_outs = load(ref, backend="tf-function").predict(list(ds.x), batch_size=64)
+    ref_outs = ref_outs if isinstance(ref_outs, list) else [ref_outs]
+    kinds = [k if isinstance(k, quality.OutputKind) else quality.OutputKind(**k) for k in budget.kinds]
+    if kinds and len(kinds) != len(ref_outs):
+        raise KerasTurboError(f"the fallback's budget names {len(kinds)} output kinds for a model with {len(ref_outs)} outputs")
+    return (inputs, ds.x, ds.y, ref_outs, quality.accuracy(ref_outs[0], ds.y), ds.output_labels(len(ref_outs)),
+            kinds)
 
 
 @dataclass
@@ -412,10 +438,14 @@ class _Job:
     inputs: list
     xs: tuple
     y: np.ndarray | None
-    ref_out: np.ndarray
+    ref_outs: list
     float_acc: float | None
+    labels: list
+    kinds: list
 
     def ok(self, m: Measured) -> bool:
+        if m.within is not None:  # every output, by its kind
+            return m.within
         if self.budget.max_accuracy_drop is not None:
             return (self.float_acc - m.accuracy) * 100 <= self.budget.max_accuracy_drop + 1e-9
         return m.agreement >= self.budget.min_agreement
@@ -466,7 +496,7 @@ def _rank_layers(job: _Job, layers: list[str], by_layer: dict) -> tuple[list, li
         own = set(by_layer[layer])
         res = convert(job.ref, job.cfg, job.calibration, keep_float_nodes=[n for n in nodes if n not in own],
                       cache_dir=job.cache_dir)
-        m = _measure(res, job.xs, job.y, job.ref_out)
+        m = _measure(res, job)
         drop = None if m.accuracy is None else (job.float_acc - m.accuracy) * 100
         ranked.append({"layer": layer, "accuracy": m.accuracy, "accuracy_drop": drop, "top1_agreement": m.agreement,
                        "output_nmse": m.nmse, "ops": len(own)})
@@ -498,7 +528,7 @@ def _fall_back(job: _Job, full: Measured, full_res, units: list, layers: list[st
         keep_nodes = [n for layer in kept for n in by_layer[layer]]
         res = convert(job.ref, ConvertConfig(**{**job.cfg.to_dict(), "keep_float": tuple(kept)}), job.calibration,
                       keep_float_nodes=keep_nodes, cache_dir=job.cache_dir)
-        m = _measure(res, job.xs, job.y, job.ref_out)
+        m = _measure(res, job)
         steps.append({"kept_float": list(kept), "carriers": carrying_layers(keras_model, kept), **m.to_dict()})
         if _better(m, final):
             final, final_res, best_kept = m, res, list(kept)

@@ -48,6 +48,8 @@ class BuildJob:
     evaluate: bool = True          # False: the quality is already known (a resumed run)
     kinds: tuple = ()              # quality.OutputKind per output: how each is judged
     deadline: float | None = None  # time.time() when the run's budget ends: a repair stops there
+    custom_objects: tuple = ()     # custom.spec_of(...): the user's custom layers, loaded by the worker
+    metric: object = None          # the user's metric: "FILE.py:function" (loaded by the worker) or a callable
 
 
 @dataclass
@@ -141,8 +143,10 @@ def build_fallback(step: Step, source: Path, ctx: _Context, dest: Path) -> tuple
     from keras_turbo.sensitivity import FallbackConfig, quantize_with_fallback
 
     c = step.config
+    # Judged as optimize's quality check judges: every output by its kind and budget.
     budget = FallbackConfig(max_accuracy_drop=c.get("max_accuracy_drop"), min_agreement=c.get("min_agreement"),
-                            eval_size=c.get("eval_size", 500))
+                            max_output_error=c.get("max_output_error"), max_metric_drop=c.get("max_metric_drop"),
+                            kinds=tuple(k.to_dict() for k in ctx.job.kinds), eval_size=c.get("eval_size", 500))
     cc = ConvertConfig(to=step.name, quantize=c.get("quantize", "int8"), calibration_size=c.get("calibration_size", 300))
     # The job's deadline is wall-clock time (it crosses machines); the fallback's is monotonic.
     deadline = None if ctx.job.deadline is None else time.monotonic() + (ctx.job.deadline - time.time())
@@ -226,6 +230,9 @@ def build(job: BuildJob) -> dict:
         {"recipe_id", "ok", "artifact", "backend", "error", "steps" (one status per prefix),
          "details" (what the steps reported), "quality" (or None), "node"}.
     """
+    from keras_turbo import custom
+
+    custom.activate(job.custom_objects)  # a Ray worker on another node has no environment from the driver
     recipe, ctx = job.recipe, _Context(job)
     current, steps, details = Path(job.model_path), [], {}
     res = {"recipe_id": recipe.id, "ok": False, "artifact": None, "backend": recipe.backend, "error": None,
@@ -242,7 +249,7 @@ def build(job: BuildJob) -> dict:
     if job.evaluate:
         try:
             res["quality"] = measure_quality(str(current), recipe.backend, job.eval, job.inputs, job.outputs,
-                                             job.reference, job.threads, job.unsafe, job.kinds)
+                                             job.reference, job.threads, job.unsafe, job.kinds, job.metric)
         except Exception as e:
             res.update(ok=False, error=f"runtime {recipe.backend}: {error_text(e)}")
     return res

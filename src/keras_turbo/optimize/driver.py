@@ -67,7 +67,7 @@ class _Run:
 def optimize(model, data, train_data=None, config: OptimizeConfig | None = None, out: str | Path = "keras-turbo-out",
              *, progress: Callable[[str, int, int, float], None] | None = None, unsafe: bool = False, cache_dir=None,
              executor: str | Executor = "local", ray_address: str | None = None, target_node: str | None = None,
-             target_resource: str | None = None, force: bool = False) -> OptimizeResult:
+             target_resource: str | None = None, force: bool = False, custom_objects=None) -> OptimizeResult:
     """Find the fastest deployable variant of `model` within an accuracy budget.
 
     Args:
@@ -84,6 +84,8 @@ def optimize(model, data, train_data=None, config: OptimizeConfig | None = None,
         progress: called with (what, done, total, seconds left in the budget).
         executor: "local" (this process), "ray" (a local Ray instance, or `ray_address`), or an
             Executor; `target_node` / `target_resource` say where speed is measured on a cluster.
+        custom_objects: the model's custom layers (a .py file or a dict, as in `load`): loaded
+            here and in every build, check and timing process, Ray tasks included.
 
     Returns:
         An `OptimizeResult`; `recommended` is the chosen variant's row.
@@ -97,10 +99,12 @@ def optimize(model, data, train_data=None, config: OptimizeConfig | None = None,
         ...                          OptimizeConfig(max_accuracy_drop=1.0))
         >>> r.recommended["name"], r.report_html
     """
+    from keras_turbo import custom
     from keras_turbo.outputs import check_replaceable_dir, claim_out_dir
 
     cfg = config or OptimizeConfig()
-    with claim_out_dir(out, force):
+    # before the executor starts: local Ray workers inherit the environment it sets
+    with custom.activated(custom_objects), claim_out_dir(out, force):
         check_replaceable_dir(Path(out) / "best", force)
         ex = make_executor(executor, ray_address, target_node, target_resource) if isinstance(executor, str) else executor
         try:
@@ -114,6 +118,7 @@ def _search(model, data, train_data, cfg, out: Path, ex: Executor, progress, uns
     """The first plan, then waves of build / judge / time and the follow-ups they call for, until
     nothing new is proposed; then the selection, the reports and best/."""
     run = _start(model, data, train_data, cfg, out, ex, progress or (lambda *a: None), unsafe, cache_dir)
+    cfg = run.cfg  # the budget resolved for the data
     info = planner.ModelInfo(run.store.model, _quantizable(run.ref))
     has_train = run.job["train"] is not None
     first = planner.first_plan(info, machine_caps(cfg.objective), cfg, has_train)
@@ -168,8 +173,8 @@ def machine_caps(objective: str = "latency") -> planner.MachineCaps:
     return planner.MachineCaps(usable, tuple(accelerated), tuple(skipped))
 
 
-def _data_refs(data, train_data, cfg: OptimizeConfig, inputs, outputs, scales: bool | None = None) -> dict:
-    """The DataRefs of a run: "eval" (judged on), "calib" (int8 calibration), and with train data
+def _data_refs(data, train_data, cfg: OptimizeConfig, inputs, outputs, scales: bool | None = None) -> tuple[dict, OptimizeConfig]:
+    """(refs, cfg with its budget resolved for the data: OptimizeConfig.resolved). The DataRefs of a run: "eval" (judged on), "calib" (int8 calibration), and with train data
     "train", plus "val" (a seeded 15% of it the strength search judges probes on) and
     "probe_train" (the rest, what probes train on). Without train data, a seeded part of the
     held-out data is set apart for calibration and judged on the rest."""
@@ -182,8 +187,14 @@ def _data_refs(data, train_data, cfg: OptimizeConfig, inputs, outputs, scales: b
             raise KerasTurboError(f"{arg}: optimize takes a DATA spec (a path or builtin:digits), so that every "
                                   f"worker can read it; received {type(spec).__name__} (save arrays with numpy.savez)")
     full = load_data(str(data), inputs, outputs, default_split="test", arg="--data", scales_inputs=scales)
-    if cfg.max_accuracy_drop is not None and full.y is None:
-        raise KerasTurboError("--max-accuracy-drop needs labelled --data; use --min-agreement for unlabelled data")
+    if full.labels is None and cfg.max_accuracy_drop is None and cfg.min_agreement is None:
+        warnings.warn(f"--data has no labels and no budget was given: classification-like outputs are held to top-1 "
+                      f"agreement >= {cfg.resolved(False).min_agreement} with the float model, regression and embedding "
+                      f"outputs to --max-output-error's default", stacklevel=3)
+    cfg = cfg.resolved(full.labels is not None)
+    if cfg.max_accuracy_drop is not None and full.labels is None:
+        raise KerasTurboError("--max-accuracy-drop needs labelled --data; use --min-agreement (and --max-output-error "
+                              "for regression outputs) for unlabelled data")
     eval_fp = data_fingerprint(str(data))
     if train_data is not None:
         n = len(load_data(str(train_data), inputs, outputs, default_split="train", arg="--train-data",
@@ -192,14 +203,14 @@ def _data_refs(data, train_data, cfg: OptimizeConfig, inputs, outputs, scales: b
         train = DataRef(spec, "train", arg="--train-data", fingerprint=fp)
         return {"train": train, "calib": train, "eval": DataRef(str(data), "test", take=cfg.eval_size, fingerprint=eval_fp),
                 "val": DataRef(spec, "train", part="head", k=kv, take=cfg.eval_size, arg="--train-data", fingerprint=fp),
-                "probe_train": DataRef(spec, "train", part="tail", k=kv, arg="--train-data", fingerprint=fp)}
+                "probe_train": DataRef(spec, "train", part="tail", k=kv, arg="--train-data", fingerprint=fp)}, cfg
     n = len(full)
     k = min(cfg.calibration_size, n // 3) if n >= 6 else 0
     if not k:
         ref = DataRef(str(data), "test", take=cfg.eval_size, fingerprint=eval_fp)
-        return {"train": None, "calib": ref, "eval": ref}
+        return {"train": None, "calib": ref, "eval": ref}, cfg
     return {"train": None, "calib": DataRef(str(data), "test", part="head", k=k, labels=False, fingerprint=eval_fp),
-            "eval": DataRef(str(data), "test", part="tail", k=k, take=cfg.eval_size, fingerprint=eval_fp)}
+            "eval": DataRef(str(data), "test", part="tail", k=k, take=cfg.eval_size, fingerprint=eval_fp)}, cfg
 
 
 def _reference(ref, data: DataRef, inputs, outputs, path: Path, threads):
@@ -218,7 +229,7 @@ def _reference(ref, data: DataRef, inputs, outputs, path: Path, threads):
 
 
 def _start(model, data, train_data, cfg, out: Path, ex: Executor, note, unsafe, cache_dir) -> _Run:
-    from keras_turbo import quality
+    from keras_turbo import custom, quality
     from keras_turbo.api import as_ref, io_specs
     from keras_turbo.machine import default_threads
 
@@ -228,7 +239,7 @@ def _start(model, data, train_data, cfg, out: Path, ex: Executor, note, unsafe, 
     inputs, outputs = io_specs(ref)
     from keras_turbo.models import scales_inputs
 
-    refs = _data_refs(data, train_data, cfg, inputs, outputs, scales_inputs(ref))  # (warns on 0-255 data into [0, 1] models)
+    refs, cfg = _data_refs(data, train_data, cfg, inputs, outputs, scales_inputs(ref))  # (warns on 0-255 data into [0, 1] models)
     bench = {**BENCH, "min_runs": cfg.min_runs, "min_seconds": cfg.min_seconds}
     facts = ex.target_machine()  # speed is measured there, so its numbers are keyed by it
     # The model's id keeps what was built trusting the file (--unsafe) apart from what was not.
@@ -247,20 +258,32 @@ def _start(model, data, train_data, cfg, out: Path, ex: Executor, note, unsafe, 
         if not k.sure:
             warnings.warn(f"output {k.name} is {k.why}", stacklevel=2)
     # How the outputs are judged is part of what a quality number means.
-    kinds_id = content_hash([k.to_dict() for k in kinds])
+    kinds_id = content_hash([k.to_dict() for k in kinds] + ([_metric_id(cfg.metric)] if cfg.metric is not None else []))
     protocol = replace(protocol, eval_data=f"{refs['eval'].id}:{kinds_id}")
     if refs["train"] is not None:
         _reference(ref, refs["val"], inputs, outputs, out / "reference" / f"{refs['val'].id}.npz", cfg.threads)
     job = {"model_path": str(ref.path), "root": str(out / "artifacts"), "inputs": tuple(inputs), "outputs": tuple(outputs),
            "threads": cfg.threads, "unsafe": ref.unsafe, "export_cache": None if cache_dir is None else str(cache_dir),
            "float_accuracy": quality.accuracy(ref_outs[0], ds.y) if kinds[0].kind == "multiclass" else None,
-           "samples": len(ds), "machine": facts, "kinds": kinds, "kinds_id": kinds_id, **refs}
+           "samples": len(ds), "machine": facts, "kinds": kinds, "kinds_id": kinds_id, "custom_objects": custom.current(),
+           "metric": cfg.metric, **refs}
     return _Run(cfg, ref, out, store, protocol, job, ex, note)
+
+
+def _metric_id(metric) -> str:
+    """What the user's metric is, for the quality id: its name and, for a file, its content (a
+    stored score is reused only for the same metric)."""
+    from keras_turbo.quality import metric_name
+
+    name = metric_name(metric)
+    path = name.rpartition(":")[0] if isinstance(metric, str) else ""
+    return name + (":" + content_hash(Path(path).read_text()) if path and Path(path).is_file() else "")
 
 
 # ------------------------------------------------------------------ one wave of recipes
 
-_SHARED = ("model_path", "root", "calib", "inputs", "outputs", "threads", "unsafe", "export_cache", "kinds")
+_SHARED = ("model_path", "root", "calib", "inputs", "outputs", "threads", "unsafe", "export_cache", "kinds",
+           "custom_objects", "metric")
 
 
 def _job(run: _Run, r: Recipe, evaluate: bool) -> BuildJob:
@@ -318,7 +341,7 @@ def _probe_row(run: _Run, r: Recipe, b: dict, q: dict, reused: dict) -> dict:
     run.store.record_measurement(r.id, run.protocol, q, None, reused, quality_id=_qid(run, r))
     within, why = select.within_budget(q, run.cfg.budget())
     return {**_base_row(r), "ok": True, "label": r.label, "build_s": _build_seconds(b),
-            **{k: q.get(k) for k in ("accuracy", "accuracy_drop", "top1_agreement")},
+            **{k: q.get(k) for k in ("accuracy", "accuracy_drop", "top1_agreement", "outputs", "user_metric")},
             "within_budget": within, "verdict": f"{why} (validation split, short fine-tune)", "reused": reused}
 
 
@@ -356,7 +379,8 @@ def _row(r: Recipe, build: dict, q: dict, s: dict, cfg: OptimizeConfig) -> dict:
         # OOM killer) is marked so.
         return {**row, "error": f"benchmark failed: {s.get('error')}", "retry": bool(s.get("signal"))}
     within, why = select.within_budget(q, cfg.budget())
-    return {**row, "ok": True, **{k: q.get(k) for k in ("accuracy", "accuracy_drop", "top1_agreement", "max_abs_diff", "outputs")},
+    return {**row, "ok": True, **{k: q.get(k) for k in ("accuracy", "accuracy_drop", "top1_agreement", "max_abs_diff", "outputs",
+                                                       "user_metric")},
             **{k: s.get(k) for k in ("latency_ms", "throughput_per_s", "model_bytes", "init_ms", "peak_rss_mb")},
             "within_budget": within, "verdict": why, "timed_on": s.get("node")}
 

@@ -64,7 +64,10 @@ def _build_task(job: BuildJob, *after) -> dict:
     return build(job)
 
 
-def _time_task(artifact, backend, batch_size, threads, bench, unsafe) -> dict:
+def _time_task(artifact, backend, batch_size, threads, bench, unsafe, custom_objects=()) -> dict:
+    from keras_turbo import custom
+
+    custom.activate(custom_objects)  # the benchmark worker it starts inherits it
     return measure_speed(artifact, backend, batch_size, threads, bench, unsafe)
 
 
@@ -150,7 +153,9 @@ class RayExecutor:
 
     def time(self, artifact, backend, batch_size, threads, bench, unsafe) -> dict:
         task = self.ray.remote(_time_task).options(max_retries=self.retries, **self._timing)
-        return self.ray.get(task.remote(artifact, backend, batch_size, threads, bench, unsafe))
+        from keras_turbo import custom
+
+        return self.ray.get(task.remote(artifact, backend, batch_size, threads, bench, unsafe, custom.current()))
 
     def target_machine(self) -> dict:
         return self.ray.get(self.ray.remote(_facts_task).options(**self._timing).remote())

@@ -69,7 +69,7 @@ class DataRef:
         return _load(self, tuple(inputs), None if outputs is None else tuple(outputs))
 
     def _read(self, inputs, outputs):
-        from keras_turbo.data import Dataset, load_data
+        from keras_turbo.data import load_data
 
         ds = load_data(self.spec, inputs, outputs, default_split=self.default_split, arg=self.arg)
         sel = np.arange(len(ds))
@@ -79,9 +79,9 @@ class DataRef:
         if self.take and self.take < len(sel):  # the samples Dataset.take(take, 0) keeps, chosen first
             sel = sel[np.sort(np.random.default_rng(0).choice(len(sel), size=self.take, replace=False))]
         if len(sel) == len(ds) and self.part == "all":
-            return ds if self.labels else Dataset(ds.x, None, ds.source)
+            return ds if self.labels else ds.subset(None, labels=False)
         # One copy of the selected samples only (a memory-mapped npz is not read in full).
-        return Dataset(tuple(a[sel] for a in ds.x), None if ds.y is None or not self.labels else ds.y[sel], ds.source)
+        return ds.subset(sel, self.labels)
 
 
 @functools.lru_cache(maxsize=4)
@@ -149,9 +149,10 @@ def load_reference(path) -> list[np.ndarray]:
 
 
 def measure_quality(artifact: str, backend: str, eval_ref: DataRef, inputs, outputs, reference: str,
-                    threads: int | None, unsafe: bool, kinds=()) -> dict:
+                    threads: int | None, unsafe: bool, kinds=(), metric=None) -> dict:
     """Run the artifact on the evaluation data and judge every output against the float
-    reference by its kind (quality.judge)."""
+    reference by its kind, with each output's labels where the data has them (quality.judge),
+    and by the user's metric when one is given ("FILE.py:function", loaded here, or a callable)."""
     from keras_turbo import quality
     from keras_turbo.api import load
 
@@ -166,7 +167,7 @@ def measure_quality(artifact: str, backend: str, eval_ref: DataRef, inputs, outp
     outs = out if isinstance(out, list) else [out]
     kinds = list(kinds) or [quality.detect(f"output_{i}", r.shape[:1] and (None,) + r.shape[1:], None, r)
                             for i, r in enumerate(refs)]
-    res = quality.judge(refs, outs, kinds, ds.y)
+    res = quality.judge(refs, outs, kinds, ds.output_labels(len(refs)), metric=metric)
     return {**res, "seconds": round(time.time() - t0, 2), "node": node_facts()}
 
 

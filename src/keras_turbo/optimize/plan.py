@@ -215,6 +215,7 @@ def repairs(model: ModelInfo, outcomes: list[Outcome], cfg) -> list[Recipe]:
         if (own_float and o.p50_ms >= own_float.p50_ms) or (best and o.p50_ms >= best.p50_ms):
             continue
         budget = {"max_accuracy_drop": cfg.max_accuracy_drop, "min_agreement": cfg.min_agreement,
+                  "max_output_error": cfg.max_output_error, "max_metric_drop": cfg.max_metric_drop,
                   "eval_size": min(cfg.eval_size, 500)}
         step = Step("fallback", conv.name, {"quantize": "int8", "calibration_size": cfg.calibration_size, **budget})
         prefix = r.steps[:-2]  # the trained model, if any, is what gets repaired

@@ -10,18 +10,40 @@ from __future__ import annotations
 EPS = 1e-9
 
 
-def _one_output(o: dict, budget: dict) -> tuple[bool, str]:
-    """One output's verdict: classification-like kinds by accuracy drop (labelled) or agreement,
-    the others by their error relative to the float output; defaults where no budget applies."""
+def _accuracy_verdict(o: dict, lim: float) -> tuple[bool, str]:
+    n = o.get("samples") or 0
+    drop = o["accuracy_drop"]
+    ok = drop <= lim + EPS
+    what = "exact-set accuracy" if o["kind"] == "multilabel" else "accuracy"
+    text = f"{what} drop {drop:.2f} points {'<=' if ok else '>'} {lim}"
+    return ok, text + (f" (warning: {n} samples resolve only {100 / n:.2f} points)" if n and 100 / n > lim > 0 else "")
+
+
+def _metric_verdict(o: dict, lim: float) -> tuple[bool, str]:
+    name, drop = o["labelled_metric"], o["metric_drop"]
+    ok = drop <= lim + EPS
+    shown = {"rmse": "RMSE", "miou": "mean IoU", "f1": "F1"}.get(name, name)
+    change = "rise" if name == "rmse" else "drop"
+    return ok, (f"{shown} {o[name]:.4g} (float {o['reference_' + name]:.4g}): {change} {drop:.2f}% "
+                f"{'<=' if ok else '>'} {lim}%")
+
+
+def output_verdict(o: dict, budget: dict) -> tuple[bool, str]:
+    """One output's verdict. With labels: classification kinds by their accuracy drop (points,
+    `max_accuracy_drop`), mean IoU, F1 and RMSE by their relative drop (percent,
+    `max_metric_drop`), where that budget is given. Otherwise (no labels, or no labelled budget
+    for the kind) label-free: classification-like kinds by agreement with the float model, the
+    others by their error relative to the float output; defaults where no budget applies."""
     from keras_turbo.quality import CLASSIFYING, DEFAULT_MAX_OUTPUT_ERROR, DEFAULT_MIN_AGREEMENT
 
     n = o.get("samples") or 0
+    by_acc = budget.get("max_accuracy_drop") is not None and o.get("accuracy_drop") is not None
+    by_metric = budget.get("max_metric_drop") is not None and o.get("metric_drop") is not None
+    if by_acc or by_metric:
+        verdicts = ([_accuracy_verdict(o, budget["max_accuracy_drop"])] if by_acc else []) + \
+                   ([_metric_verdict(o, budget["max_metric_drop"])] if by_metric else [])
+        return all(ok for ok, _ in verdicts), "; ".join(t for _, t in verdicts)
     if o["kind"] in CLASSIFYING:
-        if budget.get("max_accuracy_drop") is not None and o.get("accuracy_drop") is not None:
-            drop, lim = o["accuracy_drop"], budget["max_accuracy_drop"]
-            ok = drop <= lim + EPS
-            text = f"drop {drop:.2f} points {'<=' if ok else '>'} {lim}"
-            return ok, text + (f" (warning: {n} samples resolve only {100 / n:.2f} points)" if n and 100 / n > lim > 0 else "")
         lim = budget.get("min_agreement")
         default = lim is None
         lim = DEFAULT_MIN_AGREEMENT if default else lim
@@ -38,30 +60,51 @@ def _one_output(o: dict, budget: dict) -> tuple[bool, str]:
     return ok, f"{what} {err:.4f} {'<=' if ok else '>'} {lim}" + (" (default budget)" if default else "")
 
 
+def user_metric_verdict(m: dict, budget: dict) -> tuple[bool, str]:
+    from keras_turbo.quality import DEFAULT_MAX_METRIC_DROP
+
+    lim = budget.get("max_metric_drop")
+    default = lim is None
+    lim = DEFAULT_MAX_METRIC_DROP if default else lim
+    ok = m["drop"] <= lim + EPS
+    return ok, (f"{m['name']} {m['score']:.6g} (float {m['reference_score']:.6g}): drop {m['drop']:.2f}% "
+                f"{'<=' if ok else '>'} {lim}%" + (" (default budget)" if default else ""))
+
+
 def within_budget(quality: dict | None, budget: dict) -> tuple[bool, str]:
     """(verdict, why) for one variant's quality measurement under `budget` ({"max_accuracy_drop":
-    points, "min_agreement": fraction, "max_output_error": relative error; each may be None}).
-    Every output must meet the budget that applies to its kind."""
+    points, "min_agreement": fraction, "max_output_error": relative error, "max_metric_drop":
+    percent; each may be None}). Every output must meet the budget that applies to its kind, and
+    the user's metric (when measured) its `max_metric_drop`."""
     if not quality:
         return False, "not measured"
     outputs = quality.get("outputs") or [{"name": "output_0", "kind": "multiclass", "samples": quality.get("samples"),
                                           "agreement": quality.get("top1_agreement"),
                                           "accuracy_drop": quality.get("accuracy_drop")}]
-    verdicts = [_one_output(o, budget) for o in outputs]
+    verdicts = [output_verdict(o, budget) for o in outputs]
+    names = [o["name"] for o in outputs]
+    if quality.get("user_metric"):
+        verdicts.append(user_metric_verdict(quality["user_metric"], budget))
+        names.append("metric")
     if len(verdicts) == 1:
         return verdicts[0]
-    return all(ok for ok, _ in verdicts), "; ".join(f"{o['name']}: {why}" for o, (_, why) in zip(outputs, verdicts))
+    return all(ok for ok, _ in verdicts), "; ".join(f"{n}: {why}" for n, (_, why) in zip(names, verdicts))
 
 
 def _quality_key(row: dict, by_agreement: bool) -> float:
+    """Higher is better: accuracy, else top-1 agreement, else (a first output that is not a
+    classifier) minus its relative error, else minus the user metric's drop."""
     if row.get("accuracy") is not None and not by_agreement:
         return row["accuracy"]
     if row.get("top1_agreement") is not None:
         return row["top1_agreement"]
-    # No classification-like first output (a regression head first, as a dict's sorted keys may
-    # put it): the worst output's error, negated so that higher is better here too.
-    errors = [o["error"] for o in row.get("outputs") or [] if o.get("error") is not None]
-    return -max(errors) if errors else 0.0
+    first = (row.get("outputs") or [{}])[0]
+    if first.get("error") is not None:
+        return -first["error"]
+    return -((row.get("user_metric") or {}).get("drop") or 0.0)
+
+
+quality_key = _quality_key
 
 
 def pareto(rows: list[dict], by_agreement: bool = False) -> None:
@@ -95,4 +138,4 @@ def recommend(rows: list[dict], objective: str) -> tuple[dict | None, bool]:
     return (min(floats, key=lambda r: r["latency_ms"]["p50"]) if floats else None), False
 
 
-__all__ = ["OBJECTIVE_KEYS", "pareto", "recommend", "within_budget"]
+__all__ = ["OBJECTIVE_KEYS", "output_verdict", "pareto", "quality_key", "recommend", "user_metric_verdict", "within_budget"]

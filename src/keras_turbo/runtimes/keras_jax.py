@@ -45,6 +45,7 @@ import numpy as np
 from keras_turbo.errors import BackendError, KerasTurboError, ModelLoadError, bad_param, cause
 from keras_turbo.models import UNSAFE_WARNING, ModelRef, prescan
 from keras_turbo.runtimes.base import STRING, Predictor, TensorInfo, dtype_name, process_is_dedicated
+from keras_turbo.runtimes.fold import fold_batchnorm
 
 #: precision -> (Keras dtype policy of the rebuilt model or None, JAX default matmul precision)
 PRECISIONS = {
@@ -140,19 +141,34 @@ class JAXModel:
     numpy arrays.
     """
 
-    def __init__(self, path: str, unsafe: bool = False, precision: str = "fp32", device: str = "auto"):
+    def __init__(self, path: str, unsafe: bool = False, precision: str = "fp32", device: str = "auto",
+                 custom_objects: tuple = (), fold: bool = True, precast: bool = True):
         if precision not in PRECISIONS:
             raise bad_param("precision", f"one of {', '.join(PRECISIONS)}", precision)
         keras = keras_on_jax()
         import jax
 
+        from keras_turbo import custom
+
+        # the user's --custom-objects (a worker may have started before they were named: the spec comes with the request)
+        custom.activate(tuple(tuple(e) for e in custom_objects) or custom.current())
+
         self._device = _jax_device(jax, device)
         try:
             model = keras.models.load_model(path, compile=False, safe_mode=not unsafe)
         except Exception as e:
+            msg = " ".join(str(e).split())
+            if custom.unknown_class(msg):
+                from keras_turbo.models import unknown_class_message
+
+                raise ModelLoadError(unknown_class_message(path, custom.unknown_class(msg))) from e
             raise ModelLoadError(f"{path}: cannot load on Keras-on-JAX ({cause(e)})") from e
         if not isinstance(model, keras.Model):
             raise ModelLoadError(f"{path}: holds a {type(model).__name__}, not a Keras model")
+        #: how many BatchNormalization layers were folded into the layer before them (fold.py)
+        self.folded = 0
+        if fold:
+            model, self.folded = fold_batchnorm(keras, model)
         policy, self._matmul = PRECISIONS[precision]
         if policy:
             model = mixed_precision_copy(model, policy)
@@ -178,8 +194,9 @@ class JAXModel:
 
         # The variables are arguments, not constants baked into the executable: XLA compiles one
         # executable per input signature and the weights are copied to the device once, here.
-        self._trainable = jax.device_put([v.value for v in model.trainable_variables], self._device)
-        self._non_trainable = jax.device_put([v.value for v in model.non_trainable_variables], self._device)
+        cast = _compute_dtypes(model) if precast else {}
+        self._trainable = jax.device_put([_stored(v, cast) for v in model.trainable_variables], self._device)
+        self._non_trainable = jax.device_put([_stored(v, cast) for v in model.non_trainable_variables], self._device)
         self._fn = jax.jit(serve)
         self._jax = jax
         self.model = model
@@ -202,10 +219,36 @@ class JAXModel:
     def describe(self) -> dict:
         """What the worker reports back after loading."""
         return {"inputs": [t.to_dict() for t in self.inputs], "outputs": [t.to_dict() for t in self.outputs],
-                "device": self.device, "platform": self.platform, "device_kind": self._device.device_kind}
+                "device": self.device, "platform": self.platform, "device_kind": self._device.device_kind,
+                "folded": self.folded}
 
     def close(self) -> None:
         self._trainable = self._non_trainable = self._fn = self.model = None
+
+
+def _compute_dtypes(model) -> dict[int, str]:
+    """id(variable) -> the 16-bit dtype its layer casts it to in every call (mixed precision only).
+
+    Under a mixed policy the variables are float32 and each layer casts the ones it autocasts to
+    its compute dtype inside the call. Handing the jitted call those values already cast makes
+    the cast a round trip (16 -> 32 -> 16 bits: exact) that XLA removes, so no call converts
+    weights and the weights on the device take half the memory. Normalization layers keep
+    float32 (they do not autocast), and so do their values here.
+    """
+    out = {}
+    for layer in model._flatten_layers(include_self=False):
+        compute = layer.dtype_policy.compute_dtype
+        if compute not in ("bfloat16", "float16") or not layer.autocast or list(layer._flatten_layers(include_self=False)):
+            continue  # float32 layers, layers that do not autocast, and composite layers (their parts decide)
+        for v in layer.weights:
+            if getattr(v, "_autocast", True) and v.dtype == "float32":
+                out[id(v)] = compute
+    return out
+
+
+def _stored(variable, cast: dict[int, str]):
+    """A variable's value as the jitted call takes it (see `_compute_dtypes`)."""
+    return variable.value.astype(cast[id(variable)]) if id(variable) in cast else variable.value
 
 
 def _jax_device(jax, device: str):
@@ -287,7 +330,8 @@ def serve() -> int:
         try:
             if op == "load":
                 next_id += 1
-                models[next_id] = JAXModel(header["path"], header["unsafe"], header["precision"], header["device"])
+                models[next_id] = JAXModel(header["path"], header["unsafe"], header["precision"], header["device"],
+                                           header.get("custom", ()))
                 _send(out, {"ok": True, "id": next_id, **models[next_id].describe()})
             elif op == "run":
                 _send(out, {"ok": True}, models[header["id"]].run(feeds))
@@ -438,6 +482,12 @@ def stop_workers() -> None:
     _WORKERS.clear()
 
 
+def custom_current() -> tuple:
+    from keras_turbo import custom
+
+    return custom.current()
+
+
 class _RemoteModel:
     """One model held by the worker: the same methods as `JAXModel`, each call a round trip on the pipe."""
 
@@ -446,7 +496,8 @@ class _RemoteModel:
         self._worker = _worker_for(device)
         self._call_timeout = call_timeout_s
         header, _ = self._worker.request({"op": "load", "path": str(ref.path), "unsafe": ref.unsafe,
-                                          "precision": precision, "device": device},
+                                          "precision": precision, "device": device,
+                                          "custom": [list(e) for e in custom_current()]},
                                          timeout_s=load_timeout_s, what=f"loading {ref.path.name}")
         if not header["ok"]:
             kind = {"ModelLoadError": ModelLoadError, "KerasTurboError": KerasTurboError}.get(header.get("kind"), BackendError)
@@ -459,6 +510,7 @@ class _RemoteModel:
         self.inputs = [TensorInfo(t["name"], tuple(t["shape"]), t["dtype"]) for t in header["inputs"]]
         self.outputs = [TensorInfo(t["name"], tuple(t["shape"]), t["dtype"]) for t in header["outputs"]]
         self.device, self.platform, self.device_kind = header["device"], header["platform"], header["device_kind"]
+        self.folded = header.get("folded", 0)
 
     def run(self, feeds: Sequence[np.ndarray]) -> list[np.ndarray]:
         if not self._collected.alive:

@@ -18,7 +18,7 @@ import numpy as np
 
 from keras_turbo import _tf, quality
 from keras_turbo.data import Dataset
-from keras_turbo.errors import KerasTurboError, bad_param
+from keras_turbo.errors import KerasTurboError, bad_param, cause, first_line
 
 # Below this a probability is treated as this: log(p) of a softmax output must stay finite.
 LOG_CLIP = 1e-7
@@ -89,7 +89,7 @@ def copy_model(model):
         new = keras.models.clone_model(model, clone_function=clone_layer)
     except Exception as e:  # a custom layer without get_config/from_config, a subclassed model
         raise KerasTurboError(f"cannot copy model {model.name!r} to transform it ({type(e).__name__}: "
-                              f"{' '.join(str(e).split())[:200]}); functional and Sequential models of "
+                              f"{first_line(e)}); functional and Sequential models of "
                               "serializable layers are supported") from e
     new.set_weights(model.get_weights())
     return new

@@ -37,7 +37,7 @@ import numpy as np
 
 from keras_turbo import _tf
 from keras_turbo.data import Dataset
-from keras_turbo.errors import KerasTurboError, bad_param
+from keras_turbo.errors import KerasTurboError, bad_param, cause, first_line
 from keras_turbo.techniques._training import (
     accuracy,
     check_model,
@@ -172,7 +172,7 @@ def width_scaled(teacher, factor: float):
         student = type(teacher).from_config(cfg) if isinstance(teacher, keras.Sequential) else keras.Model.from_config(cfg)
     except Exception as e:  # e.g. a residual Add whose branches no longer agree on channels
         raise KerasTurboError(f"student width:{factor}: the scaled copy of {teacher.name!r} cannot be built "
-                              f"({type(e).__name__}: {' '.join(str(e).split())[:160]}); pick another --student") from e
+                              f"({cause(e)}); pick another --student") from e
     student.name = f"{teacher.name}_width{factor:g}"
     return student, scaled
 
@@ -197,7 +197,7 @@ def application_student(name: str, alpha: float | None, teacher, probs: bool):
                             classifier_activation="softmax" if probs else None, **kwargs)
     except Exception as e:  # keras.applications checks sizes (e.g. MobileNet needs >= 32x32)
         raise KerasTurboError(f"student {name}: cannot be built at input {shape} with {classes} classes "
-                              f"({' '.join(str(e).split())[:200]}); try --student width:0.5") from e
+                              f"({first_line(e)}); try --student width:0.5") from e
 
 
 def make_student(teacher, spec: str, probs: bool):

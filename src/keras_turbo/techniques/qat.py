@@ -34,7 +34,7 @@ import numpy as np
 
 from keras_turbo import _tf
 from keras_turbo.data import Dataset
-from keras_turbo.errors import KerasTurboError, bad_param
+from keras_turbo.errors import KerasTurboError, bad_param, cause, first_line
 from keras_turbo.techniques._training import accuracy, check_model, feed, finetune
 from keras_turbo.techniques.base import TechniqueConfig, TechniqueResult
 
@@ -324,7 +324,7 @@ def quantize_model(model, config: QATConfig | None = None):
         new = keras.models.clone_model(func, clone_function=clone, call_function=call)
     except Exception as e:
         raise KerasTurboError(f"qat: cannot rebuild model {model.name!r} with fake quantization ({type(e).__name__}: "
-                              f"{' '.join(str(e).split())[:200]}); functional and Sequential models are supported") from e
+                              f"{first_line(e)}); functional and Sequential models are supported") from e
     for name, w in weights.items():
         layer = new.get_layer(name)
         if isinstance(layer, QuantizedKernel):

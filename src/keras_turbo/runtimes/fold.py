@@ -50,6 +50,8 @@ def _foldable_pairs(cfg: dict) -> dict[str, str]:
         for h in _history(l.get("inbound_nodes", [])):
             readers[h[0]] = readers.get(h[0], 0) + 1
     outputs = cfg["output_layers"]
+    if isinstance(outputs, dict):  # a model returning a dict of outputs: {key: [layer, node, tensor]}
+        outputs = list(outputs.values())
     outputs = [outputs] if outputs and isinstance(outputs[0], str) else outputs
     for o in outputs:
         readers[o[0]] = readers.get(o[0], 0) + 1

@@ -141,7 +141,10 @@ def fold_batchnorm(keras, model):
         return model, 0
     if any(l["class_name"] in ("Functional", "Sequential", "Model") for l in cfg["layers"]):
         return model, 0  # nested models: their layers' names are not unique in one namespace
-    pairs = _foldable_pairs(cfg)
+    try:
+        pairs = _foldable_pairs(cfg)
+    except (KeyError, IndexError, TypeError, ValueError):  # a config shape this reader does not know
+        return model, 0
     if not pairs:
         return model, 0
     into = {src: bn for bn, src in pairs.items()}

@@ -27,6 +27,7 @@ EXECUTORS = ("local", "ray")
 
 class Executor(Protocol):
     name: str
+    sequential: bool  # builds one job after another (the driver then times each as it is built)
 
     def builds(self, jobs: list[BuildJob]) -> Iterator[dict]: ...
 

@@ -500,6 +500,8 @@ def render(raw: dict) -> str:
                          f"{rec['latency_ms']['p50']:.3g} | - | - | - | - | - | - | {'; '.join(others)} |")
             if p and p["ratio"] < 1.0:
                 notes.append((m["title"], b, p, opt, pr, rec))
+            if p and pin and pin["ratio"] < 1.0 and pin["against"] != p["against"]:
+                notes.append((m["title"], b, pin, opt, rows[pin["against"]], rec))
     if raw.get("models"):
         lines.append("")
         for key, m in raw["models"].items():
@@ -614,18 +616,18 @@ def _repair_text(s: dict) -> str:
     broken = [v["name"] for v in vs if v.get("ok") and v.get("precision") == "int8" and not v.get("within_budget")
               and not v.get("mixed") and not v.get("techniques")]
     repairs = [v for v in vs if v.get("mixed") or "equalize" in (v.get("techniques") or [])]
-    skipped = [v["name"] for v in vs if v.get("skipped")]
+    skipped = [v["name"] for v in vs if v.get("skipped") and v not in repairs]
     parts = [f"int8 paths that broke the budget: {', '.join(broken) or 'none'}"]
     if repairs:
         parts.append("repairs tried: " + ", ".join(
-            f"`{v['name']}` ({'within' if v.get('within_budget') else 'over' if v.get('ok') else 'failed'}"
+            f"`{v['name']}` ({'within' if v.get('within_budget') else 'over' if v.get('ok') else 'planned, not started: the budget had run out' if v.get('skipped') else 'failed'}"
             f"{', ' + _pct(v.get('top1_agreement')) if v.get('top1_agreement') is not None else ''}"
             f"{', kept float ' + ', '.join(v['kept_float'][:6]) if v.get('kept_float') else ''})" for v in repairs))
     elif broken:
         parts.append("no repair planned (a repaired path could not beat the best variant within budget, "
                      "or its int8 was not faster than its float)")
     if skipped:
-        parts.append(f"left unstarted at the deadline: {', '.join(skipped)}")
+        parts.append(f"not started or not timed when the budget ran out: {', '.join(skipped)}")
     return "; ".join(parts) + "."
 
 

@@ -486,18 +486,18 @@ def render(raw: dict) -> str:
             r = speedups({**rec, "batch_size": int(b)}, [{**x, "batch_size": int(b)} for x in base])
             a, p = r["vs_tf_function"], r["vs_peer_default"]
             pr = rows.get(p["against"]) if p else None
-            others = [f"{n.removeprefix('peer:')} {x['latency_ms']['p50']:.3g} ({_pct(x.get('top1_agreement'))})"
+            others = [f"{n.removeprefix('peer:')} {_ms(x['latency_ms']['p50'])} ({_pct(x.get('top1_agreement'))})"
                       if x.get("ok") else f"{n.removeprefix('peer:')} failed: {x.get('error', '')[:80]}"
                       for n, x in rows.items() if n not in ("keras-turbo", p and p["against"])]
             ratio = f"**{p['ratio']:.2f}x**" if p else "-"
             pin = _within(rec, rows, b)
             within = f"{pin['ratio']:.2f}x ({pin['against'].removeprefix('peer:')})" if pin else "none meets it"
             lines.append(f"| {m['title']} | {b} | `{opt.get('recommended')}` | {_pct(opt.get('rec_agreement'))} | "
-                         f"{rec['latency_ms']['p50']:.3g} | {a['ratio']:.2f}x | {p['against'].removeprefix('peer:') if p else '-'} | "
-                         f"{_pct(pr.get('top1_agreement')) if pr else '-'} | {pr['latency_ms']['p50']:.3g} | {ratio} | "
+                         f"{_ms(rec['latency_ms']['p50'])} | {a['ratio']:.2f}x | {p['against'].removeprefix('peer:') if p else '-'} | "
+                         f"{_pct(pr.get('top1_agreement')) if pr else '-'} | {_ms(pr['latency_ms']['p50'])} | {ratio} | "
                          f"{within} | {'; '.join(others)} |" if p and pr else
                          f"| {m['title']} | {b} | `{opt.get('recommended')}` | {_pct(opt.get('rec_agreement'))} | "
-                         f"{rec['latency_ms']['p50']:.3g} | - | - | - | - | - | - | {'; '.join(others)} |")
+                         f"{_ms(rec['latency_ms']['p50'])} | - | - | - | - | - | - | {'; '.join(others)} |")
             if p and p["ratio"] < 1.0:
                 notes.append((m["title"], b, p, opt, pr, rec))
             if p and pin and pin["ratio"] < 1.0 and pin["against"] != p["against"]:
@@ -531,8 +531,8 @@ def render(raw: dict) -> str:
                 if opt.get("rec_precision") == "int8" and "int8" in floor:
                     prec = "int8"
                 share = floor.get(prec, float("nan")) / rec["latency_ms"]["p50"]
-                lines.append(f"| {m['title']} | {b} | `{opt.get('recommended')}` | {prec} | {rec['latency_ms']['p50']:.3g} | "
-                             + " | ".join(f"{floor[p]:.3g}" if p in floor else "-" for p in ("fp32", "bf16", "int8"))
+                lines.append(f"| {m['title']} | {b} | `{opt.get('recommended')}` | {prec} | {_ms(rec['latency_ms']['p50'])} | "
+                             + " | ".join(f"{_ms(floor[p])}" if p in floor else "-" for p in ("fp32", "bf16", "int8"))
                              + f" | {share:.0%} |")
     if raw.get("optimize_runs"):
         lines += ["", "### optimize within its time budget", ""]
@@ -547,8 +547,8 @@ def render(raw: dict) -> str:
     if notes:
         lines += ["", "Where keras-turbo's pick is slower than the best peer default:"]
         for title, b, p, opt, pr, rec in notes:
-            lines.append(f"- {title}, batch {b}: {p['against']} {p['baseline']:.3g} ms vs `{opt.get('recommended')}` "
-                         f"{p['variant']:.3g} ms ({p['ratio']:.2f}x). " + _why(p, opt, pr, rec)
+            lines.append(f"- {title}, batch {b}: {p['against']} {_ms(p['baseline'])} ms vs `{opt.get('recommended')}` "
+                         f"{_ms(p['variant'])} ms ({p['ratio']:.2f}x). " + _why(p, opt, pr, rec)
                          + (" " + raw["why"][f"{title}|{b}"] if f"{title}|{b}" in raw.get("why", {}) else ""))
     return "\n".join(lines)
 
@@ -570,7 +570,7 @@ def _why(p: dict, opt: dict, peer: dict, rec: dict) -> str:
     theirs = [x for x in peer.get("p50_rounds") or [] if x]
     if mine and theirs and min(mine) <= max(theirs) and min(theirs) <= max(mine):
         why.append(f"A tie within this machine's noise: the rounds overlap (keras-turbo "
-                   f"{'/'.join(f'{x:.3g}' for x in mine)} ms, the peer {'/'.join(f'{x:.3g}' for x in theirs)} ms).")
+                   f"{'/'.join(f'{_ms(x)}' for x in mine)} ms, the peer {'/'.join(f'{_ms(x)}' for x in theirs)} ms).")
     agree = peer.get("top1_agreement")
     if agree is not None and agree < MIN_AGREEMENT:
         why.append(f"The peer's default misses the budget: {_pct(agree)} top-1 agreement, under "
@@ -602,11 +602,11 @@ def headline(raw: dict) -> str:
             r = speedups({**rec, "batch_size": int(b)}, base)
             a, p = r["vs_tf_function"], r["vs_peer_default"]
             peer = rows.get(p["against"]) if p else None
-            lines.append(f"| {m['title']} | {b} | `{opt.get('recommended')}` {rec['latency_ms']['p50']:.3g} ms | "
+            lines.append(f"| {m['title']} | {b} | `{opt.get('recommended')}` {_ms(rec['latency_ms']['p50'])} ms | "
                          + (f"{a['ratio']:.2f}x" if a else "-") + " | "
-                         + (f"**{p['ratio']:.2f}x** ({p['against'].removeprefix('peer:')} {p['baseline']:.3g} ms, "
+                         + (f"**{p['ratio']:.2f}x** ({p['against'].removeprefix('peer:')} {_ms(p['baseline'])} ms, "
                             f"{_pct(peer.get('top1_agreement'))} agreement)" if p else "-") + " | "
-                         + (lambda w: f"{w['ratio']:.2f}x ({w['against'].removeprefix('peer:')} {w['baseline']:.3g} ms)"
+                         + (lambda w: f"{w['ratio']:.2f}x ({w['against'].removeprefix('peer:')} {_ms(w['baseline'])} ms)"
                             if w else "no peer default meets it")(_within(rec, rows, b)) + " |")
     return "\n".join(lines)
 
@@ -629,6 +629,11 @@ def _repair_text(s: dict) -> str:
     if skipped:
         parts.append(f"not started or not timed when the budget ran out: {', '.join(skipped)}")
     return "; ".join(parts) + "."
+
+
+def _ms(v: float) -> str:
+    """Milliseconds to three significant digits, without exponents."""
+    return f"{v:.0f}" if v >= 100 else f"{v:.3g}"
 
 
 def _pct(v) -> str:

@@ -505,9 +505,16 @@ def render(raw: dict) -> str:
     if raw.get("models"):
         lines.append("")
         for key, m in raw["models"].items():
+            judged = {}  # quality does not depend on the batch size: every run of the model adds what it checked
+            for run in raw.get("optimize_runs", {}).get(key, {}).values():
+                for v in (run.get("summary") or {}).get("variants") or []:
+                    if v.get("ok") and v.get("top1_agreement") is not None:
+                        judged.setdefault(v["name"], v)
+            over = [f"{n} {_pct(v['top1_agreement'])}" for n, v in judged.items() if not v.get("within_budget")]
             lines.append(f"- {m['title']}: {m['params'] / 1e6:.2f} M parameters, {m['flops_per_sample'] / 1e9:.3g} GFLOPs "
                          f"per sample; data: {m['data_note']}; the float model's top-1 takes {m['distinct_top1']} "
-                         f"distinct classes over {m['samples']} samples.")
+                         f"distinct classes over {m['samples']} samples."
+                         + (f" Below {MIN_AGREEMENT:.0%} agreement in optimize's check: {', '.join(over)}." if over else ""))
     if peaks:
         lines += ["", "### The physical limit", "",
                   f"Peak of a {PEAK_N}x{PEAK_N}x{PEAK_N} matrix product compiled by OpenVINO at each precision "

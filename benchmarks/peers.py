@@ -627,7 +627,7 @@ def _repair_text(s: dict) -> str:
     parts = [f"int8 paths that broke the budget: {', '.join(broken) or 'none'}"]
     if repairs:
         parts.append("repairs tried: " + ", ".join(
-            f"`{v['name']}` ({'within' if v.get('within_budget') else 'over' if v.get('ok') else 'planned, not started: the budget had run out' if v.get('skipped') else 'failed'}"
+            f"`{v['name']}` ({_state(v)}"
             f"{', ' + _pct(v.get('top1_agreement')) if v.get('top1_agreement') is not None else ''}"
             f"{', kept float ' + ', '.join(v['kept_float'][:6]) if v.get('kept_float') else ''})" for v in repairs))
     elif broken:
@@ -641,6 +641,14 @@ def _repair_text(s: dict) -> str:
 def _ms(v: float) -> str:
     """Milliseconds to three significant digits, without exponents."""
     return f"{v:.0f}" if v >= 100 else f"{v:.3g}"
+
+
+def _state(v: dict) -> str:
+    if v.get("ok"):
+        return "within" if v.get("within_budget") else "over"
+    if "before it was timed" in (v.get("error") or ""):
+        return "built until the deadline stopped it, not timed"
+    return "planned, not started: the budget had run out" if v.get("skipped") else "failed"
 
 
 def _pct(v) -> str:

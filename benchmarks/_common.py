@@ -43,3 +43,67 @@ def machine_line(machine: dict) -> str:
     libs = ", ".join(f"{k} {v}" for k, v in machine["libraries"].items() if v)
     gpus = "; ".join(machine["gpus"]) or "no GPU"
     return f"{machine['cpu']}, {machine['usable_cores']} cores ({flags}); {gpus}; {libs}"
+
+
+def natural_images(n: int, size: int, seed: int = 0):
+    """n crops (0..255 float32, HWC) of scikit-learn's two bundled sample photos, nearest-neighbour
+    resized to size x size, half of them mirrored. Returns (images, what they are)."""
+    import numpy as np
+    from sklearn.datasets import load_sample_images
+
+    rng = np.random.default_rng(seed)
+    photos = [np.asarray(im, "float32") for im in load_sample_images().images]
+    out = []
+    for i in range(n):
+        photo = photos[i % len(photos)]
+        side = int(rng.integers(size, min(photo.shape[:2]) + 1))
+        y, x = (int(rng.integers(0, d - side + 1)) for d in photo.shape[:2])
+        idx = (np.arange(size) * side / size).astype(int)
+        crop = photo[y:y + side, x:x + side][idx][:, idx]
+        out.append(crop[:, ::-1] if rng.random() < 0.5 else crop)
+    return np.stack(out), "crops of scikit-learn's sample photos (china.jpg, flower.jpg)"
+
+
+#: keras.applications architectures at 224x224x3 and the preprocessing each expects of 0..255 images
+APPS = {"mobilenetv2": ("MobileNetV2", "mobilenet_v2"), "resnet50": ("ResNet50", "resnet50"),
+        "efficientnetv2b0": ("EfficientNetV2B0", "efficientnet_v2")}
+
+
+def calibrated_app_file(arch: str, images) -> Path:
+    """A weights=None keras.applications model (224x224x3) whose BatchNorm moving statistics are
+    set from one training-mode pass over `images` (0..255, preprocessed here), saved once in WORK.
+    With keras' 0/1 initial statistics every input gives nearly the same output, and top-1
+    agreement between variants would test nothing."""
+    from keras_turbo import _tf
+
+    path = WORK / f"{arch}_224_bn.keras"
+    if path.exists():
+        return path
+    keras = _tf.keras()
+    cls = APPS[arch][0]
+    keras.utils.set_random_seed(0)
+    # EfficientNetV2's built-in preprocessing holds a Normalization layer, which exports to ONNX as
+    # two extra graph inputs (STACK.md): it is left out and done in app_preprocess, as for the others.
+    extra = {"include_preprocessing": False} if arch == "efficientnetv2b0" else {}
+    model = getattr(keras.applications, cls)(weights=None, input_shape=(224, 224, 3), **extra)
+    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    for layer in bns:
+        layer.momentum = 0.0  # moving statistics := this batch's statistics
+    model(app_preprocess(arch, images), training=True)
+    for layer in bns:
+        layer.momentum = 0.99
+    WORK.mkdir(parents=True, exist_ok=True)
+    model.save(path)
+    return path
+
+
+def app_preprocess(arch: str, images):
+    """`images` (0..255) as the architecture's own preprocess_input makes them."""
+    import numpy as np
+
+    from keras_turbo import _tf
+
+    if arch == "efficientnetv2b0":  # what its include_preprocessing layers do: [0, 1], then ImageNet mean / std
+        mean, std = np.array([0.485, 0.456, 0.406], "float32"), np.array([0.229, 0.224, 0.225], "float32")
+        return ((images / 255.0 - mean) / std).astype("float32")
+    return np.asarray(getattr(_tf.keras().applications, APPS[arch][1]).preprocess_input(images.copy()), "float32")

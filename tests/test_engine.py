@@ -190,6 +190,30 @@ def test_failing_technique_is_built_once(tmp_path, digits_model, monkeypatch, ti
     assert calls == [1]
 
 
+
+def test_budget_ends_mid_wave_with_what_was_built_measured(tmp_path, digits_model, monkeypatch, timing_calls):
+    """A wave is handed out whole; once the budget has run out no job starts, and the local executor
+    has timed each variant as it was built, so the run still recommends what it measured."""
+    import dataclasses
+    import time
+
+    events, real = [], executor_mod.build
+
+    def build(job):
+        if events:  # the budget runs out while the first variant is being built and timed
+            job = dataclasses.replace(job, deadline=time.time() - 1)
+        events.append(job.recipe.backend)
+        return real(job)
+
+    monkeypatch.setattr(executor_mod, "build", build)
+    res = _run(digits_model[0], tmp_path / "o")
+    assert events == ["keras-predict", "litert", "openvino"] and timing_calls == ["keras-predict"]
+    skipped = [v for v in res.variants if v.get("skipped")]
+    assert {v["backend"] for v in skipped} == {"litert", "openvino"}
+    assert all(v["error"] == "skipped: the time budget ran out before it started" for v in skipped)
+    assert res.recommended["name"] == "keras-predict fp32" and not list((tmp_path / "o" / "artifacts").glob("*/status.json"))
+
+
 # ------------------------------------------------------------------ the strength search
 
 def _probe_outcomes(name, within_up_to, seconds=1.0, fp="fp", time_budget_s=1800.0):

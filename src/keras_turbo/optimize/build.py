@@ -228,7 +228,8 @@ def build(job: BuildJob) -> dict:
 
     Returns:
         {"recipe_id", "ok", "artifact", "backend", "error", "steps" (one status per prefix),
-         "details" (what the steps reported), "quality" (or None), "node"}.
+         "details" (what the steps reported), "quality" (or None), "node"}; with "skipped": True
+        and nothing built when the job's deadline had passed before it started.
     """
     from keras_turbo import custom
 
@@ -237,6 +238,10 @@ def build(job: BuildJob) -> dict:
     current, steps, details = Path(job.model_path), [], {}
     res = {"recipe_id": recipe.id, "ok": False, "artifact": None, "backend": recipe.backend, "error": None,
            "steps": steps, "details": details, "quality": None, "node": node_facts()}
+    if job.deadline is not None and time.time() >= job.deadline:
+        # A wave is handed out whole; a job that reaches a worker after the budget does not start
+        # (one conversion and check of a large model costs minutes).
+        return {**res, "skipped": True, "error": "skipped: the time budget ran out before it started"}
     for k in range(1, len(recipe.steps)):
         st = build_prefix(recipe, k, current, ctx)
         steps.append({key: st.get(key) for key in ("prefix_id", "kind", "name", "ok", "seconds", "cached", "error", "node")})

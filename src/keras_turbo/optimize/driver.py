@@ -307,7 +307,10 @@ def _qid(run: _Run, r: Recipe) -> str:
 
 def _run_wave(run: _Run, recipes: list[Recipe]) -> None:
     """Build and judge the wave (in parallel where the executor can), then time each variant,
-    one at a time (probes are judged, never timed). What the store holds for this protocol is reused."""
+    one at a time (probes are judged, never timed). An executor that builds one job after another
+    has each variant timed as soon as it is built, so that when the time budget ends the run has
+    measured what it built (a wave of a large model's conversions alone can outlast the budget).
+    What the store holds for this protocol is reused."""
     jobs, built = [], []
     run.total += len(recipes)
     run.wave += 1
@@ -320,21 +323,36 @@ def _run_wave(run: _Run, recipes: list[Recipe]) -> None:
             run.rows[r.id] = {**_base_row(r), "skipped": True, "error": "skipped: the time budget ran out before it started"}
         else:
             jobs.append(_job(run, r, evaluate=known_q is None))
+    def finish(items):
+        for r, b, q, reused in items:
+            row = _probe_row(run, r, b, q, reused) if r.role == "probe" else _timed_row(run, r, b, q, reused)
+            run.rows[r.id] = {**row, "wave": run.wave}
+            _save(run)
+
+    now = getattr(run.executor, "sequential", False)
+    if now:  # what the store already holds is measured first: it costs no build
+        finish(built)
+        built = []
     for res in run.executor.builds(jobs):
         r = run.recipes[res["recipe_id"]]
+        if res.get("skipped"):  # nothing was built: not recorded as a build, so a rerun tries it
+            run.rows[r.id] = {**_base_row(r), "skipped": True, "error": res["error"], "wave": run.wave}
+            _save(run)
+            continue
         run.store.record_build(r.id, res)
         q = res.get("quality") or run.store.quality_for(r.id, _qid(run, r))
         run.note(f"built {r.name}", len(run.rows), run.total, run.time_left())
         if res["ok"]:
             cached = all(st.get("cached") for st in res.get("steps", []))
-            built.append((r, res, q, {"build": cached, "quality": res.get("quality") is None}))
+            item = (r, res, q, {"build": cached, "quality": res.get("quality") is None})
+            if now:
+                finish([item])
+            else:
+                built.append(item)
         else:
             run.rows[r.id] = {**_base_row(r), "error": res["error"], "build": res}
             _save(run)
-    for r, b, q, reused in built:
-        row = _probe_row(run, r, b, q, reused) if r.role == "probe" else _timed_row(run, r, b, q, reused)
-        run.rows[r.id] = {**row, "wave": run.wave}
-        _save(run)
+    finish(built)
 
 
 def _probe_row(run: _Run, r: Recipe, b: dict, q: dict, reused: dict) -> dict:

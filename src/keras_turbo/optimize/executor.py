@@ -27,6 +27,7 @@ EXECUTORS = ("local", "ray")
 
 class Executor(Protocol):
     name: str
+    sequential: bool  # builds one job after another (the driver then times each as it is built)
 
     def builds(self, jobs: list[BuildJob]) -> Iterator[dict]: ...
 
@@ -41,6 +42,9 @@ class LocalExecutor:
     """Everything in this process, one job after another; speed in a fresh process per job."""
 
     name = "local"
+    #: builds run one after another here, so nothing else runs while a variant is timed: the
+    #: driver times each variant as soon as it is built (what the time budget ends on is measured)
+    sequential = True
 
     def builds(self, jobs: list[BuildJob]) -> Iterator[dict]:
         for job in jobs:
@@ -90,6 +94,7 @@ class RayExecutor:
     """
 
     name = "ray"
+    sequential = False  # builds run in parallel: variants are timed once the wave's builds are done
 
     def __init__(self, address: str | None = None, target_node: str | None = None,
                  target_resource: str | None = None, retries: int = 3):

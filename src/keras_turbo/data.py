@@ -7,7 +7,7 @@ A DATA spec is one of:
     classes), resized to the model's input and scaled to [0, 1];
   - `builtin:digits`, scikit-learn's 1,797 8x8 handwritten digits (shipped inside the package,
     nothing is downloaded), brought to the model's input size and scaled to [0, 1]. Fixed splits
-    (seed 0): 70% train, 15% validation, 15% test; `builtin:digits:train|val|test|all` picks one,
+    (seed 0): 70% train, 15% validation, 15% test; `builtin:digits:train|val|test|heldout|all` picks one,
     `heldout` is validation and test together (everything a model trained on the train split
     has not trained its weights on), and a plain `builtin:digits` means the split that fits the
     job (test for evaluation, train for training).
@@ -276,7 +276,7 @@ def load_data(spec: str, inputs: Sequence[TensorInfo] | None = None, outputs: Se
     if spec.startswith("builtin:"):
         parts = spec.split(":")
         if parts[1] != "digits" or len(parts) > 3:
-            raise DataError(f"{arg}: unknown built-in data set {spec!r} (expected builtin:digits[:train|val|test|all])")
+            raise DataError(f"{arg}: unknown built-in data set {spec!r} (expected builtin:digits[:train|val|test|heldout|all])")
         split = parts[2] if len(parts) == 3 else default_split
         if split not in SPLITS:
             raise DataError(f"{arg}: unknown split {split!r} in {spec!r} (expected one of {', '.join(SPLITS)})")

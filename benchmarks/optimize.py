@@ -176,6 +176,7 @@ def _train_npz(n: int) -> str:
 
     path = WORK / f"digits_train_{n}_224.npz"
     if not path.exists():
+        WORK.mkdir(parents=True, exist_ok=True)
         ds = load_data("builtin:digits:train", [TensorInfo("x", (None, 224, 224, 3), "float32")]).take(n)
         np.savez(path, x=ds.x[0], y=ds.y)
     return str(path)
@@ -188,6 +189,7 @@ def _digits_mobilenetv2(epochs: int = 6) -> Path:
     path = WORK / f"mobilenetv2_224_digits_e{epochs}.keras"
     if path.exists():
         return path
+    WORK.mkdir(parents=True, exist_ok=True)  # before the training: --only mobilenetv2-train on a fresh checkout
     import keras
 
     from keras_turbo.data import load_data

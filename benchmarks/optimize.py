@@ -102,6 +102,9 @@ def main() -> None:
         raw[name] = res.doc
         raw_path.write_text(json.dumps(raw, indent=2, default=str))
     for doc in raw.values():
+        note = provenance(Path(doc["model"]))
+        if note.exists():  # how the base model was made, for the ones this script trains
+            doc["base_model"] = json.loads(note.read_text())["how"]
         # The front is derived from the measurements: recomputed here, so runs stored before a fix to
         # `pareto` are rendered (and stored) with the front the current code computes.
         pareto(doc["variants"], by_agreement=doc["budget"].get("min_agreement") is not None)
@@ -160,6 +163,7 @@ def search_section(name: str, doc: dict) -> str:
             f"Budget {doc['budget']['max_accuracy_drop']} point(s) on {held} held-out samples ({doc['data']['eval']}); "
             f"float accuracy {100 * doc['float_accuracy']:.2f}%; run took {doc['elapsed_s'] / 60:.0f} min of a "
             f"{doc['budget']['time_budget_s'] / 60:.0f} min time budget. Recommended: {ratio}, same run.\n\n"
+            + (f"Base model: {doc['base_model']}.\n\n" if doc.get("base_model") else "") +
             f"{'; '.join(doc['plan'].get('notes', []))}. Probes (short fine-tunes judged on a validation split "
             f"carved from the train data, never timed):\n\n"
             "| probe | val drop (points) | within | build s |\n| --- | ---: | --- | ---: |\n" + probes
@@ -212,7 +216,14 @@ def _digits_mobilenetv2(epochs: int = 6) -> Path:
     acc = model.evaluate(test.x[0], test.y, verbose=0)[1]
     print(f"trained MobileNetV2 on digits 224x224: test accuracy {acc:.4f} in {time.time() - t:.0f} s", flush=True)
     model.save(path)
+    provenance(path).write_text(json.dumps({"how": f"trained here on the CPU by this script in {time.time() - t:.0f} s, "
+                                                   f"test accuracy {100 * acc:.2f}%"}))
     return path
+
+
+def provenance(model_path: Path) -> Path:
+    """A note beside a cached base model saying how it was made (the section quotes it)."""
+    return model_path.with_name(model_path.name + ".json")
 
 
 if __name__ == "__main__":

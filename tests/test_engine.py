@@ -324,3 +324,15 @@ def test_search_through_the_driver_records_every_point(tmp_path, digits_model, p
     jobs = {j.recipe.role: j for j in toy.jobs if j.recipe.techniques}
     assert jobs["probe"].train.part == "tail" and jobs["probe"].eval.part == "head"
     assert jobs["variant"].train.part == "all" and jobs["variant"].eval.spec == "builtin:digits:test"
+
+
+def test_a_probe_split_too_small_for_the_budget_tolerates_one_sample():
+    from keras_turbo.optimize.select import probe_budget, within_budget
+
+    budget = {"max_accuracy_drop": 1.0, "min_agreement": None, "max_output_error": None}
+    assert probe_budget(budget, 188) == budget  # one sample is 0.53 points: the user's budget as it is
+    small = probe_budget(budget, 38)             # one sample is 2.63 points
+    one, two = ({"accuracy_drop": 100 * k / 38, "top1_agreement": 1 - k / 38, "samples": 38} for k in (1, 2))
+    assert within_budget(one, small)[0] and not within_budget(two, small)[0] and not within_budget(one, budget)[0]
+    agree = probe_budget({"max_accuracy_drop": None, "min_agreement": 0.99, "max_output_error": None}, 38)
+    assert agree["min_agreement"] == pytest.approx(1 - 1 / 38)

@@ -18,6 +18,8 @@ def test_digits_splits_are_fixed_and_disjoint():
     assert (len(s["train"]), len(s["val"]), len(s["test"])) == (1257, 269, 271)
     assert not set(s["train"]) & set(s["test"]) and not set(s["val"]) & set(s["test"])
     np.testing.assert_array_equal(digits_splits()["test"], s["test"])  # same every time
+    # heldout: validation and test together, nothing of train
+    assert sorted(s["heldout"]) == sorted([*s["val"], *s["test"]]) and not set(s["heldout"]) & set(s["train"])
 
 
 @pytest.mark.parametrize("shape", [(32, 32, 1), (8, 8, 3), (16, 16), (64,)])

@@ -286,3 +286,77 @@ def test_a_recipe_replayed_from_its_json_builds_the_same_artifact(tmp_path, mode
         built.append(res)
     a, b = (open(r["artifact"], "rb").read() for r in built)
     assert built[0]["recipe_id"] == built[1]["recipe_id"] and a == b and len(a) > 1000
+
+
+class _ToyExecutor(executor_mod.LocalExecutor):
+    """The monotone toy run through the real driver, with nothing trained or timed: a probe is
+    within the budget iff its strength is at most `within` (FLOPs reduction), and reports
+    `probe_s` seconds of building; the trained variants are as fast as their FLOPs say."""
+
+    name = "toy"
+
+    def __init__(self, tmp, within: float, probe_s: float):
+        self.tmp, self.within, self.probe_s, self.jobs = tmp, within, probe_s, []
+
+    def builds(self, jobs):
+        for job in jobs:
+            r = job.recipe
+            self.jobs.append(job)
+            flops = r.steps[0].config.get("target_flops_reduction", 1.0) if r.techniques else 1.0
+            drop = 0.5 if flops <= self.within else 3.0
+            art = self.tmp / f"{r.id}.bin"
+            art.write_bytes(b"toy")
+            steps = [{"prefix_id": r.id, "kind": s.kind, "name": s.name, "ok": True, "cached": False, "error": None,
+                      "seconds": self.probe_s if r.role == "probe" and s.kind == "train" else 0.1} for s in r.steps[:-1]]
+            yield {"recipe_id": r.id, "ok": True, "artifact": str(art), "backend": r.backend, "error": None, "steps": steps,
+                   "details": {}, "node": {}, "quality": {"accuracy": 0.99 - drop / 100, "accuracy_drop": drop,
+                                                          "top1_agreement": 0.99, "samples": 500}}
+
+    def time(self, artifact, backend, batch_size, threads, bench, unsafe):
+        flops = next(j.recipe for j in self.jobs if j.recipe.id in artifact).steps[0].config.get("target_flops_reduction", 1)
+        p50 = (50.0 if backend == "keras-predict" else 1.0) / flops
+        return {"ok": True, "latency_ms": {"p50": p50, "p90": p50, "p99": p50}, "throughput_per_s": 1e3 / p50,
+                "model_bytes": int(1e5 / flops), "init_ms": 1.0, "peak_rss_mb": 10.0, "node": {}}
+
+
+@pytest.mark.parametrize("probe_s,probed,chosen,epochs", [
+    (1.0, [2.0, 4.0, 3.0], 3.0, 40),  # quick probes: bisection to flops/3, the full fine-tune its most epochs
+    (30.0, [2.0], 2.0, 6),            # each probe costs half the 60 s share: one probe, epochs fit what is left
+])
+def test_search_through_the_driver_records_every_point(tmp_path, digits_model, probe_s, probed, chosen, epochs):
+    """optimize() with a toy executor: every probe is in results.json's `search` with its setting,
+    verdict and cost, the trained variant is the strongest setting within the budget, and the
+    probes stop at half the technique's time share, the full fine-tune sized to the rest."""
+    cfg = OptimizeConfig(max_accuracy_drop=1.0, techniques=("runtimes", "structured"), runtimes=("litert",),
+                         time_budget_s=100, **QUICK)
+    toy = _ToyExecutor(tmp_path, within=3.0, probe_s=probe_s)
+    res = optimize(digits_model[0], "builtin:digits:test", "builtin:digits:train", cfg, tmp_path / "out", executor=toy)
+    doc = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert doc["plan"]["notes"] == ["structured: strength search over target_flops_reduction [1.5, 2.0, 3.0, 4.0, 6.0], "
+                                    "at most 60 s of the time budget"]
+    search = doc["search"]
+    assert [p["steps"][0]["config"]["target_flops_reduction"] for p in search] == probed
+    assert all(p["role"] == "probe" and "validation split" in p["verdict"] and p["build_s"] == probe_s for p in search)
+    assert [p["within_budget"] for p in search] == [f <= 3.0 for f in probed]
+    trained = [v for v in res.variants if v["techniques"] == ["structured"]]
+    assert [v["name"] for v in trained] == [f"structured(flops/{chosen:g}) + litert fp32"]
+    assert trained[0]["steps"][0]["config"] == {"target_flops_reduction": chosen, "epochs": epochs, "distill": True,
+                                                "importance": "bn"}
+    assert res.recommended["name"] == trained[0]["name"] and trained[0]["pareto"]
+    # probes train on the train data less the validation split and are judged on that split;
+    # the chosen point trains on all of it and is judged on the held-out data
+    jobs = {j.recipe.role: j for j in toy.jobs if j.recipe.techniques}
+    assert jobs["probe"].train.part == "tail" and jobs["probe"].eval.part == "head"
+    assert jobs["variant"].train.part == "all" and jobs["variant"].eval.spec == "builtin:digits:test"
+
+
+def test_a_probe_split_too_small_for_the_budget_tolerates_one_sample():
+    from keras_turbo.optimize.select import probe_budget, within_budget
+
+    budget = {"max_accuracy_drop": 1.0, "min_agreement": None, "max_output_error": None}
+    assert probe_budget(budget, 188) == budget  # one sample is 0.53 points: the user's budget as it is
+    small = probe_budget(budget, 38)             # one sample is 2.63 points
+    one, two = ({"accuracy_drop": 100 * k / 38, "top1_agreement": 1 - k / 38, "samples": 38} for k in (1, 2))
+    assert within_budget(one, small)[0] and not within_budget(two, small)[0] and not within_budget(one, budget)[0]
+    agree = probe_budget({"max_accuracy_drop": None, "min_agreement": 0.99, "max_output_error": None}, 38)
+    assert agree["min_agreement"] == pytest.approx(1 - 1 / 38)

@@ -504,7 +504,10 @@ def cmd_demo(args) -> int:
     path = digits_model_path(progress=lambda msg: err.print(f"[dim]{msg}[/dim]"))
     out.print(f"built-in digits CNN: {path}")
     cfg = OptimizeConfig(max_accuracy_drop=1.0, threads=args.threads, time_budget_s=_parse_duration(args.time_budget))
-    res = _run_optimize(path, "builtin:digits:test", "builtin:digits:train", cfg, args.out, force=args.force)
+    # Judged on validation + test (540 samples): the 1-point budget is then 5.4 samples rather than
+    # 2.7 on the test split alone. optimize trains and searches on the train split only; the CNN
+    # used the validation split for its early stopping, which can only flatter the float model.
+    res = _run_optimize(path, "builtin:digits:heldout", "builtin:digits:train", cfg, args.out, force=args.force)
     _print_optimize(res)
     return _nothing_measured(res)
 

@@ -13,9 +13,10 @@ A DATA spec is one of:
     input takes strings (TextVectorization, StringLookup);
   - `builtin:digits`, scikit-learn's 1,797 8x8 handwritten digits (shipped inside the package,
     nothing is downloaded), brought to the model's input size and scaled to [0, 1]. Fixed splits
-    (seed 0): 70% train, 15% validation, 15% test; `builtin:digits:train|val|test|all` picks one,
-    and a plain `builtin:digits` means the split that fits the job (test for evaluation,
-    train for training).
+    (seed 0): 70% train, 15% validation, 15% test; `builtin:digits:train|val|test|heldout|all` picks one,
+    `heldout` is validation and test together (everything a model trained on the train split
+    has not trained its weights on), and a plain `builtin:digits` means the split that fits the
+    job (test for evaluation, train for training).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from keras_turbo.errors import DataError, cause
 from keras_turbo.runtimes.base import STRING, TensorInfo
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-SPLITS = ("train", "val", "test", "all")
+SPLITS = ("train", "val", "test", "heldout", "all")
 TEXT_SUFFIXES = (".txt",)
 # A text DATA file is read whole; one this size is not a set of samples for a text model.
 MAX_TEXT_BYTES = 1 << 30
@@ -79,7 +80,8 @@ def digits_splits(seed: int = 0) -> dict[str, np.ndarray]:
     """Indices of the fixed train / val / test splits of scikit-learn's digits."""
     idx = np.random.default_rng(seed).permutation(1797)
     n_train, n_val = int(0.70 * 1797), int(0.15 * 1797)
-    return {"train": idx[:n_train], "val": idx[n_train:n_train + n_val], "test": idx[n_train + n_val:], "all": np.arange(1797)}
+    return {"train": idx[:n_train], "val": idx[n_train:n_train + n_val], "test": idx[n_train + n_val:],
+            "heldout": idx[n_train:], "all": np.arange(1797)}
 
 
 def fit_images(images: np.ndarray, shape: Sequence[int | None]) -> np.ndarray:
@@ -323,7 +325,7 @@ def load_data(spec: str, inputs: Sequence[TensorInfo] | None = None, outputs: Se
     if spec.startswith("builtin:"):
         parts = spec.split(":")
         if parts[1] != "digits" or len(parts) > 3:
-            raise DataError(f"{arg}: unknown built-in data set {spec!r} (expected builtin:digits[:train|val|test|all])")
+            raise DataError(f"{arg}: unknown built-in data set {spec!r} (expected builtin:digits[:train|val|test|heldout|all])")
         split = parts[2] if len(parts) == 3 else default_split
         if split not in SPLITS:
             raise DataError(f"{arg}: unknown split {split!r} in {spec!r} (expected one of {', '.join(SPLITS)})")

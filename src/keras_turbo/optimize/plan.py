@@ -58,9 +58,13 @@ class Knob:
 #: the strength search per technique (structured pruning over the FLOPs reduction, distillation
 #: over the student width, magnitude pruning over sparsity); stronger is faster or smaller
 SEARCH: dict[str, Knob] = {
-    # structured pruning's full fine-tune stops early on the validation split (patience), so it may run long
+    # Channels ranked by their BatchNorm scale (|gamma|; l1 where a group has none). The full
+    # fine-tune trains the whole cosine schedule on all the train data: on the digits CNN at flops/2
+    # that was 0.19 points down on 540 held-out samples, against 0.56 to 1.11 when it stopped early
+    # on the validation split (15% less data, stopped while the learning rate was still large).
     "structured": Knob("target_flops_reduction", (1.5, 2.0, 3.0, 4.0, 6.0), 1,
-                       {"epochs": 6, "distill": True}, {"epochs": 20, "distill": True, "patience": 5}, 40),
+                       {"epochs": 6, "distill": True, "importance": "bn"},
+                       {"epochs": 30, "distill": True, "importance": "bn"}, 40),
     "distill": Knob("student", ("width:0.75", "width:0.5", "width:0.35", "width:0.25"), 1, {"epochs": 12}, {"epochs": 40}, 60),
     # magnitude pruning ramps its sparsity through the whole run, so it is not stopped early
     "prune": Knob("sparsity", (0.5, 0.7, 0.8, 0.9, 0.95), 2, {"epochs": 4}, {"epochs": 12}, 16),

@@ -241,3 +241,22 @@ class SplitPredictor(Predictor):
 
 def _size(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def preprocess_samples(folder: Path, samples: list[dict[str, np.ndarray]], unsafe: bool = False) -> list[dict[str, np.ndarray]]:
+    """Calibration samples ({input name: batch} each) of the whole model as the core takes them:
+    the string inputs through the preprocessing in `folder`, the numeric inputs as they are."""
+    from keras_turbo import _tf
+    from keras_turbo.gate import check_savedmodel
+
+    manifest = json.loads((folder / MANIFEST).read_text())
+    check_savedmodel(folder, unsafe)
+    tf = _tf.tf()
+    with _tf.quiet():
+        fn = tf.saved_model.load(str(folder)).signatures["serving_default"]
+    out = []
+    for s in samples:
+        seam = fn(**{n: tf.constant(s[n]) for n in manifest["strings"]})
+        out.append({**{n: np.asarray(seam[f"output_{i}"]) for i, n in enumerate(manifest["seams"])},
+                    **{n: s[n] for n in manifest["numeric"]}})
+    return out

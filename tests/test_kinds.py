@@ -215,13 +215,14 @@ def test_labelled_metrics_are_the_kinds_own(kind_models):
     assert o["rmse"] < 0.3 * np.std(z["y"])  # a model that learned something: the bad variant is judged against it
 
 
-QUICK_BENCH = ["--min-runs", "3", "--min-seconds", "0.05", "--warmup-runs", "1", "--warmup-seconds", "0"]
+QUICK_BENCH = dict(min_runs=3, min_seconds=0.05, warmup_runs=1, warmup_seconds=0.0)
 
 
 @pytest.mark.parametrize("name,kind", [("unet", "segmentation"), ("multilabel", "multilabel")])
 def test_unet_and_multilabel_end_to_end(kind_models, tmp_path, name, kind):
     """inspect, benchmark, evaluate and optimize on a non-TF runtime, each output judged by its
     kind: per pixel (mean IoU) for the U-Net, per label (exact set, F1) for the multi-label model."""
+    from keras_turbo.bench import BenchmarkConfig
     from keras_turbo.optimize import optimize
     from keras_turbo.optimize.config import OptimizeConfig
 
@@ -232,19 +233,20 @@ def test_unet_and_multilabel_end_to_end(kind_models, tmp_path, name, kind):
     out_shape = json.loads((tmp_path / "i.json").read_text())["outputs"][0]["shape"]
     assert out_shape == ([None, 8, 8, 3] if name == "unet" else [None, 4])
 
-    assert main(["benchmark", str(model), "--backend", "onnxruntime", "--data", str(data), "--json",
-                 str(tmp_path / "b.json"), *QUICK_BENCH]) == 0
-    (row,) = json.loads((tmp_path / "b.json").read_text())["results"]
-    assert row["ok"] and row["export_check"] < 1e-4, row["error"]
+    # (The API, without the harness-overhead process the CLI adds: one worker process fewer.)
+    (row,) = keras_turbo.benchmark(model, ["onnxruntime"], config=BenchmarkConfig(**QUICK_BENCH), data=str(data),
+                                   measure_overhead=False).results
+    assert row.ok and row.export_check < 1e-4, row.error
+    assert row.input_shapes == ([[8, 8, 1]] if name == "unet" else [[4]])
 
-    # The right verdict both ways: the ONNX export within budget, the variant with two classes
-    # swapped (one label flipped) over it, with exit codes 0 and 1.
+    # The right verdict both ways: the variant with two classes swapped (one label flipped) over the
+    # budget (exit code 1), the ONNX export within it.
     budget = ["--min-agreement", "0.99", "--max-accuracy-drop", "2", "--max-metric-drop", "5"]
-    assert main(["evaluate", str(model), "--data", str(data), "--reference", str(model), "--backend", "onnxruntime",
-                 "--reference-backend", "keras-call", *budget]) == 0
     assert main(["evaluate", str(bad), "--data", str(data), "--reference", str(model), "--backend", "keras-call",
                  "--reference-backend", "keras-call", *budget]) == 1
-    res = keras_turbo.evaluate(model, str(data), reference=model, backend="onnxruntime", reference_backend="keras-call")
+    res = keras_turbo.evaluate(model, str(data), reference=model, backend="onnxruntime", reference_backend="keras-call",
+                               budget={"min_agreement": 0.99, "max_accuracy_drop": 2.0, "max_metric_drop": 5.0})
+    assert res["within_budget"], res["verdict"]
     (o,) = res["outputs"]
     assert o["kind"] == kind and o["agreement"] == 1.0, o
     # labelled too: mean IoU's relative drop (U-Net), exact-set accuracy's drop in points (multi-label)

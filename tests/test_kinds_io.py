@@ -99,7 +99,7 @@ def test_text_end_to_end(files, tmp_path):
 
     assert _cli("evaluate", model, "--data", data, "--reference", model, "--backend", "keras-predict",
                 "--reference-backend", "tf-function", "--min-agreement", "0.99") == 0
-    res = keras_turbo.evaluate(model, str(data), reference=model, backend="onnxruntime", reference_backend="keras-call")
+    res = keras_turbo.evaluate(model, str(data), reference=model, backend="litert", reference_backend="keras-call")
     assert res["outputs"][0]["kind"] == "multiclass" and res["outputs"][0]["agreement"] == 1.0
 
     r = optimize(model, str(data), None, OptimizeConfig(min_agreement=0.99, max_accuracy_drop=None,

@@ -133,7 +133,13 @@ def splits(ref: ModelRef) -> bool:
 
     if '"string"' not in (_config_json(ref) or ""):
         return False
-    return not isinstance(_plan(load_keras(ref)), str)
+    key = ref.cache_key()
+    if key not in _SPLITS:  # every export of the model asks; a text model loads once per process
+        _SPLITS[key] = not isinstance(_plan(load_keras(ref)), str)
+    return _SPLITS[key]
+
+
+_SPLITS: dict[str, bool] = {}  # ModelRef.cache_key() -> splits(ref)
 
 
 def export(ref: ModelRef, out: Path, part: str) -> None:

@@ -117,6 +117,25 @@ def test_text_end_to_end(files, tmp_path):
     np.testing.assert_allclose(best(text), keras_turbo.load(model, backend="keras-call")(text), atol=1e-5)
 
 
+def test_text_split_and_where_it_cannot_split():
+    """The split computes what the model does; string ops that are not a prefix keep the model whole."""
+    from keras_turbo import textsplit
+
+    model = tiny_models.text(keras)
+    s = textsplit.split(model)
+    assert (s.strings, s.seams, s.numeric) == (("text",), ("vec",), ())
+    text = np.array(tiny_models.TEXTS[:5] + ["words it never saw"])[:, None]
+    (got,) = keras.tree.flatten(s.core(s.pre(text)))
+    np.testing.assert_allclose(np.asarray(got), np.asarray(model(text)), atol=1e-6)
+
+    # Strings made from the numbers at the end (a class id looked up as its name): no prefix to split.
+    names = keras.layers.StringLookup(vocabulary=["a", "b", "c"], num_oov_indices=0, invert=True, name="names")
+    ids = keras.ops.argmax(model.outputs[0], axis=-1)
+    deep = keras.Model(model.inputs, names(ids))
+    assert textsplit.split(deep) is None and "makes strings from numbers" in textsplit.why_not(deep)
+    assert textsplit.why_not(keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])) == "the model has no string input"
+
+
 def test_dynamic_shape_end_to_end(files, tmp_path, capsys):
     model, data = files["fcn"]
     assert _cli("inspect", model) == 0

@@ -34,6 +34,8 @@ from keras_turbo.runtimes.base import STRING, Predictor, TensorInfo, dtype_name
 SIDECAR = ".preprocess"     # <artifact stem>.preprocess/: the preprocessing beside its artifact
 MANIFEST = "split.json"     # in the sidecar: which inputs it takes and what it feeds the core
 PREPROCESSING = "TensorFlow"  # what Predictor.preprocessing says for a split model
+# Keras layers that compute in string ops and tables: outside the prefix, the model does not split.
+STRING_LAYERS = ("TextVectorization", "StringLookup")
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,8 @@ def _plan(model):
     prefix_made: set[int] = {id(t) for t in strings}  # tensors the prefix makes (or takes)
     seams: dict[str, object] = {}
     reads_prefix: set[int] = set()  # prefix tensors read by a layer of the core
-    for layer in model.layers:
+    # Functional models list their operations (layers and keras.ops calls) in graph order.
+    for layer in getattr(model, "operations", None) or model.layers:
         for node in getattr(layer, "_inbound_nodes", []):
             ins, outs = list(node.input_tensors), list(node.output_tensors)
             if not ins:  # an InputLayer
@@ -114,7 +117,8 @@ def _plan(model):
                         seams[layer.name if len(outs) == 1 else f"{layer.name}_{outs.index(t)}"] = t
             else:
                 reads_prefix.update(id(t) for t in ins if id(t) in prefix_made)
-                if any(_is_string(t) for t in outs):
+                # (An inverted StringLookup declares int64 outputs to Keras: its class says what it makes.)
+                if any(_is_string(t) for t in outs) or type(layer).__name__ in STRING_LAYERS:
                     return f"layer {layer.name!r} makes strings from numbers; its string ops are not a prefix of the model"
     if any(id(t) in prefix_made for t in model.outputs):
         return "an output of the model comes out of its string layers"

@@ -117,9 +117,20 @@ def test_text_end_to_end(files, tmp_path):
     np.testing.assert_allclose(best(text), keras_turbo.load(model, backend="keras-call")(text), atol=1e-5)
 
 
-def test_text_split_and_where_it_cannot_split():
-    """The split computes what the model does; string ops that are not a prefix keep the model whole."""
+def test_text_split_and_where_it_cannot_split(files, tmp_path):
+    """The split computes what the model does, quantized too (int8 calibrated on the preprocessed
+    text); string ops that are not a prefix keep the model whole."""
     from keras_turbo import textsplit
+    from keras_turbo.convert import ConvertConfig, convert
+
+    path, data = files["text"]
+    r = convert(path, ConvertConfig(to="litert", quantize="int8"), str(data), output=tmp_path / "q" / "model.tflite")
+    assert sorted(f.name for f in (tmp_path / "q").iterdir()) == ["model.preprocess", "model.tflite"]
+    q = keras_turbo.load(r.path)
+    some = np.array(tiny_models.TEXTS)[:, None]
+    assert q.preprocessing == "TensorFlow" and q.inputs[0].dtype == "string"
+    # (The untrained model's probabilities are near ties, so top-1 says little: the numbers, to int8's error.)
+    np.testing.assert_allclose(q(some), keras_turbo.load(path, backend="keras-call")(some), atol=0.01)
 
     model = tiny_models.text(keras)
     s = textsplit.split(model)

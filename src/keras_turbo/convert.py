@@ -410,8 +410,8 @@ def _build(ref, cfg: ConvertConfig, target: Target, samples, keep_nodes, out: Pa
         return
     from keras_turbo import textsplit
 
-    pre = textsplit.sidecar(float_artifact(ref, target, cache_dir).path)
-    if pre.is_dir():  # a split text model: its preprocessing goes with the core, and calibrates it
+    if textsplit.splits(ref):  # a split text model: its preprocessing goes with the core, and calibrates it
+        pre = textsplit.sidecar(float_artifact(ref, target, cache_dir).path)
         textsplit.attach(pre, out)
         samples = textsplit.preprocess_samples(pre, samples, ref.unsafe) if samples else samples
     if cfg.quantize == "none" and not cfg.sparse:

@@ -84,13 +84,6 @@ TEXT_OPS = ("TextVectorization computes in TensorFlow string ops (StringLower, S
 KNOWN_FAILURES: dict[tuple[str, str, str | None], Known] = {
     ("none", "text", "tf-xla"): Known(KerasTurboError, "XLA compiles no string ops",
                                       f"XLA has no string type; {TEXT_OPS} (TensorFlow would abort the process)"),
-    ("none", "text", "litert"): Known(KerasTurboError, "no Flex delegate",
-                                      f"{TEXT_OPS}: LiteRT runs them only as TensorFlow Select ops, and ai_edge_litert's "
-                                      "interpreter has no Flex delegate (the converted file runs on select-tf-ops builds)"),
-    ("none", "text", "onnxruntime"): Known(KerasTurboError, "lookup table",
-                                           f"{TEXT_OPS}; tf2onnx cannot write its lookup table as ONNX constants"),
-    ("none", "text", "openvino"): Known(KerasTurboError, "OpenVINO cannot convert the TensorFlow op",
-                                        f"{TEXT_OPS}; OpenVINO's TensorFlow front end converts neither the table nor its lookup"),
     ("none", "text", "keras-jax"): Known(KerasTurboError, "requires TensorFlow",
                                          f"{TEXT_OPS}; Keras-on-JAX builds TextVectorization only where TensorFlow is importable, "
                                          "and the keras-jax worker runs without it"),

@@ -115,6 +115,15 @@ def _models(d):
                "sparse_categorical_crossentropy", epochs=20)
     out["segmentation"] = (seg, xs, {"y": mask}, _swap_classes, ())
 
+    # a U-Net on the same task: down (pool) and up (upsample) with a skip connection, per-pixel softmax
+    i = keras.Input((8, 8, 1), name="img")
+    c1 = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(i)
+    c2 = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(keras.layers.MaxPooling2D()(c1))
+    u = keras.layers.Concatenate()([c1, keras.layers.UpSampling2D()(c2)])
+    unet = _fit(keras.Model(i, keras.layers.Conv2D(3, 1, activation="softmax")(u), name="unet"), xs, mask,
+                "sparse_categorical_crossentropy", epochs=20)
+    out["unet"] = (unet, xs, {"y": mask}, _swap_classes, ())
+
     # two outputs: a class and a value; the bad variant has its value head 10% off
     yc = (x[:, 0] > 0).astype("int64") + (x[:, 1] > 0).astype("int64")
     i = keras.Input((4,), name="x")
@@ -149,7 +158,7 @@ LABELLED = {"max_accuracy_drop": 2.0, "max_metric_drop": 5.0}
 LABEL_FREE = {"min_agreement": 0.99, "max_output_error": 0.02}
 
 
-@pytest.mark.parametrize("name", ["regression", "binary", "multilabel", "segmentation", "two-output"])
+@pytest.mark.parametrize("name", ["regression", "binary", "multilabel", "segmentation", "unet", "two-output"])
 def test_verdict_is_right_for_a_good_and_a_bad_variant_with_and_without_labels(kind_models, name):
     d, files = kind_models
     p, kinds = files[name]
@@ -204,6 +213,53 @@ def test_labelled_metrics_are_the_kinds_own(kind_models):
     assert o["rmse"] == pytest.approx(np.sqrt(np.mean((pred - z["y"]) ** 2)), rel=1e-4)
     assert o["mae"] == pytest.approx(np.mean(np.abs(pred - z["y"])), rel=1e-4)
     assert o["rmse"] < 0.3 * np.std(z["y"])  # a model that learned something: the bad variant is judged against it
+
+
+QUICK_BENCH = dict(min_runs=3, min_seconds=0.05, warmup_runs=1, warmup_seconds=0.0)
+
+
+@pytest.mark.parametrize("name,kind", [("unet", "segmentation"), ("multilabel", "multilabel")])
+def test_unet_and_multilabel_end_to_end(kind_models, tmp_path, name, kind):
+    """inspect, benchmark, evaluate and optimize on a non-TF runtime, each output judged by its
+    kind: per pixel (mean IoU) for the U-Net, per label (exact set, F1) for the multi-label model."""
+    from keras_turbo.bench import BenchmarkConfig
+    from keras_turbo.optimize import optimize
+    from keras_turbo.optimize.config import OptimizeConfig
+
+    _, files = kind_models
+    p = files[name][0]
+    model, bad, data = p / "m.keras", p / "bad.keras", p / "labelled.npz"
+    assert main(["inspect", str(model), "--json", str(tmp_path / "i.json")]) == 0
+    out_shape = json.loads((tmp_path / "i.json").read_text())["outputs"][0]["shape"]
+    assert out_shape == ([None, 8, 8, 3] if name == "unet" else [None, 4])
+
+    # (The API, without the harness-overhead process the CLI adds: one worker process fewer.)
+    (row,) = keras_turbo.benchmark(model, ["onnxruntime"], config=BenchmarkConfig(**QUICK_BENCH), data=str(data),
+                                   measure_overhead=False).results
+    assert row.ok and row.export_check < 1e-4, row.error
+    assert row.input_shapes == ([[8, 8, 1]] if name == "unet" else [[4]])
+
+    # The right verdict both ways: the variant with two classes swapped (one label flipped) over the
+    # budget (exit code 1), the ONNX export within it.
+    budget = ["--min-agreement", "0.99", "--max-accuracy-drop", "2", "--max-metric-drop", "5"]
+    assert main(["evaluate", str(bad), "--data", str(data), "--reference", str(model), "--backend", "keras-call",
+                 "--reference-backend", "keras-call", *budget]) == 1
+    res = keras_turbo.evaluate(model, str(data), reference=model, backend="onnxruntime", reference_backend="keras-call",
+                               budget={"min_agreement": 0.99, "max_accuracy_drop": 2.0, "max_metric_drop": 5.0})
+    assert res["within_budget"], res["verdict"]
+    (o,) = res["outputs"]
+    assert o["kind"] == kind and o["agreement"] == 1.0, o
+    # labelled too: mean IoU's relative drop (U-Net), exact-set accuracy's drop in points (multi-label)
+    assert o["metric_drop" if kind == "segmentation" else "accuracy_drop"] == pytest.approx(0.0, abs=1e-9), o
+    assert ("miou" if kind == "segmentation" else "f1") in o, o
+
+    r = optimize(model, str(data), None, OptimizeConfig(min_agreement=0.99, max_accuracy_drop=2.0, max_metric_drop=5.0, runtimes=("onnxruntime",),
+                                                          min_runs=3, min_seconds=0.05, techniques=("runtimes",)),
+                 tmp_path / "o")
+    onnx = next(v for v in r.variants if v["backend"] == "onnxruntime" and v.get("ok"))
+    (vo,) = onnx["outputs"]
+    assert onnx["within_budget"] and vo["kind"] == kind and vo["agreement"] == 1.0, onnx.get("verdict")
+    assert r.recommended is not None and r.recommended["within_budget"]
 
 
 def test_labels_keep_the_shape_of_their_output(tmp_path):

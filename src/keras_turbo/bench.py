@@ -106,6 +106,7 @@ class Result:
     export_check: float | None = None  # largest relative difference from Keras on the check samples
     input_shapes: list | None = None  # the sample shape (no batch) timed, per input
     signal: int | None = None  # the signal that killed the worker (the OOM killer's SIGKILL...): worth a retry
+    preprocessing: str | None = None  # where a split text model's strings were preprocessed (textsplit.py), timed with it
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -187,7 +188,7 @@ def measure(open_fn: Callable[[], Predictor], batch_size: int, cfg: BenchmarkCon
         "ok": True, "latency_ms": stats(times), "throughput_per_s": batch_size * len(times) / total_s if total_s else None,
         "init_ms": init_ms, "first_inference_ms": first_ms, "runs": len(times), "threads": predictor.threads,
         "device": predictor.device, "model_bytes": predictor.model_bytes, "artifact": predictor.artifact,
-        "pid": os.getpid(), "export_check": checked,
+        "pid": os.getpid(), "export_check": checked, "preprocessing": predictor.preprocessing,
     }
     predictor.close()
     out["peak_rss_mb"] = peak_rss_mb()

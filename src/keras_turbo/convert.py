@@ -408,6 +408,12 @@ def _build(ref, cfg: ConvertConfig, target: Target, samples, keep_nodes, out: Pa
     if target.name == "keras":
         _keras_quantize(ref, cfg, out)
         return
+    from keras_turbo import textsplit
+
+    if textsplit.splits(ref):  # a split text model: its preprocessing goes with the core, and calibrates it
+        pre = textsplit.sidecar(float_artifact(ref, target, cache_dir).path)
+        textsplit.attach(pre, out)
+        samples = textsplit.preprocess_samples(pre, samples, ref.unsafe) if samples else samples
     if cfg.quantize == "none" and not cfg.sparse:
         shutil.copy(float_artifact(ref, target, cache_dir).path, out)
         if target.name == "openvino":

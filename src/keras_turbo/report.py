@@ -21,6 +21,11 @@ def _size(n) -> str:
         n /= 1024
 
 
+def with_preprocessing(backend: str, preprocessing: str | None) -> str:
+    """A runtime's name, and where a split text model's strings went when they went elsewhere."""
+    return f"{backend} (strings on {preprocessing})" if preprocessing else backend
+
+
 def benchmark_table(report: BenchmarkReport) -> Table:
     """One row per (runtime, batch size); speedup is against keras-predict at the same batch size."""
     t = Table(title=f"{report.model}  ({report.machine.get('cpu', '?')}, threads {report.results[0].threads if report.results else '?'})")
@@ -32,7 +37,7 @@ def benchmark_table(report: BenchmarkReport) -> Table:
             continue
         base = report.get("keras-predict", r.batch_size)
         speed = f"{base.latency_ms['p50'] / r.latency_ms['p50']:.1f}x" if base and base.ok else "-"
-        t.add_row(r.backend, str(r.batch_size), _ms(r.latency_ms["p50"]), _ms(r.latency_ms["p90"]), _ms(r.latency_ms["p99"]),
+        t.add_row(with_preprocessing(r.backend, r.preprocessing), str(r.batch_size), _ms(r.latency_ms["p50"]), _ms(r.latency_ms["p90"]), _ms(r.latency_ms["p99"]),
                   f"{r.throughput_per_s:,.0f}", speed, _ms(r.init_ms), _ms(r.first_inference_ms),
                   f"{r.peak_rss_mb:.0f}", _size(r.model_bytes))
     t.caption = (f"harness overhead {report.harness_overhead_ms * 1000:.1f} us per call; "
@@ -67,7 +72,7 @@ def _rows(doc: dict, why: bool = False) -> list[list[str]]:
         p50 = v["latency_ms"]["p50"]
         mark = ("★ " if v["name"] == doc.get("recommended") else "") + ("pareto" if v.get("pareto") else "")
         drop = "-" if v.get("accuracy_drop") is None else f"{0.0 - v['accuracy_drop'] + 0.0:+.2f}"
-        rows.append([v["name"], v["backend"], _fmt_acc(v.get("accuracy")), drop, _fmt_acc(v.get("top1_agreement")),
+        rows.append([v["name"], with_preprocessing(v["backend"], v.get("preprocessing")), _fmt_acc(v.get("accuracy")), drop, _fmt_acc(v.get("top1_agreement")),
                      f"{p50:.3f}", f"{tf_p50 / p50:.2f}x" if tf_p50 else "-", f"{base_p50 / p50:.1f}x" if base_p50 else "-",
                      f"{v['throughput_per_s']:,.0f}",
                      _size(v["model_bytes"]), ("within budget" if v.get("within_budget") else "over budget") + (f", {mark}" if mark else "")]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from keras_turbo import cache
+from keras_turbo import cache, textsplit
 from keras_turbo.errors import KerasTurboError
 from keras_turbo.exporters import litert, onnx, openvino, savedmodel
 from keras_turbo.models import ModelRef
@@ -22,6 +22,10 @@ EXPORTERS = {
     "savedmodel": ("savedmodel", "saved_model", savedmodel.export),
     # What LiteRT converts from when the model has recurrent layers (see litert_source).
     "savedmodel-unrolled": ("savedmodel", "saved_model", savedmodel.export_unrolled),
+    # A text model split at the end of its string layers (textsplit.py): the string preprocessing
+    # (run by TensorFlow beside the artifact) and the numeric core every converter takes.
+    "savedmodel-pre": ("savedmodel", "saved_model", textsplit.export_pre),
+    "savedmodel-core": ("savedmodel", "saved_model", textsplit.export_core),
     "tflite": ("tflite", "model.tflite", litert.export),
     "onnx": ("onnx", "model.onnx", onnx.export),
     "openvino": ("openvino", "model.xml", openvino.export),
@@ -50,8 +54,14 @@ def export(ref: ModelRef, target: str, cache_dir: Path | None = None) -> ModelRe
     # without it (that run rebuilds, and the gate refuses what it must).
     entry = cache.root(cache_dir) / "exports" / ref.cache_key() / target
     out = entry / name
+    if out.exists() and cache.intact(entry):
+        return ModelRef(out, fmt, ref.unsafe)
+    # A text model whose string layers split off: the converters get its numeric core, and the
+    # preprocessing goes beside the artifact, where the runtimes' factories find it.
+    pre = export(ref, "savedmodel-pre", cache_dir) if not target.startswith("savedmodel") and textsplit.splits(ref) else None
     source = ref if target.startswith("savedmodel") else \
-        litert_source(ref, cache_dir) if target == "tflite" else export(ref, "savedmodel", cache_dir)
+        litert_source(ref, cache_dir) if target == "tflite" else \
+        export(ref, "savedmodel-core" if pre else "savedmodel", cache_dir)
     # One builder per entry at a time: a second run waits and then finds it built. Each build
     # happens in a scratch folder of its own and is renamed into place with its sizes and hashes
     # recorded, so an interrupted or damaged export is rebuilt rather than trusted.
@@ -61,6 +71,8 @@ def export(ref: ModelRef, target: str, cache_dir: Path | None = None) -> ModelRe
         tmp = cache.scratch(entry)
         try:
             fn(source, tmp / name)
+            if pre:
+                textsplit.attach(pre.path, tmp / name)
             cache.publish(tmp, entry)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -71,6 +83,8 @@ def litert_source(ref: ModelRef, cache_dir: Path | None = None) -> ModelRef:
     """The SavedModel the LiteRT converter reads: the plain export, or for a Keras file with
     recurrent layers (LSTM, GRU, SimpleRNN) the unrolled one (`savedmodel.export_unrolled`), which
     the converter takes where the plain one fails on its TensorList loop."""
+    if ref.format in ("keras", "h5") and textsplit.splits(ref):
+        return export(ref, "savedmodel-core", cache_dir)
     if ref.format in ("keras", "h5") and _has_recurrent(ref):
         return export(ref, "savedmodel-unrolled", cache_dir)
     return export(ref, "savedmodel", cache_dir)

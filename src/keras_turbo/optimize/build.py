@@ -174,6 +174,10 @@ def copy_artifact(src: Path, dst_dir: Path) -> Path:
         shutil.copy(src, dst)
         if src.suffix == ".xml":
             shutil.copy(src.with_suffix(".bin"), dst.with_suffix(".bin"))
+        from keras_turbo import textsplit
+
+        if textsplit.sidecar(src).is_dir():  # a split text model's preprocessing goes with its core
+            textsplit.attach(textsplit.sidecar(src), dst)
     return dst
 
 

@@ -401,7 +401,8 @@ def _row(r: Recipe, build: dict, q: dict, s: dict, cfg: OptimizeConfig) -> dict:
     within, why = select.within_budget(q, cfg.budget())
     return {**row, "ok": True, **{k: q.get(k) for k in ("accuracy", "accuracy_drop", "top1_agreement", "max_abs_diff", "outputs",
                                                        "user_metric")},
-            **{k: s.get(k) for k in ("latency_ms", "throughput_per_s", "model_bytes", "init_ms", "peak_rss_mb")},
+            **{k: s.get(k) for k in ("latency_ms", "throughput_per_s", "model_bytes", "init_ms", "peak_rss_mb",
+                                     "preprocessing")},
             "within_budget": within, "verdict": why, "timed_on": s.get("node")}
 
 

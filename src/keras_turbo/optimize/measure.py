@@ -180,7 +180,8 @@ def measure_speed(artifact: str, backend: str, batch_size: int, threads: int, be
                     config=BenchmarkConfig(**bench), unsafe=unsafe, measure_overhead=False,
                     check=False)  # checked against Keras when it was built (build.build_convert)
     row = rep.results[0]
-    keep = ("ok", "error", "latency_ms", "throughput_per_s", "model_bytes", "init_ms", "peak_rss_mb", "signal")
+    keep = ("ok", "error", "latency_ms", "throughput_per_s", "model_bytes", "init_ms", "peak_rss_mb", "signal",
+            "preprocessing")
     return {**{k: getattr(row, k, None) for k in keep}, "seconds": round(time.time() - t0, 2), "node": node_facts(),
             "machine": rep.machine}
 

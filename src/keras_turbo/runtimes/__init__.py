@@ -48,6 +48,19 @@ class Backend:
     objective: str | None = None
 
 
+def with_preprocessing(cls) -> Callable[..., Predictor]:
+    """`cls` as a factory that also opens an artifact whose string preprocessing was split off
+    (textsplit.py: the preprocessing SavedModel beside the artifact, the core in it)."""
+
+    def open_artifact(ref: ModelRef, **kw) -> Predictor:
+        from keras_turbo import textsplit  # imports this package's base: not at module level
+
+        return textsplit.open_artifact(cls, ref, **kw)
+
+    open_artifact.__qualname__ = open_artifact.__name__ = f"with_preprocessing({cls.__name__})"
+    return open_artifact
+
+
 BF16_FLAGS = ("amx_bf16", "avx512_bf16")          # AMX tiles or AVX-512 BF16 dot products
 FP16_FLAGS = ("amx_fp16", "avx512_fp16", "asimdhp")  # native half-precision arithmetic (x86, ARM)
 
@@ -61,11 +74,11 @@ BACKENDS: dict[str, Backend] = {
                            "tf.function graph (GPU when present)"),
     "tf-xla": Backend("tf-xla", "tensorflow", KERAS_FORMATS, None, keras_runtimes.TFXLA,
                       "tf.function(jit_compile=True), XLA (GPU when present)"),
-    "litert": Backend("litert", "ai_edge_litert", ("tflite",), "tflite", litert.LiteRTPredictor,
+    "litert": Backend("litert", "ai_edge_litert", ("tflite",), "tflite", with_preprocessing(litert.LiteRTPredictor),
                       "LiteRT interpreter with XNNPACK"),
-    "onnxruntime": Backend("onnxruntime", "onnxruntime", ("onnx",), "onnx", onnxruntime.ONNXRuntimePredictor,
+    "onnxruntime": Backend("onnxruntime", "onnxruntime", ("onnx",), "onnx", with_preprocessing(onnxruntime.ONNXRuntimePredictor),
                            "ONNX Runtime, CPU provider (CUDA when installed)"),
-    "openvino": Backend("openvino", "openvino", ("openvino", "onnx", "tflite"), "openvino", openvino.OpenVINOPredictor,
+    "openvino": Backend("openvino", "openvino", ("openvino", "onnx", "tflite"), "openvino", with_preprocessing(openvino.OpenVINOPredictor),
                         "OpenVINO CPU plugin, latency hint, f32 pinned", objective="latency"),
     # Keras 3 on JAX runs in a Keras-on-JAX worker process (see keras_jax.py); "requires" is only
     # what must import there, so probing it never changes this process's Keras backend.
@@ -82,17 +95,17 @@ BACKENDS: dict[str, Backend] = {
                                 "tf.function with oneDNN bf16 auto-mixed-precision", precision="bf16", needs=BF16_FLAGS),
     # (No litert-fp16: see the note at the end of runtimes/litert.py.)
     "openvino-bf16": Backend("openvino-bf16", "openvino", ("openvino", "onnx", "tflite"), "openvino",
-                             openvino.OpenVINOBF16Predictor, "OpenVINO CPU plugin, latency hint, bf16 inference precision",
+                             with_preprocessing(openvino.OpenVINOBF16Predictor), "OpenVINO CPU plugin, latency hint, bf16 inference precision",
                              precision="bf16", needs=BF16_FLAGS, objective="latency"),
     "openvino-fp16": Backend("openvino-fp16", "openvino", ("openvino", "onnx", "tflite"), "openvino",
-                             openvino.OpenVINOFP16Predictor, "OpenVINO CPU plugin, latency hint, f16 inference precision",
+                             with_preprocessing(openvino.OpenVINOFP16Predictor), "OpenVINO CPU plugin, latency hint, f16 inference precision",
                              precision="fp16", needs=FP16_FLAGS, objective="latency"),
     # Throughput: several streams, a batch split across parallel requests.
     "openvino-throughput": Backend("openvino-throughput", "openvino", ("openvino", "onnx", "tflite"), "openvino",
-                                   openvino.OpenVINOThroughputPredictor, "OpenVINO CPU plugin, throughput hint, f32",
+                                   with_preprocessing(openvino.OpenVINOThroughputPredictor), "OpenVINO CPU plugin, throughput hint, f32",
                                    objective="throughput"),
     "openvino-bf16-throughput": Backend("openvino-bf16-throughput", "openvino", ("openvino", "onnx", "tflite"), "openvino",
-                                        openvino.OpenVINOBF16ThroughputPredictor,
+                                        with_preprocessing(openvino.OpenVINOBF16ThroughputPredictor),
                                         "OpenVINO CPU plugin, throughput hint, bf16", precision="bf16", needs=BF16_FLAGS,
                                         objective="throughput"),
 }

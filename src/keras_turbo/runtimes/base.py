@@ -92,6 +92,9 @@ class Predictor(abc.ABC):
     #: per input, the (low, high) range the model can represent where it is fixed (an int8 input
     #: quantized with the calibration data's range), else None: data far outside it is clipped
     input_ranges: tuple[tuple[float, float] | None, ...] | None = None
+    #: where a split model's string preprocessing runs ("TensorFlow", see textsplit.py), in the
+    #: same process as the runtime; None: the runtime runs the whole model
+    preprocessing: str | None = None
 
     def __init__(self, inputs: Sequence[TensorInfo], outputs: Sequence[TensorInfo], threads: int | None,
                  device: str = "cpu", model_bytes: int = 0, artifact: str = ""):

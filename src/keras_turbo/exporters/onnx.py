@@ -41,7 +41,6 @@ def export(ref: ModelRef, out: Path) -> None:
     check_savedmodel(ref.path, ref.unsafe)
     tf = _tf.tf()
     import tf2onnx
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
     loaded = tf.saved_model.load(str(ref.path))
     sig, specs, names, outputs = signature_io(loaded)
@@ -53,6 +52,27 @@ def export(ref: ModelRef, out: Path) -> None:
         return [result[k] for k in outputs]
 
     concrete = serve.get_concrete_function()
+    try:
+        _from_frozen_graph(tf, tf2onnx, concrete, names, outputs, out)
+    except (KeyError, ValueError):
+        # A graph this freezing cannot take (seen: a SavedModel whose variable is read through a
+        # function of its own, exported with --unsafe): tf2onnx's own freezing instead; the check
+        # of the graph's inputs below still refuses a capture that became an extra input.
+        @tf.function(input_signature=input_signature)
+        def named(*args):  # a dict names the ONNX outputs after the signature's
+            result = sig(**dict(zip(names, args)))
+            return {k: result[k] for k in outputs}
+
+        with _tf.quiet():
+            tf2onnx.convert.from_function(named, input_signature=input_signature, opset=OPSET, output_path=str(out),
+                                          custom_op_handlers={"Erfc": (_erfc, [])})
+    _check_graph_io(out, names, outputs)
+
+
+def _from_frozen_graph(tf, tf2onnx, concrete, names: list[str], outputs: list[str], out: Path) -> None:
+    """The signature frozen by TensorFlow (every capture a constant), then converted by tf2onnx."""
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
     with _tf.quiet():
         frozen = convert_variables_to_constants_v2(concrete, lower_control_flow=False, aggressive_inlining=True)
     graph_def = frozen.graph.as_graph_def(add_shapes=True)
@@ -70,7 +90,6 @@ def export(ref: ModelRef, out: Path) -> None:
         tf2onnx.convert.from_graph_def(graph_def, name="keras_turbo", input_names=in_tensors, output_names=out_tensors,
                                        opset=OPSET, tensors_to_rename=rename, output_path=str(out),
                                        custom_op_handlers={"Erfc": (_erfc, [])})
-    _check_graph_io(out, names, outputs)
 
 
 def _erfc(ctx, node, name, args):

@@ -526,6 +526,14 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--force", action="store_true",
                         help=f"overwrite {what} when they exist (never an input file)")
 
+    def metric_args(sp):  # as evaluate and optimize take them
+        sp.add_argument("--max-metric-drop", type=float, metavar="PERCENT",
+                        help="for labelled metrics other than accuracy (regression RMSE, segmentation mean IoU, "
+                             "multi-label F1) and for --metric: allowed drop relative to the float model, in percent")
+        sp.add_argument("--metric", metavar="FILE.py:FUNCTION",
+                        help="your own metric (your trusted code, run because you name it): called with (float "
+                             "outputs, variant outputs, labels or None), returns a score, higher is better")
+
     def model_arg(sp):
         sp.add_argument("model", help="a .keras, .h5, SavedModel dir, .tflite, .onnx or OpenVINO .xml")
         sp.add_argument("--unsafe", action="store_true",
@@ -572,12 +580,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--min-agreement", type=float, metavar="FRACTION", help="budget for classification-like outputs")
     sp.add_argument("--max-accuracy-drop", type=float, metavar="POINTS", help="budget for labelled classifier outputs")
     sp.add_argument("--max-output-error", type=float, metavar="E", help="budget for regression / embedding outputs")
-    sp.add_argument("--max-metric-drop", type=float, metavar="PERCENT",
-                    help="for labelled metrics other than accuracy (regression RMSE, segmentation mean IoU, "
-                         "multi-label F1) and for --metric: allowed drop relative to the float model, in percent")
-    sp.add_argument("--metric", metavar="FILE.py:FUNCTION",
-                    help="your own metric (your trusted code, run because you name it): called with (float outputs, "
-                         "variant outputs, labels or None), returns a score, higher is better")
+    metric_args(sp)
     sp.add_argument("--output-kind", action="append", metavar="NAME=KIND", help="override an output's detected kind")
     sp.add_argument("--json", metavar="PATH")
     force_arg(sp)
@@ -673,12 +676,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--max-output-error", type=float, metavar="E",
                     help="for regression / embedding outputs: RMSE of the difference from float over the output's "
                          "standard deviation (1 - cosine for embeddings); default 0.02")
-    sp.add_argument("--max-metric-drop", type=float, metavar="PERCENT",
-                    help="for labelled metrics other than accuracy (regression RMSE, segmentation mean IoU, "
-                         "multi-label F1) and for --metric: allowed drop relative to the float model, in percent")
-    sp.add_argument("--metric", metavar="FILE.py:FUNCTION",
-                    help="your own metric (your trusted code, run because you name it): called with (float outputs, "
-                         "variant outputs, labels or None), returns a score, higher is better")
+    metric_args(sp)
     sp.add_argument("--output-kind", action="append", metavar="NAME=KIND",
                     help="override an output's detected kind: multiclass, binary, multilabel, segmentation, "
                          "regression, embedding (repeatable)")

@@ -28,18 +28,24 @@ import numpy as np
 FOLDS_INTO = ("Conv1D", "Conv2D", "Conv3D", "DepthwiseConv1D", "DepthwiseConv2D", "Dense")
 
 
-def _history(node) -> list:
-    """Every `keras_history` reference ([layer, node index, tensor index]) under a config node."""
+def _tensors(node) -> list[dict]:
+    """Every Keras tensor reference under a config node: dicts with `keras_history` ([layer,
+    node index, tensor index]) and `shape`."""
     found = []
     if isinstance(node, dict):
         if "keras_history" in node:
-            found.append(node["keras_history"])
+            found.append(node)
         for v in node.values():
-            found += _history(v)
+            found += _tensors(v)
     elif isinstance(node, list):
         for v in node:
-            found += _history(v)
+            found += _tensors(v)
     return found
+
+
+def _history(node) -> list:
+    """Every `keras_history` reference under a config node."""
+    return [t["keras_history"] for t in _tensors(node)]
 
 
 def _foldable_pairs(cfg: dict) -> dict[str, str]:
@@ -70,29 +76,13 @@ def _foldable_pairs(cfg: dict) -> dict[str, str]:
             continue
         if readers.get(src["name"], 0) != 1:  # something else reads the un-normalized output
             continue
-        shape = _history_shape(l["inbound_nodes"])
+        shape = _tensors(l["inbound_nodes"])[0].get("shape")
         axis = l["config"].get("axis", -1)
         axis = axis[0] if isinstance(axis, list) and len(axis) == 1 else axis
         if shape is None or not isinstance(axis, int) or axis not in (-1, len(shape) - 1):
             continue
         pairs[name] = src["name"]
     return pairs
-
-
-def _history_shape(node):
-    if isinstance(node, dict):
-        if "keras_history" in node:
-            return node.get("shape")
-        for v in node.values():
-            s = _history_shape(v)
-            if s is not None:
-                return s
-    elif isinstance(node, list):
-        for v in node:
-            s = _history_shape(v)
-            if s is not None:
-                return s
-    return None
 
 
 def _rewire(node, rename: dict[str, str]):

@@ -646,6 +646,8 @@ def _ms(v: float) -> str:
 def _state(v: dict) -> str:
     if v.get("ok"):
         return "within" if v.get("within_budget") else "over"
+    if v.get("stopped"):
+        return "stopped mid-build by the deadline"
     if "before it was timed" in (v.get("error") or ""):
         return "built until the deadline stopped it, not timed"
     return "planned, not started: the budget had run out" if v.get("skipped") else "failed"

@@ -214,6 +214,51 @@ def test_budget_ends_mid_wave_with_what_was_built_measured(tmp_path, digits_mode
     assert res.recommended["name"] == "keras-predict fp32" and not list((tmp_path / "o" / "artifacts").glob("*/status.json"))
 
 
+def test_a_build_running_at_the_deadline_is_stopped_and_the_run_recommends_what_it_has(tmp_path, digits_model, monkeypatch):
+    """One conversion of a large model can outlast the budget: the local executor tells a build
+    still running at the deadline to stop, records it as stopped (not failed, not cached: a rerun
+    builds it), and leaves neither a partial folder nor a running thread behind."""
+    import dataclasses
+    import time
+
+    from keras_turbo.optimize import build as build_mod
+
+    real_convert, real_bounded, spun = build_mod.BUILDERS["convert"], executor_mod.bounded_build, []
+
+    def slow_convert(step, source, ctx, dest):
+        if step.name != "litert":
+            return real_convert(step, source, ctx, dest)
+        (dest / "half-written.tflite").write_bytes(b"x")
+        t0 = time.time()
+        while time.time() - t0 < 60:  # a converter that would take a minute (Python, so it can be stopped)
+            spun.append(time.time() - t0)
+            time.sleep(0.02)
+        raise AssertionError("the build was not stopped")
+
+    def bounded(job):
+        if job.recipe.backend != "keras-predict":  # the budget ends 1 s into the second build
+            if not hasattr(bounded, "deadline"):
+                bounded.deadline = time.time() + 1.0
+            job = dataclasses.replace(job, deadline=bounded.deadline)
+        return real_bounded(job)
+
+    monkeypatch.setitem(build_mod.BUILDERS, "convert", slow_convert)
+    monkeypatch.setattr(executor_mod, "bounded_build", bounded)
+    t0 = time.time()
+    res = _run(digits_model[0], tmp_path / "o")
+    assert time.time() - t0 < 60 and spun and spun[-1] < 5  # stopped at once, not after the minute
+    rows = {v["backend"]: v for v in res.variants}
+    assert rows["litert"]["skipped"] and rows["litert"]["stopped"], rows["litert"]
+    assert rows["litert"]["error"].startswith("stopped: the time budget ran out while it was being built after 1 s")
+    assert rows["openvino"]["skipped"] and not rows["openvino"]["stopped"]
+    assert rows["openvino"]["error"] == "skipped: the time budget ran out before it started"
+    assert res.recommended["name"] == "keras-predict fp32"
+    arts = tmp_path / "o" / "artifacts"
+    assert not list(arts.glob(".*partial")) and not list(arts.rglob("half-written.tflite"))
+    assert executor_mod.running_builds() == []
+    assert "stopped" in (tmp_path / "o" / "report.md").read_text()
+
+
 # ------------------------------------------------------------------ the strength search
 
 def _probe_outcomes(name, within_up_to, seconds=1.0, fp="fp", time_budget_s=1800.0):

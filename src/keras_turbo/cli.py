@@ -737,20 +737,37 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:  # not the main thread: the signals stay the caller's
         handlers = {}
     _stopped_by.clear()
+    code = 1
     try:
-        return _main(sys.argv[1:] if argv is None else argv)
+        code = _main(sys.argv[1:] if argv is None else argv)
+        return code
     except KeyboardInterrupt:
         signum = _stopped_by[0] if _stopped_by else signal.SIGINT
         word = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
         print(f"keras-turbo: {word}", file=sys.stderr)
-        return 128 + signum
+        code = 128 + signum
+        return code
     finally:
         if as_program:  # shutting down: an interrupt now would only print a traceback
             for sig in handlers:
                 signal.signal(sig, signal.SIG_IGN)
+            _exit_past_running_builds(code)
         else:  # called in-process (tests, notebooks): give the caller its handlers back
             for sig, h in handlers.items():
                 signal.signal(sig, h)
+
+
+def _exit_past_running_builds(code: int) -> None:
+    """A build the time budget stopped inside a long native call (a converter) stops when that call
+    returns; everything it could leave is already written or discarded, so the program exits now
+    rather than wait for it (and does not run interpreter shutdown under a busy native thread)."""
+    import os
+
+    executor = sys.modules.get("keras_turbo.optimize.executor")  # only a run that built anything
+    if executor is not None and executor.running_builds():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 def _main(argv: list[str]) -> int:

@@ -66,7 +66,7 @@ def _rows(doc: dict, why: bool = False) -> list[list[str]]:
     ok = sorted((v for v in doc["variants"] if v.get("ok")), key=lambda v: v["latency_ms"]["p50"])
     for v in ok + [v for v in doc["variants"] if not v.get("ok")]:
         if not v.get("ok"):
-            rows.append([v["name"], v.get("backend", "-"), "failed" if not v.get("skipped") else "skipped",
+            rows.append([v["name"], v.get("backend", "-"), "failed" if not v.get("skipped") else "stopped" if v.get("stopped") else "skipped",
                          "", "", "", "", "", "", "", v.get("error") or ""] + ([""] if why else []))
             continue
         p50 = v["latency_ms"]["p50"]

@@ -28,6 +28,12 @@ from keras_turbo.optimize.measure import DataRef, measure_quality, node_facts
 from keras_turbo.optimize.recipe import Recipe, Step, prefix_id
 
 
+class BuildStopped(BaseException):
+    """Raised inside a running build when its run's time budget ends (see executor.bounded_build).
+    A BaseException, like KeyboardInterrupt: the `except Exception` that records a failed step
+    must not catch it, since a stopped build is no result at all."""
+
+
 @dataclass(frozen=True)
 class BuildJob:
     """Everything a worker needs to build one recipe and judge its quality."""
@@ -218,6 +224,9 @@ def build_prefix(recipe: Recipe, k: int, source: Path, ctx: _Context) -> dict:
             status = {"ok": True, "artifact": str(folder / Path(artifact).relative_to(work)), "details": details}
         except Exception as e:  # a failed step is a recorded result; the folder says why
             status = {"ok": False, "error": error_text(e), "traceback": traceback.format_exc(limit=4)[-2000:]}
+        except BaseException:  # stopped (the time budget, an interrupt): no result, nothing left behind
+            shutil.rmtree(work, ignore_errors=True)
+            raise
         status.update(prefix_id=pid, kind=step.kind, name=step.name, seconds=round(time.time() - t0, 2), node=node_facts())
         if folder.exists():
             shutil.rmtree(folder)
@@ -264,4 +273,4 @@ def build(job: BuildJob) -> dict:
     return res
 
 
-__all__ = ["BUILDERS", "BuildJob", "build", "build_prefix", "copy_artifact", "error_text"]
+__all__ = ["BUILDERS", "BuildJob", "BuildStopped", "build", "build_prefix", "copy_artifact", "error_text"]

@@ -102,22 +102,24 @@ def optimize(model, data, train_data=None, config: OptimizeConfig | None = None,
     from keras_turbo import custom
     from keras_turbo.outputs import check_replaceable_dir, claim_out_dir
 
+    started = time.time()  # the time budget covers the whole run: loading and the reference outputs too
     cfg = config or OptimizeConfig()
     # before the executor starts: local Ray workers inherit the environment it sets
     with custom.activated(custom_objects), claim_out_dir(out, force):
         check_replaceable_dir(Path(out) / "best", force)
         ex = make_executor(executor, ray_address, target_node, target_resource) if isinstance(executor, str) else executor
         try:
-            return _search(model, data, train_data, cfg, Path(out), ex, progress, unsafe, cache_dir, force)
+            return _search(model, data, train_data, cfg, Path(out), ex, progress, unsafe, cache_dir, force, started)
         finally:
             if isinstance(executor, str):
                 ex.close()
 
 
-def _search(model, data, train_data, cfg, out: Path, ex: Executor, progress, unsafe, cache_dir, force) -> OptimizeResult:
+def _search(model, data, train_data, cfg, out: Path, ex: Executor, progress, unsafe, cache_dir, force,
+            started: float | None = None) -> OptimizeResult:
     """The first plan, then waves of build / judge / time and the follow-ups they call for, until
     nothing new is proposed; then the selection, the reports and best/."""
-    run = _start(model, data, train_data, cfg, out, ex, progress or (lambda *a: None), unsafe, cache_dir)
+    run = _start(model, data, train_data, cfg, out, ex, progress or (lambda *a: None), unsafe, cache_dir, started)
     cfg = run.cfg  # the budget resolved for the data
     info = planner.ModelInfo(run.store.model, _quantizable(run.ref))
     has_train = run.job["train"] is not None
@@ -228,7 +230,7 @@ def _reference(ref, data: DataRef, inputs, outputs, path: Path, threads):
     return load_reference(path), ds
 
 
-def _start(model, data, train_data, cfg, out: Path, ex: Executor, note, unsafe, cache_dir) -> _Run:
+def _start(model, data, train_data, cfg, out: Path, ex: Executor, note, unsafe, cache_dir, started=None) -> _Run:
     from keras_turbo import custom, quality
     from keras_turbo.api import as_ref, io_specs
     from keras_turbo.machine import default_threads
@@ -267,7 +269,7 @@ def _start(model, data, train_data, cfg, out: Path, ex: Executor, note, unsafe, 
            "float_accuracy": quality.accuracy(ref_outs[0], ds.y) if kinds[0].kind == "multiclass" else None,
            "samples": len(ds), "machine": facts, "kinds": kinds, "kinds_id": kinds_id, "custom_objects": custom.current(),
            "metric": cfg.metric, **refs}
-    return _Run(cfg, ref, out, store, protocol, job, ex, note)
+    return _Run(cfg, ref, out, store, protocol, job, ex, note, started or time.time())
 
 
 def _metric_id(metric) -> str:
@@ -335,8 +337,9 @@ def _run_wave(run: _Run, recipes: list[Recipe]) -> None:
         built = []
     for res in run.executor.builds(jobs):
         r = run.recipes[res["recipe_id"]]
-        if res.get("skipped"):  # nothing was built: not recorded as a build, so a rerun tries it
-            run.rows[r.id] = {**_base_row(r), "skipped": True, "error": res["error"], "wave": run.wave}
+        if res.get("skipped"):  # nothing was built (or stopped mid-build): not recorded, so a rerun tries it
+            run.rows[r.id] = {**_base_row(r), "skipped": True, "stopped": bool(res.get("stopped")), "error": res["error"],
+                              "wave": run.wave}
             _save(run)
             continue
         run.store.record_build(r.id, res)

@@ -16,13 +16,80 @@ again by Ray's retry or by the next run.
 
 from __future__ import annotations
 
+import ctypes
+import threading
+import time
 from typing import Iterator, Protocol
 
 from keras_turbo.errors import KerasTurboError
-from keras_turbo.optimize.build import BuildJob, build, error_text
+from keras_turbo.optimize.build import BuildJob, BuildStopped, build, error_text
 from keras_turbo.optimize.measure import measure_speed
 
 EXECUTORS = ("local", "ray")
+
+#: how long a build told to stop at the deadline gets to unwind (remove its partial folder)
+STOP_WAIT_S = 10.0
+_running: set[threading.Thread] = set()
+
+
+def running_builds() -> list[str]:
+    """The local builds still running in this process: ones the time budget or an interrupt told
+    to stop while they were inside a long native call (a converter), which stop when it returns.
+    A program about to exit need not wait for them (the CLI does not)."""
+    return sorted(t.name for t in _running if t.is_alive())
+
+
+def _raise_in(thread: threading.Thread, exc: type[BaseException]) -> None:
+    """Raise `exc` in `thread` at its next Python instruction: a build stops where it is, its
+    context managers and cleanup run, and nothing is recorded as its result."""
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(exc))
+
+
+def _stopped(job: BuildJob, why: str, seconds: float | None = None) -> dict:
+    took = "" if seconds is None else f" after {seconds:.0f} s of building"
+    return {"recipe_id": job.recipe.id, "ok": False, "artifact": None, "backend": job.recipe.backend,
+            "skipped": True, "stopped": True, "steps": [], "details": {}, "quality": None, "node": None,
+            "error": f"stopped: {why}{took}; nothing of it is kept, a rerun builds it"}
+
+
+def bounded_build(job: BuildJob) -> dict:
+    """`build(job)`, stopped at the job's deadline: a build still running then (one conversion of
+    a large model can take minutes) is told to stop and recorded as stopped, so the run ends on
+    its time budget and recommends what it measured. The build runs in a thread of this process
+    (the model and every cache stay in memory, as before) while this one waits."""
+    if job.deadline is None or time.time() >= job.deadline:
+        return build(job)  # (past the deadline it returns at once: skipped, nothing built)
+    box: dict = {}
+
+    def work():
+        try:
+            box["res"] = build(job)
+        except BaseException as e:  # BuildStopped or an interrupt passed on: it unwound
+            box["exc"] = e
+
+    t = threading.Thread(target=work, name=f"keras-turbo build {job.recipe.name}", daemon=True)
+    began = time.time()
+    _running.add(t)
+    t.start()
+    try:
+        while t.is_alive() and time.time() < job.deadline:
+            t.join(min(5.0, max(0.01, job.deadline - time.time())))
+    except BaseException:  # Ctrl-C / SIGTERM while waiting: the build is interrupted too
+        _raise_in(t, KeyboardInterrupt)
+        t.join(STOP_WAIT_S)
+        raise
+    if t.is_alive():
+        _raise_in(t, BuildStopped)
+        t.join(STOP_WAIT_S)
+    if "res" in box:
+        if not t.is_alive():
+            _running.discard(t)
+        return box["res"]
+    if not t.is_alive():
+        _running.discard(t)
+        if not isinstance(box.get("exc"), BuildStopped):
+            raise box["exc"]
+    return _stopped(job, "the time budget ran out while it was being built", time.time() - began)
 
 
 class Executor(Protocol):
@@ -48,7 +115,7 @@ class LocalExecutor:
 
     def builds(self, jobs: list[BuildJob]) -> Iterator[dict]:
         for job in jobs:
-            yield build(job)
+            yield bounded_build(job)
 
     def time(self, artifact, backend, batch_size, threads, bench, unsafe) -> dict:
         return measure_speed(artifact, backend, batch_size, threads, bench, unsafe)
@@ -147,8 +214,15 @@ class RayExecutor:
                 by_prefix[shared] = ref
             refs[ref] = job
         pending = list(refs)
+        deadline = max((j.deadline for j in jobs if j.deadline is not None), default=None)
         while pending:
-            done, pending = ray.wait(pending, num_returns=1)
+            left = None if deadline is None else max(0.0, deadline - time.time())
+            done, pending = ray.wait(pending, num_returns=1, timeout=left)
+            if not done:  # the time budget ran out: what is still building is cancelled
+                for ref in pending:
+                    ray.cancel(ref, force=True)
+                    yield _stopped(refs[ref], "the time budget ran out while it was queued or being built")
+                return
             try:
                 yield ray.get(done[0])
             except Exception as e:  # the task failed past its retries: that candidate's failure
@@ -182,4 +256,4 @@ def make_executor(name: str = "local", address: str | None = None, target_node: 
     raise KerasTurboError(f"--executor: unknown {name!r} (expected one of {', '.join(EXECUTORS)})")
 
 
-__all__ = ["EXECUTORS", "Executor", "LocalExecutor", "RayExecutor", "make_executor"]
+__all__ = ["EXECUTORS", "Executor", "LocalExecutor", "RayExecutor", "bounded_build", "make_executor", "running_builds"]

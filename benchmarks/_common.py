@@ -45,15 +45,17 @@ def machine_line(machine: dict) -> str:
     return f"{machine['cpu']}, {machine['usable_cores']} cores ({flags}); {gpus}; {libs}"
 
 
-def natural_images(n: int, size: int, seed: int = 0):
+def natural_images(n: int, size: int, seed: int = 0, labels: bool = False):
     """n crops (0..255 float32, HWC) of scikit-learn's two bundled sample photos, nearest-neighbour
-    resized to size x size, half of them mirrored. Returns (images, what they are)."""
+    resized to size x size, half of them mirrored. Returns (images, what they are), and with
+    `labels` each crop's class of PROBE_CLASSES: which photo, and which cell of a 3x3 grid over it
+    holds the crop's centre (mirroring is a crop-local change: it keeps the cell)."""
     import numpy as np
     from sklearn.datasets import load_sample_images
 
     rng = np.random.default_rng(seed)
     photos = [np.asarray(im, "float32") for im in load_sample_images().images]
-    out = []
+    out, cls = [], []
     for i in range(n):
         photo = photos[i % len(photos)]
         side = int(rng.integers(size, min(photo.shape[:2]) + 1))
@@ -61,7 +63,15 @@ def natural_images(n: int, size: int, seed: int = 0):
         idx = (np.arange(size) * side / size).astype(int)
         crop = photo[y:y + side, x:x + side][idx][:, idx]
         out.append(crop[:, ::-1] if rng.random() < 0.5 else crop)
-    return np.stack(out), "crops of scikit-learn's sample photos (china.jpg, flower.jpg)"
+        row, col = (min(2, int(3 * (o + side / 2) / d)) for o, d in zip((y, x), photo.shape[:2]))
+        cls.append((i % len(photos)) * 9 + row * 3 + col)
+    what = "crops of scikit-learn's sample photos (china.jpg, flower.jpg)"
+    return (np.stack(out), what, np.asarray(cls)) if labels else (np.stack(out), what)
+
+
+#: the task the reference models' classifiers are fitted to (see calibrated_app_file)
+PROBE_CLASSES = 18
+PROBE_IMAGES = 720
 
 
 #: keras.applications architectures at 224x224x3 and the preprocessing each expects of 0..255 images
@@ -70,13 +80,24 @@ APPS = {"mobilenetv2": ("MobileNetV2", "mobilenet_v2"), "resnet50": ("ResNet50",
 
 
 def calibrated_app_file(arch: str, images) -> Path:
-    """A weights=None keras.applications model (224x224x3) whose BatchNorm moving statistics are
-    set from one training-mode pass over `images` (0..255, preprocessed here), saved once in WORK.
-    With keras' 0/1 initial statistics every input gives nearly the same output, and top-1
-    agreement between variants would test nothing."""
+    """A weights=None keras.applications model (224x224x3) made to behave like a trained one, saved
+    once in WORK:
+
+    - its BatchNorm moving statistics are set from one training-mode pass over `images` (0..255,
+      preprocessed here): with keras' 0/1 initial statistics every input gives nearly the same
+      output, and top-1 agreement between variants would test nothing;
+    - its classifier (PROBE_CLASSES outputs, softmax) is fitted as a linear probe (multinomial
+      logistic regression on the pooled features of PROBE_IMAGES other crops, labelled by
+      natural_images): a random 1000-way head leaves the top classes nearly tied, so that any
+      rounding flips a tenth of the top-1s, which no trained classifier's margins do.
+    """
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
     from keras_turbo import _tf
 
-    path = WORK / f"{arch}_224_bn.keras"
+    path = WORK / f"{arch}_224_probe.keras"
     if path.exists():
         return path
     keras = _tf.keras()
@@ -85,13 +106,23 @@ def calibrated_app_file(arch: str, images) -> Path:
     # EfficientNetV2's built-in preprocessing holds a Normalization layer, which exports to ONNX as
     # two extra graph inputs (STACK.md): it is left out and done in app_preprocess, as for the others.
     extra = {"include_preprocessing": False} if arch == "efficientnetv2b0" else {}
-    model = getattr(keras.applications, cls)(weights=None, input_shape=(224, 224, 3), **extra)
+    model = getattr(keras.applications, cls)(weights=None, input_shape=(224, 224, 3), classes=PROBE_CLASSES, **extra)
     bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
     for layer in bns:
         layer.momentum = 0.0  # moving statistics := this batch's statistics
     model(app_preprocess(arch, images), training=True)
     for layer in bns:
         layer.momentum = 0.99
+    probe, _, y = natural_images(PROBE_IMAGES, 224, seed=2, labels=True)
+    head = model.layers[-1]
+    feats = keras.Model(model.inputs, head.input).predict(app_preprocess(arch, probe), batch_size=32, verbose=0)
+    scaler = StandardScaler().fit(feats)
+    clf = LogisticRegression(C=1.0, max_iter=5000).fit(scaler.transform(feats), y)
+    kernel = np.zeros((feats.shape[1], PROBE_CLASSES), "float32")
+    bias = np.full(PROBE_CLASSES, -30.0, "float32")  # a class no probe crop had is never predicted
+    kernel[:, clf.classes_] = clf.coef_.T / scaler.scale_[:, None]
+    bias[clf.classes_] = clf.intercept_ - (scaler.mean_ / scaler.scale_) @ clf.coef_.T
+    head.set_weights([kernel, bias])
     WORK.mkdir(parents=True, exist_ok=True)
     model.save(path)
     return path

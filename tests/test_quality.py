@@ -96,6 +96,13 @@ def test_too_few_samples_to_resolve_the_budget_is_said():
     q = quality.judge([probs], [probs], [quality.OutputKind("o", "multiclass")], RNG.integers(0, 3, 40))
     ok, why = within_budget(q, {"max_accuracy_drop": 1.0})
     assert ok and "40 samples resolve only 2.50 points" in why
+    # a relative metric has no resolution to state, but few samples make it noisy: said too
+    y = RNG.normal(size=(40, 1))
+    reg = [quality.OutputKind("o", "regression")]
+    ok, why = within_budget(quality.judge([y + 0.1], [y + 0.1], reg, [y]), {"max_metric_drop": 1.0})
+    assert ok and why.endswith("(warning: RMSE over 40 samples is a noisy estimate)"), why
+    y = np.tile(y, (2, 1))
+    assert "noisy" not in within_budget(quality.judge([y + 0.1], [y + 0.1], reg, [y]), {"max_metric_drop": 1.0})[1]
 
 
 @pytest.fixture(scope="module")

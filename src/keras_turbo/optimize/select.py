@@ -19,13 +19,20 @@ def _accuracy_verdict(o: dict, lim: float) -> tuple[bool, str]:
     return ok, text + (f" (warning: {n} samples resolve only {100 / n:.2f} points)" if n and 100 / n > lim > 0 else "")
 
 
+#: below this many labelled samples a metric's relative change is said to be a noisy estimate
+#: (accuracy has an exact resolution, one sample; RMSE, mean IoU and F1 have none to state)
+FEW_SAMPLES = 50
+
+
 def _metric_verdict(o: dict, lim: float) -> tuple[bool, str]:
     name, drop = o["labelled_metric"], o["metric_drop"]
     ok = drop <= lim + EPS
     shown = {"rmse": "RMSE", "miou": "mean IoU", "f1": "F1"}.get(name, name)
     change = "rise" if name == "rmse" else "drop"
+    n = o.get("samples") or 0
+    few = f" (warning: {shown} over {n} samples is a noisy estimate)" if 0 < n < FEW_SAMPLES else ""
     return ok, (f"{shown} {o[name]:.4g} (float {o['reference_' + name]:.4g}): {change} {drop:.2f}% "
-                f"{'<=' if ok else '>'} {lim}%")
+                f"{'<=' if ok else '>'} {lim}%{few}")
 
 
 def output_verdict(o: dict, budget: dict) -> tuple[bool, str]:

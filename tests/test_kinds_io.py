@@ -163,6 +163,9 @@ def test_dynamic_shape_end_to_end(files, tmp_path, capsys):
     assert row["ok"] and row["batch_size"] == 2 and row["input_shapes"] == [[20, 24, 3]] and row["export_check"] < 1e-4
     assert _cli("benchmark", model, "--backend", "litert", "--input-shape", "1x20x24x4") == 2  # 4 channels: refused
     assert "takes samples of shape ?x?x3" in capsys.readouterr().err
+    assert _cli("benchmark", model, "--backend", "litert", "--input-shape", "photo=1x20x24x3") == 2  # no such input
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "has no input 'photo' (inputs: " in err
 
     assert _cli("benchmark", model, "--backend", "litert", "--data", data, "--json", tmp_path / "d.json", *QUICK_BENCH) == 0
     assert _json(tmp_path / "d.json")["results"][0]["input_shapes"] == [[16, 12, 3]]
@@ -288,3 +291,23 @@ def test_error_text_keeps_its_cause():
     long_first = "loc(" + "x" * 500 + "): 'tf.TensorListReserve' op requires element_shape to be static"
     e = RuntimeError(long_first + "\n<unknown>:0: note: see current operation\nmore detail")
     assert cause(e) == f"RuntimeError: {long_first}"  # the whole first line, not a 200-character prefix
+
+
+def test_input_shapes_by_name():
+    """--input-shape NAME=SHAPE: shapes go to the inputs they name, in any order; every input named
+    once, or none (then they are in input-name order)."""
+    from keras_turbo.bench import parse_named_shape, timed_shapes
+    from keras_turbo.errors import KerasTurboError
+    from keras_turbo.runtimes.base import TensorInfo
+
+    inputs = [TensorInfo("a_image", (None, None, None, 3), "float32"), TensorInfo("b_mask", (None, None, 1), "float32")]
+    assert parse_named_shape("b_mask=2x5x1") == ("b_mask", (2, 5, 1)) and parse_named_shape("2x5x1") == (None, (2, 5, 1))
+    assert timed_shapes(inputs, [(5, 1), (8, 9, 3)], names=("b_mask", "a_image")) == ((8, 9, 3), (5, 1))
+    assert timed_shapes(inputs, [(8, 9, 3), (5, 1)]) == ((8, 9, 3), (5, 1))
+    for names, match in ((("b_mask", "b_mask"), "named twice"), (("a_image", "c"), "has no input 'c'"),):
+        with pytest.raises(KerasTurboError, match=match):
+            timed_shapes(inputs, [(8, 9, 3), (5, 1)], names=names)
+    with pytest.raises(KerasTurboError, match="no shape for input"):
+        timed_shapes(inputs, [(8, 9, 3)], names=("a_image",))
+    with pytest.raises(KerasTurboError, match="expected NAME=SHAPE"):
+        parse_named_shape("=1x2")

@@ -45,6 +45,8 @@ class BenchmarkConfig:
         input_shapes: one sample shape (no batch dimension) per model input, in name order, that
             random inputs are made in; () takes the model's own shapes, which must then be fixed
             (a dynamic dimension has no size to time at: `benchmark` asks for one).
+        input_names: the model input each of `input_shapes` is for (the CLI's NAME=SHAPE); ()
+            means name order.
     """
 
     warmup_runs: int = 5
@@ -56,6 +58,7 @@ class BenchmarkConfig:
     timeout_s: float = 900.0
     seed: int = 0
     input_shapes: tuple[tuple[int, ...], ...] = ()
+    input_names: tuple[str, ...] = ()
 
     def __post_init__(self):
         try:  # JSON gives lists back: normalise to tuples, so configs compare and hash alike
@@ -65,6 +68,9 @@ class BenchmarkConfig:
         if any(d < 1 for shape in shapes for d in shape):
             raise bad_param("input_shapes", "sizes >= 1", self.input_shapes)
         object.__setattr__(self, "input_shapes", shapes)
+        object.__setattr__(self, "input_names", tuple(str(n) for n in self.input_names))
+        if self.input_names and len(self.input_names) != len(shapes):
+            raise bad_param("input_names", "one name per input shape", self.input_names)
         for name in ("warmup_runs", "min_runs"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < (1 if name == "min_runs" else 0):
@@ -449,8 +455,8 @@ def _benchmark(model, backends, batch_sizes, threads, config, unsafe, cache_dir,
             raise
         inputs = None  # an artifact its runtime cannot open: the worker's row says why
     ds = _bench_data(data, inputs, ref)
-    shapes = timed_shapes(inputs, cfg.input_shapes, ds) if inputs is not None else tuple(cfg.input_shapes)
-    cfg = BenchmarkConfig(**{**cfg.to_dict(), "input_shapes": shapes})
+    shapes = timed_shapes(inputs, cfg.input_shapes, ds, cfg.input_names) if inputs is not None else tuple(cfg.input_shapes)
+    cfg = BenchmarkConfig(**{**cfg.to_dict(), "input_shapes": shapes, "input_names": ()})  # now in name order
 
     jobs = [(n, b) for n in names for b in batch_sizes]
     total = len(jobs) + 1
@@ -519,20 +525,42 @@ def parse_shape(text: str) -> tuple[int, ...]:
     except ValueError:
         dims = ()
     if not dims or any(d < 1 for d in dims):
-        raise KerasTurboError(f"--input-shape: expected sizes joined by x, batch first (e.g. 1x224x224x3); received {text!r}")
+        raise KerasTurboError(f"--input-shape: expected sizes joined by x, batch first (e.g. 1x224x224x3 or "
+                              f"image=1x224x224x3); received {text!r}")
     return dims
 
 
-def timed_shapes(inputs: Sequence[TensorInfo], given: Sequence[Sequence[int]], ds=None) -> tuple[tuple[int, ...], ...]:
-    """The sample shape (no batch) each input is timed at: the data's, else the given ones (checked
-    against the model's), else the model's own.
+def parse_named_shape(text: str) -> tuple[str | None, tuple[int, ...]]:
+    """`image=1x224x224x3` -> ("image", (1, 224, 224, 3)); without a name, (None, shape)."""
+    name, eq, shape = str(text).rpartition("=")
+    if eq and not name:
+        raise KerasTurboError(f"--input-shape: expected NAME=SHAPE or SHAPE (e.g. image=1x224x224x3); received {text!r}")
+    return (name or None), parse_shape(shape)
+
+
+def timed_shapes(inputs: Sequence[TensorInfo], given: Sequence[Sequence[int]], ds=None,
+                 names: Sequence[str] = ()) -> tuple[tuple[int, ...], ...]:
+    """The sample shape (no batch) each input is timed at: the data's, else the given ones (in
+    name order, or for the inputs `names` says; checked against the model's), else the model's own.
 
     Raises:
-        KerasTurboError: an input has a dynamic dimension and nothing says its size, or a given
-            shape does not fit the model.
+        KerasTurboError: an input has a dynamic dimension and nothing says its size, a given shape
+            does not fit the model, or a name is not one of its inputs (or is given twice).
     """
     if ds is not None:
         return tuple(tuple(int(d) for d in a.shape[1:]) for a in ds.x)
+    if names:
+        known = [t.name for t in inputs]
+        for n in names:
+            if n not in known:
+                raise KerasTurboError(f"--input-shape {n}=...: the model has no input {n!r} (inputs: {', '.join(known)})")
+        if len(set(names)) != len(names):
+            raise KerasTurboError(f"--input-shape: an input is named twice ({', '.join(names)})")
+        missing = [k for k in known if k not in names]
+        if missing:
+            raise KerasTurboError(f"--input-shape: no shape for input(s) {', '.join(missing)}; name every input")
+        by_name = dict(zip(names, given))
+        given = [by_name[k] for k in known]
     if given:
         if len(given) != len(inputs):
             raise KerasTurboError(f"--input-shape: the model takes {len(inputs)} input(s) "

@@ -99,14 +99,20 @@ def cmd_inspect(args) -> int:
 
 
 def _bench_config(args):
-    from keras_turbo.bench import BenchmarkConfig, parse_shape
+    from keras_turbo.bench import BenchmarkConfig, parse_named_shape
 
-    shapes = [parse_shape(t) for t in getattr(args, "input_shape", None) or []]
+    named = [parse_named_shape(t) for t in getattr(args, "input_shape", None) or []]
+    names, shapes = [n for n, _ in named], [s for _, s in named]
+    if any(names) and not all(names):
+        raise KerasTurboError("--input-shape: name every input (NAME=SHAPE) or none (shapes in input-name order)")
+    if len({s[0] for s in shapes}) > 1:
+        raise KerasTurboError(f"--input-shape: every input's leading size is the batch, and they differ "
+                              f"({', '.join('x'.join(map(str, s)) for s in shapes)})")
     if shapes and not args.batch_size:
         args.batch_size = [shapes[0][0]]  # --input-shape's leading size is the batch
     return BenchmarkConfig(warmup_runs=args.warmup_runs, warmup_seconds=args.warmup_seconds, min_runs=args.min_runs,
                            min_seconds=args.min_seconds, device=args.device, timeout_s=args.timeout,
-                           input_shapes=tuple(x[1:] for x in shapes))
+                           input_shapes=tuple(x[1:] for x in shapes), input_names=tuple(names) if any(names) else ())
 
 
 def _run_benchmark(model, backends, batch_sizes, threads, cfg, unsafe=False, data=None):
@@ -563,9 +569,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--timeout", type=float, default=900.0, help="seconds one runtime may take")
     sp.add_argument("--data", metavar="DATA", help="time (and check each runtime) on these samples, at their shape: "
                     "x.npz, a .txt file (text models), an image folder, builtin:digits[:split]")
-    sp.add_argument("--input-shape", action="append", metavar="BxDx...",
-                    help="time at this input shape, batch first (1x224x224x3); one per input, in input-name order; "
-                         "needed without --data when an input's size is dynamic")
+    sp.add_argument("--input-shape", action="append", metavar="[NAME=]BxDx...",
+                    help="time at this input shape, batch first (1x224x224x3); one per input: NAME=SHAPE, or "
+                         "shapes alone in input-name order; needed without --data when an input's size is dynamic")
     sp.add_argument("--json", metavar="PATH", help="write the results as JSON")
     force_arg(sp)
     sp.set_defaults(fn=cmd_benchmark)

@@ -3,7 +3,8 @@ machine's physical limit.
 
 For each reference model (the digits CNN; MobileNetV2, ResNet50 and EfficientNetV2B0 at 224x224,
 `weights=None`, BatchNorm statistics set from crops of scikit-learn's sample photos so that outputs
-depend on the input) and batch size:
+depend on the input, and the classifier fitted as a linear probe on other crops so that its top
+classes are not near-tied, as a trained model's are not: `_common.calibrated_app_file`) and batch size:
 
 1. `keras-turbo optimize --min-agreement 0.99 --time-budget 10m` without train data (the CLI, as a
    user runs it; batch 32 reruns into the same --out, so only speed is measured again) gives the
@@ -52,8 +53,8 @@ from typing import Sequence
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import (APPS, RESULTS, ROOT, WORK, app_preprocess, calibrated_app_file, machine_line,  # noqa: E402
-                     natural_images, write_section)
+from _common import (APPS, PROBE_CLASSES, PROBE_IMAGES, RESULTS, ROOT, WORK, app_preprocess,  # noqa: E402
+                     calibrated_app_file, machine_line, natural_images, write_section)
 
 PEERS = ("peer:openvino-default", "peer:litert-default", "peer:litert-optimize", "peer:onnxruntime-default",
          "peer:tf-function")
@@ -317,7 +318,7 @@ def prepare(key: str) -> dict:
             np.savez(data, x=x)
         data, note = str(data), f"{EVAL_IMAGES} {what}, preprocessed for the architecture, no labels"
     keras_model = load_keras(as_ref(model))
-    quality = OUT / f"{key}_quality.npz"
+    quality = OUT / f"{Path(model).stem}_quality.npz"  # the float model's top-1: one file per model file
     if not quality.exists():
         top1 = np.asarray(keras_model.predict(x, batch_size=32, verbose=0)).argmax(-1)
         np.savez(quality, x=x, top1=top1)
@@ -464,6 +465,13 @@ def render(raw: dict) -> str:
              "model on the model's images (the peers on all of them; keras-turbo's pick as optimize judged it, on the "
              "part it did not calibrate on). Ratio = the best peer default's p50 / keras-turbo's (above 1: keras-turbo "
              "is faster); (a) is the same against `tf.function`.",
+             "",
+             "The ImageNet architectures are built with `weights=None`; their BatchNorm statistics are set from "
+             f"{BN_IMAGES} photo crops and their classifier is fitted as a linear probe (logistic regression on the "
+             f"pooled features of {PROBE_IMAGES} other crops, {PROBE_CLASSES} classes: which photo and which ninth of it), "
+             "so that outputs "
+             "depend on the input and the top classes have a trained classifier's margins rather than a random "
+             "1000-way head's near-ties.",
              ""]
     if mach:
         lines.append(f"Machine: {machine_line(mach)}.")

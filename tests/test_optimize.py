@@ -58,6 +58,8 @@ def test_recommended_is_fastest_within_budget_and_beats_predict(digits_run):
 def test_best_folder_serves(digits_run, digits_model):
     p = keras_turbo.load(digits_run.out / "best")
     assert p.backend == digits_run.recommended["backend"]
+    # it runs as it was timed: the manifest's thread count, unless the caller says otherwise
+    assert p.threads == digits_run.doc["protocol"]["threads"] and keras_turbo.load(digits_run.out / "best", threads=1).threads == 1
     ev = keras_turbo.evaluate(p, "builtin:digits:test", reference=digits_model[0])
     assert ev["accuracy"] == pytest.approx(digits_run.recommended["accuracy"], abs=1e-9)
 

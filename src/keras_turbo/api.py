@@ -44,7 +44,8 @@ def load(model, backend: str | None = None, threads: int | None = None, batch_si
         model: a path (.keras, .h5, SavedModel dir, .tflite, .onnx, OpenVINO .xml) or a keras.Model.
         backend: a runtime name; default "tf-function" for Keras models and the artifact's own
             runtime for artifacts (litert for .tflite, onnxruntime for .onnx, openvino for .xml).
-        threads: threads for the runtime; default: its own default.
+        threads: threads for the runtime; default: its own default (for an optimize output's
+            best/ folder, the thread count it was timed with).
         batch_size: the batch size to prepare for (runtimes that compile per shape do it now).
         device: "auto", "cpu" or "gpu" (the TensorFlow runtimes and keras-jax).
         unsafe: allow code inside the model file to run (Lambda layers). Off by default.
@@ -69,6 +70,7 @@ def load(model, backend: str | None = None, threads: int | None = None, batch_si
 
         manifest = json.loads((Path(model) / "manifest.json").read_text())
         model, backend = Path(model) / manifest["artifact"], backend or manifest["backend"]
+        threads = threads if threads is not None else manifest.get("threads")  # as it was timed
     ref = as_ref(model, unsafe, cache_dir)
     backend = backend or ("tf-function" if ref.is_keras else NATIVE[ref.format])
     return open_predictor(ref, backend, threads=threads, batch_size=batch_size, device=device, cache_dir=cache_dir)

@@ -452,22 +452,25 @@ def _finish(run: _Run, force: bool = False) -> OptimizeResult:
     doc = _save(run)
     best = next((v for v in doc["variants"] if v["name"] == doc["recommended"]), None)
     if best:
-        write_best(run.out, best, force)
+        write_best(run.out, best, force, threads=run.protocol.threads)
     write_reports(run.out, doc)
     run.note("done", run.total, run.total, run.time_left())
     return OptimizeResult(run.out, doc, best, doc["variants"])
 
 
-def write_best(out: Path, best: dict, force: bool = False) -> None:
+def write_best(out: Path, best: dict, force: bool = False, threads: int | None = None) -> None:
     """best/: the recommended artifact and a manifest, loadable with keras_turbo.load(out/'best').
-    Built beside and renamed into place; a best/ keras-turbo did not write is never replaced."""
+    The manifest names the runtime and the thread count it was timed with, which `load` uses
+    unless told otherwise. Built beside and renamed into place; a best/ keras-turbo did not write
+    is never replaced."""
     from keras_turbo.outputs import replace_dir_atomically
 
     def build(dst: Path) -> None:
         art = copy_artifact(Path(best["artifact"]), dst)
         manifest = {k: best.get(k) for k in ("name", "backend", "steps", "accuracy", "top1_agreement", "latency_ms",
                                              "model_bytes")}
-        (dst / "manifest.json").write_text(json.dumps({**manifest, "artifact": art.name, "recipe_id": best["id"]},
+        (dst / "manifest.json").write_text(json.dumps({**manifest, "artifact": art.name, "recipe_id": best["id"],
+                                                       "threads": threads},
                                                       indent=2, default=str))
 
     replace_dir_atomically(build, out / "best", force)

@@ -405,3 +405,49 @@ def test_a_probe_split_too_small_for_the_budget_tolerates_one_sample():
     assert within_budget(one, small)[0] and not within_budget(two, small)[0] and not within_budget(one, budget)[0]
     agree = probe_budget({"max_accuracy_drop": None, "min_agreement": 0.99, "max_output_error": None}, 38)
     assert agree["min_agreement"] == pytest.approx(1 - 1 / 38)
+
+
+def test_ray_builds_cancel_what_is_still_running_at_the_deadline():
+    """On Ray, the builds still pending when the budget ends are cancelled (their workers killed)
+    and come back as stopped; finished ones come back as they are. (A stand-in for Ray's API: the
+    real cluster tests are in test_ray.py.)"""
+    import time
+
+    from keras_turbo.optimize.build import BuildJob
+
+    class FakeRay:
+        cancelled = []
+
+        def remote(self, fn):
+            class Task:
+                def options(self, **kw):
+                    return self
+
+                def remote(self, job, *after):
+                    return job.recipe.backend  # the object ref: done at once for litert, never for openvino
+
+            return Task()
+
+        def wait(self, pending, num_returns=1, timeout=None):
+            done = [r for r in pending if r == "litert"]
+            if done:
+                return done[:1], [r for r in pending if r != done[0]]
+            time.sleep(min(timeout, 5))
+            return [], pending
+
+        def get(self, ref):
+            return {"recipe_id": "x", "ok": True, "backend": ref}
+
+        def cancel(self, ref, force=False):
+            self.cancelled.append((ref, force))
+
+    ex = object.__new__(executor_mod.RayExecutor)
+    ex.ray, ex.retries, ex.gpus = FakeRay(), 0, False
+    deadline = time.time() + 0.5
+    jobs = [BuildJob(planner.runtime_recipe("fp", b, b), "m.keras", "/tmp", None, None, "ref.npz", deadline=deadline)
+            for b in ("litert", "openvino")]
+    got = list(ex.builds(jobs))
+    assert got[0]["backend"] == "litert" and got[0]["ok"]
+    assert got[1]["stopped"] and got[1]["skipped"] and got[1]["recipe_id"] == jobs[1].recipe.id
+    assert got[1]["error"].startswith("stopped: the time budget ran out while it was queued or being built")
+    assert FakeRay.cancelled == [("openvino", True)] and time.time() >= deadline

@@ -156,8 +156,14 @@ def test_digits_half_flops_keeps_accuracy_and_runs_on_litert(digits_model):
 
 # ---------------------------------------------------------------- keras.applications, weights=None
 
-@pytest.mark.parametrize("name", ["mobilenet", "mobilenetv2", "mobilenetv3small", "efficientnetb0", "resnet50"])
-def test_applications_come_out_smaller_and_convert(name):
+# All five are pruned; three are also converted. LiteRT conversion is most of each case's time
+# (about 15 s for ResNet50) and MobileNetV2 and ResNet50 bring no layer the other three do not
+# convert already (depthwise chains, residual Add, squeeze-and-excite Multiply, hard-swish, the
+# input Normalization, a convolutional classifier head); benchmarks/structured_apps.py converts
+# all five.
+@pytest.mark.parametrize("name,convert", [("mobilenet", True), ("mobilenetv2", False), ("mobilenetv3small", True),
+                                          ("efficientnetb0", True), ("resnet50", False)])
+def test_applications_come_out_smaller_and_convert(name, convert):
     model = application(name, input_shape=(48, 48, 3))
     res = structured.apply(model, StructuredConfig(sparsity=0.5, finetune=False))
     rep = res.report
@@ -169,6 +175,8 @@ def test_applications_come_out_smaller_and_convert(name):
     x = np.random.default_rng(0).random((2, 48, 48, 3), dtype="float32")
     want = np.asarray(res.model(x, training=False))
     assert want.shape == (2, 1000)
+    if not convert:
+        return
     p = keras_turbo.load(res.model, backend="litert", threads=2)
     np.testing.assert_allclose(p(x), want, rtol=1e-4, atol=1e-6)
 

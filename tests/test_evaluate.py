@@ -10,8 +10,19 @@ from tests.conftest import inputs_for, keras_out
 
 
 def test_digits_cnn_reaches_97_percent(digits_model):
+    """The built-in model (shipped trained, copied to the cache)."""
     _, acc = digits_model
     assert acc >= 0.97, f"digits CNN test accuracy {acc:.4f} is below 97%"
+
+
+def test_digits_cnn_training_learns():
+    """The code that made the shipped model still learns: a sixth of its 60 epochs already gets
+    past 95% on the test split (96.7% when measured; the full run gives 99.63%)."""
+    from keras_turbo.zoo import SHIPPED_DIGITS, train_digits_cnn
+
+    model, acc = train_digits_cnn(epochs=10)
+    assert acc >= 0.95, f"10 epochs of the digits CNN's training reach only {acc:.4f}"
+    assert model.count_params() == keras_turbo.load_model(SHIPPED_DIGITS).count_params()
 
 
 @pytest.mark.parametrize("backend", ["litert", "onnxruntime", "openvino", "tf-function"])

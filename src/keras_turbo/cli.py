@@ -502,7 +502,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    """Train the built-in digits CNN (cached), then optimize it with train data and show the report."""
+    """The built-in digits CNN (shipped trained; cached), optimized with train data; then the report."""
     from keras_turbo.optimize import OptimizeConfig
     from keras_turbo.zoo import digits_model_path
 
@@ -706,7 +706,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("dir")
     sp.set_defaults(fn=cmd_report)
 
-    sp = sub.add_parser("demo", help="train the built-in digits CNN and optimize it (what make demo runs)")
+    sp = sub.add_parser("demo", help="optimize the built-in digits CNN with train data (what make demo runs)")
     sp.add_argument("--out", default="keras-turbo-demo", help="folder for the results (default keras-turbo-demo)")
     sp.add_argument("--threads", type=_positive_int("--threads"))
     sp.add_argument("--time-budget", default="8m", metavar="DURATION")

@@ -312,6 +312,21 @@ def test_search_plans_probes_then_the_full_fine_tune_with_exports():
     sized = planner.follow_ups(info, slow, cfg, has_train=True).recipes
     assert {r.steps[0].config["epochs"] for r in sized} == {(1080 - 600) // 50}
 
+    # The full fine-tune at 90% misses the budget on the held-out data, every export of it: the
+    # next weaker point (80%) is fine-tuned fully, with the epochs the share has left.
+    failed = done + [planner.Outcome(r, True, False, 0.4, 100.0) for r in final]
+    back = planner.follow_ups(info, failed, cfg, has_train=True).recipes
+    assert {r.name for r in back} == {"prune(80%) + litert fp32", "prune(80%) + litert int8"}
+    assert {r.steps[0].config["epochs"] for r in back} == {16}  # 1080 - 3 - 200 s left: still the most
+    # ... but not while one export of it met the budget, nor once the share is spent
+    one_ok = done + [planner.Outcome(r, True, r.precision == "fp32", 0.4, 100.0) for r in final]
+    assert {r.name for r in planner.follow_ups(info, one_ok, cfg, has_train=True).recipes} == {r.name for r in final}
+    spent = done + [planner.Outcome(r, True, False, 0.4, 600.0) for r in final]
+    assert {r.name for r in planner.follow_ups(info, spent, cfg, has_train=True).recipes} == {r.name for r in final}
+    # and a step back that fails too steps back again
+    again = failed + [planner.Outcome(r, True, False, 0.5, 10.0) for r in back]
+    assert {r.label for r in planner.follow_ups(info, again, cfg, has_train=True).recipes if r.techniques} == {"70%"}
+
 
 def test_a_recipe_replayed_from_its_json_builds_the_same_artifact(tmp_path, model_files):
     """Steps are data: the recipe read back from results.json's JSON, built into a fresh folder,

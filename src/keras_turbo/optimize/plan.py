@@ -298,12 +298,34 @@ def _probes(name: str, outcomes: list[Outcome]) -> dict[int, Outcome]:
     return probes
 
 
+def _spent(name: str, outcomes: list[Outcome]) -> float:
+    """What the technique has cost so far: its probes and its full fine-tunes (builds)."""
+    return sum(o.seconds for o in outcomes if name in o.recipe.techniques)
+
+
 def final_settings(name: str, index: int, outcomes: list[Outcome], share: float) -> dict:
-    """The chosen point's full fine-tune, its epochs sized to what the time share has left."""
+    """The chosen point's full fine-tune, its epochs sized to what the time share has left (at
+    the pace of its probe, or of the slowest probe where that point was not probed)."""
     k, probes = SEARCH[name], _probes(name, outcomes)
-    spent = sum(o.seconds for o in probes.values())
-    epochs = k.epochs(probes[index].seconds, share - spent) if index in probes else k.full["epochs"]
+    pace = probes[index].seconds if index in probes else max((o.seconds for o in probes.values()), default=None)
+    epochs = k.epochs(pace, share - _spent(name, outcomes)) if pace is not None else k.full["epochs"]
     return {k.setting: k.grid[index], **k.full, "epochs": epochs}
+
+
+def step_back(name: str, index: int, outcomes: list[Outcome], share: float) -> int:
+    """The point to fine-tune fully: the search's choice, or the next weaker one once every
+    variant of the choice's full fine-tune was judged on the held-out data and none met the
+    budget (the short fine-tune on the small validation split misjudged it), while the
+    technique's time share lasts. Each step back is one more full fine-tune, planned only after
+    the previous one failed."""
+    k = SEARCH[name]
+    while index > 0 and _spent(name, outcomes) < share:
+        full = [o for o in outcomes if o.recipe.role == "variant" and o.recipe.techniques == (name,)
+                and o.recipe.label == k.label(k.grid[index]) and not any(s.kind == "fallback" for s in o.recipe.steps)]
+        if not full or any(o.ok and o.within for o in full):
+            return index
+        index -= 1
+    return index
 
 
 def technique_recipes(model: ModelInfo, outcomes: list[Outcome], cfg, has_train: bool) -> list[Recipe]:
@@ -323,6 +345,7 @@ def technique_recipes(model: ModelInfo, outcomes: list[Outcome], cfg, has_train:
                 continue
             if index is None:
                 continue  # no strength met the budget even at the weakest setting (the probes say so)
+            index = step_back(name, index, outcomes, share)
             k = SEARCH[name]
             train, label = _trained(name, final_settings(name, index, outcomes, share)), k.label(k.grid[index])
         else:
@@ -344,4 +367,4 @@ def follow_ups(model: ModelInfo, outcomes: list[Outcome], cfg, has_train: bool) 
 
 __all__ = ["BASELINE", "CONVERSIONS", "FLOAT_RUNTIMES", "LEFT_OUT", "REPAIR_TECHNIQUES", "SEARCH", "TECHNIQUE_SETTINGS", "Knob", "MachineCaps",
            "ModelInfo", "Outcome", "Plan", "best_exports", "first_plan", "follow_ups", "probe_recipe", "repairs",
-           "search_point", "technique_recipes"]
+           "search_point", "step_back", "technique_recipes"]

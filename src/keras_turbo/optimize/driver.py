@@ -25,6 +25,8 @@ from keras_turbo.kinds import output_kinds
 from keras_turbo.optimize.store import Store
 
 BENCH = {"warmup_runs": 5, "warmup_seconds": 0.3}
+#: (share of the time budget, at most seconds) kept for what follows the last measurement
+FINISH_RESERVE = (0.02, 10.0)
 
 
 @dataclass
@@ -60,8 +62,15 @@ class _Run:
     total: int = 0
     wave: int = 0
 
+    @property
+    def deadline(self) -> float:
+        """When building and timing stop: the time budget less what the selection, the reports and
+        best/ need after it (FINISH_RESERVE), so that the run as a whole ends within its budget."""
+        share, cap = FINISH_RESERVE
+        return self.started + self.cfg.time_budget_s - min(cap, share * self.cfg.time_budget_s)
+
     def time_left(self) -> float:
-        return self.cfg.time_budget_s - (time.time() - self.started)
+        return self.deadline - time.time()
 
 
 def optimize(model, data, train_data=None, config: OptimizeConfig | None = None, out: str | Path = "keras-turbo-out",
@@ -298,7 +307,7 @@ def _job(run: _Run, r: Recipe, evaluate: bool) -> BuildJob:
     train = run.job["probe_train" if probe or stops else "train"]
     return BuildJob(r, **{k: run.job[k] for k in _SHARED}, eval=data, train=train, val=run.job.get("val") if stops else None,
                     reference=str(run.out / "reference" / f"{data.id}.npz"), evaluate=evaluate,
-                    deadline=run.started + run.cfg.time_budget_s)
+                    deadline=run.deadline)
 
 
 def _qid(run: _Run, r: Recipe) -> str:

@@ -466,3 +466,34 @@ def test_ray_builds_cancel_what_is_still_running_at_the_deadline():
     assert got[1]["stopped"] and got[1]["skipped"] and got[1]["recipe_id"] == jobs[1].recipe.id
     assert got[1]["error"].startswith("stopped: the time budget ran out while it was queued or being built")
     assert FakeRay.cancelled == [("openvino", True)] and time.time() >= deadline
+
+
+def test_a_timing_running_at_the_deadline_is_stopped_with_it():
+    """The timing worker gets what is left of the budget as its limit; one stopped by it at the
+    deadline is recorded as stopped (and not stored: a rerun times it). The limit is not part of
+    the protocol, so it changes no measurement's key."""
+    from types import SimpleNamespace
+
+    from keras_turbo.optimize import driver
+
+    clock = {"left": 0.4}
+    calls, stored = [], []
+
+    def time_(artifact, backend, batch, threads, bench, unsafe):
+        calls.append(bench)
+        clock["left"] = -0.1  # the worker ran into the deadline
+        return {"ok": False, "error": f"timed out after {bench['timeout_s']:.0f} s"}
+
+    protocol = SimpleNamespace(threads=2, bench=(("min_runs", 5),), speed_id="s")
+    run = SimpleNamespace(store=SimpleNamespace(speed_for=lambda *a: None, record_measurement=lambda *a: stored.append(a)),
+                          time_left=lambda: clock["left"], note=lambda *a: None, protocol=protocol,
+                          executor=SimpleNamespace(time=time_), cfg=OptimizeConfig(), job={"unsafe": False}, rows={}, total=1)
+    r = planner.runtime_recipe("fp", "litert", "litert")
+    row = driver._timed_row(run, r, {"artifact": "a.tflite"}, {"top1_agreement": 1.0}, {})
+    assert calls == [{"min_runs": 5, "timeout_s": 1.0}] and not stored
+    assert row["skipped"] and row["stopped"] and row["error"].startswith("stopped: the time budget ran out while it was being timed")
+    # with time left, the limit is what is left (at most the harness's own), and a failure is a failure
+    clock["left"] = 5000.0
+    run.executor = SimpleNamespace(time=lambda *a: calls.append(a[4]) or {"ok": False, "error": "boom"})
+    row = driver._timed_row(run, r, {"artifact": "a.tflite"}, {"top1_agreement": 1.0}, {})
+    assert calls[-1]["timeout_s"] == driver.TIMING_TIMEOUT_S and row["error"] == "benchmark failed: boom" and stored

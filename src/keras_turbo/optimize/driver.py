@@ -27,6 +27,8 @@ from keras_turbo.optimize.store import Store
 BENCH = {"warmup_runs": 5, "warmup_seconds": 0.3}
 #: (share of the time budget, at most seconds) kept for what follows the last measurement
 FINISH_RESERVE = (0.02, 10.0)
+#: the longest one timing may take (the harness's own default limit)
+TIMING_TIMEOUT_S = 900.0
 
 
 @dataclass
@@ -384,8 +386,14 @@ def _timed_row(run: _Run, r: Recipe, b: dict, q: dict, reused: dict) -> dict:
         return {**_base_row(r), "skipped": True, "error": "skipped: the time budget ran out before it was timed"}
     if s is None:
         run.note(f"timing {r.name}", len(run.rows), run.total, run.time_left())
+        # The timing worker is stopped where the budget ends (a large model at batch 32 is timed
+        # for tens of seconds); the limit is not part of the protocol: it changes no measurement.
+        limit = min(TIMING_TIMEOUT_S, max(1.0, run.time_left()))
         s = run.executor.time(b["artifact"], r.backend, run.cfg.batch_size, run.protocol.threads,
-                              dict(run.protocol.bench), run.job["unsafe"])
+                              {**dict(run.protocol.bench), "timeout_s": limit}, run.job["unsafe"])
+        if not s.get("ok") and str(s.get("error") or "").startswith("timed out") and run.time_left() <= 0:
+            return {**_base_row(r), "skipped": True, "stopped": True,
+                    "error": "stopped: the time budget ran out while it was being timed; a rerun times it"}
     run.store.record_measurement(r.id, run.protocol, q, s, reused)
     return {**_row(r, b, q, s, run.cfg), "reused": reused}
 

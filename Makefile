@@ -28,7 +28,7 @@ chromium:
 	  || echo "note: chromium not installed; the report rendering test will be skipped"; }
 
 test: install chromium
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=25 tests
 
 bench: install
 	$(PY) benchmarks/runtimes.py

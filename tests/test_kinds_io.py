@@ -102,8 +102,7 @@ def test_text_end_to_end(files, tmp_path):
     res = keras_turbo.evaluate(model, str(data), reference=model, backend="litert", reference_backend="keras-call")
     assert res["outputs"][0]["kind"] == "multiclass" and res["outputs"][0]["agreement"] == 1.0
 
-    # (int8 of a text model, its calibration on the preprocessed text, is test_text_split's)
-    r = optimize(model, str(data), None, OptimizeConfig(min_agreement=0.99, max_accuracy_drop=None, techniques=("runtimes",),
+    r = optimize(model, str(data), None, OptimizeConfig(min_agreement=0.99, max_accuracy_drop=None,
                                                           runtimes=("litert",), **QUICK), tmp_path / "o")
     by_name = {v["name"]: v for v in r.variants}
     litert = by_name["litert fp32"]

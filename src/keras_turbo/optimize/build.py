@@ -235,6 +235,13 @@ def build_prefix(recipe: Recipe, k: int, source: Path, ctx: _Context) -> dict:
         return {**status, "cached": False}
 
 
+def no_result(recipe: Recipe, error: str | None = None, **extra) -> dict:
+    """A build result with nothing built yet (a build fills it in; a lost, skipped or stopped job
+    is reported with it as it is)."""
+    return {"recipe_id": recipe.id, "ok": False, "artifact": None, "backend": recipe.backend, "error": error,
+            "steps": [], "details": {}, "quality": None, "node": None, **extra}
+
+
 def build(job: BuildJob) -> dict:
     """Build every prefix of the job's recipe (cached ones are reused), then judge the variant's
     quality on the evaluation data unless the job says it is known.
@@ -248,9 +255,9 @@ def build(job: BuildJob) -> dict:
 
     custom.activate(job.custom_objects)  # a Ray worker on another node has no environment from the driver
     recipe, ctx = job.recipe, _Context(job)
-    current, steps, details = Path(job.model_path), [], {}
-    res = {"recipe_id": recipe.id, "ok": False, "artifact": None, "backend": recipe.backend, "error": None,
-           "steps": steps, "details": details, "quality": None, "node": node_facts()}
+    current = Path(job.model_path)
+    res = no_result(recipe, node=node_facts())
+    steps, details = res["steps"], res["details"]
     if job.deadline is not None and time.time() >= job.deadline:
         # A wave is handed out whole; a job that reaches a worker after the budget does not start
         # (one conversion and check of a large model costs minutes).
@@ -273,4 +280,4 @@ def build(job: BuildJob) -> dict:
     return res
 
 
-__all__ = ["BUILDERS", "BuildJob", "BuildStopped", "build", "build_prefix", "copy_artifact", "error_text"]
+__all__ = ["BUILDERS", "BuildJob", "BuildStopped", "build", "build_prefix", "copy_artifact", "error_text", "no_result"]

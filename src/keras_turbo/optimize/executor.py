@@ -22,7 +22,7 @@ import time
 from typing import Iterator, Protocol
 
 from keras_turbo.errors import KerasTurboError
-from keras_turbo.optimize.build import BuildJob, BuildStopped, build, error_text
+from keras_turbo.optimize.build import BuildJob, BuildStopped, build, error_text, no_result
 from keras_turbo.optimize.measure import measure_speed
 
 EXECUTORS = ("local", "ray")
@@ -47,9 +47,10 @@ def _raise_in(thread: threading.Thread, exc: type[BaseException]) -> None:
 
 def _stopped(job: BuildJob, why: str, seconds: float | None = None) -> dict:
     took = "" if seconds is None else f" after {seconds:.0f} s of building"
-    return {"recipe_id": job.recipe.id, "ok": False, "artifact": None, "backend": job.recipe.backend,
-            "skipped": True, "stopped": True, "steps": [], "details": {}, "quality": None, "node": None,
-            "error": f"stopped: {why}{took}; nothing of it is kept, a rerun builds it"}
+    # (a build stuck in a native call may still finish after the run, in a process that outlives
+    # it; its cached prefix is then reused by the next run)
+    return no_result(job.recipe, f"stopped: {why}{took}; this run keeps nothing of it, a rerun builds it",
+                     skipped=True, stopped=True)
 
 
 def bounded_build(job: BuildJob) -> dict:
@@ -227,8 +228,7 @@ class RayExecutor:
                 yield ray.get(done[0])
             except Exception as e:  # the task failed past its retries: that candidate's failure
                 job = refs[done[0]]
-                yield {"recipe_id": job.recipe.id, "ok": False, "artifact": None, "backend": job.recipe.backend,
-                       "error": f"ray task lost: {error_text(e)}", "steps": [], "details": {}, "quality": None, "node": None}
+                yield no_result(job.recipe, f"ray task lost: {error_text(e)}")
 
     def time(self, artifact, backend, batch_size, threads, bench, unsafe) -> dict:
         task = self.ray.remote(_time_task).options(max_retries=self.retries, **self._timing)

@@ -107,3 +107,12 @@ def test_bad_batch_size_and_backend(model_files):
         keras_turbo.benchmark(path, backends=["litert"], batch_sizes=[0], config=QUICK)
     with pytest.raises(keras_turbo.BackendError, match="unknown backend 'tflite'"):
         keras_turbo.benchmark(path, backends=["tflite"], config=QUICK)
+
+
+def test_a_worker_past_its_timeout_is_killed_and_says_so():
+    """The harness's limit (BenchmarkConfig.timeout_s; optimize gives a timing what is left of its
+    budget): the worker is killed, and the result says it timed out rather than failed."""
+    from keras_turbo.bench import run_isolated
+
+    res = run_isolated({"backend": "litert"}, 0.05)
+    assert res == {"ok": False, "timed_out": True, "error": "timed out after 0 s"}

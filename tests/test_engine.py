@@ -482,7 +482,7 @@ def test_a_timing_running_at_the_deadline_is_stopped_with_it():
     def time_(artifact, backend, batch, threads, bench, unsafe):
         calls.append(bench)
         clock["left"] = -0.1  # the worker ran into the deadline
-        return {"ok": False, "error": f"timed out after {bench['timeout_s']:.0f} s"}
+        return {"ok": False, "timed_out": True, "error": f"timed out after {bench['timeout_s']:.0f} s"}
 
     protocol = SimpleNamespace(threads=2, bench=(("min_runs", 5),), speed_id="s")
     run = SimpleNamespace(store=SimpleNamespace(speed_for=lambda *a: None, record_measurement=lambda *a: stored.append(a)),

@@ -112,6 +112,7 @@ class Result:
     export_check: float | None = None  # largest relative difference from Keras on the check samples
     input_shapes: list | None = None  # the sample shape (no batch) timed, per input
     signal: int | None = None  # the signal that killed the worker (the OOM killer's SIGKILL...): worth a retry
+    timed_out: bool = False  # stopped by the config's timeout_s
     preprocessing: str | None = None  # where a split text model's strings were preprocessed (textsplit.py), timed with it
 
     def to_dict(self) -> dict:
@@ -328,7 +329,7 @@ def run_isolated(job: dict, timeout_s: float) -> dict:
             _, stderr = proc.communicate(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             _kill_group(proc)
-            return {"ok": False, "error": f"timed out after {timeout_s:.0f} s"}
+            return {"ok": False, "timed_out": True, "error": f"timed out after {timeout_s:.0f} s"}
         except BaseException:  # Ctrl-C, SIGTERM: no worker outlives the run
             _kill_group(proc)
             raise

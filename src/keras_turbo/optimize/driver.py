@@ -391,7 +391,7 @@ def _timed_row(run: _Run, r: Recipe, b: dict, q: dict, reused: dict) -> dict:
         limit = min(TIMING_TIMEOUT_S, max(1.0, run.time_left()))
         s = run.executor.time(b["artifact"], r.backend, run.cfg.batch_size, run.protocol.threads,
                               {**dict(run.protocol.bench), "timeout_s": limit}, run.job["unsafe"])
-        if not s.get("ok") and str(s.get("error") or "").startswith("timed out") and run.time_left() <= 0:
+        if s.get("timed_out") and run.time_left() <= 0:
             return {**_base_row(r), "skipped": True, "stopped": True,
                     "error": "stopped: the time budget ran out while it was being timed; a rerun times it"}
     run.store.record_measurement(r.id, run.protocol, q, s, reused)

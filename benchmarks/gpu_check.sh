@@ -37,6 +37,11 @@ if [ "${1:-}" = "--prepare" ]; then
     $PIP download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
         optree==0.20.0 -d "$WHEELS"
+    # Pillow: the digits' resize to 224x224 in benchmarks/digits_mobilenetv2_gpu.sh (the version
+    # .venv has here, so the inputs are resized alike)
+    $PIP download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+        pillow==13.0.0 -d "$WHEELS"
     ls -l "$WHEELS"
     exit 0
 fi

@@ -85,6 +85,9 @@ def test_bad_argument_value(capsys, model_files):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--batch-size must be an integer >= 1" in err
+    with pytest.raises(SystemExit) as e:
+        main(["optimize", str(model_files["sequential"][0]), "--data", "builtin:digits", "--runoff-rounds", "-1"])
+    assert e.value.code == 2 and "--runoff-rounds must be an integer >= 0, received '-1'" in capsys.readouterr().err
 
 
 def test_real_process_exit_code_and_debug(tmp_path):

@@ -5,6 +5,7 @@ reuses what matches, remeasures what does not, and rejudges everything)."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 import subprocess
 import sys
 import textwrap
@@ -16,7 +17,7 @@ from keras_turbo.optimize import executor as executor_mod
 from keras_turbo.optimize import plan as planner
 from keras_turbo.optimize.recipe import Recipe, Step
 
-QUICK = dict(min_runs=5, min_seconds=0.05, calibration_size=100, eval_size=200)
+QUICK = dict(min_runs=5, min_seconds=0.05, calibration_size=100, eval_size=200, runoff_rounds=0)  # (run-off: its own test)
 
 
 # ------------------------------------------------------------------ recipes
@@ -497,3 +498,62 @@ def test_a_timing_running_at_the_deadline_is_stopped_with_it():
     run.executor = SimpleNamespace(time=lambda *a: calls.append(a[4]) or {"ok": False, "error": "boom"})
     row = driver._timed_row(run, r, {"artifact": "a.tflite"}, {"top1_agreement": 1.0}, {})
     assert calls[-1]["timeout_s"] == driver.TIMING_TIMEOUT_S and row["error"] == "benchmark failed: boom" and stored
+
+
+class _RunoffExecutor(_ToyExecutor):
+    """The toy's builds; timings scripted per backend: the first timing of each, then the run-off's."""
+
+    def __init__(self, tmp, script: dict[str, list[float]]):
+        super().__init__(tmp, within=1.0, probe_s=0.0)
+        self.script, self.timed = script, []
+
+    def time(self, artifact, backend, batch_size, threads, bench, unsafe):
+        self.timed.append(backend)
+        seq = self.script.get(backend, [50.0])
+        p50 = seq[min(self.timed.count(backend), len(seq)) - 1]
+        return {"ok": True, "latency_ms": {"p50": p50, "p90": p50, "p99": p50}, "throughput_per_s": 1e3 / p50,
+                "model_bytes": 1000, "init_ms": 1.0, "peak_rss_mb": 10.0, "node": {}, "seconds": 0.1}
+
+
+def test_runoff_retimes_the_leaders_in_alternating_rounds_and_ranks_by_the_median(tmp_path, digits_model):
+    """One timing each put litert ahead of onnxruntime by 5%; the run-off times the two again in
+    alternating rounds, ranks them by their median round and recommends onnxruntime; openvino,
+    over 15% behind, is not timed again. A rerun with the same leaders reuses the run-off; with
+    runoff_rounds=0 the first timings decide."""
+    script = {"litert": [1.00, 1.30, 1.40, 1.20], "onnxruntime": [1.05, 1.00, 0.90, 5.00], "openvino": [2.0]}
+    cfg = OptimizeConfig(max_accuracy_drop=1.0, techniques=("runtimes",), runtimes=("litert", "onnxruntime", "openvino"),
+                         time_budget_s=100, **{**QUICK, "runoff_rounds": 3})
+    ex = _RunoffExecutor(tmp_path, script)
+    res = optimize(digits_model[0], "builtin:digits:test", None, cfg, tmp_path / "out", executor=ex)
+    first = ex.timed[:4]
+    assert sorted(first) == ["keras-predict", "litert", "onnxruntime", "openvino"]
+    assert ex.timed[4:] == ["litert", "onnxruntime", "onnxruntime", "litert", "litert", "onnxruntime"]  # rotated
+    ro = res.doc["runoff"]
+    assert ro["candidates"] == ["litert fp32", "onnxruntime fp32"] and ro["rounds"] == 3 and not ro["stopped"]
+    assert ro["figures"]["onnxruntime fp32"]["rounds"] == [1.0, 0.9, 5.0] and ro["figures"]["litert fp32"]["first"] == 1.0
+    assert res.recommended["name"] == "onnxruntime fp32" and res.recommended["latency_ms"]["p50"] == 1.0  # median round
+    lite = next(v for v in res.variants if v["name"] == "litert fp32")
+    assert lite["latency_ms"]["p50"] == 1.3 and lite["runoff"]["rounds"] == [1.3, 1.4, 1.2]
+    assert "Run-off: `litert fp32`, `onnxruntime fp32` were within 15%" in (tmp_path / "out" / "report.md").read_text()
+    # a rerun into the folder: every timing and the run-off reused
+    ex2 = _RunoffExecutor(tmp_path, script)
+    again = optimize(digits_model[0], "builtin:digits:test", None, cfg, tmp_path / "out", executor=ex2)
+    assert ex2.timed == [] and again.recommended["name"] == "onnxruntime fp32" and again.doc["runoff"]["reused"]
+    # off: one timing each decides
+    ex3 = _RunoffExecutor(tmp_path, script)
+    off = optimize(digits_model[0], "builtin:digits:test", None, replace(cfg, runoff_rounds=0), tmp_path / "off", executor=ex3)
+    assert len(ex3.timed) == 4 and off.recommended["name"] == "litert fp32" and off.doc["runoff"] is None
+
+
+def test_runoff_leaders():
+    from keras_turbo.optimize.select import runoff_leaders
+
+    def row(name, p50, within=True):
+        return {"name": name, "ok": True, "within_budget": within, "latency_ms": {"p50": p50}, "throughput_per_s": 1e3 / p50,
+                "model_bytes": 1}
+
+    rows = [row("a", 1.0), row("b", 1.14), row("c", 1.2), row("d", 0.5, within=False)]
+    assert [r["name"] for r in runoff_leaders(rows, "latency")] == ["a", "b"]
+    assert [r["name"] for r in runoff_leaders(rows, "throughput")] == ["a", "b"]  # 877 * 1.15 >= 1000
+    assert runoff_leaders(rows[:1] + rows[2:], "latency") == [] and runoff_leaders(rows, "size") == []
+    assert len(runoff_leaders([row(str(i), 1 + i / 100) for i in range(9)], "latency")) == 4

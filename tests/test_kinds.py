@@ -254,7 +254,7 @@ def test_unet_and_multilabel_end_to_end(kind_models, tmp_path, name, kind):
     assert ("miou" if kind == "segmentation" else "f1") in o, o
 
     r = optimize(model, str(data), None, OptimizeConfig(min_agreement=0.99, max_accuracy_drop=2.0, max_metric_drop=5.0, runtimes=("onnxruntime",),
-                                                          min_runs=3, min_seconds=0.05, techniques=("runtimes",)),
+                                                          min_runs=3, min_seconds=0.05, techniques=("runtimes",), runoff_rounds=0),
                  tmp_path / "o")
     onnx = next(v for v in r.variants if v["backend"] == "onnxruntime" and v.get("ok"))
     (vo,) = onnx["outputs"]
@@ -301,7 +301,7 @@ def test_custom_layer_end_to_end_and_the_clear_error_without(kind_models, tmp_pa
     # (the keras-predict baseline is timed in a benchmark worker that must load the custom layer)
     args = ["optimize", model, "--data", str(p / "labelled.npz"), "--custom-objects", co, "--max-metric-drop", "5",
             "--metric", f"{tmp_path / 'metric.py'}:neg_rmse", "--techniques", "runtimes,int8", "--runtimes", "litert",
-            "--out", str(tmp_path / "o"), "--time-budget", "5m"]
+            "--out", str(tmp_path / "o"), "--time-budget", "5m", "--runoff-rounds", "0"]
     from keras_turbo.optimize import driver
 
     saved = driver.BENCH

@@ -25,7 +25,7 @@ from tests import tiny_models
 from tests.conftest import keras
 
 QUICK_BENCH = ["--min-runs", "3", "--min-seconds", "0.05", "--warmup-runs", "1", "--warmup-seconds", "0"]
-QUICK = dict(min_runs=3, min_seconds=0.05, techniques=("runtimes",))
+QUICK = dict(min_runs=3, min_seconds=0.05, techniques=("runtimes",), runoff_rounds=0)
 
 
 @pytest.fixture(scope="module")

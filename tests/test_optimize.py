@@ -17,7 +17,7 @@ from keras_turbo.report import write_markdown
 from keras_turbo.optimize import OptimizeConfig, optimize
 from keras_turbo.optimize.select import pareto, recommend
 
-QUICK = dict(min_runs=5, min_seconds=0.05, calibration_size=100, eval_size=271)
+QUICK = dict(min_runs=5, min_seconds=0.05, calibration_size=100, eval_size=271, runoff_rounds=0)
 VARIANT_KEYS = {"name", "steps", "artifact", "backend", "ok", "error", "model_bytes", "accuracy", "accuracy_drop",
                 "top1_agreement", "latency_ms", "throughput_per_s", "pareto"}
 
@@ -100,7 +100,8 @@ def test_interrupted_run_resumes_without_redoing(tmp_path, digits_model):
     # done before the kill, two after). digits_run covers the default set (tf-function, tf-xla).
     out = tmp_path / "resume"
     cmd = [sys.executable, "-m", "keras_turbo.cli", "optimize", str(digits_model[0]), "--data", "builtin:digits:test",
-           "--techniques", "runtimes", "--runtimes", "litert,onnxruntime,openvino", "--out", str(out)]
+           "--techniques", "runtimes", "--runtimes", "litert,onnxruntime,openvino", "--runoff-rounds", "0",
+           "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     results = out / "results.json"
     deadline = time.time() + 240

@@ -136,7 +136,7 @@ def test_optimize_judges_every_output_of_a_two_head_model(regression_two_head, t
 
     d = regression_two_head
     cfg = OptimizeConfig(min_agreement=0.98, techniques=("runtimes", "int8"), runtimes=("litert",),
-                         min_runs=5, min_seconds=0.05, calibration_size=100, eval_size=200)
+                         min_runs=5, min_seconds=0.05, calibration_size=100, eval_size=200, runoff_rounds=0)
     with pytest.warns(UserWarning, match="output output_1 is a single linear unit"):
         res = optimize(d / "m.keras", str(d / "x.npz"), None, cfg, tmp_path / "o")
     assert [o["kind"] for o in res.doc["outputs"]] == ["multiclass", "regression"]

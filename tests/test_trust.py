@@ -566,7 +566,8 @@ def test_optimize_retries_a_row_whose_worker_was_killed(tmp_path, digits_model, 
     from keras_turbo import bench
     from keras_turbo.optimize import OptimizeConfig, optimize
 
-    cfg = OptimizeConfig(max_accuracy_drop=1.0, techniques=("fallback",), min_runs=5, min_seconds=0.05, eval_size=100)
+    cfg = OptimizeConfig(max_accuracy_drop=1.0, techniques=("fallback",), min_runs=5, min_seconds=0.05, eval_size=100,
+                         runoff_rounds=0)
     real = bench.run_isolated
 
     def killed(job, timeout_s):

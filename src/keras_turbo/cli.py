@@ -22,14 +22,14 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
-def _positive_int(name):
+def _positive_int(name, least: int = 1):
     def parse(v):
         try:
             n = int(v)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be an integer >= 1, received {v!r}") from None
-        if n < 1:
-            raise argparse.ArgumentTypeError(f"{name} must be an integer >= 1, received {v!r}")
+            raise argparse.ArgumentTypeError(f"{name} must be an integer >= {least}, received {v!r}") from None
+        if n < least:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer >= {least}, received {v!r}")
         return n
     return parse
 
@@ -438,6 +438,10 @@ def _print_optimize(res) -> None:
 
         out.print(f"recommended: {h['recommended']}: {ratio_text(h)}; "
                   f"{h['size_ratio']:.1f}x smaller, accuracy {acc} (float {base}){verdict}")
+    from keras_turbo.report import runoff_text
+
+    if runoff_text(res.doc):
+        out.print(runoff_text(res.doc).replace("`", ""), highlight=False)
     out.print(f"report: {res.report_html}")
     if res.recommended:
         out.print(f"serve it: keras_turbo.load({str(res.out / 'best')!r})")
@@ -464,7 +468,7 @@ def cmd_optimize(args) -> int:
                          max_metric_drop=args.max_metric_drop, metric=args.metric, output_kinds=_output_kinds(args.output_kind), objective=args.objective, batch_size=args.batch_size,
                          threads=args.threads, techniques=tuple(t for t in (args.techniques or "").split(",") if t),
                          runtimes=tuple(t for t in (args.runtimes or "").split(",") if t),
-                         time_budget_s=_parse_duration(args.time_budget))
+                         time_budget_s=_parse_duration(args.time_budget), runoff_rounds=args.runoff_rounds)
     res = _run_optimize(args.model, args.data, args.train_data, cfg, args.out, args.unsafe, args.force, executor=args.executor,
                         ray_address=args.ray_address, target_node=args.target_node, target_resource=args.target_resource)
     _print_optimize(res)
@@ -692,6 +696,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--techniques", metavar="LIST", help="comma-separated: runtimes,fp16,int8,fallback and the training techniques")
     sp.add_argument("--runtimes", metavar="LIST", help="comma-separated runtimes to try (default: every one that imports here)")
     sp.add_argument("--time-budget", default="30m", metavar="DURATION", help="e.g. 90s, 30m (default 30m)")
+    sp.add_argument("--runoff-rounds", type=_positive_int("--runoff-rounds", least=0), default=3, metavar="N",
+                    help="time the candidates within 15%% of the fastest again in N alternating rounds and rank them "
+                         "by the median (default 3; 0: one timing each)")
     sp.add_argument("--out", default="keras-turbo-out", metavar="DIR")
     sp.add_argument("--executor", choices=("local", "ray"), default="local",
                     help="local (default), or ray: builds and accuracy checks fan out over a Ray cluster")

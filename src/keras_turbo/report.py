@@ -145,6 +145,30 @@ def ratio_text(h: dict) -> str:
     return ", ".join(parts)
 
 
+def runoff_text(doc: dict) -> str:
+    """One sentence on the run-off, or "" where there was none: which candidates, how many
+    rounds, and each one's first timing against its rounds' median."""
+    ro = doc.get("runoff")
+    if not ro:
+        return ""
+    names = ", ".join(f"`{n}`" for n in ro["candidates"])
+    margin = f"{100 * ro['margin']:.0f}%"
+    if not ro.get("rounds"):
+        return f"Run-off: {names} were within {margin} of the fastest, not timed again: {ro.get('stopped')}."
+    unit, fmt = ("items/s", "{:.1f}") if ro["objective"] == "throughput" else ("ms", "{:.4g}")
+
+    def med(v):
+        v = sorted(v)
+        return v[len(v) // 2] if ro["objective"] == "latency" else v[(len(v) - 1) // 2]
+
+    figures = "; ".join(f"`{n}` {fmt.format(f['first'])} then {'/'.join(fmt.format(x) for x in f['rounds'])}, "
+                        f"median {fmt.format(med(f['rounds']))} {unit}" for n, f in (ro.get("figures") or {}).items())
+    stopped = f" ({ro['stopped']})" if ro.get("stopped") else ""
+    reused = " (measured by an earlier run into this folder)" if ro.get("reused") else ""
+    return (f"Run-off: {names} were within {margin} of the fastest on their first timing, so they were timed again in "
+            f"{ro['rounds']} alternating rounds{stopped} and are ranked by their median round{reused}: {figures}.")
+
+
 def _budget_text(doc: dict) -> str:
     from keras_turbo.quality import DEFAULT_MAX_OUTPUT_ERROR
 
@@ -213,6 +237,8 @@ def write_markdown(out, doc: dict) -> str:
         lines += [f"**Recommended: `{h['recommended']}`**: {ratio_text(h)} at batch "
                   f"{doc['budget']['batch_size']}; {h['size_ratio']:.1f}x smaller, accuracy {_fmt_acc(h['accuracy'])} "
                   f"(float {_fmt_acc(h['baseline_accuracy'])}), agreement {_fmt_acc(h['agreement'])}.{verdict}", ""]
+    if runoff_text(doc):
+        lines += [runoff_text(doc), ""]
     outs = output_rows(doc)
     if outs:
         lines += [f"Each output of `{doc['recommended']}`, and the budget it was held to:", "",
@@ -335,6 +361,8 @@ def write_html(out, doc: dict) -> str:
                      f"{_fmt_acc(h['accuracy'])} (float {_fmt_acc(h['baseline_accuracy'])}), agreement {_fmt_acc(h['agreement'])}"
                      + ("" if h["budget_met"] else "<br><span class='bad'>No candidate met the budget: the fastest float "
                         "runtime is recommended.</span>") + "</div>")
+    if runoff_text(doc):
+        parts.append(f"<p id='runoff'>{esc(runoff_text(doc).replace('`', ''))}</p>")
     outs = output_rows(doc)
     if outs:
         parts.append(f"<h2>Each output of {esc(doc['recommended'])}</h2><table id='outputs'><tr>"

@@ -44,6 +44,10 @@ class OptimizeConfig(TechniqueConfig):
         time_budget_s: no new candidate starts after this many seconds.
         calibration_size / eval_size: samples for int8 calibration and for judging accuracy.
         min_runs / min_seconds: the benchmark's timed loop per candidate.
+        runoff_rounds: the candidates within the budget whose first timing is within
+            select.RUNOFF_MARGIN of the fastest are timed again in this many alternating rounds
+            (each a fresh worker, as the first) and ranked by their median round: one timing per
+            candidate can misrank near-equal candidates on a busy machine. 0: one timing each.
     """
 
     max_accuracy_drop: float | None = None
@@ -62,6 +66,7 @@ class OptimizeConfig(TechniqueConfig):
     eval_size: int = 1000
     min_runs: int = 30
     min_seconds: float = 1.0
+    runoff_rounds: int = 3
 
     def __post_init__(self):
         from keras_turbo.optimize.plan import TECHNIQUE_SETTINGS
@@ -93,6 +98,8 @@ class OptimizeConfig(TechniqueConfig):
             raise bad_param("batch_size", "an integer >= 1", self.batch_size)
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise bad_param("threads", "an integer >= 1", self.threads)
+        if not isinstance(self.runoff_rounds, int) or self.runoff_rounds < 0:
+            raise bad_param("runoff_rounds", "an integer >= 0", self.runoff_rounds)
         if not self.time_budget_s > 0:
             raise bad_param("time_budget_s", "a positive number of seconds", self.time_budget_s)
         known = set(FAMILIES) | set(TECHNIQUE_SETTINGS)

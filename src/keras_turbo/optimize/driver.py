@@ -63,6 +63,7 @@ class _Run:
     rows: dict[str, dict] = field(default_factory=dict)
     total: int = 0
     wave: int = 0
+    runoff: dict | None = None  # what the run-off did (select.runoff_leaders), for the reports
 
     @property
     def deadline(self) -> float:
@@ -143,6 +144,7 @@ def _search(model, data, train_data, cfg, out: Path, ex: Executor, progress, uns
                                     (r.get("latency_ms") or {}).get("p50"), r.get("build_s") or 0.0)
                     for i, r in run.rows.items()]
         wave = [r for r in planner.follow_ups(info, outcomes, cfg, has_train).recipes if r.id not in run.recipes]
+    _runoff(run)
     return _finish(run, force)
 
 
@@ -398,6 +400,70 @@ def _timed_row(run: _Run, r: Recipe, b: dict, q: dict, reused: dict) -> dict:
     return {**_row(r, b, q, s, run.cfg), "reused": reused}
 
 
+def _speed_value(s: dict, objective: str) -> float:
+    return s["throughput_per_s"] if objective == "throughput" else s["latency_ms"]["p50"]
+
+
+def _runoff(run: _Run) -> None:
+    """Time the leaders again before recommending: the candidates within the budget whose first
+    timing is within select.RUNOFF_MARGIN of the fastest, in `runoff_rounds` rounds, each round
+    timing every leader once (fresh workers, as the first timing) in an order rotated from round
+    to round, so that a machine getting busier or quieter weighs on all of them alike. Each
+    leader's speed becomes its median round's measurement (stored, so a rerun with the same
+    leaders reuses it); only complete rounds count. What was done is in results.json's `runoff`."""
+    rounds, objective = run.cfg.runoff_rounds, run.cfg.objective
+    rows = [r for r in run.rows.values() if r.get("role") != "probe"]
+    leads = select.runoff_leaders(rows, objective) if rounds else []
+    if not leads:
+        return
+    ids = sorted(r["id"] for r in leads)
+    first = {r["id"]: run.store.speed_for(r["id"], run.protocol.speed_id) for r in leads}
+    base = {"margin": select.RUNOFF_MARGIN, "objective": objective, "candidates": [r["name"] for r in leads]}
+    if all((s or {}).get("runoff", {}).get("group") == ids for s in first.values()):
+        done = first[leads[0]["id"]]["runoff"]
+        run.runoff = {**base, "rounds": len(done["rounds"]), "reused": True,
+                      "figures": {r["name"]: first[r["id"]]["runoff"] for r in leads}}
+        return
+    samples: dict[str, list[dict]] = {i: [] for i in ids}
+    cost = sum(float(s.get("seconds") or 0.0) for s in first.values())  # one round, from the first timings
+    stop = None
+    for k in range(rounds):
+        if run.time_left() < cost:
+            stop = f"the time budget left room for {k} of {rounds} rounds"
+            break
+        for r in leads[k % len(leads):] + leads[:k % len(leads)]:
+            run.note(f"run-off round {k + 1}/{rounds}: timing {r['name']}", run.total, run.total, run.time_left())
+            limit = min(TIMING_TIMEOUT_S, max(1.0, run.time_left()))
+            s = run.executor.time(r["artifact"], r["backend"], run.cfg.batch_size, run.protocol.threads,
+                                  {**dict(run.protocol.bench), "timeout_s": limit}, run.job["unsafe"])
+            if not s.get("ok"):
+                stop = f"{r['name']} failed to time in round {k + 1}: {s.get('error')}"
+                break
+            samples[r["id"]].append(s)
+        if stop:
+            break
+    complete = min(len(v) for v in samples.values())
+    run.runoff = {**base, "rounds": complete, "stopped": stop}
+    if not complete:
+        return
+    run.runoff["figures"] = {}
+    for r in leads:
+        got = sorted(samples[r["id"]][:complete], key=lambda s: _speed_value(s, objective))
+        # the median round; of an even count, the slower of the two middle ones
+        median = got[len(got) // 2] if objective == "latency" else got[(len(got) - 1) // 2]
+        was = first[r["id"]]  # (re-timed by an earlier run-off among other leaders: its first timing is kept there)
+        figures = {"group": ids, "first": (was.get("runoff") or {}).get("first", _speed_value(was, objective)),
+                   "rounds": [_speed_value(s, objective) for s in samples[r["id"]][:complete]]}
+        s = {**median, "runoff": figures}
+        q = run.store.quality_for(r["id"], run.protocol.quality_id)
+        reused = {**(r.get("reused") or {}), "speed": False}
+        run.store.record_measurement(r["id"], run.protocol, q, s, reused)
+        run.rows[r["id"]] = {**_row(run.recipes[r["id"]], run.store.builds[r["id"]], q, s, run.cfg), "reused": reused,
+                             "wave": r.get("wave")}
+        run.runoff["figures"][r["name"]] = figures
+    _save(run)
+
+
 def _build_seconds(build: dict) -> float:
     return round(sum(st.get("seconds") or 0 for st in build.get("steps", []) if not st.get("cached")), 2)
 
@@ -422,7 +488,7 @@ def _row(r: Recipe, build: dict, q: dict, s: dict, cfg: OptimizeConfig) -> dict:
     return {**row, "ok": True, **{k: q.get(k) for k in ("accuracy", "accuracy_drop", "top1_agreement", "max_abs_diff", "outputs",
                                                        "user_metric")},
             **{k: s.get(k) for k in ("latency_ms", "throughput_per_s", "model_bytes", "init_ms", "peak_rss_mb",
-                                     "preprocessing")},
+                                     "preprocessing", "runoff")},
             "within_budget": within, "verdict": why, "timed_on": s.get("node")}
 
 
@@ -448,7 +514,7 @@ def _doc(run: _Run) -> dict:
         "outputs": [k.to_dict() for k in j["kinds"]],
         "plan": {"left_out": [{"name": n, "reason": why} for n, why in j.get("left_out", ())],
                  "notes": list(j.get("plan_notes", ()))},
-        "search": probes,
+        "search": probes, "runoff": run.runoff,
         "variants": rows, "baseline": baseline, "recommended": best["name"] if best else None, "budget_met": met,
         "selection_note": "within_budget, pareto and recommended are recomputed from the measurements and the "
                           "current budget on every run; they are never read back",

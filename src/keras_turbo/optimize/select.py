@@ -151,6 +151,38 @@ OBJECTIVE_KEYS = {"latency": lambda r: r["latency_ms"]["p50"], "throughput": lam
                   "size": lambda r: (r["model_bytes"], r["latency_ms"]["p50"])}
 
 
+#: candidates whose first timing is within this fraction of the best one's are timed again (run-off)
+RUNOFF_MARGIN = 0.15
+#: at most this many of them, the best first
+RUNOFF_MOST = 4
+
+
+def runoff_leaders(rows: list[dict], objective: str, margin: float = RUNOFF_MARGIN, most: int = RUNOFF_MOST) -> list[dict]:
+    """The rows within the budget whose first timing on the objective is within `margin` of the
+    best one's, best first, at most `most`: the candidates one timing each cannot tell apart.
+    Judged by the first timings (a row a run-off re-timed keeps its first in `runoff`), so a
+    rerun finds the same leaders. Empty when fewer than two are, and for the size objective
+    (bytes are exact)."""
+    if objective == "size":
+        return []
+
+    def first(r):  # higher is better
+        v = (r.get("runoff") or {}).get("first")
+        if v is None:
+            v = r["throughput_per_s"] if objective == "throughput" else r["latency_ms"]["p50"]
+        return v if objective == "throughput" else -v
+
+    within = sorted((r for r in rows if r.get("ok") and r.get("within_budget")), key=first, reverse=True)
+    if len(within) < 2:
+        return []
+    best = first(within[0])
+    if objective == "latency":
+        lead = [r for r in within if -first(r) <= -best * (1 + margin)]
+    else:
+        lead = [r for r in within if first(r) * (1 + margin) >= best]
+    return lead[:most] if len(lead) >= 2 else []
+
+
 def recommend(rows: list[dict], objective: str) -> tuple[dict | None, bool]:
     """The best row on the objective within the budget; if none is, the fastest plain float
     variant (and False)."""
@@ -162,5 +194,5 @@ def recommend(rows: list[dict], objective: str) -> tuple[dict | None, bool]:
     return (min(floats, key=lambda r: r["latency_ms"]["p50"]) if floats else None), False
 
 
-__all__ = ["OBJECTIVE_KEYS", "output_verdict", "pareto", "probe_budget", "quality_key", "recommend",
-           "user_metric_verdict", "within_budget"]
+__all__ = ["OBJECTIVE_KEYS", "RUNOFF_MARGIN", "output_verdict", "pareto", "probe_budget", "quality_key", "recommend",
+           "runoff_leaders", "user_metric_verdict", "within_budget"]

@@ -175,6 +175,7 @@ SAME_PATH = {
     "keras-jax-tf32": "keras-jax", "keras-jax-bf16": "keras-jax", "keras-jax-fp16": "keras-jax",
     "tf-function-bf16": "tf-function", "openvino-bf16": "openvino", "openvino-fp16": "openvino",
     "openvino-throughput": "openvino", "openvino-bf16-throughput": "openvino",
+    "litert-throughput": "litert", "onnxruntime-throughput": "onnxruntime",
 }
 
 PAIRS = [(t, m) for t in TECHNIQUES for m in MODEL_MAKERS]

@@ -88,6 +88,14 @@ PLANNER_CHECKS = textwrap.dedent('''
     again = [r.name for r in P.follow_ups(info, outcomes + nothing, cfg, has_train=True).recipes if r.role == "probe"]
     assert "structured(flops/4) probe" in again  # ...so each searches stronger settings
     assert P.follow_ups(info, outcomes, cfg, has_train=False).recipes == tuple(repairs)
+    # throughput: each runtime's parallel-requests entry (as machine_caps lists it for that
+    # objective) gets the float export and every conversion; latency plans none of them
+    tp_caps = P.MachineCaps(caps.backends, tuple((f"{b}-throughput", to, "fp32") for b, to in
+                                                 (("litert", "litert"), ("onnxruntime", "onnx"), ("openvino", "openvino"))))
+    tp = [r.name for r in P.first_plan(info, tp_caps, OptimizeConfig(max_accuracy_drop=1.0, objective="throughput"), False).recipes]
+    assert {"litert-throughput fp32", "litert-throughput int8", "litert-throughput dynamic", "onnxruntime-throughput int8",
+            "openvino-throughput int8", "litert int8"} <= set(tp), tp
+    assert not any("throughput" in n for n in names)
     # the same plan from the same inputs, always (ids are content)
     assert [r.id for r in P.first_plan(info, caps, cfg, False).recipes] == [r.id for r in first.recipes]
     assert "tensorflow" not in sys.modules and "keras" not in sys.modules, "the planner imported TensorFlow"

@@ -36,6 +36,7 @@ def test_backends_per_objective():
     latency = precision_backends(SAPPHIRE_RAPIDS, "latency")
     throughput = precision_backends(SAPPHIRE_RAPIDS, "throughput")
     assert "openvino-bf16" in latency and "openvino-throughput" not in latency
+    assert {"litert-throughput", "onnxruntime-throughput"} <= set(throughput) - set(latency)
     assert "openvino-bf16-throughput" in throughput and "openvino" not in throughput and "openvino-bf16" not in throughput
     assert "tf-function-bf16" in latency and "tf-function-bf16" in throughput  # one path serves both
     assert all(why is None for why in latency.values())

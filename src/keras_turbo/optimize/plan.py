@@ -27,6 +27,10 @@ CONVERSIONS = (("openvino", "int8", "int8"), ("litert", "int8", "int8"), ("onnx"
 #: for minutes on a large model and is rarely the fastest there
 LAST = ("tf-xla",)
 BASELINE = "keras-predict"
+#: under the throughput objective, the entry of each runtime that serves a batch as parallel
+#: requests (runtimes/streams.py, OpenVINO's THROUGHPUT hint): each conversion is timed there too
+THROUGHPUT_RUNTIME = {"litert": "litert-throughput", "onnxruntime": "onnxruntime-throughput",
+                      "openvino": "openvino-throughput"}
 
 @dataclass(frozen=True)
 class Knob:
@@ -163,9 +167,13 @@ def first_plan(model: ModelInfo, caps: MachineCaps, cfg, has_train: bool) -> Pla
     accelerated = [runtime_recipe(fp, backend, to, precision) for backend, to, precision in caps.accelerated
                    if cfg.wants("runtimes" if precision in ("fp32", "tf32") else precision)]
     recipes = recipes[:len(plain)] + accelerated + recipes[len(plain):]
+    streams = {b for b, _, _ in caps.accelerated} if cfg.objective == "throughput" else set()
     for to, mode, family in CONVERSIONS:
         if cfg.wants(family) and BACKEND_OF[to] in usable and (not cfg.runtimes or BACKEND_OF[to] in cfg.runtimes):
-            recipes.append(conversion_recipe(fp, to, mode, mode, cfg.calibration_size))
+            r = conversion_recipe(fp, to, mode, mode, cfg.calibration_size)
+            recipes.append(r)
+            if THROUGHPUT_RUNTIME[r.backend] in streams:  # the same artifact, served as parallel requests
+                recipes.append(Recipe(fp, r.steps[:-1] + (Step("runtime", THROUGHPUT_RUNTIME[r.backend]),), r.precision))
     recipes += last
     left += _technique_reasons(model, cfg, has_train)
     planned = [n for n in searched(cfg) if n not in dict(left)] if has_train else []
@@ -365,6 +373,6 @@ def follow_ups(model: ModelInfo, outcomes: list[Outcome], cfg, has_train: bool) 
     return Plan(tuple(repairs(model, outcomes, cfg) + technique_recipes(model, outcomes, cfg, has_train)))
 
 
-__all__ = ["BASELINE", "CONVERSIONS", "FLOAT_RUNTIMES", "LEFT_OUT", "REPAIR_TECHNIQUES", "SEARCH", "TECHNIQUE_SETTINGS", "Knob", "MachineCaps",
+__all__ = ["BASELINE", "CONVERSIONS", "THROUGHPUT_RUNTIME", "FLOAT_RUNTIMES", "LEFT_OUT", "REPAIR_TECHNIQUES", "SEARCH", "TECHNIQUE_SETTINGS", "Knob", "MachineCaps",
            "ModelInfo", "Outcome", "Plan", "best_exports", "first_plan", "follow_ups", "probe_recipe", "repairs",
            "search_point", "step_back", "technique_recipes"]

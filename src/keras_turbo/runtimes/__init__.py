@@ -13,7 +13,7 @@ from typing import Callable
 
 from keras_turbo.errors import BackendError
 from keras_turbo.models import KERAS_FORMATS, ModelRef
-from keras_turbo.runtimes import keras_jax, keras_runtimes, litert, onnxruntime, openvino
+from keras_turbo.runtimes import keras_jax, keras_runtimes, litert, onnxruntime, openvino, streams
 from keras_turbo.runtimes.base import NullPredictor, Predictor, TensorInfo
 
 
@@ -108,6 +108,12 @@ BACKENDS: dict[str, Backend] = {
                                         with_preprocessing(openvino.OpenVINOBF16ThroughputPredictor),
                                         "OpenVINO CPU plugin, throughput hint, bf16", precision="bf16", needs=BF16_FLAGS,
                                         objective="throughput"),
+    "litert-throughput": Backend("litert-throughput", "ai_edge_litert", ("tflite",), "tflite",
+                                 with_preprocessing(streams.LiteRTThroughput),
+                                 "LiteRT, one interpreter per thread, a batch split across them", objective="throughput"),
+    "onnxruntime-throughput": Backend("onnxruntime-throughput", "onnxruntime", ("onnx",), "onnx",
+                                      with_preprocessing(streams.ONNXRuntimeThroughput),
+                                      "ONNX Runtime, one session per thread, a batch split across them", objective="throughput"),
 }
 
 #: the backend an artifact runs on when none is named

@@ -355,3 +355,41 @@ def test_cli_convert_writes_output_and_json(capsys, tmp_path, digits_model):
     doc = json.loads((tmp_path / "c.json").read_text())
     assert doc["evaluation"]["samples"] == 271 and doc["artifact"]["path"] == str(out)
     assert keras_turbo.load(out).backend == "openvino"
+
+
+@pytest.mark.parametrize("needed,deadline_after,expect_calls,expect_kept", [
+    (11, None, [1, 2, 4, 8, 16, 12, 10, 11], 11),  # doubling to 16, then bisection to the shortest that holds
+    (1, None, [1], 1),
+    (30, None, [1, 2, 4, 8, 16, 20], None),      # not even all 20 units hold: the closest to float is kept
+    (11, 5, [1, 2, 4, 8, 16], 16),               # the deadline mid-bisection: the shortest prefix found to hold
+])
+def test_fallback_walk_doubles_then_bisects(monkeypatch, needed, deadline_after, expect_calls, expect_kept):
+    """The fallback keeps the shortest ranked prefix that meets the budget in about 2 log2(k)
+    conversions (a fake conversion here: a prefix holds when it keeps `needed` units float)."""
+    from types import SimpleNamespace
+
+    from keras_turbo import sensitivity as S
+
+    calls = []
+
+    def fake_convert(ref, cfg, calibration, keep_float_nodes=(), cache_dir=None):
+        calls.append(len(cfg.keep_float))
+        return SimpleNamespace(kept=len(cfg.keep_float))
+
+    monkeypatch.setattr(S, "convert", fake_convert)
+    monkeypatch.setattr(S, "_measure", lambda res, job: S.Measured(None, min(1.0, 0.5 + res.kept / (2 * needed)), 0.0))
+    monkeypatch.setattr(S, "carrying_layers", lambda model, kept: [])
+    units = [[f"l{i}"] for i in range(20)]
+    job = S._Job(None, ConvertConfig(to="litert", quantize="int8"), None, FallbackConfig(min_agreement=1.0),
+                 lambda msg: None, None, None, [], (), None, [], None, [], [])
+    if deadline_after is not None:
+        job.late = lambda: len(calls) >= deadline_after
+    full = S.Measured(None, 0.5, 1.0)
+    final, _, kept, steps, stopped = S._fall_back(job, full, None, units, [u[0] for u in units],
+                                                  {u[0]: [u[0]] for u in units}, None, False)
+    assert calls == expect_calls and len(steps) == len(calls) + 1
+    assert stopped == (deadline_after is not None)
+    if expect_kept is None:
+        assert kept == [f"l{i}" for i in range(20)] and not job.ok(final)  # all 20: the closest to float
+    else:
+        assert kept == [f"l{i}" for i in range(expect_kept)] and job.ok(final)

@@ -506,32 +506,68 @@ def _rank_layers(job: _Job, layers: list[str], by_layer: dict) -> tuple[list, li
 
 def _fall_back(job: _Job, full: Measured, full_res, units: list, layers: list[str], by_layer: dict, keras_model,
                stopped: bool):
-    """Keep the ranked units float one after another until the budget holds (or the limit, or
-    the deadline); the best variant seen is kept (a step that made things worse is not)."""
-    kept: list[str] = []
-    steps = [{"kept_float": [], **full.to_dict()}]
-    final, final_res, best_kept = full, full_res, []
+    """Keep a prefix of the ranked units float: the shortest prefix found to meet the budget,
+    by doubling its length (1, 2, 4, ... units) until the budget holds, then bisecting between
+    the last length that failed and the first that held. That is about 2 log2(k) conversions for
+    a repair of k units, where one unit after another took k: ResNet50's int8 needs dozens of its
+    units float to keep 99% agreement, and each OpenVINO int8 conversion of it takes half a
+    minute. When no prefix holds (or the limit, or the deadline, comes first), the variant closest
+    to float among those seen is kept."""
     limit = job.budget.max_float_layers if job.budget.max_float_layers is not None else len(layers)
+    prefixes, kept = [], []
     for unit in units:
-        if job.ok(final) or stopped:
-            break
         grown = kept + [name for name in unit if name not in kept]
         if len(grown) == len(kept):
             continue
         if len(grown) > limit:
             break
-        if job.late():
-            stopped = True
-            break
         kept = grown
-        job.note(f"fallback: keeping {', '.join(kept)} in float")
-        keep_nodes = [n for layer in kept for n in by_layer[layer]]
-        res = convert(job.ref, ConvertConfig(**{**job.cfg.to_dict(), "keep_float": tuple(kept)}), job.calibration,
-                      keep_float_nodes=keep_nodes, cache_dir=job.cache_dir)
+        prefixes.append(kept)
+    steps = [{"kept_float": [], **full.to_dict()}]
+    seen: dict[int, tuple] = {}  # prefix index -> (measured, conversion result)
+
+    def attempt(i: int) -> bool | None:
+        """Convert with prefix i kept float; None: the deadline came first."""
+        if job.late():
+            return None
+        keep = prefixes[i]
+        job.note(f"fallback: keeping {', '.join(keep)} in float")
+        res = convert(job.ref, ConvertConfig(**{**job.cfg.to_dict(), "keep_float": tuple(keep)}), job.calibration,
+                      keep_float_nodes=[n for layer in keep for n in by_layer[layer]], cache_dir=job.cache_dir)
         m = _measure(res, job)
-        steps.append({"kept_float": list(kept), "carriers": carrying_layers(keras_model, kept), **m.to_dict()})
+        steps.append({"kept_float": list(keep), "carriers": carrying_layers(keras_model, keep), **m.to_dict()})
+        seen[i] = (m, res)
+        return job.ok(m)
+
+    if prefixes and not job.ok(full) and not stopped:
+        failed, held, i = -1, None, 0
+        while held is None and failed < len(prefixes) - 1:
+            ok = attempt(i)
+            if ok is None:
+                stopped = True
+                break
+            if ok:
+                held = i
+            else:
+                failed = i
+                i = min(2 * i + 1, len(prefixes) - 1)  # prefix lengths 1, 2, 4, 8, ..., then all
+        while held is not None and not stopped and held - failed > 1:
+            mid = (failed + held) // 2
+            ok = attempt(mid)
+            if ok is None:
+                stopped = True
+            elif ok:
+                held = mid
+            else:
+                failed = mid
+    holding = sorted(i for i, (m, _) in seen.items() if job.ok(m))
+    if holding:
+        final, final_res = seen[holding[0]]
+        return final, final_res, list(prefixes[holding[0]]), steps, stopped
+    final, final_res, best_kept = full, full_res, []
+    for i, (m, res) in sorted(seen.items()):
         if _better(m, final):
-            final, final_res, best_kept = m, res, list(kept)
+            final, final_res, best_kept = m, res, list(prefixes[i])
     return final, final_res, best_kept, steps, stopped
 
 

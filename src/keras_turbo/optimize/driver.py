@@ -425,6 +425,8 @@ def _runoff(run: _Run) -> None:
                       "figures": {r["name"]: first[r["id"]]["runoff"] for r in leads}}
         return
     samples: dict[str, list[dict]] = {i: [] for i in ids}
+    if any(s is None for s in first.values()):  # (a leader's timing is always stored; never guess one)
+        return
     cost = sum(float(s.get("seconds") or 0.0) for s in first.values())  # one round, from the first timings
     stop = None
     for k in range(rounds):

@@ -364,8 +364,8 @@ class _ToyExecutor(executor_mod.LocalExecutor):
 
     name = "toy"
 
-    def __init__(self, tmp, within: float, probe_s: float):
-        self.tmp, self.within, self.probe_s, self.jobs = tmp, within, probe_s, []
+    def __init__(self, tmp, within: float, probe_s: float, full_s: float = 0.1):
+        self.tmp, self.within, self.probe_s, self.full_s, self.jobs = tmp, within, probe_s, full_s, []
 
     def builds(self, jobs):
         for job in jobs:
@@ -376,7 +376,8 @@ class _ToyExecutor(executor_mod.LocalExecutor):
             art = self.tmp / f"{r.id}.bin"
             art.write_bytes(b"toy")
             steps = [{"prefix_id": r.id, "kind": s.kind, "name": s.name, "ok": True, "cached": False, "error": None,
-                      "seconds": self.probe_s if r.role == "probe" and s.kind == "train" else 0.1} for s in r.steps[:-1]]
+                      "seconds": (self.probe_s if r.role == "probe" else self.full_s) if s.kind == "train" else 0.1}
+                     for s in r.steps[:-1]]
             yield {"recipe_id": r.id, "ok": True, "artifact": str(art), "backend": r.backend, "error": None, "steps": steps,
                    "details": {}, "node": {}, "quality": {"accuracy": 0.99 - drop / 100, "accuracy_drop": drop,
                                                           "top1_agreement": 0.99, "samples": 500}}
@@ -417,6 +418,19 @@ def test_search_through_the_driver_records_every_point(tmp_path, digits_model, p
     jobs = {j.recipe.role: j for j in toy.jobs if j.recipe.techniques}
     assert jobs["probe"].train.part == "tail" and jobs["probe"].eval.part == "head"
     assert jobs["variant"].train.part == "all" and jobs["variant"].eval.spec == "builtin:digits:test"
+
+
+def test_a_point_fine_tuned_fully_is_not_fine_tuned_again(tmp_path, digits_model):
+    """Once the chosen point's full fine-tune is built, the share it spent must not size a new,
+    shorter fine-tune of the same point (MobileNetV2: 40, then 23, then 6 epochs of flops/1.5, a
+    third of the budget spent on copies)."""
+    cfg = OptimizeConfig(max_accuracy_drop=1.0, techniques=("runtimes", "structured"), runtimes=("litert",),
+                         time_budget_s=100, **QUICK)
+    toy = _ToyExecutor(tmp_path, within=3.0, probe_s=8.0, full_s=20.0)
+    res = optimize(digits_model[0], "builtin:digits:test", "builtin:digits:train", cfg, tmp_path / "out", executor=toy)
+    trained = [v for v in res.variants if v["techniques"] == ["structured"]]
+    assert len(trained) == 1, [v["steps"][0] for v in trained]
+    assert sum(1 for j in toy.jobs if j.recipe.role == "variant" and j.recipe.techniques) == 1
 
 
 def test_a_probe_split_too_small_for_the_budget_tolerates_one_sample():

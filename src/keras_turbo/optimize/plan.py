@@ -320,6 +320,12 @@ def final_settings(name: str, index: int, outcomes: list[Outcome], share: float)
     return {k.setting: k.grid[index], **k.full, "epochs": epochs}
 
 
+def _full_fine_tunes(name: str, label: str, outcomes: list[Outcome]) -> list[Outcome]:
+    """The exports of a point's full fine-tune measured so far (repairs of them aside)."""
+    return [o for o in outcomes if o.recipe.role == "variant" and o.recipe.techniques == (name,)
+            and o.recipe.label == label and not any(s.kind == "fallback" for s in o.recipe.steps)]
+
+
 def step_back(name: str, index: int, outcomes: list[Outcome], share: float) -> int:
     """The point to fine-tune fully: the search's choice, or the next weaker one once every
     variant of the choice's full fine-tune was judged on the held-out data and none met the
@@ -328,8 +334,7 @@ def step_back(name: str, index: int, outcomes: list[Outcome], share: float) -> i
     the previous one failed."""
     k = SEARCH[name]
     while index > 0 and _spent(name, outcomes) < share:
-        full = [o for o in outcomes if o.recipe.role == "variant" and o.recipe.techniques == (name,)
-                and o.recipe.label == k.label(k.grid[index]) and not any(s.kind == "fallback" for s in o.recipe.steps)]
+        full = _full_fine_tunes(name, k.label(k.grid[index]), outcomes)
         if not full or any(o.ok and o.within for o in full):
             return index
         index -= 1
@@ -355,7 +360,12 @@ def technique_recipes(model: ModelInfo, outcomes: list[Outcome], cfg, has_train:
                 continue  # no strength met the budget even at the weakest setting (the probes say so)
             index = step_back(name, index, outcomes, share)
             k = SEARCH[name]
-            train, label = _trained(name, final_settings(name, index, outcomes, share)), k.label(k.grid[index])
+            label = k.label(k.grid[index])
+            # A point fine-tuned fully keeps the settings it was built with: its epochs, sized to
+            # what the share had left then, would come out fewer now that the build has spent
+            # it, and another fine-tune of the same point would follow, and another.
+            done = _full_fine_tunes(name, label, outcomes)
+            train = (done[0].recipe.steps[0],) if done else _trained(name, final_settings(name, index, outcomes, share))
         else:
             train, label = _trained(name, TECHNIQUE_SETTINGS[name]), ""
         for export in best_exports(outcomes):

@@ -327,9 +327,11 @@ def test_search_plans_probes_then_the_full_fine_tune_with_exports():
     back = planner.follow_ups(info, failed, cfg, has_train=True).recipes
     assert {r.name for r in back} == {"prune(80%) + litert fp32", "prune(80%) + litert int8"}
     assert {r.steps[0].config["epochs"] for r in back} == {16}  # 1080 - 3 - 200 s left: still the most
-    # ... but not while one export of it met the budget, nor once the share is spent
+    # ... but not while one export of it met the budget (then the next stronger point, 95%, is
+    # fine-tuned fully: the share has room), nor once the share is spent
     one_ok = done + [planner.Outcome(r, True, r.precision == "fp32", 0.4, 100.0) for r in final]
-    assert {r.name for r in planner.follow_ups(info, one_ok, cfg, has_train=True).recipes} == {r.name for r in final}
+    assert {r.name for r in planner.follow_ups(info, one_ok, cfg, has_train=True).recipes} == \
+        {r.name for r in final} | {"prune(95%) + litert fp32", "prune(95%) + litert int8"}
     spent = done + [planner.Outcome(r, True, False, 0.4, 600.0) for r in final]
     assert {r.name for r in planner.follow_ups(info, spent, cfg, has_train=True).recipes} == {r.name for r in final}
     # and a step back that fails too steps back again
@@ -364,15 +366,16 @@ class _ToyExecutor(executor_mod.LocalExecutor):
 
     name = "toy"
 
-    def __init__(self, tmp, within: float, probe_s: float, full_s: float = 0.1):
+    def __init__(self, tmp, within: float, probe_s: float, full_s: float = 0.1, probe_within: float | None = None):
         self.tmp, self.within, self.probe_s, self.full_s, self.jobs = tmp, within, probe_s, full_s, []
+        self.probe_within = within if probe_within is None else probe_within
 
     def builds(self, jobs):
         for job in jobs:
             r = job.recipe
             self.jobs.append(job)
             flops = r.steps[0].config.get("target_flops_reduction", 1.0) if r.techniques else 1.0
-            drop = 0.5 if flops <= self.within else 3.0
+            drop = 0.5 if flops <= (self.probe_within if r.role == "probe" else self.within) else 3.0
             art = self.tmp / f"{r.id}.bin"
             art.write_bytes(b"toy")
             steps = [{"prefix_id": r.id, "kind": s.kind, "name": s.name, "ok": True, "cached": False, "error": None,
@@ -389,11 +392,13 @@ class _ToyExecutor(executor_mod.LocalExecutor):
                 "model_bytes": int(1e5 / flops), "init_ms": 1.0, "peak_rss_mb": 10.0, "node": {}}
 
 
-@pytest.mark.parametrize("probe_s,probed,chosen,epochs", [
-    (1.0, [2.0, 4.0, 3.0], 3.0, 40),  # quick probes: bisection to flops/3, the full fine-tune its most epochs
-    (30.0, [2.0], 2.0, 6),            # each probe costs half the 60 s share: one probe, epochs fit what is left
+@pytest.mark.parametrize("probe_s,probed,chosen,epochs,forward", [
+    # quick probes: bisection to flops/3, the full fine-tune its most epochs; the share has room
+    # for one more full fine-tune, of flops/4, which misses the budget
+    (1.0, [2.0, 4.0, 3.0], 3.0, 40, [4.0]),
+    (30.0, [2.0], 2.0, 6, []),  # each probe costs half the 60 s share: one probe, epochs fit what is left
 ])
-def test_search_through_the_driver_records_every_point(tmp_path, digits_model, probe_s, probed, chosen, epochs):
+def test_search_through_the_driver_records_every_point(tmp_path, digits_model, probe_s, probed, chosen, epochs, forward):
     """optimize() with a toy executor: every probe is in results.json's `search` with its setting,
     verdict and cost, the trained variant is the strongest setting within the budget, and the
     probes stop at half the technique's time share, the full fine-tune sized to the rest."""
@@ -409,15 +414,32 @@ def test_search_through_the_driver_records_every_point(tmp_path, digits_model, p
     assert all(p["role"] == "probe" and "validation split" in p["verdict"] and p["build_s"] == probe_s for p in search)
     assert [p["within_budget"] for p in search] == [f <= 3.0 for f in probed]
     trained = [v for v in res.variants if v["techniques"] == ["structured"]]
-    assert [v["name"] for v in trained] == [f"structured(flops/{chosen:g}) + litert fp32"]
+    assert [v["name"] for v in trained] == [f"structured(flops/{f:g}) + litert fp32" for f in [chosen] + forward]
     assert trained[0]["steps"][0]["config"] == {"target_flops_reduction": chosen, "epochs": epochs, "distill": True,
                                                 "importance": "bn"}
+    assert [v["within_budget"] for v in trained] == [True] + [False] * len(forward)
     assert res.recommended["name"] == trained[0]["name"] and trained[0]["pareto"]
     # probes train on the train data less the validation split and are judged on that split;
     # the chosen point trains on all of it and is judged on the held-out data
     jobs = {j.recipe.role: j for j in toy.jobs if j.recipe.techniques}
     assert jobs["probe"].train.part == "tail" and jobs["probe"].eval.part == "head"
     assert jobs["variant"].train.part == "all" and jobs["variant"].eval.spec == "builtin:digits:test"
+
+
+def test_search_steps_forward_where_the_full_fine_tune_recovers_more_than_the_probe(tmp_path, digits_model):
+    """Probes hold the budget up to flops/2 but full fine-tunes up to flops/3: the point after the
+    chosen one is fine-tuned fully while the last one held and the share has room, the fastest
+    within budget is recommended, and the first full fine-tune that misses ends the climb."""
+    cfg = OptimizeConfig(max_accuracy_drop=1.0, techniques=("runtimes", "structured"), runtimes=("litert",),
+                         time_budget_s=100, **QUICK)
+    toy = _ToyExecutor(tmp_path, within=3.0, probe_s=1.0, probe_within=2.0)
+    res = optimize(digits_model[0], "builtin:digits:test", "builtin:digits:train", cfg, tmp_path / "out", executor=toy)
+    assert [p["name"] for p in res.doc["search"]] == ["structured(flops/2) probe", "structured(flops/4) probe",
+                                                      "structured(flops/3) probe"]
+    trained = [(v["name"], v["within_budget"]) for v in res.variants if v["techniques"] == ["structured"]]
+    assert trained == [("structured(flops/2) + litert fp32", True), ("structured(flops/3) + litert fp32", True),
+                       ("structured(flops/4) + litert fp32", False)]
+    assert res.recommended["name"] == "structured(flops/3) + litert fp32"
 
 
 def test_a_point_fine_tuned_fully_is_not_fine_tuned_again(tmp_path, digits_model):

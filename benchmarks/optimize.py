@@ -26,6 +26,7 @@ os.environ.setdefault("KERAS_TURBO_CACHE", str(WORK / "cache"))
 import keras_turbo  # noqa: E402
 from keras_turbo.optimize import OptimizeConfig  # noqa: E402
 from keras_turbo.optimize.select import pareto  # noqa: E402
+from keras_turbo.report import runoff_text  # noqa: E402
 from keras_turbo.zoo import digits_model_path  # noqa: E402
 
 
@@ -172,9 +173,10 @@ def search_section(name: str, doc: dict) -> str:
             f"{'; '.join(doc['plan'].get('notes', []))}. Probes (short fine-tunes judged on a validation split "
             f"carved from the train data, never timed):\n\n"
             "| probe | val drop (points) | within | build s |\n| --- | ---: | --- | ---: |\n" + probes
-            + "\n\nTrained variants (judged on the held-out data):\n\n"
+            + "\n\nTrained variants (judged on the held-out data; a point beyond the probes' choice was fine-tuned "
+            "fully because the one before it held the budget and the time share had room, `plan.step_forward`):\n\n"
             "| variant | drop (points) | p50 ms | MB | within budget | Pareto |\n| --- | ---: | ---: | ---: | --- | --- |\n"
-            + trained)
+            + trained + (f"\n\n{runoff_text(doc)}" if runoff_text(doc) else ""))
 
 
 def _train_npz(n: int) -> str:

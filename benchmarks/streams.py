@@ -31,11 +31,12 @@ from keras_turbo.bench import BenchmarkConfig  # noqa: E402
 from keras_turbo.machine import default_threads, facts  # noqa: E402
 
 #: (label, backend, threads: None = all): what each objective's plan times
+TF = ("tf-function (plain TensorFlow)", "tf-function", None)
 SETTINGS = {
-    1: [("litert, all threads", "litert", None), ("litert, 1 thread", "litert", 1),
+    1: [TF, ("litert, all threads", "litert", None), ("litert, 1 thread", "litert", 1),
         ("onnxruntime, all threads", "onnxruntime", None), ("onnxruntime, 1 thread", "onnxruntime", 1),
         ("openvino (latency hint)", "openvino", None)],
-    32: [("litert, 1 request x all threads", "litert", None), ("litert-throughput", "litert-throughput", None),
+    32: [TF, ("litert, 1 request x all threads", "litert", None), ("litert-throughput", "litert-throughput", None),
          ("onnxruntime, 1 request x all threads", "onnxruntime", None), ("onnxruntime-throughput", "onnxruntime-throughput", None),
          ("openvino (latency hint)", "openvino", None), ("openvino-throughput", "openvino-throughput", None)],
 }
@@ -82,24 +83,30 @@ def render(raw: dict) -> str:
              "`litert-throughput` and `onnxruntime-throughput` (`runtimes/streams.py`) run one interpreter or session "
              "per thread, one thread each, and split a batch across them; `openvino-throughput` is OpenVINO's THROUGHPUT "
              "hint. `optimize --objective throughput` times every export on these as well as on the single-request "
-             "path, and keeps the faster.", ""]
+             "path, and keeps the faster. `vs tf-function` is against the plain TensorFlow path in the same rounds; "
+             "each peer runtime's own out-of-the-box settings (OpenVINO's bf16 default among them) are compared in the "
+             "peers section.", ""]
     for name, per in raw["models"].items():
         for batch, rows in per.items():
             what = "p50 ms" if batch == "1" else "items/s"
-            lines += [f"**{name}, batch {batch}** ({what}; ratio to the runtime's first row, higher is faster):", "",
-                      f"| setting | {what} | rounds | ratio |", "| --- | ---: | --- | ---: |"]
+            lines += [f"**{name}, batch {batch}** ({what}; ratios higher is faster):", "",
+                      f"| setting | {what} | rounds | vs the runtime's first row | vs tf-function |",
+                      "| --- | ---: | --- | ---: | ---: |"]
+            tf = rows.get(TF[0]) or {}
+            tf_v = tf.get("p50_ms") if batch == "1" else tf.get("items_per_s")
             base = {}
             for label, r in rows.items():
                 rt = r["backend"].split("-")[0]
                 if r["error"]:
-                    lines.append(f"| {label} | failed: {r['error']} | | |")
+                    lines.append(f"| {label} | failed: {r['error']} | | | |")
                     continue
                 v = r["p50_ms"] if batch == "1" else r["items_per_s"]
                 base.setdefault(rt, v)
                 ratio = base[rt] / v if batch == "1" else v / base[rt]
                 each = "/".join(f"{x['p50_ms']:.3g}" if batch == "1" else f"{x['items_per_s']:.0f}"
                                 for x in r["rounds"] if x["ok"])
-                lines.append(f"| {label} | {v:.4g} | {each} | {ratio:.2f}x |")
+                vs_tf = "-" if not tf_v else f"{(tf_v / v if batch == '1' else v / tf_v):.2f}x"
+                lines.append(f"| {label} | {v:.4g} | {each} | {ratio:.2f}x | {vs_tf} |")
             lines.append("")
     return "\n".join(lines)
 

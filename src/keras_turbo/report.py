@@ -155,14 +155,12 @@ def runoff_text(doc: dict) -> str:
     margin = f"{100 * ro['margin']:.0f}%"
     if not ro.get("rounds"):
         return f"Run-off: {names} were within {margin} of the fastest, not timed again: {ro.get('stopped')}."
+    from keras_turbo.optimize.select import median_round
+
     unit, fmt = ("items/s", "{:.1f}") if ro["objective"] == "throughput" else ("ms", "{:.4g}")
-
-    def med(v):
-        v = sorted(v)
-        return v[len(v) // 2] if ro["objective"] == "latency" else v[(len(v) - 1) // 2]
-
     figures = "; ".join(f"`{n}` {fmt.format(f['first'])} then {'/'.join(fmt.format(x) for x in f['rounds'])}, "
-                        f"median {fmt.format(med(f['rounds']))} {unit}" for n, f in (ro.get("figures") or {}).items())
+                        f"median {fmt.format(median_round(f['rounds'], ro['objective']))} {unit}"
+                        for n, f in (ro.get("figures") or {}).items())
     stopped = f" ({ro['stopped']})" if ro.get("stopped") else ""
     reused = " (measured by an earlier run into this folder)" if ro.get("reused") else ""
     return (f"Run-off: {names} were within {margin} of the fastest on their first timing, so they were timed again in "

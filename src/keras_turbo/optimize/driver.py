@@ -400,10 +400,6 @@ def _timed_row(run: _Run, r: Recipe, b: dict, q: dict, reused: dict) -> dict:
     return {**_row(r, b, q, s, run.cfg), "reused": reused}
 
 
-def _speed_value(s: dict, objective: str) -> float:
-    return s["throughput_per_s"] if objective == "throughput" else s["latency_ms"]["p50"]
-
-
 def _runoff(run: _Run) -> None:
     """Time the leaders again before recommending: the candidates within the budget whose first
     timing is within select.RUNOFF_MARGIN of the fastest, in `runoff_rounds` rounds, each round
@@ -424,9 +420,9 @@ def _runoff(run: _Run) -> None:
         run.runoff = {**base, "rounds": len(done["rounds"]), "reused": True,
                       "figures": {r["name"]: first[r["id"]]["runoff"] for r in leads}}
         return
-    samples: dict[str, list[dict]] = {i: [] for i in ids}
     if any(s is None for s in first.values()):  # (a leader's timing is always stored; never guess one)
         return
+    samples: dict[str, list[dict]] = {i: [] for i in ids}
     cost = sum(float(s.get("seconds") or 0.0) for s in first.values())  # one round, from the first timings
     stop = None
     for k in range(rounds):
@@ -450,12 +446,11 @@ def _runoff(run: _Run) -> None:
         return
     run.runoff["figures"] = {}
     for r in leads:
-        got = sorted(samples[r["id"]][:complete], key=lambda s: _speed_value(s, objective))
-        # the median round; of an even count, the slower of the two middle ones
-        median = got[len(got) // 2] if objective == "latency" else got[(len(got) - 1) // 2]
+        got = samples[r["id"]][:complete]
+        _, median = select.median_round([(select.speed_value(s, objective), s) for s in got], objective)
         was = first[r["id"]]  # (re-timed by an earlier run-off among other leaders: its first timing is kept there)
-        figures = {"group": ids, "first": (was.get("runoff") or {}).get("first", _speed_value(was, objective)),
-                   "rounds": [_speed_value(s, objective) for s in samples[r["id"]][:complete]]}
+        figures = {"group": ids, "first": (was.get("runoff") or {}).get("first", select.speed_value(was, objective)),
+                   "rounds": [select.speed_value(s, objective) for s in got]}
         s = {**median, "runoff": figures}
         q = run.store.quality_for(r["id"], run.protocol.quality_id)
         reused = {**(r.get("reused") or {}), "speed": False}

@@ -346,8 +346,9 @@ def step_forward(name: str, index: int, outcomes: list[Outcome], share: float) -
     fully met the budget on the held-out data, the next stronger one, as long as the share has
     room for a full fine-tune at the probes' pace (its smallest full length). A probe is a short
     fine-tune judged on a small validation split (38 samples when 256 train samples are given),
-    and a full fine-tune recovers more than it does: MobileNetV2's flops/1.5 lost one sample in
-    its probe and nothing on the held-out data, with the share half unspent. Stops at the first
+    and a full fine-tune recovers more than it does: MobileNetV2's flops/2 lost 3 of 38 samples
+    in its probe, and 0.74 points on the 540 held-out samples after its full fine-tune (within a
+    1-point budget), which this step found with the share half unspent. Stops at the first
     full fine-tune that misses the budget; returns the points beyond `index` to fine-tune."""
     k, probes = SEARCH[name], _probes(name, outcomes)
     out, i = [], index

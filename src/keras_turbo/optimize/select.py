@@ -151,6 +151,18 @@ OBJECTIVE_KEYS = {"latency": lambda r: r["latency_ms"]["p50"], "throughput": lam
                   "size": lambda r: (r["model_bytes"], r["latency_ms"]["p50"])}
 
 
+def speed_value(measured: dict, objective: str) -> float:
+    """A row's or speed record's figure on a speed objective: items/s for throughput, else p50 ms."""
+    return measured["throughput_per_s"] if objective == "throughput" else measured["latency_ms"]["p50"]
+
+
+def median_round(values: list, objective: str):
+    """The median of a run-off's rounds (values or (value, record) pairs); of an even count, the
+    slower of the two middle ones."""
+    got = sorted(values, key=lambda v: v[0] if isinstance(v, tuple) else v)
+    return got[len(got) // 2] if objective == "latency" else got[(len(got) - 1) // 2]
+
+
 #: candidates whose first timing is within this fraction of the best one's are timed again (run-off)
 RUNOFF_MARGIN = 0.15
 #: at most this many of them, the best first
@@ -168,8 +180,7 @@ def runoff_leaders(rows: list[dict], objective: str, margin: float = RUNOFF_MARG
 
     def first(r):  # higher is better
         v = (r.get("runoff") or {}).get("first")
-        if v is None:
-            v = r["throughput_per_s"] if objective == "throughput" else r["latency_ms"]["p50"]
+        v = speed_value(r, objective) if v is None else v
         return v if objective == "throughput" else -v
 
     within = sorted((r for r in rows if r.get("ok") and r.get("within_budget")), key=first, reverse=True)
@@ -194,5 +205,5 @@ def recommend(rows: list[dict], objective: str) -> tuple[dict | None, bool]:
     return (min(floats, key=lambda r: r["latency_ms"]["p50"]) if floats else None), False
 
 
-__all__ = ["OBJECTIVE_KEYS", "RUNOFF_MARGIN", "output_verdict", "pareto", "probe_budget", "quality_key", "recommend",
-           "runoff_leaders", "user_metric_verdict", "within_budget"]
+__all__ = ["OBJECTIVE_KEYS", "RUNOFF_MARGIN", "output_verdict", "pareto", "probe_budget", "quality_key", "median_round", "recommend",
+           "runoff_leaders", "speed_value", "user_metric_verdict", "within_budget"]

@@ -120,8 +120,9 @@ def test_interrupted_run_resumes_without_redoing(tmp_path, digits_model):
     before = json.loads(results.read_text())  # valid JSON after a kill
     done = {v["name"]: v for v in before["variants"]}
     assert 2 <= len(done) < 4
-    cfg = OptimizeConfig(max_accuracy_drop=1.0, techniques=("runtimes",),  # the CLI's settings: the same protocol
-                         runtimes=("litert", "onnxruntime", "openvino"))
+    # the CLI's settings: the same protocol (and no run-off, which would re-time the leaders on purpose)
+    cfg = OptimizeConfig(max_accuracy_drop=1.0, techniques=("runtimes",), runtimes=("litert", "onnxruntime", "openvino"),
+                         runoff_rounds=0)
     res = optimize(digits_model[0], "builtin:digits:test", None, cfg, out)
     after = {v["name"]: v for v in res.variants}
     assert len(after) == 4 and all(v["ok"] for v in after.values())

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -74,6 +77,33 @@ def test_lambda_refused_without_unsafe_and_no_code_runs(tmp_path, suffix):
     with pytest.raises(keras_turbo.ModelLoadError, match="Lambda.*--unsafe"):
         keras_turbo.load_model(path)
     assert not marker.exists(), "code from the model file ran during a refused load"
+
+
+def _hold_h5_lock(path, seconds):
+    """A process that opens `path` for writing (HDF5 takes its file lock) and keeps it."""
+    code = f"import h5py, time; f = h5py.File({str(path)!r}, 'a'); print('held', flush=True); time.sleep({seconds})"
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "held"
+    return p
+
+
+def test_h5_locked_by_a_writer_waits_then_says_so(tmp_path, monkeypatch):
+    from keras_turbo import models
+
+    path = tmp_path / "m.h5"
+    keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]).save(path)
+    writer = _hold_h5_lock(path, 0.5)  # a writer finishing: the load waits for it
+    try:
+        assert keras_turbo.load_model(path).output_shape == (None, 2)
+    finally:
+        writer.kill()
+    monkeypatch.setattr(models, "H5_LOCK_WAITS", (0.05,))
+    writer = _hold_h5_lock(path, 60)
+    try:
+        with pytest.raises(keras_turbo.ModelLoadError, match="another process holds the file open for writing"):
+            keras_turbo.load_model(path)
+    finally:
+        writer.kill()
 
 
 def test_keras2_h5_lambda_bytecode_refused(tmp_path):

@@ -599,6 +599,23 @@ def test_ctrl_c_at_start_is_one_line_and_130(model_files, delay):
     assert err.strip() == "keras-turbo: interrupted", err
 
 
+def test_ctrl_c_that_a_library_turns_into_an_error_is_still_an_interrupt(monkeypatch, capsys):
+    """numpy's import wraps a KeyboardInterrupt raised while its C extension loads in an
+    ImportError; the user pressed Ctrl-C, so the CLI must not call it an internal error."""
+    from keras_turbo import cli
+
+    def interrupted_import(args):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+        except KeyboardInterrupt as e:
+            raise ImportError("IMPORTANT: PLEASE READ THIS FOR ADVICE ON HOW TO SOLVE THIS ISSUE!") from e
+
+    monkeypatch.setattr(cli, "cmd_inspect", interrupted_import)
+    assert cli.main(["inspect", "x.keras"]) == 130
+    assert capsys.readouterr().err.strip() == "keras-turbo: interrupted"
+
+
 def test_sigterm_leaves_no_worker_and_no_temp_folder(tmp_path, model_files):
     import psutil
 

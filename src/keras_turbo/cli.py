@@ -5,13 +5,31 @@ Errors the user can fix print one line and exit with code 2; `--debug` shows the
 
 from __future__ import annotations
 
-import argparse
-import json
+import signal
 import sys
-import warnings
-from pathlib import Path
 
-from keras_turbo.errors import KerasTurboError
+# Which signal stopped the run (its exit code is 128 + it); set by the handlers below.
+_stopped_by: list[int] = []
+
+
+def _note_signal(signum, frame):
+    """Until `main` runs, a Ctrl-C or SIGTERM is only noted, and `main` stops on it at once: an
+    exception here would unwind through the imports below and print a traceback."""
+    _stopped_by.append(signum)
+
+
+# Run as a program (`python -m keras_turbo.cli`, or the `keras-turbo` script): meet a signal
+# from this line on.
+if __name__ == "__main__" or sys.argv[0].replace("\\", "/").rsplit("/", 1)[-1] in ("keras-turbo", "keras-turbo.exe"):
+    for _sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(_sig, _note_signal)
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import warnings  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from keras_turbo.errors import KerasTurboError  # noqa: E402
 
 EXIT_USAGE = 2
 
@@ -726,15 +744,9 @@ def _one_line_warnings(message, category, filename, lineno, file=None, line=None
     print(f"keras-turbo: warning: {message}", file=sys.stderr)
 
 
-# Set by the signal handlers: which signal stopped the run (its exit code is 128 + it).
-_stopped_by: list[int] = []
-
-
 def _on_signal(signum, frame):
     """Ctrl-C and SIGTERM alike: unwind (every `finally` runs, so temp folders go and benchmark
     workers are killed), then one line and 128 + signal number."""
-    import signal
-
     _stopped_by.append(signum)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not break the clean-up
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -742,16 +754,19 @@ def _on_signal(signum, frame):
 
 
 def main(argv: list[str] | None = None) -> int:
-    import signal
-
     as_program = argv is None
-    try:
-        handlers = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    except ValueError:  # not the main thread: the signals stay the caller's
-        handlers = {}
-    _stopped_by.clear()
+    if not as_program:
+        _stopped_by.clear()  # called in-process: only a signal from now on stops this call
+    handlers: dict = {}
     code = 1
     try:
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                handlers[sig] = signal.signal(sig, _on_signal)
+        except ValueError:  # not the main thread: the signals stay the caller's
+            pass
+        if _stopped_by:  # a signal noted while the program started
+            raise KeyboardInterrupt
         code = _main(sys.argv[1:] if argv is None else argv)
         return code
     except KeyboardInterrupt:
@@ -765,9 +780,25 @@ def main(argv: list[str] | None = None) -> int:
             for sig in handlers:
                 signal.signal(sig, signal.SIG_IGN)
             _exit_past_running_builds(code)
+            if _stopped_by:
+                _exit_interrupted(code)
         else:  # called in-process (tests, notebooks): give the caller its handlers back
             for sig, h in handlers.items():
                 signal.signal(sig, h)
+
+
+def _exit_interrupted(code: int) -> None:
+    """Exit with `code` after an interrupt we handled. A normal exit would not do: when the
+    KeyboardInterrupt passed through code that a library ran with `PyRun_String` (while importing
+    TensorFlow, say), CPython marked it unhandled, and at exit kills itself with SIGINT instead
+    of returning 130. So the exit functions run here, then the process ends with the code."""
+    import atexit
+    import os
+
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _exit_past_running_builds(code: int) -> None:
@@ -805,20 +836,26 @@ def _main(argv: list[str]) -> int:
         # the user's own code, named by them: effective here and in every worker process
         with custom.activated(getattr(args, "custom_objects", None)):
             return args.fn(args)
-    except KerasTurboError as e:
-        if debug:
-            raise
+    except Exception as e:
+        if _stopped_by:
+            # The signal's KeyboardInterrupt met a library that turned it into an error of its own
+            # (numpy's import wraps anything raised while loading its C extension in an
+            # ImportError): the user pressed Ctrl-C, so that is what they are told.
+            raise KeyboardInterrupt from e
+        return _report_error(e, debug)
+
+
+def _report_error(e: Exception, debug: bool) -> int:
+    """One line for the error a command ended on, and its exit code (--debug: the traceback)."""
+    if debug:
+        raise e
+    if isinstance(e, KerasTurboError):
         print(f"keras-turbo: error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        raise
-    except Exception as e:
-        if debug:
-            raise
-        from keras_turbo.errors import cause
+    from keras_turbo.errors import cause
 
-        print(f"keras-turbo: internal error: {cause(e)} (run with --debug for the traceback)", file=sys.stderr)
-        return 1
+    print(f"keras-turbo: internal error: {cause(e)} (run with --debug for the traceback)", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

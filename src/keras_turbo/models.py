@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -316,7 +317,12 @@ def load_keras(ref: ModelRef):
     custom.activate_from_env()  # the user's --custom-objects, in whichever process loads the model
     keras = _tf.keras()
     try:
-        model = keras.models.load_model(ref.path, compile=False, safe_mode=not ref.unsafe)
+        model = _load_waiting_for_lock(keras, ref)
+    except BlockingIOError as e:
+        raise ModelLoadError(
+            f"{ref.path}: another process holds the file open for writing (HDF5 file lock, still "
+            f"held after {sum(H5_LOCK_WAITS):.0f} s); load it when the writer is done ({cause(e)})"
+        ) from e
     except Exception as e:
         msg = " ".join(str(e).split())
         if not ref.unsafe and ("safe_mode" in msg or "unsafe_deserialization" in msg or "Lambda" in msg):
@@ -331,6 +337,23 @@ def load_keras(ref: ModelRef):
     if not isinstance(model, keras.Model):
         raise ModelLoadError(f"{ref.path}: holds a {type(model).__name__}, not a Keras model")
     return model
+
+
+# Seconds to wait, one after another, while a .h5 file is locked by a writer in another process.
+H5_LOCK_WAITS = (0.1, 0.3, 1.0, 2.0)
+
+
+def _load_waiting_for_lock(keras, ref: ModelRef):
+    """keras.models.load_model, waiting a few seconds while HDF5's file lock is taken. A writer
+    that has just finished can hold it a moment longer: a process forked while the file was open
+    (to start a subprocess, say) keeps the lock until it closes its copy of the descriptor."""
+    for wait in (*H5_LOCK_WAITS, None):
+        try:
+            return keras.models.load_model(ref.path, compile=False, safe_mode=not ref.unsafe)
+        except BlockingIOError:
+            if ref.format != "h5" or wait is None:
+                raise
+            time.sleep(wait)
 
 
 def unknown_class_message(path, name: str) -> str:

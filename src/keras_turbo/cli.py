@@ -396,6 +396,18 @@ def cmd_distill(args) -> int:
     return 0
 
 
+def cmd_resolution(args) -> int:
+    from keras_turbo.techniques.resolution import ResolutionConfig
+
+    cfg = ResolutionConfig(factor=args.factor, epochs=args.epochs, finetune=not args.no_finetune,
+                           distill=not args.labels_only)
+    result = _run_technique(args, "resolution", cfg)
+    result.model.save(args.output)
+    _console()[0].print(f"wrote {args.output}")
+    _print_report(result.report)
+    return 0
+
+
 def cmd_qat(args) -> int:
     from keras_turbo.techniques import qat
 
@@ -678,6 +690,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--epochs", type=_positive_int("--epochs"), help="training epochs (default: the config's)")
     sp.set_defaults(fn=cmd_distill)
+
+    sp = sub.add_parser("resolution", help="run the network on the image average-pooled by a factor, fine-tuned to it")
+    model_arg(sp)
+    train_args(sp)
+    sp.add_argument("--factor", type=_positive_int("--factor"), default=2,
+                    help="pool FxF pixels into one (2: half the height and width, about a quarter of the FLOPs)")
+    sp.add_argument("--epochs", type=_positive_int("--epochs"), default=10)
+    sp.add_argument("--labels-only", action="store_true", help="fine-tune on the labels alone, without the original as teacher")
+    sp.add_argument("--no-finetune", action="store_true", help="only insert the pooling (no --train-data needed)")
+    sp.set_defaults(fn=cmd_resolution)
 
     sp = sub.add_parser("qat", help="quantization-aware training, exported to a full-int8 .tflite")
     model_arg(sp)

@@ -133,7 +133,7 @@ def _search(model, data, train_data, cfg, out: Path, ex: Executor, progress, uns
     nothing new is proposed; then the selection, the reports and best/."""
     run = _start(model, data, train_data, cfg, out, ex, progress or (lambda *a: None), unsafe, cache_dir, started)
     cfg = run.cfg  # the budget resolved for the data
-    info = planner.ModelInfo(run.store.model, _quantizable(run.ref))
+    info = _model_info(run)
     has_train = run.job["train"] is not None
     first = planner.first_plan(info, machine_caps(cfg.objective), cfg, has_train)
     run.job["left_out"], run.job["plan_notes"] = first.left_out, first.notes
@@ -150,11 +150,17 @@ def _search(model, data, train_data, cfg, out: Path, ex: Executor, progress, uns
 
 # ------------------------------------------------------------------ setting up
 
-def _quantizable(ref) -> bool:
+def _model_info(run) -> planner.ModelInfo:
+    """What the planner needs of the model: can QAT train it, which techniques refuse it and why."""
     from keras_turbo.convert import quantizable_layers
     from keras_turbo.models import load_keras
+    from keras_turbo.techniques import resolution
 
-    return bool(quantizable_layers(load_keras(ref)))
+    model = load_keras(run.ref)
+    weakest = planner.SEARCH["resolution"].grid[0]
+    why = resolution.refusal(model, weakest)
+    refused = (("resolution", why),) if why else ()
+    return planner.ModelInfo(run.store.model, bool(quantizable_layers(model)), refused)
 
 
 CONVERT_TO = {"tflite": "litert", "onnx": "onnx", "openvino": "openvino"}

@@ -56,6 +56,8 @@ class Knob:
     def label(self, value) -> str:
         if self.setting == "target_flops_reduction":
             return f"flops/{value:g}"
+        if self.setting == "factor":
+            return f"1/{value:g} size"
         return f"{value:.0%}" if self.setting == "sparsity" else str(value)
 
 
@@ -72,6 +74,9 @@ SEARCH: dict[str, Knob] = {
     "distill": Knob("student", ("width:0.75", "width:0.5", "width:0.35", "width:0.25"), 1, {"epochs": 12}, {"epochs": 40}, 60),
     # magnitude pruning ramps its sparsity through the whole run, so it is not stopped early
     "prune": Knob("sparsity", (0.5, 0.7, 0.8, 0.9, 0.95), 2, {"epochs": 4}, {"epochs": 12}, 16),
+    # the image average-pooled by the factor before the network (about 1/factor^2 of its FLOPs);
+    # training at the smaller size is that much cheaper too, so the probes cost little
+    "resolution": Knob("factor", (2, 3, 4, 6, 8), 1, {"epochs": 6, "distill": True}, {"epochs": 30, "distill": True}, 40),
 }
 #: the share of --time-budget the training techniques may take together (split evenly; the probes
 #: of one technique stop at half of its share, leaving the rest for its full fine-tune)
@@ -93,7 +98,7 @@ LEFT_OUT = {
 #: float fallback where int8 breaks the budget (cross-layer equalization needs no data)
 REPAIR_TECHNIQUES: dict[str, dict] = {"equalize": {}}
 #: the techniques a trained variant is followed by the fastest exports of
-EXPORT_FOLLOWED = ("structured", "distill", "prune")
+EXPORT_FOLLOWED = ("structured", "distill", "prune", "resolution")
 
 
 @dataclass(frozen=True)
@@ -102,6 +107,7 @@ class ModelInfo:
 
     fingerprint: str
     quantizable: bool = True  # has Conv / Dense layers (QAT has something to train)
+    refused: tuple[tuple[str, str], ...] = ()  # (technique, why it cannot apply to this model)
 
 
 @dataclass(frozen=True)
@@ -176,14 +182,16 @@ def first_plan(model: ModelInfo, caps: MachineCaps, cfg, has_train: bool) -> Pla
                 recipes.append(Recipe(fp, r.steps[:-1] + (Step("runtime", THROUGHPUT_RUNTIME[r.backend]),), r.precision))
     recipes += last
     left += _technique_reasons(model, cfg, has_train)
-    planned = [n for n in searched(cfg) if n not in dict(left)] if has_train else []
+    planned = [n for n in searched(cfg, model) if n not in dict(left)] if has_train else []
     notes = tuple(f"{n}: strength search over {SEARCH[n].setting} {list(SEARCH[n].grid)}, at most "
                   f"{time_share(cfg, planned):.0f} s of the time budget" for n in planned)
     return Plan(tuple(recipes), tuple(left), notes)
 
 
-def searched(cfg) -> list[str]:
-    return [n for n in SEARCH if cfg.wants(n) and TECHNIQUE_SETTINGS.get(n) is not None]
+def searched(cfg, model: ModelInfo | None = None) -> list[str]:
+    """The techniques whose strength is searched: wanted, run by optimize, and not refused by the model."""
+    refused = dict(model.refused) if model is not None else {}
+    return [n for n in SEARCH if cfg.wants(n) and TECHNIQUE_SETTINGS.get(n) is not None and n not in refused]
 
 
 def time_share(cfg, techniques) -> float:
@@ -202,6 +210,8 @@ def _technique_reasons(model: ModelInfo, cfg, has_train: bool) -> list[tuple[str
             left.append((name, "needs --train-data"))
         elif name == "qat" and not model.quantizable:
             left.append((name, "the model has no Conv or Dense layer to train for int8"))
+        elif name in dict(model.refused):
+            left.append((name, dict(model.refused)[name]))
     return left
 
 
@@ -372,9 +382,9 @@ def technique_recipes(model: ModelInfo, outcomes: list[Outcome], cfg, has_train:
     if not has_train:
         return []
     out = []
-    share = time_share(cfg, searched(cfg))
+    share = time_share(cfg, searched(cfg, model))
     for name in EXPORT_FOLLOWED:
-        if not cfg.wants(name) or TECHNIQUE_SETTINGS.get(name) is None:
+        if not cfg.wants(name) or TECHNIQUE_SETTINGS.get(name) is None or name in dict(model.refused):
             continue
         if name in SEARCH:
             index, chosen = search_point(name, outcomes, cfg, share)

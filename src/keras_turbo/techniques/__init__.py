@@ -7,7 +7,7 @@ class, apply function).
 
 from __future__ import annotations
 
-from keras_turbo.techniques import cluster, distill, equalize, prune, qat, structured
+from keras_turbo.techniques import cluster, distill, equalize, prune, qat, resolution, structured
 from keras_turbo.techniques.base import TechniqueConfig, TechniqueResult
 
 TECHNIQUES: dict[str, tuple[type, object]] = {
@@ -17,6 +17,7 @@ TECHNIQUES: dict[str, tuple[type, object]] = {
     "qat": (qat.QATConfig, qat.apply),                          # quantization-aware training, exported to int8
     "cluster": (cluster.ClusterConfig, cluster.apply),          # weight sharing: smaller when compressed
     "equalize": (equalize.EqualizeConfig, equalize.apply),      # cross-layer equalization: int8 through outliers
+    "resolution": (resolution.ResolutionConfig, resolution.apply),  # the network on a smaller image
 }
 
 __all__ = ["TECHNIQUES", "TechniqueConfig", "TechniqueResult"]

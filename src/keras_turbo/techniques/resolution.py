@@ -1,0 +1,238 @@
+"""Input resolution: the same network run on a smaller image, fine-tuned to it.
+
+A convolutional network's work grows with the height x width of its input, and images are often
+larger than the task needs (small objects photographed at 224 x 224, scans upsampled from a
+low-resolution source). This technique puts an average pooling of `factor` x `factor` pixels in
+front of the network, so every layer after it runs on 1/factor^2 of the positions, and fine-tunes
+the network, distilling from the original, to the scale it now sees (the resolution knob of
+compound scaling, Tan & Le 2019, "EfficientNet"; why a network needs fine-tuning at a new input
+size: Touvron et al. 2019, "Fixing the train-test resolution discrepancy").
+
+The model keeps its input: callers still feed full-size images, and the pooling layer (named
+`resolution_pool`, an `AveragePooling2D` with 'valid' padding, exact on every runtime) is the
+first layer. The weights are copied from the original, which works where no weight depends on
+the height and width: convolutions, normalizations and a global-pooling head. A model whose head
+flattens the spatial map into a Dense layer cannot take another size, and is refused with that
+reason.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+from keras_turbo.data import Dataset
+from keras_turbo.describe import describe_keras
+from keras_turbo.errors import KerasTurboError, bad_param, cause
+from keras_turbo.techniques._training import (
+    accuracy,
+    check_model,
+    check_training,
+    copy_model,
+    finetune,
+    is_number,
+    saved_sizes,
+)
+from keras_turbo.techniques.base import TechniqueConfig, TechniqueResult
+
+POOL = "resolution_pool"
+NOTE = ("input resolution: the network runs on the image average-pooled by the factor, about "
+        "1/factor^2 of its FLOPs, fine-tuned to that scale; the model still takes full-size images")
+NO_TRAIN_DATA = "input resolution scaling fine-tunes the network to its new scale: it needs train data (--train-data)"
+
+
+@dataclass(frozen=True)
+class ResolutionConfig(TechniqueConfig):
+    """How much to shrink the image the network sees, and how to fine-tune it.
+
+    Attributes:
+        factor: the side of the average-pooled square, an integer >= 2: 2 runs the network on
+            half the height and width (about a quarter of its FLOPs).
+        finetune: train the network at its new scale on train data; False returns it as built
+            (its accuracy is then usually far below the original's).
+        epochs / batch_size / learning_rate: the fine-tuning (Adam with cosine decay).
+        distill: fine-tune with the original model, on the full-size image, as teacher.
+        temperature / distill_weight: the distillation's softmax temperature and the weight of
+            its soft term beside the labels' cross-entropy (as in `StructuredConfig`).
+        seed: seeds Keras' random state for the fine-tuning.
+        patience: early stopping on `val` after this many epochs without improvement (None:
+            train every epoch).
+
+    Raises:
+        KerasTurboError: a setting out of range.
+
+    Example:
+        >>> ResolutionConfig(factor=2, epochs=20)
+    """
+
+    factor: int = 2
+    finetune: bool = True
+    epochs: int = 10
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    distill: bool = True
+    temperature: float = 4.0
+    distill_weight: float = 0.5
+    seed: int = 0
+    patience: int | None = None
+
+    def __post_init__(self):
+        if isinstance(self.factor, bool) or not isinstance(self.factor, int) or self.factor < 2:
+            raise bad_param("factor", "an integer >= 2 (2 = half the height and width)", self.factor)
+        check_training(self.epochs, self.batch_size, self.learning_rate)
+        if not is_number(self.temperature) or not self.temperature > 0:
+            raise bad_param("temperature", "a number > 0", self.temperature)
+        if not is_number(self.distill_weight) or not 0 <= self.distill_weight <= 1:
+            raise bad_param("distill_weight", "a number in [0, 1]", self.distill_weight)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise bad_param("seed", "an integer", self.seed)
+        if self.patience is not None and (isinstance(self.patience, bool) or not isinstance(self.patience, int)
+                                          or self.patience < 1):
+            raise bad_param("patience", "an integer >= 1 or None", self.patience)
+
+
+def refusal(model, factor: int = 2) -> str | None:
+    """Why this model cannot run at a smaller input (None: it may). Reads the model's inputs
+    only; a head whose weights depend on the size shows when the weights are copied."""
+    if len(model.inputs) != 1:
+        return f"needs one image input, the model has {len(model.inputs)} inputs"
+    shape = tuple(model.inputs[0].shape)
+    if len(shape) != 4:
+        return f"needs an image input (batch, height, width, channels), the model's input is {shape}"
+    h, w = shape[1], shape[2]
+    if h is None or w is None:
+        return "the model takes images of any size: feed smaller images instead"
+    if min(h, w) < 2 * factor:
+        return f"the model's {h}x{w} input is too small to pool by {factor}"
+    return None
+
+
+def _with_pool(keras, model, factor: int):
+    """The model's architecture with an average pooling by `factor` after its input, built fresh
+    (every layer takes its shape from the pooled input)."""
+    cfg = copy.deepcopy(model.get_config())
+    layers = cfg.get("layers")
+    if not isinstance(layers, list) or not layers or layers[0].get("class_name") != "InputLayer":
+        raise KerasTurboError(f"input resolution: model {model.name!r} is not a functional or Sequential model "
+                              "with an Input")
+    names = {layer.get("config", {}).get("name") for layer in layers}
+    pool_name = POOL if POOL not in names else next(f"{POOL}_{i}" for i in range(1, 10**6) if f"{POOL}_{i}" not in names)
+    pool = keras.saving.serialize_keras_object(keras.layers.AveragePooling2D(factor, strides=factor, padding="valid",
+                                                                             name=pool_name))
+    for layer in layers:
+        layer.pop("build_config", None)  # the saved build shapes are the full-size ones
+    if isinstance(model, keras.Sequential):
+        layers.insert(1, pool)
+        return type(model).from_config(cfg), pool_name
+    source = layers[0]["name"]
+    full = list(layers[0]["config"]["batch_shape"])
+    pooled = [full[0], full[1] // factor, full[2] // factor, full[3]]  # 'valid' pooling
+
+    def rewire(node):
+        if isinstance(node, dict):
+            hist = node.get("keras_history")
+            if isinstance(hist, (list, tuple)) and hist and hist[0] == source:
+                node["keras_history"] = [pool_name, *hist[1:]]
+                node["shape"] = pooled
+            for v in node.values():
+                rewire(v)
+        elif isinstance(node, (list, tuple)):  # get_config() holds a node's args as a tuple
+            for v in node:
+                rewire(v)
+
+    for layer in layers[1:]:
+        rewire(layer.get("inbound_nodes", []))
+    tensor = {"class_name": "__keras_tensor__",
+              "config": {"shape": full, "dtype": layers[0]["config"].get("dtype", "float32"),
+                         "keras_history": [source, 0, 0]}}
+    layers.insert(1, {**pool, "name": pool_name, "inbound_nodes": [{"args": [tensor], "kwargs": {}}]})
+    return keras.Model.from_config(cfg), pool_name
+
+
+def _scaled(keras, model, factor: int):
+    """The model with the pooling in front and the original's weights (shared by nothing)."""
+    try:
+        new, pool_name = _with_pool(keras, model, factor)
+    except KerasTurboError:
+        raise
+    except Exception as e:
+        raise KerasTurboError(f"input resolution: model {model.name!r} cannot be rebuilt at 1/{factor} of its "
+                              f"input's size ({cause(e)})") from e
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        try:
+            new.get_layer(layer.name).set_weights(layer.get_weights())
+        except Exception as e:  # a Dense behind a Flatten: its kernel's size is the spatial map's
+            raise KerasTurboError(
+                f"input resolution: layer {layer.name!r} has weights sized to the input's height and width "
+                f"({cause(e)}); only a model whose weights fit any input size (convolutions and a global-pooling "
+                "head) can run on a smaller image") from e
+    new.name = f"{model.name}_res{factor}"
+    return new, pool_name
+
+
+def apply(model, config: ResolutionConfig | None = None, train: Dataset | None = None,
+          val: Dataset | None = None) -> TechniqueResult:
+    """Run the model on its image average-pooled by `config.factor`, fine-tuned to that scale.
+
+    Args:
+        model: a built functional or Sequential keras.Model with one image input (batch, height,
+            width, channels) of fixed size. It is not changed.
+        config: a `ResolutionConfig`; default `ResolutionConfig()` (factor 2, 10 epochs distilled
+            from the original).
+        train: data to fine-tune on; needed when `config.finetune` is True.
+        val: labelled data for the accuracy before and after (optional), and for early stopping
+            with `config.patience`.
+
+    Returns:
+        A `TechniqueResult` whose `model` takes the same full-size input and outputs as the
+        original, and whose `report` holds the factor, the size the network now runs at, FLOPs
+        before and after, accuracy before and after on `val`, the fine-tuning, and the sizes.
+
+    Raises:
+        KerasTurboError: bad settings, no train data to fine-tune on, a model that is not one
+            fixed-size image input, or one whose weights depend on the input's size.
+
+    Example:
+        >>> from keras_turbo.techniques import resolution
+        >>> res = resolution.apply(model, resolution.ResolutionConfig(factor=2), train, val)
+        >>> res.report["flops_reduction"]
+        3.9
+    """
+    config = config or ResolutionConfig()
+    keras = check_model(model, "input resolution")
+    why = refusal(model, config.factor)
+    if why:
+        raise KerasTurboError(f"input resolution: {why}")
+    if config.finetune and train is None:
+        raise KerasTurboError(NO_TRAIN_DATA)
+    new, pool_name = _scaled(keras, model, config.factor)
+    training = None
+    if config.finetune:
+        work = copy_model(new)  # fitting compiles it; the model handed back stays uncompiled
+        training = finetune(work, train, epochs=config.epochs, batch_size=config.batch_size,
+                            learning_rate=config.learning_rate, seed=config.seed, teacher=model,
+                            distill=config.distill, temperature=config.temperature,
+                            distill_weight=config.distill_weight, val=val, patience=config.patience)
+        new.set_weights(work.get_weights())
+    before, after = describe_keras(model), describe_keras(new)
+    runs_at = tuple(new.get_layer(pool_name).output.shape[1:3])
+    report = {
+        "factor": config.factor,
+        "input": list(model.inputs[0].shape[1:3]),
+        "runs_at": list(runs_at),
+        "params_before": before["params"], "params_after": after["params"],
+        "flops_before": before["flops_per_sample"], "flops_after": after["flops_per_sample"],
+        "flops_reduction": round(before["flops_per_sample"] / max(after["flops_per_sample"], 1), 3),
+        "accuracy_before": accuracy(model, val),
+        "accuracy_after": accuracy(new, val),
+        "val_samples": len(val) if val is not None else 0,
+        "finetune": training,
+        "size": {"before": saved_sizes(model, compress=False), "after": saved_sizes(new, compress=False)},
+        "note": NOTE,
+    }
+    return TechniqueResult("resolution", new, config, report)
+
+
+__all__ = ["ResolutionConfig", "apply", "refusal"]

@@ -1,0 +1,125 @@
+"""Input resolution: the network on the image average-pooled by a factor (techniques/resolution.py).
+
+What holds for every technique (input untouched, report, determinism, every runtime) is
+test_contract.py's; here what is particular: the function the transform builds, the models it
+refuses and why, fine-tuning at the new scale, the CLI, and how optimize plans it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from keras_turbo.data import Dataset
+from keras_turbo.errors import KerasTurboError
+from keras_turbo.optimize import plan as planner
+from keras_turbo.optimize.config import OptimizeConfig
+from keras_turbo.techniques import resolution as R
+from tests.conftest import keras
+from tests.test_cli import run_cli
+
+
+def _net(size: int, seed: int = 0):
+    """A small residual CNN with a global-pooling head, at input size x size x 2."""
+    keras.utils.set_random_seed(seed)
+    x = keras.Input((size, size, 2), name="image")
+    h = keras.layers.Conv2D(6, 3, padding="same", activation="relu", name="c1")(x)
+    h = keras.layers.BatchNormalization(name="bn")(h)
+    h = keras.layers.DepthwiseConv2D(3, padding="same", name="dw")(h)
+    h = keras.layers.Add(name="add")([h, keras.layers.Conv2D(6, 1, name="skip")(x)])
+    h = keras.layers.GlobalAveragePooling2D(name="gap")(h)
+    return keras.Model(x, keras.layers.Dense(3, name="logits")(h), name="net")
+
+
+def test_the_network_runs_on_the_pooled_image():
+    """Without fine-tuning, the result is exactly the same network, weights and all, applied to
+    the image average-pooled by the factor (rows and columns past a whole multiple dropped)."""
+    model = _net(17)
+    small = _net(8, seed=1)
+    small.set_weights(model.get_weights())
+    res = R.apply(model, R.ResolutionConfig(factor=2, finetune=False))
+    new = res.model
+    assert new.inputs[0].shape == model.inputs[0].shape and new.layers[1].name == R.POOL
+    x = np.random.default_rng(0).random((3, 17, 17, 2), dtype="float32")
+    pooled = x[:, :16, :16].reshape(3, 8, 2, 8, 2, 2).mean(axis=(2, 4))
+    np.testing.assert_allclose(np.asarray(new(x)), np.asarray(small(pooled)), rtol=1e-5, atol=1e-6)
+    assert res.report["runs_at"] == [8, 8] and res.report["input"] == [17, 17]
+    assert 3.5 < res.report["flops_reduction"] < 4.6 and res.report["params_after"] == res.report["params_before"]
+
+
+def test_a_sequential_model_and_a_taken_name():
+    seq = keras.Sequential([keras.Input((12, 12, 1)), keras.layers.Conv2D(4, 3, name=R.POOL),
+                            keras.layers.GlobalMaxPooling2D(), keras.layers.Dense(2)])
+    new = R.apply(seq, R.ResolutionConfig(factor=3, finetune=False)).model
+    assert new.layers[0].name == f"{R.POOL}_1" and new.layers[0].output.shape[1:3] == (4, 4)
+    assert new.get_layer(R.POOL).output.shape[1:3] == (2, 2)
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda: keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(2, 3), keras.layers.Flatten(),
+                               keras.layers.Dense(2, name="head")]), "layer 'head' has weights sized to the input"),
+    (lambda: keras.Sequential([keras.Input((None, None, 3)), keras.layers.Conv2D(2, 3),
+                               keras.layers.GlobalAveragePooling2D()]), "any size: feed smaller images"),
+    (lambda: keras.Sequential([keras.Input((6,)), keras.layers.Dense(2)]), "needs an image input"),
+    (lambda: _net(3), "too small to pool by 2"),
+])
+def test_models_it_cannot_shrink_are_refused_with_the_reason(make, match):
+    with pytest.raises(KerasTurboError, match=match):
+        R.apply(make(), R.ResolutionConfig(factor=2, finetune=False))
+
+
+def test_fine_tuning_recovers_the_accuracy_at_the_new_scale():
+    """Images upsampled 2x from 8x8 hold nothing a 2x pooling loses: the pooled network, only
+    copied, is far off; fine-tuned with the original as teacher, it comes back to within a few
+    points of it."""
+    rng = np.random.default_rng(0)
+    i, j = np.meshgrid(np.arange(8), np.arange(8), indexing="ij")
+    textures = np.stack([i % 2, j % 2, (i + j) % 2]).astype("float32")  # rows, columns, checkerboard
+    y = rng.integers(0, 3, 600)
+    flip = rng.integers(0, 2, (600, 1, 1)).astype("float32")  # random phase
+    src = np.abs(textures[y] - flip)[..., None] + 0.3 * rng.standard_normal((600, 8, 8, 2)).astype("float32")
+    x = np.repeat(np.repeat(src, 2, 1), 2, 2)  # upsampled 2x: a 2x pooling loses nothing
+    train, val = Dataset((x[:450],), y[:450], "train"), Dataset((x[450:],), y[450:], "val")
+    model = _net(16)
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x[:450], y[:450], epochs=25, batch_size=32, verbose=0)
+    raw = R.apply(model, R.ResolutionConfig(factor=2, finetune=False), val=val).report
+    tuned = R.apply(model, R.ResolutionConfig(factor=2, epochs=12), train, val).report
+    assert raw["accuracy_before"] > 0.9
+    assert tuned["accuracy_after"] >= raw["accuracy_before"] - 0.05
+    assert tuned["accuracy_after"] > raw["accuracy_after"]
+    with pytest.raises(KerasTurboError, match="needs train data"):
+        R.apply(model, R.ResolutionConfig(factor=2))
+
+
+def test_cli_writes_the_model_and_refuses_a_flatten_head_in_one_line(tmp_path, capsys):
+    path = tmp_path / "net.keras"
+    _net(16).save(path)
+    out = tmp_path / "small.keras"
+    code, stdout, _ = run_cli(capsys, "resolution", path, "--factor", "4", "--no-finetune", "-o", out,
+                              "--json", tmp_path / "r.json")
+    assert code == 0 and "runs_at: [4, 4]" in stdout
+    assert keras.saving.load_model(out).get_layer(R.POOL).pool_size == (4, 4)
+    flat = tmp_path / "flat.keras"
+    keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(2, 3), keras.layers.Flatten(),
+                      keras.layers.Dense(2)]).save(flat)
+    code, _, err = run_cli(capsys, "resolution", flat, "--no-finetune", "-o", tmp_path / "x.keras")
+    errors = [ln for ln in err.splitlines() if ln.startswith("keras-turbo:")]  # beside the progress line
+    assert code == 2 and "Traceback" not in err and len(errors) == 1 and "global-pooling head" in errors[0]
+
+
+def test_optimize_searches_the_factor_or_says_why_not():
+    cfg = OptimizeConfig(max_accuracy_drop=1.0, techniques=("runtimes", "resolution", "structured"))
+    caps = planner.MachineCaps(("keras-predict", "litert"))
+    taken = planner.first_plan(planner.ModelInfo("fp"), caps, cfg, has_train=True)
+    assert any(n.startswith("resolution: strength search over factor [2, 3, 4, 6, 8]") for n in taken.notes)
+    base = [planner.Outcome(r, True, True, 1.0) for r in taken.recipes]
+    probes = planner.follow_ups(planner.ModelInfo("fp"), base, cfg, True).recipes
+    assert {r.name for r in probes} == {"resolution(1/3 size) probe", "structured(flops/2) probe"}
+    info = planner.ModelInfo("fp", refused=(("resolution", "needs one image input, the model has 2 inputs"),))
+    refused = planner.first_plan(info, caps, cfg, has_train=True)
+    assert dict(refused.left_out)["resolution"] == "needs one image input, the model has 2 inputs"
+    assert not any(n.startswith("resolution") for n in refused.notes)
+    # the share goes to the one technique left, and no resolution recipe is planned
+    assert any(f"at most {planner.time_share(cfg, ['structured']):.0f} s" in n for n in refused.notes)
+    assert [r.name for r in planner.follow_ups(info, base, cfg, True).recipes] == ["structured(flops/2) probe"]

@@ -64,7 +64,7 @@ def main() -> None:
     ap.add_argument("--only", choices=("digits", "mobilenetv2", "resnet50", "mobilenetv2-train"))
     ap.add_argument("--render-only", action="store_true", help="rewrite the table from results/optimize.json")
     ap.add_argument("--time-budget", type=float, default=3000.0,
-                    help="seconds for the MobileNetV2 + train data run (its training share goes to structured pruning)")
+                    help="seconds for the MobileNetV2 + train data run (its training share goes to structured pruning and input resolution)")
     ap.add_argument("--adopt-base", type=Path, metavar="MODEL.keras",
                     help="adopt a MobileNetV2 digits base model trained elsewhere (benchmarks/digits_mobilenetv2_gpu.sh) and stop")
     args = ap.parse_args()
@@ -84,11 +84,11 @@ def main() -> None:
     # With train data: MobileNetV2 first trained on the digits at 224x224x3 (so its predictions
     # mean something and accuracy can be judged on labels), then optimized with 256 train samples
     # for calibration and fine-tuning (more costs hours on 2 cores): runtimes + int8 + structured
-    # pruning with its strength search, budget 1 point, judged on the 540 digits the model never
+    # pruning and input resolution, each with its strength search, budget 1 point, judged on the 540 digits the model never
     # trained on (validation + test; it was trained without a validation split).
     runs["MobileNetV2 1.0 + train data"] = (
         "mobilenetv2-train", _digits_mobilenetv2, "builtin:digits:heldout", lambda: _train_npz(256),
-        OptimizeConfig(max_accuracy_drop=1.0, threads=args.threads, techniques=("runtimes", "int8", "structured"),
+        OptimizeConfig(max_accuracy_drop=1.0, threads=args.threads, techniques=("runtimes", "int8", "structured", "resolution"),
                        eval_size=540, min_runs=10, min_seconds=2.0, time_budget_s=args.time_budget))
     RESULTS.mkdir(parents=True, exist_ok=True)
     raw_path = RESULTS / "optimize.json"

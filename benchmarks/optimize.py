@@ -165,16 +165,22 @@ def search_section(name: str, doc: dict) -> str:
              f"the speed of `{plain['name']}` {plain['latency_ms']['p50']:.3f} ms, the best variant within the budget "
              f"that needs no train data" if rec and plain else "no variant within the budget")
     held = doc["data"]["eval_samples"]
+    # Where a win comes from the data, say so: the digits are 8x8 scans, upsampled to 224x224 here.
+    caveat = ("The digits are 8x8 scans upsampled to 224x224, so a smaller input keeps all of their detail: what input "
+              "resolution loses here is for its fine-tune to recover, not information (on photographs it loses both). ")
+    resized = any("resolution" in (p.get("name") or "") for p in doc["search"])
     return (f"\n\n### {name}: the strength search\n\n"
             f"Budget {doc['budget']['max_accuracy_drop']} point(s) on {held} held-out samples ({doc['data']['eval']}); "
             f"float accuracy {100 * doc['float_accuracy']:.2f}%; run took {doc['elapsed_s'] / 60:.0f} min of a "
             f"{doc['budget']['time_budget_s'] / 60:.0f} min time budget. Recommended: {ratio}, same run.\n\n"
-            + (f"Base model: {doc['base_model']}.\n\n" if doc.get("base_model") else "") +
+            + (f"Base model: {doc['base_model']}.\n\n" if doc.get("base_model") else "")
+            + (caveat if resized else "") +
             f"{'; '.join(doc['plan'].get('notes', []))}. Probes (short fine-tunes judged on a validation split "
             f"carved from the train data, never timed):\n\n"
             "| probe | val drop (points) | within | build s |\n| --- | ---: | --- | ---: |\n" + probes
-            + "\n\nTrained variants (judged on the held-out data; a point beyond the probes' choice was fine-tuned "
-            "fully because the one before it held the budget and the time share had room, `plan.step_forward`):\n\n"
+            + "\n\nTrained variants (judged on the held-out data; a point beyond the probes' choice, where there is one, "
+            "was fine-tuned fully because the one before it held the budget and the time share had room, "
+            "`plan.step_forward`):\n\n"
             "| variant | drop (points) | p50 ms | MB | within budget | Pareto |\n| --- | ---: | ---: | ---: | --- | --- |\n"
             + trained + (f"\n\n{runoff_text(doc)}" if runoff_text(doc) else ""))
 

@@ -156,12 +156,12 @@ def test_digits_half_flops_keeps_accuracy_and_runs_on_litert(digits_model):
 
 # ---------------------------------------------------------------- keras.applications, weights=None
 
-# All five are pruned; two are also converted. LiteRT conversion is most of each case's time
-# (about 15 s for ResNet50) and MobileNet, MobileNetV2 and ResNet50 bring no layer the other two
-# do not convert already (depthwise chains, residual Add, squeeze-and-excite Multiply, hard-swish,
-# the input Normalization); benchmarks/structured_apps.py converts all five.
+# All five are pruned; one is also converted. LiteRT conversion is most of each case's time (15 to
+# 28 s each), and MobileNetV3Small's pruned copy holds most of what the others bring (depthwise
+# chains, residual Add, squeeze-and-excite Multiply, hard-swish, an input Rescaling);
+# benchmarks/structured_apps.py converts all five (EfficientNetB0's input Normalization too).
 @pytest.mark.parametrize("name,convert", [("mobilenet", False), ("mobilenetv2", False), ("mobilenetv3small", True),
-                                          ("efficientnetb0", True), ("resnet50", False)])
+                                          ("efficientnetb0", False), ("resnet50", False)])
 def test_applications_come_out_smaller_and_convert(name, convert):
     model = application(name, input_shape=(48, 48, 3))
     res = structured.apply(model, StructuredConfig(sparsity=0.5, finetune=False))

@@ -48,6 +48,19 @@ def check_training(epochs, batch_size, learning_rate) -> None:
         raise bad_param("learning_rate", "a number > 0", learning_rate)
 
 
+def check_distilled_finetune(temperature, distill_weight, seed, patience) -> None:
+    """The settings of a fine-tune that distills from the original (structured pruning, input
+    resolution); raises `bad_param` on the first bad one."""
+    if not is_number(temperature) or not temperature > 0:
+        raise bad_param("temperature", "a number > 0", temperature)
+    if not is_number(distill_weight) or not 0 <= distill_weight <= 1:
+        raise bad_param("distill_weight", "a number in [0, 1]", distill_weight)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise bad_param("seed", "an integer", seed)
+    if patience is not None and (isinstance(patience, bool) or not isinstance(patience, int) or patience < 1):
+        raise bad_param("patience", "an integer >= 1 or None", patience)
+
+
 def check_model(model, technique: str):
     """The input must be a built Keras model; returns the keras module.
 

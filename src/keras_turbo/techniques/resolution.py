@@ -26,11 +26,11 @@ from keras_turbo.describe import describe_keras
 from keras_turbo.errors import KerasTurboError, bad_param, cause
 from keras_turbo.techniques._training import (
     accuracy,
+    check_distilled_finetune,
     check_model,
     check_training,
     copy_model,
     finetune,
-    is_number,
     saved_sizes,
 )
 from keras_turbo.techniques.base import TechniqueConfig, TechniqueResult
@@ -80,15 +80,7 @@ class ResolutionConfig(TechniqueConfig):
         if isinstance(self.factor, bool) or not isinstance(self.factor, int) or self.factor < 2:
             raise bad_param("factor", "an integer >= 2 (2 = half the height and width)", self.factor)
         check_training(self.epochs, self.batch_size, self.learning_rate)
-        if not is_number(self.temperature) or not self.temperature > 0:
-            raise bad_param("temperature", "a number > 0", self.temperature)
-        if not is_number(self.distill_weight) or not 0 <= self.distill_weight <= 1:
-            raise bad_param("distill_weight", "a number in [0, 1]", self.distill_weight)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise bad_param("seed", "an integer", self.seed)
-        if self.patience is not None and (isinstance(self.patience, bool) or not isinstance(self.patience, int)
-                                          or self.patience < 1):
-            raise bad_param("patience", "an integer >= 1 or None", self.patience)
+        check_distilled_finetune(self.temperature, self.distill_weight, self.seed, self.patience)
 
 
 def refusal(model, factor: int = 2) -> str | None:

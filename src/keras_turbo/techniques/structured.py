@@ -40,6 +40,7 @@ from keras_turbo.techniques.base import TechniqueConfig, TechniqueResult
 from keras_turbo.techniques._training import (
     NO_FINETUNE_DATA,
     accuracy,
+    check_distilled_finetune,
     check_fraction,
     check_model,
     check_training,
@@ -105,9 +106,6 @@ class StructuredConfig(TechniqueConfig):
     patience: int | None = None
 
     def __post_init__(self):
-        if self.patience is not None and (isinstance(self.patience, bool) or not isinstance(self.patience, int)
-                                          or self.patience < 1):
-            raise bad_param("patience", "an integer >= 1 or None", self.patience)
         check_fraction("sparsity", self.sparsity)
         t = self.target_flops_reduction
         if t is not None and (not is_number(t) or not t > 1.0):
@@ -119,12 +117,7 @@ class StructuredConfig(TechniqueConfig):
         if isinstance(self.exclude, str) or not all(isinstance(n, str) for n in self.exclude):
             raise bad_param("exclude", "a tuple of layer names", self.exclude)
         check_training(self.epochs, self.batch_size, self.learning_rate)
-        if not is_number(self.temperature) or not self.temperature > 0:
-            raise bad_param("temperature", "a number > 0", self.temperature)
-        if not is_number(self.distill_weight) or not 0 <= self.distill_weight <= 1:
-            raise bad_param("distill_weight", "a number in [0, 1]", self.distill_weight)
-        if not isinstance(self.seed, int):
-            raise bad_param("seed", "an integer", self.seed)
+        check_distilled_finetune(self.temperature, self.distill_weight, self.seed, self.patience)
 
 
 # ---------------------------------------------------------------- the channel-dependency graph

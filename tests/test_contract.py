@@ -44,6 +44,9 @@ QUICK = {
     "structured": {"sparsity": 0.5},
     "cluster": {"clusters": 8, "min_weights": 0},  # the two-input model's kernels are under the default 64 weights
     "equalize": {"iterations": 5},
+    # a fractional factor is a bilinear resize (10x10 -> 7x7): the path whose op each runtime
+    # must compute like TensorFlow; whole factors' average pooling is exact anywhere
+    "resolution": {"factor": 1.5},
 }
 # The report key holding the accuracy of the technique's output model on `val` (default "accuracy_after").
 REPORT_ACCURACY = {"distill": "student_accuracy", "qat": "accuracy_fake_quant"}

@@ -83,7 +83,7 @@ PLANNER_CHECKS = textwrap.dedent('''
     trained = [r.name for r in ups if r.techniques and "equalize" not in r.techniques]
     # the searched techniques start with a probe each (a short fine-tune); QAT has its own export
     assert trained == ["structured(flops/2) probe", "distill(width:0.5) probe", "prune(80%) probe",
-                       "resolution(1/3 size) probe", "qat + litert int8"], trained
+                       "resolution(1/1.4 size) probe", "qat + litert int8"], trained
     nothing = [P.Outcome(r, True, True, 1.0) for r in ups if r.role == "probe"]  # every probe within budget...
     again = [r.name for r in P.follow_ups(info, outcomes + nothing, cfg, has_train=True).recipes if r.role == "probe"]
     assert "structured(flops/4) probe" in again  # ...so each searches stronger settings

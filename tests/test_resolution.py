@@ -1,4 +1,4 @@
-"""Input resolution: the network on the image average-pooled by a factor (techniques/resolution.py).
+"""Input resolution: the network on the image shrunk by a factor (techniques/resolution.py).
 
 What holds for every technique (input untouched, report, determinism, every runtime) is
 test_contract.py's; here what is particular: the function the transform builds, the models it
@@ -47,11 +47,61 @@ def test_the_network_runs_on_the_pooled_image():
     assert 3.5 < res.report["flops_reduction"] < 4.6 and res.report["params_after"] == res.report["params_before"]
 
 
+def test_a_fractional_factor_resizes_bilinearly():
+    """1.4: 20x20 -> 14x14 by TensorFlow's bilinear resize (half-pixel centres), then the same
+    network and weights; the report says so. Every runtime computes it like Keras: the shared
+    contract test runs a fractional factor on each."""
+    import tensorflow as tf
+
+    model = _net(20)
+    res = R.apply(model, R.ResolutionConfig(factor=1.4, finetune=False))
+    assert type(res.model.get_layer(R.POOL)).__name__ == "Resizing" and res.report["runs_at"] == [14, 14]
+    small = _net(14, seed=1)
+    small.set_weights(model.get_weights())
+    x = np.random.default_rng(0).random((3, 20, 20, 2), dtype="float32")
+    resized = tf.image.resize(x, (14, 14), method="bilinear").numpy()
+    np.testing.assert_allclose(np.asarray(res.model(x)), np.asarray(small(resized)), rtol=1e-5, atol=1e-5)
+    assert 1.8 < res.report["flops_reduction"] < 2.3
+    # A plain call is inference (Keras would otherwise hand Resizing's training=True default on to
+    # the BatchNorm), in a functional model and in a Sequential one rebuilt as functional.
+    seq = keras.Sequential([keras.Input((12, 12, 2)), keras.layers.Conv2D(4, 3), keras.layers.BatchNormalization(),
+                            keras.layers.GlobalMaxPooling2D(), keras.layers.Dense(2)])
+    for net, data in ((res.model, x), (R.apply(seq, R.ResolutionConfig(factor=1.5, finetune=False)).model, x[:, :12, :12] + 5)):
+        before = [w.copy() for w in net.get_weights()]
+        np.testing.assert_allclose(np.asarray(net(data)), np.asarray(net(data, training=False)), rtol=1e-6, atol=1e-6)
+        assert all(np.array_equal(a, b) for a, b in zip(before, net.get_weights()))
+    with pytest.raises(KerasTurboError, match="a number > 1"):
+        R.ResolutionConfig(factor=1.0)
+
+
+def test_batchnorm_statistics_are_re_estimated_at_the_new_scale():
+    """With train data, even without fine-tuning, every BatchNorm's moving statistics become
+    the plain average over the data at the new scale; the momenta are put back."""
+    from keras_turbo.techniques._training import recalibrate_batchnorm
+
+    model = _net(16)
+    bn = model.get_layer("bn")
+    x = 3.0 + np.random.default_rng(1).random((96, 16, 16, 2), dtype="float32")
+    data = Dataset((x,), None, "train")
+    res = R.apply(model, R.ResolutionConfig(factor=2, finetune=False), train=data)
+    assert res.report["batchnorm_recalibrated"] == 96
+    new_bn = res.model.get_layer("bn")
+    assert new_bn.momentum == bn.momentum == 0.99
+    np.testing.assert_allclose(model.get_layer("bn").moving_mean.numpy(), 0.0)  # the original is untouched
+    seen = keras.Model(res.model.inputs, res.model.get_layer("c1").output)
+    batches = [np.asarray(seen(x[i:i + 32])) for i in range(0, 96, 32)]
+    mean = np.mean([b.mean(axis=(0, 1, 2)) for b in batches], axis=0)
+    var = np.mean([b.var(axis=(0, 1, 2)) for b in batches], axis=0)
+    np.testing.assert_allclose(new_bn.moving_mean.numpy(), mean, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(new_bn.moving_variance.numpy(), var, rtol=1e-3, atol=1e-5)
+    assert recalibrate_batchnorm(res.model, Dataset((x[:0],), None, "empty")) == 0
+
+
 def test_a_sequential_model_and_a_taken_name():
     seq = keras.Sequential([keras.Input((12, 12, 1)), keras.layers.Conv2D(4, 3, name=R.POOL),
                             keras.layers.GlobalMaxPooling2D(), keras.layers.Dense(2)])
     new = R.apply(seq, R.ResolutionConfig(factor=3, finetune=False)).model
-    assert new.layers[0].name == f"{R.POOL}_1" and new.layers[0].output.shape[1:3] == (4, 4)
+    assert new.layers[1].name == f"{R.POOL}_1" and new.layers[1].output.shape[1:3] == (4, 4)
     assert new.get_layer(R.POOL).output.shape[1:3] == (2, 2)
 
 
@@ -61,7 +111,7 @@ def test_a_sequential_model_and_a_taken_name():
     (lambda: keras.Sequential([keras.Input((None, None, 3)), keras.layers.Conv2D(2, 3),
                                keras.layers.GlobalAveragePooling2D()]), "any size: feed smaller images"),
     (lambda: keras.Sequential([keras.Input((6,)), keras.layers.Dense(2)]), "needs an image input"),
-    (lambda: _net(3), "too small to pool by 2"),
+    (lambda: _net(3), "too small to shrink by 2"),
 ])
 def test_models_it_cannot_shrink_are_refused_with_the_reason(make, match):
     with pytest.raises(KerasTurboError, match=match):
@@ -100,6 +150,11 @@ def test_cli_writes_the_model_and_refuses_a_flatten_head_in_one_line(tmp_path, c
                               "--json", tmp_path / "r.json")
     assert code == 0 and "runs_at: [4, 4]" in stdout
     assert keras.saving.load_model(out).get_layer(R.POOL).pool_size == (4, 4)
+    code, stdout, _ = run_cli(capsys, "resolution", path, "--factor", "1.6", "--no-finetune", "-o", out, "--force")
+    assert code == 0 and "runs_at: [10, 10]" in stdout
+    with pytest.raises(SystemExit) as e:
+        run_cli(capsys, "resolution", path, "--factor", "1", "--no-finetune", "-o", out, "--force")
+    assert e.value.code == 2 and "--factor must be a number > 1" in capsys.readouterr().err
     flat = tmp_path / "flat.keras"
     keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(2, 3), keras.layers.Flatten(),
                       keras.layers.Dense(2)]).save(flat)
@@ -112,10 +167,10 @@ def test_optimize_searches_the_factor_or_says_why_not():
     cfg = OptimizeConfig(max_accuracy_drop=1.0, techniques=("runtimes", "resolution", "structured"))
     caps = planner.MachineCaps(("keras-predict", "litert"))
     taken = planner.first_plan(planner.ModelInfo("fp"), caps, cfg, has_train=True)
-    assert any(n.startswith("resolution: strength search over factor [2, 3, 4, 6, 8]") for n in taken.notes)
+    assert any(n.startswith("resolution: strength search over factor [1.25, 1.4, 1.6, 2, 2.8]") for n in taken.notes)
     base = [planner.Outcome(r, True, True, 1.0) for r in taken.recipes]
     probes = planner.follow_ups(planner.ModelInfo("fp"), base, cfg, True).recipes
-    assert {r.name for r in probes} == {"resolution(1/3 size) probe", "structured(flops/2) probe"}
+    assert {r.name for r in probes} == {"resolution(1/1.4 size) probe", "structured(flops/2) probe"}
     info = planner.ModelInfo("fp", refused=(("resolution", "needs one image input, the model has 2 inputs"),))
     refused = planner.first_plan(info, caps, cfg, has_train=True)
     assert dict(refused.left_out)["resolution"] == "needs one image input, the model has 2 inputs"

@@ -52,6 +52,17 @@ def _positive_int(name, least: int = 1):
     return parse
 
 
+def _factor(v):
+    """--factor: a number > 1, kept an int where it is whole (2, not 2.0: pooling, and its name)."""
+    try:
+        f = float(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--factor must be a number > 1, received {v!r}") from None
+    if not 1.0 < f <= 64:
+        raise argparse.ArgumentTypeError(f"--factor must be a number > 1 (and at most 64), received {v!r}")
+    return int(f) if f.is_integer() else f
+
+
 def _write_json(path: str | None, obj) -> None:
     if path:
         from keras_turbo.outputs import write_file_atomically
@@ -691,14 +702,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--epochs", type=_positive_int("--epochs"), help="training epochs (default: the config's)")
     sp.set_defaults(fn=cmd_distill)
 
-    sp = sub.add_parser("resolution", help="run the network on the image average-pooled by a factor, fine-tuned to it")
+    sp = sub.add_parser("resolution", help="run the network on the image shrunk by a factor, fine-tuned to it")
     model_arg(sp)
     train_args(sp)
-    sp.add_argument("--factor", type=_positive_int("--factor"), default=2,
-                    help="pool FxF pixels into one (2: half the height and width, about a quarter of the FLOPs)")
+    sp.add_argument("--factor", type=_factor, default=2,
+                    help="shrink the image F times: a whole F averages FxF pixels into one (2: half the height and "
+                         "width, about a quarter of the FLOPs), a fractional one resizes bilinearly (1.4: 224 -> 160)")
     sp.add_argument("--epochs", type=_positive_int("--epochs"), default=10)
     sp.add_argument("--labels-only", action="store_true", help="fine-tune on the labels alone, without the original as teacher")
-    sp.add_argument("--no-finetune", action="store_true", help="only insert the pooling (no --train-data needed)")
+    sp.add_argument("--no-finetune", action="store_true",
+                    help="only insert the shrinking (no --train-data needed; given, it re-estimates the BatchNorm statistics)")
     sp.set_defaults(fn=cmd_resolution)
 
     sp = sub.add_parser("qat", help="quantization-aware training, exported to a full-int8 .tflite")

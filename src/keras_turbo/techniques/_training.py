@@ -13,10 +13,12 @@ import gzip
 import math
 import os
 import tempfile
+from dataclasses import dataclass
 
 import numpy as np
 
 from keras_turbo import _tf, quality
+from keras_turbo.config import TechniqueConfig
 from keras_turbo.data import Dataset
 from keras_turbo.errors import KerasTurboError, bad_param, cause, first_line
 
@@ -46,19 +48,6 @@ def check_training(epochs, batch_size, learning_rate) -> None:
         raise bad_param("batch_size", "an integer >= 1", batch_size)
     if not is_number(learning_rate) or not learning_rate > 0:
         raise bad_param("learning_rate", "a number > 0", learning_rate)
-
-
-def check_distilled_finetune(temperature, distill_weight, seed, patience) -> None:
-    """The settings of a fine-tune that distills from the original (structured pruning, input
-    resolution); raises `bad_param` on the first bad one."""
-    if not is_number(temperature) or not temperature > 0:
-        raise bad_param("temperature", "a number > 0", temperature)
-    if not is_number(distill_weight) or not 0 <= distill_weight <= 1:
-        raise bad_param("distill_weight", "a number in [0, 1]", distill_weight)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise bad_param("seed", "an integer", seed)
-    if patience is not None and (isinstance(patience, bool) or not isinstance(patience, int) or patience < 1):
-        raise bad_param("patience", "an integer >= 1 or None", patience)
 
 
 def check_model(model, technique: str):
@@ -488,7 +477,66 @@ def _finetune_target(keras, train: Dataset, teacher, classifier: bool, labels: b
     return loss, np.concatenate([label_col, t_out], axis=1), kind
 
 
-__all__ = ["NO_FINETUNE_DATA", "accuracy", "as_logits", "batchnorm_layers", "check_fraction", "check_model",
+# ---------------------------------------------------------------- a distilled fine-tune's settings
+
+@dataclass(frozen=True)
+class DistilledFinetune(TechniqueConfig):
+    """The fine-tune of a transform that keeps the original model as its teacher (structured
+    pruning, input resolution): the fields, their check and the one call, written once.
+
+    Attributes:
+        finetune: train the transformed model on train data; False returns it as built.
+        epochs / batch_size / learning_rate: the fine-tuning (Adam with cosine decay).
+        distill: fine-tune with the original model as teacher (the one distillation loss,
+            `distillation_loss`).
+        temperature / distill_weight: the distillation's softmax temperature T and the weight
+            of its soft term: the loss is distill_weight x T^2 KL + (1 - distill_weight) x
+            cross-entropy on the labels (without labels the soft term alone). `DistillConfig.alpha`
+            is instead the hard term's weight beside a soft term of weight 1.
+        seed: seeds Keras' random state for the fine-tuning.
+        patience: early stopping: with `val` data given to `apply`, keep the best epoch's weights
+            and stop after this many epochs without improvement (None: train every epoch).
+
+    Raises:
+        KerasTurboError: a setting out of range.
+    """
+
+    finetune: bool = True
+    epochs: int = 10
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    distill: bool = False
+    temperature: float = 4.0
+    distill_weight: float = 0.5
+    seed: int = 0
+    patience: int | None = None
+
+    def __post_init__(self):
+        check_training(self.epochs, self.batch_size, self.learning_rate)
+        if not is_number(self.temperature) or not self.temperature > 0:
+            raise bad_param("temperature", "a number > 0", self.temperature)
+        if not is_number(self.distill_weight) or not 0 <= self.distill_weight <= 1:
+            raise bad_param("distill_weight", "a number in [0, 1]", self.distill_weight)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise bad_param("seed", "an integer", self.seed)
+        p = self.patience
+        if p is not None and (isinstance(p, bool) or not isinstance(p, int) or p < 1):
+            raise bad_param("patience", "an integer >= 1 or None", p)
+
+    def train(self, new, teacher, train: Dataset, val: Dataset | None = None) -> dict:
+        """Fine-tune `new` in place with these settings, `teacher` the original (early stopping
+        on `val` with `patience`); returns `finetune`'s report. Training runs on a copy (fitting
+        compiles a model; the one handed back stays uncompiled)."""
+        work = copy_model(new)
+        report = finetune(work, train, epochs=self.epochs, batch_size=self.batch_size,
+                          learning_rate=self.learning_rate, seed=self.seed, teacher=teacher, distill=self.distill,
+                          temperature=self.temperature, distill_weight=self.distill_weight, val=val,
+                          patience=self.patience)
+        new.set_weights(work.get_weights())
+        return report
+
+
+__all__ = ["NO_FINETUNE_DATA", "DistilledFinetune", "accuracy", "as_logits", "batchnorm_layers", "check_fraction", "check_model",
            "check_training", "clone_layer", "copy_model", "distillation_loss", "feed", "finetune",
            "finetune_loss_weights", "is_number", "linear_dense_class", "logits_view", "looks_like_probabilities",
            "predict", "recalibrate_batchnorm", "saved_sizes"]

@@ -27,17 +27,14 @@ from keras_turbo.data import Dataset
 from keras_turbo.describe import describe_keras
 from keras_turbo.errors import KerasTurboError, bad_param, cause
 from keras_turbo.techniques._training import (
+    DistilledFinetune,
     accuracy,
+    check_model,
     is_number,
     recalibrate_batchnorm,
-    check_distilled_finetune,
-    check_model,
-    check_training,
-    copy_model,
-    finetune,
     saved_sizes,
 )
-from keras_turbo.techniques.base import TechniqueConfig, TechniqueResult
+from keras_turbo.techniques.base import TechniqueResult
 
 POOL = "resolution_pool"
 NOTE = ("input resolution: the network runs on the image shrunk by the factor (average pooling, or a bilinear "
@@ -47,22 +44,17 @@ NO_TRAIN_DATA = "input resolution scaling fine-tunes the network to its new scal
 
 
 @dataclass(frozen=True)
-class ResolutionConfig(TechniqueConfig):
+class ResolutionConfig(DistilledFinetune):
     """How much to shrink the image the network sees, and how to fine-tune it.
 
     Attributes:
         factor: how many times smaller the image the network sees is, a number > 1: 2 runs the
             network on half the height and width (about a quarter of its FLOPs) by averaging
             2 x 2 pixels; a fractional factor resizes bilinearly (1.4: 224 -> 160, about half).
-        finetune: train the network at its new scale on train data; False returns it as built
-            (its accuracy is then usually far below the original's).
-        epochs / batch_size / learning_rate: the fine-tuning (Adam with cosine decay).
-        distill: fine-tune with the original model, on the full-size image, as teacher.
-        temperature / distill_weight: the distillation's softmax temperature and the weight of
-            its soft term beside the labels' cross-entropy (as in `StructuredConfig`).
-        seed: seeds Keras' random state for the fine-tuning.
-        patience: early stopping on `val` after this many epochs without improvement (None:
-            train every epoch).
+        finetune, epochs, batch_size, learning_rate, distill, temperature, distill_weight, seed,
+            patience: the fine-tune at the new scale (`_training.DistilledFinetune`), here
+            distilled from the original on the full-size image by default; False `finetune`
+            returns the network as built (usually far below the original's accuracy).
 
     Raises:
         KerasTurboError: a setting out of range.
@@ -72,21 +64,12 @@ class ResolutionConfig(TechniqueConfig):
     """
 
     factor: float = 2
-    finetune: bool = True
-    epochs: int = 10
-    batch_size: int = 32
-    learning_rate: float = 1e-3
     distill: bool = True
-    temperature: float = 4.0
-    distill_weight: float = 0.5
-    seed: int = 0
-    patience: int | None = None
 
     def __post_init__(self):
         if not is_number(self.factor) or not 1.0 < self.factor <= 64:
             raise bad_param("factor", "a number > 1 (2 = half the height and width; 1.4 = 224 -> 160)", self.factor)
-        check_training(self.epochs, self.batch_size, self.learning_rate)
-        check_distilled_finetune(self.temperature, self.distill_weight, self.seed, self.patience)
+        super().__post_init__()
 
 
 def whole(factor: float) -> bool:
@@ -238,12 +221,7 @@ def apply(model, config: ResolutionConfig | None = None, train: Dataset | None =
     if train is not None:
         recalibrated = recalibrate_batchnorm(new, train, config.batch_size)
     if config.finetune:
-        work = copy_model(new)  # fitting compiles it; the model handed back stays uncompiled
-        training = finetune(work, train, epochs=config.epochs, batch_size=config.batch_size,
-                            learning_rate=config.learning_rate, seed=config.seed, teacher=model,
-                            distill=config.distill, temperature=config.temperature,
-                            distill_weight=config.distill_weight, val=val, patience=config.patience)
-        new.set_weights(work.get_weights())
+        training = config.train(new, model, train, val)
     before, after = describe_keras(model), describe_keras(new)
     runs_at = tuple(new.get_layer(pool_name).output.shape[1:3])
     report = {

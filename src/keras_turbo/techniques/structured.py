@@ -36,17 +36,14 @@ import numpy as np
 from keras_turbo.data import Dataset
 from keras_turbo.describe import describe_keras
 from keras_turbo.errors import KerasTurboError, bad_param
-from keras_turbo.techniques.base import TechniqueConfig, TechniqueResult
+from keras_turbo.techniques.base import TechniqueResult
 from keras_turbo.techniques._training import (
     NO_FINETUNE_DATA,
+    DistilledFinetune,
     accuracy,
-    check_distilled_finetune,
     check_fraction,
     check_model,
-    check_training,
     clone_layer,
-    copy_model,
-    finetune,
     is_number,
     saved_sizes,
 )
@@ -58,7 +55,7 @@ NOTE = "structured pruning: fewer filters and FLOPs in a plain dense model, so e
 
 
 @dataclass(frozen=True)
-class StructuredConfig(TechniqueConfig):
+class StructuredConfig(DistilledFinetune):
     """How to prune channels.
 
     Attributes:
@@ -70,18 +67,9 @@ class StructuredConfig(TechniqueConfig):
         round_to: keep a multiple of this many channels in each group (8 or 16 suit SIMD
             kernels); 1 keeps exactly what the fraction says.
         exclude: names of Conv/Dense layers whose filters are all kept (and every channel tied to them).
-        finetune: train the smaller model on train data; False returns it as cut.
-        epochs / batch_size / learning_rate: the fine-tuning (Adam with cosine decay).
-        distill: fine-tune with the original model as teacher (the one distillation loss,
-            `_training.distillation_loss`).
-        temperature / distill_weight: the distillation's softmax temperature T and the weight
-            of its soft term: the loss is distill_weight x T^2 KL + (1 - distill_weight) x
-            cross-entropy on the labels (soft_weight = distill_weight, hard_weight = the rest;
-            without labels the soft term alone). `DistillConfig.alpha` is instead the hard
-            term's weight beside a soft term of weight 1.
-        seed: seeds Keras' random state for the fine-tuning.
-        patience: early stopping: with `val` data given to `apply`, keep the best epoch's weights
-            and stop after this many epochs without improvement (None: train every epoch).
+        finetune, epochs, batch_size, learning_rate, distill, temperature, distill_weight, seed,
+            patience: the fine-tune of the smaller model (`_training.DistilledFinetune`; False
+            `finetune` returns it as cut).
 
     Raises:
         KerasTurboError: a setting out of range.
@@ -95,15 +83,6 @@ class StructuredConfig(TechniqueConfig):
     importance: str = "l1"
     round_to: int = 1
     exclude: tuple[str, ...] = ()
-    finetune: bool = True
-    epochs: int = 10
-    batch_size: int = 32
-    learning_rate: float = 1e-3
-    distill: bool = False
-    temperature: float = 4.0
-    distill_weight: float = 0.5
-    seed: int = 0
-    patience: int | None = None
 
     def __post_init__(self):
         check_fraction("sparsity", self.sparsity)
@@ -116,8 +95,7 @@ class StructuredConfig(TechniqueConfig):
             raise bad_param("round_to", "an integer >= 1", self.round_to)
         if isinstance(self.exclude, str) or not all(isinstance(n, str) for n in self.exclude):
             raise bad_param("exclude", "a tuple of layer names", self.exclude)
-        check_training(self.epochs, self.batch_size, self.learning_rate)
-        check_distilled_finetune(self.temperature, self.distill_weight, self.seed, self.patience)
+        super().__post_init__()
 
 
 # ---------------------------------------------------------------- the channel-dependency graph
@@ -692,18 +670,6 @@ def _cut(keras, model, config: StructuredConfig, flops_before: int):
     return new, _Cut(fraction, searched, g, groups, counts)
 
 
-def _finetune(new, model, config: StructuredConfig, train: Dataset, val: Dataset | None = None) -> dict:
-    """Fine-tune `new` (optionally distilling from `model`; early stopping on `val` with
-    `config.patience`); returns the training's report."""
-    work = copy_model(new)   # fitting compiles it; the model handed back stays uncompiled
-    training = finetune(work, train, epochs=config.epochs, batch_size=config.batch_size,
-                        learning_rate=config.learning_rate, seed=config.seed, teacher=model,
-                        distill=config.distill, temperature=config.temperature,
-                        distill_weight=config.distill_weight, val=val, patience=config.patience)
-    new.set_weights(work.get_weights())
-    return training
-
-
 def _group_report(cut: _Cut) -> dict:
     """The channel groups pruned and left whole (with the reason), the layers skipped, the channels."""
     pruned, whole = [], []
@@ -753,7 +719,7 @@ def apply(model, config: StructuredConfig | None = None, train: Dataset | None =
         raise KerasTurboError(NO_FINETUNE_DATA)
     before = describe_keras(model)
     new, cut = _cut(keras, model, config, before["flops_per_sample"])
-    training = _finetune(new, model, config, train, val) if config.finetune else None
+    training = config.train(new, model, train, val) if config.finetune else None
     after = describe_keras(new)
     report = {
         **_group_report(cut),

@@ -219,6 +219,11 @@ def search_section(name: str, doc: dict) -> str:
     ratio = (f"`{rec['name']}` {rec['latency_ms']['p50']:.3f} ms is {plain['latency_ms']['p50'] / rec['latency_ms']['p50']:.2f}x "
              f"the speed of `{plain['name']}` {plain['latency_ms']['p50']:.3f} ms, the best variant within the budget "
              f"that needs no train data" if rec and plain else "no variant within the budget")
+    tf = next((v for v in vs if v["name"] == "tf-function fp32" and v.get("ok")), None)
+    if rec and tf:  # (a): against the best plain TensorFlow path, same run
+        ratio += (f"; {tf['latency_ms']['p50'] / rec['latency_ms']['p50']:.1f}x `tf-function` "
+                  f"{tf['latency_ms']['p50']:.3f} ms, the plain TensorFlow path (the peers' own defaults on "
+                  "MobileNetV2 are in the peers section below)")
     held = doc["data"]["eval_samples"]
     # Where a win comes from the data, say so: the digits are 8x8 scans, upsampled to 224x224 here.
     caveat = ("The digits are 8x8 scans upsampled to 224x224, so a smaller input keeps all of their detail: what input "
@@ -232,7 +237,8 @@ def search_section(name: str, doc: dict) -> str:
                 "and timed in the first run); the rest were built, or timed again in its run-off, in the resumed one")
     return (f"\n\n### {name}: the strength search\n\n"
             f"Budget {doc['budget']['max_accuracy_drop']} point(s) on {held} held-out samples ({doc['data']['eval']}); "
-            f"float accuracy {100 * doc['float_accuracy']:.2f}%; {took}. Recommended: {ratio}, same run.\n\n"
+            f"float accuracy {100 * doc['float_accuracy']:.2f}%; {took}. Recommended: {ratio}, same run.\n"
+            f"Machine of this run: {machine_line(doc['machine'])}.\n\n"
             + (f"Base model: {doc['base_model']}.\n\n" if doc.get("base_model") else "")
             + (caveat if resized else "") +
             f"{'; '.join(doc['plan'].get('notes', []))}. Probes (short fine-tunes judged on a validation split "

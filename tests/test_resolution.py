@@ -178,3 +178,21 @@ def test_optimize_searches_the_factor_or_says_why_not():
     # the share goes to the one technique left, and no resolution recipe is planned
     assert any(f"at most {planner.time_share(cfg, ['structured']):.0f} s" in n for n in refused.notes)
     assert [r.name for r in planner.follow_ups(info, base, cfg, True).recipes] == ["structured(flops/2) probe"]
+
+
+def test_optimize_asks_every_registered_refusal_of_the_model(model_files):
+    """optimize's planner input: each technique in REFUSALS is asked about the model at its
+    weakest searched setting; a refusal comes back with its reason, a model it takes with none."""
+    from types import SimpleNamespace
+
+    from keras_turbo.api import as_ref
+    from keras_turbo.optimize.driver import _model_info
+    from keras_turbo.techniques import REFUSALS
+
+    assert "resolution" in REFUSALS
+
+    def info(name):
+        return _model_info(SimpleNamespace(ref=as_ref(model_files[name][0]), store=SimpleNamespace(model="fp")))
+
+    assert dict(info("two_input").refused)["resolution"] == "needs one image input, the model has 2 inputs"
+    assert info("residual").refused == ()

@@ -154,12 +154,11 @@ def _model_info(run) -> planner.ModelInfo:
     """What the planner needs of the model: can QAT train it, which techniques refuse it and why."""
     from keras_turbo.convert import quantizable_layers
     from keras_turbo.models import load_keras
-    from keras_turbo.techniques import resolution
+    from keras_turbo.techniques import REFUSALS
 
     model = load_keras(run.ref)
-    weakest = planner.SEARCH["resolution"].grid[0]
-    why = resolution.refusal(model, weakest)
-    refused = (("resolution", why),) if why else ()
+    reasons = {name: refuse(model, planner.SEARCH[name].grid[0]) for name, refuse in REFUSALS.items()}
+    refused = tuple((name, why) for name, why in reasons.items() if why)
     return planner.ModelInfo(run.store.model, bool(quantizable_layers(model)), refused)
 
 

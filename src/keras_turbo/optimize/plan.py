@@ -76,8 +76,9 @@ SEARCH: dict[str, Knob] = {
     "prune": Knob("sparsity", (0.5, 0.7, 0.8, 0.9, 0.95), 2, {"epochs": 4}, {"epochs": 12}, 16),
     # the image shrunk by the factor before the network (about 1/factor^2 of its FLOPs); training
     # at the smaller size is that much cheaper too, so the probes cost little. The fractional
-    # steps are there because halving is often too far: MobileNetV2 on the digits, fine-tuned 12
-    # epochs on 218 samples, lost 3.0 points at 1/2 size and 0.4 at 1/1.4 (224 -> 160).
+    # steps are there because halving is often too far: MobileNetV2 on the digits with 256 train
+    # samples held the budget at 1/1.4 (224 -> 160) and lost 5.9 points at 1/2 after 24 epochs
+    # (benchmarks/optimize.py and resolution_scale.py, BENCHMARKS.md).
     "resolution": Knob("factor", (1.25, 1.4, 1.6, 2, 2.8), 1, {"epochs": 6, "distill": True},
                        {"epochs": 30, "distill": True}, 40),
 }

@@ -20,4 +20,11 @@ TECHNIQUES: dict[str, tuple[type, object]] = {
     "resolution": (resolution.ResolutionConfig, resolution.apply),  # the network on a smaller image
 }
 
-__all__ = ["TECHNIQUES", "TechniqueConfig", "TechniqueResult"]
+#: Techniques that can tell from the model alone, before any work, that they cannot apply to it:
+#: name -> refusal(model, setting), the reason or None. optimize asks each at the weakest setting
+#: its strength search tries, and leaves the technique out of the plan with that reason.
+REFUSALS = {
+    "resolution": resolution.refusal,  # one fixed-size image input, large enough to shrink
+}
+
+__all__ = ["REFUSALS", "TECHNIQUES", "TechniqueConfig", "TechniqueResult"]

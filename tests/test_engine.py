@@ -339,6 +339,28 @@ def test_search_plans_probes_then_the_full_fine_tune_with_exports():
     assert {r.label for r in planner.follow_ups(info, again, cfg, has_train=True).recipes if r.techniques} == {"70%"}
 
 
+def test_fine_tune_lengths_follow_the_train_data_size():
+    """Epochs are set for up to EPOCH_SAMPLES train samples; with more data a fine-tune runs fewer
+    (about the same samples seen), never fewer than its floor; probes and full fine-tunes alike."""
+    k, n = planner.SEARCH["resolution"], planner.EPOCH_SAMPLES
+    assert planner.scaled_epochs(30, None, 2) == planner.scaled_epochs(30, n, 2) == 30
+    assert planner.scaled_epochs(30, 2 * n, 2) == 15 and planner.scaled_epochs(30, 100 * n, 2) == 2
+    assert planner.scaled_epochs(1, 100 * n, 2) == 1  # a floor above the epochs set leaves them
+    assert (k.probe_epochs(None), k.probe_epochs(4 * n), k.probe_epochs(10 ** 6)) == (6, 2, 2)
+    assert (k.full_epochs(None), k.full_epochs(3 * n)) == (30, 10)
+    # the full fine-tune fits the time left, up to max_epochs scaled to the data, at least a probe's
+    assert k.epochs(1.0, 1000.0) == k.max_epochs and k.epochs(1.0, 1000.0, 4 * n) == k.max_epochs // 4
+    assert k.epochs(10.0, 5.0, 4 * n) == k.probe_epochs(4 * n)
+    # the planner sizes its probes by the train data it was told of
+    cfg = OptimizeConfig(max_accuracy_drop=1.0, techniques=("runtimes", "resolution"))
+    caps = planner.MachineCaps(("keras-predict", "litert"))
+    for samples, epochs in ((None, 6), (200, 6), (4 * n, 2)):
+        info = planner.ModelInfo("fp", train_samples=samples)
+        base = [planner.Outcome(r, True, True, 1.0) for r in planner.first_plan(info, caps, cfg, True).recipes]
+        probe, = planner.follow_ups(info, base, cfg, True).recipes
+        assert probe.role == "probe" and probe.steps[0].config["epochs"] == epochs
+
+
 def test_a_recipe_replayed_from_its_json_builds_the_same_artifact(tmp_path, model_files):
     """Steps are data: the recipe read back from results.json's JSON, built into a fresh folder,
     makes the same artifact, byte for byte."""
@@ -395,8 +417,9 @@ class _ToyExecutor(executor_mod.LocalExecutor):
 @pytest.mark.parametrize("probe_s,probed,chosen,epochs,forward", [
     # quick probes: bisection to flops/3, the full fine-tune its most epochs; the share has room
     # for one more full fine-tune, of flops/4, which misses the budget
-    (1.0, [2.0, 4.0, 3.0], 3.0, 40, [4.0]),
-    (30.0, [2.0], 2.0, 6, []),  # each probe costs half the 60 s share: one probe, epochs fit what is left
+    # (the digits' 1,257 train samples: probes of 3 epochs, full fine-tunes up to 20; EPOCH_SAMPLES)
+    (1.0, [2.0, 4.0, 3.0], 3.0, 20, [4.0]),
+    (30.0, [2.0], 2.0, 3, []),  # each probe costs half the 60 s share: one probe, epochs fit what is left
 ])
 def test_search_through_the_driver_records_every_point(tmp_path, digits_model, probe_s, probed, chosen, epochs, forward):
     """optimize() with a toy executor: every probe is in results.json's `search` with its setting,
@@ -408,10 +431,12 @@ def test_search_through_the_driver_records_every_point(tmp_path, digits_model, p
     res = optimize(digits_model[0], "builtin:digits:test", "builtin:digits:train", cfg, tmp_path / "out", executor=toy)
     doc = json.loads((tmp_path / "out" / "results.json").read_text())
     assert doc["plan"]["notes"] == ["structured: strength search over target_flops_reduction [1.5, 2.0, 3.0, 4.0, 6.0], "
-                                    "at most 60 s of the time budget"]
+                                    "probes of 3 epochs, the chosen point's fine-tune up to 20 epochs (1257 train "
+                                    "samples), at most 60 s of the time budget"]
     search = doc["search"]
     assert [p["steps"][0]["config"]["target_flops_reduction"] for p in search] == probed
-    assert all(p["role"] == "probe" and "validation split" in p["verdict"] and p["build_s"] == probe_s for p in search)
+    assert all(p["role"] == "probe" and "validation split" in p["verdict"] and p["build_s"] == probe_s
+               and p["steps"][0]["config"]["epochs"] == 3 for p in search)
     assert [p["within_budget"] for p in search] == [f <= 3.0 for f in probed]
     trained = [v for v in res.variants if v["techniques"] == ["structured"]]
     assert [v["name"] for v in trained] == [f"structured(flops/{f:g}) + litert fp32" for f in [chosen] + forward]

@@ -192,7 +192,8 @@ def test_optimize_asks_every_registered_refusal_of_the_model(model_files):
     assert "resolution" in REFUSALS
 
     def info(name):
-        return _model_info(SimpleNamespace(ref=as_ref(model_files[name][0]), store=SimpleNamespace(model="fp")))
+        return _model_info(SimpleNamespace(ref=as_ref(model_files[name][0]), store=SimpleNamespace(model="fp"),
+                                           job={"train_samples": 300}))
 
     assert dict(info("two_input").refused)["resolution"] == "needs one image input, the model has 2 inputs"
-    assert info("residual").refused == ()
+    assert info("residual").refused == () and info("residual").train_samples == 300

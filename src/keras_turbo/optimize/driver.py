@@ -151,7 +151,8 @@ def _search(model, data, train_data, cfg, out: Path, ex: Executor, progress, uns
 # ------------------------------------------------------------------ setting up
 
 def _model_info(run) -> planner.ModelInfo:
-    """What the planner needs of the model: can QAT train it, which techniques refuse it and why."""
+    """What the planner needs of the model: can QAT train it, which techniques refuse it and why,
+    and how much train data the fine-tunes have."""
     from keras_turbo.convert import quantizable_layers
     from keras_turbo.models import load_keras
     from keras_turbo.techniques import REFUSALS
@@ -159,7 +160,7 @@ def _model_info(run) -> planner.ModelInfo:
     model = load_keras(run.ref)
     reasons = {name: refuse(model, planner.SEARCH[name].grid[0]) for name, refuse in REFUSALS.items()}
     refused = tuple((name, why) for name, why in reasons.items() if why)
-    return planner.ModelInfo(run.store.model, bool(quantizable_layers(model)), refused)
+    return planner.ModelInfo(run.store.model, bool(quantizable_layers(model)), refused, run.job.get("train_samples"))
 
 
 CONVERT_TO = {"tflite": "litert", "onnx": "onnx", "openvino": "openvino"}
@@ -196,7 +197,8 @@ def machine_caps(objective: str = "latency") -> planner.MachineCaps:
 def _data_refs(data, train_data, cfg: OptimizeConfig, inputs, outputs, scales: bool | None = None) -> tuple[dict, OptimizeConfig]:
     """(refs, cfg with its budget resolved for the data: OptimizeConfig.resolved). The DataRefs of a run: "eval" (judged on), "calib" (int8 calibration), and with train data
     "train", plus "val" (a seeded 15% of it the strength search judges probes on) and
-    "probe_train" (the rest, what probes train on). Without train data, a seeded part of the
+    "probe_train" (the rest, what probes train on), and "train_samples" (its size, which sizes
+    the fine-tunes' epochs). Without train data, a seeded part of the
     held-out data is set apart for calibration and judged on the rest."""
     from keras_turbo.data import load_data
 
@@ -223,7 +225,8 @@ def _data_refs(data, train_data, cfg: OptimizeConfig, inputs, outputs, scales: b
         train = DataRef(spec, "train", arg="--train-data", fingerprint=fp)
         return {"train": train, "calib": train, "eval": DataRef(str(data), "test", take=cfg.eval_size, fingerprint=eval_fp),
                 "val": DataRef(spec, "train", part="head", k=kv, take=cfg.eval_size, arg="--train-data", fingerprint=fp),
-                "probe_train": DataRef(spec, "train", part="tail", k=kv, arg="--train-data", fingerprint=fp)}, cfg
+                "probe_train": DataRef(spec, "train", part="tail", k=kv, arg="--train-data", fingerprint=fp),
+                "train_samples": n}, cfg
     n = len(full)
     k = min(cfg.calibration_size, n // 3) if n >= 6 else 0
     if not k:

@@ -32,11 +32,28 @@ BASELINE = "keras-predict"
 THROUGHPUT_RUNTIME = {"litert": "litert-throughput", "onnxruntime": "onnxruntime-throughput",
                       "openvino": "openvino-throughput"}
 
+#: the train-data size the fine-tune lengths in SEARCH are set for. With more data a fine-tune runs
+#: fewer epochs (about the same samples seen), so a probe costs about the same whatever the data's
+#: size, and the data's variety, not repeated epochs over a few samples, does the work. Measured
+#: on MobileNetV2 at 1/2 size (BENCHMARKS "which fine-tune holds a factor"): 218 train samples for 30
+#: epochs ended 2.6 points down, 1,219 samples for 12 epochs 0.0 down.
+EPOCH_SAMPLES = 640
+
+
+def scaled_epochs(epochs: int, samples: int | None, floor: int) -> int:
+    """`epochs` for `samples` train samples: as set up to EPOCH_SAMPLES samples, then fewer in
+    proportion (the same samples seen), never under `floor`; `samples` None leaves them."""
+    if not samples or samples <= EPOCH_SAMPLES:
+        return epochs
+    return max(min(floor, epochs), min(epochs, round(epochs * EPOCH_SAMPLES / samples)))
+
+
 @dataclass(frozen=True)
 class Knob:
     """A technique's strength setting and how the search walks it: `grid` from weakest to
     strongest, `start` the index probed first, `proxy` the short fine-tune a probe trains with,
-    `full` the settings of the one full fine-tune of the chosen point."""
+    `full` the settings of the one full fine-tune of the chosen point. Their epochs are for up to
+    EPOCH_SAMPLES train samples (`probe_epochs` / `full_epochs` scale them to the data)."""
 
     setting: str
     grid: tuple
@@ -45,13 +62,23 @@ class Knob:
     full: dict
     max_epochs: int = 0  # the full fine-tune's epochs are sized to the time left, up to this
 
-    def epochs(self, probe_seconds: float, seconds_left: float) -> int:
+    def probe_epochs(self, samples: int | None = None) -> int:
+        """A probe's epochs on `samples` train samples (at least 2: one epoch is all warm-up)."""
+        return scaled_epochs(self.proxy["epochs"], samples, 2)
+
+    def full_epochs(self, samples: int | None = None) -> int:
+        """The full fine-tune's default epochs on `samples` train samples (at least a probe's)."""
+        return scaled_epochs(self.full["epochs"], samples, self.probe_epochs(samples))
+
+    def epochs(self, per_epoch: float, seconds_left: float, samples: int | None = None) -> int:
         """The full fine-tune's epochs: as many as the technique's time share has left at the
-        probe's pace (seconds per epoch of the short fine-tune on the same data), at least the
-        probe's, at most `max_epochs` (early stopping on the validation split ends it sooner)."""
-        per_epoch = probe_seconds / max(1, self.proxy["epochs"])
-        fit = int(seconds_left // per_epoch) if per_epoch > 0 else self.full["epochs"]
-        return max(self.proxy["epochs"], min(self.max_epochs or self.full["epochs"], fit))
+        probes' pace (`per_epoch`: seconds per epoch of a short fine-tune on the same data), at
+        least a probe's, at most `max_epochs` scaled to the data (early stopping on the validation
+        split ends it sooner)."""
+        floor = self.probe_epochs(samples)
+        top = scaled_epochs(self.max_epochs or self.full["epochs"], samples, floor)
+        fit = int(seconds_left // per_epoch) if per_epoch > 0 else top
+        return max(floor, min(top, fit))
 
     def label(self, value) -> str:
         if self.setting == "target_flops_reduction":
@@ -107,11 +134,12 @@ EXPORT_FOLLOWED = ("structured", "distill", "prune", "resolution")
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What the planner needs to know of the model."""
+    """What the planner needs to know of the model (and of the train data it is given)."""
 
     fingerprint: str
     quantizable: bool = True  # has Conv / Dense layers (QAT has something to train)
     refused: tuple[tuple[str, str], ...] = ()  # (technique, why it cannot apply to this model)
+    train_samples: int | None = None  # the train data's size: sizes the fine-tunes' epochs (None: as set)
 
 
 @dataclass(frozen=True)
@@ -187,8 +215,11 @@ def first_plan(model: ModelInfo, caps: MachineCaps, cfg, has_train: bool) -> Pla
     recipes += last
     left += _technique_reasons(model, cfg, has_train)
     planned = [n for n in searched(cfg, model) if n not in dict(left)] if has_train else []
-    notes = tuple(f"{n}: strength search over {SEARCH[n].setting} {list(SEARCH[n].grid)}, at most "
-                  f"{time_share(cfg, planned):.0f} s of the time budget" for n in planned)
+    n_train = model.train_samples
+    notes = tuple(f"{n}: strength search over {k.setting} {list(k.grid)}, probes of {k.probe_epochs(n_train)} epochs, "
+                  f"the chosen point's fine-tune up to {scaled_epochs(k.max_epochs or k.full['epochs'], n_train, k.probe_epochs(n_train))} "
+                  f"epochs{f' ({n_train} train samples)' if n_train else ''}, at most {time_share(cfg, planned):.0f} s of the time budget"
+                  for n, k in ((n, SEARCH[n]) for n in planned))
     return Plan(tuple(recipes), tuple(left), notes)
 
 
@@ -289,10 +320,13 @@ def _trained(name: str, settings: dict) -> tuple[Step, ...]:
     return (Step("train", name, settings),)
 
 
-def probe_recipe(model: str, name: str, index: int) -> Recipe:
+def probe_recipe(model: str, name: str, index: int, samples: int | None = None) -> Recipe:
+    """The short fine-tune of one grid point, judged on the validation split (its epochs scaled
+    to the `samples` of train data)."""
     k = SEARCH[name]
     value = k.grid[index]
-    return Recipe(model, _trained(name, {k.setting: value, **k.proxy}) + (Step("runtime", "tf-function"),), "fp32",
+    settings = {k.setting: value, **k.proxy, "epochs": k.probe_epochs(samples)}
+    return Recipe(model, _trained(name, settings) + (Step("runtime", "tf-function"),), "fp32",
                   k.label(value), role="probe")
 
 
@@ -330,17 +364,25 @@ def _probes(name: str, outcomes: list[Outcome]) -> dict[int, Outcome]:
     return probes
 
 
+def _per_epoch(name: str, probes: dict[int, Outcome], index: int) -> float | None:
+    """Seconds per epoch of the probe at `index`, or of the slowest probe where that point was not
+    probed; None before any probe."""
+    pace = {i: o.seconds / max(1, o.recipe.steps[0].config.get("epochs", 1)) for i, o in probes.items()}
+    return pace[index] if index in pace else max(pace.values(), default=None)
+
+
 def _spent(name: str, outcomes: list[Outcome]) -> float:
     """What the technique has cost so far: its probes and its full fine-tunes (builds)."""
     return sum(o.seconds for o in outcomes if name in o.recipe.techniques)
 
 
-def final_settings(name: str, index: int, outcomes: list[Outcome], share: float) -> dict:
+def final_settings(name: str, index: int, outcomes: list[Outcome], share: float, samples: int | None = None) -> dict:
     """The chosen point's full fine-tune, its epochs sized to what the time share has left (at
-    the pace of its probe, or of the slowest probe where that point was not probed)."""
-    k, probes = SEARCH[name], _probes(name, outcomes)
-    pace = probes[index].seconds if index in probes else max((o.seconds for o in probes.values()), default=None)
-    epochs = k.epochs(pace, share - _spent(name, outcomes)) if pace is not None else k.full["epochs"]
+    the pace of its probe, or of the slowest probe where that point was not probed) and to the
+    `samples` of train data."""
+    k = SEARCH[name]
+    pace = _per_epoch(name, _probes(name, outcomes), index)
+    epochs = k.epochs(pace, share - _spent(name, outcomes), samples) if pace is not None else k.full_epochs(samples)
     return {k.setting: k.grid[index], **k.full, "epochs": epochs}
 
 
@@ -365,7 +407,7 @@ def step_back(name: str, index: int, outcomes: list[Outcome], share: float) -> i
     return index
 
 
-def step_forward(name: str, index: int, outcomes: list[Outcome], share: float) -> list[int]:
+def step_forward(name: str, index: int, outcomes: list[Outcome], share: float, samples: int | None = None) -> list[int]:
     """Stronger points to fine-tune fully after the chosen one: while the last point fine-tuned
     fully met the budget on the held-out data, the next stronger one, as long as the share has
     room for a full fine-tune at the probes' pace (its smallest full length). A probe is a short
@@ -381,9 +423,8 @@ def step_forward(name: str, index: int, outcomes: list[Outcome], share: float) -
         if not full or not any(o.ok and o.within for o in full):
             break
         if not _full_fine_tunes(name, k.label(k.grid[i + 1]), outcomes):
-            pace = probes[i + 1].seconds if i + 1 in probes else max((o.seconds for o in probes.values()), default=None)
-            need = (pace or 0.0) / max(1, k.proxy["epochs"]) * k.full["epochs"]
-            if pace is None or share - _spent(name, outcomes) < need:
+            pace = _per_epoch(name, probes, i + 1)
+            if pace is None or share - _spent(name, outcomes) < pace * k.full_epochs(samples):
                 break
         out.append(i + 1)
         i += 1
@@ -403,21 +444,21 @@ def technique_recipes(model: ModelInfo, outcomes: list[Outcome], cfg, has_train:
         if name in SEARCH:
             index, chosen = search_point(name, outcomes, cfg, share)
             if not chosen:
-                out.append(probe_recipe(model.fingerprint, name, index))
+                out.append(probe_recipe(model.fingerprint, name, index, model.train_samples))
                 continue
             if index is None:
                 continue  # no strength met the budget even at the weakest setting (the probes say so)
             index = step_back(name, index, outcomes, share)
             k = SEARCH[name]
             points = []
-            for i in [index] + step_forward(name, index, outcomes, share):
+            for i in [index] + step_forward(name, index, outcomes, share, model.train_samples):
                 label = k.label(k.grid[i])
                 # A point fine-tuned fully keeps the settings it was built with: its epochs, sized
                 # to what the share had left then, would come out fewer now that the build has
                 # spent it, and another fine-tune of the same point would follow, and another.
                 done = _full_fine_tunes(name, label, outcomes)
                 points.append(((done[0].recipe.steps[0],) if done else
-                               _trained(name, final_settings(name, i, outcomes, share)), label))
+                               _trained(name, final_settings(name, i, outcomes, share, model.train_samples)), label))
         else:
             points = [(_trained(name, TECHNIQUE_SETTINGS[name]), "")]
         for train, label in points:

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# benchmarks/resolution_gpu.py in ONE device call (Keras on JAX on the lent GPU; see its docstring):
+#   here, once:   PIP=/work/main/.venv/bin/pip bash benchmarks/gpu_check.sh --prepare
+#   device call:  run(command="bash benchmarks/resolution_gpu.sh", carry=["benchmarks/wheels",
+#                     "benchmarks/.work/mobilenetv2_224_digits_e6.keras"], timeout_s=540)
+#   back here:    .venv/bin/python benchmarks/resolution_gpu.py --render <files_at>/resolution_gpu.json
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WHEELS=${WHEELS:-benchmarks/wheels}
+OUT=${OUT:-/tmp/resolution-gpu}
+mkdir -p "$OUT"
+SITE=/tmp/kt-site
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$WHEELS"/*.whl
+export PYTHONPATH="$SITE:$PWD/src:$PWD" KERAS_BACKEND=jax PYTHONUNBUFFERED=1
+nvidia-smi -L || true
+python3 benchmarks/resolution_gpu.py --out "$OUT/resolution_gpu.json" "$@" 2>&1 | grep -v "^WARNING\|^I0000\|^E0000" | tail -40

@@ -58,6 +58,9 @@ def row(name: str, doc: dict) -> str:
             f"{cell(rec).replace(' | ', ' ')}{'' if doc['budget_met'] else ' (budget not met)'} |")
 
 
+TRAIN_RUN = "MobileNetV2 1.0 + train data"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--threads", type=int, default=None)
@@ -72,6 +75,9 @@ def main() -> None:
                     help="after the runs (or with --render-only, on the stored one): time the train run's recommended "
                          "variant and the fastest no-train variant of each runtime again in ROUNDS alternating rounds, "
                          "each in a fresh process")
+    ap.add_argument("--batch", type=int, default=1,
+                    help="the MobileNetV2 + train data run's batch size (its results are stored under their own name; "
+                         "with --resume it reuses the batch-1 run's trained models and quality checks, and times them again)")
     ap.add_argument("--adopt-base", type=Path, metavar="MODEL.keras",
                     help="adopt a MobileNetV2 digits base model trained elsewhere (benchmarks/digits_mobilenetv2_gpu.sh) and stop")
     args = ap.parse_args()
@@ -93,10 +99,11 @@ def main() -> None:
     # split (1,257 samples, what a user has) for calibration and fine-tuning: runtimes + int8 + structured
     # pruning and input resolution, each with its strength search, budget 1 point, judged on the 540 digits the model never
     # trained on (validation + test; it was trained without a validation split).
-    runs["MobileNetV2 1.0 + train data"] = (
+    train_run = TRAIN_RUN + ("" if args.batch == 1 else f", batch {args.batch}")
+    runs[train_run] = (
         "mobilenetv2-train", _digits_mobilenetv2, "builtin:digits:heldout", "builtin:digits:train",
         OptimizeConfig(max_accuracy_drop=1.0, threads=args.threads, techniques=("runtimes", "int8", "structured", "resolution"),
-                       eval_size=540, min_runs=10, min_seconds=2.0, time_budget_s=args.time_budget))
+                       eval_size=540, min_runs=10, min_seconds=2.0, time_budget_s=args.time_budget, batch_size=args.batch))
     RESULTS.mkdir(parents=True, exist_ok=True)
     raw_path = RESULTS / "optimize.json"
     raw = json.loads(raw_path.read_text()) if raw_path.exists() else {}
@@ -119,7 +126,7 @@ def main() -> None:
             raw[name]["resumed"] = sum(1 for v in res.doc["variants"] if all((v.get("reused") or {}).values()))
             raw[name]["resumed_from_elapsed_s"] = before.get("resumed_from_elapsed_s", before.get("elapsed_s"))
         raw_path.write_text(json.dumps(raw, indent=2, default=str))
-    train_doc = raw.get("MobileNetV2 1.0 + train data")
+    train_doc = raw.get(train_run)
     if args.retime and train_doc:
         train_doc["retimed"] = retime(train_doc, args.retime, args.threads,
                                       lambda what: print(f"[{time.time() - started:6.0f}s] re-timing: {what}", flush=True))
@@ -132,7 +139,8 @@ def main() -> None:
         pareto(doc["variants"], by_agreement=doc["budget"].get("min_agreement") is not None)
     raw_path.write_text(json.dumps(raw, indent=2, default=str))
     machine = next(iter(raw.values()))["machine"]
-    rows = [row(n, raw[n]) for n in runs if n in raw]
+    names = [n for n in runs if n in raw] + [n for n in raw if n not in runs]  # a train run at another batch too
+    rows = [row(n, raw[n]) for n in names]
     def judged(v, budget):
         # Judged as the run was: agreement with the float model, or accuracy on the labels.
         if budget.get("min_agreement") is not None or v.get("accuracy") is None:
@@ -140,10 +148,10 @@ def main() -> None:
         return f"accuracy {100 * v['accuracy']:.2f}%"
 
     front = {n: [f"{v['name']}` ({v['latency_ms']['p50']:.3f} ms, {judged(v, raw[n]['budget'])}, {v['model_bytes'] / 1e6:.2f} MB)`"
-                 for v in raw[n]["variants"] if v.get("pareto")] for n in runs if n in raw}
+                 for v in raw[n]["variants"] if v.get("pareto")] for n in names}
     body = ("## optimize on the reference set\n\n"
             "Reproduce: `.venv/bin/python benchmarks/optimize.py` (raw results.json documents in "
-            "`benchmarks/results/optimize.json`). Batch 1, all cores. The digits CNN is judged on its test split with "
+            "`benchmarks/results/optimize.json`). Batch 1 (unless a run's name gives another), all cores. The digits CNN is judged on its test split with "
             "train data given (calibration, training techniques); MobileNetV2 and ResNet50 have random weights, so "
             "they are judged by top-1 agreement with the float model on digits resized to 224x224x3, with no train "
             "data (calibration set apart from that data). Ratios are against `keras-predict` in the same run.\n"
@@ -155,7 +163,7 @@ def main() -> None:
             "| --- | --- | ---: | --- | --- | --- |\n" + "\n".join(rows)
             + "\n\nPareto front (latency, accuracy or agreement, size) of each run:\n\n"
             + "\n".join(f"- {n}: {', '.join(f'`{x}`'.replace('``', '') for x in names)}" for n, names in front.items())
-            + "".join(search_section(n, raw[n]) for n in runs if n in raw and raw[n].get("search")))
+            + "".join(search_section(n, raw[n]) for n in names if raw[n].get("search")))
     write_section("optimize", body)
     print(f"wrote BENCHMARKS.md in {time.time() - started:.0f} s")
 
@@ -188,13 +196,14 @@ def retime(doc: dict, rounds: int, threads: int | None, progress) -> dict:
     bench = doc["protocol"].get("bench", {})
     cfg = BenchmarkConfig(min_runs=bench.get("min_runs", 10), min_seconds=bench.get("min_seconds", 2.0))
     threads = threads or default_threads()
+    batch = doc["protocol"].get("batch_size", 1)
     runs = {v["name"]: [] for v in paths}
     for k in range(rounds):
         for v in (paths if k % 2 == 0 else paths[::-1]):
             progress(f"round {k + 1}/{rounds}: {v['name']}")
-            row = peers._run_one(f"kt:{v['backend']}", v["artifact"], threads, 1, cfg)
+            row = peers._run_one(f"kt:{v['backend']}", v["artifact"], threads, batch, cfg)
             runs[v["name"]].append(row["latency_ms"]["p50"] if row.get("ok") else None)
-    out = {"rounds": rounds, "threads": threads, "recommended": rec["name"] if rec else None,
+    out = {"rounds": rounds, "threads": threads, "batch": batch, "recommended": rec["name"] if rec else None,
            "p50_rounds": runs, "median": {n: statistics.median([r for r in rs if r is not None])
                                           for n, rs in runs.items() if any(r is not None for r in rs)}}
     best_plain = min((n for n in out["median"] if n != out["recommended"]), key=out["median"].get, default=None)
@@ -237,7 +246,7 @@ def search_section(name: str, doc: dict) -> str:
                 "and timed in the first run); the rest were built, or timed again in its run-off, in the resumed one")
     return (f"\n\n### {name}: the strength search\n\n"
             f"Budget {doc['budget']['max_accuracy_drop']} point(s) on {held} held-out samples ({doc['data']['eval']}); "
-            f"train data `{doc['data'].get('train')}`; "
+            f"train data `{doc['data'].get('train')}`; batch {doc['budget'].get('batch_size', 1)}, p50 ms per batch; "
             f"float accuracy {100 * doc['float_accuracy']:.2f}%; {took}. Recommended: {ratio}, same run.\n"
             f"Machine of this run: {machine_line(doc['machine'])}.\n\n"
             + (f"Base model: {doc['base_model']}.\n\n" if doc.get("base_model") else "")
@@ -260,7 +269,7 @@ def retime_text(doc: dict) -> str:
                       for n, rs in r["p50_rounds"].items() if n in r["median"])
     return (f"\n\nRe-timed after the run (`--retime {r['rounds']}`): the recommended variant and every variant within the "
             f"budget that needs no train data and was first timed within 1.6x of the fastest of them, in {r['rounds']} alternating rounds (forward, then reversed), each "
-            f"run in a fresh process, {r['threads']} threads, batch 1. **`{r['recommended']}` is {r['ratio']:.2f}x "
+            f"run in a fresh process, {r['threads']} threads, batch {r.get('batch', 1)}. **`{r['recommended']}` is {r['ratio']:.2f}x "
             f"`{r['best_without_train_data']}`** by the medians of the rounds:\n\n"
             "| variant | p50 ms per round | median |\n| --- | --- | ---: |\n" + rows)
 

@@ -61,17 +61,21 @@ def render(path: str) -> None:
             f"| {r['factor']:g} | {r['train']} | {r['epochs']} | {r['learning_rate']:g} | {r['distill_weight']:g} | "
             f"{r['patience'] or '-'} | {r['epochs_run']} | {100 * (rows['base_accuracy'] - r['final_heldout']):.2f} | "
             f"{100 * (rows['base_accuracy'] - held[best]):.2f} (epoch {best + 1}) | {r['seconds']:.0f} |")
+    done = {(r["factor"], r["train"], r["epochs"], r["learning_rate"], r["distill_weight"], r["patience"]) for r in rows["runs"]}
+    not_run = [f"factor {f:g} / {n} samples / {e} epochs / lr {lr:g} / distill weight {dw:g}"
+               for f, n, e, lr, dw, p in RUNS if (f, n, e, lr, dw, p) not in done]
     write_section("resolution-gpu", (
         "### Which fine-tune holds a factor (lent GPU, Keras on JAX)\n\n"
         "Reproduce: `benchmarks/resolution_gpu.py` (how to run it on a lent GPU is in its docstring; raw: "
         "`benchmarks/results/resolution_gpu.json`). `resolution`'s own steps (shrinking layer, BatchNorm "
         "statistics re-estimated, fine-tune distilled from the original, cosine schedule) on the MobileNetV2 digits "
         f"model above, judged on all {rows['held_out']} held-out digits after every epoch; float accuracy "
-        f"{100 * rows['base_accuracy']:.2f}%. Early stopping (patience) watches the 38-sample split the search "
-        f"carves from its 256 train samples. Device: {rows['device']}.\n\n"
+        f"{100 * rows['base_accuracy']:.2f}%. Early stopping (patience) watches a 38-sample split (train samples "
+        f"218 to 255, as the strength search carved from 256 train samples). Device: {rows['device']}.\n\n"
         "| factor | train samples | epochs | learning rate | distill weight | patience | ran | drop at the end (points) "
         "| best epoch's drop | seconds |\n| ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | --- | ---: |\n"
-        + "\n".join(lines)))
+        + "\n".join(lines)
+        + (f"\n\nNot reached within the device call's --budget-s: {', '.join(not_run)}." if not_run else "")))
 
 
 def main() -> None:

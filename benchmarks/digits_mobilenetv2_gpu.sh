@@ -8,12 +8,8 @@
 # saves it where optimize.py looks for it (benchmarks/.work), with its provenance note.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-WHEELS=${WHEELS:-benchmarks/wheels}
 OUT=${OUT:-/tmp/digits-mobilenetv2}
 mkdir -p "$OUT"
-SITE=/tmp/kt-site
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$WHEELS"/*.whl
-export PYTHONPATH="$SITE:$PWD/src:$PWD" KERAS_BACKEND=jax PYTHONUNBUFFERED=1
-nvidia-smi -L || true
+source benchmarks/gpu_env.sh
 python3 benchmarks/digits_mobilenetv2.py --out "$OUT/mobilenetv2_224_digits_e6.keras" 2>&1 | tail -20
 ls -l "$OUT"

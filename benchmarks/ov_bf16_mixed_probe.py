@@ -61,6 +61,16 @@ ref, t32 = run(compiled(base, "f32"))
 top = ref.argmax(-1)
 print("f32", round(t32, 3), "ms")
 
+def precisions(c):
+    """How many ops of the compiled model run at each precision."""
+    prec = {}
+    for op in c.get_runtime_model().get_ordered_ops():
+        rt = op.get_rt_info()
+        p = rt["runtimePrecision"].astype(str) if "runtimePrecision" in rt else "?"
+        prec[p] = prec.get(p, 0) + 1
+    return prec
+
+
 def trial(label, names):
     m = core.read_model(xml)
     n = 0
@@ -69,11 +79,7 @@ def trial(label, names):
             op.get_rt_info()[KEY] = VAL
             n += 1
     c = compiled(m, "bf16")
-    prec = {}
-    for op in c.get_runtime_model().get_ordered_ops():
-        rt = op.get_rt_info()
-        p = rt["runtimePrecision"].astype(str) if "runtimePrecision" in rt else "?"
-        prec[p] = prec.get(p, 0) + 1
+    prec = precisions(c)
     out, t = run(c)
     print(f"{label}: marked {n}, runtime precisions {prec}, agreement {np.mean(out.argmax(-1) == top):.4f}, {t:.3f} ms", flush=True)
 
@@ -109,11 +115,7 @@ def trial_xml(label, names, attr, value):
         os.symlink(xml[:-4] + ".bin", os.path.join(d, "m.bin"))
         m = core.read_model(path)
         c = compiled(m, "bf16")
-        prec = {}
-        for op in c.get_runtime_model().get_ordered_ops():
-            rt = op.get_rt_info()
-            p = rt["runtimePrecision"].astype(str) if "runtimePrecision" in rt else "?"
-            prec[p] = prec.get(p, 0) + 1
+        prec = precisions(c)
         out, t = run(c)
     print(f"{label}: marked {n} in the XML as {attr}={value!r}, runtime precisions {prec}, "
           f"agreement {np.mean(out.argmax(-1) == top):.4f}, {t:.3f} ms", flush=True)

@@ -6,11 +6,7 @@
 #   back here:    .venv/bin/python benchmarks/resolution_gpu.py --render <files_at>/resolution_gpu.json
 set -euo pipefail
 cd "$(dirname "$0")/.."
-WHEELS=${WHEELS:-benchmarks/wheels}
 OUT=${OUT:-/tmp/resolution-gpu}
 mkdir -p "$OUT"
-SITE=/tmp/kt-site
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$WHEELS"/*.whl
-export PYTHONPATH="$SITE:$PWD/src:$PWD" KERAS_BACKEND=jax PYTHONUNBUFFERED=1
-nvidia-smi -L || true
+source benchmarks/gpu_env.sh
 python3 benchmarks/resolution_gpu.py --out "$OUT/resolution_gpu.json" "$@" 2>&1 | grep -v "^WARNING\|^I0000\|^E0000" | tail -40

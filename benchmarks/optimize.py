@@ -239,7 +239,8 @@ def search_section(name: str, doc: dict) -> str:
               "resolution loses here is for its fine-tune to recover, not information (on photographs it loses both). ")
     resized = any("resolution" in (p.get("name") or "") for p in doc["search"])
     took = f"run took {doc['elapsed_s'] / 60:.0f} min of a {doc['budget']['time_budget_s'] / 60:.0f} min time budget"
-    reused = sum(1 for v in doc["variants"] + doc["search"] if (v.get("reused") or {}).get("build"))
+    reused = sum(1 for v in doc["variants"] + doc["search"]
+                 if (v.get("reused") or {}).get("build") and v["reused"].get("quality"))
     if reused and not doc.get("resumed"):  # e.g. --batch 32 --resume on the batch-1 run's folder
         took += (f": it reused {reused} builds and their quality checks from the earlier run in the same folder "
                  "(the build seconds shown are that run's) and timed every variant afresh")

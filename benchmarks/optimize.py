@@ -151,7 +151,9 @@ def main() -> None:
                  for v in raw[n]["variants"] if v.get("pareto")] for n in names}
     body = ("## optimize on the reference set\n\n"
             "Reproduce: `.venv/bin/python benchmarks/optimize.py` (raw results.json documents in "
-            "`benchmarks/results/optimize.json`). Batch 1 (unless a run's name gives another), all cores. The digits CNN is judged on its test split with "
+            "`benchmarks/results/optimize.json`); the train-data runs: `--only mobilenetv2-train --retime 10`, then "
+            "`--only mobilenetv2-train --batch 32 --resume --retime 10` (reuses the first's trained models). "
+            "Batch 1 (unless a run's name gives another), all cores. The digits CNN is judged on its test split with "
             "train data given (calibration, training techniques); MobileNetV2 and ResNet50 have random weights, so "
             "they are judged by top-1 agreement with the float model on digits resized to 224x224x3, with no train "
             "data (calibration set apart from that data). Ratios are against `keras-predict` in the same run.\n"

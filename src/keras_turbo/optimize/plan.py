@@ -70,15 +70,18 @@ class Knob:
         """The full fine-tune's default epochs on `samples` train samples (at least a probe's)."""
         return scaled_epochs(self.full["epochs"], samples, self.probe_epochs(samples))
 
+    def most_epochs(self, samples: int | None = None) -> int:
+        """The most epochs a full fine-tune runs on `samples` train samples: `max_epochs` scaled."""
+        return scaled_epochs(self.max_epochs or self.full["epochs"], samples, self.probe_epochs(samples))
+
     def epochs(self, per_epoch: float, seconds_left: float, samples: int | None = None) -> int:
         """The full fine-tune's epochs: as many as the technique's time share has left at the
         probes' pace (`per_epoch`: seconds per epoch of a short fine-tune on the same data), at
         least a probe's, at most `max_epochs` scaled to the data (early stopping on the validation
         split ends it sooner)."""
-        floor = self.probe_epochs(samples)
-        top = scaled_epochs(self.max_epochs or self.full["epochs"], samples, floor)
+        top = self.most_epochs(samples)
         fit = int(seconds_left // per_epoch) if per_epoch > 0 else top
-        return max(floor, min(top, fit))
+        return max(self.probe_epochs(samples), min(top, fit))
 
     def label(self, value) -> str:
         if self.setting == "target_flops_reduction":
@@ -218,7 +221,7 @@ def first_plan(model: ModelInfo, caps: MachineCaps, cfg, has_train: bool) -> Pla
     planned = [n for n in searched(cfg, model) if n not in dict(left)] if has_train else []
     n_train = model.train_samples
     notes = tuple(f"{n}: strength search over {k.setting} {list(k.grid)}, probes of {k.probe_epochs(n_train)} epochs, "
-                  f"the chosen point's fine-tune up to {scaled_epochs(k.max_epochs or k.full['epochs'], n_train, k.probe_epochs(n_train))} "
+                  f"the chosen point's fine-tune up to {k.most_epochs(n_train)} "
                   f"epochs{f' ({n_train} train samples)' if n_train else ''}, at most {time_share(cfg, planned):.0f} s of the time budget"
                   for n, k in ((n, SEARCH[n]) for n in planned))
     return Plan(tuple(recipes), tuple(left), notes)
@@ -365,7 +368,7 @@ def _probes(name: str, outcomes: list[Outcome]) -> dict[int, Outcome]:
     return probes
 
 
-def _per_epoch(name: str, probes: dict[int, Outcome], index: int) -> float | None:
+def _per_epoch(probes: dict[int, Outcome], index: int) -> float | None:
     """Seconds per epoch of the probe at `index`, or of the slowest probe where that point was not
     probed; None before any probe."""
     pace = {i: o.seconds / max(1, o.recipe.steps[0].config.get("epochs", 1)) for i, o in probes.items()}
@@ -382,7 +385,7 @@ def final_settings(name: str, index: int, outcomes: list[Outcome], share: float,
     the pace of its probe, or of the slowest probe where that point was not probed) and to the
     `samples` of train data."""
     k = SEARCH[name]
-    pace = _per_epoch(name, _probes(name, outcomes), index)
+    pace = _per_epoch(_probes(name, outcomes), index)
     epochs = k.epochs(pace, share - _spent(name, outcomes), samples) if pace is not None else k.full_epochs(samples)
     return {k.setting: k.grid[index], **k.full, "epochs": epochs}
 
@@ -424,7 +427,7 @@ def step_forward(name: str, index: int, outcomes: list[Outcome], share: float, s
         if not full or not any(o.ok and o.within for o in full):
             break
         if not _full_fine_tunes(name, k.label(k.grid[i + 1]), outcomes):
-            pace = _per_epoch(name, probes, i + 1)
+            pace = _per_epoch(probes, i + 1)
             if pace is None or share - _spent(name, outcomes) < pace * k.full_epochs(samples):
                 break
         out.append(i + 1)

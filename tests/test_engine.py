@@ -5,6 +5,7 @@ reuses what matches, remeasures what does not, and rejudges everything)."""
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 import subprocess
 import sys
@@ -480,16 +481,33 @@ def test_a_point_fine_tuned_fully_is_not_fine_tuned_again(tmp_path, digits_model
     assert sum(1 for j in toy.jobs if j.recipe.role == "variant" and j.recipe.techniques) == 1
 
 
-def test_a_probe_split_too_small_for_the_budget_tolerates_one_sample():
-    from keras_turbo.optimize.select import probe_budget, within_budget
+def test_a_probe_is_judged_within_its_splits_sampling_error():
+    """A probe's budget is the user's widened by one standard error of its validation split (it
+    only decides what is worth a full fine-tune), and by one sample where the split cannot
+    resolve the budget at all."""
+    from keras_turbo.optimize.select import disagreement, probe_budget, within_budget
 
     budget = {"max_accuracy_drop": 1.0, "min_agreement": None, "max_output_error": None}
-    assert probe_budget(budget, 188) == budget  # one sample is 0.53 points: the user's budget as it is
-    small = probe_budget(budget, 38)             # one sample is 2.63 points
-    one, two = ({"accuracy_drop": 100 * k / 38, "top1_agreement": 1 - k / 38, "samples": 38} for k in (1, 2))
-    assert within_budget(one, small)[0] and not within_budget(two, small)[0] and not within_budget(one, budget)[0]
-    agree = probe_budget({"max_accuracy_drop": None, "min_agreement": 0.99, "max_output_error": None}, 38)
-    assert agree["min_agreement"] == pytest.approx(1 - 1 / 38)
+    assert probe_budget(budget, 188, 0.0) == budget  # nothing wrong: nothing to widen
+
+    def probe(k, n):
+        return {"accuracy_drop": 100 * k / n, "top1_agreement": 1 - k / n, "samples": n}
+
+    # 188 samples: 3 wrong is 1.60 points, within one SE (0.92) of a 1-point budget; 6 wrong
+    # (3.19 points, SE 1.28) is not; and the user's own budget holds neither.
+    for k, ok in ((1, True), (2, True), (3, True), (4, False), (6, False)):
+        q = probe(k, 188)
+        assert within_budget(q, probe_budget(budget, 188, disagreement(q)))[0] == ok, k
+    assert not within_budget(probe(2, 188), budget)[0]
+    # 38 samples: one sample (2.63 points) is more than the budget: it is tolerated, two are not
+    one, two = probe(1, 38), probe(2, 38)
+    assert within_budget(one, probe_budget(budget, 38, disagreement(one)))[0]
+    assert not within_budget(two, probe_budget(budget, 38, disagreement(two)))[0]
+    agree = probe_budget({"max_accuracy_drop": None, "min_agreement": 0.99, "max_output_error": None}, 38, 1 / 38)
+    assert agree["min_agreement"] == pytest.approx(0.99 - math.sqrt((1 / 38) * (37 / 38) / 38), abs=1e-4)
+    # the worst classifier output sets the error; a regression output has none
+    assert disagreement({"outputs": [{"agreement": 0.99}, {"agreement": 0.95}, {"error": 0.1}]}) == pytest.approx(0.05)
+    assert disagreement({"outputs": [{"error": 0.1}]}) == 0.0
 
 
 def test_ray_builds_cancel_what_is_still_running_at_the_deadline():

@@ -381,9 +381,11 @@ def _run_wave(run: _Run, recipes: list[Recipe]) -> None:
 
 def _probe_row(run: _Run, r: Recipe, b: dict, q: dict, reused: dict) -> dict:
     run.store.record_measurement(r.id, run.protocol, q, None, reused, quality_id=_qid(run, r))
-    budget = select.probe_budget(run.cfg.budget(), q.get("samples") or 0)
+    n = q.get("samples") or 0
+    budget = select.probe_budget(run.cfg.budget(), n, select.disagreement(q))
     within, why = select.within_budget(q, budget)
-    widened = ", one sample tolerated: the split cannot resolve the budget" if budget != run.cfg.budget() else ""
+    widened = (f", the budget widened by the sampling error of its {n} samples: a full fine-tune "
+               "is judged on the held-out data" if budget != run.cfg.budget() else "")
     return {**_base_row(r), "ok": True, "label": r.label, "build_s": _build_seconds(b),
             **{k: q.get(k) for k in ("accuracy", "accuracy_drop", "top1_agreement", "outputs", "user_metric")},
             "within_budget": within, "verdict": f"{why} (validation split, short fine-tune{widened})", "reused": reused}

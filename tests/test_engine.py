@@ -362,6 +362,68 @@ def test_fine_tune_lengths_follow_the_train_data_size():
         assert probe.role == "probe" and probe.steps[0].config["epochs"] == epochs
 
 
+def _planned_until_done(cfg, info, caps, held: dict, probe_s=10.0, full_s=50.0, speedup=None):
+    """Calls the planner until it plans nothing new, measuring each recipe on a monotone toy:
+    a technique's point is within the budget iff its grid index is at most `held[name]` (probes
+    and full fine-tunes alike; a composition iff both parts are); int8 exports take half the
+    time of float, and a trained point is `speedup(name, value)` times faster (default: its
+    value). Returns every recipe planned, in order."""
+    speedup = speedup or (lambda name, value: value)
+    outcomes, seen = [], set()
+    plan = list(planner.first_plan(info, caps, cfg, has_train=True).recipes)
+    for _ in range(40):
+        new = [r for r in plan if r.id not in seen]
+        if not new:
+            return [o.recipe for o in outcomes]
+        for r in new:
+            seen.add(r.id)
+            within, fast = True, 1.0 if r.precision == "fp32" else 0.5
+            for step in (s for s in r.steps if s.kind == "train"):
+                k = planner.SEARCH[step.name]
+                value = step.config[k.setting]
+                within &= k.grid.index(value) <= held[step.name]
+                fast /= speedup(step.name, value)
+            seconds = (probe_s if r.role == "probe" else full_s) * len(r.techniques)
+            outcomes.append(planner.Outcome(r, True, within, None if r.role == "probe" else fast, seconds))
+        plan = list(planner.follow_ups(info, outcomes, cfg, has_train=True).recipes)
+    raise AssertionError("the planner did not settle")
+
+
+def test_two_searched_techniques_are_composed_once_both_hold_the_budget():
+    """Structured pruning and input resolution each searched to their strongest held point, then
+    resolution applied to the pruned model (its very artifact: the same first step), fine-tuned
+    within the composition's share and followed by the best exports; once, and only where each
+    bought speed and held the budget fully."""
+    cfg = OptimizeConfig(max_accuracy_drop=1.0, techniques=("runtimes", "int8", "structured", "resolution"),
+                         time_budget_s=1000)
+    info, caps = planner.ModelInfo("fp"), planner.MachineCaps(("keras-predict", "litert"))
+    assert any(n.startswith("structured then resolution: composed") and "150 s" in n
+               for n in planner.first_plan(info, caps, cfg, has_train=True).notes)
+    recipes = _planned_until_done(cfg, info, caps, {"structured": 3, "resolution": 3})  # flops/4, 1/2 size
+    composed = [r for r in recipes if r.techniques == ("structured", "resolution")]
+    assert {r.name for r in composed} == {"structured(flops/4) + resolution(1/2 size) + litert fp32",
+                                          "structured(flops/4) + resolution(1/2 size) + litert int8"}
+    alone = next(r for r in recipes if r.role == "variant" and r.techniques == ("structured",) and r.label == "flops/4")
+    assert all(r.steps[0] == alone.steps[0] for r in composed)  # the pruned model is reused, not trained again
+    step = composed[0].steps[1]
+    k = planner.SEARCH["resolution"]
+    # 150 s share at the 1/2 probe's pace (10 s for 6 epochs) is more than the most epochs: the most
+    assert step.config == {"factor": 2, **k.full, "epochs": k.max_epochs}
+    assert all(r.steps[1] == step for r in composed)
+    # slow probes: the epochs fit the composition's share (150 s at 60 s / 6 epochs = 15)
+    slow = _planned_until_done(cfg, info, caps, {"structured": 3, "resolution": 3}, probe_s=60.0)
+    assert {r.steps[1].config["epochs"] for r in slow if len(r.techniques) == 2} == {15}
+    # no composition where one technique never held fully, or bought no speed
+    assert not [r for r in _planned_until_done(cfg, info, caps, {"structured": 3, "resolution": -1})
+                if len(r.techniques) == 2]
+    no_gain = _planned_until_done(cfg, info, caps, {"structured": 3, "resolution": 3},
+                                  speedup=lambda name, value: 1.0 if name == "resolution" else value)
+    assert not [r for r in no_gain if len(r.techniques) == 2]
+    # nor when only one of the two is searched
+    one = OptimizeConfig(max_accuracy_drop=1.0, techniques=("runtimes", "int8", "structured"), time_budget_s=1000)
+    assert not [r for r in _planned_until_done(one, info, caps, {"structured": 3}) if len(r.techniques) == 2]
+
+
 def test_a_recipe_replayed_from_its_json_builds_the_same_artifact(tmp_path, model_files):
     """Steps are data: the recipe read back from results.json's JSON, built into a fresh folder,
     makes the same artifact, byte for byte."""

@@ -197,3 +197,40 @@ def test_optimize_asks_every_registered_refusal_of_the_model(model_files):
 
     assert dict(info("two_input").refused)["resolution"] == "needs one image input, the model has 2 inputs"
     assert info("residual").refused == () and info("residual").train_samples == 300
+
+
+def test_a_composition_shrinks_the_image_of_the_pruned_model_it_reuses(tmp_path):
+    """optimize's composition of structured pruning then input resolution, built as its recipe:
+    the pruned model is the first step's artifact, reused from the recipe that made it (not
+    pruned again), and the second step shrinks what that pruned network sees."""
+    from keras_turbo.api import io_specs
+    from keras_turbo.models import load_keras, resolve
+    from keras_turbo.optimize.build import BuildJob, build
+    from keras_turbo.optimize.measure import DataRef
+    from keras_turbo.optimize.recipe import Recipe, Step
+
+    keras.utils.set_random_seed(0)
+    x = keras.Input((8, 8, 1), name="image")
+    h = keras.layers.Conv2D(16, 3, padding="same", name="c1")(x)
+    h = keras.layers.ReLU()(keras.layers.BatchNormalization(name="bn1")(h))
+    h = keras.layers.Conv2D(16, 3, padding="same", name="c2")(h)
+    h = keras.layers.ReLU()(keras.layers.BatchNormalization(name="bn2")(h))
+    model = keras.Model(x, keras.layers.Dense(10, name="logits")(keras.layers.GlobalAveragePooling2D()(h)))
+    path = tmp_path / "m.keras"
+    model.save(path)
+    ref = resolve(path)
+    data = DataRef("builtin:digits:train")
+    pruned = Step("train", "structured", {"target_flops_reduction": 2.0, "epochs": 1, "distill": True, "importance": "bn"})
+    shrunk = Step("train", "resolution", {"factor": 2, "epochs": 1, "distill": True})
+    alone = Recipe(ref.cache_key(), (pruned, Step("runtime", "tf-function")))
+    both = Recipe(ref.cache_key(), (pruned, shrunk, Step("runtime", "tf-function")), label="flops/2; 1/2 size")
+    assert both.name == "structured(flops/2) + resolution(1/2 size) + tf-function fp32"
+    job = dict(model_path=str(path), root=str(tmp_path / "root"), calib=data, eval=data, reference="",
+               inputs=tuple(io_specs(ref)[0]), outputs=tuple(io_specs(ref)[1]), train=data, evaluate=False)
+    first = build(BuildJob(alone, **job))
+    res = build(BuildJob(both, **job))
+    assert first["ok"] and res["ok"], (first["error"], res["error"])
+    assert res["steps"][0]["cached"] and not res["steps"][1]["cached"]
+    out = load_keras(resolve(res["artifact"]))
+    assert out.layers[1].name == R.POOL and out.get_layer("c2").filters < 16
+    assert out.predict(np.zeros((2, 8, 8, 1), "float32"), verbose=0).shape == (2, 10)

@@ -64,7 +64,7 @@ class Recipe:
     model: str  # the model's content fingerprint
     steps: tuple[Step, ...]
     precision: str = "fp32"
-    label: str = ""  # an optional tag that tells apart settings of one technique (e.g. "80%")
+    label: str = ""  # an optional tag that tells apart settings of one technique (e.g. "80%"; "flops/4; 1/2 size" for two)
     role: str = "variant"  # or "probe": a short fine-tune the strength search judges, never deployed
 
     def __post_init__(self):
@@ -96,7 +96,10 @@ class Recipe:
     @property
     def name(self) -> str:
         """A display name derived from the steps: "structured + litert int8 mixed"."""
-        train = [s.name + (f"({self.label})" if self.label else "") for s in self.steps if s.kind == "train"]
+        names = [s.name for s in self.steps if s.kind == "train"]
+        # a composition's label holds one part per technique, "; " between them
+        parts = self.label.split("; ") if len(names) > 1 and self.label.count("; ") == len(names) - 1 else [self.label] * len(names)
+        train = [n + (f"({part})" if part else "") for n, part in zip(names, parts)]
         mixed = any(s.kind == "fallback" for s in self.steps)
         if self.role == "probe":
             return " + ".join(train) + " probe"

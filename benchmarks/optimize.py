@@ -124,7 +124,7 @@ def main() -> None:
         raw[name] = res.doc
         if args.resume:
             raw[name]["resumed"] = sum(1 for v in res.doc["variants"] if all((v.get("reused") or {}).values()))
-            raw[name]["resumed_from_elapsed_s"] = before.get("resumed_from_elapsed_s", before.get("elapsed_s"))
+            raw[name]["resumed_from_elapsed_s"] = before.get("resumed_from_elapsed_s") or before.get("elapsed_s")
         raw_path.write_text(json.dumps(raw, indent=2, default=str))
     train_doc = raw.get(train_run)
     if args.retime and train_doc:

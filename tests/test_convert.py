@@ -268,6 +268,41 @@ def test_fallback_repairs_an_outlier_carried_by_pooling_or_add(outlier_cnn, to):
         assert sum(op.get_type_name() == "FakeQuantize" for op in m.get_ops()) > 0
 
 
+def test_openvino_keeps_ops_float_in_the_full_int8_model_without_quantizing_again(outlier_cnns, tmp_path, monkeypatch):
+    """An OpenVINO mixed variant is the fully quantized model with the kept ops' FakeQuantize
+    bypassed and their float weights and bias restored: no second NNCF pass (each is about 45 s
+    on ResNet50), the outlier repaired, every other convolution still on int8 inputs."""
+    import nncf
+    import openvino as ov
+
+    model, float_acc = outlier_cnns("pool")
+    cache = tmp_path / "cache"
+    full = convert(model, ConvertConfig(to="openvino", quantize="int8"), "builtin:digits:train", cache_dir=cache)
+    monkeypatch.setattr(nncf, "quantize", lambda *a, **k: pytest.fail("quantized again"))
+    mixed = convert(model, ConvertConfig(to="openvino", quantize="int8", keep_float=("c2", "c3")), "builtin:digits:train",
+                    cache_dir=cache)
+    accuracy = {name: keras_turbo.evaluate(r.load(), "builtin:digits:val")["accuracy"] for name, r in
+                (("full", full), ("mixed", mixed))}
+    assert accuracy["full"] < float_acc - 0.5 and accuracy["mixed"] >= float_acc - 0.01, (accuracy, float_acc)
+    m = ov.Core().read_model(str(mixed.path))
+    convs = [op for op in m.get_ordered_ops() if op.get_type_name() == "Convolution"]
+    kept = [op for op in convs if op.get_friendly_name() in mixed.keep_float_nodes]
+
+    def source(op, i):
+        node = op.input_value(i).get_node()
+        while node.get_type_name() == "Transpose":
+            node = node.input_value(0).get_node()
+        return node.get_type_name()
+
+    assert len(kept) == 2 and all(source(op, 0) != "FakeQuantize" and source(op, 1) == "Constant" for op in kept)
+    assert all(source(op, 0) == "FakeQuantize" for op in convs if op not in kept) and len(convs) > len(kept)
+    floats = {op.get_friendly_name(): op for op in ov.Core().read_model(str(convert(
+        model, ConvertConfig(to="openvino"), cache_dir=cache).path)).get_ops()}
+    for op in kept:  # the float model's own weights, not int8 ones
+        w = op.input_value(1).get_node().get_data()
+        np.testing.assert_array_equal(w, floats[op.get_friendly_name()].input_value(1).get_node().get_data())
+
+
 def test_carry_nodes_and_repair_unit_on_graphs():
     from keras_turbo.convert import carry_nodes
     from keras_turbo.sensitivity import carrying_layers, repair_unit

@@ -276,8 +276,14 @@ def with_carriers(ref, target: Target, keep_nodes: Sequence[str], cache_dir=None
     return list(keep_nodes) + [n for n in extra if n not in set(keep_nodes)]
 
 
+#: bumped when a mixed artifact is made another way (2: OpenVINO's derived from the full int8 model)
+MIXED_METHOD = 2
+
+
 def _digest(cfg: ConvertConfig, samples, keep_nodes) -> str:
     h = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode())
+    if keep_nodes:
+        h.update(f"mixed-{MIXED_METHOD}".encode())
     h.update(json.dumps(sorted(keep_nodes or [])).encode())
     for s in samples or []:
         for k in sorted(s):
@@ -326,6 +332,11 @@ def convert(model, config: ConvertConfig | None = None, calibration=None, output
     # An outlier between two float layers passes through the ops that connect them: those stay
     # float too (a no-op where the kept layers feed each other directly).
     keep_nodes = with_carriers(ref, target, keep_nodes, cache_dir)
+    base = None
+    if target.name == "openvino" and cfg.quantize == "int8" and keep_nodes:
+        # Derived from the fully quantized model of the same calibration (built once, then
+        # cached), not quantized again (exporters.openvino.keep_float).
+        base = convert(ref, ConvertConfig(**{**cfg.to_dict(), "keep_float": ()}), calibration, cache_dir=cache_dir).path
 
     if output is None:
         # Keyed by content and --unsafe (see exporters.export); built under a per-entry lock in a
@@ -336,7 +347,7 @@ def convert(model, config: ConvertConfig | None = None, calibration=None, output
             if not (out.exists() and cache.intact(entry)):
                 tmpdir = cache.scratch(entry)
                 try:
-                    _build(ref, cfg, target, samples, keep_nodes, tmpdir / out.name, cache_dir)
+                    _build(ref, cfg, target, samples, keep_nodes, tmpdir / out.name, cache_dir, base)
                     cache.publish(tmpdir, entry)
                 finally:
                     shutil.rmtree(tmpdir, ignore_errors=True)
@@ -349,7 +360,7 @@ def convert(model, config: ConvertConfig | None = None, calibration=None, output
     tmpdir = Path(tempfile.mkdtemp(prefix=".convert-", dir=out.parent))
     try:
         tmp = tmpdir / out.name
-        _build(ref, cfg, target, samples, keep_nodes, tmp, cache_dir)
+        _build(ref, cfg, target, samples, keep_nodes, tmp, cache_dir, base)
         for f in tmpdir.iterdir():  # OpenVINO writes .xml and .bin
             f.replace(out.parent / (out.stem + f.suffix) if f.stem == out.stem else out.parent / f.name)
     finally:
@@ -402,7 +413,8 @@ def _size(path: Path) -> int:
     return artifact_size(path)
 
 
-def _build(ref, cfg: ConvertConfig, target: Target, samples, keep_nodes, out: Path, cache_dir) -> None:
+def _build(ref, cfg: ConvertConfig, target: Target, samples, keep_nodes, out: Path, cache_dir, base: Path | None = None) -> None:
+    """Write the artifact; `base`: the fully quantized OpenVINO model a mixed one is derived from."""
     from keras_turbo import exporters
 
     if target.name == "keras":
@@ -424,6 +436,8 @@ def _build(ref, cfg: ConvertConfig, target: Target, samples, keep_nodes, out: Pa
         litert_exp.export_quantized(sm, out, cfg.quantize, samples, cfg.int8_io, keep_nodes, cfg.sparse)
     elif target.name == "onnx":
         onnx_exp.quantize(float_artifact(ref, target, cache_dir).path, out, cfg.quantize, samples, keep_nodes, cfg.per_channel)
+    elif base is not None:
+        openvino_exp.keep_float(base, float_artifact(ref, target, cache_dir).path, out, keep_nodes)
     else:
         openvino_exp.quantize(float_artifact(ref, target, cache_dir).path, out, cfg.quantize, samples, keep_nodes)
 

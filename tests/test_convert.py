@@ -303,6 +303,25 @@ def test_openvino_keeps_ops_float_in_the_full_int8_model_without_quantizing_agai
         np.testing.assert_array_equal(w, floats[op.get_friendly_name()].input_value(1).get_node().get_data())
 
 
+def test_litert_mixed_variants_share_one_calibration(outlier_cnns, tmp_path, monkeypatch):
+    """LiteRT's mixed int8 variants are quantized from one calibrated model, built once: the same
+    bytes the quantization debugger writes when it calibrates again for every variant."""
+    import importlib
+
+    conv_mod = importlib.import_module("keras_turbo.convert")
+    model, _ = outlier_cnns("pool")
+    calls = []
+    real = conv_mod.litert_exp.calibrated
+    monkeypatch.setattr(conv_mod.litert_exp, "calibrated", lambda *a: calls.append(1) or real(*a))
+    made = [convert(model, ConvertConfig(to="litert", quantize="int8", keep_float=keep), "builtin:digits:train",
+                    cache_dir=tmp_path / "a") for keep in (("c2", "c3"), ("c3",))]
+    assert len(calls) == 1 and made[0].path.read_bytes() != made[1].path.read_bytes()
+    monkeypatch.setattr(conv_mod, "_splits", lambda ref: True)  # the debugger's own path
+    again = convert(model, ConvertConfig(to="litert", quantize="int8", keep_float=("c2", "c3")), "builtin:digits:train",
+                    cache_dir=tmp_path / "b")
+    assert again.path.read_bytes() == made[0].path.read_bytes() and len(calls) == 1
+
+
 def test_carry_nodes_and_repair_unit_on_graphs():
     from keras_turbo.convert import carry_nodes
     from keras_turbo.sensitivity import carrying_layers, repair_unit

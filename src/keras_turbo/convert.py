@@ -276,7 +276,8 @@ def with_carriers(ref, target: Target, keep_nodes: Sequence[str], cache_dir=None
     return list(keep_nodes) + [n for n in extra if n not in set(keep_nodes)]
 
 
-#: bumped when a mixed artifact is made another way (2: OpenVINO's derived from the full int8 model)
+#: bumped when a mixed artifact is made another way (2: OpenVINO's derived from the full int8 model,
+#: LiteRT's from a calibrated model built once)
 MIXED_METHOD = 2
 
 
@@ -337,6 +338,8 @@ def convert(model, config: ConvertConfig | None = None, calibration=None, output
         # Derived from the fully quantized model of the same calibration (built once, then
         # cached), not quantized again (exporters.openvino.keep_float).
         base = convert(ref, ConvertConfig(**{**cfg.to_dict(), "keep_float": ()}), calibration, cache_dir=cache_dir).path
+    elif target.name == "litert" and cfg.quantize == "int8" and keep_nodes and not _splits(ref):
+        base = _calibrated_litert(ref, cfg, samples, cache_dir)  # calibrated once, quantized per variant
 
     if output is None:
         # Keyed by content and --unsafe (see exporters.export); built under a per-entry lock in a
@@ -366,6 +369,32 @@ def convert(model, config: ConvertConfig | None = None, calibration=None, output
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
     return ConvertResult(out, _fmt(target), target.backend, cfg, _size(out), len(samples or []), keep_nodes, notes)
+
+
+def _splits(ref) -> bool:
+    from keras_turbo import textsplit
+
+    return bool(textsplit.splits(ref))
+
+
+def _calibrated_litert(ref, cfg: ConvertConfig, samples, cache_dir) -> Path:
+    """The LiteRT model calibrated on `samples` (exporters.litert.calibrated), built once per
+    model, settings and calibration, then cached: every mixed variant of the int8 repair starts
+    from it."""
+    from keras_turbo import exporters
+
+    full = ConvertConfig(**{**cfg.to_dict(), "keep_float": ()})
+    entry = cache.root(cache_dir) / "exports" / ref.cache_key() / f"litert-calibrated-{_digest(full, samples, [])}"
+    out = entry / "model.tflite"
+    with cache.lock(entry):
+        if not (out.exists() and cache.intact(entry)):
+            tmpdir = cache.scratch(entry)
+            try:
+                litert_exp.calibrated(exporters.litert_source(ref, cache_dir), tmpdir / out.name, samples)
+                cache.publish(tmpdir, entry)
+            finally:
+                shutil.rmtree(tmpdir, ignore_errors=True)
+    return out
 
 
 def _samples(ref, cfg: ConvertConfig, calibration, notes: list[str]) -> list:
@@ -414,7 +443,8 @@ def _size(path: Path) -> int:
 
 
 def _build(ref, cfg: ConvertConfig, target: Target, samples, keep_nodes, out: Path, cache_dir, base: Path | None = None) -> None:
-    """Write the artifact; `base`: the fully quantized OpenVINO model a mixed one is derived from."""
+    """Write the artifact; `base`: what a mixed int8 one is derived from (OpenVINO: the fully
+    quantized model; LiteRT: the calibrated one)."""
     from keras_turbo import exporters
 
     if target.name == "keras":
@@ -431,7 +461,9 @@ def _build(ref, cfg: ConvertConfig, target: Target, samples, keep_nodes, out: Pa
         if target.name == "openvino":
             shutil.copy(float_artifact(ref, target, cache_dir).path.with_suffix(".bin"), out.with_suffix(".bin"))
         return
-    if target.name == "litert":
+    if target.name == "litert" and base is not None:
+        litert_exp.quantize_calibrated(base, out, keep_nodes)
+    elif target.name == "litert":
         sm = exporters.litert_source(ref, cache_dir)
         litert_exp.export_quantized(sm, out, cfg.quantize, samples, cfg.int8_io, keep_nodes, cfg.sparse)
     elif target.name == "onnx":

@@ -128,3 +128,33 @@ def export_quantized(ref: ModelRef, out: Path, mode: str, calibration: Sequence[
             return
     with _tf.quiet():
         out.write_bytes(conv.convert())
+
+
+def calibrated(ref: ModelRef, out: Path, calibration: Sequence[dict[str, np.ndarray]]) -> None:
+    """The float model with the int8 calibration statistics of `calibration` (what the LiteRT
+    quantization debugger converts once before quantizing): the start of every mixed int8
+    variant of the same calibration (`quantize_calibrated`)."""
+    check_savedmodel(ref.path, ref.unsafe)
+    tf = _tf.tf()
+    conv = tf.lite.TFLiteConverter.from_saved_model(str(ref.path))
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    samples = list(calibration)
+    conv.representative_dataset = lambda: iter(samples)
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    # the debugger's own calibration settings (QuantizationDebugger._set_converter_options_for_calibration)
+    conv.experimental_mlir_quantizer = True
+    conv._experimental_calibrate_only = True  # noqa: SLF001 (no public switch)
+    with _tf.quiet():
+        out.write_bytes(conv.convert())
+
+
+def quantize_calibrated(calibrated_model: Path, out: Path, keep_float: Sequence[str]) -> None:
+    """int8 from a `calibrated` model with the named ops (output tensor names) left in float: the
+    debugger's own last step, without converting and calibrating again (about a minute a step
+    on ResNet50 here)."""
+    _tf.tf()
+    from tensorflow.lite.python import convert as tflite_convert
+
+    with _tf.quiet():
+        out.write_bytes(tflite_convert.mlir_quantize(calibrated_model.read_bytes(), disable_per_channel=False,
+                                                     fully_quantize=False, denylisted_nodes=list(keep_float)))

@@ -6,8 +6,10 @@ budget, for one runtime: prints when each step starts, the agreement of each ste
 time. No table in BENCHMARKS.md: the figures are in docs/status.md (tenth session).
 
 Run: `.venv/bin/python benchmarks/repair_cost.py openvino` (or litert, onnx); about 4 minutes for
-OpenVINO, 9 for LiteRT on 2 cores. Set KERAS_TURBO_CACHE to an empty folder to time the first
-conversions too.
+OpenVINO, 9 for LiteRT on 2 cores. `--requantize` makes every step quantize again from the float
+model, as before `convert.MIXED_METHOD` 2 (NNCF's ignored scope; the LiteRT quantization debugger,
+which calibrates again): run both in one session to compare. Set KERAS_TURBO_CACHE to an empty
+folder to time the first conversions too.
 """
 
 from __future__ import annotations
@@ -19,12 +21,17 @@ import time
 sys.path.insert(0, os.path.dirname(__file__))
 from _common import WORK  # noqa: E402
 
+import importlib  # noqa: E402
+
 from keras_turbo.convert import ConvertConfig  # noqa: E402
 from keras_turbo.sensitivity import FallbackConfig, quantize_with_fallback  # noqa: E402
 
 
 def main() -> None:
-    to = sys.argv[1] if len(sys.argv) > 1 else "openvino"
+    args = [a for a in sys.argv[1:] if a != "--requantize"]
+    to = args[0] if args else "openvino"
+    if "--requantize" in sys.argv:
+        importlib.import_module("keras_turbo.convert").DERIVE_MIXED = False
     model, crops = WORK / "resnet50_224_probe.keras", WORK / "peers" / "resnet50_crops.npz"
     if not (model.exists() and crops.exists()):
         sys.exit(f"{model} or {crops} is missing: run benchmarks/peers.py first")
@@ -34,7 +41,8 @@ def main() -> None:
                                 progress=lambda m: print(f"[{time.monotonic() - t0:6.1f}s] {m}", flush=True))
     for s in fr.steps:
         print(f"{len(s['kept_float']):3d} layers float: top-1 agreement {s['top1_agreement']:.4f}")
-    print(f"{to}: {fr.seconds:.0f} s, budget met: {fr.met}, {len(fr.kept_float)} of "
+    way = "quantized again per step" if "--requantize" in sys.argv else "derived per step"
+    print(f"{to} ({way}): {fr.seconds:.0f} s, budget met: {fr.met}, {len(fr.kept_float)} of "
           f"{len(fr.kept_float) + len(fr.quantized_layers)} layers float")
 
 

@@ -279,12 +279,15 @@ def with_carriers(ref, target: Target, keep_nodes: Sequence[str], cache_dir=None
 #: bumped when a mixed artifact is made another way (2: OpenVINO's derived from the full int8 model,
 #: LiteRT's from a calibrated model built once)
 MIXED_METHOD = 2
+#: False: every mixed int8 variant is quantized again from the float model, the way before
+#: MIXED_METHOD 2 (benchmarks/repair_cost.py --requantize times the two ways)
+DERIVE_MIXED = True
 
 
 def _digest(cfg: ConvertConfig, samples, keep_nodes) -> str:
     h = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode())
     if keep_nodes:
-        h.update(f"mixed-{MIXED_METHOD}".encode())
+        h.update(f"mixed-{MIXED_METHOD if DERIVE_MIXED else 1}".encode())
     h.update(json.dumps(sorted(keep_nodes or [])).encode())
     for s in samples or []:
         for k in sorted(s):
@@ -333,27 +336,11 @@ def convert(model, config: ConvertConfig | None = None, calibration=None, output
     # An outlier between two float layers passes through the ops that connect them: those stay
     # float too (a no-op where the kept layers feed each other directly).
     keep_nodes = with_carriers(ref, target, keep_nodes, cache_dir)
-    base = None
-    if target.name == "openvino" and cfg.quantize == "int8" and keep_nodes:
-        # Derived from the fully quantized model of the same calibration (built once, then
-        # cached), not quantized again (exporters.openvino.keep_float).
-        base = convert(ref, ConvertConfig(**{**cfg.to_dict(), "keep_float": ()}), calibration, cache_dir=cache_dir).path
-    elif target.name == "litert" and cfg.quantize == "int8" and keep_nodes and not _splits(ref):
-        base = _calibrated_litert(ref, cfg, samples, cache_dir)  # calibrated once, quantized per variant
 
     if output is None:
-        # Keyed by content and --unsafe (see exporters.export); built under a per-entry lock in a
-        # scratch folder of its own, recorded, then renamed into place.
-        entry = cache.root(cache_dir) / "exports" / ref.cache_key() / f"{cfg.to}-{cfg.quantize}-{_digest(cfg, samples, keep_nodes)}"
-        out = entry / f"model{target.suffix}"
-        with cache.lock(entry):
-            if not (out.exists() and cache.intact(entry)):
-                tmpdir = cache.scratch(entry)
-                try:
-                    _build(ref, cfg, target, samples, keep_nodes, tmpdir / out.name, cache_dir, base)
-                    cache.publish(tmpdir, entry)
-                finally:
-                    shutil.rmtree(tmpdir, ignore_errors=True)
+        # Keyed by content and --unsafe (see exporters.export); built once under the entry's lock.
+        out = _cached(_entry(ref, cfg, samples, keep_nodes, cache_dir), f"model{target.suffix}",
+                      lambda path: _build(ref, cfg, target, samples, keep_nodes, path, cache_dir))
         return ConvertResult(out, _fmt(target), target.backend, cfg, _size(out), len(samples or []), keep_nodes, notes)
     out = Path(output)
     if out.suffix != target.suffix:
@@ -363,7 +350,7 @@ def convert(model, config: ConvertConfig | None = None, calibration=None, output
     tmpdir = Path(tempfile.mkdtemp(prefix=".convert-", dir=out.parent))
     try:
         tmp = tmpdir / out.name
-        _build(ref, cfg, target, samples, keep_nodes, tmp, cache_dir, base)
+        _build(ref, cfg, target, samples, keep_nodes, tmp, cache_dir)
         for f in tmpdir.iterdir():  # OpenVINO writes .xml and .bin
             f.replace(out.parent / (out.stem + f.suffix) if f.stem == out.stem else out.parent / f.name)
     finally:
@@ -371,26 +358,21 @@ def convert(model, config: ConvertConfig | None = None, calibration=None, output
     return ConvertResult(out, _fmt(target), target.backend, cfg, _size(out), len(samples or []), keep_nodes, notes)
 
 
-def _splits(ref) -> bool:
-    from keras_turbo import textsplit
+def _entry(ref, cfg: ConvertConfig, samples, keep_nodes, cache_dir, kind: str | None = None) -> Path:
+    """The export cache entry of `ref` converted with `cfg` on `samples`, `keep_nodes` float."""
+    name = kind or f"{cfg.to}-{cfg.quantize}"
+    return cache.root(cache_dir) / "exports" / ref.cache_key() / f"{name}-{_digest(cfg, samples, keep_nodes)}"
 
-    return bool(textsplit.splits(ref))
 
-
-def _calibrated_litert(ref, cfg: ConvertConfig, samples, cache_dir) -> Path:
-    """The LiteRT model calibrated on `samples` (exporters.litert.calibrated), built once per
-    model, settings and calibration, then cached: every mixed variant of the int8 repair starts
-    from it."""
-    from keras_turbo import exporters
-
-    full = ConvertConfig(**{**cfg.to_dict(), "keep_float": ()})
-    entry = cache.root(cache_dir) / "exports" / ref.cache_key() / f"litert-calibrated-{_digest(full, samples, [])}"
-    out = entry / "model.tflite"
+def _cached(entry: Path, name: str, make) -> Path:
+    """`entry / name`, made by `make(path)` in a scratch folder under the entry's lock, then
+    recorded and renamed into place: built once, whoever asks and however many ask at once."""
+    out = entry / name
     with cache.lock(entry):
         if not (out.exists() and cache.intact(entry)):
             tmpdir = cache.scratch(entry)
             try:
-                litert_exp.calibrated(exporters.litert_source(ref, cache_dir), tmpdir / out.name, samples)
+                make(tmpdir / name)
                 cache.publish(tmpdir, entry)
             finally:
                 shutil.rmtree(tmpdir, ignore_errors=True)
@@ -442,15 +424,18 @@ def _size(path: Path) -> int:
     return artifact_size(path)
 
 
-def _build(ref, cfg: ConvertConfig, target: Target, samples, keep_nodes, out: Path, cache_dir, base: Path | None = None) -> None:
-    """Write the artifact; `base`: what a mixed int8 one is derived from (OpenVINO: the fully
-    quantized model; LiteRT: the calibrated one)."""
+def _build(ref, cfg: ConvertConfig, target: Target, samples, keep_nodes, out: Path, cache_dir) -> None:
     from keras_turbo import exporters
 
     if target.name == "keras":
         _keras_quantize(ref, cfg, out)
         return
     from keras_turbo import textsplit
+
+    if (DERIVE_MIXED and cfg.quantize == "int8" and keep_nodes and target.name in ("openvino", "litert")
+            and not textsplit.splits(ref)):
+        _derive_mixed(ref, cfg, target, samples, keep_nodes, out, cache_dir)
+        return
 
     if textsplit.splits(ref):  # a split text model: its preprocessing goes with the core, and calibrates it
         pre = textsplit.sidecar(float_artifact(ref, target, cache_dir).path)
@@ -461,17 +446,32 @@ def _build(ref, cfg: ConvertConfig, target: Target, samples, keep_nodes, out: Pa
         if target.name == "openvino":
             shutil.copy(float_artifact(ref, target, cache_dir).path.with_suffix(".bin"), out.with_suffix(".bin"))
         return
-    if target.name == "litert" and base is not None:
-        litert_exp.quantize_calibrated(base, out, keep_nodes)
-    elif target.name == "litert":
+    if target.name == "litert":
         sm = exporters.litert_source(ref, cache_dir)
         litert_exp.export_quantized(sm, out, cfg.quantize, samples, cfg.int8_io, keep_nodes, cfg.sparse)
     elif target.name == "onnx":
         onnx_exp.quantize(float_artifact(ref, target, cache_dir).path, out, cfg.quantize, samples, keep_nodes, cfg.per_channel)
-    elif base is not None:
-        openvino_exp.keep_float(base, float_artifact(ref, target, cache_dir).path, out, keep_nodes)
     else:
         openvino_exp.quantize(float_artifact(ref, target, cache_dir).path, out, cfg.quantize, samples, keep_nodes)
+
+
+def _derive_mixed(ref, cfg: ConvertConfig, target: Target, samples, keep_nodes, out: Path, cache_dir) -> None:
+    """A mixed int8 variant from what every variant of the same calibration shares, built once
+    and cached, rather than quantized again: OpenVINO's from the fully quantized model
+    (exporters.openvino.keep_float), LiteRT's from the calibrated model
+    (exporters.litert.quantize_calibrated). The int8 repair walks through several such variants,
+    and one quantization of ResNet50 took 45 s (OpenVINO) to over a minute (LiteRT) here."""
+    from keras_turbo import exporters
+
+    full = ConvertConfig(**{**cfg.to_dict(), "keep_float": ()})
+    if target.name == "openvino":
+        base = _cached(_entry(ref, full, samples, [], cache_dir), f"model{target.suffix}",
+                       lambda path: _build(ref, full, target, samples, [], path, cache_dir))
+        openvino_exp.keep_float(base, float_artifact(ref, target, cache_dir).path, out, keep_nodes)
+    else:
+        base = _cached(_entry(ref, full, samples, [], cache_dir, "litert-calibrated"), "model.tflite",
+                       lambda path: litert_exp.calibrated(exporters.litert_source(ref, cache_dir), path, samples))
+        litert_exp.quantize_calibrated(base, out, keep_nodes)
 
 
 def _keras_quantize(ref, cfg: ConvertConfig, out: Path) -> None:

@@ -510,9 +510,9 @@ def _fall_back(job: _Job, full: Measured, full_res, units: list, layers: list[st
     by doubling its length (1, 2, 4, ... units) until the budget holds, then bisecting between
     the last length that failed and the first that held. That is about 2 log2(k) conversions for
     a repair of k units, where one unit after another took k: a large network can need many
-    units float, and each LiteRT int8 conversion of ResNet50 takes about a minute here (an
-    OpenVINO step is derived from the full int8 model instead, about 10 s with its check:
-    exporters.openvino.keep_float). When no prefix holds (or the limit, or the deadline, comes first), the variant closest
+    units float. Each step's variant is derived from what all steps share (convert._derive_mixed:
+    on ResNet50, 8-18 s a step on OpenVINO and 16-36 s on LiteRT with its check, against 45 s to
+    over a minute when each was quantized again; benchmarks/repair_cost.py). When no prefix holds (or the limit, or the deadline, comes first), the variant closest
     to float among those seen is kept."""
     limit = job.budget.max_float_layers if job.budget.max_float_layers is not None else len(layers)
     prefixes, kept = [], []

@@ -369,7 +369,7 @@ def summarize_run(out: Path) -> dict:
     vs = doc["variants"]
     rec = next((v for v in vs if v["name"] == doc["recommended"]), None)
     keep = ("name", "backend", "precision", "ok", "within_budget", "top1_agreement", "error", "mixed", "techniques",
-            "kept_float", "build_s", "wave", "skipped", "stopped")
+            "kept_float", "build_s", "wave", "skipped", "stopped", "verdict")
     rows = [{**{k: v.get(k) for k in keep}, "p50_ms": (v.get("latency_ms") or {}).get("p50")} for v in vs]
     return {"recommended": doc["recommended"], "budget_met": doc["budget_met"], "elapsed_s": doc["elapsed_s"],
             "rec_backend": rec["backend"] if rec else None, "rec_artifact": rec["artifact"] if rec else None,
@@ -653,7 +653,8 @@ def _ms(v: float) -> str:
 
 def _state(v: dict) -> str:
     if v.get("ok"):
-        return "within" if v.get("within_budget") else "over"
+        ended = (v.get("verdict") or "").partition("the repair ended: ")[2]
+        return ("within" if v.get("within_budget") else "over") + (f"; the walk ended: {ended}" if ended else "")
     if v.get("stopped") or (v.get("error") or "").startswith("stopped:"):
         return "stopped mid-build by the deadline"
     if "before it was timed" in (v.get("error") or ""):

@@ -411,11 +411,69 @@ def test_cli_convert_writes_output_and_json(capsys, tmp_path, digits_model):
     assert keras_turbo.load(out).backend == "openvino"
 
 
+def _fake_walk(monkeypatch, needed: int, budget: FallbackConfig, units: int = 20):
+    """The fallback's walk over `units` ranked units with a fake conversion: a prefix holds when it
+    keeps `needed` units float; a step times (briefly, in this process) 2 ms + 0.2 ms per float
+    unit, the full int8 variant 2 ms, which the caller's own timing put at 1 ms."""
+    from types import SimpleNamespace
+
+    from keras_turbo import sensitivity as S
+
+    calls = []
+
+    def fake_convert(ref, cfg, calibration, keep_float_nodes=(), cache_dir=None):
+        calls.append(len(cfg.keep_float))
+        return SimpleNamespace(kept=len(cfg.keep_float))
+
+    monkeypatch.setattr(S, "convert", fake_convert)
+    monkeypatch.setattr(S, "_measure", lambda res, job: S.Measured(None, min(1.0, 0.5 + res.kept / (2 * needed)), 0.0))
+    monkeypatch.setattr(S, "carrying_layers", lambda model, kept: [])
+    monkeypatch.setattr(S, "_brief_ms", lambda res, batch: 2 * (1.0 + 0.1 * res.kept))
+    names = [f"l{i}" for i in range(units)]
+    job = S._Job(None, ConvertConfig(to="litert", quantize="int8"), None, budget,
+                 lambda msg: None, None, None, [], (), None, [], None, [], [])
+    final, _, kept, steps, stopped = S._fall_back(job, S.Measured(None, 0.5, 1.0), SimpleNamespace(kept=0),
+                                                  [[n] for n in names], names, {n: [n] for n in names}, None, False)
+    return job, calls, final, kept, steps, stopped
+
+
+@pytest.mark.parametrize("needed,beat_ms,expect_calls,expect_kept,met,gave_up", [
+    (11, None, [1, 2, 20, 4, 8, 16, 12, 10, 11], 11, True, ""),  # no latency to beat: the whole walk
+    (30, None, [1, 2, 20], 20, False, "even with 20 of its 20 layers float"),  # the longest fails: no shorter holds
+    # 8 float fails and runs about 1.8 ms, beyond 1.5 ms (+15%): the walk ends; the 20 that held are kept
+    (11, 1.5, [1, 2, 20, 4, 8], 20, True, "with 8 layers float it already fails the budget and runs about 1.8 ms"),
+    (11, 0.9, [1], 1, False, "with 1 layer float"),  # the first step is already too slow
+])
+def test_fallback_walk_ends_once_it_cannot_win(monkeypatch, needed, beat_ms, expect_calls, expect_kept, met, gave_up):
+    """A step that fails the budget and already runs slower than the best variant within budget
+    ends the walk (every longer prefix keeps more float and runs slower still), and so does a
+    longest prefix that fails (no shorter one holds). Steps are timed briefly and scaled to the
+    caller's int8 timing."""
+    budget = FallbackConfig(min_agreement=1.0, **({"beat_ms": beat_ms, "int8_ms": 1.0} if beat_ms else {}))
+    job, calls, final, kept, steps, stopped = _fake_walk(monkeypatch, needed, budget)
+    assert calls == expect_calls and not stopped and len(kept) == expect_kept and job.ok(final) == met
+    assert (gave_up in job.gave_up) if gave_up else not job.gave_up, job.gave_up
+    if beat_ms is None:
+        assert all("estimated_ms" not in s for s in steps)  # nothing is timed without a latency to beat
+    else:
+        assert steps[-1]["estimated_ms"] == pytest.approx(1.0 + 0.1 * expect_calls[-1])
+    with pytest.raises(keras_turbo.KerasTurboError, match="go together"):
+        FallbackConfig(min_agreement=1.0, beat_ms=2.0)
+
+
+def test_fallback_bisection_ends_once_the_rest_cannot_win(monkeypatch):
+    """Between a failing and a holding prefix, a failing step too slow to win ends the bisection:
+    what lies between keeps more float than it. The shortest holding prefix found is kept."""
+    job, calls, final, kept, _, _ = _fake_walk(monkeypatch, 11, FallbackConfig(min_agreement=1.0, beat_ms=1.65, int8_ms=1.0))
+    # 8 float (1.8 ms) is within 15% of 1.65 ms and fails: doubling goes on; 16 and 12 hold; 10 fails at 2.0 ms
+    assert calls == [1, 2, 20, 4, 8, 16, 12, 10] and len(kept) == 12 and job.ok(final) and "with 10 layers" in job.gave_up
+
+
 @pytest.mark.parametrize("needed,deadline_after,expect_calls,expect_kept", [
-    (11, None, [1, 2, 4, 8, 16, 12, 10, 11], 11),  # doubling to 16, then bisection to the shortest that holds
+    (11, None, [1, 2, 20, 4, 8, 16, 12, 10, 11], 11),  # 1, 2, the longest, doubling to 16, then bisection to the shortest that holds
     (1, None, [1], 1),
-    (30, None, [1, 2, 4, 8, 16, 20], None),      # not even all 20 units hold: the closest to float is kept
-    (11, 5, [1, 2, 4, 8, 16], 16),               # the deadline mid-bisection: the shortest prefix found to hold
+    (30, None, [1, 2, 20], None),                   # not even all 20 units hold: the closest to float is kept
+    (11, 5, [1, 2, 20, 4, 8], 20),               # the deadline mid-walk: the shortest prefix found to hold
 ])
 def test_fallback_walk_doubles_then_bisects(monkeypatch, needed, deadline_after, expect_calls, expect_kept):
     """The fallback keeps the shortest ranked prefix that meets the budget in about 2 log2(k)

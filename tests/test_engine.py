@@ -81,6 +81,11 @@ PLANNER_CHECKS = textwrap.dedent('''
     repairs = [r for r in ups if r.name.endswith("mixed") or "equalize" in r.techniques]
     assert [r.name for r in repairs] == ["litert int8 mixed", "equalize + litert int8"], [r.name for r in ups]
     assert repairs[0].steps[0].kind == "fallback" and repairs[0].steps[0].config["max_accuracy_drop"] == 1.0
+    # the walk may end once a failing step runs slower than the best within budget (onnxruntime int8)
+    assert {k: repairs[0].steps[0].config[k] for k in ("beat_ms", "int8_ms", "timing_batch")} == \
+        {"beat_ms": 0.5, "int8_ms": 0.3, "timing_batch": 1}
+    # XLA and ONNX Runtime's dynamic int8 come after the repairs the first wave calls for
+    assert [r.name for r in first.later] == ["onnxruntime dynamic", "tf-xla fp32"] and not {r.id for r in first.later} & {r.id for r in first.recipes}
     trained = [r.name for r in ups if r.techniques and "equalize" not in r.techniques]
     # the searched techniques start with a probe each (a short fine-tune); QAT has its own export
     assert trained == ["structured(flops/2) probe", "distill(width:0.5) probe", "prune(80%) probe",

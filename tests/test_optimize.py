@@ -43,6 +43,13 @@ def test_results_json_schema(digits_run):
             assert {"p50", "p90", "p99"} <= set(v["latency_ms"])
             assert v["steps"] and {"kind", "name", "config"} <= set(v["steps"][0]) and v["steps"][-1]["kind"] == "runtime"
     assert any(v["pareto"] for v in doc["variants"])
+    # the first plan's later candidates come in the second wave (after any repair)
+    waves = {v["name"]: v.get("wave") for v in doc["variants"]}
+    assert waves["onnxruntime dynamic"] == waves["tf-xla fp32"] == 2 and waves["litert int8"] == 1, waves
+    # tf-function computed the reference: judged without running it again
+    tf = next(v for v in doc["variants"] if v["name"] == "tf-function fp32")
+    q = next(m["quality"] for m in doc["measurements"] if m["recipe_id"] == tf["id"])
+    assert q["is_reference"] and tf["top1_agreement"] == 1.0
 
 
 def test_recommended_is_fastest_within_budget_and_beats_predict(digits_run):

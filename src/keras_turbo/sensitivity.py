@@ -53,6 +53,14 @@ class FallbackConfig(TechniqueConfig):
             optimize's own quality check judges it; without, the first output's top-1 decides.
         max_output_error / max_metric_drop: the budgets of regression and embedding outputs and
             of labelled metrics (see OptimizeConfig); used with `kinds`.
+        beat_ms: the latency of the best variant already within budget (optimize's): a step
+            that fails the budget and runs slower than it (by more than the timing's noise,
+            select.RUNOFF_MARGIN) ends the walk, since every longer prefix keeps more layers float
+            and runs slower still. Each such step is timed briefly in this process; None: never.
+        int8_ms: the fully int8 variant's latency as the caller timed it, with `beat_ms`. A step's
+            brief timing is scaled by the fully int8 variant's brief timing to this, so that the
+            comparison stands on the caller's own protocol (threads, fresh process, rounds).
+        timing_batch: the batch size `beat_ms` and `int8_ms` were timed at.
     """
 
     max_accuracy_drop: float | None = None
@@ -65,6 +73,9 @@ class FallbackConfig(TechniqueConfig):
     seed: int = 0
     ranking: str = "tensors"
     rank_samples: int = 64
+    beat_ms: float | None = None
+    int8_ms: float | None = None
+    timing_batch: int = 1
 
     def __post_init__(self):
         if (self.max_accuracy_drop is None) == (self.min_agreement is None):
@@ -79,6 +90,14 @@ class FallbackConfig(TechniqueConfig):
             raise bad_param("ranking", f"one of {', '.join(RANKINGS)}", self.ranking)
         if not isinstance(self.rank_samples, int) or self.rank_samples < 1:
             raise bad_param("rank_samples", "an integer >= 1", self.rank_samples)
+        for name in ("beat_ms", "int8_ms"):
+            v = getattr(self, name)
+            if v is not None and not (isinstance(v, (int, float)) and v > 0):
+                raise bad_param(name, "a latency in milliseconds > 0", v)
+        if (self.beat_ms is None) != (self.int8_ms is None):
+            raise KerasTurboError("beat_ms and int8_ms go together: the latency to beat and the fully int8 variant's")
+        if not isinstance(self.timing_batch, int) or self.timing_batch < 1:
+            raise bad_param("timing_batch", "an integer >= 1", self.timing_batch)
 
 
 @dataclass
@@ -110,6 +129,7 @@ class FallbackResult:
     carriers: list[str] = field(default_factory=list)  # parameter-free layers kept float between kept layers
     ranking: str = "tensors"
     stopped: bool = False          # the deadline passed before the budget was met
+    gave_up: str = ""              # why the walk ended before the budget held: its variant could not win
     seconds: float = 0.0
     equalization: dict | None = None  # set when the model was equalized first (quantize_with_repair)
 
@@ -118,7 +138,7 @@ class FallbackResult:
                 "ranking": self.ranking, "layer_sensitivity": self.layers, "steps": self.steps,
                 "kept_float": self.kept_float, "carriers": self.carriers,
                 "quantized_layers": self.quantized_layers, "final": self.final.to_dict(), "budget_met": self.met,
-                "stopped": self.stopped, "seconds": round(self.seconds, 2), "equalization": self.equalization,
+                "stopped": self.stopped, "gave_up": self.gave_up, "seconds": round(self.seconds, 2), "equalization": self.equalization,
                 "artifact": self.result.to_dict()}
 
 
@@ -399,7 +419,7 @@ def quantize_with_fallback(model, config: ConvertConfig, calibration, eval_data,
     return FallbackResult(job.float_acc, full, ranked, steps, list(best_kept), final, final_res, job.ok(final),
                           quantized_layers=[name for name in layers if name not in best_kept],
                           carriers=carrying_layers(keras_model, list(best_kept)) if best_kept else [],
-                          ranking=budget.ranking, stopped=stopped and not job.ok(final),
+                          ranking=budget.ranking, stopped=stopped and not job.ok(final), gave_up=job.gave_up,
                           seconds=time.monotonic() - started)
 
 
@@ -442,6 +462,8 @@ class _Job:
     float_acc: float | None
     labels: list
     kinds: list
+    full_brief_ms: float | None = None  # the fully int8 variant, timed briefly here (on first need)
+    gave_up: str = ""
 
     def ok(self, m: Measured) -> bool:
         if m.within is not None:  # every output, by its kind
@@ -452,6 +474,46 @@ class _Job:
 
     def late(self) -> bool:
         return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def cannot_win(self, res: ConvertResult, full_res: ConvertResult, step: dict) -> bool:
+        """True (and `gave_up` says why) when a step that failed the budget already runs slower
+        than the variant to beat: every longer prefix keeps more layers float, so the walk ends.
+        The step's estimated latency is recorded in `step`; one that cannot be timed briefly (a
+        dynamic input size) never ends the walk."""
+        from keras_turbo.optimize.select import RUNOFF_MARGIN
+
+        b = self.budget
+        if b.beat_ms is None:
+            return False
+        if self.full_brief_ms is None:
+            self.full_brief_ms = _brief_ms(full_res, b.timing_batch)
+        ms = _brief_ms(res, b.timing_batch)
+        if not (ms and self.full_brief_ms):
+            return False
+        step["estimated_ms"] = round(ms / self.full_brief_ms * b.int8_ms, 3)
+        if step["estimated_ms"] <= b.beat_ms * (1 + RUNOFF_MARGIN):
+            return False
+        n = len(step["kept_float"])
+        self.gave_up = (f"with {n} layer{'s' * (n != 1)} float it already fails the budget and runs about "
+                        f"{step['estimated_ms']:.3g} ms, slower than the best variant within budget ({b.beat_ms:.3g} ms): "
+                        "keeping more layers float only slows it further")
+        return True
+
+
+#: a step's brief timing: a few hundred milliseconds, enough to tell a variant that is clearly
+#: slower than the one to beat (a step within the timing's noise goes on being repaired)
+_BRIEF = {"warmup_runs": 3, "warmup_seconds": 0.2, "min_runs": 10, "min_seconds": 0.5}
+
+
+def _brief_ms(res: ConvertResult, batch: int) -> float | None:
+    """The median latency of a converted variant timed briefly in this process (None: it could
+    not be, e.g. a dynamic input size with no size to time at)."""
+    from keras_turbo.bench import BenchmarkConfig, measure
+
+    try:
+        return measure(lambda: res.load(batch_size=batch), batch, BenchmarkConfig(**_BRIEF))["latency_ms"]["p50"]
+    except Exception:  # only the early end of the walk depends on it
+        return None
 
 
 def _rank(job: _Job, full: Measured, keras_model, layers: list[str], by_layer: dict) -> tuple[list, list, bool]:
@@ -508,12 +570,15 @@ def _fall_back(job: _Job, full: Measured, full_res, units: list, layers: list[st
                stopped: bool):
     """Keep a prefix of the ranked units float: the shortest prefix found to meet the budget,
     by doubling its length (1, 2, 4, ... units) until the budget holds, then bisecting between
-    the last length that failed and the first that held. That is about 2 log2(k) conversions for
+    the last length that failed and the first that held; where the first two fail, the longest
+    prefix is tried third, so that a walk no prefix can complete ends there. That is about 2 log2(k) conversions for
     a repair of k units, where one unit after another took k: a large network can need many
     units float. Each step's variant is derived from what all steps share (convert._derive_mixed:
     on ResNet50, 8-18 s a step on OpenVINO and 16-36 s on LiteRT with its check, against 45 s to
-    over a minute when each was quantized again; benchmarks/repair_cost.py). When no prefix holds (or the limit, or the deadline, comes first), the variant closest
-    to float among those seen is kept."""
+    over a minute when each was quantized again; benchmarks/repair_cost.py). With
+    `FallbackConfig.beat_ms`, a step that fails the budget and already runs slower than that ends
+    the walk (`_Job.cannot_win`). When no prefix holds (or the limit, the deadline or a hopeless
+    step comes first), the variant closest to float among those seen is kept."""
     limit = job.budget.max_float_layers if job.budget.max_float_layers is not None else len(layers)
     prefixes, kept = [], []
     for unit in units:
@@ -540,19 +605,41 @@ def _fall_back(job: _Job, full: Measured, full_res, units: list, layers: list[st
         seen[i] = (m, res)
         return job.ok(m)
 
+    def hopeless(i: int) -> bool:
+        """Prefix i failed the budget: does it already run too slow to win (then so does every
+        longer prefix)?"""
+        return job.cannot_win(seen[i][1], full_res, steps[-1])
+
     if prefixes and not job.ok(full) and not stopped:
+        last = len(prefixes) - 1
         failed, held, i = -1, None, 0
-        while held is None and failed < len(prefixes) - 1:
+        while failed < last and i < (last + 1 if held is None else held):  # prefix lengths 1, 2, 4, 8, ...
             ok = attempt(i)
             if ok is None:
                 stopped = True
                 break
             if ok:
                 held = i
-            else:
-                failed = i
-                i = min(2 * i + 1, len(prefixes) - 1)  # prefix lengths 1, 2, 4, 8, ..., then all
-        while held is not None and not stopped and held - failed > 1:
+                break
+            failed = i
+            if hopeless(i):
+                break
+            if i == 1 and last > 2:
+                # Two steps failed: the longest prefix next. Where even it fails, no shorter one
+                # holds, and the walk ends after three steps instead of a dozen (LiteRT on
+                # ResNet50: 96.25% top-1 agreement with all 54 layers float, 530 s of steps).
+                ok = attempt(last)
+                if ok is None:
+                    stopped = True
+                    break
+                if not ok:
+                    job.gave_up = (f"even with {len(prefixes[last])} of its {len(layers)} layers float it fails the budget "
+                                   f"({seen[last][0].why or f'top-1 agreement {seen[last][0].agreement:.2%}'}): "
+                                   "no shorter prefix holds")
+                    break
+                held = last  # doubling goes on below it
+            i = min(2 * i + 1, last)
+        while held is not None and not stopped and not job.gave_up and held - failed > 1:
             mid = (failed + held) // 2
             ok = attempt(mid)
             if ok is None:
@@ -561,6 +648,7 @@ def _fall_back(job: _Job, full: Measured, full_res, units: list, layers: list[st
                 held = mid
             else:
                 failed = mid
+                hopeless(mid)  # what lies between keeps more float than it: slower still
     holding = sorted(i for i, (m, _) in seen.items() if job.ok(m))
     if holding:
         final, final_res = seen[holding[0]]

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from keras_turbo.optimize.measure import DataRef, measure_quality, node_facts
+from keras_turbo.optimize.measure import REFERENCE_BACKEND, DataRef, measure_quality, node_facts
 from keras_turbo.optimize.recipe import Recipe, Step, prefix_id
 
 
@@ -56,6 +56,8 @@ class BuildJob:
     deadline: float | None = None  # time.time() when the run's budget ends: a repair stops there
     custom_objects: tuple = ()     # custom.spec_of(...): the user's custom layers, loaded by the worker
     metric: object = None          # the user's metric: "FILE.py:function" (loaded by the worker) or a callable
+    alone: bool = False            # built one job at a time on the machine that times them (the local
+                                   # executor): a repair may time its steps briefly to end a hopeless walk
 
 
 @dataclass
@@ -152,14 +154,17 @@ def build_fallback(step: Step, source: Path, ctx: _Context, dest: Path) -> tuple
     # Judged as optimize's quality check judges: every output by its kind and budget.
     budget = FallbackConfig(max_accuracy_drop=c.get("max_accuracy_drop"), min_agreement=c.get("min_agreement"),
                             max_output_error=c.get("max_output_error"), max_metric_drop=c.get("max_metric_drop"),
-                            kinds=tuple(k.to_dict() for k in ctx.job.kinds), eval_size=c.get("eval_size", 500))
+                            kinds=tuple(k.to_dict() for k in ctx.job.kinds), eval_size=c.get("eval_size", 500),
+                            # parallel builds (Ray) share the CPU, or run on another machine than the timing
+                            **({k: c.get(k) for k in ("beat_ms", "int8_ms")} if ctx.job.alone and c.get("beat_ms") else {}),
+                            timing_batch=c.get("timing_batch", 1))
     cc = ConvertConfig(to=step.name, quantize=c.get("quantize", "int8"), calibration_size=c.get("calibration_size", 300))
     # The job's deadline is wall-clock time (it crosses machines); the fallback's is monotonic.
     deadline = None if ctx.job.deadline is None else time.monotonic() + (ctx.job.deadline - time.time())
     fr = quantize_with_fallback(ctx.keras_ref(source), cc, ctx.data("calib"), ctx.data("eval"), budget,
                                 cache_dir=ctx.job.export_cache, deadline=deadline)
     path = copy_artifact(fr.result.path, dest)
-    return path, {"kept_float": fr.kept_float, "stopped": fr.stopped,
+    return path, {"kept_float": fr.kept_float, "stopped": fr.stopped, "gave_up": fr.gave_up,
                   "sensitivity": {"runtime": fr.result.backend, **fr.to_dict()}}
 
 
@@ -274,7 +279,9 @@ def build(job: BuildJob) -> dict:
     if job.evaluate:
         try:
             res["quality"] = measure_quality(str(current), recipe.backend, job.eval, job.inputs, job.outputs,
-                                             job.reference, job.threads, job.unsafe, job.kinds, job.metric)
+                                             job.reference, job.threads, job.unsafe, job.kinds, job.metric,
+                                             is_reference=recipe.steps == (Step("runtime", REFERENCE_BACKEND),)
+                                             and recipe.precision == "fp32")
         except Exception as e:
             res.update(ok=False, error=f"runtime {recipe.backend}: {error_text(e)}")
     return res

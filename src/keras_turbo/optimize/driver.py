@@ -19,7 +19,7 @@ from keras_turbo.optimize import select
 from keras_turbo.optimize.build import BuildJob, copy_artifact
 from keras_turbo.optimize.config import OptimizeConfig
 from keras_turbo.optimize.executor import Executor, make_executor
-from keras_turbo.optimize.measure import DataRef, Protocol, content_hash, data_fingerprint, machine_key
+from keras_turbo.optimize.measure import REFERENCE_BACKEND, DataRef, Protocol, content_hash, data_fingerprint, machine_key
 from keras_turbo.optimize.recipe import Recipe
 from keras_turbo.kinds import output_kinds
 from keras_turbo.optimize.store import Store
@@ -137,13 +137,14 @@ def _search(model, data, train_data, cfg, out: Path, ex: Executor, progress, uns
     has_train = run.job["train"] is not None
     first = planner.first_plan(info, machine_caps(cfg.objective), cfg, has_train)
     run.job["left_out"], run.job["plan_notes"] = first.left_out, first.notes
-    wave = list(first.recipes)
+    wave, later = list(first.recipes), list(first.later)
     while wave:
         _run_wave(run, wave)
         outcomes = [planner.Outcome(run.recipes[i], r.get("ok", False), bool(r.get("within_budget")),
                                     (r.get("latency_ms") or {}).get("p50"), r.get("build_s") or 0.0)
                     for i, r in run.rows.items()]
-        wave = [r for r in planner.follow_ups(info, outcomes, cfg, has_train).recipes if r.id not in run.recipes]
+        wave = [r for r in planner.follow_ups(info, outcomes, cfg, has_train).recipes + tuple(later) if r.id not in run.recipes]
+        later = []
     _runoff(run)
     return _finish(run, force)
 
@@ -246,7 +247,7 @@ def _reference(ref, data: DataRef, inputs, outputs, path: Path, threads):
     ds = data.load(inputs, outputs)
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        out = load(ref, backend="tf-function", threads=threads).predict(list(ds.x), batch_size=64)
+        out = load(ref, backend=REFERENCE_BACKEND, threads=threads).predict(list(ds.x), batch_size=64)
         np.savez(path, **{f"out_{i}": o for i, o in enumerate(out if isinstance(out, list) else [out])})
     return load_reference(path), ds
 
@@ -319,7 +320,7 @@ def _job(run: _Run, r: Recipe, evaluate: bool) -> BuildJob:
     train = run.job["probe_train" if probe or stops else "train"]
     return BuildJob(r, **{k: run.job[k] for k in _SHARED}, eval=data, train=train, val=run.job.get("val") if stops else None,
                     reference=str(run.out / "reference" / f"{data.id}.npz"), evaluate=evaluate,
-                    deadline=run.deadline)
+                    deadline=run.deadline, alone=bool(getattr(run.executor, "sequential", False)))
 
 
 def _qid(run: _Run, r: Recipe) -> str:
@@ -492,6 +493,8 @@ def _row(r: Recipe, build: dict, q: dict, s: dict, cfg: OptimizeConfig) -> dict:
         # OOM killer) is marked so.
         return {**row, "error": f"benchmark failed: {s.get('error')}", "retry": bool(s.get("signal"))}
     within, why = select.within_budget(q, cfg.budget())
+    if details.get("gave_up"):
+        why += f"; the repair ended: {details['gave_up']}"
     return {**row, "ok": True, **{k: q.get(k) for k in ("accuracy", "accuracy_drop", "top1_agreement", "max_abs_diff", "outputs",
                                                        "user_metric")},
             **{k: s.get(k) for k in ("latency_ms", "throughput_per_s", "model_bytes", "init_ms", "peak_rss_mb",

@@ -26,6 +26,13 @@ CONVERSIONS = (("openvino", "int8", "int8"), ("litert", "int8", "int8"), ("onnx"
 #: float runtimes planned after every precision and quantized candidate: XLA on a CPU compiles
 #: for minutes on a large model and is rarely the fastest there
 LAST = ("tf-xla",)
+#: (runtime, quantize mode or None) of the first plan's candidates measured after the repairs the
+#: first wave calls for (`Plan.later`): on a large model each costs a minute or more and rarely
+#: wins on a CPU, where a repair of the fastest broken int8 path can. ResNet50, 267 samples, 2
+#: cores: ONNX Runtime's dynamic int8 took 52 s to judge (its convolutions run slower than its
+#: float, judged in 12 s), XLA compiles for tens of seconds; a 10-minute budget that measured
+#: them first ended before either repair started.
+LATER = (("tf-xla", None), ("onnxruntime", "dynamic"))
 BASELINE = "keras-predict"
 #: under the throughput objective, the entry of each runtime that serves a batch as parallel
 #: requests (runtimes/streams.py, OpenVINO's THROUGHPUT hint): each conversion is timed there too
@@ -183,6 +190,7 @@ class Plan:
     recipes: tuple[Recipe, ...]
     left_out: tuple[tuple[str, str], ...] = field(default_factory=tuple)
     notes: tuple[str, ...] = ()
+    later: tuple[Recipe, ...] = ()  # measured after the first follow-ups (LATER)
 
 
 def runtime_recipe(model: str, backend: str, convert_to: str | None, precision: str = "fp32",
@@ -201,7 +209,8 @@ def conversion_recipe(model: str, to: str, mode: str, precision: str, calibratio
 def first_plan(model: ModelInfo, caps: MachineCaps, cfg, has_train: bool) -> Plan:
     """The recipes worth measuring before anything is known, in the order a time budget should
     spend itself: the baseline and the plain TensorFlow path, the precisions this machine
-    accelerates, the float exports, the quantized conversions (int8 first), then XLA."""
+    accelerates, the float exports, the quantized conversions (int8 first); XLA and ONNX
+    Runtime's dynamic int8 are in `later`, for after the repairs the first wave calls for."""
     fp, usable = model.fingerprint, set(caps.backends)
     recipes: list[Recipe] = []
     left: list[tuple[str, str]] = [(b, why) for b, why in caps.skipped]
@@ -227,6 +236,8 @@ def first_plan(model: ModelInfo, caps: MachineCaps, cfg, has_train: bool) -> Pla
             if THROUGHPUT_RUNTIME[r.backend] in streams:  # the same artifact, served as parallel requests
                 recipes.append(Recipe(fp, r.steps[:-1] + (Step("runtime", THROUGHPUT_RUNTIME[r.backend]),), r.precision))
     recipes += last
+    later = [r for r in recipes if _deferred(r)]
+    recipes = [r for r in recipes if r not in later]
     left += _technique_reasons(model, cfg, has_train)
     planned = [n for n in searched(cfg, model) if n not in dict(left)] if has_train else []
     n_train = model.train_samples
@@ -237,7 +248,12 @@ def first_plan(model: ModelInfo, caps: MachineCaps, cfg, has_train: bool) -> Pla
     notes += tuple(f"{a} then {b}: composed once each holds the budget fully and is faster than the fastest plain export, "
                    f"the second fine-tuned on the first for at most {cfg.time_budget_s * COMPOSE_SHARE:.0f} s of the time budget"
                    for a, b in COMPOSED if a in planned and b in planned)
-    return Plan(tuple(recipes), tuple(left), notes)
+    return Plan(tuple(recipes), tuple(left), notes, tuple(later))
+
+
+def _deferred(r: Recipe) -> bool:
+    conv = r.steps[-2].config.get("quantize") if len(r.steps) >= 2 and r.steps[-2].kind == "convert" else None
+    return any(r.backend in (backend, THROUGHPUT_RUNTIME.get(backend)) and conv == mode for backend, mode in LATER)
 
 
 def searched(cfg, model: ModelInfo | None = None) -> list[str]:
@@ -302,7 +318,11 @@ def repairs(model: ModelInfo, outcomes: list[Outcome], cfg) -> list[Recipe]:
         budget = {"max_accuracy_drop": cfg.max_accuracy_drop, "min_agreement": cfg.min_agreement,
                   "max_output_error": cfg.max_output_error, "max_metric_drop": cfg.max_metric_drop,
                   "eval_size": min(cfg.eval_size, 500)}
-        step = Step("fallback", conv.name, {"quantize": "int8", "calibration_size": cfg.calibration_size, **budget})
+        # The walk ends once a step that fails the budget already runs slower than the best
+        # variant within it (every longer prefix keeps more float): on ResNet50 the OpenVINO repair
+        # needs 52 of its 54 layers float, far slower than OpenVINO's float16 that already holds.
+        beat = {"beat_ms": round(best.p50_ms, 4), "int8_ms": round(o.p50_ms, 4), "timing_batch": cfg.batch_size} if best else {}
+        step = Step("fallback", conv.name, {"quantize": "int8", "calibration_size": cfg.calibration_size, **budget, **beat})
         prefix = r.steps[:-2]  # the trained model, if any, is what gets repaired
         out.append(Recipe(model.fingerprint, prefix + (step, Step("runtime", r.backend)), "int8", r.label))
         for name, settings in REPAIR_TECHNIQUES.items():

@@ -461,6 +461,20 @@ def test_fallback_walk_ends_once_it_cannot_win(monkeypatch, needed, beat_ms, exp
         FallbackConfig(min_agreement=1.0, beat_ms=2.0)
 
 
+def test_fallback_stops_with_time_left_to_judge_and_time_what_it_found():
+    """No step starts that could not end, with the check and the timing of the walk's variant
+    after it (each about a step), before the deadline: a build cut off at the deadline keeps nothing."""
+    import time
+
+    from keras_turbo import sensitivity as S
+
+    job = S._Job(None, ConvertConfig(to="litert", quantize="int8"), None, FallbackConfig(min_agreement=1.0),
+                 lambda msg: None, None, time.monotonic() + 10, [], (), None, [], None, [], [])
+    assert not job.late()
+    job.step_s = 6.0  # a step of 6 s and its check: 12 s, past the deadline
+    assert job.late()
+
+
 def test_fallback_bisection_ends_once_the_rest_cannot_win(monkeypatch):
     """Between a failing and a holding prefix, a failing step too slow to win ends the bisection:
     what lies between keeps more float than it. The shortest holding prefix found is kept."""
@@ -501,6 +515,8 @@ def test_fallback_walk_doubles_then_bisects(monkeypatch, needed, deadline_after,
                                                   {u[0]: [u[0]] for u in units}, None, False)
     assert calls == expect_calls and len(steps) == len(calls) + 1
     assert stopped == (deadline_after is not None)
+    # a walk the deadline cut short says so, and keeps the shortest prefix found to hold
+    assert ("the time budget ended the walk" in job.gave_up) == (deadline_after is not None)
     if expect_kept is None:
         assert kept == [f"l{i}" for i in range(20)] and not job.ok(final)  # all 20: the closest to float
     else:

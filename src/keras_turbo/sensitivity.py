@@ -464,6 +464,7 @@ class _Job:
     kinds: list
     full_brief_ms: float | None = None  # the fully int8 variant, timed briefly here (on first need)
     gave_up: str = ""
+    step_s: float = 0.0  # the longest step of the walk so far, in seconds
 
     def ok(self, m: Measured) -> bool:
         if m.within is not None:  # every output, by its kind
@@ -473,7 +474,10 @@ class _Job:
         return m.agreement >= self.budget.min_agreement
 
     def late(self) -> bool:
-        return self.deadline is not None and time.monotonic() >= self.deadline
+        """Past the deadline, or too near it for one more step and, after it, the check and the
+        timing of what the walk found (each about a step's cost: the longest so far): the walk
+        ends with time left to judge and time its variant, where a step cut off leaves nothing."""
+        return self.deadline is not None and time.monotonic() + 2 * self.step_s >= self.deadline
 
     def cannot_win(self, res: ConvertResult, full_res: ConvertResult, step: dict) -> bool:
         """True (and `gave_up` says why) when a step that failed the budget already runs slower
@@ -598,11 +602,13 @@ def _fall_back(job: _Job, full: Measured, full_res, units: list, layers: list[st
             return None
         keep = prefixes[i]
         job.note(f"fallback: keeping {', '.join(keep)} in float")
+        began = time.monotonic()
         res = convert(job.ref, ConvertConfig(**{**job.cfg.to_dict(), "keep_float": tuple(keep)}), job.calibration,
                       keep_float_nodes=[n for layer in keep for n in by_layer[layer]], cache_dir=job.cache_dir)
         m = _measure(res, job)
         steps.append({"kept_float": list(keep), "carriers": carrying_layers(keras_model, keep), **m.to_dict()})
         seen[i] = (m, res)
+        job.step_s = max(job.step_s, time.monotonic() - began)
         return job.ok(m)
 
     def hopeless(i: int) -> bool:
@@ -650,6 +656,9 @@ def _fall_back(job: _Job, full: Measured, full_res, units: list, layers: list[st
                 failed = mid
                 hopeless(mid)  # what lies between keeps more float than it: slower still
     holding = sorted(i for i, (m, _) in seen.items() if job.ok(m))
+    if stopped and holding:
+        job.gave_up = job.gave_up or (f"the time budget ended the walk after {len(steps) - 1} steps: the shortest prefix "
+                                      f"found to hold ({len(prefixes[holding[0]])} of {len(layers)} layers float) is kept")
     if holding:
         final, final_res = seen[holding[0]]
         return final, final_res, list(prefixes[holding[0]]), steps, stopped

@@ -654,7 +654,7 @@ def _ms(v: float) -> str:
 def _state(v: dict) -> str:
     if v.get("ok"):
         ended = (v.get("verdict") or "").partition("the repair ended: ")[2]
-        return ("within" if v.get("within_budget") else "over") + (f"; the walk ended: {ended}" if ended else "")
+        return ("within" if v.get("within_budget") else "over") + (f"; the repair ended: {ended}" if ended else "")
     if v.get("stopped") or (v.get("error") or "").startswith("stopped:"):
         return "stopped mid-build by the deadline"
     if "before it was timed" in (v.get("error") or ""):

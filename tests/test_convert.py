@@ -411,10 +411,11 @@ def test_cli_convert_writes_output_and_json(capsys, tmp_path, digits_model):
     assert keras_turbo.load(out).backend == "openvino"
 
 
-def _fake_walk(monkeypatch, needed: int, budget: FallbackConfig, units: int = 20):
+def _fake_walk(monkeypatch, needed: int, budget: FallbackConfig, units: int = 20, late_after: int | None = None):
     """The fallback's walk over `units` ranked units with a fake conversion: a prefix holds when it
     keeps `needed` units float; a step times (briefly, in this process) 2 ms + 0.2 ms per float
-    unit, the full int8 variant 2 ms, which the caller's own timing put at 1 ms."""
+    unit, the full int8 variant 2 ms, which the caller's own timing put at 1 ms; the deadline
+    passes after `late_after` conversions."""
     from types import SimpleNamespace
 
     from keras_turbo import sensitivity as S
@@ -432,6 +433,8 @@ def _fake_walk(monkeypatch, needed: int, budget: FallbackConfig, units: int = 20
     names = [f"l{i}" for i in range(units)]
     job = S._Job(None, ConvertConfig(to="litert", quantize="int8"), None, budget,
                  lambda msg: None, None, None, [], (), None, [], None, [], [])
+    if late_after is not None:
+        job.late = lambda: len(calls) >= late_after
     final, _, kept, steps, stopped = S._fall_back(job, S.Measured(None, 0.5, 1.0), SimpleNamespace(kept=0),
                                                   [[n] for n in names], names, {n: [n] for n in names}, None, False)
     return job, calls, final, kept, steps, stopped
@@ -492,27 +495,8 @@ def test_fallback_bisection_ends_once_the_rest_cannot_win(monkeypatch):
 def test_fallback_walk_doubles_then_bisects(monkeypatch, needed, deadline_after, expect_calls, expect_kept):
     """The fallback keeps the shortest ranked prefix that meets the budget in about 2 log2(k)
     conversions (a fake conversion here: a prefix holds when it keeps `needed` units float)."""
-    from types import SimpleNamespace
-
-    from keras_turbo import sensitivity as S
-
-    calls = []
-
-    def fake_convert(ref, cfg, calibration, keep_float_nodes=(), cache_dir=None):
-        calls.append(len(cfg.keep_float))
-        return SimpleNamespace(kept=len(cfg.keep_float))
-
-    monkeypatch.setattr(S, "convert", fake_convert)
-    monkeypatch.setattr(S, "_measure", lambda res, job: S.Measured(None, min(1.0, 0.5 + res.kept / (2 * needed)), 0.0))
-    monkeypatch.setattr(S, "carrying_layers", lambda model, kept: [])
-    units = [[f"l{i}"] for i in range(20)]
-    job = S._Job(None, ConvertConfig(to="litert", quantize="int8"), None, FallbackConfig(min_agreement=1.0),
-                 lambda msg: None, None, None, [], (), None, [], None, [], [])
-    if deadline_after is not None:
-        job.late = lambda: len(calls) >= deadline_after
-    full = S.Measured(None, 0.5, 1.0)
-    final, _, kept, steps, stopped = S._fall_back(job, full, None, units, [u[0] for u in units],
-                                                  {u[0]: [u[0]] for u in units}, None, False)
+    job, calls, final, kept, steps, stopped = _fake_walk(monkeypatch, needed, FallbackConfig(min_agreement=1.0),
+                                                         late_after=deadline_after)
     assert calls == expect_calls and len(steps) == len(calls) + 1
     assert stopped == (deadline_after is not None)
     # a walk the deadline cut short says so, and keeps the shortest prefix found to hold

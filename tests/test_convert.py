@@ -358,8 +358,8 @@ def test_fallback_stops_at_the_deadline(outlier_model):
     model, _ = outlier_model
     fr = quantize_with_fallback(model, ConvertConfig(to="onnx", quantize="int8"), "builtin:digits:train",
                                 "builtin:digits:val", FallbackConfig(max_accuracy_drop=1.0), deadline=time.monotonic())
-    assert fr.stopped and not fr.met and fr.kept_float == [] and len(fr.steps) == 1
-    assert fr.to_dict()["stopped"] is True
+    assert fr.stopped and fr.cut_short and not fr.met and fr.kept_float == [] and len(fr.steps) == 1
+    assert fr.to_dict()["stopped"] is True and fr.to_dict()["cut_short"] is True
 
 
 # ------------------------------------------------------------------ errors

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import replace
+from pathlib import Path
 import subprocess
 import sys
 import textwrap
@@ -180,6 +181,36 @@ def test_results_of_the_old_layout_are_not_resumed(tmp_path, digits_model, timin
     assert "older layout" in res.doc["resume_note"] and len(timing_calls) == 2
     doc = json.loads((out / "results.json").read_text())
     assert doc["format"] == 2 and {m["recipe_id"] for m in doc["measurements"]} == {v["id"] for v in res.variants}
+
+
+def test_a_repair_the_deadline_cut_short_is_walked_again_by_a_rerun(tmp_path, monkeypatch):
+    """A fallback whose walk the time budget ended is no final answer: a rerun into the same folder
+    forgets its build and measurements (and its prefix folder has no status to reuse)."""
+    from keras_turbo.optimize.store import FORMAT, Store
+
+    art = tmp_path / "m.xml"
+    art.write_text("x")
+    build = lambda partial: {"ok": True, "artifact": str(art), "details": {"partial": partial}}  # noqa: E731
+    doc = {"format": FORMAT, "model_fingerprint": "fp",
+           "variants": [{"id": "cut", "build": build(True)}, {"id": "done", "build": build(False)}],
+           "measurements": [{"recipe_id": i, "quality_id": "q", "quality": {"ok": True}} for i in ("cut", "done")]}
+    (tmp_path / "results.json").write_text(json.dumps(doc))
+    store = Store(tmp_path, "fp")
+    assert store.build_for("cut") is None and store.quality_for("cut", "q") is None
+    assert store.build_for("done") and store.quality_for("done", "q")
+    # the prefix cache keeps no status for it either
+    from types import SimpleNamespace
+
+    from keras_turbo.optimize import build as B
+
+    def cut_walk(step, source, ctx, dest):
+        (dest / "m.xml").write_text("x")
+        return dest / "m.xml", {"partial": True}
+
+    monkeypatch.setitem(B.BUILDERS, "fallback", cut_walk)
+    r = Recipe("fp", (Step("fallback", "openvino", {"quantize": "int8"}), Step("runtime", "openvino")), "int8")
+    st = B.build_prefix(r, 1, art, B._Context(SimpleNamespace(root=str(tmp_path / "artifacts"))))
+    assert st["ok"] and Path(st["artifact"]).exists() and not (tmp_path / "artifacts" / st["prefix_id"] / "status.json").exists()
 
 
 def test_failing_technique_is_built_once(tmp_path, digits_model, monkeypatch, timing_calls):

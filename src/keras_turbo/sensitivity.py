@@ -129,7 +129,8 @@ class FallbackResult:
     carriers: list[str] = field(default_factory=list)  # parameter-free layers kept float between kept layers
     ranking: str = "tensors"
     stopped: bool = False          # the deadline passed before the budget was met
-    gave_up: str = ""              # why the walk ended before the budget held: its variant could not win
+    gave_up: str = ""              # why the walk ended early: its variant could not win, or the deadline came
+    cut_short: bool = False        # the deadline ended the walk (whether or not a prefix held): not a final answer
     seconds: float = 0.0
     equalization: dict | None = None  # set when the model was equalized first (quantize_with_repair)
 
@@ -138,7 +139,7 @@ class FallbackResult:
                 "ranking": self.ranking, "layer_sensitivity": self.layers, "steps": self.steps,
                 "kept_float": self.kept_float, "carriers": self.carriers,
                 "quantized_layers": self.quantized_layers, "final": self.final.to_dict(), "budget_met": self.met,
-                "stopped": self.stopped, "gave_up": self.gave_up, "seconds": round(self.seconds, 2), "equalization": self.equalization,
+                "stopped": self.stopped, "gave_up": self.gave_up, "cut_short": self.cut_short, "seconds": round(self.seconds, 2), "equalization": self.equalization,
                 "artifact": self.result.to_dict()}
 
 
@@ -419,7 +420,7 @@ def quantize_with_fallback(model, config: ConvertConfig, calibration, eval_data,
     return FallbackResult(job.float_acc, full, ranked, steps, list(best_kept), final, final_res, job.ok(final),
                           quantized_layers=[name for name in layers if name not in best_kept],
                           carriers=carrying_layers(keras_model, list(best_kept)) if best_kept else [],
-                          ranking=budget.ranking, stopped=stopped and not job.ok(final), gave_up=job.gave_up,
+                          ranking=budget.ranking, stopped=stopped and not job.ok(final), gave_up=job.gave_up, cut_short=stopped,
                           seconds=time.monotonic() - started)
 
 

@@ -164,7 +164,7 @@ def build_fallback(step: Step, source: Path, ctx: _Context, dest: Path) -> tuple
     fr = quantize_with_fallback(ctx.keras_ref(source), cc, ctx.data("calib"), ctx.data("eval"), budget,
                                 cache_dir=ctx.job.export_cache, deadline=deadline)
     path = copy_artifact(fr.result.path, dest)
-    return path, {"kept_float": fr.kept_float, "stopped": fr.stopped, "gave_up": fr.gave_up,
+    return path, {"kept_float": fr.kept_float, "stopped": fr.stopped, "gave_up": fr.gave_up, "partial": fr.cut_short,
                   "sensitivity": {"runtime": fr.result.backend, **fr.to_dict()}}
 
 
@@ -236,7 +236,8 @@ def build_prefix(recipe: Recipe, k: int, source: Path, ctx: _Context) -> dict:
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(work, folder)
-        _write_json(status_path, status)
+        if not (status.get("details") or {}).get("partial"):  # a walk the deadline cut short is no result to reuse
+            _write_json(status_path, status)
         return {**status, "cached": False}
 
 

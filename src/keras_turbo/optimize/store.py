@@ -41,8 +41,11 @@ class Store:
         elif doc.get("model_fingerprint") != self.model:
             self.note = "results.json is of another model: not resumed"
         else:
-            self.builds = {v["id"]: v["build"] for v in doc.get("variants", []) + doc.get("search", []) if v.get("build")}
-            self.measurements = [m for m in doc.get("measurements", []) if isinstance(m, dict)]
+            builds = {v["id"]: v["build"] for v in doc.get("variants", []) + doc.get("search", []) if v.get("build")}
+            # A repair whose walk the time budget cut short is walked again, with the time a rerun has.
+            cut = {i for i, b in builds.items() if (b.get("details") or {}).get("partial")}
+            self.builds = {i: b for i, b in builds.items() if i not in cut}
+            self.measurements = [m for m in doc.get("measurements", []) if isinstance(m, dict) and m.get("recipe_id") not in cut]
 
     # -------------------------------------------------------------- reuse
 

@@ -657,9 +657,10 @@ def _fall_back(job: _Job, full: Measured, full_res, units: list, layers: list[st
                 failed = mid
                 hopeless(mid)  # what lies between keeps more float than it: slower still
     holding = sorted(i for i, (m, _) in seen.items() if job.ok(m))
-    if stopped and holding:
-        job.gave_up = job.gave_up or (f"the time budget ended the walk after {len(steps) - 1} steps: the shortest prefix "
-                                      f"found to hold ({len(prefixes[holding[0]])} of {len(layers)} layers float) is kept")
+    if stopped:
+        kept = (f"the shortest prefix found to hold ({len(prefixes[holding[0]])} of {len(layers)} layers float) is kept"
+                if holding else "no prefix held yet; the variant closest to float is kept")
+        job.gave_up = job.gave_up or f"the time budget ended the walk after {len(steps) - 1} steps: {kept}"
     if holding:
         final, final_res = seen[holding[0]]
         return final, final_res, list(prefixes[holding[0]]), steps, stopped

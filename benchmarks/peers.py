@@ -545,10 +545,15 @@ def render(raw: dict) -> str:
                 prec = PRECISION_OF.get(opt.get("rec_precision") or "fp32", "fp32")
                 if opt.get("rec_precision") == "int8" and "int8" in floor:
                     prec = "int8"
-                share = floor.get(prec, float("nan")) / rec["latency_ms"]["p50"]
-                lines.append(f"| {m['title']} | {b} | `{opt.get('recommended')}` | {prec} | {_ms(rec['latency_ms']['p50'])} | "
+                p50 = rec["latency_ms"]["p50"]
+                share = f"{floor.get(prec, float('nan')) / p50:.0%}"
+                if "mixed" in (opt.get("recommended") or ""):
+                    # int8 with some layers kept float: its floor lies between the int8 and the fp32 one
+                    prec = "int8 + fp32 (mixed)"
+                    share = f"{floor.get('int8', float('nan')) / p50:.0%} to {floor.get('fp32', float('nan')) / p50:.0%}"
+                lines.append(f"| {m['title']} | {b} | `{opt.get('recommended')}` | {prec} | {_ms(p50)} | "
                              + " | ".join(f"{_ms(floor[p])}" if p in floor else "-" for p in ("fp32", "bf16", "int8"))
-                             + f" | {share:.0%} |")
+                             + f" | {share} |")
     if raw.get("optimize_runs"):
         lines += ["", "### optimize within its time budget", ""]
         for key, runs in raw["optimize_runs"].items():

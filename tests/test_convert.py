@@ -411,7 +411,8 @@ def test_cli_convert_writes_output_and_json(capsys, tmp_path, digits_model):
     assert keras_turbo.load(out).backend == "openvino"
 
 
-def _fake_walk(monkeypatch, needed: int, budget: FallbackConfig, units: int = 20, late_after: int | None = None):
+def _fake_walk(monkeypatch, needed: int, budget: FallbackConfig, units: int = 20, late_after: int | None = None,
+               brief=None):
     """The fallback's walk over `units` ranked units with a fake conversion: a prefix holds when it
     keeps `needed` units float; a step times (briefly, in this process) 2 ms + 0.2 ms per float
     unit, the full int8 variant 2 ms, which the caller's own timing put at 1 ms; the deadline
@@ -429,7 +430,7 @@ def _fake_walk(monkeypatch, needed: int, budget: FallbackConfig, units: int = 20
     monkeypatch.setattr(S, "convert", fake_convert)
     monkeypatch.setattr(S, "_measure", lambda res, job: S.Measured(None, min(1.0, 0.5 + res.kept / (2 * needed)), 0.0))
     monkeypatch.setattr(S, "carrying_layers", lambda model, kept: [])
-    monkeypatch.setattr(S, "_brief_ms", lambda res, batch: 2 * (1.0 + 0.1 * res.kept))
+    monkeypatch.setattr(S, "_brief_ms", brief or (lambda res, batch: 2 * (1.0 + 0.1 * res.kept)))
     names = [f"l{i}" for i in range(units)]
     job = S._Job(None, ConvertConfig(to="litert", quantize="int8"), None, budget,
                  lambda msg: None, None, None, [], (), None, [], None, [], [])
@@ -476,6 +477,16 @@ def test_fallback_stops_with_time_left_to_judge_and_time_what_it_found():
     assert not job.late()
     job.step_s = 6.0  # a step of 6 s and its check: 12 s, past the deadline
     assert job.late()
+
+
+def test_a_walk_whose_variants_cannot_be_timed_briefly_goes_on(monkeypatch):
+    """Where the full int8 variant cannot be timed here (a dynamic input size), no step is timed
+    and the walk goes on as without a latency to beat."""
+    timed = []
+    job, calls, final, kept, steps, _ = _fake_walk(monkeypatch, 11, FallbackConfig(min_agreement=1.0, beat_ms=0.5, int8_ms=1.0),
+                                                   brief=lambda res, batch: timed.append(res.kept))
+    assert calls == [1, 2, 20, 4, 8, 16, 12, 10, 11] and len(kept) == 11 and not job.gave_up
+    assert timed == [0] and all("estimated_ms" not in s for s in steps)  # the full int8 variant, once
 
 
 def test_fallback_bisection_ends_once_the_rest_cannot_win(monkeypatch):

@@ -128,11 +128,15 @@ class FallbackResult:
     quantized_layers: list[str] = field(default_factory=list)
     carriers: list[str] = field(default_factory=list)  # parameter-free layers kept float between kept layers
     ranking: str = "tensors"
-    stopped: bool = False          # the deadline passed before the budget was met
     gave_up: str = ""              # why the walk ended early: its variant could not win, or the deadline came
     cut_short: bool = False        # the deadline ended the walk (whether or not a prefix held): not a final answer
     seconds: float = 0.0
     equalization: dict | None = None  # set when the model was equalized first (quantize_with_repair)
+
+    @property
+    def stopped(self) -> bool:
+        """The deadline passed before the budget was met."""
+        return self.cut_short and not self.met
 
     def to_dict(self) -> dict:
         return {"float_accuracy": self.float_accuracy, "full_quantization": self.full.to_dict(),
@@ -420,7 +424,7 @@ def quantize_with_fallback(model, config: ConvertConfig, calibration, eval_data,
     return FallbackResult(job.float_acc, full, ranked, steps, list(best_kept), final, final_res, job.ok(final),
                           quantized_layers=[name for name in layers if name not in best_kept],
                           carriers=carrying_layers(keras_model, list(best_kept)) if best_kept else [],
-                          ranking=budget.ranking, stopped=stopped and not job.ok(final), gave_up=job.gave_up, cut_short=stopped,
+                          ranking=budget.ranking, gave_up=job.gave_up, cut_short=stopped,
                           seconds=time.monotonic() - started)
 
 
@@ -491,9 +495,9 @@ class _Job:
         if b.beat_ms is None:
             return False
         if self.full_brief_ms is None:
-            self.full_brief_ms = _brief_ms(full_res, b.timing_batch)
-        ms = _brief_ms(res, b.timing_batch)
-        if not (ms and self.full_brief_ms):
+            self.full_brief_ms = _brief_ms(full_res, b.timing_batch) or 0.0  # 0: not timeable, not tried again
+        ms = self.full_brief_ms and _brief_ms(res, b.timing_batch)
+        if not ms:
             return False
         step["estimated_ms"] = round(ms / self.full_brief_ms * b.int8_ms, 3)
         if step["estimated_ms"] <= b.beat_ms * (1 + RUNOFF_MARGIN):

@@ -61,6 +61,13 @@ def test_benchmark_json_schema_and_isolation(tmp_path, model_files):
         assert set(r["latency_ms"]) == LATENCY_KEYS
         assert r["latency_ms"]["min"] <= r["latency_ms"]["p50"] <= r["latency_ms"]["max"]
         assert r["runs"] >= QUICK.min_runs and r["model_bytes"] > 0 and r["peak_rss_mb"] > 10
+    # what each row's compute ops ran in, read back where the runtime tells (a float model: fp32)
+    for r in rows:
+        ran = r["executed"]
+        if r["backend"] == "tf-function":
+            assert ran["source"] == "requested" and ran["summary"] == "fp32 (asked)", ran
+        else:
+            assert ran["source"] == "kernels" and set(ran["ops"]) == {"fp32"} and ran["summary"] == "fp32", ran
     # every (runtime, batch size) in its own process, none of them this one
     pids = {r["pid"] for r in rows}
     assert len(pids) == len(rows) and os.getpid() not in pids

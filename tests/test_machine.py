@@ -42,3 +42,28 @@ def test_backends_per_objective():
     assert all(why is None for why in latency.values())
     old = precision_backends(HASWELL, "latency")
     assert old["openvino"] is None and old["openvino-bf16"] and old["tf-function-bf16"]
+
+
+def test_every_precision_the_planner_runs_here_is_the_one_that_executes():
+    """On this machine, each OpenVINO entry and tf-function-bf16 that skip_reason lets the planner run
+    executes in the precision it is named for (read back from OpenVINO's compiled model; from
+    TensorFlow's outputs for bf16). An entry the CPU lacks the arithmetic for is skipped by the
+    planner, and what it would really run in is recorded instead: on an AVX-512 BF16 CPU without
+    AVX512-FP16 (AMD EPYC), OpenVINO runs an f16 hint as bf16 without a word."""
+    from keras_turbo.machine import cpu_flags
+    from keras_turbo.runtimes import executes_here
+
+    flags = cpu_flags()
+    probed = [n for n, b in BACKENDS.items() if b.requires == "openvino" or n == "tf-function-bf16"]
+    for name in probed:
+        b = BACKENDS[name]
+        try:
+            ran = executes_here(name)
+        except Exception as e:  # OpenVINO refuses a bf16 hint on a CPU without AVX-512: the planner must skip it
+            assert skip_reason(name, flags), (name, e)
+            continue
+        assert ran["source"] in ("compiled", "compared") and ran["requested"] == b.precision, (name, ran)
+        if skip_reason(name, flags) is None:
+            assert set(ran["ops"]) == {b.precision}, (name, ran)
+        elif b.precision == "fp16":
+            assert "fp16" not in ran["ops"], (name, ran)  # no fp16 arithmetic here, whatever it was asked

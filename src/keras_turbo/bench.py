@@ -114,6 +114,7 @@ class Result:
     signal: int | None = None  # the signal that killed the worker (the OOM killer's SIGKILL...): worth a retry
     timed_out: bool = False  # stopped by the config's timeout_s
     preprocessing: str | None = None  # where a split text model's strings were preprocessed (textsplit.py), timed with it
+    executed: dict | None = None  # what the compute ops really ran in here (Predictor.executed().to_dict())
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -191,11 +192,15 @@ def measure(open_fn: Callable[[], Predictor], batch_size: int, cfg: BenchmarkCon
         run(feeds)
         times.append((clock() - t) / 1e6)
     total_s = sum(times) / 1e3
+    try:
+        executed = predictor.executed().to_dict()
+    except Exception as e:  # reading it back must never cost the measurement
+        executed = {"summary": "?", "ops": {}, "source": f"unreadable ({type(e).__name__})", "requested": None, "devices": []}
     out = {
         "ok": True, "latency_ms": stats(times), "throughput_per_s": batch_size * len(times) / total_s if total_s else None,
         "init_ms": init_ms, "first_inference_ms": first_ms, "runs": len(times), "threads": predictor.threads,
         "device": predictor.device, "model_bytes": predictor.model_bytes, "artifact": predictor.artifact,
-        "pid": os.getpid(), "export_check": checked, "preprocessing": predictor.preprocessing,
+        "pid": os.getpid(), "export_check": checked, "preprocessing": predictor.preprocessing, "executed": executed,
     }
     predictor.close()
     out["peak_rss_mb"] = peak_rss_mb()

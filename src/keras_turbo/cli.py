@@ -231,11 +231,12 @@ def cmd_devices(args) -> int:
     out.print("GPUs: " + ("; ".join(info["gpus"]) if info["gpus"] else "none found"))
     from rich.table import Table
 
-    t = Table("runtime", "precision", "usable", "devices / providers", "what it is")
+    t = Table("runtime", "asks for", "runs in here", "usable", "devices / providers", "what it is")
     for name, r in info["runtimes"].items():
         usable = f"[red]no: {r['error']}[/red]" if not r["usable"] else \
             f"[yellow]skipped: {r['skip_reason']}[/yellow]" if r.get("skip_reason") else "yes"
-        t.add_row(name, r.get("precision", "fp32"), usable, ", ".join(r["devices"]), r["summary"])
+        runs = (r.get("executes") or {}).get("summary") or "-"
+        t.add_row(name, r.get("precision", "fp32"), runs, usable, ", ".join(r["devices"]), r["summary"])
     out.print(t)
     return 0
 

@@ -186,9 +186,11 @@ def default_threads() -> int:
 def devices() -> dict:
     """What `keras-turbo devices` shows: CPU features, GPUs, and each runtime's state.
 
-    Each runtime is imported for real (in this process), so "usable" means it loaded here.
+    Each runtime is imported for real (in this process), so "usable" means it loaded here, and
+    each usable one says what it really executes in here (`runtimes.executes_here`): OpenVINO may
+    run another precision than the one asked for (f16 runs as bf16 on a CPU without AVX512-FP16).
     """
-    from keras_turbo.runtimes import BACKENDS
+    from keras_turbo.runtimes import BACKENDS, executes_here
 
     info = facts()
     flags = cpu_flags()
@@ -199,8 +201,14 @@ def devices() -> dict:
         if b.requires not in modules:
             modules[b.requires] = _probe(b.requires)
         ok, err, devs = modules[b.requires]
+        executes = None
+        if ok:
+            try:
+                executes = executes_here(name)
+            except Exception as e:  # a setting the plugin refuses on this CPU (bf16 without AVX-512) is a fact too
+                executes = {"summary": "refused", "error": f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"}
         runtimes[name] = {"usable": ok, "error": err, "devices": devs, "summary": b.summary, "precision": b.precision,
-                          "skip_reason": skip_reason(name, flags)}
+                          "executes": executes, "skip_reason": skip_reason(name, flags)}
     info["runtimes"] = runtimes
     return info
 

@@ -29,15 +29,16 @@ def with_preprocessing(backend: str, preprocessing: str | None) -> str:
 def benchmark_table(report: BenchmarkReport) -> Table:
     """One row per (runtime, batch size); speedup is against keras-predict at the same batch size."""
     t = Table(title=f"{report.model}  ({report.machine.get('cpu', '?')}, threads {report.results[0].threads if report.results else '?'})")
-    for col in ("backend", "batch", "p50 ms", "p90 ms", "p99 ms", "items/s", "vs predict", "init ms", "1st ms", "peak MB", "size"):
+    for col in ("backend", "runs in", "batch", "p50 ms", "p90 ms", "p99 ms", "items/s", "vs predict", "init ms", "1st ms", "peak MB",
+                "size"):
         t.add_column(col, justify="left" if col == "backend" else "right")
     for r in report.results:
         if not r.ok:
-            t.add_row(r.backend, str(r.batch_size), f"[red]failed: {r.error}[/red]", *[""] * 8)
+            t.add_row(r.backend, "", str(r.batch_size), f"[red]failed: {r.error}[/red]", *[""] * 8)
             continue
         base = report.get("keras-predict", r.batch_size)
         speed = f"{base.latency_ms['p50'] / r.latency_ms['p50']:.1f}x" if base and base.ok else "-"
-        t.add_row(with_preprocessing(r.backend, r.preprocessing), str(r.batch_size), _ms(r.latency_ms["p50"]), _ms(r.latency_ms["p90"]), _ms(r.latency_ms["p99"]),
+        t.add_row(with_preprocessing(r.backend, r.preprocessing), runs_in(r.executed), str(r.batch_size), _ms(r.latency_ms["p50"]), _ms(r.latency_ms["p90"]), _ms(r.latency_ms["p99"]),
                   f"{r.throughput_per_s:,.0f}", speed, _ms(r.init_ms), _ms(r.first_inference_ms),
                   f"{r.peak_rss_mb:.0f}", _size(r.model_bytes))
     t.caption = (f"harness overhead {report.harness_overhead_ms * 1000:.1f} us per call; "
@@ -67,7 +68,7 @@ def _rows(doc: dict, why: bool = False) -> list[list[str]]:
     for v in ok + [v for v in doc["variants"] if not v.get("ok")]:
         if not v.get("ok"):
             rows.append([v["name"], v.get("backend", "-"), "failed" if not v.get("skipped") else "stopped" if v.get("stopped") else "skipped",
-                         "", "", "", "", "", "", "", v.get("error") or ""] + ([""] if why else []))
+                         "", "", "", "", "", "", "", v.get("error") or ""] + (["", ""] if why else []))
             continue
         p50 = v["latency_ms"]["p50"]
         mark = ("★ " if v["name"] == doc.get("recommended") else "") + ("pareto" if v.get("pareto") else "")
@@ -76,8 +77,14 @@ def _rows(doc: dict, why: bool = False) -> list[list[str]]:
                      f"{p50:.3f}", f"{tf_p50 / p50:.2f}x" if tf_p50 else "-", f"{base_p50 / p50:.1f}x" if base_p50 else "-",
                      f"{v['throughput_per_s']:,.0f}",
                      _size(v["model_bytes"]), ("within budget" if v.get("within_budget") else "over budget") + (f", {mark}" if mark else "")]
-                    + ([v.get("verdict") or ""] if why else []))
+                    + ([runs_in(v.get("executed")), v.get("verdict") or ""] if why else []))
     return rows
+
+
+def runs_in(executed: dict | None) -> str:
+    """What a measured variant's compute ops ran in (Predictor.executed), "-" where not recorded
+    (results.json files written before it was)."""
+    return (executed or {}).get("summary") or "-"
 
 
 SEARCH_HEADERS = ["technique", "setting", "accuracy", "agreement", "verdict", "seconds"]
@@ -95,6 +102,8 @@ def search_rows(doc: dict) -> list[list[str]]:
 
 HEADERS = ["variant", "runtime", "accuracy", "vs float (pts)", "agreement", "p50 ms", "vs tf.function", "vs keras-predict",
            "items/s", "size", "status"]
+#: the report files' extra columns: what the compute ops ran in on the timing machine, the verdict
+FULL_HEADERS = ["runs in", "judged by"]
 
 
 #: optimize's own plain variants that are each peer's out-of-the-box path (the LiteRT converter's
@@ -131,7 +140,7 @@ def headline(doc: dict) -> dict:
             "speedup": base["latency_ms"]["p50"] / best["latency_ms"]["p50"], "ratios": r,
             "size_ratio": base["model_bytes"] / best["model_bytes"],
             "baseline_accuracy": doc.get("float_accuracy"), "accuracy": best.get("accuracy"),
-            "agreement": best.get("top1_agreement"), "budget_met": doc.get("budget_met")}
+            "agreement": best.get("top1_agreement"), "budget_met": doc.get("budget_met"), "runs_in": runs_in(best.get("executed"))}
 
 
 def ratio_text(h: dict) -> str:
@@ -232,7 +241,7 @@ def write_markdown(out, doc: dict) -> str:
     lines = [f"# keras-turbo optimize: {doc['model']}", "", f"Budget: {_budget_text(doc)}.", ""]
     if h:
         verdict = "" if h["budget_met"] else " **No candidate met the budget; the fastest float runtime is recommended.**"
-        lines += [f"**Recommended: `{h['recommended']}`**: {ratio_text(h)} at batch "
+        lines += [f"**Recommended: `{h['recommended']}`** (runs in {h['runs_in']} here): {ratio_text(h)} at batch "
                   f"{doc['budget']['batch_size']}; {h['size_ratio']:.1f}x smaller, accuracy {_fmt_acc(h['accuracy'])} "
                   f"(float {_fmt_acc(h['baseline_accuracy'])}), agreement {_fmt_acc(h['agreement'])}.{verdict}", ""]
     if runoff_text(doc):
@@ -242,7 +251,7 @@ def write_markdown(out, doc: dict) -> str:
         lines += [f"Each output of `{doc['recommended']}`, and the budget it was held to:", "",
                   "| " + " | ".join(OUTPUT_HEADERS) + " |", "|" + "---|" * len(OUTPUT_HEADERS)]
         lines += ["| " + " | ".join(c.replace("|", "/") for c in r) + " |" for r in outs] + [""]
-    lines += ["| " + " | ".join(HEADERS + ["judged by"]) + " |", "|" + "---|" * (len(HEADERS) + 1)]
+    lines += ["| " + " | ".join(HEADERS + FULL_HEADERS) + " |", "|" + "---|" * (len(HEADERS) + len(FULL_HEADERS))]
     lines += ["| " + " | ".join(c.replace("|", "/") for c in r) + " |" for r in _rows(doc, why=True)]
     if doc.get("search"):
         lines += ["", "Technique strength search (short fine-tunes judged on a validation split of the train data):", "",
@@ -354,7 +363,7 @@ def write_html(out, doc: dict) -> str:
              "</style></head><body>", f"<h1>keras-turbo optimize</h1><p>{esc(doc['model'])}</p>",
              f"<p>Budget: {esc(_budget_text(doc))}.</p>"]
     if h:
-        parts.append(f"<div class='head' id='headline'><b>Recommended: {esc(h['recommended'])}</b><br>"
+        parts.append(f"<div class='head' id='headline'><b>Recommended: {esc(h['recommended'])}</b> (runs in {esc(h['runs_in'])} here)<br>"
                      f"{esc(ratio_text(h))}; {h['size_ratio']:.1f}x smaller, accuracy "
                      f"{_fmt_acc(h['accuracy'])} (float {_fmt_acc(h['baseline_accuracy'])}), agreement {_fmt_acc(h['agreement'])}"
                      + ("" if h["budget_met"] else "<br><span class='bad'>No candidate met the budget: the fastest float "
@@ -367,7 +376,7 @@ def write_html(out, doc: dict) -> str:
                      + "".join(f"<th>{esc(c)}</th>" for c in OUTPUT_HEADERS) + "</tr>"
                      + "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in outs) + "</table>")
     parts.append("<h2>Latency vs accuracy</h2><div id='pareto-plot'>" + pareto_svg(doc) + "</div>")
-    parts.append("<h2>All variants</h2><table id='variants'><tr>" + "".join(f"<th>{esc(c)}</th>" for c in HEADERS + ["judged by"]) + "</tr>")
+    parts.append("<h2>All variants</h2><table id='variants'><tr>" + "".join(f"<th>{esc(c)}</th>" for c in HEADERS + FULL_HEADERS) + "</tr>")
     for r in _rows(doc, why=True):
         parts.append("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>")
     parts.append("</table>")

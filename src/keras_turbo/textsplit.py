@@ -244,6 +244,10 @@ class SplitPredictor(Predictor):
 
         return _tf.tf().constant(a)
 
+    def executed(self):
+        """The core's compute ops (the string preprocessing does no arithmetic worth a precision)."""
+        return self._core.executed()
+
     def close(self):
         self._core.close()
         self._fn = None

@@ -498,7 +498,7 @@ def _row(r: Recipe, build: dict, q: dict, s: dict, cfg: OptimizeConfig) -> dict:
     return {**row, "ok": True, **{k: q.get(k) for k in ("accuracy", "accuracy_drop", "top1_agreement", "max_abs_diff", "outputs",
                                                        "user_metric")},
             **{k: s.get(k) for k in ("latency_ms", "throughput_per_s", "model_bytes", "init_ms", "peak_rss_mb",
-                                     "preprocessing", "runoff")},
+                                     "preprocessing", "runoff", "executed")},
             "within_budget": within, "verdict": why, "timed_on": s.get("node")}
 
 

@@ -192,7 +192,7 @@ def measure_speed(artifact: str, backend: str, batch_size: int, threads: int, be
                     check=False)  # checked against Keras when it was built (build.build_convert)
     row = rep.results[0]
     keep = ("ok", "error", "latency_ms", "throughput_per_s", "model_bytes", "init_ms", "peak_rss_mb", "signal",
-            "timed_out", "preprocessing")
+            "timed_out", "preprocessing", "executed")
     return {**{k: getattr(row, k, None) for k in keep}, "seconds": round(time.time() - t0, 2), "node": node_facts(),
             "machine": rep.machine}
 

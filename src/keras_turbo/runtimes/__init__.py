@@ -14,7 +14,7 @@ from typing import Callable
 from keras_turbo.errors import BackendError
 from keras_turbo.models import KERAS_FORMATS, ModelRef
 from keras_turbo.runtimes import keras_jax, keras_runtimes, litert, onnxruntime, openvino, streams
-from keras_turbo.runtimes.base import NullPredictor, Predictor, TensorInfo
+from keras_turbo.runtimes.base import Executed, NullPredictor, Predictor, TensorInfo
 
 
 @dataclass(frozen=True)
@@ -120,6 +120,27 @@ BACKENDS: dict[str, Backend] = {
 NATIVE = {"tflite": "litert", "onnx": "onnxruntime", "openvino": "openvino"}
 
 
+#: OpenVINO's INFERENCE_PRECISION_HINT per registry precision
+_OV_HINT = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+
+
+def executes_here(name: str) -> dict:
+    """What `name` really runs a float model's compute ops in on this machine, as a dict
+    (`base.Executed.to_dict`): OpenVINO entries compile a small model with their settings and
+    read the plugin's choice back; tf-function-bf16 compares its outputs with float32's; the
+    float runtimes run what the artifact holds (fp32 for a float model; every measurement records
+    its own artifact's). Raises whatever the runtime raises (the caller reports it)."""
+    b = get_backend(name)
+    if b.requires == "openvino":
+        hint = "THROUGHPUT" if b.objective == "throughput" else "LATENCY"
+        return openvino.probe(_OV_HINT[b.precision], hint).to_dict()
+    if name == "tf-function-bf16":
+        return keras_runtimes.probe_bf16().to_dict()
+    if b.requires == "jax" or b.precision != "fp32":
+        return Executed({}, "requested", requested=b.precision).to_dict()
+    return Executed({"fp32": 1}, "kernels", requested="fp32").to_dict()
+
+
 def get_backend(name: str) -> Backend:
     """Look a backend up by name.
 
@@ -170,4 +191,4 @@ def open_predictor(ref: ModelRef, backend: str, threads: int | None = None, batc
 
 
 __all__ = ["BACKENDS", "BF16_FLAGS", "FP16_FLAGS", "NATIVE", "Backend", "NullPredictor", "Predictor", "TensorInfo", "artifact_for",
-           "default_backends", "get_backend", "open_predictor"]
+           "default_backends", "executes_here", "get_backend", "open_predictor"]

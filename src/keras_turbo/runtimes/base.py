@@ -63,6 +63,54 @@ def as_strings(a, name: str) -> np.ndarray:
     raise DataError(f"input {name!r} takes text (strings), received {a.dtype} values")
 
 
+#: compute-op precisions as every runtime's are reported (OpenVINO's u8 / i8 kernels are int8)
+PRECISION_NAMES = {"f32": "fp32", "float32": "fp32", "f16": "fp16", "float16": "fp16", "bf16": "bf16",
+                   "bfloat16": "bf16", "u8": "int8", "i8": "int8", "int8": "int8", "uint8": "int8"}
+
+
+@dataclass(frozen=True)
+class Executed:
+    """What a predictor's compute ops (convolutions, matrix products) execute in on this machine.
+
+    Attributes:
+        ops: compute ops per precision ("int8", "fp32", "bf16", "fp16", "int8-dynamic": int8
+            weights with activations quantized at run time, "int16x8"); empty where unknown.
+        source: "compiled" (the runtime's own compiled model), "kernels" (the op types and
+            tensor types the runtime runs), "compared" (outputs with and without the setting
+            differ as that arithmetic makes them), or "requested" (only the setting asked for is
+            known).
+        requested: the precision the runtime was asked for, where it takes one.
+        devices: where the runtime says it executes (OpenVINO's EXECUTION_DEVICES).
+    """
+
+    ops: dict
+    source: str
+    requested: str | None = None
+    devices: tuple[str, ...] = ()
+
+    @property
+    def summary(self) -> str:
+        """"int8" when every compute op runs int8, "int8 5 + fp32 2" when they differ, or the
+        requested precision (marked "asked") where nothing is known of the ops."""
+        if not self.ops:
+            return f"{self.requested or '?'} (asked)"
+        parts = sorted(self.ops.items(), key=lambda kv: (-kv[1], kv[0]))
+        return parts[0][0] if len(parts) == 1 else " + ".join(f"{p} {n}" for p, n in parts)
+
+    def to_dict(self) -> dict:
+        return {"summary": self.summary, "ops": dict(self.ops), "source": self.source, "requested": self.requested,
+                "devices": list(self.devices)}
+
+
+def count_precisions(names) -> dict:
+    """{precision: count} over an iterable of precision names, normalised (PRECISION_NAMES)."""
+    out: dict[str, int] = {}
+    for n in names:
+        n = PRECISION_NAMES.get(n, n)
+        out[n] = out.get(n, 0) + 1
+    return out
+
+
 @dataclass(frozen=True)
 class TensorInfo:
     """Name, shape (None for a dynamic dimension, batch first) and numpy dtype name."""
@@ -114,6 +162,14 @@ class Predictor(abc.ABC):
 
     def close(self) -> None:
         """Release the runtime's resources (the default has none to release)."""
+
+    def executed(self) -> "Executed":
+        """The arithmetic this predictor really runs its compute ops in, on this machine: what the
+        runtime compiled (OpenVINO's runtime model), what the artifact's kernels take (LiteRT's
+        tensor types, ONNX Runtime's optimized graph), or, where the runtime tells nothing, the
+        precision its settings ask for (`source` says which). Call it after the first run: some
+        runtimes compile then."""
+        return Executed({}, "requested", requested="fp32")
 
     def __enter__(self):
         return self

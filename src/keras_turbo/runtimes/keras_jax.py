@@ -44,7 +44,7 @@ import numpy as np
 
 from keras_turbo.errors import BackendError, KerasTurboError, ModelLoadError, bad_param, cause
 from keras_turbo.models import UNSAFE_WARNING, ModelRef, prescan
-from keras_turbo.runtimes.base import STRING, Predictor, TensorInfo, dtype_name, process_is_dedicated
+from keras_turbo.runtimes.base import STRING, Executed, Predictor, TensorInfo, dtype_name, process_is_dedicated
 from keras_turbo.runtimes.fold import fold_batchnorm
 
 #: precision -> (Keras dtype policy of the rebuilt model or None, JAX default matmul precision)
@@ -577,6 +577,10 @@ class KerasJAXPredictor(Predictor):
 
     def run(self, feeds):
         return self.engine.run(feeds)
+
+    def executed(self) -> Executed:
+        # Keras' dtype policy decides per layer; JAX's compiled HLO is not read back here.
+        return Executed({}, "requested", requested=self.precision, devices=(self.device,))
 
     def close(self):
         self.engine.close()

@@ -12,7 +12,7 @@ import numpy as np
 
 from keras_turbo import _tf
 from keras_turbo.models import ModelRef, load_keras
-from keras_turbo.runtimes.base import STRING, Predictor, TensorInfo, dtype_name
+from keras_turbo.runtimes.base import STRING, Executed, Predictor, TensorInfo, dtype_name
 
 
 _WARNED: set[int] = set()
@@ -166,6 +166,30 @@ class TFFunctionBF16(TFFunction):
 
     backend = "tf-function-bf16"
     bf16 = True
+
+    def executed(self):
+        # Grappler's rewrite happens inside TensorFlow and leaves no trace a caller can read:
+        # only the request is known here (`machine.devices` probes whether outputs change).
+        return Executed({}, "requested", requested="bf16")
+
+
+def probe_bf16() -> Executed:
+    """Whether TensorFlow's oneDNN bf16 rewrite changes a small convolution + dense model's
+    outputs on this machine (bf16 arithmetic leaves relative differences near 1e-3; float32 none),
+    so `keras-turbo devices` can say what tf-function-bf16 really runs in."""
+    tf = _tf.tf()
+    keras = _tf.keras()
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((16, 16, 8)), keras.layers.Conv2D(16, 3, activation="relu"), keras.layers.Flatten(),
+                              keras.layers.Dense(10)])
+    x = tf.constant(np.random.default_rng(0).standard_normal((4, 16, 16, 8)).astype("float32"))
+    outs = []
+    for on in (False, True):  # a new tf.function each time: grappler rewrites a graph when it is traced
+        set_onednn_bf16(on)
+        outs.append(np.asarray(tf.function(lambda t: model(t, training=False))(x)))
+    set_onednn_bf16(False)
+    diff = float(np.max(np.abs(outs[1] - outs[0])) / (np.max(np.abs(outs[0])) or 1.0))
+    return Executed({"bf16" if diff > 1e-5 else "fp32": 2}, "compared", requested="bf16")
 
 
 class TFXLA(TFFunction):

@@ -6,7 +6,32 @@ import numpy as np
 
 from keras_turbo import _tf
 from keras_turbo.models import ModelRef
-from keras_turbo.runtimes.base import Predictor, TensorInfo, dtype_name, unreadable
+from keras_turbo.runtimes.base import Executed, Predictor, TensorInfo, count_precisions, dtype_name, unreadable
+
+#: the builtin ops that do a model's arithmetic
+COMPUTE_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "CONV_3D", "TRANSPOSE_CONV", "FULLY_CONNECTED", "BATCH_MATMUL")
+
+
+def op_precisions(it) -> Executed:
+    """What an interpreter's compute ops take: int8 (or int16x8) activations run integer kernels;
+    float activations with int8 weights are dynamic-range ops (XNNPACK quantizes the activations
+    at run time: "int8-dynamic"); float activations with float weights run fp32, fp16-stored
+    weights included (a DEQUANTIZE op expands them to float32 when the model is loaded)."""
+    dtypes = {d["index"]: np.dtype(d["dtype"]) for d in it.get_tensor_details()}
+    found = []
+    for op in it._get_ops_details():
+        if op["op_name"] not in COMPUTE_OPS or len(op["inputs"]) < 2:
+            continue
+        act, weight = (dtypes.get(int(i)) for i in op["inputs"][:2])
+        if act == np.int8:
+            found.append("int8")
+        elif act == np.int16:
+            found.append("int16x8")
+        elif weight == np.int8:
+            found.append("int8-dynamic")
+        else:
+            found.append("fp32")
+    return Executed(count_precisions(found), "kernels")
 
 
 def _plain(name: str) -> str:
@@ -141,6 +166,9 @@ class LiteRTPredictor(Predictor):
             o = it.get_tensor(idx)
             outs.append((o.astype("float32") - q[1]) * q[0] if q else o)
         return outs
+
+    def executed(self) -> Executed:
+        return op_precisions(self._it)
 
     def close(self):
         self._it = None

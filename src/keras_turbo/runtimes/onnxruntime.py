@@ -2,14 +2,38 @@
 
 from __future__ import annotations
 
-
-
 from keras_turbo.models import ModelRef
-from keras_turbo.runtimes.base import Predictor, TensorInfo, unreadable
+from keras_turbo.runtimes.base import Executed, Predictor, TensorInfo, count_precisions, unreadable
 
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16",
               "tensor(int8)": "int8", "tensor(uint8)": "uint8", "tensor(int32)": "int32", "tensor(int64)": "int64",
               "tensor(bool)": "bool", "tensor(string)": "string"}
+
+#: compute ops of an optimized CPU graph, by the arithmetic their kernels do
+INT8_OPS = ("QLinearConv", "QLinearMatMul", "QGemm", "ConvInteger", "MatMulInteger", "MatMulIntegerToFloat",
+            "DynamicQuantizeMatMul")
+FLOAT_OPS = ("Conv", "FusedConv", "NhwcFusedConv", "ConvTranspose", "MatMul", "FusedMatMul", "Gemm", "FusedGemm")
+
+
+def session_precisions(path, opts, providers) -> Executed:
+    """What ONNX Runtime runs a model's compute ops in: its optimized graph (written by a second
+    session with the same options), where int8 QDQ pairs it could fuse have become integer kernels
+    (QLinearConv, ...) and those it could not stay float ops on dequantized values."""
+    import os
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="kt-ort-") as tmp:
+        o = ort.SessionOptions()
+        o.graph_optimization_level = opts.graph_optimization_level
+        o.log_severity_level = 3
+        o.optimized_model_filepath = os.path.join(tmp, "optimized.onnx")
+        ort.InferenceSession(str(path), o, providers=providers)
+        graph = onnx.load(o.optimized_model_filepath, load_external_data=False).graph
+    found = ["int8" if n.op_type in INT8_OPS else "fp32" for n in graph.node if n.op_type in INT8_OPS + FLOAT_OPS]
+    return Executed(count_precisions(found), "kernels")
 
 
 class ONNXRuntimePredictor(Predictor):
@@ -47,11 +71,15 @@ class ONNXRuntimePredictor(Predictor):
                          model_bytes=ref.size_bytes, artifact=str(ref.path))
         self._names = [t.name for t in self.inputs]
         self._out_names = [t.name for t in self.outputs]
+        self._opened = (ref.path, opts, providers)
 
     def run(self, feeds):
         # ONNX Runtime takes text as an object array of str (the Predictor holds UTF-8 bytes).
         feeds = [f.astype(str).astype(object) if f.dtype.kind == "S" else f for f in feeds]
         return self._sess.run(self._out_names, dict(zip(self._names, feeds)))
+
+    def executed(self) -> Executed:
+        return session_precisions(*self._opened)
 
     def close(self):
         self._sess = None

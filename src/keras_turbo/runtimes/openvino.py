@@ -15,7 +15,46 @@ from __future__ import annotations
 import numpy as np
 
 from keras_turbo.models import ModelRef
-from keras_turbo.runtimes.base import Predictor, TensorInfo, dtype_name, unreadable
+from keras_turbo.runtimes.base import PRECISION_NAMES, Executed, Predictor, TensorInfo, count_precisions, dtype_name, unreadable
+
+#: the CPU plugin's layer types that do a model's arithmetic (its runtime model's `layerType`)
+COMPUTE_LAYERS = ("Convolution", "GroupConvolution", "Deconvolution", "FullyConnected", "MatMul", "Gemm")
+
+
+def compiled_precisions(compiled) -> Executed:
+    """What a compiled model's compute ops run in, from the CPU plugin's runtime model (each
+    node's `runtimePrecision`): the answer after OpenVINO's own choices, which can differ from the
+    hint (an f16 hint runs bf16 on a CPU without AVX512-FP16; an int8 op whose FakeQuantize was
+    bypassed runs at the inference precision)."""
+    ops = []
+    for op in compiled.get_runtime_model().get_ops():
+        rt = op.get_rt_info()
+        if "layerType" in rt and rt["layerType"].astype(str) in COMPUTE_LAYERS and "runtimePrecision" in rt:
+            ops.append(rt["runtimePrecision"].astype(str))
+    asked = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+    try:
+        devices = tuple(compiled.get_property("EXECUTION_DEVICES"))
+    except Exception:  # older plugins have no such property
+        devices = ()
+    return Executed(count_precisions(ops), "compiled", requested=PRECISION_NAMES.get(asked, asked), devices=devices)
+
+
+def probe(precision: str, hint: str = "LATENCY") -> Executed:
+    """What OpenVINO's CPU plugin runs a small convolution + matrix-product model in when asked for
+    `precision` ("f32", "bf16", "f16") on this machine: `keras-turbo devices` shows it, because the
+    plugin may choose another precision than the one asked for, silently."""
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    rng = np.random.default_rng(0)
+    x = ops.parameter([1, 8, 16, 16], ov.Type.f32, name="x")
+    conv = ops.convolution(x, ops.constant(rng.standard_normal((16, 8, 3, 3)).astype("float32")), [1, 1], [1, 1], [1, 1],
+                           [1, 1])
+    flat = ops.reshape(ops.relu(conv), ops.constant(np.array([1, -1], "int64")), False)
+    out = ops.matmul(flat, ops.constant(rng.standard_normal((16 * 16 * 16, 10)).astype("float32")), False, False)
+    model = ov.Model([out], [x], "probe")
+    compiled = ov.Core().compile_model(model, "CPU", {"PERFORMANCE_HINT": hint, "INFERENCE_PRECISION_HINT": precision})
+    return compiled_precisions(compiled)
 
 
 class OpenVINOPredictor(Predictor):
@@ -58,6 +97,7 @@ class OpenVINOPredictor(Predictor):
                          device="cpu", model_bytes=ref.size_bytes, artifact=str(ref.path))
         self._in_pos = in_pos
         self._compiled: dict[int, object] = {}
+        self._last_compiled = None  # the compiled model that served the last new batch size
         if batch_size:
             self._request(batch_size)
 
@@ -74,8 +114,15 @@ class OpenVINOPredictor(Predictor):
             if shapes:
                 model.reshape(shapes)
             compiled = self._core.compile_model(model, "CPU", self._config)
+            self._last_compiled = compiled
             req = self._compiled[batch] = self._make(compiled)
         return req
+
+    def executed(self) -> Executed:
+        """From the model compiled last (at the batch size that ran last, or compiled now at 1)."""
+        if self._last_compiled is None:
+            self._request(1)
+        return compiled_precisions(self._last_compiled)
 
     def _make(self, compiled):
         return compiled.create_infer_request()
@@ -87,6 +134,7 @@ class OpenVINOPredictor(Predictor):
 
     def close(self):
         self._compiled.clear()
+        self._last_compiled = None
 
 
 class OpenVINOBF16Predictor(OpenVINOPredictor):

@@ -63,6 +63,9 @@ class StreamsPredictor(Predictor):
         outs = [j.result() for j in jobs]
         return [np.concatenate([o[i] for o in outs]) for i in range(len(outs[0]))]
 
+    def executed(self):
+        return self._parts[0].executed()
+
     def close(self):
         pool = getattr(self, "_pool", None)
         if pool is not None:

@@ -45,6 +45,20 @@ def machine_line(machine: dict) -> str:
     return f"{machine['cpu']}, {machine['usable_cores']} cores ({flags}); {gpus}; {libs}"
 
 
+def cpu_kind(machine: dict) -> str:
+    """A CPU in a few words, by the features that decide which precisions it runs fast: "Intel Xeon,
+    AMX", "AMD EPYC, AVX-512 VNNI + BF16, no AMX", "AVX2 only"."""
+    f = {k for k, v in machine.get("cpu_flags", {}).items() if v}
+    name = " ".join(w for w in machine.get("cpu", "?").replace("(R)", "").split() if w not in ("Processor", "CPU"))
+    name = " ".join(name.split()[:3])
+    if "amx_int8" in f or "amx_bf16" in f:
+        return f"{name}, AMX"
+    vec = [n for n, flag in (("VNNI", "avx512_vnni"), ("BF16", "avx512_bf16"), ("FP16", "avx512_fp16")) if flag in f]
+    if vec:
+        return f"{name}, AVX-512 {' + '.join(vec)}, no AMX"
+    return f"{name}, {'AVX2 only' if 'avx2' in f else 'no AVX2'}"
+
+
 def natural_images(n: int, size: int, seed: int = 0, labels: bool = False):
     """n crops (0..255 float32, HWC) of scikit-learn's two bundled sample photos, nearest-neighbour
     resized to size x size, half of them mirrored. Returns (images, what they are), and with

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(__file__))
 import digits_mobilenetv2  # noqa: E402
-from _common import RESULTS, WORK, app_model_file, machine_line, write_section  # noqa: E402
+from _common import RESULTS, WORK, app_model_file, cpu_kind, machine_line, write_section  # noqa: E402
 
 os.environ.setdefault("KERAS_TURBO_CACHE", str(WORK / "cache"))
 
@@ -54,8 +54,8 @@ def row(name: str, doc: dict) -> str:
     budget = doc["budget"]
     lim = (f"drop <= {budget['max_accuracy_drop']} pts" if budget.get("max_accuracy_drop") is not None
            else f"agreement >= {budget['min_agreement'] * 100:.0f}%")
-    return (f"| {name} | {lim} | {b:.2f} ms | {cell(f32).replace(' | ', ' ')} | {cell(i8).replace(' | ', ' ')} | "
-            f"{cell(rec).replace(' | ', ' ')}{'' if doc['budget_met'] else ' (budget not met)'} |")
+    return (f"| {name} | {cpu_kind(doc['machine'])} | {lim} | {b:.2f} ms | {cell(f32).replace(' | ', ' ')} | "
+            f"{cell(i8).replace(' | ', ' ')} | {cell(rec).replace(' | ', ' ')}{'' if doc['budget_met'] else ' (budget not met)'} |")
 
 
 TRAIN_RUN = "MobileNetV2 1.0 + train data"
@@ -138,7 +138,7 @@ def main() -> None:
         # `pareto` are rendered (and stored) with the front the current code computes.
         pareto(doc["variants"], by_agreement=doc["budget"].get("min_agreement") is not None)
     raw_path.write_text(json.dumps(raw, indent=2, default=str))
-    machine = next(iter(raw.values()))["machine"]
+    machines = list({machine_line(d["machine"]): d["machine"] for d in raw.values()}.values())
     names = [n for n in runs if n in raw] + [n for n in raw if n not in runs]  # a train run at another batch too
     rows = [row(n, raw[n]) for n in names]
     def judged(v, budget):
@@ -157,12 +157,12 @@ def main() -> None:
             "train data given (calibration, training techniques); MobileNetV2 and ResNet50 have random weights, so "
             "they are judged by top-1 agreement with the float model on digits resized to 224x224x3, with no train "
             "data (calibration set apart from that data). Ratios are against `keras-predict` in the same run.\n"
-            f"Machine: {machine_line(machine)}.\n\n"
+            + "".join(f"Machine ({cpu_kind(m)}): {machine_line(m)}.\n" for m in machines) + "\n"
             "Best fp32 and best int8 are the fastest variants of that precision within the budget. Random-weight "
             "ImageNet models give near-uniform outputs, so their int8 agreement swings widely between runtimes "
             "(see the raw results).\n\n"
-            "| model | budget | keras-predict p50 | best fp32 | best int8 | recommended |\n"
-            "| --- | --- | ---: | --- | --- | --- |\n" + "\n".join(rows)
+            "| model | CPU of the run | budget | keras-predict p50 | best fp32 | best int8 | recommended |\n"
+            "| --- | --- | --- | ---: | --- | --- | --- |\n" + "\n".join(rows)
             + "\n\nPareto front (latency, accuracy or agreement, size) of each run:\n\n"
             + "\n".join(f"- {n}: {', '.join(f'`{x}`'.replace('``', '') for x in names)}" for n, names in front.items())
             + "".join(search_section(n, raw[n]) for n in names if raw[n].get("search")))

@@ -5,7 +5,8 @@ from Python? (An "openvino bf16 mixed" repair would need it.)
 Run after `benchmarks/peers.py` (it reads that run's float OpenVINO IR and photo crops):
 `.venv/bin/python benchmarks/ov_bf16_mixed_probe.py mobilenetv2`. It prints, per marking, the
 runtime precisions of the compiled model, top-1 agreement with f32 on 200 crops, and batch-1 ms.
-On OpenVINO 2026.4.1 (2026-11-27): no key set from Python changed anything (57 bf16 ops, 89.5%
+On OpenVINO 2026.4.1 (2026-11-27, a 2-core Intel Xeon with AMX: which ops the plugin keeps in bf16
+is its choice for that CPU's kernels): no key set from Python changed anything (57 bf16 ops, 89.5%
 agreement, whether 2, 17 or all 53 weighted ops were marked; `--rt-info` reruns those).
 
 The marks written into the IR's XML instead (2026-11-27, same version): `DisablePrecisionConversion`

@@ -444,7 +444,16 @@ def measure_peaks(rounds: int = 3, seconds: float = 3.0, progress=None) -> dict:
 
 # ------------------------------------------------------------------ the table
 
-PRECISION_OF = {"fp32": "fp32", "tf32": "fp32", "bf16": "bf16", "fp16": "bf16", "int8": "int8", "dynamic": "int8"}
+PRECISION_OF = {"fp32": "fp32", "tf32": "fp32", "bf16": "bf16", "int8": "int8", "dynamic": "int8"}
+
+
+def arithmetic_of(precision: str | None, backend: str | None) -> str:
+    """The floor a pick's arithmetic is held to. An fp16 artifact (LiteRT's float16 weights, OpenVINO's
+    compressed IR on the f32-pinned entry) stores weights in 16 bits and computes in float32; only the
+    openvino-fp16 entry computes in f16, whose 16-bit floor is taken as bf16's (no fp16 peak is measured)."""
+    if precision == "fp16":
+        return "bf16" if backend == "openvino-fp16" else "fp32"
+    return PRECISION_OF.get(precision or "fp32", "fp32")
 
 
 def render(raw: dict) -> str:
@@ -542,7 +551,7 @@ def render(raw: dict) -> str:
                     continue
                 flops = m["flops_per_sample"] * int(b)
                 floor = {p: flops / (v["gflops"] * 1e9) * 1e3 for p, v in peaks.items() if v.get("gflops")}
-                prec = PRECISION_OF.get(opt.get("rec_precision") or "fp32", "fp32")
+                prec = arithmetic_of(opt.get("rec_precision"), opt.get("rec_backend"))
                 if opt.get("rec_precision") == "int8" and "int8" in floor:
                     prec = "int8"
                 p50 = rec["latency_ms"]["p50"]
@@ -612,6 +621,8 @@ def headline(raw: dict) -> str:
              "| model | batch | keras-turbo's pick | (a) vs tf.function | (b) vs the best peer default | "
              f"(b') vs the best peer default with agreement >= {MIN_AGREEMENT:.0%} |",
              "| --- | ---: | --- | ---: | --- | --- |"]
+    if raw.get("machine"):
+        lines[2:2] = [f"Machine: {machine_line(raw['machine'])}.", ""]
     for m in raw.get("models", {}).values():
         for b, cell in sorted(m.get("batches", {}).items(), key=lambda kv: int(kv[0])):
             rows, opt = cell.get("rows") or {}, cell.get("optimize_summary") or {}

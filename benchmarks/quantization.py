@@ -84,8 +84,8 @@ def fallback_section() -> tuple[str, dict]:
             "with `post1`'s matching weights divided by 1000: the float function is unchanged, but one tensor's int8 "
             "range is set by that channel. Budget: at most 1 point below float on the validation split (269 samples). "
             "On LiteRT and ONNX Runtime that tensor is quantized by whichever of its writer (`spread`) and reader "
-            "(`post1`) is int8, so both must stay float; OpenVINO quantizes only at an int8 op's inputs, so keeping "
-            "the reader float is enough.\n\n"
+            "(`post1`) is int8; OpenVINO quantizes only at an int8 op's inputs, so the reader alone may be enough. "
+            "The 'kept float' column is what the walk found on this run's CPU (machine above).\n\n"
             "| runtime | float % | full int8 % | per-layer drop when only that layer is int8 (pts) | kept float | still int8 | mixed % |\n"
             "| --- | ---: | ---: | --- | --- | --- | ---: |\n" + "\n".join(rows))
     return text, raw

@@ -37,6 +37,26 @@ def two_input_model():
 MODEL_MAKERS = {"sequential": sequential_model, "residual": residual_model, "two_input": two_input_model}
 
 
+def _int8_dot_reason() -> str | None:
+    """Why this CPU cannot run the int8 expectations measured on VNNI / AMX machines, or None."""
+    import platform
+
+    from keras_turbo.machine import accelerated_precisions, cpu_flags
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return (f"the int8 expectations were measured on x86 int8 kernels; ONNX Runtime and OpenVINO pick other ones on "
+                f"{platform.machine()}")
+    if "int8" not in accelerated_precisions(cpu_flags()):
+        return ("this CPU has no int8 dot product (avx512_vnni, avx_vnni or amx_int8): ONNX Runtime and OpenVINO run "
+                "int8 as u8 x s8 pairs whose 16-bit sums saturate, so what int8 keeps of a model differs")
+    return None
+
+
+#: ONNX Runtime / OpenVINO int8 accuracy expectations (which layers a repair keeps float, what full
+#: int8 holds): they hold where the CPU multiplies int8 exactly (VNNI, AMX). LiteRT's XNNPACK needs no gate.
+needs_int8_dot = pytest.mark.skipif(_int8_dot_reason() is not None, reason=_int8_dot_reason() or "")
+
+
 @pytest.fixture(scope="session")
 def model_files(tmp_path_factory):
     """name -> (path of the .keras file, the in-memory model)."""

@@ -74,7 +74,8 @@ def test_benchmark_json_schema_and_isolation(tmp_path, model_files):
     # the TensorFlow process holds far more memory than the LiteRT one: memory is per runtime
     assert report.get("tf-function", 1).peak_rss_mb > 2 * report.get("litert", 1).peak_rss_mb
     # the harness's own cost per call is measured and small
-    assert 0 < doc["harness"]["overhead_ms_per_call"] < 0.05
+    # (a few microseconds on these machines; the bound leaves room for a slow or busy CPU)
+    assert 0 < doc["harness"]["overhead_ms_per_call"] < 0.2
 
 
 def test_failing_runtime_is_a_row_not_a_crash(tmp_path, model_files):

@@ -46,10 +46,13 @@ def test_no_finetune_needs_no_data_and_keeps_input():
 
 
 def test_digits_16_clusters_accuracy_size_and_litert(digits_model):
-    path, acc = digits_model
+    path, _ = digits_model
     model = keras_turbo.load_model(path)
-    train, test = _digits(model, "train"), _digits(model, "test")
-    r = cluster.apply(model, ClusterConfig(clusters=16, epochs=2), train, test)
+    train, test, held = _digits(model, "train"), _digits(model, "test"), _digits(model, "heldout")
+    acc = keras_turbo.evaluate(model, held)["accuracy"]
+    # On the 540 held-out samples (Xeon with AMX: 99.63% -> 99.26%, 2 samples; the EPYC lost 2 of
+    # the 271 test samples, the whole margin a 1-point bound left there).
+    r = cluster.apply(model, ClusterConfig(clusters=16, epochs=2), train, held)
     assert all(v <= 16 for v in cluster.distinct_values(r.model).values())
     assert r.report["accuracy_after"] >= acc - 0.01
     assert r.report["size"]["keras_gzip_ratio"] >= 3.0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import replace
 from pathlib import Path
 import subprocess
@@ -295,7 +296,8 @@ def test_a_build_running_at_the_deadline_is_stopped_and_the_run_recommends_what_
     assert time.time() - t0 < 60 and spun and spun[-1] < 5  # stopped at once, not after the minute
     rows = {v["backend"]: v for v in res.variants}
     assert rows["litert"]["skipped"] and rows["litert"]["stopped"], rows["litert"]
-    assert rows["litert"]["error"].startswith("stopped: the time budget ran out while it was being built after 1 s")
+    # "after 1 s" here; the stop's own wait can add a second on a busy machine
+    assert re.match(r"stopped: the time budget ran out while it was being built after [12] s", rows["litert"]["error"])
     assert rows["openvino"]["skipped"] and not rows["openvino"]["stopped"]
     assert rows["openvino"]["error"] == "skipped: the time budget ran out before it started"
     assert res.recommended["name"] == "keras-predict fp32"

@@ -9,7 +9,7 @@ import pytest
 import keras_turbo
 from keras_turbo.convert import ConvertConfig, convert
 from keras_turbo.techniques import equalize
-from tests.conftest import keras
+from tests.conftest import keras, needs_int8_dot
 
 
 def _same_function(a, b, x):
@@ -87,6 +87,7 @@ def test_bad_settings():
         equalize.EqualizeConfig(iterations=0)
 
 
+@needs_int8_dot
 def test_repair_equalizes_first_and_needs_no_float_layer(outlier_cnns):
     from keras_turbo.sensitivity import FallbackConfig, quantize_with_repair
 

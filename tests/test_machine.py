@@ -67,3 +67,21 @@ def test_every_precision_the_planner_runs_here_is_the_one_that_executes():
             assert set(ran["ops"]) == {b.precision}, (name, ran)
         elif b.precision == "fp16":
             assert "fp16" not in ran["ops"], (name, ran)  # no fp16 arithmetic here, whatever it was asked
+
+
+GRAVITON3 = "processor\t: 0\nBogoMIPS\t: 2100.00\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp " \
+            "cpuid asimdrdm jscvt fcma lrcpc dcpop sha3 sm3 sm4 asimddp sha512 sve asimdfhm dit uscat ilrcpc flagm ssbs " \
+            "paca pacg dcpodp svei8mm svebf16 i8mm bf16 dgh rng\nCPU implementer\t: 0x41\n"
+EPYC_CPUINFO = "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9R14\nflags\t\t: fpu sse avx2 fma avx512f " \
+               "avx512_vnni avx512_bf16\n\nprocessor\t: 1\nmodel name\t: AMD EPYC 9R14\nflags\t\t: fpu\n"
+
+
+def test_cpuinfo_is_read_on_x86_and_arm():
+    from keras_turbo.machine import parse_cpuinfo
+
+    model, flags = parse_cpuinfo(EPYC_CPUINFO, "x86_64")
+    assert model == "AMD EPYC 9R14" and {"avx512_vnni", "avx512_bf16"} <= flags and len(flags) == 7  # the first CPU's
+    model, flags = parse_cpuinfo(GRAVITON3, "aarch64")
+    assert model == "aarch64" and {"asimdhp", "asimddp", "i8mm", "bf16"} <= flags
+    # ARM's half-precision and dot-product units count as accelerated, as x86's do
+    assert accelerated_precisions(flags) == {"bf16": ["bf16"], "fp16": ["asimdhp"], "int8": ["asimddp", "i8mm"]}

@@ -96,20 +96,26 @@ def test_errors():
 
 def test_qat_recovers_what_ptq_loses(tmp_path):
     # An MLP whose one activation channel is 200x the rest (zoo.outlier_digits_mlp, same float function).
-    model, acc = outlier_digits_mlp(scale=200.0, epochs=30)
-    train, test = _digits(model, "train"), _digits(model, "test")
+    # Judged on the 540 held-out samples: QAT's recovery varies with the trained weights, and so with
+    # the CPU that trained them. Over seeds 0-6 (Xeon with AMX) PTQ lost 2.4-13 points and 10 QAT
+    # epochs won back 64% to 115% of it; a bound of "within half a point of float" on 271 samples
+    # had held on one CPU's weights with no sample to spare.
+    model, _ = outlier_digits_mlp(scale=200.0, epochs=30)
+    train, held = _digits(model, "train"), _digits(model, "heldout")
+    acc = keras_turbo.evaluate(model, held)["accuracy"]
     ptq = convert(model, ConvertConfig(to="litert", quantize="int8"), train)
-    ptq_acc = keras_turbo.evaluate(ptq.path, test)["accuracy"]
+    ptq_acc = keras_turbo.evaluate(ptq.path, held)["accuracy"]
     assert ptq_acc <= acc - 0.02
-    r = qat.apply(model, QATConfig(epochs=10), train, test)
+    r = qat.apply(model, QATConfig(epochs=10), train, held)
     # Before fine-tuning the fake-quant copy is post-training quantization (small rounding differences).
     assert r.report["accuracy_fake_quant_before"] == pytest.approx(ptq_acc, abs=0.015)
-    assert r.report["accuracy_fake_quant"] >= acc - 0.005
+    assert r.report["accuracy_fake_quant"] - ptq_acc >= 0.5 * (acc - ptq_acc)
     path = qat.export_tflite(r, tmp_path / "qat.tflite")
     p = keras_turbo.load(path, backend="litert")
     assert p.inputs[0].dtype in ("float32", "int8")
-    tfl_acc = keras_turbo.evaluate(p, test)["accuracy"]
-    assert abs(tfl_acc - r.report["accuracy_fake_quant"]) <= 0.003
+    # The int8 export decides as the fake-quant model does (every sample alike on seeds 0-6).
+    ev = keras_turbo.evaluate(p, held, reference=r.model)
+    assert ev["top1_agreement"] >= 0.99 and abs(ev["accuracy"] - r.report["accuracy_fake_quant"]) <= 0.01
     # The exported model really is int8 inside.
     from ai_edge_litert.interpreter import Interpreter
 

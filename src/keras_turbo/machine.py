@@ -16,7 +16,7 @@ CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16",
 
 # Which flags make each precision fast (any one suffices), and what they are.
 PRECISION_FLAGS: dict[str, tuple[str, ...]] = {
-    "bf16": ("amx_bf16", "avx512_bf16"),
+    "bf16": ("amx_bf16", "avx512_bf16", "bf16"),
     "fp16": ("amx_fp16", "avx512_fp16", "asimdhp"),
     "int8": ("amx_int8", "avx512_vnni", "avx_vnni", "asimddp", "i8mm"),
 }
@@ -24,20 +24,34 @@ LIBRARIES = ("tensorflow", "keras", "ai-edge-litert", "onnxruntime", "tf2onnx", 
              "jaxlib")
 
 
+def parse_cpuinfo(text: str, fallback_model: str = "") -> tuple[str, set[str]]:
+    """(CPU model, flags) from /proc/cpuinfo's text: x86 lists its flags as `flags` and names the
+    CPU in `model name`; ARM lists them as `Features` (asimdhp, asimddp, i8mm, bf16, ...) and
+    often names no model. The first processor's lines only.
+
+    Example:
+        >>> model, flags = parse_cpuinfo("processor : 0\\nFeatures : fp asimd asimdhp asimddp\\n", "aarch64")
+        >>> model, sorted(flags)
+        ('aarch64', ['asimd', 'asimddp', 'asimdhp', 'fp'])
+    """
+    model, flags = fallback_model, set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "model name" and model == fallback_model:
+            model = value.strip()
+        elif key in ("flags", "Features") and not flags:
+            flags = set(value.split())
+    return model, flags
+
+
 def _cpuinfo() -> tuple[str, set[str]]:
-    model, flags = platform.processor() or platform.machine(), set()
+    fallback = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key == "model name":
-                    model = value.strip()
-                elif key == "flags" and not flags:
-                    flags = set(value.split())
+            return parse_cpuinfo(fh.read(), fallback)
     except OSError:  # not Linux: the model name from platform is the best we have
-        pass
-    return model, flags
+        return fallback, set()
 
 
 def cpu_flags() -> set[str]:

@@ -26,7 +26,7 @@ def train(path: Path, epochs: int = EPOCHS) -> dict:
     import keras
 
     from keras_turbo.data import load_data
-    from keras_turbo.runtimes.base import TensorInfo
+    from keras_turbo.model.signature import TensorInfo
 
     keras.utils.set_random_seed(0)
     spec = [TensorInfo("x", (None, 224, 224, 3), "float32")]

@@ -298,7 +298,7 @@ def adopt_base(src: Path) -> None:
     import keras
 
     from keras_turbo.data import load_data
-    from keras_turbo.runtimes.base import TensorInfo
+    from keras_turbo.model.signature import TensorInfo
 
     model = keras.saving.load_model(src, compile=False)
     spec = [TensorInfo("x", (None, 224, 224, 3), "float32")]

@@ -53,7 +53,7 @@ from typing import Sequence
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import (APPS, PROBE_CLASSES, PROBE_IMAGES, RESULTS, ROOT, WORK, app_preprocess,  # noqa: E402
+from _common import (PROBE_CLASSES, PROBE_IMAGES, RESULTS, ROOT, WORK, app_preprocess,  # noqa: E402
                      calibrated_app_file, machine_line, natural_images, write_section)
 
 PEERS = ("peer:openvino-default", "peer:litert-default", "peer:litert-optimize", "peer:onnxruntime-default",
@@ -74,10 +74,11 @@ RAW = RESULTS / "peers.json"
 def _predictor(peer: str, artifact: str, threads: int, batch_size: int):
     """A keras_turbo Predictor running `artifact` the way the peer does by default, or, for
     `kt:<backend>`, on keras-turbo's own runtime entry (what optimize timed)."""
-    from keras_turbo.runtimes.base import Predictor, TensorInfo
+    from keras_turbo.runtimes.base import Predictor
+    from keras_turbo.model.signature import TensorInfo
 
     if peer.startswith("kt:"):
-        from keras_turbo.api import as_ref
+        from keras_turbo.model import as_ref
         from keras_turbo.runtimes import get_backend
 
         return get_backend(peer[3:]).factory(as_ref(artifact), threads=threads, batch_size=batch_size, device="cpu")
@@ -219,7 +220,7 @@ def peer_artifacts(model, cache_dir=None) -> dict[str, str]:
     """Each peer's artifact for a Keras model (path or keras.Model), made by the converter the
     peer's own documentation shows, from one SavedModel."""
     from keras_turbo import exporters
-    from keras_turbo.api import as_ref
+    from keras_turbo.model import as_ref
     from keras_turbo.convert import ConvertConfig, convert
 
     ref = as_ref(model, cache_dir=cache_dir)
@@ -296,10 +297,10 @@ def prepare(key: str) -> dict:
     """The model file, the DATA optimize judges on, an npz of images with the float model's top-1
     (for the peers' agreement) and the model's FLOPs per sample."""
     from keras_turbo import _tf
-    from keras_turbo.api import as_ref, io_specs
+    from keras_turbo.model import as_ref, io_specs
     from keras_turbo.data import load_data
     from keras_turbo.describe import describe_keras
-    from keras_turbo.models import load_keras
+    from keras_turbo.model import load_keras
 
     OUT.mkdir(parents=True, exist_ok=True)
     if key == "digits":

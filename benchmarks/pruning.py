@@ -29,8 +29,8 @@ from keras_turbo import _tf, exporters  # noqa: E402
 from keras_turbo.convert import ConvertConfig, convert  # noqa: E402
 from keras_turbo.bench import BenchmarkConfig  # noqa: E402
 from keras_turbo.data import Dataset, load_data  # noqa: E402
-from keras_turbo.models import resolve  # noqa: E402
-from keras_turbo.runtimes.keras_runtimes import _infos  # noqa: E402
+from keras_turbo.model import resolve  # noqa: E402
+from keras_turbo.model.signature import tensor_infos  # noqa: E402
 from keras_turbo.techniques import prune, structured  # noqa: E402
 from keras_turbo.techniques._training import accuracy  # noqa: E402
 from keras_turbo.zoo import application, digits_model_path  # noqa: E402
@@ -93,7 +93,7 @@ def digits_part(cfg) -> tuple[dict, str, dict]:
     keras = _tf.keras()
     path = digits_model_path(progress=log)
     model = keras_turbo.load_model(path)
-    ins = _infos(model.inputs)
+    ins = tensor_infos(model.inputs)
     train = load_data("builtin:digits:train", ins)
     val, test = load_data("builtin:digits:val", ins), load_data("builtin:digits:test", ins)
     heldout = Dataset((np.concatenate([val.x[0], test.x[0]]),), np.concatenate([val.y, test.y]), "builtin:digits:val+test")

@@ -96,7 +96,7 @@ def main() -> None:
 
     from _common import WORK
     from keras_turbo.data import Dataset, load_data
-    from keras_turbo.runtimes.base import TensorInfo
+    from keras_turbo.model.signature import TensorInfo
     from keras_turbo.techniques import _training as T
     from keras_turbo.techniques import resolution as R
 

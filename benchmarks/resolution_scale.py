@@ -47,7 +47,7 @@ def main() -> None:
 
     from keras_turbo.data import Dataset, load_data
     from keras_turbo.machine import facts
-    from keras_turbo.runtimes.base import TensorInfo
+    from keras_turbo.model.signature import TensorInfo
     from keras_turbo.techniques import resolution as R
 
     base = WORK / "mobilenetv2_224_digits_e6.keras"

@@ -24,7 +24,7 @@ import keras_turbo  # noqa: E402
 from keras_turbo.bench import BenchmarkConfig  # noqa: E402
 from keras_turbo.convert import ConvertConfig, convert  # noqa: E402
 from keras_turbo.data import Dataset, load_data  # noqa: E402
-from keras_turbo.runtimes.keras_runtimes import _infos  # noqa: E402
+from keras_turbo.model.signature import tensor_infos  # noqa: E402
 from keras_turbo.techniques import cluster, distill, qat  # noqa: E402
 from keras_turbo import quality  # noqa: E402
 from keras_turbo.techniques._training import accuracy, predict  # noqa: E402
@@ -52,7 +52,7 @@ OUTLIER_SCALE = 200.0
 
 
 def digits(model, split):
-    return load_data(f"builtin:digits:{split}", _infos(model.inputs))
+    return load_data(f"builtin:digits:{split}", tensor_infos(model.inputs))
 
 
 def pct(v):

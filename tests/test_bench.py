@@ -10,7 +10,8 @@ import pytest
 
 import keras_turbo
 from keras_turbo.bench import BenchmarkConfig, measure, random_inputs, stats
-from keras_turbo.runtimes.base import NullPredictor, TensorInfo
+from keras_turbo.runtimes.base import NullPredictor
+from keras_turbo.model.signature import TensorInfo
 
 QUICK = BenchmarkConfig(warmup_runs=2, warmup_seconds=0.0, min_runs=5, min_seconds=0.05)
 LATENCY_KEYS = {"p50", "p90", "p99", "mean", "std", "min", "max"}
@@ -86,7 +87,7 @@ def test_failing_runtime_is_a_row_not_a_crash(tmp_path, model_files):
     assert row.backend == "litert" and not row.ok and "not a valid .tflite" in row.error
 
     path, _ = model_files["sequential"]
-    tfl = keras_turbo.runtimes.artifact_for(keras_turbo.models.resolve(path), "litert").path
+    tfl = keras_turbo.runtimes.artifact_for(keras_turbo.model.resolve(path), "litert").path
     report = keras_turbo.benchmark(tfl, backends=["keras-predict", "litert"], config=QUICK)
     assert [r.ok for r in report.results] == [False, True]
     assert "cannot run a .tflite" in report.results[0].error
@@ -94,7 +95,7 @@ def test_failing_runtime_is_a_row_not_a_crash(tmp_path, model_files):
 
 def test_artifact_defaults_to_its_own_runtime(model_files):
     path, _ = model_files["sequential"]
-    onnx_file = keras_turbo.runtimes.artifact_for(keras_turbo.models.resolve(path), "onnxruntime").path
+    onnx_file = keras_turbo.runtimes.artifact_for(keras_turbo.model.resolve(path), "onnxruntime").path
     report = keras_turbo.benchmark(onnx_file, config=QUICK)
     assert [r.backend for r in report.results] == ["onnxruntime"] and report.results[0].ok
 

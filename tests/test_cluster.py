@@ -10,13 +10,13 @@ from keras_turbo.data import load_data
 from keras_turbo.errors import KerasTurboError
 from keras_turbo.techniques import cluster
 from keras_turbo.techniques.cluster import ClusterConfig
-from tests.conftest import keras, sequential_model
+from tests.conftest import sequential_model
 
 
 def _digits(model, split):
-    from keras_turbo.runtimes.keras_runtimes import _infos
+    from keras_turbo.model.signature import tensor_infos
 
-    return load_data(f"builtin:digits:{split}", _infos(model.inputs))
+    return load_data(f"builtin:digits:{split}", tensor_infos(model.inputs))
 
 
 def test_config_validation_and_round_trip():

@@ -170,7 +170,7 @@ def test_fallback_repairs_a_layer_that_breaks_int8(deep_outlier_model, to):
 def test_min_agreement_budget_without_labels(tmp_path, outlier_model):
     model, _ = outlier_model
     from keras_turbo.data import load_data
-    from keras_turbo.runtimes.base import TensorInfo
+    from keras_turbo.model.signature import TensorInfo
 
     x = load_data("builtin:digits:val", [TensorInfo("pixels", (None, 64), "float32")]).x[0]
     np.savez(tmp_path / "unlabeled.npz", x=x)

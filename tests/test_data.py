@@ -7,7 +7,7 @@ import pytest
 
 from keras_turbo.data import digits_splits, load_data
 from keras_turbo.errors import DataError
-from keras_turbo.runtimes.base import TensorInfo
+from keras_turbo.model.signature import TensorInfo
 
 IMG = [TensorInfo("image", (None, 32, 32, 1), "float32")]
 PROBS = [TensorInfo("output_0", (None, 10), "float32")]

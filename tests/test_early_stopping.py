@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from keras_turbo.data import load_data
-from keras_turbo.runtimes.base import TensorInfo
+from keras_turbo.model.signature import TensorInfo
 from keras_turbo.techniques import _training
 from tests.conftest import keras
 

@@ -467,7 +467,7 @@ def test_a_recipe_replayed_from_its_json_builds_the_same_artifact(tmp_path, mode
     makes the same artifact, byte for byte."""
     from keras_turbo.optimize.build import BuildJob, build
     from keras_turbo.optimize.measure import DataRef
-    from keras_turbo.models import resolve
+    from keras_turbo.model import resolve
 
     path, _ = model_files["sequential"]
     ref = resolve(path)

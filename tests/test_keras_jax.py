@@ -11,7 +11,7 @@ import pytest
 
 import keras_turbo
 from keras_turbo.runtimes import default_backends, keras_jax
-from keras_turbo.models import resolve
+from keras_turbo.model import resolve
 from tests.conftest import inputs_for, keras, keras_out
 
 QUICK = keras_turbo.BenchmarkConfig(warmup_runs=2, warmup_seconds=0.0, min_runs=5, min_seconds=0.05)

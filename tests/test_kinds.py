@@ -15,7 +15,7 @@ import keras_turbo
 from keras_turbo.cli import main
 from keras_turbo.data import load_data
 from keras_turbo.errors import DataError, KerasTurboError
-from keras_turbo.runtimes.base import TensorInfo
+from keras_turbo.model.signature import TensorInfo
 from tests.conftest import keras
 
 RNG = np.random.default_rng(0)
@@ -68,7 +68,7 @@ def _swap_classes(m):
 def _forget_custom_layer():
     """Keras knows the custom layer once anything in this process loaded it; forget it, so that
     loading the model needs --custom-objects as in a fresh process."""
-    from keras_turbo import custom
+    from keras_turbo.model import custom
 
     keras.saving.get_custom_objects().pop("kt_test>Scale", None)
     custom._done.clear()

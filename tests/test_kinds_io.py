@@ -225,7 +225,8 @@ def test_an_export_with_extra_inputs_is_a_failed_row(tmp_path, monkeypatch):
 
 def test_export_check_catches_numbers_and_shapes():
     from keras_turbo.exporters.check import ExportMismatch, check_predictor
-    from keras_turbo.runtimes.base import Predictor, TensorInfo
+    from keras_turbo.runtimes.base import Predictor
+    from keras_turbo.model.signature import TensorInfo
 
     class Scaled(Predictor):  # an "artifact" whose second output is off by 1%
         def run(self, feeds):
@@ -247,7 +248,7 @@ def test_export_check_catches_numbers_and_shapes():
 # ---------------------------------------------------------------- data of each kind
 
 def test_text_and_token_data(tmp_path):
-    from keras_turbo.runtimes.base import TensorInfo
+    from keras_turbo.model.signature import TensorInfo
 
     text_in = [TensorInfo("text", (None, 1), "string")]
     (tmp_path / "t.txt").write_text("first sample\n\nsecond one\n", encoding="utf-8")
@@ -298,7 +299,7 @@ def test_input_shapes_by_name():
     once, or none (then they are in input-name order)."""
     from keras_turbo.bench import parse_named_shape, timed_shapes
     from keras_turbo.errors import KerasTurboError
-    from keras_turbo.runtimes.base import TensorInfo
+    from keras_turbo.model.signature import TensorInfo
 
     inputs = [TensorInfo("a_image", (None, None, None, 3), "float32"), TensorInfo("b_mask", (None, None, 1), "float32")]
     assert parse_named_shape("b_mask=2x5x1") == ("b_mask", (2, 5, 1)) and parse_named_shape("2x5x1") == (None, (2, 5, 1))

@@ -88,7 +88,7 @@ def _hold_h5_lock(path, seconds):
 
 
 def test_h5_locked_by_a_writer_waits_then_says_so(tmp_path, monkeypatch):
-    from keras_turbo import models
+    from keras_turbo.model import load as model_load
 
     path = tmp_path / "m.h5"
     keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]).save(path)
@@ -97,7 +97,7 @@ def test_h5_locked_by_a_writer_waits_then_says_so(tmp_path, monkeypatch):
         assert keras_turbo.load_model(path).output_shape == (None, 2)
     finally:
         writer.kill()
-    monkeypatch.setattr(models, "H5_LOCK_WAITS", (0.05,))
+    monkeypatch.setattr(model_load, "H5_LOCK_WAITS", (0.05,))
     writer = _hold_h5_lock(path, 60)
     try:
         with pytest.raises(keras_turbo.ModelLoadError, match="another process holds the file open for writing"):
@@ -210,7 +210,7 @@ def test_inspect_file_and_artifact(model_files):
     assert info["outputs"][0]["shape"] == [None, 3]
     assert info["params"] == model.count_params() and info["flops_per_sample"] > 0
     assert "Add" in info["notable"]
-    from keras_turbo.models import resolve
+    from keras_turbo.model import resolve
     from keras_turbo.runtimes import artifact_for
 
     onnx_info = keras_turbo.inspect(artifact_for(resolve(path), "onnxruntime").path)

@@ -198,7 +198,7 @@ def test_data_that_does_not_fit(tmp_path, digits_model):
 
 
 def test_the_budget_nobody_gave_follows_the_data(tmp_path, digits_model):
-    from keras_turbo.api import as_ref, io_specs
+    from keras_turbo.model import as_ref, io_specs
     from keras_turbo.optimize.driver import _data_refs
 
     inputs, outputs = io_specs(as_ref(digits_model[0]))

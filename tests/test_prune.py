@@ -12,7 +12,7 @@ import pytest
 import keras_turbo
 from keras_turbo.data import Dataset, load_data
 from keras_turbo.errors import KerasTurboError
-from keras_turbo.runtimes.keras_runtimes import _infos
+from keras_turbo.model.signature import tensor_infos
 from keras_turbo.techniques import prune
 from keras_turbo.techniques._training import accuracy
 from keras_turbo.techniques.prune import PruneConfig
@@ -22,7 +22,7 @@ from tests.conftest import keras
 def digits_data(model):
     """Train split, and the held-out val + test splits together (540 samples): one sample of 271
     is 0.37 points, so a 1-point budget on the test split alone is decided by 2-3 borderline digits."""
-    ins = _infos(model.inputs)
+    ins = tensor_infos(model.inputs)
     train = load_data("builtin:digits:train", ins)
     val, test = load_data("builtin:digits:val", ins), load_data("builtin:digits:test", ins)
     heldout = Dataset((np.concatenate([val.x[0], test.x[0]]),), np.concatenate([val.y, test.y]), "builtin:digits:val+test")

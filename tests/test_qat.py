@@ -16,9 +16,9 @@ from tests.conftest import keras, sequential_model  # noqa: F401
 
 
 def _digits(model, split):
-    from keras_turbo.runtimes.keras_runtimes import _infos
+    from keras_turbo.model.signature import tensor_infos
 
-    return load_data(f"builtin:digits:{split}", _infos(model.inputs))
+    return load_data(f"builtin:digits:{split}", tensor_infos(model.inputs))
 
 
 def test_config_validation_and_round_trip():

@@ -110,7 +110,7 @@ def regression_two_head(tmp_path_factory):
     """A trained two-output model: digit class (softmax) and a regression head with a spread of
     hundreds (the digit's ink mass, scaled), like a classifier with a box head."""
     from keras_turbo.data import load_data
-    from keras_turbo.runtimes.base import TensorInfo
+    from keras_turbo.model.signature import TensorInfo
 
     keras.utils.set_random_seed(0)
     ds = load_data("builtin:digits:train", [TensorInfo("img", (None, 8, 8, 1), "float32")])

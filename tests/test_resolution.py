@@ -185,7 +185,7 @@ def test_optimize_asks_every_registered_refusal_of_the_model(model_files):
     weakest searched setting; a refusal comes back with its reason, a model it takes with none."""
     from types import SimpleNamespace
 
-    from keras_turbo.api import as_ref
+    from keras_turbo.model import as_ref
     from keras_turbo.optimize.driver import _model_info
     from keras_turbo.techniques import REFUSALS
 
@@ -203,8 +203,8 @@ def test_a_composition_shrinks_the_image_of_the_pruned_model_it_reuses(tmp_path)
     """optimize's composition of structured pruning then input resolution, built as its recipe:
     the pruned model is the first step's artifact, reused from the recipe that made it (not
     pruned again), and the second step shrinks what that pruned network sees."""
-    from keras_turbo.api import io_specs
-    from keras_turbo.models import load_keras, resolve
+    from keras_turbo.model import io_specs
+    from keras_turbo.model import load_keras, resolve
     from keras_turbo.optimize.build import BuildJob, build
     from keras_turbo.optimize.measure import DataRef
     from keras_turbo.optimize.recipe import Recipe, Step

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import keras_turbo
-from keras_turbo.models import resolve
+from keras_turbo.model import resolve
 from keras_turbo.runtimes import BACKENDS, artifact_for
 from tests.conftest import inputs_for, keras_out
 

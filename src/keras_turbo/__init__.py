@@ -83,8 +83,8 @@ def inspect(model, unsafe: bool = False, *, custom_objects=None) -> dict:
     Example:
         >>> keras_turbo.inspect("model.keras")["flops_per_sample"]
     """
-    from keras_turbo import custom
-    from keras_turbo.api import as_ref
+    from keras_turbo.model import custom
+    from keras_turbo.model import as_ref
     from keras_turbo.describe import describe
 
     with custom.activated(custom_objects):

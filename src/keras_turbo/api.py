@@ -5,34 +5,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 
-from keras_turbo import models, quality
-from keras_turbo import custom
-from keras_turbo.custom import accepts
+from keras_turbo import quality
 from keras_turbo.errors import KerasTurboError
-from keras_turbo.models import ModelRef
-from keras_turbo.runtimes import NATIVE, Predictor, open_predictor
-
-
-def as_ref(model, unsafe: bool = False, cache_dir: Path | None = None) -> ModelRef:
-    """A path, a ModelRef or an in-memory keras.Model -> ModelRef."""
-    if isinstance(model, ModelRef):
-        return model
-    if isinstance(model, (str, os.PathLike)):
-        return models.resolve(model, unsafe=unsafe)
-    if type(model).__module__.startswith("keras") or hasattr(model, "get_config"):
-        return models.keras_model_to_ref(model, cache_dir)
-    raise KerasTurboError(f"model: expected a path or a keras.Model, received {type(model).__name__}")
-
-
-def io_specs(ref: ModelRef):
-    """(inputs, outputs) of a Keras-family model as TensorInfo, inputs in name order."""
-    from keras_turbo.runtimes.keras_runtimes import _infos
-
-    model = models.load_keras(ref)
-    ins = sorted(_infos(model.inputs), key=lambda t: t.name)
-    return ins, _infos(model.outputs, [f"output_{i}" for i in range(len(model.outputs))])
+from keras_turbo.model import as_ref, custom, load_keras, resolve, scales_inputs
+from keras_turbo.model.custom import accepts
+from keras_turbo.runtimes import Predictor
+from keras_turbo.runtimes import load as open_model
 
 
 @accepts
@@ -71,9 +50,8 @@ def load(model, backend: str | None = None, threads: int | None = None, batch_si
         manifest = json.loads((Path(model) / "manifest.json").read_text())
         model, backend = Path(model) / manifest["artifact"], backend or manifest["backend"]
         threads = threads if threads is not None else manifest.get("threads")  # as it was timed
-    ref = as_ref(model, unsafe, cache_dir)
-    backend = backend or ("tf-function" if ref.is_keras else NATIVE[ref.format])
-    return open_predictor(ref, backend, threads=threads, batch_size=batch_size, device=device, cache_dir=cache_dir)
+    return open_model(model, backend, threads=threads, batch_size=batch_size, device=device, unsafe=unsafe,
+                      cache_dir=cache_dir)
 
 
 @accepts
@@ -84,7 +62,7 @@ def load_model(path, unsafe: bool = False, *, custom_objects=None):
     Raises:
         ModelLoadError: missing, corrupt, not a Keras model, or holds code and `unsafe` is False.
     """
-    return models.load_keras(models.resolve(path, unsafe=unsafe))
+    return load_keras(resolve(path, unsafe=unsafe))
 
 
 def evaluate(model, data, reference=None, backend: str | None = None, reference_backend: str | None = None,
@@ -195,10 +173,10 @@ def _as_list(o) -> list:
 
 
 def _scales_inputs(model) -> bool | None:
-    """models.scales_inputs for a model path (None for anything else, a best/ folder included)."""
+    """model.scales_inputs for a model path (None for anything else, a best/ folder included)."""
     if not isinstance(model, (str, os.PathLike)):
         return None
     try:
-        return models.scales_inputs(models.resolve(model))
+        return scales_inputs(resolve(model))
     except KerasTurboError:
         return None

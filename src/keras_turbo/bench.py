@@ -28,7 +28,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from keras_turbo.errors import KerasTurboError, bad_param, cause
-from keras_turbo.runtimes.base import STRING, NullPredictor, Predictor, TensorInfo
+from keras_turbo.model.signature import STRING, TensorInfo
+from keras_turbo.runtimes.base import NullPredictor, Predictor
 
 
 @dataclass(frozen=True)
@@ -233,7 +234,7 @@ def _worker(job_path: str, result_path: str) -> int:
             shape = (None, 8)
             open_fn = lambda: NullPredictor([TensorInfo("x", shape, "float32")], [TensorInfo("x", shape, "float32")], 1)  # noqa: E731
         else:
-            from keras_turbo.models import ModelRef
+            from keras_turbo.model import ModelRef
             from keras_turbo.runtimes import get_backend
 
             ref = ModelRef(Path(job["artifact"]), job["format"], job["unsafe"])
@@ -376,7 +377,7 @@ class BenchmarkReport:
                 "results": [r.to_dict() for r in self.results]}
 
     def write_json(self, path: str | os.PathLike) -> None:
-        from keras_turbo.outputs import write_file_atomically
+        from keras_turbo.outdir import write_file_atomically
 
         text = json.dumps(self.to_dict(), indent=2)
         write_file_atomically(path, lambda tmp: tmp.write_text(text))
@@ -429,7 +430,7 @@ def benchmark(model, backends: Sequence[str] | None = None, batch_sizes: Sequenc
         >>> report = keras_turbo.benchmark("model.keras", backends=["litert", "openvino"], batch_sizes=[1, 32])
         >>> report.get("litert", 1).latency_ms["p50"]
     """
-    from keras_turbo import custom
+    from keras_turbo.model import custom
 
     with custom.activated(custom_objects):  # workers inherit it through their environment
         return _benchmark(model, backends, batch_sizes, threads, config, unsafe, cache_dir, progress, measure_overhead,
@@ -439,7 +440,7 @@ def benchmark(model, backends: Sequence[str] | None = None, batch_sizes: Sequenc
 def _benchmark(model, backends, batch_sizes, threads, config, unsafe, cache_dir, progress, measure_overhead,
                data=None, check=True) -> BenchmarkReport:
     from keras_turbo import machine
-    from keras_turbo.api import as_ref
+    from keras_turbo.model import as_ref
     from keras_turbo.runtimes import artifact_for, default_backends, get_backend
 
     cfg = config or BenchmarkConfig()
@@ -498,7 +499,7 @@ def _benchmark(model, backends, batch_sizes, threads, config, unsafe, cache_dir,
 def model_inputs(ref, cache_dir: Path | None = None) -> list[TensorInfo]:
     """The model's inputs in name order: a Keras model's own, or what an artifact's runtime reports."""
     if ref.is_keras:
-        from keras_turbo.api import io_specs
+        from keras_turbo.model import io_specs
 
         return list(io_specs(ref)[0])
     from keras_turbo.runtimes import NATIVE, open_predictor

@@ -65,7 +65,7 @@ def _factor(v):
 
 def _write_json(path: str | None, obj) -> None:
     if path:
-        from keras_turbo.outputs import write_file_atomically
+        from keras_turbo.outdir import write_file_atomically
 
         text = json.dumps(obj, indent=2, default=str)
         write_file_atomically(path, lambda tmp: tmp.write_text(text))
@@ -74,7 +74,7 @@ def _write_json(path: str | None, obj) -> None:
 def _check_outputs(args, *inputs, files=("json",)) -> None:
     """Every output file the command will write, checked before any work starts: not an input,
     not an existing file without --force, not a folder, in a writable place."""
-    from keras_turbo.outputs import check_output_file
+    from keras_turbo.outdir import check_output_file
 
     paths = {name: getattr(args, name, None) for name in files}
     given = [p for p in paths.values() if p]
@@ -244,7 +244,7 @@ def cmd_devices(args) -> int:
 def _copy_artifact(src: Path, dst: Path) -> None:
     import shutil
 
-    from keras_turbo.outputs import write_file_atomically
+    from keras_turbo.outdir import write_file_atomically
 
     # .bin first: an .xml never stands beside a half-written .bin.
     if src.suffix == ".xml":
@@ -330,7 +330,7 @@ def cmd_convert(args) -> int:
 
 def _technique_data(args):
     """(train, val, unlabeled) Datasets from the technique's DATA arguments (None where not given)."""
-    from keras_turbo.api import as_ref, io_specs
+    from keras_turbo.model import as_ref, io_specs
     from keras_turbo.data import load_data
 
     inputs, outputs = io_specs(as_ref(args.model, unsafe=args.unsafe))
@@ -863,11 +863,11 @@ def _main(argv: list[str]) -> int:
         warnings.filterwarnings("ignore", category=FutureWarning)
     args = build_parser().parse_args(argv)
     if getattr(args, "unsafe", False):
-        from keras_turbo.models import UNSAFE_WARNING
+        from keras_turbo.model import UNSAFE_WARNING
 
         print(f"keras-turbo: warning: {UNSAFE_WARNING}", file=sys.stderr)
     try:
-        from keras_turbo import custom
+        from keras_turbo.model import custom
 
         # the user's own code, named by them: effective here and in every worker process
         with custom.activated(getattr(args, "custom_objects", None)):

@@ -117,7 +117,7 @@ class ConvertResult:
 
     def load(self, threads: int | None = None, batch_size: int | None = None):
         """Open the artifact on its runtime."""
-        from keras_turbo.api import load
+        from keras_turbo.runtimes import load
 
         return load(self.path, backend=self.backend, threads=threads, batch_size=batch_size)
 
@@ -320,7 +320,7 @@ def convert(model, config: ConvertConfig | None = None, calibration=None, output
         >>> r = keras_turbo.convert("m.keras", ConvertConfig(to="litert", quantize="int8"), "builtin:digits:train")
         >>> r.load()(x)
     """
-    from keras_turbo.api import as_ref
+    from keras_turbo.model import as_ref
 
     cfg = config or ConvertConfig()
     ref = as_ref(model, unsafe=unsafe, cache_dir=cache_dir)
@@ -381,9 +381,9 @@ def _cached(entry: Path, name: str, make) -> Path:
 
 def _samples(ref, cfg: ConvertConfig, calibration, notes: list[str]) -> list:
     """The calibration samples (a warning, kept in `notes`, when too few to trust)."""
-    from keras_turbo.api import io_specs
+    from keras_turbo.model import io_specs
     from keras_turbo.data import Dataset, check, load_data
-    from keras_turbo.models import scales_inputs
+    from keras_turbo.model import scales_inputs
 
     if calibration is None:
         raise KerasTurboError(f"--quantize {cfg.quantize} needs calibration data (--calibration-data DATA)")
@@ -402,7 +402,7 @@ def _samples(ref, cfg: ConvertConfig, calibration, notes: list[str]) -> list:
 
 def _layer_keep_nodes(ref, target: Target, layers, notes: list[str], cache_dir) -> list[str]:
     """The graph's ops of the Keras layers named to stay float (a warning for a name with none)."""
-    from keras_turbo.models import load_keras
+    from keras_turbo.model import load_keras
 
     nodes_out = []
     for layer, nodes in layer_nodes(ref, target, load_keras(ref), layers, cache_dir).items():
@@ -419,7 +419,7 @@ def _fmt(target: Target) -> str:
 
 
 def _size(path: Path) -> int:
-    from keras_turbo.models import artifact_size
+    from keras_turbo.model import artifact_size
 
     return artifact_size(path)
 
@@ -477,7 +477,7 @@ def _derive_mixed(ref, cfg: ConvertConfig, target: Target, samples, keep_nodes, 
 def _keras_quantize(ref, cfg: ConvertConfig, out: Path) -> None:
     """Keras' own `model.quantize("int8")`, on a copy: it covers Dense-like layers only."""
     from keras_turbo import _tf
-    from keras_turbo.models import load_keras
+    from keras_turbo.model import load_keras
 
     keras = _tf.keras()
     model = load_keras(ref)  # a fresh copy from disk: the caller's model is never touched

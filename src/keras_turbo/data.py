@@ -28,7 +28,7 @@ from typing import Sequence
 import numpy as np
 
 from keras_turbo.errors import DataError, cause
-from keras_turbo.runtimes.base import STRING, TensorInfo
+from keras_turbo.model.signature import STRING, TensorInfo
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 SPLITS = ("train", "val", "test", "heldout", "all")
@@ -294,7 +294,7 @@ def _own_file(f: Path, folder: Path | None) -> None:
     """Data files are regular files (a FIFO named x.png must not hang the run), and an image
     folder's files lie inside it."""
     from keras_turbo.errors import ModelLoadError
-    from keras_turbo.models import require_own_file
+    from keras_turbo.model import require_own_file
 
     try:
         require_own_file(f, folder, "a data file")

@@ -7,7 +7,7 @@ from collections import Counter
 
 import numpy as np
 
-from keras_turbo.models import ModelRef
+from keras_turbo.model import ModelRef
 
 FLOPS_METHOD = ("2 x multiply-accumulates of Conv (incl. depthwise, separable, transposed) and Dense "
                 "layers for one sample; element-wise ops, pooling and normalization are not counted")
@@ -113,12 +113,10 @@ def describe(ref: ModelRef) -> dict:
 
     info: dict = {"path": str(ref.path), "format": ref.format, "size_bytes": ref.size_bytes}
     if ref.is_keras:
-        from keras_turbo.models import load_keras
-        from keras_turbo.runtimes.keras_runtimes import _infos
+        from keras_turbo.model import load_keras, model_io
 
         model = load_keras(ref)
-        ins = sorted(_infos(model.inputs), key=lambda t: t.name)
-        outs = _infos(model.outputs, [f"output_{i}" for i in range(len(model.outputs))])
+        ins, outs = model_io(model)
         info.update(inputs=[t.to_dict() for t in ins], outputs=[t.to_dict() for t in outs], name=model.name)
         info.update(describe_keras(model))
     else:

@@ -23,7 +23,7 @@ def output_kinds(ref, outputs, refs: list, y, overrides=()) -> tuple:
     """Each output's kind: detected from the model (quality.detect), or as the user named it.
     `ref` is the Keras model's ModelRef, or None for an artifact (decided from the values alone)."""
     from keras_turbo import quality
-    from keras_turbo.models import load_keras
+    from keras_turbo.model import load_keras
 
     named = dict(overrides)
     tensors = load_keras(ref).outputs if ref is not None and ref.is_keras else [None] * len(outputs)

@@ -404,8 +404,8 @@ def quantize_with_fallback(model, config: ConvertConfig, calibration, eval_data,
         ...                             "builtin:digits:train", "builtin:digits:val", FallbackConfig(max_accuracy_drop=1))
         >>> fr.kept_float, fr.carriers, fr.met
     """
-    from keras_turbo.api import as_ref
-    from keras_turbo.models import load_keras
+    from keras_turbo.model import as_ref
+    from keras_turbo.model import load_keras
 
     started = time.monotonic()
     ref = as_ref(model, unsafe=unsafe, cache_dir=cache_dir)
@@ -431,7 +431,8 @@ def quantize_with_fallback(model, config: ConvertConfig, calibration, eval_data,
 def _judged_data(ref, eval_data, budget: FallbackConfig) -> tuple:
     """(inputs, held-out xs, first output's class ids, the float model's outputs (one per output),
     float accuracy, every output's labels, the output kinds) for the fallback."""
-    from keras_turbo.api import io_specs, load
+    from keras_turbo.model import io_specs
+    from keras_turbo.runtimes import load
     from keras_turbo.data import Dataset, check, load_data
 
     inputs, outputs = io_specs(ref)
@@ -700,8 +701,8 @@ def quantize_with_repair(model, config: ConvertConfig, calibration, eval_data, b
     """
     if not equalize:
         return quantize_with_fallback(model, config, calibration, eval_data, budget, progress, unsafe, cache_dir, deadline)
-    from keras_turbo.api import as_ref
-    from keras_turbo.models import load_keras
+    from keras_turbo.model import as_ref
+    from keras_turbo.model import load_keras
     from keras_turbo.techniques import equalize as equalize_mod
 
     note = progress or (lambda msg: None)

@@ -28,8 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from keras_turbo.errors import KerasTurboError
-from keras_turbo.models import ModelRef
-from keras_turbo.runtimes.base import STRING, Predictor, TensorInfo, dtype_name
+from keras_turbo.model import ModelRef
+from keras_turbo.model.signature import STRING, TensorInfo, dtype_name
+from keras_turbo.runtimes.base import Predictor
 
 SIDECAR = ".preprocess"     # <artifact stem>.preprocess/: the preprocessing beside its artifact
 MANIFEST = "split.json"     # in the sidecar: which inputs it takes and what it feeds the core
@@ -133,9 +134,9 @@ def splits(ref: ModelRef) -> bool:
     is read first (no string dtype in it: no build at all); only a text model is loaded."""
     if ref.format not in ("keras", "h5"):
         return False
-    from keras_turbo.models import _config_json, load_keras
+    from keras_turbo.model import config_json, load_keras
 
-    if '"string"' not in (_config_json(ref) or ""):
+    if '"string"' not in (config_json(ref) or ""):
         return False
     key = ref.cache_key()
     if key not in _SPLITS:  # every export of the model asks; a text model loads once per process
@@ -153,7 +154,7 @@ def export(ref: ModelRef, out: Path, part: str) -> None:
     Raises:
         KerasTurboError: the model does not split (with the reason).
     """
-    from keras_turbo.models import load_keras
+    from keras_turbo.model import load_keras
 
     model = load_keras(ref)
     s = split(model)
@@ -203,7 +204,7 @@ class SplitPredictor(Predictor):
 
     def __init__(self, ref: ModelRef, cls, **kw):
         from keras_turbo import _tf
-        from keras_turbo.gate import check_savedmodel
+        from keras_turbo.model.gate import check_savedmodel
 
         folder = sidecar(ref.path)
         manifest = json.loads((folder / MANIFEST).read_text())
@@ -261,7 +262,7 @@ def preprocess_samples(folder: Path, samples: list[dict[str, np.ndarray]], unsaf
     """Calibration samples ({input name: batch} each) of the whole model as the core takes them:
     the string inputs through the preprocessing in `folder`, the numeric inputs as they are."""
     from keras_turbo import _tf
-    from keras_turbo.gate import check_savedmodel
+    from keras_turbo.model.gate import check_savedmodel
 
     manifest = json.loads((folder / MANIFEST).read_text())
     check_savedmodel(folder, unsafe)

@@ -41,7 +41,7 @@ def train_digits_cnn(epochs: int = 60, seed: int = 0, verbose: int = 0):
         (model, test accuracy in [0, 1])
     """
     from keras_turbo.data import load_digits
-    from keras_turbo.runtimes.base import TensorInfo
+    from keras_turbo.model.signature import TensorInfo
 
     keras = _tf.keras()
     keras.utils.set_random_seed(seed)
@@ -71,7 +71,7 @@ def digits_model_path(cache_dir: Path | None = None, progress=None) -> Path:
         return path
     import shutil
 
-    from keras_turbo.outputs import write_file_atomically
+    from keras_turbo.outdir import write_file_atomically
 
     with cache.lock(path):  # two first runs at once: one writes, the other waits for its file
         if not path.exists():
@@ -114,7 +114,7 @@ def outlier_digits_mlp(scale: float = 1000.0, seed: int = 0, epochs: int = 30, e
         (model, float test accuracy on builtin:digits:test)
     """
     from keras_turbo.data import load_digits
-    from keras_turbo.runtimes.base import TensorInfo
+    from keras_turbo.model.signature import TensorInfo
 
     keras = _tf.keras()
     keras.utils.set_random_seed(seed)
@@ -180,7 +180,7 @@ def outlier_digits_cnn(via: str = "pool", scale: float = 1000.0, seed: int = 0, 
         (model, float test accuracy on builtin:digits:test)
     """
     from keras_turbo.data import load_digits
-    from keras_turbo.runtimes.base import TensorInfo
+    from keras_turbo.model.signature import TensorInfo
 
     if via not in OUTLIER_PATHS:
         raise ValueError(f"via must be one of {OUTLIER_PATHS}, got {via!r}")

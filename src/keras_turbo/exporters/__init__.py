@@ -15,7 +15,7 @@ from pathlib import Path
 from keras_turbo import cache, textsplit
 from keras_turbo.errors import KerasTurboError
 from keras_turbo.exporters import litert, onnx, openvino, savedmodel
-from keras_turbo.models import ModelRef
+from keras_turbo.model import ModelRef
 
 # target -> (format of the result, file or folder name inside the cache entry, export function)
 EXPORTERS = {
@@ -92,7 +92,7 @@ def litert_source(ref: ModelRef, cache_dir: Path | None = None) -> ModelRef:
 
 def _has_recurrent(ref: ModelRef) -> bool:
     """Whether the model's config names a recurrent layer (read without building the model)."""
-    from keras_turbo.models import _config_json
+    from keras_turbo.model import config_json
 
-    cfg = _config_json(ref) or ""
+    cfg = config_json(ref) or ""
     return any(f'"class_name": "{k}"' in cfg or f'"class_name":"{k}"' in cfg for k in savedmodel.RECURRENT)

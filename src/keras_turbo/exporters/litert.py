@@ -9,8 +9,8 @@ from typing import Sequence
 import numpy as np
 
 from keras_turbo import _tf
-from keras_turbo.gate import check_savedmodel
-from keras_turbo.models import ModelRef
+from keras_turbo.model.gate import check_savedmodel
+from keras_turbo.model import ModelRef
 
 MODES = ("none", "fp16", "dynamic", "int8", "int16x8")
 

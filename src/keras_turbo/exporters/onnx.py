@@ -10,8 +10,8 @@ import numpy as np
 
 from keras_turbo import _tf
 from keras_turbo.errors import KerasTurboError
-from keras_turbo.gate import check_savedmodel
-from keras_turbo.models import ModelRef
+from keras_turbo.model.gate import check_savedmodel
+from keras_turbo.model import ModelRef
 
 OPSET = 17
 MODES = ("none", "dynamic", "int8")
@@ -128,7 +128,7 @@ def preprocessed(float_onnx: Path) -> Path:
 
     pre = float_onnx.with_name(float_onnx.stem + ".pre.onnx")
     if not pre.exists():
-        from keras_turbo.outputs import write_file_atomically
+        from keras_turbo.outdir import write_file_atomically
 
         # A unique temp name (two runs on one cold cache once shared a fixed one and failed).
         write_file_atomically(pre, lambda tmp: quant_pre_process(str(float_onnx), str(tmp), skip_symbolic_shape=True))

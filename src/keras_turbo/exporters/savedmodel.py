@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from keras_turbo.models import ModelRef, load_keras
+from keras_turbo.model import ModelRef, load_keras
 
 RECURRENT = ("LSTM", "GRU", "SimpleRNN")
 

@@ -74,7 +74,7 @@ class _Context:
         return self._loaded[which]
 
     def keras_ref(self, path: Path):
-        from keras_turbo.models import resolve
+        from keras_turbo.model import resolve
 
         return resolve(path, unsafe=self.job.unsafe)
 
@@ -90,7 +90,7 @@ def error_text(e: BaseException) -> str:
 
 def build_train(step: Step, source: Path, ctx: _Context, dest: Path) -> tuple[Path, dict]:
     """A Keras -> Keras technique (pruning, distillation, QAT, ...) on the train data."""
-    from keras_turbo.models import load_keras
+    from keras_turbo.model import load_keras
     from keras_turbo.techniques import TECHNIQUES
 
     config_cls, apply = TECHNIQUES[step.name]
@@ -109,7 +109,7 @@ def build_convert(step: Step, source: Path, ctx: _Context, dest: Path) -> tuple[
 
     cfg = {k: v for k, v in step.config.items() if k != "qat"}
     if step.config.get("qat"):
-        from keras_turbo.models import load_keras
+        from keras_turbo.model import load_keras
         from keras_turbo.techniques import qat
 
         path = qat.export_tflite(load_keras(ctx.keras_ref(source)), dest / "model.tflite", calibration=ctx.data("calib"))
@@ -128,14 +128,14 @@ def check_export(ctx: _Context, source: Path, r, quantized: bool) -> float | Non
     relative difference (None for a quantized artifact, checked for its structure only)."""
     from keras_turbo.convert import TARGETS
     from keras_turbo.exporters.check import SAMPLES, check_artifact
-    from keras_turbo.models import ModelRef
+    from keras_turbo.model import ModelRef
 
     keras_ref = ctx.keras_ref(source)
     if ctx.job.inputs:
         inputs = list(ctx.job.inputs)
         feeds = [a[:SAMPLES] for a in ctx.data("calib").x]
     else:  # a job built without the model's inputs (a replayed recipe): a random batch of the model's shapes
-        from keras_turbo.api import io_specs
+        from keras_turbo.model import io_specs
         from keras_turbo.bench import random_inputs
 
         inputs = list(io_specs(keras_ref)[0])
@@ -257,7 +257,7 @@ def build(job: BuildJob) -> dict:
          "details" (what the steps reported), "quality" (or None), "node"}; with "skipped": True
         and nothing built when the job's deadline had passed before it started.
     """
-    from keras_turbo import custom
+    from keras_turbo.model import custom
 
     custom.activate(job.custom_objects)  # a Ray worker on another node has no environment from the driver
     recipe, ctx = job.recipe, _Context(job)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 import warnings
 from dataclasses import dataclass, field, replace
@@ -111,8 +110,8 @@ def optimize(model, data, train_data=None, config: OptimizeConfig | None = None,
         ...                          OptimizeConfig(max_accuracy_drop=1.0))
         >>> r.recommended["name"], r.report_html
     """
-    from keras_turbo import custom
-    from keras_turbo.outputs import check_replaceable_dir, claim_out_dir
+    from keras_turbo.model import custom
+    from keras_turbo.outdir import check_replaceable_dir, claim_out_dir
 
     started = time.time()  # the time budget covers the whole run: loading and the reference outputs too
     cfg = config or OptimizeConfig()
@@ -155,7 +154,7 @@ def _model_info(run) -> planner.ModelInfo:
     """What the planner needs of the model: can QAT train it, which techniques refuse it and why,
     and how much train data the fine-tunes have."""
     from keras_turbo.convert import quantizable_layers
-    from keras_turbo.models import load_keras
+    from keras_turbo.model import load_keras
     from keras_turbo.techniques import REFUSALS
 
     model = load_keras(run.ref)
@@ -240,7 +239,7 @@ def _data_refs(data, train_data, cfg: OptimizeConfig, inputs, outputs, scales: b
 def _reference(ref, data: DataRef, inputs, outputs, path: Path, threads):
     """The float model's outputs on `data` (what every candidate is judged against), saved once;
     returns them with the data's labels."""
-    from keras_turbo.api import load
+    from keras_turbo.runtimes import load
 
     from keras_turbo.optimize.measure import load_reference
 
@@ -253,15 +252,16 @@ def _reference(ref, data: DataRef, inputs, outputs, path: Path, threads):
 
 
 def _start(model, data, train_data, cfg, out: Path, ex: Executor, note, unsafe, cache_dir, started=None) -> _Run:
-    from keras_turbo import custom, quality
-    from keras_turbo.api import as_ref, io_specs
+    from keras_turbo import quality
+    from keras_turbo.model import custom
+    from keras_turbo.model import as_ref, io_specs
     from keras_turbo.machine import default_threads
 
     ref = as_ref(model, unsafe=unsafe, cache_dir=cache_dir)
     if not ref.is_keras:
         raise KerasTurboError(f"{ref.path}: optimize starts from a Keras model (.keras, .h5, SavedModel), not a .{ref.format} artifact")
     inputs, outputs = io_specs(ref)
-    from keras_turbo.models import scales_inputs
+    from keras_turbo.model import scales_inputs
 
     refs, cfg = _data_refs(data, train_data, cfg, inputs, outputs, scales_inputs(ref))  # (warns on 0-255 data into [0, 1] models)
     bench = {**BENCH, "min_runs": cfg.min_runs, "min_seconds": cfg.min_seconds}
@@ -556,7 +556,7 @@ def write_best(out: Path, best: dict, force: bool = False, threads: int | None =
     The manifest names the runtime and the thread count it was timed with, which `load` uses
     unless told otherwise. Built beside and renamed into place; a best/ keras-turbo did not write
     is never replaced."""
-    from keras_turbo.outputs import replace_dir_atomically
+    from keras_turbo.outdir import replace_dir_atomically
 
     def build(dst: Path) -> None:
         art = copy_artifact(Path(best["artifact"]), dst)

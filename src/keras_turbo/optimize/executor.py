@@ -137,7 +137,7 @@ def _build_task(job: BuildJob, *after) -> dict:
 
 
 def _time_task(artifact, backend, batch_size, threads, bench, unsafe, custom_objects=()) -> dict:
-    from keras_turbo import custom
+    from keras_turbo.model import custom
 
     custom.activate(custom_objects)  # the benchmark worker it starts inherits it
     return measure_speed(artifact, backend, batch_size, threads, bench, unsafe)
@@ -232,7 +232,7 @@ class RayExecutor:
 
     def time(self, artifact, backend, batch_size, threads, bench, unsafe) -> dict:
         task = self.ray.remote(_time_task).options(max_retries=self.retries, **self._timing)
-        from keras_turbo import custom
+        from keras_turbo.model import custom
 
         return self.ray.get(task.remote(artifact, backend, batch_size, threads, bench, unsafe, custom.current()))
 

@@ -162,7 +162,7 @@ def measure_quality(artifact: str, backend: str, eval_ref: DataRef, inputs, outp
     tf-function, with the same threads and batches: driver._reference), so its outputs are the
     reference's, not computed a second time (20 s on ResNet50's 267 samples)."""
     from keras_turbo import quality
-    from keras_turbo.api import load
+    from keras_turbo.runtimes import load
 
     t0 = time.time()
     ds = eval_ref.load(inputs, outputs)

@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Callable
 
 from keras_turbo.errors import BackendError
-from keras_turbo.models import KERAS_FORMATS, ModelRef
+from keras_turbo.model import KERAS_FORMATS, ModelRef, as_ref
 from keras_turbo.runtimes import keras_jax, keras_runtimes, litert, onnxruntime, openvino, streams
-from keras_turbo.runtimes.base import Executed, NullPredictor, Predictor, TensorInfo
+from keras_turbo.runtimes.base import Executed, NullPredictor, Predictor
+from keras_turbo.model.signature import TensorInfo
 
 
 @dataclass(frozen=True)
@@ -188,6 +189,16 @@ def open_predictor(ref: ModelRef, backend: str, threads: int | None = None, batc
     """Open `ref` on `backend` and return a ready Predictor (exporting first if needed)."""
     artifact = artifact_for(ref, backend, cache_dir)
     return get_backend(backend).factory(artifact, threads=threads, batch_size=batch_size, device=device)
+
+
+def load(model, backend: str | None = None, threads: int | None = None, batch_size: int | None = None,
+         device: str = "auto", unsafe: bool = False, cache_dir: Path | None = None) -> Predictor:
+    """A model (a path, a ModelRef or a keras.Model) opened on `backend`: by default tf-function
+    for a Keras model and an artifact's own runtime (NATIVE). `keras_turbo.load` is this, plus an
+    optimize output's best/ folder and the user's custom objects."""
+    ref = as_ref(model, unsafe, cache_dir)
+    backend = backend or ("tf-function" if ref.is_keras else NATIVE[ref.format])
+    return open_predictor(ref, backend, threads=threads, batch_size=batch_size, device=device, cache_dir=cache_dir)
 
 
 __all__ = ["BACKENDS", "BF16_FLAGS", "FP16_FLAGS", "NATIVE", "Backend", "NullPredictor", "Predictor", "TensorInfo", "artifact_for",

@@ -9,6 +9,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from keras_turbo.errors import DataError, cause
+from keras_turbo.model.signature import STRING, TensorInfo, as_strings, dtype_name  # noqa: F401  (re-exported for runtimes)
 
 # True in a process that serves one runtime and nothing else (the benchmark worker). A runtime may
 # then take process-wide state that it keeps out of a caller's process otherwise: keras-jax fixes
@@ -26,41 +27,6 @@ def dedicate_process() -> None:
 def process_is_dedicated() -> bool:
     """Whether `dedicate_process()` was called in this process."""
     return _DEDICATED
-
-
-#: TensorInfo.dtype of a string tensor (TensorFlow's variable-length strings; numpy has no name
-#: for them). A string input is fed as a numpy bytes array (UTF-8), which every runtime that runs
-#: strings takes.
-STRING = "string"
-
-
-def dtype_name(dtype) -> str:
-    """A numpy / TensorFlow / Keras dtype (or its name) as TensorInfo spells it: numpy's name, or
-    STRING for text of any kind."""
-    name = dtype if isinstance(dtype, str) else getattr(dtype, "name", None) or str(dtype)
-    if name in (STRING, "str", "bytes", "object", "tf.string") or name.startswith(("<U", "|S", "bytes", "str")):
-        return STRING
-    try:
-        d = np.dtype(dtype if not hasattr(dtype, "as_numpy_dtype") else dtype.as_numpy_dtype)
-    except TypeError:
-        return name
-    return STRING if d.kind in "USO" else d.name
-
-
-def as_strings(a, name: str) -> np.ndarray:
-    """Text as a numpy bytes array (UTF-8): from str, bytes, or an object array of either.
-
-    Raises:
-        DataError: the values are not text.
-    """
-    a = np.asarray(a)
-    if a.dtype.kind == "S":
-        return a
-    if a.dtype.kind == "U":
-        return np.char.encode(a, "utf-8")
-    if a.dtype.kind == "O" and all(isinstance(v, (str, bytes)) for v in a.flat):
-        return np.array([v.encode("utf-8") if isinstance(v, str) else v for v in a.flat], dtype=bytes).reshape(a.shape)
-    raise DataError(f"input {name!r} takes text (strings), received {a.dtype} values")
 
 
 #: compute-op precisions as every runtime's are reported (OpenVINO's u8 / i8 kernels are int8)
@@ -109,18 +75,6 @@ def count_precisions(names) -> dict:
         n = PRECISION_NAMES.get(n, n)
         out[n] = out.get(n, 0) + 1
     return out
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    """Name, shape (None for a dynamic dimension, batch first) and numpy dtype name."""
-
-    name: str
-    shape: tuple[int | None, ...]
-    dtype: str
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
 
 
 class Predictor(abc.ABC):

@@ -43,8 +43,9 @@ from typing import Sequence
 import numpy as np
 
 from keras_turbo.errors import BackendError, KerasTurboError, ModelLoadError, bad_param, cause
-from keras_turbo.models import UNSAFE_WARNING, ModelRef, prescan
-from keras_turbo.runtimes.base import STRING, Executed, Predictor, TensorInfo, dtype_name, process_is_dedicated
+from keras_turbo.model import UNSAFE_WARNING, ModelRef, prescan
+from keras_turbo.model.signature import STRING, TensorInfo, dtype_name
+from keras_turbo.runtimes.base import Executed, Predictor, process_is_dedicated
 from keras_turbo.runtimes.fold import fold_batchnorm
 
 #: precision -> (Keras dtype policy of the rebuilt model or None, JAX default matmul precision)
@@ -148,7 +149,7 @@ class JAXModel:
         keras = keras_on_jax()
         import jax
 
-        from keras_turbo import custom
+        from keras_turbo.model import custom
 
         # the user's --custom-objects (a worker may have started before they were named: the spec comes with the request)
         custom.activate(tuple(tuple(e) for e in custom_objects) or custom.current())
@@ -159,7 +160,7 @@ class JAXModel:
         except Exception as e:
             msg = " ".join(str(e).split())
             if custom.unknown_class(msg):
-                from keras_turbo.models import unknown_class_message
+                from keras_turbo.model import unknown_class_message
 
                 raise ModelLoadError(unknown_class_message(path, custom.unknown_class(msg))) from e
             raise ModelLoadError(f"{path}: cannot load on Keras-on-JAX ({cause(e)})") from e
@@ -483,7 +484,7 @@ def stop_workers() -> None:
 
 
 def custom_current() -> tuple:
-    from keras_turbo import custom
+    from keras_turbo.model import custom
 
     return custom.current()
 

@@ -11,8 +11,9 @@ import warnings
 import numpy as np
 
 from keras_turbo import _tf
-from keras_turbo.models import ModelRef, load_keras
-from keras_turbo.runtimes.base import STRING, Executed, Predictor, TensorInfo, dtype_name
+from keras_turbo.model import ModelRef, load_keras
+from keras_turbo.model.signature import STRING, tensor_infos
+from keras_turbo.runtimes.base import Executed, Predictor
 
 
 _WARNED: set[int] = set()
@@ -46,14 +47,6 @@ def tf_device(device: str) -> str:
     return "/GPU:0" if gpus and device in ("auto", "gpu") else "/CPU:0"
 
 
-def _infos(tensors, names=None) -> list[TensorInfo]:
-    out = []
-    for i, t in enumerate(tensors):
-        name = names[i] if names else t.name.split(":")[0]
-        out.append(TensorInfo(name, tuple(t.shape), dtype_name(t.dtype)))
-    return out
-
-
 def flat_outputs(out) -> list:
     """A model's outputs as a flat list in `model.outputs` order: a dict (outputs named by key) is
     flattened the way Keras flattens it (keys sorted), as are nested lists; one tensor is a list
@@ -67,12 +60,12 @@ class _KerasBase(Predictor):
         self._device = tf_device(device)
         self.model = load_keras(ref)
         outs = [f"output_{i}" for i in range(len(self.model.outputs))]
-        ins = _infos(self.model.inputs)
+        ins = tensor_infos(self.model.inputs)
         # Every Predictor takes a list of inputs in name order (the order exported artifacts
         # have), so a list means the same thing on every runtime; map it back to Keras' order.
         by_name = sorted(range(len(ins)), key=lambda i: ins[i].name)
         self._to_model_order = [by_name.index(i) for i in range(len(ins))]
-        super().__init__([ins[i] for i in by_name], _infos(self.model.outputs, outs), threads,
+        super().__init__([ins[i] for i in by_name], tensor_infos(self.model.outputs, outs), threads,
                          device="gpu" if "GPU" in self._device else "cpu", model_bytes=ref.size_bytes, artifact=str(ref.path))
         self._multi_in = len(self.inputs) > 1
         self._build()

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from keras_turbo import _tf
-from keras_turbo.models import ModelRef
-from keras_turbo.runtimes.base import Executed, Predictor, TensorInfo, count_precisions, dtype_name, unreadable
+from keras_turbo.model import ModelRef
+from keras_turbo.runtimes.base import Executed, Predictor, count_precisions, unreadable
+from keras_turbo.model.signature import TensorInfo, dtype_name
 
 #: the builtin ops that do a model's arithmetic
 COMPUTE_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "CONV_3D", "TRANSPOSE_CONV", "FULLY_CONNECTED", "BATCH_MATMUL")

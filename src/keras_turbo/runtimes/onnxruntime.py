@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from keras_turbo.models import ModelRef
-from keras_turbo.runtimes.base import Executed, Predictor, TensorInfo, count_precisions, unreadable
+from keras_turbo.model import ModelRef
+from keras_turbo.runtimes.base import Executed, Predictor, count_precisions, unreadable
+from keras_turbo.model.signature import TensorInfo
 
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16",
               "tensor(int8)": "int8", "tensor(uint8)": "uint8", "tensor(int32)": "int32", "tensor(int64)": "int64",
@@ -44,7 +45,7 @@ class ONNXRuntimePredictor(Predictor):
     def __init__(self, ref: ModelRef, threads: int | None = None, batch_size: int | None = None, device: str = "auto"):
         import onnxruntime as ort
 
-        from keras_turbo.models import check_artifact_files
+        from keras_turbo.model import check_artifact_files
 
         check_artifact_files(ref)  # external data must be the model's own files
         opts = ort.SessionOptions()

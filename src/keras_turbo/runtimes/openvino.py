@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from keras_turbo.models import ModelRef
-from keras_turbo.runtimes.base import PRECISION_NAMES, Executed, Predictor, TensorInfo, count_precisions, dtype_name, unreadable
+from keras_turbo.model import ModelRef
+from keras_turbo.runtimes.base import PRECISION_NAMES, Executed, Predictor, count_precisions, unreadable
+from keras_turbo.model.signature import TensorInfo, dtype_name
 
 #: the CPU plugin's layer types that do a model's arithmetic (its runtime model's `layerType`)
 COMPUTE_LAYERS = ("Convolution", "GroupConvolution", "Deconvolution", "FullyConnected", "MatMul", "Gemm")
@@ -68,7 +69,7 @@ class OpenVINOPredictor(Predictor):
                  precision: str | None = None):
         import openvino as ov
 
-        from keras_turbo.models import check_artifact_files
+        from keras_turbo.model import check_artifact_files
 
         # The .bin (or an ONNX file's external data) must be the model's own regular file: a
         # symlinked .bin once served another file's bytes as weights.

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from keras_turbo.models import ModelRef
+from keras_turbo.model import ModelRef
 from keras_turbo.runtimes.base import Predictor
 from keras_turbo.runtimes.litert import LiteRTPredictor
 from keras_turbo.runtimes.onnxruntime import ONNXRuntimePredictor

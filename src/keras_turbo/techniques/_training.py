@@ -20,7 +20,7 @@ import numpy as np
 from keras_turbo import _tf, quality
 from keras_turbo.config import TechniqueConfig
 from keras_turbo.data import Dataset
-from keras_turbo.errors import KerasTurboError, bad_param, cause, first_line
+from keras_turbo.errors import KerasTurboError, bad_param, first_line
 
 # Below this a probability is treated as this: log(p) of a softmax output must stay finite.
 LOG_CLIP = 1e-7

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from keras_turbo import _tf
 from keras_turbo.data import Dataset
 from keras_turbo.errors import KerasTurboError, bad_param
 from keras_turbo.techniques._training import accuracy, check_model, copy_model, finetune, saved_sizes

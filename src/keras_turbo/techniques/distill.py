@@ -38,6 +38,7 @@ import numpy as np
 from keras_turbo import _tf
 from keras_turbo.data import Dataset
 from keras_turbo.errors import KerasTurboError, bad_param, cause, first_line
+from keras_turbo.model import load_keras, resolve
 from keras_turbo.techniques._training import (
     accuracy,
     check_model,
@@ -207,9 +208,7 @@ def make_student(teacher, spec: str, probs: bool):
         student, scaled = width_scaled(teacher, arg)
         return student, f"width-scaled copy of {teacher.name} (x{arg:g} on {', '.join(scaled) or 'nothing'})"
     if kind == "path":
-        from keras_turbo.api import load_model
-
-        return load_model(spec), f"user model {spec}"
+        return load_keras(resolve(spec)), f"user model {spec}"
     return application_student(kind, arg, teacher, probs), f"keras.applications {kind}" + (f" alpha {arg}" if arg else "") + " (weights=None)"
 
 

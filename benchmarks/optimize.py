@@ -28,6 +28,7 @@ from keras_turbo.optimize import OptimizeConfig  # noqa: E402
 from keras_turbo.optimize.select import pareto  # noqa: E402
 from keras_turbo.report import runoff_text  # noqa: E402
 from keras_turbo.zoo import digits_model_path  # noqa: E402
+from keras_turbo.quality import Budget  # noqa: E402
 
 
 def best(variants, pred):
@@ -86,12 +87,12 @@ def main() -> None:
     started = time.time()
     runs = {
         "digits CNN": ("digits", lambda: digits_model_path(), "builtin:digits:test", "builtin:digits:train",
-                       OptimizeConfig(max_accuracy_drop=1.0, threads=args.threads)),
+                       OptimizeConfig(budget=Budget(max_accuracy_drop=1.0), threads=args.threads)),
         "MobileNetV2 1.0": ("mobilenetv2", lambda: app_model_file("mobilenetv2"), "builtin:digits:test", None,
-                            OptimizeConfig(min_agreement=0.95, threads=args.threads, techniques=("runtimes", "fp16", "int8"),
+                            OptimizeConfig(budget=Budget(min_agreement=0.95), threads=args.threads, techniques=("runtimes", "fp16", "int8"),
                                            eval_size=200, min_runs=10, min_seconds=2.0)),
         "ResNet50": ("resnet50", lambda: app_model_file("resnet50"), "builtin:digits:test", None,
-                     OptimizeConfig(min_agreement=0.95, threads=args.threads, techniques=("runtimes", "fp16", "int8"),
+                     OptimizeConfig(budget=Budget(min_agreement=0.95), threads=args.threads, techniques=("runtimes", "fp16", "int8"),
                                     eval_size=200, min_runs=10, min_seconds=2.0)),
     }
     # With train data: MobileNetV2 first trained on the digits at 224x224x3 (so its predictions
@@ -102,7 +103,7 @@ def main() -> None:
     train_run = TRAIN_RUN + ("" if args.batch == 1 else f", batch {args.batch}")
     runs[train_run] = (
         "mobilenetv2-train", _digits_mobilenetv2, "builtin:digits:heldout", "builtin:digits:train",
-        OptimizeConfig(max_accuracy_drop=1.0, threads=args.threads, techniques=("runtimes", "int8", "structured", "resolution"),
+        OptimizeConfig(budget=Budget(max_accuracy_drop=1.0), threads=args.threads, techniques=("runtimes", "int8", "structured", "resolution"),
                        eval_size=540, min_runs=10, min_seconds=2.0, time_budget_s=args.time_budget, batch_size=args.batch))
     RESULTS.mkdir(parents=True, exist_ok=True)
     raw_path = RESULTS / "optimize.json"

@@ -55,6 +55,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (PROBE_CLASSES, PROBE_IMAGES, RESULTS, ROOT, WORK, app_preprocess,  # noqa: E402
                      calibrated_app_file, machine_line, natural_images, write_section)
+from keras_turbo.quality import Budget  # noqa: E402
 
 PEERS = ("peer:openvino-default", "peer:litert-default", "peer:litert-optimize", "peer:onnxruntime-default",
          "peer:tf-function")
@@ -357,10 +358,10 @@ def optimize_rerun(prep: dict, out: Path, batch: int) -> dict:
     import keras_turbo
     from keras_turbo.optimize import OptimizeConfig
 
-    cfg = OptimizeConfig(min_agreement=MIN_AGREEMENT, batch_size=batch, time_budget_s=600.0, min_runs=5, min_seconds=1.0)
+    cfg = OptimizeConfig(budget=Budget(min_agreement=MIN_AGREEMENT), batch_size=batch, time_budget_s=600.0, min_runs=5, min_seconds=1.0)
     t0 = time.time()
     res = keras_turbo.optimize(prep["model"], prep["data"], None, cfg, out, force=True)
-    return {"command": f"keras_turbo.optimize(..., OptimizeConfig(min_agreement={MIN_AGREEMENT}, batch_size={batch}, "
+    return {"command": f"keras_turbo.optimize(..., OptimizeConfig(Budget(min_agreement={MIN_AGREEMENT}), batch_size={batch}, "
                        "min_runs=5, min_seconds=1.0), same out)", "exit": 0, "wall_s": round(time.time() - t0, 1)}
 
 

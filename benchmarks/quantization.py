@@ -26,6 +26,7 @@ from keras_turbo.bench import BenchmarkConfig  # noqa: E402
 from keras_turbo.convert import TARGETS, ConvertConfig, convert  # noqa: E402
 from keras_turbo.sensitivity import FallbackConfig, quantize_with_fallback  # noqa: E402
 from keras_turbo.zoo import application, digits_model_path, outlier_digits_mlp  # noqa: E402
+from keras_turbo.quality import Budget  # noqa: E402
 
 STARTED = time.time()
 
@@ -72,7 +73,7 @@ def fallback_section() -> tuple[str, dict]:
     for to in ("litert", "onnx", "openvino"):
         log(f"fallback: {to}")
         fr = quantize_with_fallback(model, ConvertConfig(to=to, quantize="int8"), "builtin:digits:train",
-                                    "builtin:digits:val", FallbackConfig(max_accuracy_drop=1.0, ranking="per-layer"))
+                                    "builtin:digits:val", FallbackConfig(budget=Budget(max_accuracy_drop=1.0), ranking="per-layer"))
         raw[to] = fr.to_dict()
         ranking = ", ".join(f"{r['layer']} ({r['accuracy_drop']:.1f})" for r in fr.layers)
         rows.append(f"| {TARGETS[to].backend} | {fr.float_accuracy * 100:.2f} | {fr.full.accuracy * 100:.2f} | {ranking} | "

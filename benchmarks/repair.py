@@ -26,6 +26,7 @@ from keras_turbo.machine import facts  # noqa: E402
 from keras_turbo.sensitivity import FallbackConfig, quantize_with_fallback  # noqa: E402
 from keras_turbo.techniques import equalize  # noqa: E402
 from keras_turbo.zoo import outlier_digits_cnn  # noqa: E402
+from keras_turbo.quality import Budget  # noqa: E402
 
 
 def main() -> None:
@@ -36,7 +37,7 @@ def main() -> None:
         for to in ("litert", "onnx", "openvino"):
             t0 = time.perf_counter()
             fr = quantize_with_fallback(model, ConvertConfig(to=to, quantize="int8"), "builtin:digits:train",
-                                        "builtin:digits:val", FallbackConfig(max_accuracy_drop=1.0))
+                                        "builtin:digits:val", FallbackConfig(budget=Budget(max_accuracy_drop=1.0)))
             seconds = time.perf_counter() - t0
             test = keras_turbo.evaluate(fr.result.load(), "builtin:digits:test")["accuracy"]
             full = keras_turbo.evaluate(convert(model, ConvertConfig(to=to, quantize="int8"), "builtin:digits:train").load(),

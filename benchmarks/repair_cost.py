@@ -25,6 +25,7 @@ import importlib  # noqa: E402
 
 from keras_turbo.convert import ConvertConfig  # noqa: E402
 from keras_turbo.sensitivity import FallbackConfig, quantize_with_fallback  # noqa: E402
+from keras_turbo.quality import Budget  # noqa: E402
 
 
 def main() -> None:
@@ -37,7 +38,7 @@ def main() -> None:
         sys.exit(f"{model} or {crops} is missing: run benchmarks/peers.py first")
     t0 = time.monotonic()
     fr = quantize_with_fallback(model, ConvertConfig(to=to, quantize="int8", calibration_size=300), crops, crops,
-                                FallbackConfig(min_agreement=0.99, eval_size=500),
+                                FallbackConfig(budget=Budget(min_agreement=0.99), eval_size=500),
                                 progress=lambda m: print(f"[{time.monotonic() - t0:6.1f}s] {m}", flush=True))
     for s in fr.steps:
         print(f"{len(s['kept_float']):3d} layers float: top-1 agreement {s['top1_agreement']:.4f}")

@@ -30,6 +30,7 @@ os.environ.setdefault("KERAS_TURBO_CACHE", str(WORK / "cache"))
 import keras_turbo  # noqa: E402
 from keras_turbo.optimize import OptimizeConfig  # noqa: E402
 from keras_turbo.zoo import digits_model_path  # noqa: E402
+from keras_turbo.quality import Budget  # noqa: E402
 
 MB = 1024 ** 2
 NODES = (1, 4, 16, 64)
@@ -90,7 +91,7 @@ def main() -> None:
     args = ap.parse_args()
     raw_path = RESULTS / "scaleout.json"
     if not args.render_only:
-        cfg = OptimizeConfig(max_accuracy_drop=1.0, techniques=("runtimes", "int8", "structured", "distill", "prune", "qat"),
+        cfg = OptimizeConfig(budget=Budget(max_accuracy_drop=1.0), techniques=("runtimes", "int8", "structured", "distill", "prune", "qat"),
                              runtimes=("litert", "onnxruntime", "openvino"))
         local, local_s = run("local", WORK / "scaleout-local", cfg)
         local_rows = candidates(WORK / "scaleout-local")

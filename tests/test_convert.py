@@ -13,6 +13,7 @@ from keras_turbo.data import load_data
 from keras_turbo.cli import main
 from keras_turbo.convert import TARGETS, ConvertConfig, convert
 from keras_turbo.sensitivity import FallbackConfig, quantize_with_fallback
+from keras_turbo.quality import Budget
 from tests.conftest import needs_int8_dot
 
 COMBOS = [(to, mode) for to, t in TARGETS.items() for mode in t.modes if not (to == "keras" and mode == "none")]
@@ -144,7 +145,7 @@ def deep_outlier_model():
 def test_fallback_repairs_a_layer_that_breaks_int8(deep_outlier_model, to):
     model, _ = deep_outlier_model
     fr = quantize_with_fallback(model, ConvertConfig(to=to, quantize="int8"), "builtin:digits:train",
-                                "builtin:digits:val", FallbackConfig(max_accuracy_drop=1.0))
+                                "builtin:digits:val", FallbackConfig(budget=Budget(max_accuracy_drop=1.0)))
     drop_full = (fr.float_accuracy - fr.full.accuracy) * 100
     assert drop_full >= 5, f"plain int8 should break this model, lost only {drop_full:.1f} points"
     # The outlier tensor lies between `spread` and `post1`: it ranks first, and its repair keeps both float.
@@ -175,11 +176,11 @@ def test_min_agreement_budget_without_labels(tmp_path, outlier_model):
     x = load_data("builtin:digits:val", [TensorInfo("pixels", (None, 64), "float32")]).x[0]
     np.savez(tmp_path / "unlabeled.npz", x=x)
     fr = quantize_with_fallback(model, ConvertConfig(to="litert", quantize="int8"), "builtin:digits:train",
-                                str(tmp_path / "unlabeled.npz"), FallbackConfig(min_agreement=0.99))
+                                str(tmp_path / "unlabeled.npz"), FallbackConfig(budget=Budget(min_agreement=0.99)))
     assert fr.float_accuracy is None and fr.met and fr.final.agreement >= 0.99
     with pytest.raises(keras_turbo.KerasTurboError, match="needs labelled"):
         quantize_with_fallback(model, ConvertConfig(to="litert", quantize="int8"), "builtin:digits:train",
-                               str(tmp_path / "unlabeled.npz"), FallbackConfig(max_accuracy_drop=1.0))
+                               str(tmp_path / "unlabeled.npz"), FallbackConfig(budget=Budget(max_accuracy_drop=1.0)))
 
 
 def test_fallback_judges_every_output_by_its_kind(tmp_path, outlier_model):
@@ -193,7 +194,7 @@ def test_fallback_judges_every_output_by_its_kind(tmp_path, outlier_model):
     kinds = (quality.OutputKind("output_0", "regression").to_dict(),)
     fr = quantize_with_fallback(model, ConvertConfig(to="litert", quantize="int8"), "builtin:digits:train",
                                 str(tmp_path / "unlabelled.npz"),
-                                FallbackConfig(min_agreement=0.99, max_output_error=0.02, kinds=kinds))
+                                FallbackConfig(budget=Budget(min_agreement=0.99, max_output_error=0.02), kinds=kinds))
     assert fr.full.within is False and "relative error" in fr.full.why  # full int8 breaks the outlier's output
     assert fr.met and fr.final.within and fr.kept_float, fr.final.why
     # the final artifact, judged afresh as optimize would judge it
@@ -214,7 +215,7 @@ def test_keep_float_by_layer_name(outlier_model):
 def test_per_layer_ranking_still_available(outlier_model):
     model, _ = outlier_model
     fr = quantize_with_fallback(model, ConvertConfig(to="onnx", quantize="int8"), "builtin:digits:train",
-                                "builtin:digits:val", FallbackConfig(max_accuracy_drop=1.0, ranking="per-layer"))
+                                "builtin:digits:val", FallbackConfig(budget=Budget(max_accuracy_drop=1.0), ranking="per-layer"))
     assert fr.ranking == "per-layer" and {r["layer"] for r in fr.layers} == {"hidden", "spread", "head"}
     assert fr.layers[0]["layer"] in ("spread", "head") and fr.met
 
@@ -237,7 +238,7 @@ def test_fallback_repairs_an_outlier_carried_by_pooling_or_add(outlier_cnn, to):
     the convolutions float is not enough unless the ops in between stay float with them."""
     via, model = outlier_cnn
     fr = quantize_with_fallback(model, ConvertConfig(to=to, quantize="int8"), "builtin:digits:train",
-                                "builtin:digits:val", FallbackConfig(max_accuracy_drop=1.0))
+                                "builtin:digits:val", FallbackConfig(budget=Budget(max_accuracy_drop=1.0)))
     assert (fr.float_accuracy - fr.full.accuracy) * 100 >= 50, "full int8 should collapse on this model"
     layers, carriers = OUTLIER_REPAIR[via]
     assert fr.met and (fr.float_accuracy - fr.final.accuracy) * 100 <= 1.0
@@ -372,7 +373,7 @@ def test_fallback_stops_at_the_deadline(outlier_model):
 
     model, _ = outlier_model
     fr = quantize_with_fallback(model, ConvertConfig(to="onnx", quantize="int8"), "builtin:digits:train",
-                                "builtin:digits:val", FallbackConfig(max_accuracy_drop=1.0), deadline=time.monotonic())
+                                "builtin:digits:val", FallbackConfig(budget=Budget(max_accuracy_drop=1.0)), deadline=time.monotonic())
     assert fr.stopped and fr.cut_short and not fr.met and fr.kept_float == [] and len(fr.steps) == 1
     assert fr.to_dict()["stopped"] is True and fr.to_dict()["cut_short"] is True
 
@@ -468,7 +469,7 @@ def test_fallback_walk_ends_once_it_cannot_win(monkeypatch, needed, beat_ms, exp
     ends the walk (every longer prefix keeps more float and runs slower still), and so does a
     longest prefix that fails (no shorter one holds). Steps are timed briefly and scaled to the
     caller's int8 timing."""
-    budget = FallbackConfig(min_agreement=1.0, **({"beat_ms": beat_ms, "int8_ms": 1.0} if beat_ms else {}))
+    budget = FallbackConfig(budget=Budget(min_agreement=1.0), **({"beat_ms": beat_ms, "int8_ms": 1.0} if beat_ms else {}))
     job, calls, final, kept, steps, stopped = _fake_walk(monkeypatch, needed, budget)
     assert calls == expect_calls and not stopped and len(kept) == expect_kept and job.ok(final) == met
     assert (gave_up in job.gave_up) if gave_up else not job.gave_up, job.gave_up
@@ -477,7 +478,7 @@ def test_fallback_walk_ends_once_it_cannot_win(monkeypatch, needed, beat_ms, exp
     else:
         assert steps[-1]["estimated_ms"] == pytest.approx(1.0 + 0.1 * expect_calls[-1])
     with pytest.raises(keras_turbo.KerasTurboError, match="go together"):
-        FallbackConfig(min_agreement=1.0, beat_ms=2.0)
+        FallbackConfig(budget=Budget(min_agreement=1.0), beat_ms=2.0)
 
 
 def test_fallback_stops_with_time_left_to_judge_and_time_what_it_found():
@@ -487,7 +488,7 @@ def test_fallback_stops_with_time_left_to_judge_and_time_what_it_found():
 
     from keras_turbo import sensitivity as S
 
-    job = S._Job(None, ConvertConfig(to="litert", quantize="int8"), None, FallbackConfig(min_agreement=1.0),
+    job = S._Job(None, ConvertConfig(to="litert", quantize="int8"), None, FallbackConfig(budget=Budget(min_agreement=1.0)),
                  lambda msg: None, None, time.monotonic() + 10, [], (), None, [], None, [], [])
     assert not job.late()
     job.step_s = 6.0  # a step of 6 s and its check: 12 s, past the deadline
@@ -498,7 +499,7 @@ def test_a_walk_whose_variants_cannot_be_timed_briefly_goes_on(monkeypatch):
     """Where the full int8 variant cannot be timed here (a dynamic input size), no step is timed
     and the walk goes on as without a latency to beat."""
     timed = []
-    job, calls, final, kept, steps, _ = _fake_walk(monkeypatch, 11, FallbackConfig(min_agreement=1.0, beat_ms=0.5, int8_ms=1.0),
+    job, calls, final, kept, steps, _ = _fake_walk(monkeypatch, 11, FallbackConfig(budget=Budget(min_agreement=1.0), beat_ms=0.5, int8_ms=1.0),
                                                    brief=lambda res, batch: timed.append(res.kept))
     assert calls == [1, 2, 20, 4, 8, 16, 12, 10, 11] and len(kept) == 11 and not job.gave_up
     assert timed == [0] and all("estimated_ms" not in s for s in steps)  # the full int8 variant, once
@@ -507,7 +508,7 @@ def test_a_walk_whose_variants_cannot_be_timed_briefly_goes_on(monkeypatch):
 def test_fallback_bisection_ends_once_the_rest_cannot_win(monkeypatch):
     """Between a failing and a holding prefix, a failing step too slow to win ends the bisection:
     what lies between keeps more float than it. The shortest holding prefix found is kept."""
-    job, calls, final, kept, _, _ = _fake_walk(monkeypatch, 11, FallbackConfig(min_agreement=1.0, beat_ms=1.65, int8_ms=1.0))
+    job, calls, final, kept, _, _ = _fake_walk(monkeypatch, 11, FallbackConfig(budget=Budget(min_agreement=1.0), beat_ms=1.65, int8_ms=1.0))
     # 8 float (1.8 ms) is within 15% of 1.65 ms and fails: doubling goes on; 16 and 12 hold; 10 fails at 2.0 ms
     assert calls == [1, 2, 20, 4, 8, 16, 12, 10] and len(kept) == 12 and job.ok(final) and "with 10 layers" in job.gave_up
 
@@ -521,7 +522,7 @@ def test_fallback_bisection_ends_once_the_rest_cannot_win(monkeypatch):
 def test_fallback_walk_doubles_then_bisects(monkeypatch, needed, deadline_after, expect_calls, expect_kept):
     """The fallback keeps the shortest ranked prefix that meets the budget in about 2 log2(k)
     conversions (a fake conversion here: a prefix holds when it keeps `needed` units float)."""
-    job, calls, final, kept, steps, stopped = _fake_walk(monkeypatch, needed, FallbackConfig(min_agreement=1.0),
+    job, calls, final, kept, steps, stopped = _fake_walk(monkeypatch, needed, FallbackConfig(budget=Budget(min_agreement=1.0)),
                                                          late_after=deadline_after)
     assert calls == expect_calls and len(steps) == len(calls) + 1
     assert stopped == (deadline_after is not None)

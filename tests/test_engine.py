@@ -19,6 +19,7 @@ from keras_turbo.optimize import OptimizeConfig, optimize
 from keras_turbo.optimize import executor as executor_mod
 from keras_turbo.optimize import plan as planner
 from keras_turbo.optimize.recipe import Recipe, Step
+from keras_turbo.quality import Budget
 
 QUICK = dict(min_runs=5, min_seconds=0.05, calibration_size=100, eval_size=200, runoff_rounds=0)  # (run-off: its own test)
 
@@ -55,8 +56,9 @@ PLANNER_CHECKS = textwrap.dedent('''
     from keras_turbo.optimize import plan as P
     from keras_turbo.optimize.config import OptimizeConfig
     from keras_turbo.optimize.recipe import Recipe, Step
+    from keras_turbo.quality import Budget
 
-    cfg = OptimizeConfig(max_accuracy_drop=1.0)
+    cfg = OptimizeConfig(Budget(max_accuracy_drop=1.0))
     caps = P.MachineCaps(("keras-predict", "tf-function", "tf-xla", "litert", "onnxruntime", "openvino"))
     info = P.ModelInfo("fp", quantizable=True)
     first = P.first_plan(info, caps, cfg, has_train=False)
@@ -100,7 +102,7 @@ PLANNER_CHECKS = textwrap.dedent('''
     # objective) gets the float export and every conversion; latency plans none of them
     tp_caps = P.MachineCaps(caps.backends, tuple((f"{b}-throughput", to, "fp32") for b, to in
                                                  (("litert", "litert"), ("onnxruntime", "onnx"), ("openvino", "openvino"))))
-    tp = [r.name for r in P.first_plan(info, tp_caps, OptimizeConfig(max_accuracy_drop=1.0, objective="throughput"), False).recipes]
+    tp = [r.name for r in P.first_plan(info, tp_caps, OptimizeConfig(Budget(max_accuracy_drop=1.0), objective="throughput"), False).recipes]
     assert {"litert-throughput fp32", "litert-throughput int8", "litert-throughput dynamic", "onnxruntime-throughput int8",
             "openvino-throughput int8", "litert int8"} <= set(tp), tp
     assert not any("throughput" in n for n in names)
@@ -139,9 +141,8 @@ def timing_calls(monkeypatch):
     return calls
 
 
-def _run(model, out, data="builtin:digits:test", **kw):
-    cfg = OptimizeConfig(**{"max_accuracy_drop": 1.0, "techniques": ("runtimes",), "runtimes": ("litert", "openvino"),
-                            **QUICK, **kw})
+def _run(model, out, data="builtin:digits:test", budget=Budget(max_accuracy_drop=1.0), **kw):
+    cfg = OptimizeConfig(budget, **{"techniques": ("runtimes",), "runtimes": ("litert", "openvino"), **QUICK, **kw})
     return optimize(model, data, None, cfg, out)
 
 
@@ -164,7 +165,7 @@ def test_rerun_reuses_remeasures_and_rejudges_by_protocol(tmp_path, digits_model
     assert len(timing_calls) == 3 and all(not v["reused"]["speed"] for v in threads.variants)
 
     timing_calls.clear()
-    strict = _run(model, out, max_accuracy_drop=None, min_agreement=1.0)  # another budget: rejudged only
+    strict = _run(model, out, budget=Budget(min_agreement=1.0))  # another budget: rejudged only
     assert timing_calls == [] and all(v["reused"]["quality"] and v["reused"]["speed"] for v in strict.variants)
     assert {v["verdict"].split()[0] for v in strict.variants} == {"agreement"}
     assert all("points" in v["verdict"] for v in first.variants)
@@ -227,7 +228,7 @@ def test_failing_technique_is_built_once(tmp_path, digits_model, monkeypatch, ti
     monkeypatch.setitem(TECHNIQUES, "boom", (PruneConfig, boom))
     monkeypatch.setitem(planner.TECHNIQUE_SETTINGS, "boom", {"sparsity": 0.5})
     monkeypatch.setattr(planner, "EXPORT_FOLLOWED", ("boom",))
-    cfg = OptimizeConfig(max_accuracy_drop=1.0, techniques=("runtimes", "int8", "boom"), runtimes=("litert",), **QUICK)
+    cfg = OptimizeConfig(budget=Budget(max_accuracy_drop=1.0), techniques=("runtimes", "int8", "boom"), runtimes=("litert",), **QUICK)
     for _ in range(2):  # and a rerun does not try it again
         res = optimize(digits_model[0], "builtin:digits:test", "builtin:digits:train", cfg, tmp_path / "boom")
         failed = [v for v in res.variants if v["name"].startswith("boom")]
@@ -312,7 +313,7 @@ def test_a_build_running_at_the_deadline_is_stopped_and_the_run_recommends_what_
 def _probe_outcomes(name, within_up_to, seconds=1.0, fp="fp", time_budget_s=1800.0):
     """Outcomes the planner would see after probing, on a monotone toy: a probe is within the
     budget iff its grid index is at most `within_up_to`. Returns (probed indexes, chosen index)."""
-    cfg = OptimizeConfig(max_accuracy_drop=1.0, techniques=(name,), time_budget_s=time_budget_s)
+    cfg = OptimizeConfig(budget=Budget(max_accuracy_drop=1.0), techniques=(name,), time_budget_s=time_budget_s)
     outcomes, probed = [], []
     share = planner.time_share(cfg, [name])
     for _ in range(10):
@@ -334,7 +335,7 @@ def test_strength_search_finds_the_strongest_setting_within_budget(name):
 
 
 def test_strength_search_respects_its_time_share():
-    cfg = OptimizeConfig(max_accuracy_drop=1.0, techniques=("prune",), time_budget_s=100)
+    cfg = OptimizeConfig(budget=Budget(max_accuracy_drop=1.0), techniques=("prune",), time_budget_s=100)
     share = planner.time_share(cfg, ["prune"])
     assert share == pytest.approx(60)  # all of the training share: one technique
     slow = _probe_outcomes("prune", within_up_to=4, seconds=share / 2, time_budget_s=100)  # one probe: half the share
@@ -342,7 +343,7 @@ def test_strength_search_respects_its_time_share():
 
 
 def test_search_plans_probes_then_the_full_fine_tune_with_exports():
-    cfg = OptimizeConfig(max_accuracy_drop=1.0, techniques=("runtimes", "int8", "prune"))
+    cfg = OptimizeConfig(budget=Budget(max_accuracy_drop=1.0), techniques=("runtimes", "int8", "prune"))
     info = planner.ModelInfo("fp")
     first = planner.first_plan(info, planner.MachineCaps(("keras-predict", "litert")), cfg, has_train=True)
     assert any("prune: strength search over sparsity" in n for n in first.notes)
@@ -391,7 +392,7 @@ def test_fine_tune_lengths_follow_the_train_data_size():
     assert k.epochs(1.0, 1000.0) == k.max_epochs and k.epochs(1.0, 1000.0, 4 * n) == k.max_epochs // 4
     assert k.epochs(10.0, 5.0, 4 * n) == k.probe_epochs(4 * n)
     # the planner sizes its probes by the train data it was told of
-    cfg = OptimizeConfig(max_accuracy_drop=1.0, techniques=("runtimes", "resolution"))
+    cfg = OptimizeConfig(budget=Budget(max_accuracy_drop=1.0), techniques=("runtimes", "resolution"))
     caps = planner.MachineCaps(("keras-predict", "litert"))
     for samples, epochs in ((None, 6), (200, 6), (4 * n, 2)):
         info = planner.ModelInfo("fp", train_samples=samples)
@@ -432,7 +433,7 @@ def test_two_searched_techniques_are_composed_once_both_hold_the_budget():
     resolution applied to the pruned model (its very artifact: the same first step), fine-tuned
     within the composition's share and followed by the best exports; once, and only where each
     bought speed and held the budget fully."""
-    cfg = OptimizeConfig(max_accuracy_drop=1.0, techniques=("runtimes", "int8", "structured", "resolution"),
+    cfg = OptimizeConfig(budget=Budget(max_accuracy_drop=1.0), techniques=("runtimes", "int8", "structured", "resolution"),
                          time_budget_s=1000)
     info, caps = planner.ModelInfo("fp"), planner.MachineCaps(("keras-predict", "litert"))
     assert any(n.startswith("structured then resolution: composed") and "150 s" in n
@@ -458,7 +459,7 @@ def test_two_searched_techniques_are_composed_once_both_hold_the_budget():
                                   speedup=lambda name, value: 1.0 if name == "resolution" else value)
     assert not [r for r in no_gain if len(r.techniques) == 2]
     # nor when only one of the two is searched
-    one = OptimizeConfig(max_accuracy_drop=1.0, techniques=("runtimes", "int8", "structured"), time_budget_s=1000)
+    one = OptimizeConfig(budget=Budget(max_accuracy_drop=1.0), techniques=("runtimes", "int8", "structured"), time_budget_s=1000)
     assert not [r for r in _planned_until_done(one, info, caps, {"structured": 3}) if len(r.techniques) == 2]
 
 
@@ -526,7 +527,7 @@ def test_search_through_the_driver_records_every_point(tmp_path, digits_model, p
     """optimize() with a toy executor: every probe is in results.json's `search` with its setting,
     verdict and cost, the trained variant is the strongest setting within the budget, and the
     probes stop at half the technique's time share, the full fine-tune sized to the rest."""
-    cfg = OptimizeConfig(max_accuracy_drop=1.0, techniques=("runtimes", "structured"), runtimes=("litert",),
+    cfg = OptimizeConfig(budget=Budget(max_accuracy_drop=1.0), techniques=("runtimes", "structured"), runtimes=("litert",),
                          time_budget_s=100, **QUICK)
     toy = _ToyExecutor(tmp_path, within=3.0, probe_s=probe_s)
     res = optimize(digits_model[0], "builtin:digits:test", "builtin:digits:train", cfg, tmp_path / "out", executor=toy)
@@ -556,7 +557,7 @@ def test_search_steps_forward_where_the_full_fine_tune_recovers_more_than_the_pr
     """Probes hold the budget up to flops/2 but full fine-tunes up to flops/3: the point after the
     chosen one is fine-tuned fully while the last one held and the share has room, the fastest
     within budget is recommended, and the first full fine-tune that misses ends the climb."""
-    cfg = OptimizeConfig(max_accuracy_drop=1.0, techniques=("runtimes", "structured"), runtimes=("litert",),
+    cfg = OptimizeConfig(budget=Budget(max_accuracy_drop=1.0), techniques=("runtimes", "structured"), runtimes=("litert",),
                          time_budget_s=100, **QUICK)
     toy = _ToyExecutor(tmp_path, within=3.0, probe_s=1.0, probe_within=2.0)
     res = optimize(digits_model[0], "builtin:digits:test", "builtin:digits:train", cfg, tmp_path / "out", executor=toy)
@@ -572,7 +573,7 @@ def test_a_point_fine_tuned_fully_is_not_fine_tuned_again(tmp_path, digits_model
     """Once the chosen point's full fine-tune is built, the share it spent must not size a new,
     shorter fine-tune of the same point (MobileNetV2: 40, then 23, then 6 epochs of flops/1.5, a
     third of the budget spent on copies)."""
-    cfg = OptimizeConfig(max_accuracy_drop=1.0, techniques=("runtimes", "structured"), runtimes=("litert",),
+    cfg = OptimizeConfig(budget=Budget(max_accuracy_drop=1.0), techniques=("runtimes", "structured"), runtimes=("litert",),
                          time_budget_s=100, **QUICK)
     toy = _ToyExecutor(tmp_path, within=3.0, probe_s=8.0, full_s=20.0)
     res = optimize(digits_model[0], "builtin:digits:test", "builtin:digits:train", cfg, tmp_path / "out", executor=toy)
@@ -585,10 +586,11 @@ def test_a_probe_is_judged_within_its_splits_sampling_error():
     """A probe's budget is the user's widened by one standard error of its validation split (it
     only decides what is worth a full fine-tune), and by one sample where the split cannot
     resolve the budget at all."""
-    from keras_turbo.optimize.select import disagreement, probe_budget, within_budget
+    from keras_turbo.optimize.select import PROBE_Z
+    from keras_turbo.quality import disagreement, within_budget
 
-    budget = {"max_accuracy_drop": 1.0, "min_agreement": None, "max_output_error": None}
-    assert probe_budget(budget, 188, 0.0) == budget  # nothing wrong: nothing to widen
+    budget = Budget(max_accuracy_drop=1.0)
+    assert budget.widened(188, 0.0, PROBE_Z) == budget  # nothing wrong: nothing to widen
 
     def probe(k, n):
         return {"accuracy_drop": 100 * k / n, "top1_agreement": 1 - k / n, "samples": n}
@@ -597,14 +599,14 @@ def test_a_probe_is_judged_within_its_splits_sampling_error():
     # (3.19 points, SE 1.28) is not; and the user's own budget holds neither.
     for k, ok in ((1, True), (2, True), (3, True), (4, False), (6, False)):
         q = probe(k, 188)
-        assert within_budget(q, probe_budget(budget, 188, disagreement(q)))[0] == ok, k
+        assert within_budget(q, budget.widened(188, disagreement(q), PROBE_Z))[0] == ok, k
     assert not within_budget(probe(2, 188), budget)[0]
     # 38 samples: one sample (2.63 points) is more than the budget: it is tolerated, two are not
     one, two = probe(1, 38), probe(2, 38)
-    assert within_budget(one, probe_budget(budget, 38, disagreement(one)))[0]
-    assert not within_budget(two, probe_budget(budget, 38, disagreement(two)))[0]
-    agree = probe_budget({"max_accuracy_drop": None, "min_agreement": 0.99, "max_output_error": None}, 38, 1 / 38)
-    assert agree["min_agreement"] == pytest.approx(0.99 - math.sqrt((1 / 38) * (37 / 38) / 38), abs=1e-4)
+    assert within_budget(one, budget.widened(38, disagreement(one), PROBE_Z))[0]
+    assert not within_budget(two, budget.widened(38, disagreement(two), PROBE_Z))[0]
+    agree = Budget(min_agreement=0.99).widened(38, 1 / 38, PROBE_Z)
+    assert agree.min_agreement == pytest.approx(0.99 - math.sqrt((1 / 38) * (37 / 38) / 38), abs=1e-4)
     # the worst classifier output sets the error; a regression output has none
     assert disagreement({"outputs": [{"agreement": 0.99}, {"agreement": 0.95}, {"error": 0.1}]}) == pytest.approx(0.05)
     assert disagreement({"outputs": [{"error": 0.1}]}) == 0.0
@@ -708,7 +710,7 @@ def test_runoff_retimes_the_leaders_in_alternating_rounds_and_ranks_by_the_media
     over 15% behind, is not timed again. A rerun with the same leaders reuses the run-off; with
     runoff_rounds=0 the first timings decide."""
     script = {"litert": [1.00, 1.30, 1.40, 1.20], "onnxruntime": [1.05, 1.00, 0.90, 5.00], "openvino": [2.0]}
-    cfg = OptimizeConfig(max_accuracy_drop=1.0, techniques=("runtimes",), runtimes=("litert", "onnxruntime", "openvino"),
+    cfg = OptimizeConfig(budget=Budget(max_accuracy_drop=1.0), techniques=("runtimes",), runtimes=("litert", "onnxruntime", "openvino"),
                          time_budget_s=100, **{**QUICK, "runoff_rounds": 3})
     ex = _RunoffExecutor(tmp_path, script)
     res = optimize(digits_model[0], "builtin:digits:test", None, cfg, tmp_path / "out", executor=ex)

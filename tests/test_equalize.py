@@ -9,6 +9,7 @@ import pytest
 import keras_turbo
 from keras_turbo.convert import ConvertConfig, convert
 from keras_turbo.techniques import equalize
+from keras_turbo.quality import Budget
 from tests.conftest import keras, needs_int8_dot
 
 
@@ -93,7 +94,7 @@ def test_repair_equalizes_first_and_needs_no_float_layer(outlier_cnns):
 
     model, _ = outlier_cnns("add")
     fr = quantize_with_repair(model, ConvertConfig(to="onnx", quantize="int8"), "builtin:digits:train",
-                              "builtin:digits:val", FallbackConfig(max_accuracy_drop=1.0))
+                              "builtin:digits:val", FallbackConfig(budget=Budget(max_accuracy_drop=1.0)))
     assert fr.met and fr.kept_float == [] and len(fr.steps) == 1  # int8 everywhere, no fallback step
     assert any("add" in g["between"] for g in fr.equalization["groups"])
     assert fr.to_dict()["equalization"]["groups"]

@@ -16,6 +16,7 @@ from keras_turbo.cli import main
 from keras_turbo.data import load_data
 from keras_turbo.errors import DataError, KerasTurboError
 from keras_turbo.model.signature import TensorInfo
+from keras_turbo.quality import Budget
 from tests.conftest import keras
 
 RNG = np.random.default_rng(0)
@@ -253,7 +254,7 @@ def test_unet_and_multilabel_end_to_end(kind_models, tmp_path, name, kind):
     assert o["metric_drop" if kind == "segmentation" else "accuracy_drop"] == pytest.approx(0.0, abs=1e-9), o
     assert ("miou" if kind == "segmentation" else "f1") in o, o
 
-    r = optimize(model, str(data), None, OptimizeConfig(min_agreement=0.99, max_accuracy_drop=2.0, max_metric_drop=5.0, runtimes=("onnxruntime",),
+    r = optimize(model, str(data), None, OptimizeConfig(budget=Budget(min_agreement=0.99, max_accuracy_drop=2.0, max_metric_drop=5.0), runtimes=("onnxruntime",),
                                                           min_runs=3, min_seconds=0.05, techniques=("runtimes",), runoff_rounds=0),
                  tmp_path / "o")
     onnx = next(v for v in r.variants if v["backend"] == "onnxruntime" and v.get("ok"))

@@ -21,6 +21,7 @@ from keras_turbo.errors import DataError, cause
 from keras_turbo.exporters import EXPORTERS
 from keras_turbo.optimize import optimize
 from keras_turbo.optimize.config import OptimizeConfig
+from keras_turbo.quality import Budget
 from tests import tiny_models
 from tests.conftest import keras
 
@@ -75,7 +76,7 @@ def test_dict_output_end_to_end(files, tmp_path, capsys):
     assert [(o["name"], o["kind"]) for o in res["outputs"]] == [("output_0", "regression"), ("output_1", "binary")]
     assert res["outputs"][0]["error"] < 1e-5 and res["outputs"][1]["agreement"] == 1.0
 
-    r = optimize(model, str(data), None, OptimizeConfig(min_agreement=0.99, max_output_error=0.01, max_accuracy_drop=None, runtimes=("onnxruntime",),
+    r = optimize(model, str(data), None, OptimizeConfig(budget=Budget(min_agreement=0.99, max_output_error=0.01, max_accuracy_drop=None), runtimes=("onnxruntime",),
                                                           **QUICK), tmp_path / "o")
     onnx = next(v for v in r.variants if v["backend"] == "onnxruntime")
     assert onnx["ok"] and onnx["within_budget"] and len(onnx["outputs"]) == 2
@@ -102,8 +103,7 @@ def test_text_end_to_end(files, tmp_path):
     res = keras_turbo.evaluate(model, str(data), reference=model, backend="litert", reference_backend="keras-call")
     assert res["outputs"][0]["kind"] == "multiclass" and res["outputs"][0]["agreement"] == 1.0
 
-    r = optimize(model, str(data), None, OptimizeConfig(min_agreement=0.99, max_accuracy_drop=None,
-                                                          runtimes=("litert",), **QUICK), tmp_path / "o")
+    r = optimize(model, str(data), None, OptimizeConfig(budget=Budget(min_agreement=0.99, max_accuracy_drop=None), runtimes=("litert",), **QUICK), tmp_path / "o")
     by_name = {v["name"]: v for v in r.variants}
     litert = by_name["litert fp32"]
     assert litert["ok"] and litert["within_budget"] and litert["preprocessing"] == "TensorFlow", litert.get("error")
@@ -173,7 +173,7 @@ def test_dynamic_shape_end_to_end(files, tmp_path, capsys):
     res = keras_turbo.evaluate(model, str(data), reference=model, backend="litert", reference_backend="keras-call")
     assert res["outputs"][0]["kind"] == "segmentation" and res["outputs"][0]["agreement"] == 1.0
 
-    r = optimize(model, str(data), None, OptimizeConfig(min_agreement=0.99, max_accuracy_drop=None, runtimes=("litert",),
+    r = optimize(model, str(data), None, OptimizeConfig(budget=Budget(min_agreement=0.99, max_accuracy_drop=None), runtimes=("litert",),
                                                           **QUICK), tmp_path / "o")
     assert [list(s) for s in r.doc["protocol"]["bench"]["input_shapes"]] == [[16, 12, 3]]  # timed at the data's shape, not 1x1
     litert = next(v for v in r.variants if v["backend"] == "litert")
@@ -216,8 +216,7 @@ def test_an_export_with_extra_inputs_is_a_failed_row(tmp_path, monkeypatch):
     assert "input(s) the model does not have" in row.error and "ExportMismatch" in row.error
 
     np.savez(tmp_path / "d.npz", x=np.random.default_rng(0).normal(3, 2, (30, 6)).astype("float32"))
-    r = optimize(path, str(tmp_path / "d.npz"), None, OptimizeConfig(min_agreement=0.9, max_accuracy_drop=None,
-                                                                      runtimes=("onnxruntime",), **QUICK),
+    r = optimize(path, str(tmp_path / "d.npz"), None, OptimizeConfig(budget=Budget(min_agreement=0.9, max_accuracy_drop=None), runtimes=("onnxruntime",), **QUICK),
                  tmp_path / "o", cache_dir=tmp_path / "cache")
     onnx = next(v for v in r.variants if v["backend"] == "onnxruntime")
     assert not onnx["ok"] and "input(s) the model does not have" in onnx["error"]

@@ -16,6 +16,7 @@ import keras_turbo
 from keras_turbo.report import write_markdown
 from keras_turbo.optimize import OptimizeConfig, optimize
 from keras_turbo.optimize.select import pareto, recommend
+from keras_turbo.quality import Budget
 
 QUICK = dict(min_runs=5, min_seconds=0.05, calibration_size=100, eval_size=271, runoff_rounds=0)
 VARIANT_KEYS = {"name", "steps", "artifact", "backend", "ok", "error", "model_bytes", "accuracy", "accuracy_drop",
@@ -25,7 +26,7 @@ VARIANT_KEYS = {"name", "steps", "artifact", "backend", "ok", "error", "model_by
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory, digits_model):
     out = tmp_path_factory.mktemp("opt")
-    cfg = OptimizeConfig(max_accuracy_drop=1.0, techniques=("runtimes", "int8", "fallback"), **QUICK)
+    cfg = OptimizeConfig(budget=Budget(max_accuracy_drop=1.0), techniques=("runtimes", "int8", "fallback"), **QUICK)
     res = optimize(digits_model[0], "builtin:digits:test", "builtin:digits:train", cfg, out)
     return res
 
@@ -130,7 +131,7 @@ def test_interrupted_run_resumes_without_redoing(tmp_path, digits_model):
     done = {v["name"]: v for v in before["variants"]}
     assert 2 <= len(done) < 4
     # the CLI's settings: the same protocol (and no run-off, which would re-time the leaders on purpose)
-    cfg = OptimizeConfig(max_accuracy_drop=1.0, techniques=("runtimes",), runtimes=("litert", "onnxruntime", "openvino"),
+    cfg = OptimizeConfig(budget=Budget(max_accuracy_drop=1.0), techniques=("runtimes",), runtimes=("litert", "onnxruntime", "openvino"),
                          runoff_rounds=0)
     res = optimize(digits_model[0], "builtin:digits:test", None, cfg, out)
     after = {v["name"]: v for v in res.variants}
@@ -207,10 +208,10 @@ def test_the_budget_nobody_gave_follows_the_data(tmp_path, digits_model):
     np.savez(tmp_path / "labelled.npz", x=x, y=np.arange(30) % 10)
     # labelled data: the 1-point accuracy budget; unlabelled: top-1 agreement 0.99, said in one warning
     _, cfg = _data_refs(str(tmp_path / "labelled.npz"), None, OptimizeConfig(), inputs, outputs)
-    assert (cfg.max_accuracy_drop, cfg.min_agreement) == (1.0, None)
+    assert (cfg.budget.max_accuracy_drop, cfg.budget.min_agreement) == (1.0, None)
     with pytest.warns(UserWarning, match="no labels and no budget was given.*agreement >= 0.99"):
         _, cfg = _data_refs(str(tmp_path / "plain.npz"), None, OptimizeConfig(), inputs, outputs)
-    assert (cfg.max_accuracy_drop, cfg.min_agreement) == (None, 0.99)
+    assert (cfg.budget.max_accuracy_drop, cfg.budget.min_agreement) == (None, 0.99)
     # a budget the user named is theirs: an accuracy budget on unlabelled data is an error
     with pytest.raises(keras_turbo.KerasTurboError, match="needs labelled --data"):
-        _data_refs(str(tmp_path / "plain.npz"), None, OptimizeConfig(max_accuracy_drop=2.0), inputs, outputs)
+        _data_refs(str(tmp_path / "plain.npz"), None, OptimizeConfig(budget=Budget(max_accuracy_drop=2.0)), inputs, outputs)

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from keras_turbo import quality
-from keras_turbo.optimize.select import within_budget
+from keras_turbo.quality import within_budget
+from keras_turbo.quality import Budget
 from tests.conftest import keras
 
 RNG = np.random.default_rng(0)
@@ -60,7 +61,7 @@ def _cases():
 def test_verdict_right_for_good_and_bad_variants(case):
     kind, ref, good, bad = case
     k = quality.OutputKind("out", kind, 0.5 if kind in ("binary", "multilabel") else None)
-    budget = {"max_accuracy_drop": None, "min_agreement": 0.99, "max_output_error": 0.02}
+    budget = Budget(min_agreement=0.99, max_output_error=0.02)
     ok, why = within_budget(quality.judge([ref], [good], [k]), budget)
     assert ok, why
     ok, why = within_budget(quality.judge([ref], [bad], [k]), budget)
@@ -75,7 +76,7 @@ def test_regression_is_not_judged_by_a_threshold():
     res = quality.judge([ref], [ref * 1.1], [k])
     assert quality.agreement(ref * 1.1, ref) == 1.0  # what the old rule saw
     assert res["outputs"][0]["relative_error"] > 0.1
-    assert not within_budget(res, {"min_agreement": 0.98})[0]
+    assert not within_budget(res, Budget(min_agreement=0.98))[0]
 
 
 def test_every_output_must_meet_its_budget():
@@ -84,25 +85,25 @@ def test_every_output_must_meet_its_budget():
     kinds = [quality.OutputKind("cls", "multiclass"), quality.OutputKind("box", "regression")]
     good = quality.judge([probs, box], [probs, box + 0.01], kinds)
     off = quality.judge([probs, box], [probs, box + 1.3 * np.sign(RNG.normal(size=box.shape)) * 30], kinds)
-    assert within_budget(good, {"min_agreement": 0.99})[0]
-    ok, why = within_budget(off, {"min_agreement": 0.99})
+    assert within_budget(good, Budget(min_agreement=0.99))[0]
+    ok, why = within_budget(off, Budget(min_agreement=0.99))
     assert not ok and why.startswith("cls: agreement 100.00%") and "box: relative error" in why
     # a budget of its own for the regression head
-    assert within_budget(off, {"min_agreement": 0.99, "max_output_error": 5.0})[0]
+    assert within_budget(off, Budget(min_agreement=0.99, max_output_error=5.0))[0]
 
 
 def test_too_few_samples_to_resolve_the_budget_is_said():
     probs = _softmax(RNG.normal(size=(40, 3)))
     q = quality.judge([probs], [probs], [quality.OutputKind("o", "multiclass")], RNG.integers(0, 3, 40))
-    ok, why = within_budget(q, {"max_accuracy_drop": 1.0})
+    ok, why = within_budget(q, Budget(max_accuracy_drop=1.0))
     assert ok and "40 samples resolve only 2.50 points" in why
     # a relative metric has no resolution to state, but few samples make it noisy: said too
     y = RNG.normal(size=(40, 1))
     reg = [quality.OutputKind("o", "regression")]
-    ok, why = within_budget(quality.judge([y + 0.1], [y + 0.1], reg, [y]), {"max_metric_drop": 1.0})
+    ok, why = within_budget(quality.judge([y + 0.1], [y + 0.1], reg, [y]), Budget(max_metric_drop=1.0))
     assert ok and why.endswith("(warning: RMSE over 40 samples is a noisy estimate)"), why
     y = np.tile(y, (2, 1))
-    assert "noisy" not in within_budget(quality.judge([y + 0.1], [y + 0.1], reg, [y]), {"max_metric_drop": 1.0})[1]
+    assert "noisy" not in within_budget(quality.judge([y + 0.1], [y + 0.1], reg, [y]), Budget(max_metric_drop=1.0))[1]
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +136,7 @@ def test_optimize_judges_every_output_of_a_two_head_model(regression_two_head, t
     from keras_turbo.optimize import OptimizeConfig, optimize
 
     d = regression_two_head
-    cfg = OptimizeConfig(min_agreement=0.98, techniques=("runtimes", "int8"), runtimes=("litert",),
+    cfg = OptimizeConfig(budget=Budget(min_agreement=0.98), techniques=("runtimes", "int8"), runtimes=("litert",),
                          min_runs=5, min_seconds=0.05, calibration_size=100, eval_size=200, runoff_rounds=0)
     with pytest.warns(UserWarning, match="output output_1 is a single linear unit"):
         res = optimize(d / "m.keras", str(d / "x.npz"), None, cfg, tmp_path / "o")

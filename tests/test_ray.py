@@ -15,6 +15,7 @@ import pytest
 ray = pytest.importorskip("ray")  # a pinned dependency: `make` installs it
 
 from keras_turbo.optimize import OptimizeConfig, optimize  # noqa: E402
+from keras_turbo.quality import Budget  # noqa: E402
 from keras_turbo.optimize.executor import RayExecutor  # noqa: E402
 
 QUICK = dict(min_runs=5, min_seconds=0.05, calibration_size=100, eval_size=200)
@@ -22,7 +23,7 @@ MB = 1024 ** 2
 
 
 def _cfg(**kw):
-    return OptimizeConfig(**{"max_accuracy_drop": 1.0, "objective": "size", "techniques": ("runtimes", "int8"),
+    return OptimizeConfig(Budget(max_accuracy_drop=1.0), **{"objective": "size", "techniques": ("runtimes", "int8"),
                              "runtimes": ("litert", "onnxruntime"), **QUICK, **kw})
 
 

@@ -15,6 +15,7 @@ from keras_turbo.errors import KerasTurboError
 from keras_turbo.optimize import plan as planner
 from keras_turbo.optimize.config import OptimizeConfig
 from keras_turbo.techniques import resolution as R
+from keras_turbo.quality import Budget
 from tests.conftest import keras
 from tests.test_cli import run_cli
 
@@ -164,7 +165,7 @@ def test_cli_writes_the_model_and_refuses_a_flatten_head_in_one_line(tmp_path, c
 
 
 def test_optimize_searches_the_factor_or_says_why_not():
-    cfg = OptimizeConfig(max_accuracy_drop=1.0, techniques=("runtimes", "resolution", "structured"))
+    cfg = OptimizeConfig(budget=Budget(max_accuracy_drop=1.0), techniques=("runtimes", "resolution", "structured"))
     caps = planner.MachineCaps(("keras-predict", "litert"))
     taken = planner.first_plan(planner.ModelInfo("fp"), caps, cfg, has_train=True)
     assert any(n.startswith("resolution: strength search over factor [1.25, 1.4, 1.6, 2, 2.8]") for n in taken.notes)

@@ -24,6 +24,7 @@ from keras_turbo import _tf
 from keras_turbo.cli import main
 from keras_turbo.errors import DataError, ModelLoadError, OutputError, UnsafeModelError
 from keras_turbo.model.gate import ALLOWED_OPS, NEVER, SAVER_OPS, check_savedmodel
+from keras_turbo.quality import Budget
 
 tf = _tf.tf()
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -566,7 +567,7 @@ def test_optimize_retries_a_row_whose_worker_was_killed(tmp_path, digits_model, 
     from keras_turbo import bench
     from keras_turbo.optimize import OptimizeConfig, optimize
 
-    cfg = OptimizeConfig(max_accuracy_drop=1.0, techniques=("fallback",), min_runs=5, min_seconds=0.05, eval_size=100,
+    cfg = OptimizeConfig(budget=Budget(max_accuracy_drop=1.0), techniques=("fallback",), min_runs=5, min_seconds=0.05, eval_size=100,
                          runoff_rounds=0)
     real = bench.run_isolated
 

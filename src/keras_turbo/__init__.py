@@ -33,6 +33,7 @@ _LAZY = {
     "ConvertConfig": "keras_turbo.convert", "ConvertResult": "keras_turbo.convert",
     "BACKENDS": "keras_turbo.runtimes", "Predictor": "keras_turbo.runtimes",
     "OptimizeConfig": "keras_turbo.optimize", "OptimizeResult": "keras_turbo.optimize",
+    "Budget": "keras_turbo.quality",
     "FallbackConfig": "keras_turbo.sensitivity", "FallbackResult": "keras_turbo.sensitivity",
     "quantize_with_fallback": "keras_turbo.sensitivity", "quantize_with_repair": "keras_turbo.sensitivity",
 }
@@ -99,5 +100,5 @@ def devices() -> dict:
 
 
 __all__ = ["BACKENDS", "BackendError", "OutputError", "BenchmarkConfig", "BenchmarkReport", "ConvertConfig", "ConvertResult", "DataError",
-           "FallbackConfig", "FallbackResult", "KerasTurboError", "ModelLoadError", "OptimizeConfig", "OptimizeResult", "Predictor", "optimize", "benchmark", "convert",
+           "Budget", "FallbackConfig", "FallbackResult", "KerasTurboError", "ModelLoadError", "OptimizeConfig", "OptimizeResult", "Predictor", "optimize", "benchmark", "convert",
            "devices", "evaluate", "inspect", "load", "load_model", "quantize_with_fallback", "quantize_with_repair"]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from keras_turbo import quality
 from keras_turbo.errors import KerasTurboError
-from keras_turbo.model import as_ref, custom, load_keras, resolve, scales_inputs
+from keras_turbo.model import as_ref, custom, load_keras, output_activations, resolve, scales_inputs
 from keras_turbo.model.custom import accepts
 from keras_turbo.runtimes import Predictor
 from keras_turbo.runtimes import load as open_model
@@ -67,7 +67,7 @@ def load_model(path, unsafe: bool = False, *, custom_objects=None):
 
 def evaluate(model, data, reference=None, backend: str | None = None, reference_backend: str | None = None,
              batch_size: int = 32, threads: int | None = None, unsafe: bool = False, cache_dir: Path | None = None,
-             output_kinds=(), budget: dict | None = None, metric=None, *, custom_objects=None) -> dict:
+             output_kinds=(), budget: quality.Budget | None = None, metric=None, *, custom_objects=None) -> dict:
     """Accuracy on labelled data, and agreement with a reference model.
 
     Args:
@@ -77,8 +77,8 @@ def evaluate(model, data, reference=None, backend: str | None = None, reference_
         reference: optional model to compare against (top-1 agreement, output differences).
         backend / reference_backend: runtimes to run them on (defaults as in `load`).
         output_kinds: (output name, kind) pairs overriding the detected kinds (quality.KINDS).
-        budget: optional {"max_accuracy_drop", "min_agreement", "max_output_error",
-            "max_metric_drop"}: with a reference, every output is judged against it as optimize
+        budget: optional quality.Budget (or a dict of its fields: "max_accuracy_drop", "min_agreement", "max_output_error",
+            "max_metric_drop"): with a reference, every output is judged against it as optimize
             judges a variant.
         metric: the user's metric, "FILE.py:function" or a callable (quality.judge_metric):
             scored for the model (and, with a reference, against the reference's score).
@@ -151,21 +151,18 @@ def _evaluate(model, data, reference, backend, reference_backend, batch_size, th
     if "user_metric" in q:
         result["user_metric"] = q["user_metric"]
     if budget:
-        from keras_turbo.optimize.select import within_budget
-
-        result["within_budget"], result["verdict"] = within_budget(q, budget)
+        budget = budget if isinstance(budget, quality.Budget) else quality.Budget.from_dict(budget)
+        result["within_budget"], result["verdict"] = quality.within_budget(q, budget)
     return result
 
 
 def _kinds(model, predictor, values, ds, overrides, unsafe):
     """Each output's kind, from the Keras model when `model` is one (its last activations), else
     from the values."""
-    from keras_turbo.kinds import output_kinds
-
     ref = None
     if isinstance(model, (str, os.PathLike)) and not (Path(model) / "manifest.json").exists():
         ref = as_ref(model, unsafe)
-    return output_kinds(ref if ref is not None and ref.is_keras else None, predictor.outputs, values, ds.y, overrides)
+    return quality.output_kinds(predictor.outputs, values, ds.y, output_activations(ref), overrides)
 
 
 def _as_list(o) -> list:

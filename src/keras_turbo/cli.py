@@ -178,17 +178,24 @@ def cmd_benchmark(args) -> int:
     return 0
 
 
+def _budget(args):
+    """The budget flags a command took, as a quality.Budget (which validates them)."""
+    from keras_turbo.quality import Budget
+
+    given = vars(args)
+    return Budget(**{k: given.get(k) for k in ("max_accuracy_drop", "min_agreement", "max_output_error", "max_metric_drop")})
+
+
 def cmd_evaluate(args) -> int:
     import keras_turbo
 
     _check_outputs(args, args.model, args.data, args.reference)
-    budget = None
-    if any(v is not None for v in (args.min_agreement, args.max_accuracy_drop, args.max_output_error, args.max_metric_drop)):
-        if args.reference is None:
-            raise KerasTurboError("--min-agreement / --max-accuracy-drop / --max-output-error / --max-metric-drop judge "
-                                  "MODEL against --reference MODEL: give one")
-        budget = {"min_agreement": args.min_agreement, "max_accuracy_drop": args.max_accuracy_drop,
-                  "max_output_error": args.max_output_error, "max_metric_drop": args.max_metric_drop}
+    budget = _budget(args)
+    if budget == type(budget)():
+        budget = None
+    elif args.reference is None:
+        raise KerasTurboError("--min-agreement / --max-accuracy-drop / --max-output-error / --max-metric-drop judge "
+                              "MODEL against --reference MODEL: give one")
     res = keras_turbo.evaluate(args.model, args.data, reference=args.reference, backend=args.backend,
                                reference_backend=args.reference_backend, batch_size=args.batch_size, unsafe=args.unsafe,
                                output_kinds=_output_kinds(args.output_kind), budget=budget, metric=args.metric)
@@ -270,7 +277,7 @@ def cmd_convert(args) -> int:
 
         if not args.eval_data:
             raise KerasTurboError("--max-accuracy-drop / --min-agreement need held-out --eval-data")
-        fb = FallbackConfig(max_accuracy_drop=args.max_accuracy_drop, min_agreement=args.min_agreement)
+        fb = FallbackConfig(_budget(args))
         fr = quantize_with_fallback(args.model, cfg, args.calibration_data, args.eval_data, fb, unsafe=args.unsafe,
                                     progress=lambda msg: err.print(f"[dim]{msg}[/dim]"))
         result = fr.result
@@ -505,9 +512,8 @@ def _output_kinds(items) -> tuple:
 def cmd_optimize(args) -> int:
     from keras_turbo.optimize import OptimizeConfig
 
-    cfg = OptimizeConfig(max_accuracy_drop=args.max_accuracy_drop if args.min_agreement is None else None,
-                         min_agreement=args.min_agreement, max_output_error=args.max_output_error,
-                         max_metric_drop=args.max_metric_drop, metric=args.metric, output_kinds=_output_kinds(args.output_kind), objective=args.objective, batch_size=args.batch_size,
+    cfg = OptimizeConfig(_budget(args), metric=args.metric, output_kinds=_output_kinds(args.output_kind),
+                         objective=args.objective, batch_size=args.batch_size,
                          threads=args.threads, techniques=tuple(t for t in (args.techniques or "").split(",") if t),
                          runtimes=tuple(t for t in (args.runtimes or "").split(",") if t),
                          time_budget_s=_parse_duration(args.time_budget), runoff_rounds=args.runoff_rounds)
@@ -555,7 +561,9 @@ def cmd_demo(args) -> int:
     out, err = _console()
     path = digits_model_path(progress=lambda msg: err.print(f"[dim]{msg}[/dim]"))
     out.print(f"built-in digits CNN: {path}")
-    cfg = OptimizeConfig(max_accuracy_drop=1.0, threads=args.threads, time_budget_s=_parse_duration(args.time_budget))
+    from keras_turbo.quality import Budget
+
+    cfg = OptimizeConfig(Budget(max_accuracy_drop=1.0), threads=args.threads, time_budget_s=_parse_duration(args.time_budget))
     # Judged on validation + test (540 samples): the 1-point budget is then 5.4 samples rather than
     # 2.7 on the test split alone. optimize trains and searches on the train split only; the CNN
     # used the validation split for its early stopping, which can only flatter the float model.

@@ -1,7 +1,8 @@
 """How a variant's outputs are judged: the ONE place top-1, accuracy and agreement are computed.
 
 `evaluate`, the per-layer sensitivity, the training techniques and `optimize` all call these, so
-"top-1" means the same thing everywhere. A single-unit output is a binary classifier: its
+"top-1" means the same thing everywhere; each output's kind (`output_kinds`), and the budget a
+variant is held to (`Budget`, `within_budget`), live here too. A single-unit output is a binary classifier: its
 threshold is decided once, from the *reference* (float) model's outputs (0.5 for probabilities,
 0 for logits), and applied to both sides, so a variant whose values drift slightly out of [0, 1]
 is not judged by a different rule than the model it is compared with.
@@ -11,7 +12,8 @@ Pure numpy; no TensorFlow.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -52,6 +54,13 @@ def agreement(out: np.ndarray, reference: np.ndarray) -> float:
     return float(np.mean(top1(out, t) == top1(reference, t)))
 
 
+def nmse(reference: np.ndarray, out: np.ndarray) -> float:
+    """Mean squared difference over the reference's mean square: 0 is exact, 1 is as large as the
+    signal itself (the int8 repair ranks variants by it where accuracy ties)."""
+    reference, out = np.asarray(reference, np.float64), np.asarray(out, np.float64)
+    return float(np.mean((out - reference) ** 2) / max(np.mean(reference ** 2), 1e-12))
+
+
 def compare(reference: np.ndarray, out: np.ndarray, y: np.ndarray | None = None) -> dict:
     """Everything the budget and the report judge a variant's output by, against the float
     reference (and the labels when there are any).
@@ -73,7 +82,7 @@ def compare(reference: np.ndarray, out: np.ndarray, y: np.ndarray | None = None)
             "mean_abs_diff": float(diff.mean()) if diff.size else 0.0}
 
 
-__all__ = ["accuracy", "agreement", "binary_threshold", "compare", "flat", "top1"]
+__all__ = ["accuracy", "agreement", "binary_threshold", "compare", "flat", "nmse", "top1"]
 
 
 # ------------------------------------------------------------------ output kinds
@@ -138,6 +147,36 @@ def detect(name: str, shape, activation: str | None, reference: np.ndarray | Non
     what = "a single linear unit (regression, or a logit)" if units == 1 else "a linear output"
     return OutputKind(name, "regression", sure=False,
                       why=f"{what}: judged as regression by its relative error; if it is not, pass {override}")
+
+
+def output_kinds(outputs, refs: list, y, activations=None, overrides=()) -> tuple[OutputKind, ...]:
+    """Each output's kind: detected (`detect`) from the activation of the layer that makes it
+    (`activations`, one per output, None where the graph does not say: an artifact, a wrapped
+    SavedModel; `model.load.output_activations` reads them off a Keras model), its shape, the
+    float model's values and whether the labels fit it; or as the user named it (`overrides`:
+    (output name, kind) pairs).
+
+    Raises:
+        KerasTurboError: an override names no output of the model.
+    """
+    from keras_turbo.errors import KerasTurboError
+
+    named = dict(overrides)
+    activations = list(activations) if activations is not None else [None] * len(outputs)
+    unknown = sorted(set(named) - {t.name for t in outputs})
+    if unknown:
+        raise KerasTurboError(f"--output-kind: no output named {', '.join(unknown)} (outputs: {', '.join(t.name for t in outputs)})")
+    kinds = []
+    for i, (t, act, r) in enumerate(zip(outputs, activations, refs)):
+        fits = i == 0 and y is not None and len(t.shape) == 2 and t.shape[-1] and int(np.max(y)) < t.shape[-1]
+        k = detect(t.name, t.shape, act, r, bool(fits))
+        if t.name in named:
+            kind = named[t.name]
+            # a sigmoid's threshold is 0.5; a logit's 0 (binary_threshold decides from the values)
+            thr = (0.5 if act == "sigmoid" else binary_threshold(r)) if kind in ("binary", "multilabel") else None
+            k = OutputKind(t.name, kind, thr, why="named by the user")
+        kinds.append(k)
+    return tuple(kinds)
 
 
 def _decisions(a: np.ndarray, k: OutputKind) -> np.ndarray:
@@ -378,4 +417,191 @@ def judge_metric(metric, refs: list, outs: list, labels: list) -> dict:
 
 
 __all__ += ["CLASSIFYING", "DEFAULT_MAX_METRIC_DROP", "DEFAULT_MAX_OUTPUT_ERROR", "DEFAULT_MIN_AGREEMENT", "KINDS",
-            "OutputKind", "detect", "judge", "judge_metric", "judge_output", "load_metric", "metric_name", "relative_drop"]
+            "OutputKind", "detect", "judge", "judge_metric", "judge_output", "load_metric", "metric_name", "output_kinds",
+            "relative_drop"]
+
+
+# ------------------------------------------------------------------ the budget
+
+#: the accuracy budget, in points, a run on labelled data gets where the user gave none
+DEFAULT_MAX_ACCURACY_DROP = 1.0
+#: slack on every comparison with a budget (floating-point sums of exact sample counts)
+EPS = 1e-9
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much quality a variant may give up against the float model: the one budget type,
+    built once from the CLI flags or the API's arguments and validated here, then handed to
+    whatever judges (optimize, the int8 repair, evaluate).
+
+    Attributes:
+        max_accuracy_drop: accuracy points a classification-like output may lose (needs labels).
+        min_agreement: instead, top-1 agreement with the float model, in (0, 1], per sample (per
+            label, per position); no labels needed. Where both are given, agreement decides.
+        max_output_error: regression and embedding outputs: RMSE of the difference from the
+            float output over that output's standard deviation (1 - cosine for embeddings);
+            DEFAULT_MAX_OUTPUT_ERROR where not given.
+        max_metric_drop: labelled metrics other than accuracy (RMSE, mean IoU, F1) and the
+            user's metric: relative drop from the float model's value, in percent (RMSE: its
+            rise); without it those outputs are judged label-free and the user's metric by
+            DEFAULT_MAX_METRIC_DROP.
+
+    Raises:
+        KerasTurboError: a value out of its range (the message names the setting).
+
+    Example:
+        >>> Budget(max_accuracy_drop=1.0).to_dict()
+        {'max_accuracy_drop': 1.0, 'min_agreement': None, 'max_output_error': None, 'max_metric_drop': None}
+    """
+
+    max_accuracy_drop: float | None = None
+    min_agreement: float | None = None
+    max_output_error: float | None = None
+    max_metric_drop: float | None = None
+
+    def __post_init__(self):
+        from keras_turbo.errors import bad_param
+
+        if self.min_agreement is not None:
+            if not (0 < self.min_agreement <= 1):
+                raise bad_param("min_agreement", "a fraction in (0, 1]", self.min_agreement)
+            object.__setattr__(self, "max_accuracy_drop", None)
+        elif self.max_accuracy_drop is not None and not (0 <= self.max_accuracy_drop <= 100):
+            raise bad_param("max_accuracy_drop", "a number of points in [0, 100]", self.max_accuracy_drop)
+        if self.max_output_error is not None and not (0 < self.max_output_error < 10):
+            raise bad_param("max_output_error", "a relative error in (0, 10)", self.max_output_error)
+        if self.max_metric_drop is not None and not (0 <= self.max_metric_drop <= 100):
+            raise bad_param("max_metric_drop", "a percentage in [0, 100]", self.max_metric_drop)
+
+    @property
+    def classification_given(self) -> bool:
+        """Whether the user named a budget for classification-like outputs."""
+        return self.max_accuracy_drop is not None or self.min_agreement is not None
+
+    def resolved(self, labelled: bool) -> "Budget":
+        """This budget with the classification part decided where the user gave none: a
+        DEFAULT_MAX_ACCURACY_DROP-point accuracy budget on labelled data, top-1 agreement of at
+        least DEFAULT_MIN_AGREEMENT with the float model on unlabelled data."""
+        if self.classification_given:
+            return self
+        if labelled:
+            return replace(self, max_accuracy_drop=DEFAULT_MAX_ACCURACY_DROP)
+        return replace(self, min_agreement=DEFAULT_MIN_AGREEMENT)
+
+    def widened(self, samples: int, disagreement: float = 0.0, z: float = 1.0) -> "Budget":
+        """The budget a measurement on only `samples` samples is held to when it only decides what
+        is worth measuring properly (optimize's strength-search probes): widened by `z` standard
+        errors of the measured `disagreement` (1 - top-1 agreement, a binomial rate), and by one
+        sample where the split cannot resolve the budget at all (one sample is more than it)."""
+        if samples <= 0:
+            return self
+        d = min(max(float(disagreement), 0.0), 1.0)
+        se = z * math.sqrt(d * (1.0 - d) / samples)
+        out = self
+        if self.max_accuracy_drop is not None:
+            out = replace(out, max_accuracy_drop=round(max(self.max_accuracy_drop + 100.0 * se, 100.0 / samples), 2))
+        if self.min_agreement is not None:
+            out = replace(out, min_agreement=round(min(self.min_agreement - se, 1.0 - 1.0 / samples), 4))
+        return out
+
+    def to_dict(self) -> dict:
+        return {"max_accuracy_drop": self.max_accuracy_drop, "min_agreement": self.min_agreement,
+                "max_output_error": self.max_output_error, "max_metric_drop": self.max_metric_drop}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Budget":
+        """The budget from a dict holding its fields (other keys, such as a recipe step's, are left)."""
+        return cls(**{k: d.get(k) for k in ("max_accuracy_drop", "min_agreement", "max_output_error", "max_metric_drop")})
+
+
+def _accuracy_verdict(o: dict, lim: float) -> tuple[bool, str]:
+    n = o.get("samples") or 0
+    drop = o["accuracy_drop"]
+    ok = drop <= lim + EPS
+    what = "exact-set accuracy" if o["kind"] == "multilabel" else "accuracy"
+    text = f"{what} drop {drop:.2f} points {'<=' if ok else '>'} {lim}"
+    return ok, text + (f" (warning: {n} samples resolve only {100 / n:.2f} points)" if n and 100 / n > lim > 0 else "")
+
+
+#: below this many labelled samples a metric's relative change is said to be a noisy estimate
+#: (accuracy has an exact resolution, one sample; RMSE, mean IoU and F1 have none to state)
+FEW_SAMPLES = 50
+
+
+def _metric_verdict(o: dict, lim: float) -> tuple[bool, str]:
+    name, drop = o["labelled_metric"], o["metric_drop"]
+    ok = drop <= lim + EPS
+    shown = {"rmse": "RMSE", "miou": "mean IoU", "f1": "F1"}.get(name, name)
+    change = "rise" if name == "rmse" else "drop"
+    n = o.get("samples") or 0
+    few = f" (warning: {shown} over {n} samples is a noisy estimate)" if 0 < n < FEW_SAMPLES else ""
+    return ok, (f"{shown} {o[name]:.4g} (float {o['reference_' + name]:.4g}): {change} {drop:.2f}% "
+                f"{'<=' if ok else '>'} {lim}%{few}")
+
+
+def output_verdict(o: dict, budget: Budget) -> tuple[bool, str]:
+    """One output's verdict. With labels: classification kinds by their accuracy drop (points,
+    `max_accuracy_drop`), mean IoU, F1 and RMSE by their relative drop (percent,
+    `max_metric_drop`), where that budget is given. Otherwise (no labels, or no labelled budget
+    for the kind) label-free: classification-like kinds by agreement with the float model, the
+    others by their error relative to the float output; defaults where no budget applies."""
+    n = o.get("samples") or 0
+    by_acc = budget.max_accuracy_drop is not None and o.get("accuracy_drop") is not None
+    by_metric = budget.max_metric_drop is not None and o.get("metric_drop") is not None
+    if by_acc or by_metric:
+        verdicts = ([_accuracy_verdict(o, budget.max_accuracy_drop)] if by_acc else []) + \
+                   ([_metric_verdict(o, budget.max_metric_drop)] if by_metric else [])
+        return all(ok for ok, _ in verdicts), "; ".join(t for _, t in verdicts)
+    if o["kind"] in CLASSIFYING:
+        default = budget.min_agreement is None
+        lim = DEFAULT_MIN_AGREEMENT if default else budget.min_agreement
+        a = o.get("agreement")
+        ok = a is not None and a >= lim - EPS
+        text = f"agreement {a * 100:.2f}% {'>=' if ok else '<'} {lim * 100:.2f}%" + (" (default budget)" if default else "")
+        return ok, text + (f" (warning: {n} samples cannot resolve {lim:.3f})" if n and (1 - lim) * n < 1 and lim < 1 else "")
+    default = budget.max_output_error is None
+    lim = DEFAULT_MAX_OUTPUT_ERROR if default else budget.max_output_error
+    err = o.get("error")
+    ok = err is not None and err <= lim + EPS
+    what = "1 - cosine" if o["kind"] == "embedding" else "relative error"
+    return ok, f"{what} {err:.4f} {'<=' if ok else '>'} {lim}" + (" (default budget)" if default else "")
+
+
+def user_metric_verdict(m: dict, budget: Budget) -> tuple[bool, str]:
+    """The user's metric's verdict: its relative drop under `max_metric_drop` (or the default)."""
+    default = budget.max_metric_drop is None
+    lim = DEFAULT_MAX_METRIC_DROP if default else budget.max_metric_drop
+    ok = m["drop"] <= lim + EPS
+    return ok, (f"{m['name']} {m['score']:.6g} (float {m['reference_score']:.6g}): drop {m['drop']:.2f}% "
+                f"{'<=' if ok else '>'} {lim}%" + (" (default budget)" if default else ""))
+
+
+def within_budget(quality: dict | None, budget: Budget) -> tuple[bool, str]:
+    """(verdict, why) for one variant's quality measurement (`judge`'s dict) under `budget`.
+    Every output must meet the budget that applies to its kind, and the user's metric (when
+    measured) its `max_metric_drop`. A verdict is computed from the stored measurement and the
+    current budget each time, never read back from a file: another budget rejudges without
+    measuring again."""
+    if not quality:
+        return False, "not measured"
+    outputs = quality.get("outputs") or [{"name": "output_0", "kind": "multiclass", "samples": quality.get("samples"),
+                                          "agreement": quality.get("top1_agreement"),
+                                          "accuracy_drop": quality.get("accuracy_drop")}]
+    verdicts = [output_verdict(o, budget) for o in outputs]
+    names = [o["name"] for o in outputs]
+    if quality.get("user_metric"):
+        verdicts.append(user_metric_verdict(quality["user_metric"], budget))
+        names.append("metric")
+    if len(verdicts) == 1:
+        return verdicts[0]
+    return all(ok for ok, _ in verdicts), "; ".join(f"{n}: {why}" for n, (_, why) in zip(names, verdicts))
+
+
+def disagreement(quality: dict) -> float:
+    """The largest top-1 disagreement over a measurement's classifier outputs (0 where none is one)."""
+    outs = quality.get("outputs") or [{"agreement": quality.get("top1_agreement")}]
+    return max((1.0 - o["agreement"] for o in outs if o.get("agreement") is not None), default=0.0)
+
+
+__all__ += ["DEFAULT_MAX_ACCURACY_DROP", "Budget", "disagreement", "output_verdict", "user_metric_verdict", "within_budget"]

@@ -221,12 +221,12 @@ OUTPUT_HEADERS = ["output", "kind", "samples", "metrics", "held to"]
 def output_rows(doc: dict) -> list[list[str]]:
     """The recommended variant's outputs, one row each: kind, samples, metrics, and the budget
     it was held to (its part of the verdict); the user metric last."""
-    from keras_turbo.optimize.select import output_verdict, user_metric_verdict
+    from keras_turbo.quality import Budget, output_verdict, user_metric_verdict
 
     best = next((v for v in doc["variants"] if v["name"] == doc.get("recommended")), None)
     if not best or not best.get("outputs"):
         return []
-    budget = doc["budget"]
+    budget = Budget.from_dict(doc["budget"])
     rows = [[o["name"], o["kind"], str(o.get("samples", "")), output_metrics_text(o), output_verdict(o, budget)[1]]
             for o in best["outputs"]]
     if best.get("user_metric"):

@@ -30,6 +30,7 @@ from keras_turbo.convert import (QUANTIZABLE, ConvertConfig, ConvertResult, conv
 from keras_turbo import quality
 from keras_turbo.errors import KerasTurboError, bad_param
 from keras_turbo.config import TechniqueConfig
+from keras_turbo.quality import Budget
 
 
 RANKINGS = ("tensors", "per-layer")
@@ -40,8 +41,8 @@ class FallbackConfig(TechniqueConfig):
     """The accuracy budget and how far to go to meet it.
 
     Attributes:
-        max_accuracy_drop: allowed drop in accuracy, in points (needs labels).
-        min_agreement: required top-1 agreement with the float model, in [0, 1] (no labels needed).
+        budget: the quality budget (quality.Budget): a classification budget is required
+            (`max_accuracy_drop` points, needs labels; or `min_agreement` with the float model).
         eval_size: held-out samples used to judge each variant.
         max_float_layers: give up after keeping this many layers in float (None: no limit).
         ranking: "tensors" (one calibration pass, then one conversion per fallback step) or
@@ -49,10 +50,8 @@ class FallbackConfig(TechniqueConfig):
         rank_samples: calibration samples the "tensors" ranking passes through the float model.
         kinds: every output's kind (quality.OutputKind dicts, as optimize detects them): when
             given, a variant meets the budget only if every output meets the budget for its kind
-            (optimize.select.within_budget, with `max_output_error` / `max_metric_drop`), as
+            (quality.within_budget, `max_output_error` / `max_metric_drop` included), as
             optimize's own quality check judges it; without, the first output's top-1 decides.
-        max_output_error / max_metric_drop: the budgets of regression and embedding outputs and
-            of labelled metrics (see OptimizeConfig); used with `kinds`.
         beat_ms: the latency of the best variant already within budget (optimize's): a step
             that fails the budget and runs slower than it (by more than the timing's noise,
             select.RUNOFF_MARGIN) ends the walk, since every longer prefix keeps more layers float
@@ -63,10 +62,7 @@ class FallbackConfig(TechniqueConfig):
         timing_batch: the batch size `beat_ms` and `int8_ms` were timed at.
     """
 
-    max_accuracy_drop: float | None = None
-    min_agreement: float | None = None
-    max_output_error: float | None = None
-    max_metric_drop: float | None = None
+    budget: Budget = Budget()
     kinds: tuple = ()
     eval_size: int = 500
     max_float_layers: int | None = None
@@ -78,12 +74,12 @@ class FallbackConfig(TechniqueConfig):
     timing_batch: int = 1
 
     def __post_init__(self):
-        if (self.max_accuracy_drop is None) == (self.min_agreement is None):
+        if isinstance(self.budget, dict):  # from_dict (a result's report)
+            object.__setattr__(self, "budget", Budget.from_dict(self.budget))
+        if not isinstance(self.budget, Budget):
+            raise bad_param("budget", "a quality.Budget", self.budget)
+        if not self.budget.classification_given:
             raise KerasTurboError("give one accuracy budget: --max-accuracy-drop POINTS or --min-agreement FRACTION")
-        if self.max_accuracy_drop is not None and not (0 <= self.max_accuracy_drop <= 100):
-            raise bad_param("max_accuracy_drop", "a number of points in [0, 100]", self.max_accuracy_drop)
-        if self.min_agreement is not None and not (0 < self.min_agreement <= 1):
-            raise bad_param("min_agreement", "a fraction in (0, 1]", self.min_agreement)
         if not isinstance(self.eval_size, int) or self.eval_size < 1:
             raise bad_param("eval_size", "an integer >= 1", self.eval_size)
         if self.ranking not in RANKINGS:
@@ -156,15 +152,11 @@ def _measure(result: ConvertResult, job: "_Job") -> Measured:
     t = quality.binary_threshold(ref_out)  # a single unit's threshold: the reference's, on both sides
     acc = quality.accuracy(out, job.y, t)
     agree = quality.agreement(out, ref_out)
-    nmse = float(np.mean((out - ref_out) ** 2) / max(np.mean(ref_out ** 2), 1e-12))
+    nmse = quality.nmse(ref_out, out)
     if not job.kinds:
         return Measured(acc, agree, nmse)
-    from keras_turbo.optimize.select import within_budget
-
-    b = job.budget
     judged = quality.judge(job.ref_outs, outs, job.kinds, job.labels)
-    ok, why = within_budget(judged, {"max_accuracy_drop": b.max_accuracy_drop, "min_agreement": b.min_agreement,
-                                     "max_output_error": b.max_output_error, "max_metric_drop": b.max_metric_drop})
+    ok, why = quality.within_budget(judged, job.settings.budget)
     return Measured(acc, agree, nmse, ok, why)
 
 
@@ -376,7 +368,7 @@ def could_win(best_within_budget_ms: float | None, int8_ms: float, float_ms: flo
 
 # ------------------------------------------------------------------ the fallback
 
-def quantize_with_fallback(model, config: ConvertConfig, calibration, eval_data, budget: FallbackConfig,
+def quantize_with_fallback(model, config: ConvertConfig, calibration, eval_data, settings: FallbackConfig,
                            progress=None, unsafe: bool = False, cache_dir=None,
                            deadline: float | None = None) -> FallbackResult:
     """Quantize, find the layers that break accuracy, and keep just those in float.
@@ -401,7 +393,7 @@ def quantize_with_fallback(model, config: ConvertConfig, calibration, eval_data,
 
     Example:
         >>> fr = quantize_with_fallback("m.keras", ConvertConfig(to="litert", quantize="int8"),
-        ...                             "builtin:digits:train", "builtin:digits:val", FallbackConfig(max_accuracy_drop=1))
+        ...                             "builtin:digits:train", "builtin:digits:val", FallbackConfig(Budget(max_accuracy_drop=1)))
         >>> fr.kept_float, fr.carriers, fr.met
     """
     from keras_turbo.model import as_ref
@@ -409,8 +401,8 @@ def quantize_with_fallback(model, config: ConvertConfig, calibration, eval_data,
 
     started = time.monotonic()
     ref = as_ref(model, unsafe=unsafe, cache_dir=cache_dir)
-    job = _Job(ref, ConvertConfig(**{**config.to_dict(), "keep_float": ()}), calibration, budget,
-               progress or (lambda msg: None), cache_dir, deadline, *_judged_data(ref, eval_data, budget))
+    job = _Job(ref, ConvertConfig(**{**config.to_dict(), "keep_float": ()}), calibration, settings,
+               progress or (lambda msg: None), cache_dir, deadline, *_judged_data(ref, eval_data, settings))
     job.note("quantizing every layer")
     full_res = convert(ref, job.cfg, calibration, cache_dir=cache_dir)
     full = _measure(full_res, job)
@@ -424,11 +416,11 @@ def quantize_with_fallback(model, config: ConvertConfig, calibration, eval_data,
     return FallbackResult(job.float_acc, full, ranked, steps, list(best_kept), final, final_res, job.ok(final),
                           quantized_layers=[name for name in layers if name not in best_kept],
                           carriers=carrying_layers(keras_model, list(best_kept)) if best_kept else [],
-                          ranking=budget.ranking, gave_up=job.gave_up, cut_short=stopped,
+                          ranking=settings.ranking, gave_up=job.gave_up, cut_short=stopped,
                           seconds=time.monotonic() - started)
 
 
-def _judged_data(ref, eval_data, budget: FallbackConfig) -> tuple:
+def _judged_data(ref, eval_data, settings: FallbackConfig) -> tuple:
     """(inputs, held-out xs, first output's class ids, the float model's outputs (one per output),
     float accuracy, every output's labels, the output kinds) for the fallback."""
     from keras_turbo.model import io_specs
@@ -438,12 +430,12 @@ def _judged_data(ref, eval_data, budget: FallbackConfig) -> tuple:
     inputs, outputs = io_specs(ref)
     ds = check(eval_data, inputs, outputs, "--eval-data") if isinstance(eval_data, Dataset) else \
         load_data(eval_data, inputs, outputs, default_split="val", arg="--eval-data")
-    ds = ds.take(budget.eval_size, budget.seed)
-    if budget.max_accuracy_drop is not None and ds.y is None and not budget.kinds:
+    ds = ds.take(settings.eval_size, settings.seed)
+    if settings.budget.max_accuracy_drop is not None and ds.y is None and not settings.kinds:
         raise KerasTurboError("--max-accuracy-drop needs labelled --eval-data; use --min-agreement for unlabelled data")
     ref_outs = load(ref, backend="tf-function").predict(list(ds.x), batch_size=64)
     ref_outs = ref_outs if isinstance(ref_outs, list) else [ref_outs]
-    kinds = [k if isinstance(k, quality.OutputKind) else quality.OutputKind(**k) for k in budget.kinds]
+    kinds = [k if isinstance(k, quality.OutputKind) else quality.OutputKind(**k) for k in settings.kinds]
     if kinds and len(kinds) != len(ref_outs):
         raise KerasTurboError(f"the fallback's budget names {len(kinds)} output kinds for a model with {len(ref_outs)} outputs")
     return (inputs, ds.x, ds.y, ref_outs, quality.accuracy(ref_outs[0], ds.y), ds.output_labels(len(ref_outs)),
@@ -457,7 +449,7 @@ class _Job:
     ref: object
     cfg: ConvertConfig
     calibration: object
-    budget: FallbackConfig
+    settings: FallbackConfig
     note: object
     cache_dir: object
     deadline: float | None
@@ -475,9 +467,10 @@ class _Job:
     def ok(self, m: Measured) -> bool:
         if m.within is not None:  # every output, by its kind
             return m.within
-        if self.budget.max_accuracy_drop is not None:
-            return (self.float_acc - m.accuracy) * 100 <= self.budget.max_accuracy_drop + 1e-9
-        return m.agreement >= self.budget.min_agreement
+        b = self.settings.budget
+        if b.max_accuracy_drop is not None:
+            return (self.float_acc - m.accuracy) * 100 <= b.max_accuracy_drop + quality.EPS
+        return m.agreement >= b.min_agreement - quality.EPS
 
     def late(self) -> bool:
         """Past the deadline, or too near it for one more step and, after it, the check and the
@@ -492,7 +485,7 @@ class _Job:
         dynamic input size) never ends the walk."""
         from keras_turbo.optimize.select import RUNOFF_MARGIN
 
-        b = self.budget
+        b = self.settings
         if b.beat_ms is None:
             return False
         if self.full_brief_ms is None:
@@ -533,7 +526,7 @@ def _rank(job: _Job, full: Measured, keras_model, layers: list[str], by_layer: d
         return [], [], False
     if job.late():
         return [], [], True
-    if job.budget.ranking == "tensors":
+    if job.settings.ranking == "tensors":
         return _rank_tensors(job, keras_model, by_layer) + (False,)
     return _rank_layers(job, layers, by_layer)
 
@@ -546,7 +539,7 @@ def _rank_tensors(job: _Job, keras_model, by_layer: dict) -> tuple[list, list]:
     cal = job.calibration
     cal = check(cal, job.inputs, None, "--calibration-data") if isinstance(cal, Dataset) else \
         load_data(cal, job.inputs, None, default_split="train", arg="--calibration-data")
-    samples = calibration_samples(cal, [t.name for t in job.inputs], min(job.budget.rank_samples, len(cal)), job.cfg.seed)
+    samples = calibration_samples(cal, [t.name for t in job.inputs], min(job.settings.rank_samples, len(cal)), job.cfg.seed)
     cal_x = [np.concatenate([s[n] for s in samples]) for n in [t.name for t in keras_model.inputs]]
     ranked, units = [], []
     for row in tensor_errors(keras_model, cal_x):
@@ -589,7 +582,7 @@ def _fall_back(job: _Job, full: Measured, full_res, units: list, layers: list[st
     `FallbackConfig.beat_ms`, a step that fails the budget and already runs slower than that ends
     the walk (`_Job.cannot_win`). When no prefix holds (or the limit, the deadline or a hopeless
     step comes first), the variant closest to float among those seen is kept."""
-    limit = job.budget.max_float_layers if job.budget.max_float_layers is not None else len(layers)
+    limit = job.settings.max_float_layers if job.settings.max_float_layers is not None else len(layers)
     prefixes, kept = [], []
     for unit in units:
         grown = kept + [name for name in unit if name not in kept]
@@ -676,7 +669,7 @@ def _fall_back(job: _Job, full: Measured, full_res, units: list, layers: list[st
     return final, final_res, best_kept, steps, stopped
 
 
-def quantize_with_repair(model, config: ConvertConfig, calibration, eval_data, budget: FallbackConfig,
+def quantize_with_repair(model, config: ConvertConfig, calibration, eval_data, settings: FallbackConfig,
                          progress=None, unsafe: bool = False, cache_dir=None, deadline: float | None = None,
                          equalize: bool = True) -> FallbackResult:
     """int8 that survives activation outliers: cross-layer equalization first, then the float
@@ -696,11 +689,11 @@ def quantize_with_repair(model, config: ConvertConfig, calibration, eval_data, b
 
     Example:
         >>> fr = quantize_with_repair("m.keras", ConvertConfig(to="openvino", quantize="int8"),
-        ...                           "builtin:digits:train", "builtin:digits:val", FallbackConfig(min_agreement=0.99))
+        ...                           "builtin:digits:train", "builtin:digits:val", FallbackConfig(Budget(min_agreement=0.99)))
         >>> fr.met, fr.kept_float, fr.equalization["groups"]
     """
     if not equalize:
-        return quantize_with_fallback(model, config, calibration, eval_data, budget, progress, unsafe, cache_dir, deadline)
+        return quantize_with_fallback(model, config, calibration, eval_data, settings, progress, unsafe, cache_dir, deadline)
     from keras_turbo.model import as_ref
     from keras_turbo.model import load_keras
     from keras_turbo.techniques import equalize as equalize_mod
@@ -709,8 +702,8 @@ def quantize_with_repair(model, config: ConvertConfig, calibration, eval_data, b
     note("cross-layer equalization")
     eq = equalize_mod.apply(load_keras(as_ref(model, unsafe=unsafe, cache_dir=cache_dir)))
     if not eq.report["groups"]:
-        return quantize_with_fallback(model, config, calibration, eval_data, budget, progress, unsafe, cache_dir, deadline)
-    fr = quantize_with_fallback(eq.model, config, calibration, eval_data, budget, progress, unsafe, cache_dir, deadline)
+        return quantize_with_fallback(model, config, calibration, eval_data, settings, progress, unsafe, cache_dir, deadline)
+    fr = quantize_with_fallback(eq.model, config, calibration, eval_data, settings, progress, unsafe, cache_dir, deadline)
     fr.equalization = eq.report
     return fr
 

@@ -18,6 +18,7 @@ from keras_turbo import _tf, cache
 from keras_turbo.errors import KerasTurboError, ModelLoadError, cause, first_line
 from keras_turbo.model import custom
 from keras_turbo.model.gate import check_savedmodel
+from keras_turbo.model.graph import activation_of
 from keras_turbo.model.ref import UNSAFE_WARNING, ModelRef, resolve
 from keras_turbo.model.scan import prescan
 from keras_turbo.model.signature import TensorInfo, model_io
@@ -153,6 +154,15 @@ def as_ref(model, unsafe: bool = False, cache_dir: Path | None = None) -> ModelR
     if type(model).__module__.startswith("keras") or hasattr(model, "get_config"):
         return keras_model_to_ref(model, cache_dir)
     raise KerasTurboError(f"model: expected a path or a keras.Model, received {type(model).__name__}")
+
+
+def output_activations(ref: ModelRef | None) -> list[str | None] | None:
+    """The activation of the layer that makes each output of a Keras-family model ("softmax",
+    "sigmoid", ...; None where the graph does not say), for quality.output_kinds; None for an
+    artifact or no model."""
+    if ref is None or not ref.is_keras:
+        return None
+    return [activation_of(t) for t in load_keras(ref).outputs]
 
 
 def io_specs(ref: ModelRef) -> tuple[list[TensorInfo], list[TensorInfo]]:

@@ -148,13 +148,12 @@ def check_export(ctx: _Context, source: Path, r, quantized: bool) -> float | Non
 def build_fallback(step: Step, source: Path, ctx: _Context, dest: Path) -> tuple[Path, dict]:
     """int8 with per-layer sensitivity, the layers that break the budget kept in float."""
     from keras_turbo.convert import ConvertConfig
+    from keras_turbo.quality import Budget
     from keras_turbo.sensitivity import FallbackConfig, quantize_with_fallback
 
     c = step.config
     # Judged as optimize's quality check judges: every output by its kind and budget.
-    budget = FallbackConfig(max_accuracy_drop=c.get("max_accuracy_drop"), min_agreement=c.get("min_agreement"),
-                            max_output_error=c.get("max_output_error"), max_metric_drop=c.get("max_metric_drop"),
-                            kinds=tuple(k.to_dict() for k in ctx.job.kinds), eval_size=c.get("eval_size", 500),
+    budget = FallbackConfig(budget=Budget.from_dict(c), kinds=tuple(k.to_dict() for k in ctx.job.kinds), eval_size=c.get("eval_size", 500),
                             # parallel builds (Ray) share the CPU, or run on another machine than the timing
                             **({k: c.get(k) for k in ("beat_ms", "int8_ms")} if ctx.job.alone and c.get("beat_ms") else {}),
                             timing_batch=c.get("timing_batch", 1))

@@ -12,6 +12,7 @@ from typing import Callable
 
 import numpy as np
 
+from keras_turbo import quality
 from keras_turbo.errors import KerasTurboError
 from keras_turbo.optimize import plan as planner
 from keras_turbo.optimize import select
@@ -20,7 +21,6 @@ from keras_turbo.optimize.config import OptimizeConfig
 from keras_turbo.optimize.executor import Executor, make_executor
 from keras_turbo.optimize.measure import REFERENCE_BACKEND, DataRef, Protocol, content_hash, data_fingerprint, machine_key
 from keras_turbo.optimize.recipe import Recipe
-from keras_turbo.kinds import output_kinds
 from keras_turbo.optimize.store import Store
 
 BENCH = {"warmup_runs": 5, "warmup_seconds": 0.3}
@@ -107,7 +107,7 @@ def optimize(model, data, train_data=None, config: OptimizeConfig | None = None,
 
     Example:
         >>> r = keras_turbo.optimize("model.keras", "builtin:digits:test", "builtin:digits:train",
-        ...                          OptimizeConfig(max_accuracy_drop=1.0))
+        ...                          OptimizeConfig(Budget(max_accuracy_drop=1.0)))
         >>> r.recommended["name"], r.report_html
     """
     from keras_turbo.model import custom
@@ -209,12 +209,12 @@ def _data_refs(data, train_data, cfg: OptimizeConfig, inputs, outputs, scales: b
             raise KerasTurboError(f"{arg}: optimize takes a DATA spec (a path or builtin:digits), so that every "
                                   f"worker can read it; received {type(spec).__name__} (save arrays with numpy.savez)")
     full = load_data(str(data), inputs, outputs, default_split="test", arg="--data", scales_inputs=scales)
-    if full.labels is None and cfg.max_accuracy_drop is None and cfg.min_agreement is None:
+    if full.labels is None and not cfg.budget.classification_given:
         warnings.warn(f"--data has no labels and no budget was given: classification-like outputs are held to top-1 "
-                      f"agreement >= {cfg.resolved(False).min_agreement} with the float model, regression and embedding "
+                      f"agreement >= {cfg.resolved(False).budget.min_agreement} with the float model, regression and embedding "
                       f"outputs to --max-output-error's default", stacklevel=3)
     cfg = cfg.resolved(full.labels is not None)
-    if cfg.max_accuracy_drop is not None and full.labels is None:
+    if cfg.budget.max_accuracy_drop is not None and full.labels is None:
         raise KerasTurboError("--max-accuracy-drop needs labelled --data; use --min-agreement (and --max-output-error "
                               "for regression outputs) for unlabelled data")
     eval_fp = data_fingerprint(str(data))
@@ -252,17 +252,13 @@ def _reference(ref, data: DataRef, inputs, outputs, path: Path, threads):
 
 
 def _start(model, data, train_data, cfg, out: Path, ex: Executor, note, unsafe, cache_dir, started=None) -> _Run:
-    from keras_turbo import quality
-    from keras_turbo.model import custom
-    from keras_turbo.model import as_ref, io_specs
     from keras_turbo.machine import default_threads
+    from keras_turbo.model import as_ref, custom, io_specs, output_activations, scales_inputs
 
     ref = as_ref(model, unsafe=unsafe, cache_dir=cache_dir)
     if not ref.is_keras:
         raise KerasTurboError(f"{ref.path}: optimize starts from a Keras model (.keras, .h5, SavedModel), not a .{ref.format} artifact")
     inputs, outputs = io_specs(ref)
-    from keras_turbo.model import scales_inputs
-
     refs, cfg = _data_refs(data, train_data, cfg, inputs, outputs, scales_inputs(ref))  # (warns on 0-255 data into [0, 1] models)
     bench = {**BENCH, "min_runs": cfg.min_runs, "min_seconds": cfg.min_seconds}
     facts = ex.target_machine()  # speed is measured there, so its numbers are keyed by it
@@ -277,7 +273,7 @@ def _start(model, data, train_data, cfg, out: Path, ex: Executor, note, unsafe, 
         # measurements are then keyed by that shape too.
         bench["input_shapes"] = tuple(tuple(int(d) for d in a.shape[1:]) for a in ds.x)
         protocol = replace(protocol, bench=tuple(sorted(bench.items())))
-    kinds = output_kinds(ref, outputs, ref_outs, ds.y, cfg.output_kinds)
+    kinds = quality.output_kinds(outputs, ref_outs, ds.y, output_activations(ref), cfg.output_kinds)
     for k in kinds:
         if not k.sure:
             warnings.warn(f"output {k.name} is {k.why}", stacklevel=2)
@@ -383,10 +379,10 @@ def _run_wave(run: _Run, recipes: list[Recipe]) -> None:
 def _probe_row(run: _Run, r: Recipe, b: dict, q: dict, reused: dict) -> dict:
     run.store.record_measurement(r.id, run.protocol, q, None, reused, quality_id=_qid(run, r))
     n = q.get("samples") or 0
-    budget = select.probe_budget(run.cfg.budget(), n, select.disagreement(q))
-    within, why = select.within_budget(q, budget)
+    budget = run.cfg.budget.widened(n, quality.disagreement(q), select.PROBE_Z)
+    within, why = quality.within_budget(q, budget)
     widened = (f", the budget widened by the sampling error of its {n} samples: a full fine-tune "
-               "is judged on the held-out data" if budget != run.cfg.budget() else "")
+               "is judged on the held-out data" if budget != run.cfg.budget else "")
     return {**_base_row(r), "ok": True, "label": r.label, "build_s": _build_seconds(b),
             **{k: q.get(k) for k in ("accuracy", "accuracy_drop", "top1_agreement", "outputs", "user_metric")},
             "within_budget": within, "verdict": f"{why} (validation split, short fine-tune{widened})", "reused": reused}
@@ -492,7 +488,7 @@ def _row(r: Recipe, build: dict, q: dict, s: dict, cfg: OptimizeConfig) -> dict:
         # Not reused by a rerun (only measurements that worked are); a worker a signal killed (the
         # OOM killer) is marked so.
         return {**row, "error": f"benchmark failed: {s.get('error')}", "retry": bool(s.get("signal"))}
-    within, why = select.within_budget(q, cfg.budget())
+    within, why = quality.within_budget(q, cfg.budget)
     if details.get("gave_up"):
         why += f"; the repair ended: {details['gave_up']}"
     return {**row, "ok": True, **{k: q.get(k) for k in ("accuracy", "accuracy_drop", "top1_agreement", "max_abs_diff", "outputs",
@@ -507,7 +503,7 @@ def _row(r: Recipe, build: dict, q: dict, s: dict, cfg: OptimizeConfig) -> dict:
 def _doc(run: _Run) -> dict:
     rows = [r for r in run.rows.values() if r.get("role") != "probe"]
     probes = [r for r in run.rows.values() if r.get("role") == "probe"]
-    select.pareto(rows, by_agreement=run.cfg.min_agreement is not None)
+    select.pareto(rows, by_agreement=run.cfg.budget.min_agreement is not None)
     best, met = select.recommend(rows, run.cfg.objective)
     baseline = next((v for v in rows if v["name"] == f"{planner.BASELINE} fp32"), None)
     j = run.job
@@ -516,7 +512,7 @@ def _doc(run: _Run) -> dict:
         "model": str(run.ref.path), "machine": j["machine"], "executor": run.executor.name,
         "sensitivity": next((d["sensitivity"] for d in details if d.get("sensitivity")), None),
         "config": run.cfg.to_dict(), "protocol": run.protocol.to_dict(),
-        "budget": {**run.cfg.budget(), "objective": run.cfg.objective, "batch_size": run.cfg.batch_size,
+        "budget": {**run.cfg.budget.to_dict(), "objective": run.cfg.objective, "batch_size": run.cfg.batch_size,
                    "threads": run.protocol.threads, "time_budget_s": run.cfg.time_budget_s},
         "data": {"eval": j["eval"].spec, "eval_samples": j["samples"], "train": j["train"].spec if j["train"] else None,
                  "calibration": f"{j['calib'].spec} ({j['calib'].part})"},

@@ -315,9 +315,7 @@ def repairs(model: ModelInfo, outcomes: list[Outcome], cfg) -> list[Recipe]:
                              and f.recipe.techniques == r.techniques and _is_converted(f.recipe))
         if (own_float and o.p50_ms >= own_float.p50_ms) or (best and o.p50_ms >= best.p50_ms):
             continue
-        budget = {"max_accuracy_drop": cfg.max_accuracy_drop, "min_agreement": cfg.min_agreement,
-                  "max_output_error": cfg.max_output_error, "max_metric_drop": cfg.max_metric_drop,
-                  "eval_size": min(cfg.eval_size, 500)}
+        budget = {**cfg.budget.to_dict(), "eval_size": min(cfg.eval_size, 500)}
         # The walk ends once a step that fails the budget already runs slower than the best
         # variant within it (every longer prefix keeps more float): on EfficientNetV2B0 the
         # OpenVINO repair ended after one step, 3 layers float at about 9.2 ms against 7.71 ms

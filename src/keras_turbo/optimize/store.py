@@ -94,15 +94,17 @@ __all__ = ["FORMAT", "Store", "rejudge"]
 def rejudge(doc: dict) -> dict:
     """A results.json document with its verdicts, Pareto front and recommendation recomputed from
     the measurements and the budget it records (what `keras-turbo report` renders)."""
+    from keras_turbo import quality
     from keras_turbo.optimize import select
 
     budget = doc.get("budget") or {}
+    judged_by = quality.Budget.from_dict(budget)
     rows = [dict(v) for v in doc.get("variants", [])]
     by_id = {m["recipe_id"]: m for m in doc.get("measurements", []) if m.get("protocol_id") == (doc.get("protocol") or {}).get("id")}
     probes = [dict(v) for v in doc.get("search", [])]
     for r in rows + probes:
         if r.get("ok") and r["id"] in by_id:
-            r["within_budget"], r["verdict"] = select.within_budget(by_id[r["id"]]["quality"], budget)
+            r["within_budget"], r["verdict"] = quality.within_budget(by_id[r["id"]]["quality"], judged_by)
     select.pareto(rows, by_agreement=budget.get("min_agreement") is not None)
     best, met = select.recommend(rows, budget.get("objective", "latency"))
     return {**doc, "variants": rows, "search": probes, "recommended": best["name"] if best else None, "budget_met": met}

@@ -23,7 +23,8 @@ os.environ.setdefault("KERAS_TURBO_CACHE", str(WORK / "cache"))
 
 import keras_turbo  # noqa: E402
 from keras_turbo.bench import BenchmarkConfig  # noqa: E402
-from keras_turbo.convert import TARGETS, ConvertConfig, convert  # noqa: E402
+from keras_turbo.convert import ConvertConfig, convert  # noqa: E402
+from keras_turbo.runtimes import FAMILIES  # noqa: E402
 from keras_turbo.sensitivity import FallbackConfig, quantize_with_fallback  # noqa: E402
 from keras_turbo.zoo import application, digits_model_path, outlier_digits_mlp  # noqa: E402
 from keras_turbo.quality import Budget  # noqa: E402
@@ -41,7 +42,7 @@ def digits_section(threads) -> tuple[str, dict]:
     cfg = BenchmarkConfig(warmup_runs=5, warmup_seconds=0.3, min_runs=50, min_seconds=1.0)
     base = keras_turbo.benchmark(path, backends=["keras-predict"], threads=threads, config=cfg).results[0]
     rows, raw, fp32 = [], [], {}
-    for to, target in TARGETS.items():
+    for to, target in FAMILIES.items():
         for mode in target.modes:
             if to == "keras":
                 continue  # Keras' int8 covers Dense-like layers only; the CNN is convolutions
@@ -76,7 +77,7 @@ def fallback_section() -> tuple[str, dict]:
                                     "builtin:digits:val", FallbackConfig(budget=Budget(max_accuracy_drop=1.0), ranking="per-layer"))
         raw[to] = fr.to_dict()
         ranking = ", ".join(f"{r['layer']} ({r['accuracy_drop']:.1f})" for r in fr.layers)
-        rows.append(f"| {TARGETS[to].backend} | {fr.float_accuracy * 100:.2f} | {fr.full.accuracy * 100:.2f} | {ranking} | "
+        rows.append(f"| {FAMILIES[to].runtime} | {fr.float_accuracy * 100:.2f} | {fr.full.accuracy * 100:.2f} | {ranking} | "
                     f"{', '.join(fr.kept_float)} | {', '.join(fr.quantized_layers)} | {fr.final.accuracy * 100:.2f} |")
     text = ("A digits MLP of seven Dense layers (`hidden`, `hidden2`, `hidden3`, `spread`, `post1`, `post2`, `head`; "
             "`keras_turbo.zoo.outlier_digits_mlp(extra=2)`) whose `spread` output carries one channel scaled by 1000, "
@@ -180,7 +181,7 @@ def large_section(threads) -> tuple[str, dict]:
         raw[name] = {f"{to}-{mode}": {"bytes": r.model_bytes, **rep.to_dict()} for (to, mode), (r, rep) in res.items()}
 
         def p50(to, mode, b):
-            row = res[(to, mode)][1].get(TARGETS[to].backend, b)
+            row = res[(to, mode)][1].get(FAMILIES[to].runtime, b)
             return row.latency_ms["p50"] if row and row.ok else None
 
         notes = []

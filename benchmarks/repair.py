@@ -21,7 +21,8 @@ from _common import RESULTS, WORK, cpu_kind, machine_line, write_section  # noqa
 os.environ.setdefault("KERAS_TURBO_CACHE", str(WORK / "cache"))
 
 import keras_turbo  # noqa: E402
-from keras_turbo.convert import TARGETS, ConvertConfig, convert  # noqa: E402
+from keras_turbo.convert import ConvertConfig, convert  # noqa: E402
+from keras_turbo.runtimes import FAMILIES  # noqa: E402
 from keras_turbo.machine import facts  # noqa: E402
 from keras_turbo.sensitivity import FallbackConfig, quantize_with_fallback  # noqa: E402
 from keras_turbo.techniques import equalize  # noqa: E402
@@ -49,7 +50,7 @@ def main() -> None:
             runs_in = p.executed().summary
             raw[f"{via}/{to}"] = {"float": float_acc, "full_int8": full, "repaired": test, "equalized_int8": eq_acc,
                                   "repair_seconds": seconds, "fallback": fr.to_dict(), "runs_in": runs_in}
-            rows.append(f"| {via} | {TARGETS[to].backend} | {float_acc * 100:.2f} | {full * 100:.2f} | {test * 100:.2f} | "
+            rows.append(f"| {via} | {FAMILIES[to].runtime} | {float_acc * 100:.2f} | {full * 100:.2f} | {test * 100:.2f} | "
                         f"{', '.join(fr.kept_float) or '-'} | {', '.join(fr.carriers) or '-'} | "
                         f"{len(fr.quantized_layers)} of {len(fr.quantized_layers) + len(fr.kept_float)} | "
                         f"{len(fr.steps) - 1} | {seconds:.1f} | {runs_in} | {eq_acc * 100:.2f} |")

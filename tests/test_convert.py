@@ -11,12 +11,13 @@ import pytest
 import keras_turbo
 from keras_turbo.data import load_data
 from keras_turbo.cli import main
-from keras_turbo.convert import TARGETS, ConvertConfig, convert
+from keras_turbo.convert import ConvertConfig, convert
+from keras_turbo.runtimes import FAMILIES
 from keras_turbo.sensitivity import FallbackConfig, quantize_with_fallback
 from keras_turbo.quality import Budget
 from tests.conftest import needs_int8_dot
 
-COMBOS = [(to, mode) for to, t in TARGETS.items() for mode in t.modes if not (to == "keras" and mode == "none")]
+COMBOS = [(to, mode) for to, t in FAMILIES.items() for mode in t.modes if not (to == "keras" and mode == "none")]
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,7 @@ def test_every_runtime_and_mode_converts_and_runs(digits_results):
     float_acc, results = digits_results
     assert len(results) == 11  # litert 5, onnx 3, openvino 3
     for (to, mode), (r, ev) in results.items():
-        assert r.path.exists() and r.backend == TARGETS[to].backend
+        assert r.path.exists() and r.backend == FAMILIES[to].runtime
         assert ev["samples"] == 271
         # Each stays a working classifier; int8 paths are checked more tightly below.
         assert ev["accuracy"] >= float_acc - 0.05, (to, mode, ev)
@@ -165,7 +166,7 @@ def test_fallback_repairs_a_layer_that_breaks_int8(deep_outlier_model, to):
     doc = json.loads(json.dumps(fr.to_dict()))  # JSON-ready, for the report
     assert [r["layer"] for r in doc["layer_sensitivity"]] == [r["layer"] for r in fr.layers]
     p = keras_turbo.load(fr.result.path)
-    assert p.backend == TARGETS[to].backend
+    assert p.backend == FAMILIES[to].runtime
 
 
 def test_min_agreement_budget_without_labels(tmp_path, outlier_model):

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import keras_turbo
-from keras_turbo.runtimes import default_backends, keras_jax
+from keras_turbo.runtimes import keras_jax
+from keras_turbo.runtimes.here import default_backends
 from keras_turbo.model import resolve
 from tests.conftest import inputs_for, keras, keras_out
 
@@ -126,13 +127,11 @@ def test_legacy_h5_file_and_a_throughput_batch(tmp_path, model_files):
 
 
 def test_jax_gpus_is_the_planners_switch():
-    """machine.jax_gpus() (for optimize's planner) lists the GPUs among JAX's devices, probed in a
+    """keras_jax.jax_gpus() (for optimize's planner) lists the GPUs among JAX's devices, probed in a
     subprocess: this process's Keras stays on TensorFlow."""
-    from keras_turbo import machine
-
-    devices, error = machine.jax_devices()
+    devices, error = keras_jax.jax_devices()
     assert error is None and any(d["platform"] == "cpu" for d in devices)
-    assert machine.jax_gpus() == [d["kind"] for d in devices if d["platform"] in ("gpu", "cuda", "rocm")]
+    assert keras_jax.jax_gpus() == [d["kind"] for d in devices if d["platform"] in ("gpu", "cuda", "rocm")]
     assert keras.backend.backend() == "tensorflow"
 
 

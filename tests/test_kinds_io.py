@@ -120,7 +120,7 @@ def test_text_end_to_end(files, tmp_path):
 def test_text_split_and_where_it_cannot_split(files, tmp_path):
     """The split computes what the model does, quantized too (int8 calibrated on the preprocessed
     text); string ops that are not a prefix keep the model whole."""
-    from keras_turbo import textsplit
+    from keras_turbo.exporters import textsplit
     from keras_turbo.convert import ConvertConfig, convert
 
     path, data = files["text"]
@@ -223,7 +223,7 @@ def test_an_export_with_extra_inputs_is_a_failed_row(tmp_path, monkeypatch):
 
 
 def test_export_check_catches_numbers_and_shapes():
-    from keras_turbo.exporters.check import ExportMismatch, check_predictor
+    from keras_turbo.runtimes.check import ExportMismatch, check_predictor
     from keras_turbo.runtimes.base import Predictor
     from keras_turbo.model.signature import TensorInfo
 

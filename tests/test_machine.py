@@ -3,7 +3,8 @@ pure functions of the CPU flags, checked on the flag sets of real machines."""
 
 from __future__ import annotations
 
-from keras_turbo.machine import accelerated_precisions, precision_backends, skip_reason
+from keras_turbo.machine import accelerated_precisions
+from keras_turbo.runtimes.here import precision_backends, skip_reason
 from keras_turbo.runtimes import BACKENDS
 
 SAPPHIRE_RAPIDS = {"avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_tile",
@@ -51,7 +52,7 @@ def test_every_precision_the_planner_runs_here_is_the_one_that_executes():
     planner, and what it would really run in is recorded instead: on an AVX-512 BF16 CPU without
     AVX512-FP16 (AMD EPYC), OpenVINO runs an f16 hint as bf16 without a word."""
     from keras_turbo.machine import cpu_flags
-    from keras_turbo.runtimes import executes_here
+    from keras_turbo.runtimes.here import executes_here
 
     flags = cpu_flags()
     probed = [n for n, b in BACKENDS.items() if b.requires == "openvino" or n == "tf-function-bf16"]

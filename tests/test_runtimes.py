@@ -28,7 +28,8 @@ def rel_err(got, want):
 
 @pytest.mark.parametrize("model_name,backend", CASES)
 def test_runtime_matches_keras(model_files, model_name, backend):
-    from keras_turbo.machine import cpu_flags, skip_reason
+    from keras_turbo.machine import cpu_flags
+    from keras_turbo.runtimes.here import skip_reason
 
     if skip_reason(backend, cpu_flags()):
         pytest.skip(skip_reason(backend, cpu_flags()))

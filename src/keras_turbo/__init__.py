@@ -94,7 +94,7 @@ def inspect(model, unsafe: bool = False, *, custom_objects=None) -> dict:
 
 def devices() -> dict:
     """CPU model and features, GPUs, and which runtimes import and run here."""
-    from keras_turbo.machine import devices as _devices
+    from keras_turbo.runtimes.here import devices as _devices
 
     return _devices()
 

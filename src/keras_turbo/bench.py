@@ -114,7 +114,7 @@ class Result:
     input_shapes: list | None = None  # the sample shape (no batch) timed, per input
     signal: int | None = None  # the signal that killed the worker (the OOM killer's SIGKILL...): worth a retry
     timed_out: bool = False  # stopped by the config's timeout_s
-    preprocessing: str | None = None  # where a split text model's strings were preprocessed (textsplit.py), timed with it
+    preprocessing: str | None = None  # where a split text model's strings were preprocessed (exporters/textsplit.py), timed with it
     executed: dict | None = None  # what the compute ops really ran in here (Predictor.executed().to_dict())
 
     def to_dict(self) -> dict:
@@ -260,7 +260,7 @@ def _job_inputs(job: dict):
                for r in range(job["rotate"])] if job.get("data_batches") else None
     check = None
     if "check_in_0" in arrays:
-        from keras_turbo.exporters.check import check_predictor
+        from keras_turbo.runtimes.check import check_predictor
 
         feeds = [arrays[f"check_in_{i}"] for i in range(n_in)]
         want = [arrays[f"check_out_{k}"] for k in range(job["outputs"])]
@@ -441,7 +441,8 @@ def _benchmark(model, backends, batch_sizes, threads, config, unsafe, cache_dir,
                data=None, check=True) -> BenchmarkReport:
     from keras_turbo import machine
     from keras_turbo.model import as_ref
-    from keras_turbo.runtimes import artifact_for, default_backends, get_backend
+    from keras_turbo.runtimes import artifact_for, get_backend
+    from keras_turbo.runtimes.here import default_backends
 
     cfg = config or BenchmarkConfig()
     ref = as_ref(model, unsafe=unsafe, cache_dir=cache_dir)
@@ -589,7 +590,7 @@ def timed_shapes(inputs: Sequence[TensorInfo], given: Sequence[Sequence[int]], d
 
 
 def _tolerance(backend: str) -> float:
-    from keras_turbo.exporters.check import TOLERANCE
+    from keras_turbo.runtimes.check import TOLERANCE
     from keras_turbo.runtimes import get_backend
 
     return TOLERANCE.get(get_backend(backend).precision, TOLERANCE["fp32"])
@@ -599,7 +600,7 @@ def _write_inputs(path: Path, ref, inputs, ds, cfg: BenchmarkConfig, batch_sizes
     """The inputs file every job reads: the data's samples cycled into `rotate` batches per batch
     size (with data), and the export check's samples with the Keras model's outputs on them
     (`check`). Returns the job fields that point at it."""
-    from keras_turbo.exporters.check import SAMPLES, reference
+    from keras_turbo.runtimes.check import SAMPLES, reference
 
     arrays: dict[str, np.ndarray] = {}
     if ds is not None:

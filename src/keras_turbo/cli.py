@@ -261,14 +261,15 @@ def _copy_artifact(src: Path, dst: Path) -> None:
 
 def cmd_convert(args) -> int:
     import keras_turbo
-    from keras_turbo.convert import TARGETS, ConvertConfig
+    from keras_turbo.convert import ConvertConfig
+    from keras_turbo.runtimes import FAMILIES
     from rich.table import Table
 
     out, err = _console()
     cfg = ConvertConfig(to=args.to, quantize=args.quantize, int8_io=args.int8_io, calibration_size=args.calibration_size,
                         keep_float=tuple(args.keep_float or ()), sparse=args.sparse)
-    if args.output and Path(args.output).suffix != TARGETS[args.to].suffix:
-        raise KerasTurboError(f"-o {args.output}: a {args.to} artifact needs the suffix {TARGETS[args.to].suffix}")
+    if args.output and Path(args.output).suffix != FAMILIES[args.to].suffix:
+        raise KerasTurboError(f"-o {args.output}: a {args.to} artifact needs the suffix {FAMILIES[args.to].suffix}")
     _check_outputs(args, args.model, args.calibration_data, args.eval_data, files=("output", "json"))
     doc: dict = {"model": args.model, "config": cfg.to_dict()}
     budget = args.max_accuracy_drop is not None or args.min_agreement is not None

@@ -8,6 +8,9 @@ quantized, with chosen layers kept in float.
 | openvino  | openvino     | none, fp16, int8 (NNCF)                 |
 | keras     | tf-function  | int8 (Keras' model.quantize, Dense-like layers only) |
 
+The targets are the runtime registry's families (runtimes.FAMILIES): their exporters, suffixes,
+modes and runtimes.
+
 Full int8 and int16x8 are calibrated on samples drawn from the user's data with a fixed seed.
 """
 
@@ -25,29 +28,17 @@ from typing import Sequence
 
 import numpy as np
 
-from keras_turbo import cache
-from keras_turbo.errors import KerasTurboError, bad_param
-from keras_turbo.exporters import litert as litert_exp
-from keras_turbo.exporters import onnx as onnx_exp
-from keras_turbo.exporters import openvino as openvino_exp
+from keras_turbo import cache, exporters
 from keras_turbo.config import TechniqueConfig
+from keras_turbo.errors import KerasTurboError, bad_param
+from keras_turbo.exporters import QuantizeSettings, textsplit
+from keras_turbo.exporters import litert as litert_exp
+from keras_turbo.exporters import openvino as openvino_exp
+from keras_turbo.runtimes import FAMILIES, Family
+from keras_turbo.model import artifact_files
+from keras_turbo.model.graph import leaf_layers
 
 
-@dataclass(frozen=True)
-class Target:
-    name: str
-    backend: str        # the runtime that runs the artifact
-    export_to: str      # the float export it starts from (keras_turbo.exporters)
-    suffix: str
-    modes: tuple[str, ...]
-
-
-TARGETS: dict[str, Target] = {
-    "litert": Target("litert", "litert", "tflite", ".tflite", litert_exp.MODES),
-    "onnx": Target("onnx", "onnxruntime", "onnx", ".onnx", onnx_exp.MODES),
-    "openvino": Target("openvino", "openvino", "openvino", ".xml", openvino_exp.MODES),
-    "keras": Target("keras", "tf-function", "keras", ".keras", ("none", "int8")),
-}
 CALIBRATED = ("int8", "int16x8")  # modes that need calibration data (Keras' int8 does not)
 MIN_TRUSTED_CALIBRATION = 100
 QUANTIZABLE = ("Conv1D", "Conv2D", "Conv3D", "DepthwiseConv2D", "SeparableConv2D", "Conv2DTranspose", "Dense", "EinsumDense")
@@ -59,7 +50,7 @@ class ConvertConfig(TechniqueConfig):
 
     Attributes:
         to: "litert", "onnx", "openvino" or "keras".
-        quantize: "none", "fp16", "dynamic", "int8" or "int16x8" (what each target has: TARGETS).
+        quantize: "none", "fp16", "dynamic", "int8" or "int16x8" (what each target has: runtimes.FAMILIES).
         int8_io: LiteRT full int8 with int8 input and output tensors.
         calibration_size: samples drawn (seed `seed`) from the calibration data.
         keep_float: Keras layer names left in float (mixed precision).
@@ -78,9 +69,9 @@ class ConvertConfig(TechniqueConfig):
     sparse: bool = False
 
     def __post_init__(self):
-        if self.to not in TARGETS:
-            raise bad_param("to", f"one of {', '.join(TARGETS)}", self.to)
-        modes = TARGETS[self.to].modes
+        if self.to not in FAMILIES:
+            raise bad_param("to", f"one of {', '.join(FAMILIES)}", self.to)
+        modes = FAMILIES[self.to].modes
         if self.quantize not in modes:
             raise KerasTurboError(f"--quantize {self.quantize} is not available for --to {self.to} (it has: {', '.join(modes)})")
         if self.int8_io and (self.to != "litert" or self.quantize != "int8"):
@@ -100,6 +91,10 @@ class ConvertConfig(TechniqueConfig):
     @property
     def needs_calibration(self) -> bool:
         return self.quantize in CALIBRATED and self.to != "keras"
+
+    def settings(self) -> QuantizeSettings:
+        """What the family's exporter is told (exporters.QuantizeSettings)."""
+        return QuantizeSettings(self.quantize, self.int8_io, self.per_channel, self.sparse)
 
 
 @dataclass
@@ -140,21 +135,17 @@ def nodes_for_layers(nodes: Sequence[tuple[str, str]], layers: Sequence[str]) ->
     return {layer: [name for name, text in nodes if layer_pattern(layer).search(text)] for layer in layers}
 
 
-# Keras layer kind -> the weighted OpenVINO op it becomes.
-_OV_KIND = {"Conv1D": "Convolution", "Conv2D": "Convolution", "Conv3D": "Convolution", "Dense": "MatMul",
-            "DepthwiseConv2D": "GroupConvolution", "Conv2DTranspose": "ConvolutionBackpropData"}
-
-
-def layer_nodes(ref, target: "Target", model, layers: Sequence[str], cache_dir=None) -> dict[str, list[str]]:
+def layer_nodes(ref, target: Family, model, layers: Sequence[str], cache_dir=None) -> dict[str, list[str]]:
     """Map Keras layer names to the ops of the float artifact that quantization acts on.
 
-    By name where the converter kept TensorFlow's names (LiteRT, ONNX). OpenVINO's TensorFlow
-    front end renames convolutions, so a layer not found by name is matched to the weighted op of
+    By name where the converter kept TensorFlow's names (LiteRT, ONNX). A converter that renames
+    them (OpenVINO's TensorFlow front end renames convolutions: its exporter's `KERAS_OPS` says
+    which op each Keras kind becomes) gets a layer not found by name matched to the weighted op of
     the same type and weight size, the k-th such layer to the k-th such op in graph order.
     """
     nodes = graph_nodes(ref, target, cache_dir)
     found = nodes_for_layers(nodes, layers)
-    if target.name != "openvino":
+    if not target.exporter.KERAS_OPS:
         return found
     by_key: dict[str, list[str]] = {}
     for name, text in nodes:
@@ -164,7 +155,7 @@ def layer_nodes(ref, target: "Target", model, layers: Sequence[str], cache_dir=N
     seen: dict[str, int] = {}
     for layer in layers:
         obj = model.get_layer(layer)
-        kind = _OV_KIND.get(type(obj).__name__)
+        kind = target.exporter.KERAS_OPS.get(type(obj).__name__)
         if kind is None:
             continue
         key = f"{kind}:{int(np.prod(obj.kernel.shape))}"
@@ -177,9 +168,7 @@ def layer_nodes(ref, target: "Target", model, layers: Sequence[str], cache_dir=N
 
 def quantizable_layers(model) -> list[str]:
     """Names of the layers quantization acts on (convolutions and dense layers), in graph order."""
-    from keras_turbo.describe import _walk
-
-    return [layer.name for layer in _walk(model) if type(layer).__name__ in QUANTIZABLE]
+    return [layer.name for layer in leaf_layers(model) if type(layer).__name__ in QUANTIZABLE]
 
 
 def calibration_samples(ds, names: Sequence[str], size: int, seed: int) -> list[dict[str, np.ndarray]]:
@@ -188,36 +177,20 @@ def calibration_samples(ds, names: Sequence[str], size: int, seed: int) -> list[
     return [{n: a[i:i + 1] for n, a in zip(names, sub.x)} for i in range(len(sub))]
 
 
-def float_artifact(ref, target: Target, cache_dir=None):
-    from keras_turbo import exporters
+def float_artifact(ref, target: Family, cache_dir=None):
+    """The float artifact of `target`'s family that every quantized variant starts from (cached)."""
+    return exporters.export(ref, target.artifact, cache_dir)
 
-    return exporters.export(ref, target.export_to, cache_dir)
 
-
-def graph_nodes(ref, target: Target, cache_dir=None) -> list[tuple[str, str]]:
+def graph_nodes(ref, target: Family, cache_dir=None) -> list[tuple[str, str]]:
     """(op name, text naming its layer) for the float artifact, which quantized variants share."""
-    art = float_artifact(ref, target, cache_dir)
-    if target.name == "litert":
-        return litert_exp.node_names(art.path.read_bytes())
-    if target.name == "onnx":
-        return onnx_exp.node_names(art.path)
-    return openvino_exp.node_names(art.path)
+    return target.exporter.node_names(float_artifact(ref, target, cache_dir).path)
 
 
-def op_graph(ref, target: Target, cache_dir=None) -> list[tuple[str, str, tuple[str, ...], tuple[str, ...]]]:
+def op_graph(ref, target: Family, cache_dir=None) -> list[tuple[str, str, tuple[str, ...], tuple[str, ...]]]:
     """(op name, op type, input tensors, output tensors) of the float artifact's graph, where op
     names are the ones `keep_float_nodes` takes (see each exporter's `op_graph`)."""
-    art = float_artifact(ref, target, cache_dir)
-    if target.name == "litert":
-        return litert_exp.op_graph(art.path.read_bytes())
-    if target.name == "onnx":
-        return onnx_exp.op_graph(art.path)
-    return openvino_exp.op_graph(art.path)
-
-
-def weighted_op_types(target: Target) -> tuple[str, ...]:
-    return {"litert": litert_exp.WEIGHTED_OPS, "onnx": onnx_exp.WEIGHTED_OPS,
-            "openvino": openvino_exp.WEIGHTED_OPS}[target.name]
+    return target.exporter.op_graph(float_artifact(ref, target, cache_dir).path)
 
 
 def carry_nodes(graph: Sequence[tuple[str, str, Sequence[str], Sequence[str]]], kept: Sequence[str],
@@ -268,11 +241,11 @@ def carry_nodes(graph: Sequence[tuple[str, str, Sequence[str], Sequence[str]]], 
     return [name for name, _, _, _ in graph if name in between]
 
 
-def with_carriers(ref, target: Target, keep_nodes: Sequence[str], cache_dir=None) -> list[str]:
+def with_carriers(ref, target: Family, keep_nodes: Sequence[str], cache_dir=None) -> list[str]:
     """`keep_nodes` and the parameter-free ops between them (`carry_nodes`)."""
-    if not keep_nodes or target.name == "keras":
+    if not keep_nodes or target.exporter is None:
         return list(keep_nodes)
-    extra = carry_nodes(op_graph(ref, target, cache_dir), keep_nodes, weighted_op_types(target))
+    extra = carry_nodes(op_graph(ref, target, cache_dir), keep_nodes, target.exporter.WEIGHTED_OPS)
     return list(keep_nodes) + [n for n in extra if n not in set(keep_nodes)]
 
 
@@ -326,7 +299,7 @@ def convert(model, config: ConvertConfig | None = None, calibration=None, output
     ref = as_ref(model, unsafe=unsafe, cache_dir=cache_dir)
     if not ref.is_keras:
         raise KerasTurboError(f"{ref.path}: convert starts from a Keras model (.keras, .h5, SavedModel), not a .{ref.format} artifact")
-    target = TARGETS[cfg.to]
+    target = FAMILIES[cfg.to]
     notes: list[str] = []
 
     samples = _samples(ref, cfg, calibration, notes) if cfg.needs_calibration else None
@@ -341,7 +314,7 @@ def convert(model, config: ConvertConfig | None = None, calibration=None, output
         # Keyed by content and --unsafe (see exporters.export); built once under the entry's lock.
         out = _cached(_entry(ref, cfg, samples, keep_nodes, cache_dir), f"model{target.suffix}",
                       lambda path: _build(ref, cfg, target, samples, keep_nodes, path, cache_dir))
-        return ConvertResult(out, _fmt(target), target.backend, cfg, _size(out), len(samples or []), keep_nodes, notes)
+        return ConvertResult(out, target.artifact, target.runtime, cfg, _size(out), len(samples or []), keep_nodes, notes)
     out = Path(output)
     if out.suffix != target.suffix:
         raise KerasTurboError(f"-o {out}: a {cfg.to} artifact needs the suffix {target.suffix}")
@@ -355,7 +328,7 @@ def convert(model, config: ConvertConfig | None = None, calibration=None, output
             f.replace(out.parent / (out.stem + f.suffix) if f.stem == out.stem else out.parent / f.name)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
-    return ConvertResult(out, _fmt(target), target.backend, cfg, _size(out), len(samples or []), keep_nodes, notes)
+    return ConvertResult(out, target.artifact, target.runtime, cfg, _size(out), len(samples or []), keep_nodes, notes)
 
 
 def _entry(ref, cfg: ConvertConfig, samples, keep_nodes, cache_dir, kind: str | None = None) -> Path:
@@ -400,7 +373,7 @@ def _samples(ref, cfg: ConvertConfig, calibration, notes: list[str]) -> list:
     return samples
 
 
-def _layer_keep_nodes(ref, target: Target, layers, notes: list[str], cache_dir) -> list[str]:
+def _layer_keep_nodes(ref, target: Family, layers, notes: list[str], cache_dir) -> list[str]:
     """The graph's ops of the Keras layers named to stay float (a warning for a name with none)."""
     from keras_turbo.model import load_keras
 
@@ -414,64 +387,56 @@ def _layer_keep_nodes(ref, target: Target, layers, notes: list[str], cache_dir) 
     return nodes_out
 
 
-def _fmt(target: Target) -> str:
-    return {"litert": "tflite", "onnx": "onnx", "openvino": "openvino", "keras": "keras"}[target.name]
-
-
 def _size(path: Path) -> int:
     from keras_turbo.model import artifact_size
 
     return artifact_size(path)
 
 
-def _build(ref, cfg: ConvertConfig, target: Target, samples, keep_nodes, out: Path, cache_dir) -> None:
-    from keras_turbo import exporters
-
-    if target.name == "keras":
+def _build(ref, cfg: ConvertConfig, target: Family, samples, keep_nodes, out: Path, cache_dir) -> None:
+    if target.exporter is None:  # Keras' own format: Keras quantizes
         _keras_quantize(ref, cfg, out)
         return
-    from keras_turbo import textsplit
-
-    if (DERIVE_MIXED and cfg.quantize == "int8" and keep_nodes and target.name in ("openvino", "litert")
-            and not textsplit.splits(ref)):
-        _derive_mixed(ref, cfg, target, samples, keep_nodes, out, cache_dir)
+    split = textsplit.splits(ref)
+    if DERIVE_MIXED and cfg.quantize == "int8" and keep_nodes and target.name in _DERIVE and not split:
+        _DERIVE[target.name](ref, cfg, target, samples, keep_nodes, out, cache_dir)
         return
-
-    if textsplit.splits(ref):  # a split text model: its preprocessing goes with the core, and calibrates it
+    if split:  # a split text model: its preprocessing goes with the core, and calibrates it
         pre = textsplit.sidecar(float_artifact(ref, target, cache_dir).path)
         textsplit.attach(pre, out)
         samples = textsplit.preprocess_samples(pre, samples, ref.unsafe) if samples else samples
     if cfg.quantize == "none" and not cfg.sparse:
-        shutil.copy(float_artifact(ref, target, cache_dir).path, out)
-        if target.name == "openvino":
-            shutil.copy(float_artifact(ref, target, cache_dir).path.with_suffix(".bin"), out.with_suffix(".bin"))
+        src = float_artifact(ref, target, cache_dir).path
+        for f in artifact_files(src):  # OpenVINO's .bin with its .xml
+            shutil.copy(f, out.with_suffix(f.suffix))
         return
-    if target.name == "litert":
-        sm = exporters.litert_source(ref, cache_dir)
-        litert_exp.export_quantized(sm, out, cfg.quantize, samples, cfg.int8_io, keep_nodes, cfg.sparse)
-    elif target.name == "onnx":
-        onnx_exp.quantize(float_artifact(ref, target, cache_dir).path, out, cfg.quantize, samples, keep_nodes, cfg.per_channel)
-    else:
-        openvino_exp.quantize(float_artifact(ref, target, cache_dir).path, out, cfg.quantize, samples, keep_nodes)
+    source = exporters.litert_source(ref, cache_dir) if target.exporter.QUANTIZES_FROM == "savedmodel" else \
+        float_artifact(ref, target, cache_dir)
+    target.exporter.quantize(source, out, cfg.settings(), samples, keep_nodes)
 
 
-def _derive_mixed(ref, cfg: ConvertConfig, target: Target, samples, keep_nodes, out: Path, cache_dir) -> None:
-    """A mixed int8 variant from what every variant of the same calibration shares, built once
-    and cached, rather than quantized again: OpenVINO's from the fully quantized model
-    (exporters.openvino.keep_float), LiteRT's from the calibrated model
-    (exporters.litert.quantize_calibrated). The int8 repair walks through several such variants,
-    and one quantization of ResNet50 took 45 s (OpenVINO) to over a minute (LiteRT) here."""
-    from keras_turbo import exporters
-
+def _derive_openvino(ref, cfg: ConvertConfig, target: Family, samples, keep_nodes, out: Path, cache_dir) -> None:
+    """OpenVINO's mixed int8 variant from the fully quantized model, built once and cached: the
+    kept ops bypass their FakeQuantize and get their float weights back (exporters.openvino.keep_float)."""
     full = ConvertConfig(**{**cfg.to_dict(), "keep_float": ()})
-    if target.name == "openvino":
-        base = _cached(_entry(ref, full, samples, [], cache_dir), f"model{target.suffix}",
-                       lambda path: _build(ref, full, target, samples, [], path, cache_dir))
-        openvino_exp.keep_float(base, float_artifact(ref, target, cache_dir).path, out, keep_nodes)
-    else:
-        base = _cached(_entry(ref, full, samples, [], cache_dir, "litert-calibrated"), "model.tflite",
-                       lambda path: litert_exp.calibrated(exporters.litert_source(ref, cache_dir), path, samples))
-        litert_exp.quantize_calibrated(base, out, keep_nodes)
+    base = _cached(_entry(ref, full, samples, [], cache_dir), f"model{target.suffix}",
+                   lambda path: _build(ref, full, target, samples, [], path, cache_dir))
+    openvino_exp.keep_float(base, float_artifact(ref, target, cache_dir).path, out, keep_nodes)
+
+
+def _derive_litert(ref, cfg: ConvertConfig, target: Family, samples, keep_nodes, out: Path, cache_dir) -> None:
+    """LiteRT's mixed int8 variant quantized from one calibrated model, built once and cached
+    (exporters.litert.quantize_calibrated): the debugger's own calls, the same bytes."""
+    full = ConvertConfig(**{**cfg.to_dict(), "keep_float": ()})
+    base = _cached(_entry(ref, full, samples, [], cache_dir, "litert-calibrated"), "model.tflite",
+                   lambda path: litert_exp.calibrated(exporters.litert_source(ref, cache_dir), path, samples))
+    litert_exp.quantize_calibrated(base, out, keep_nodes)
+
+
+#: mixed int8 variants derived from what every variant of the same calibration shares, rather
+#: than quantized again: the int8 repair walks through several, and one quantization of ResNet50
+#: took 45 s (OpenVINO) to over a minute (LiteRT) here. Families without an entry quantize again.
+_DERIVE = {"openvino": _derive_openvino, "litert": _derive_litert}
 
 
 def _keras_quantize(ref, cfg: ConvertConfig, out: Path) -> None:

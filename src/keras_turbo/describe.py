@@ -8,6 +8,7 @@ from collections import Counter
 import numpy as np
 
 from keras_turbo.model import ModelRef
+from keras_turbo.model.graph import leaf_layers
 
 FLOPS_METHOD = ("2 x multiply-accumulates of Conv (incl. depthwise, separable, transposed) and Dense "
                 "layers for one sample; element-wise ops, pooling and normalization are not counted")
@@ -57,17 +58,9 @@ def layer_flops(layer) -> int:
     return 0
 
 
-def _walk(model):
-    for layer in model.layers:
-        if hasattr(layer, "layers") and layer.layers and type(layer).__name__ in ("Functional", "Sequential", "Model"):
-            yield from _walk(layer)
-        else:
-            yield layer
-
-
 def describe_keras(model) -> dict:
     """Parameters, FLOPs per sample and layer kinds of a keras.Model."""
-    layers = list(_walk(model))
+    layers = list(leaf_layers(model))
     kinds = Counter(type(layer).__name__ for layer in layers)
     custom = sorted({type(layer).__name__ for layer in layers if not type(layer).__module__.startswith("keras")})
     flops = sum(layer_flops(layer) for layer in layers)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import functools
 import importlib.metadata
-import json
 import os
 import platform
 import shutil
@@ -76,38 +74,6 @@ def accelerated_precisions(flags: set[str] | frozenset[str]) -> dict[str, list[s
     return out
 
 
-def skip_reason(backend: str, flags: set[str] | frozenset[str]) -> str | None:
-    """Why `backend` is not worth running on a CPU with `flags`, or None when it is.
-
-    A reduced-precision entry (`Backend.needs`) on a CPU with none of the flags it needs would
-    run emulated, slower than float32: the planner skips it and reports this reason.
-
-    Example:
-        >>> skip_reason("openvino-bf16", {"avx2"})
-        'openvino-bf16 computes in bf16, which this CPU has no arithmetic for (needs one of amx_bf16, avx512_bf16)'
-    """
-    from keras_turbo.runtimes import get_backend
-
-    b = get_backend(backend)
-    if not b.needs or any(f in flags for f in b.needs):
-        return None
-    return f"{backend} computes in {b.precision}, which this CPU has no arithmetic for (needs one of {', '.join(b.needs)})"
-
-
-def precision_backends(flags: set[str] | frozenset[str], objective: str | None = None) -> dict[str, str | None]:
-    """Every registered backend for an objective, with the reason to skip it on this CPU (None:
-    run it). `objective` "latency" or "throughput" drops entries made for the other one.
-
-    Example:
-        >>> plan = precision_backends(cpu_flags(), "latency")
-        >>> [name for name, why in plan.items() if why is None]
-    """
-    from keras_turbo.runtimes import BACKENDS
-
-    return {name: skip_reason(name, flags) for name, b in BACKENDS.items()
-            if objective is None or b.objective in (None, objective)}
-
-
 def gpus() -> list[str]:
     """NVIDIA GPUs as `nvidia-smi -L` lists them (without importing TensorFlow)."""
     if not shutil.which("nvidia-smi"):
@@ -117,46 +83,6 @@ def gpus() -> list[str]:
     except (OSError, subprocess.SubprocessError):
         return []
     return [line.strip() for line in out.splitlines() if line.startswith("GPU")]
-
-
-# Run in a fresh interpreter: importing JAX here would start its runtime (threads, memory, a GPU
-# context) in the caller's process, and Keras must never see a backend switch in this one.
-_JAX_PROBE = (
-    "import json, jax; "
-    "print(json.dumps([{'platform': d.platform, 'kind': d.device_kind, 'id': d.id} for d in jax.devices()] "
-    "+ ([] if jax.default_backend() == 'cpu' else "
-    "[{'platform': d.platform, 'kind': d.device_kind, 'id': d.id} for d in jax.devices('cpu')])))"
-)
-
-
-@functools.lru_cache(maxsize=1)
-def jax_devices() -> tuple[tuple[dict, ...], str | None]:
-    """JAX's devices as a subprocess sees them: ((platform, kind, id) dicts, error or None).
-
-    The answer is cached for the life of this process (a probe takes a second or two).
-    """
-    import sys
-
-    env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="3")
-    try:
-        proc = subprocess.run([sys.executable, "-c", _JAX_PROBE], capture_output=True, text=True, timeout=120,
-                              env=env, stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.SubprocessError) as e:
-        return (), f"{type(e).__name__}: {e}"
-    if proc.returncode != 0:
-        lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
-        return (), (lines[-1][:200] if lines else f"exit code {proc.returncode}")
-    return tuple(json.loads(proc.stdout.strip().splitlines()[-1])), None
-
-
-def jax_gpus() -> list[str]:
-    """The GPUs JAX can run on here, by kind ("NVIDIA H200", ...); empty without JAX or a GPU.
-
-    The planner's switch for the keras-jax candidates (fp32, tf32, bf16, fp16): on a CPU they
-    are rarely faster than the CPU runtimes, on a GPU they are the GPU path.
-    """
-    devs, _ = jax_devices()
-    return [d["kind"] for d in devs if d["platform"] in ("gpu", "cuda", "rocm")]
 
 
 def version(dist: str) -> str | None:
@@ -195,60 +121,3 @@ def default_threads() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:
         return os.cpu_count() or 1
-
-
-def devices() -> dict:
-    """What `keras-turbo devices` shows: CPU features, GPUs, and each runtime's state.
-
-    Each runtime is imported for real (in this process), so "usable" means it loaded here, and
-    each usable one says what it really executes in here (`runtimes.executes_here`): OpenVINO may
-    run another precision than the one asked for (f16 runs as bf16 on a CPU without AVX512-FP16).
-    """
-    from keras_turbo.runtimes import BACKENDS, executes_here
-
-    info = facts()
-    flags = cpu_flags()
-    info["accelerated_precisions"] = accelerated_precisions(flags)
-    runtimes: dict[str, dict] = {}
-    modules: dict[str, tuple[bool, str | None, list[str]]] = {}
-    for name, b in BACKENDS.items():
-        if b.requires not in modules:
-            modules[b.requires] = _probe(b.requires)
-        ok, err, devs = modules[b.requires]
-        executes = None
-        if ok:
-            try:
-                executes = executes_here(name)
-            except Exception as e:  # a setting the plugin refuses on this CPU (bf16 without AVX-512) is a fact too
-                executes = {"summary": "refused", "error": f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"}
-        runtimes[name] = {"usable": ok, "error": err, "devices": devs, "summary": b.summary, "precision": b.precision,
-                          "executes": executes, "skip_reason": skip_reason(name, flags)}
-    info["runtimes"] = runtimes
-    return info
-
-
-def _probe(module: str) -> tuple[bool, str | None, list[str]]:
-    try:
-        if module == "tensorflow":
-            from keras_turbo import _tf
-
-            tf = _tf.tf()
-            return True, None, ["CPU"] + [d.name for d in tf.config.list_physical_devices("GPU")]
-        if module == "onnxruntime":
-            import onnxruntime as ort
-
-            return True, None, list(ort.get_available_providers())
-        if module == "openvino":
-            import openvino as ov
-
-            return True, None, list(ov.Core().available_devices)
-        if module == "jax":
-            devs, err = jax_devices()
-            return (False, err, []) if err else (True, None, [f"{d['platform']}:{d['id']} ({d['kind']})" for d in devs])
-        if module == "ai_edge_litert":
-            from ai_edge_litert.interpreter import Interpreter  # noqa: F401
-
-            return True, None, ["CPU (XNNPACK)"]
-    except Exception as e:  # a runtime that fails to import is reported, not raised
-        return False, f"{type(e).__name__}: {' '.join(str(e).split())[:200]}", []
-    return False, "unknown runtime module", []

@@ -31,6 +31,7 @@ from keras_turbo import quality
 from keras_turbo.errors import KerasTurboError, bad_param
 from keras_turbo.config import TechniqueConfig
 from keras_turbo.quality import Budget
+from keras_turbo.runtimes import FAMILIES
 
 
 RANKINGS = ("tensors", "per-layer")
@@ -408,7 +409,7 @@ def quantize_with_fallback(model, config: ConvertConfig, calibration, eval_data,
     full = _measure(full_res, job)
     keras_model = load_keras(ref)
     layers = quantizable_layers(keras_model)
-    by_layer = layer_nodes(ref, _target(job.cfg), keras_model, layers, cache_dir)
+    by_layer = layer_nodes(ref, FAMILIES[job.cfg.to], keras_model, layers, cache_dir)
     layers = [name for name in layers if by_layer[name]]
     ranked, units, stopped = _rank(job, full, keras_model, layers, by_layer)
     final, final_res, best_kept, steps, stopped = _fall_back(job, full, full_res, units, layers, by_layer, keras_model,
@@ -551,7 +552,7 @@ def _rank_tensors(job: _Job, keras_model, by_layer: dict) -> tuple[list, list]:
 
 
 def _rank_layers(job: _Job, layers: list[str], by_layer: dict) -> tuple[list, list, bool]:
-    nodes = [name for name, _ in graph_nodes(job.ref, _target(job.cfg), job.cache_dir)]
+    nodes = [name for name, _ in graph_nodes(job.ref, FAMILIES[job.cfg.to], job.cache_dir)]
     ranked, stopped = [], False
     for i, layer in enumerate(layers, 1):
         if job.late():
@@ -715,10 +716,6 @@ def _better(m: Measured, than: Measured) -> bool:
     return (m.agreement, -m.nmse) > (than.agreement, -than.nmse)
 
 
-def _target(cfg: ConvertConfig):
-    from keras_turbo.convert import TARGETS
-
-    return TARGETS[cfg.to]
 
 
 __all__ = ["FallbackConfig", "FallbackResult", "carrying_layers", "could_win", "quantize_with_fallback", "quantize_with_repair",

@@ -4,25 +4,39 @@ Every export goes through one SavedModel (Keras' own `model.export`), so the Lit
 OpenVINO artifacts all see the same graph, with the same input names (the Keras input names)
 and the same output names (`output_0`, `output_1`, ...).
 
-The registry is written out by hand: target name -> (file name, function).
+The registry is written out by hand: target name -> (file name, function). Each family's module
+(litert, onnx, openvino) has the same faces: `export` (float), `quantize` (from the SavedModel
+or the float artifact, `QUANTIZES_FROM`), `MODES`, `WEIGHTED_OPS`, `node_names` and `op_graph`.
 """
 
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
-from keras_turbo import cache, textsplit
+from keras_turbo import cache
 from keras_turbo.errors import KerasTurboError
-from keras_turbo.exporters import litert, onnx, openvino, savedmodel
+from keras_turbo.exporters import litert, onnx, openvino, savedmodel, textsplit
 from keras_turbo.model import ModelRef
+
+@dataclass(frozen=True)
+class QuantizeSettings:
+    """What a family's `quantize` is told: the mode, and the switches only some families have
+    (each exporter reads its own)."""
+
+    mode: str
+    int8_io: bool = False       # LiteRT: int8 input and output tensors
+    per_channel: bool = True    # ONNX Runtime: per-channel weight scales (LiteRT and NNCF always are)
+    sparse: bool = False        # LiteRT: mostly-zero weights stored sparsely
+
 
 # target -> (format of the result, file or folder name inside the cache entry, export function)
 EXPORTERS = {
     "savedmodel": ("savedmodel", "saved_model", savedmodel.export),
     # What LiteRT converts from when the model has recurrent layers (see litert_source).
     "savedmodel-unrolled": ("savedmodel", "saved_model", savedmodel.export_unrolled),
-    # A text model split at the end of its string layers (textsplit.py): the string preprocessing
+    # A text model split at the end of its string layers (exporters/textsplit.py): the string preprocessing
     # (run by TensorFlow beside the artifact) and the numeric core every converter takes.
     "savedmodel-pre": ("savedmodel", "saved_model", textsplit.export_pre),
     "savedmodel-core": ("savedmodel", "saved_model", textsplit.export_core),

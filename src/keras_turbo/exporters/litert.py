@@ -48,12 +48,12 @@ def _input_order(ref: ModelRef) -> list[str]:
     return [d["name"].removeprefix("serving_default_").split(":")[0] for d in it.get_input_details()]
 
 
-def node_names(content: bytes) -> list[tuple[str, str]]:
+def node_names(path: Path) -> list[tuple[str, str]]:
     """(output tensor name, the same as text): what the quantization debugger's denylist takes.
     The converter keeps TensorFlow's names (`model_1/conv1_1/convolution;...`)."""
     from ai_edge_litert.interpreter import Interpreter
 
-    it = Interpreter(model_content=content)
+    it = Interpreter(model_content=Path(path).read_bytes())
     tensors = {d["index"]: d["name"] for d in it.get_tensor_details()}
     names = []
     for op in it._get_ops_details():
@@ -63,14 +63,16 @@ def node_names(content: bytes) -> list[tuple[str, str]]:
 
 # Ops that carry weights, which quantization acts on; everything else only carries activations.
 WEIGHTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV", "CONV_3D", "CONV_3D_TRANSPOSE")
+#: the converter keeps TensorFlow's names: layers are found by name (convert.layer_nodes)
+KERAS_OPS: dict[str, str] = {}
 
 
-def op_graph(content: bytes) -> list[tuple[str, str, tuple[str, ...], tuple[str, ...]]]:
+def op_graph(path: Path) -> list[tuple[str, str, tuple[str, ...], tuple[str, ...]]]:
     """(op name, op type, input tensor names, output tensor names) per op, in graph order. An op
     is named by its first output tensor, which is what the debugger's denylist takes."""
     from ai_edge_litert.interpreter import Interpreter
 
-    it = Interpreter(model_content=content)
+    it = Interpreter(model_content=Path(path).read_bytes())
     tensors = {d["index"]: d["name"] for d in it.get_tensor_details()}
     ops = []
     for op in it._get_ops_details():
@@ -78,6 +80,16 @@ def op_graph(content: bytes) -> list[tuple[str, str, tuple[str, ...], tuple[str,
         if outs:
             ops.append((outs[0], op["op_name"], tuple(tensors[i] for i in op["inputs"] if i in tensors), outs))
     return ops
+
+
+#: LiteRT quantizes while converting: from the SavedModel, not from the float .tflite
+QUANTIZES_FROM = "savedmodel"
+
+
+def quantize(ref: ModelRef, out: Path, settings, calibration: Sequence[dict[str, np.ndarray]] | None,
+             keep_float: Sequence[str] = ()) -> None:
+    """Convert the SavedModel `ref` quantized as `settings` (exporters.QuantizeSettings) say."""
+    export_quantized(ref, out, settings.mode, calibration, settings.int8_io, keep_float, settings.sparse)
 
 
 def export_quantized(ref: ModelRef, out: Path, mode: str, calibration: Sequence[dict[str, np.ndarray]] | None,

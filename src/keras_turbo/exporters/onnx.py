@@ -162,6 +162,8 @@ def op_graph(path: Path) -> list[tuple[str, str, tuple[str, ...], tuple[str, ...
 
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+#: tf2onnx keeps TensorFlow's names: layers are found by name (convert.layer_nodes)
+KERAS_OPS: dict[str, str] = {}
 
 
 class _Reader:
@@ -177,15 +179,21 @@ class _Reader:
         pass
 
 
-def quantize(float_onnx: Path, out: Path, mode: str, calibration: Sequence[dict[str, np.ndarray]] | None,
-             keep_float: Sequence[str] = (), per_channel: bool = True) -> None:
-    """Quantize an ONNX file with ONNX Runtime's tools; `keep_float` are node names to leave in float."""
+#: ONNX Runtime's tools quantize the float .onnx
+QUANTIZES_FROM = "artifact"
+
+
+def quantize(ref: ModelRef, out: Path, settings, calibration: Sequence[dict[str, np.ndarray]] | None,
+             keep_float: Sequence[str] = ()) -> None:
+    """Quantize the float ONNX artifact `ref` as `settings` (exporters.QuantizeSettings) say, with
+    ONNX Runtime's tools; `keep_float` are node names to leave in float."""
     import logging
 
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
+    mode, per_channel = settings.mode, settings.per_channel
     exclude = list(keep_float) or None
-    pre = preprocessed(float_onnx)
+    pre = preprocessed(ref.path)
     logging.getLogger().setLevel(logging.ERROR)  # ORT's quantizer logs advice through the root logger
     if mode == "dynamic":
         quantize_dynamic(str(pre), str(out), weight_type=QuantType.QInt8, per_channel=per_channel,

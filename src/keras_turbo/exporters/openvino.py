@@ -44,6 +44,10 @@ def _conversion_error(e: Exception) -> Exception:
 
 
 WEIGHTED_OPS = ("Convolution", "GroupConvolution", "MatMul", "ConvolutionBackpropData")
+#: Keras layer kind -> the weighted op it becomes: the TensorFlow front end renames convolutions,
+#: so convert.layer_nodes finds a layer's op by its kind and weight size where its name is gone
+KERAS_OPS = {"Conv1D": "Convolution", "Conv2D": "Convolution", "Conv3D": "Convolution", "Dense": "MatMul",
+             "DepthwiseConv2D": "GroupConvolution", "Conv2DTranspose": "ConvolutionBackpropData"}
 
 
 def node_names(path: Path) -> list[tuple[str, str]]:
@@ -82,13 +86,19 @@ def op_graph(path: Path) -> list[tuple[str, str, tuple[str, ...], tuple[str, ...
     return out
 
 
-def quantize(float_xml: Path, out: Path, mode: str, calibration: Sequence[dict[str, np.ndarray]] | None,
+#: NNCF quantizes the float IR
+QUANTIZES_FROM = "artifact"
+
+
+def quantize(ref: ModelRef, out: Path, settings, calibration: Sequence[dict[str, np.ndarray]] | None,
              keep_float: Sequence[str] = ()) -> None:
-    """fp16: weights stored as float16; int8: NNCF's post-training quantization, with the named
-    ops (`keep_float`) left in float."""
+    """The float IR `ref` as `settings.mode` says (exporters.QuantizeSettings): fp16, weights
+    stored as float16; int8, NNCF's post-training quantization with the named ops (`keep_float`)
+    left in float."""
     import openvino as ov
 
-    model = ov.Core().read_model(str(float_xml))
+    mode = settings.mode
+    model = ov.Core().read_model(str(ref.path))
     if mode == "fp16":
         ov.save_model(model, str(out), compress_to_fp16=True)
         return

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from keras_turbo.model import ModelRef, load_keras
+from keras_turbo.model.graph import leaf_layers
 
 RECURRENT = ("LSTM", "GRU", "SimpleRNN")
 
@@ -56,10 +57,8 @@ def export_unrolled(ref: ModelRef, out: Path) -> None:
 def recurrent_layers(model) -> list:
     """The model's LSTM / GRU / SimpleRNN layers (those inside a Bidirectional wrapper count as
     the wrapper), nested models included, that are not unrolled already."""
-    from keras_turbo.describe import _walk
-
     found = []
-    for layer in _walk(model):
+    for layer in leaf_layers(model):
         kind = type(layer).__name__
         inner = getattr(layer, "forward_layer", None)
         if kind in RECURRENT and not layer.unroll:

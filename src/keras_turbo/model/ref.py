@@ -52,7 +52,7 @@ class ModelRef:
         """A content hash, so exported artifacts can be cached and reused safely."""
         h = hashlib.sha256()
         h.update(self.format.encode())
-        for f in _files_of(self.path):
+        for f in artifact_files(self.path):
             h.update(f.name.encode())
             with open(f, "rb") as fh:
                 for block in iter(lambda: fh.read(1 << 20), b""):
@@ -67,7 +67,8 @@ class ModelRef:
         return self.fingerprint() + ("-unsafe" if self.unsafe else "") + (f"-co{co}" if co else "")
 
 
-def _files_of(path: Path) -> list[Path]:
+def artifact_files(path: Path) -> list[Path]:
+    """The files of a model: a file, an OpenVINO .xml with its .bin, or a directory's files."""
     if path.is_dir():
         return sorted(p for p in path.rglob("*") if p.is_file())
     files = [path]
@@ -78,7 +79,7 @@ def _files_of(path: Path) -> list[Path]:
 
 def artifact_size(path: str | os.PathLike) -> int:
     """Bytes on disk: a file, an OpenVINO .xml with its .bin, or a whole directory."""
-    return sum(f.stat().st_size for f in _files_of(Path(path)))
+    return sum(f.stat().st_size for f in artifact_files(Path(path)))
 
 
 def resolve(path: str | os.PathLike, unsafe: bool = False) -> ModelRef:

@@ -105,7 +105,8 @@ def build_train(step: Step, source: Path, ctx: _Context, dest: Path) -> tuple[Pa
 
 def build_convert(step: Step, source: Path, ctx: _Context, dest: Path) -> tuple[Path, dict]:
     """A conversion to a runtime's artifact, float or quantized (QAT models export their own int8)."""
-    from keras_turbo.convert import TARGETS, ConvertConfig, convert
+    from keras_turbo.convert import ConvertConfig, convert
+    from keras_turbo.runtimes import FAMILIES
 
     cfg = {k: v for k, v in step.config.items() if k != "qat"}
     if step.config.get("qat"):
@@ -116,18 +117,18 @@ def build_convert(step: Step, source: Path, ctx: _Context, dest: Path) -> tuple[
         return path, {}
     cc = ConvertConfig(to=step.name, **cfg)
     r = convert(ctx.keras_ref(source), cc, ctx.data("calib") if cc.needs_calibration else None,
-                output=dest / f"model{TARGETS[step.name].suffix}", cache_dir=ctx.job.export_cache)
+                output=dest / f"model{FAMILIES[step.name].suffix}", cache_dir=ctx.job.export_cache)
     return r.path, {"calibration_samples": r.calibration_samples, "warnings": r.warnings,
                     "export_check": check_export(ctx, source, r, cc.quantize != "none")}
 
 
 def check_export(ctx: _Context, source: Path, r, quantized: bool) -> float | None:
     """The conversion's artifact against the Keras model it came from, on a few calibration
-    samples, before anything times or judges it (exporters.check): an artifact that takes other
+    samples, before anything times or judges it (runtimes/check.py): an artifact that takes other
     inputs, or whose float outputs differ, fails this step with the reason. Returns the largest
     relative difference (None for a quantized artifact, checked for its structure only)."""
-    from keras_turbo.convert import TARGETS
-    from keras_turbo.exporters.check import SAMPLES, check_artifact
+    from keras_turbo.runtimes import FAMILIES
+    from keras_turbo.runtimes.check import SAMPLES, check_artifact
     from keras_turbo.model import ModelRef
 
     keras_ref = ctx.keras_ref(source)
@@ -141,7 +142,7 @@ def check_export(ctx: _Context, source: Path, r, quantized: bool) -> float | Non
         inputs = list(io_specs(keras_ref)[0])
         feeds = random_inputs(inputs, 2, 1, 0)[0]
     artifact = ModelRef(Path(r.path), r.format, ctx.job.unsafe)
-    return check_artifact(keras_ref, artifact, TARGETS[r.config.to].backend, feeds, [t.name for t in inputs],
+    return check_artifact(keras_ref, artifact, FAMILIES[r.config.to].runtime, feeds, [t.name for t in inputs],
                           quantized, ctx.job.threads)
 
 
@@ -184,7 +185,7 @@ def copy_artifact(src: Path, dst_dir: Path) -> Path:
         shutil.copy(src, dst)
         if src.suffix == ".xml":
             shutil.copy(src.with_suffix(".bin"), dst.with_suffix(".bin"))
-        from keras_turbo import textsplit
+        from keras_turbo.exporters import textsplit
 
         if textsplit.sidecar(src).is_dir():  # a split text model's preprocessing goes with its core
             textsplit.attach(textsplit.sidecar(src), dst)

@@ -163,26 +163,25 @@ def _model_info(run) -> planner.ModelInfo:
     return planner.ModelInfo(run.store.model, bool(quantizable_layers(model)), refused, run.job.get("train_samples"))
 
 
-CONVERT_TO = {"tflite": "litert", "onnx": "onnx", "openvino": "openvino"}
-
-
 def machine_caps(objective: str = "latency") -> planner.MachineCaps:
     """The runtimes that import here, and the precision / objective variants this machine
     accelerates (bf16 and fp16 where the CPU has the arithmetic, keras-jax where JAX sees a GPU),
     each one skipped elsewhere with its reason."""
     import importlib.util
 
-    from keras_turbo.machine import cpu_flags, jax_gpus, precision_backends
+    from keras_turbo.machine import cpu_flags
     from keras_turbo.runtimes import BACKENDS
+    from keras_turbo.runtimes.here import precision_backends
+    from keras_turbo.runtimes.keras_jax import jax_gpus
 
     usable = tuple(n for n, b in BACKENDS.items() if importlib.util.find_spec(b.requires) is not None)
     accelerated, skipped = [], []
     for name, why in precision_backends(cpu_flags(), objective).items():
         b = BACKENDS[name]
-        if b.requires == "jax" or name in planner.FLOAT_RUNTIMES or name in ("keras-call",) or name not in usable:
+        if b.requires == "jax" or b.planned or name in ("keras-call",) or name not in usable:
             continue
         if why is None:
-            accelerated.append((name, CONVERT_TO.get(b.export_to) if b.export_to else None, b.precision))
+            accelerated.append((name, b.family, b.precision))
         else:
             skipped.append((name, why))
     jax_runtimes = [n for n in BACKENDS if n.startswith("keras-jax") and n in usable]

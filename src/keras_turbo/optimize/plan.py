@@ -1,4 +1,5 @@
-"""The planner: which variants to try, as data. Pure functions, no TensorFlow.
+"""The planner: which variants to try, as data. Pure functions, no TensorFlow (the runtime
+registry it reads imports none).
 
 `first_plan` turns (the model's description, the machine's capabilities, the config) into
 recipes: the float model on every usable runtime, then the float16 / bf16 / int8 conversions.
@@ -13,11 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from keras_turbo.optimize.recipe import Recipe, Step
+from keras_turbo.runtimes import FAMILIES, float_runtimes
 
-#: float runtimes: backend -> the conversion it runs (None: runs the Keras model itself)
-FLOAT_RUNTIMES = {"keras-predict": None, "tf-function": None, "tf-xla": None,
-                  "litert": "litert", "onnxruntime": "onnx", "openvino": "openvino"}
-BACKEND_OF = {"litert": "litert", "onnx": "onnxruntime", "openvino": "openvino"}
 #: (conversion target, quantize mode, precision family); int8 first: on CPUs with VNNI or AMX it
 #: is where the next factor is, and a time budget that runs out should leave the rest untried
 CONVERSIONS = (("openvino", "int8", "int8"), ("litert", "int8", "int8"), ("onnx", "int8", "int8"),
@@ -34,10 +32,13 @@ LAST = ("tf-xla",)
 #: them first ended before either repair started.
 LATER = (("tf-xla", None), ("onnxruntime", "dynamic"))
 BASELINE = "keras-predict"
-#: under the throughput objective, the entry of each runtime that serves a batch as parallel
-#: requests (runtimes/streams.py, OpenVINO's THROUGHPUT hint): each conversion is timed there too
-THROUGHPUT_RUNTIME = {"litert": "litert-throughput", "onnxruntime": "onnxruntime-throughput",
-                      "openvino": "openvino-throughput"}
+
+
+def _throughput_entry(backend: str) -> str | None:
+    """Under the throughput objective, the entry of a family's runtime that serves a batch as
+    parallel requests (runtimes/streams.py, OpenVINO's THROUGHPUT hint): each conversion is timed
+    there too."""
+    return next((f.throughput for f in FAMILIES.values() if f.runtime == backend), None)
 
 #: the train-data size the fine-tune lengths in SEARCH are set for. With more data a fine-tune runs
 #: fewer epochs (about the same samples seen), so a probe costs about the same whatever the data's
@@ -203,7 +204,7 @@ def runtime_recipe(model: str, backend: str, convert_to: str | None, precision: 
 def conversion_recipe(model: str, to: str, mode: str, precision: str, calibration_size: int,
                       prefix: tuple[Step, ...] = ()) -> Recipe:
     cfg = {"quantize": mode} | ({"calibration_size": calibration_size} if mode in ("int8", "int16x8") else {})
-    return Recipe(model, prefix + (Step("convert", to, cfg), Step("runtime", BACKEND_OF[to])), precision)
+    return Recipe(model, prefix + (Step("convert", to, cfg), Step("runtime", FAMILIES[to].runtime)), precision)
 
 
 def first_plan(model: ModelInfo, caps: MachineCaps, cfg, has_train: bool) -> Plan:
@@ -214,7 +215,7 @@ def first_plan(model: ModelInfo, caps: MachineCaps, cfg, has_train: bool) -> Pla
     fp, usable = model.fingerprint, set(caps.backends)
     recipes: list[Recipe] = []
     left: list[tuple[str, str]] = [(b, why) for b, why in caps.skipped]
-    for backend, to in FLOAT_RUNTIMES.items():
+    for backend, to in float_runtimes().items():
         if backend != BASELINE and (not cfg.wants("runtimes") or cfg.runtimes and backend not in cfg.runtimes):
             continue
         if backend in usable:
@@ -230,11 +231,12 @@ def first_plan(model: ModelInfo, caps: MachineCaps, cfg, has_train: bool) -> Pla
     recipes = recipes[:len(plain)] + accelerated + recipes[len(plain):]
     streams = {b for b, _, _ in caps.accelerated} if cfg.objective == "throughput" else set()
     for to, mode, family in CONVERSIONS:
-        if cfg.wants(family) and BACKEND_OF[to] in usable and (not cfg.runtimes or BACKEND_OF[to] in cfg.runtimes):
+        runtime = FAMILIES[to].runtime
+        if cfg.wants(family) and runtime in usable and (not cfg.runtimes or runtime in cfg.runtimes):
             r = conversion_recipe(fp, to, mode, mode, cfg.calibration_size)
             recipes.append(r)
-            if THROUGHPUT_RUNTIME[r.backend] in streams:  # the same artifact, served as parallel requests
-                recipes.append(Recipe(fp, r.steps[:-1] + (Step("runtime", THROUGHPUT_RUNTIME[r.backend]),), r.precision))
+            if _throughput_entry(r.backend) in streams:  # the same artifact, served as parallel requests
+                recipes.append(Recipe(fp, r.steps[:-1] + (Step("runtime", _throughput_entry(r.backend)),), r.precision))
     recipes += last
     later = [r for r in recipes if _deferred(r)]
     recipes = [r for r in recipes if r not in later]
@@ -253,7 +255,7 @@ def first_plan(model: ModelInfo, caps: MachineCaps, cfg, has_train: bool) -> Pla
 
 def _deferred(r: Recipe) -> bool:
     conv = r.steps[-2].config.get("quantize") if len(r.steps) >= 2 and r.steps[-2].kind == "convert" else None
-    return any(r.backend in (backend, THROUGHPUT_RUNTIME.get(backend)) and conv == mode for backend, mode in LATER)
+    return any(r.backend in (backend, _throughput_entry(backend)) and conv == mode for backend, mode in LATER)
 
 
 def searched(cfg, model: ModelInfo | None = None) -> list[str]:
@@ -347,7 +349,7 @@ def best_exports(outcomes: list[Outcome]) -> list[Recipe]:
     ints = [o for o in ints if o.within] or ints
     first = _fastest(ints, lambda o: True)
     second = first and _fastest(ints, lambda o: o.recipe.backend != first.recipe.backend)
-    picks = [_fastest(exported, lambda o: o.recipe.precision == "fp32" and o.recipe.backend in BACKEND_OF.values()),
+    picks = [_fastest(exported, lambda o: o.recipe.precision == "fp32" and o.recipe.backend in {f.runtime for f in FAMILIES.values() if f.exporter}),
              first, second]
     return [p.recipe for p in picks if p]
 
@@ -557,6 +559,6 @@ def follow_ups(model: ModelInfo, outcomes: list[Outcome], cfg, has_train: bool) 
     return Plan(tuple(repairs(model, outcomes, cfg) + technique_recipes(model, outcomes, cfg, has_train)))
 
 
-__all__ = ["BASELINE", "COMPOSED", "COMPOSE_SHARE", "CONVERSIONS", "THROUGHPUT_RUNTIME", "FLOAT_RUNTIMES", "LEFT_OUT", "REPAIR_TECHNIQUES", "SEARCH", "TECHNIQUE_SETTINGS", "Knob", "MachineCaps",
+__all__ = ["BASELINE", "COMPOSED", "COMPOSE_SHARE", "CONVERSIONS", "LEFT_OUT", "REPAIR_TECHNIQUES", "SEARCH", "TECHNIQUE_SETTINGS", "Knob", "MachineCaps",
            "ModelInfo", "Outcome", "Plan", "best_exports", "compositions", "first_plan", "follow_ups", "probe_recipe", "repairs",
            "search_point", "step_back", "step_forward", "technique_recipes"]

@@ -1,21 +1,66 @@
 """Every runtime behind one `Predictor`, and the registry of them, written out by hand.
 
-A backend takes the formats listed beside it. A Keras-family model (.keras, .h5, SavedModel)
-given to a runtime that needs an artifact is exported once (`keras_turbo.exporters`) and the
-artifact cached; an artifact is run as it is.
+Two tables. `FAMILIES`: one row per runtime family (LiteRT, ONNX Runtime, OpenVINO, and Keras'
+own format): the artifact its runtimes run, the suffix, the exporter that makes one from a Keras
+model with its quantization modes (`convert --to NAME --quantize MODE`), the entry that runs its
+artifacts by default and the one that serves a batch as parallel requests. `BACKENDS`: one row
+per runtime entry (a precision or throughput setting of a runtime is an entry of its own), each
+naming its family. Adding a runtime is a family row, its entries, and one module here (and one
+under exporters/); `convert`, the planner and the driver read these rows.
+
+A Keras-family model (.keras, .h5, SavedModel) given to a runtime that needs an artifact is
+exported once (`keras_turbo.exporters`) and the artifact cached; an artifact is run as it is.
+Which entries are worth running on this machine: runtimes/here.py.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Callable
 
+from keras_turbo import exporters
 from keras_turbo.errors import BackendError
+from keras_turbo.exporters import litert as litert_exp
+from keras_turbo.exporters import onnx as onnx_exp
+from keras_turbo.exporters import openvino as openvino_exp
 from keras_turbo.model import KERAS_FORMATS, ModelRef, as_ref
-from keras_turbo.runtimes import keras_jax, keras_runtimes, litert, onnxruntime, openvino, streams
-from keras_turbo.runtimes.base import Executed, NullPredictor, Predictor
-from keras_turbo.model.signature import TensorInfo
+from keras_turbo.runtimes import keras_jax, keras_runtimes, litert, onnxruntime, openvino, split, streams
+from keras_turbo.runtimes.base import Predictor
+
+
+@dataclass(frozen=True)
+class Family:
+    """A runtime family: the artifact its entries run and how a Keras model becomes one.
+
+    Attributes:
+        name: the convert target (`convert --to`).
+        artifact: the ModelRef format of its artifacts: what a Keras model is exported to.
+        suffix: the artifact's file suffix.
+        exporter: the exporters module that writes and quantizes it (export, quantize, MODES,
+            WEIGHTED_OPS, node_names, op_graph); None for Keras' own format (Keras quantizes).
+        modes: its `--quantize` modes.
+        runtime: the entry an artifact of this family runs on when none is named.
+        throughput: the entry that serves a batch as parallel requests (None: no such entry).
+    """
+
+    name: str
+    artifact: str
+    suffix: str
+    exporter: ModuleType | None
+    modes: tuple[str, ...]
+    runtime: str
+    throughput: str | None = None
+
+
+FAMILIES: dict[str, Family] = {
+    "litert": Family("litert", "tflite", ".tflite", litert_exp, litert_exp.MODES, "litert", "litert-throughput"),
+    "onnx": Family("onnx", "onnx", ".onnx", onnx_exp, onnx_exp.MODES, "onnxruntime", "onnxruntime-throughput"),
+    "openvino": Family("openvino", "openvino", ".xml", openvino_exp, openvino_exp.MODES, "openvino", "openvino-throughput"),
+    # Keras' own model.quantize("int8") (Dense-like layers only); the result runs on TensorFlow.
+    "keras": Family("keras", "keras", ".keras", None, ("none", "int8"), "tf-function"),
+}
 
 
 @dataclass(frozen=True)
@@ -26,11 +71,15 @@ class Backend:
     (`<runtime>-<precision>`, `...-throughput`), so a benchmark worker needs only the name.
 
     Attributes:
+        family: the FAMILIES row whose artifact it runs, a Keras model exported to it first;
+            None: it runs the Keras model itself.
+        planned: optimize times it as a float candidate on every run (the others are precision,
+            throughput or GPU variants planned from the machine, or keras-call, an eager call).
         precision: the arithmetic it computes in: "fp32", "bf16" or "fp16". Anything but fp32 is
             a candidate that has to pass the quality check, like int8.
         needs: CPU flags (as /proc/cpuinfo spells them) of which the CPU must have AT LEAST ONE
             for this entry to be worth running; without any, the precision is emulated and
-            slower than fp32 (`machine.skip_reason` says so). Empty: runs well anywhere.
+            slower than fp32 (`here.skip_reason` says so). Empty: runs well anywhere.
         objective: "latency" (one request, all cores) or "throughput" (parallel requests,
             batch split across streams); None: the same path serves both.
 
@@ -41,22 +90,26 @@ class Backend:
     name: str
     requires: str            # the Python module that must import for it to be usable
     formats: tuple[str, ...]  # model formats it runs directly
-    export_to: str | None     # artifact a Keras model is exported to first (None: runs Keras directly)
+    family: str | None
     factory: Callable[..., Predictor]
     summary: str
+    planned: bool = False
     precision: str = "fp32"
     needs: tuple[str, ...] = ()
     objective: str | None = None
 
+    @property
+    def export_to(self) -> str | None:
+        """The artifact format a Keras model is exported to for this entry (None: none)."""
+        return FAMILIES[self.family].artifact if self.family else None
+
 
 def with_preprocessing(cls) -> Callable[..., Predictor]:
     """`cls` as a factory that also opens an artifact whose string preprocessing was split off
-    (textsplit.py: the preprocessing SavedModel beside the artifact, the core in it)."""
+    (exporters/textsplit.py: the preprocessing SavedModel beside the artifact, the core in it)."""
 
     def open_artifact(ref: ModelRef, **kw) -> Predictor:
-        from keras_turbo import textsplit  # imports this package's base: not at module level
-
-        return textsplit.open_artifact(cls, ref, **kw)
+        return split.open_artifact(cls, ref, **kw)
 
     open_artifact.__qualname__ = open_artifact.__name__ = f"with_preprocessing({cls.__name__})"
     return open_artifact
@@ -68,19 +121,19 @@ FP16_FLAGS = ("amx_fp16", "avx512_fp16", "asimdhp")  # native half-precision ari
 
 BACKENDS: dict[str, Backend] = {
     "keras-predict": Backend("keras-predict", "tensorflow", KERAS_FORMATS, None, keras_runtimes.KerasPredict,
-                             "Keras model.predict(): the usual baseline"),
+                             "Keras model.predict(): the usual baseline", planned=True),
     "keras-call": Backend("keras-call", "tensorflow", KERAS_FORMATS, None, keras_runtimes.KerasCall,
                           "Keras model(x, training=False), eager"),
     "tf-function": Backend("tf-function", "tensorflow", KERAS_FORMATS, None, keras_runtimes.TFFunction,
-                           "tf.function graph (GPU when present)"),
+                           "tf.function graph (GPU when present)", planned=True),
     "tf-xla": Backend("tf-xla", "tensorflow", KERAS_FORMATS, None, keras_runtimes.TFXLA,
-                      "tf.function(jit_compile=True), XLA (GPU when present)"),
-    "litert": Backend("litert", "ai_edge_litert", ("tflite",), "tflite", with_preprocessing(litert.LiteRTPredictor),
-                      "LiteRT interpreter with XNNPACK"),
+                      "tf.function(jit_compile=True), XLA (GPU when present)", planned=True),
+    "litert": Backend("litert", "ai_edge_litert", ("tflite",), "litert", with_preprocessing(litert.LiteRTPredictor),
+                      "LiteRT interpreter with XNNPACK", planned=True),
     "onnxruntime": Backend("onnxruntime", "onnxruntime", ("onnx",), "onnx", with_preprocessing(onnxruntime.ONNXRuntimePredictor),
-                           "ONNX Runtime, CPU provider (CUDA when installed)"),
+                           "ONNX Runtime, CPU provider (CUDA when installed)", planned=True),
     "openvino": Backend("openvino", "openvino", ("openvino", "onnx", "tflite"), "openvino", with_preprocessing(openvino.OpenVINOPredictor),
-                        "OpenVINO CPU plugin, latency hint, f32 pinned", objective="latency"),
+                        "OpenVINO CPU plugin, latency hint, f32 pinned", planned=True, objective="latency"),
     # Keras 3 on JAX runs in a Keras-on-JAX worker process (see keras_jax.py); "requires" is only
     # what must import there, so probing it never changes this process's Keras backend.
     "keras-jax": Backend("keras-jax", "jax", keras_jax.FORMATS, None, keras_jax.KerasJAXPredictor,
@@ -109,7 +162,7 @@ BACKENDS: dict[str, Backend] = {
                                         with_preprocessing(openvino.OpenVINOBF16ThroughputPredictor),
                                         "OpenVINO CPU plugin, throughput hint, bf16", precision="bf16", needs=BF16_FLAGS,
                                         objective="throughput"),
-    "litert-throughput": Backend("litert-throughput", "ai_edge_litert", ("tflite",), "tflite",
+    "litert-throughput": Backend("litert-throughput", "ai_edge_litert", ("tflite",), "litert",
                                  with_preprocessing(streams.LiteRTThroughput),
                                  "LiteRT, one interpreter per thread, a batch split across them", objective="throughput"),
     "onnxruntime-throughput": Backend("onnxruntime-throughput", "onnxruntime", ("onnx",), "onnx",
@@ -117,29 +170,8 @@ BACKENDS: dict[str, Backend] = {
                                       "ONNX Runtime, one session per thread, a batch split across them", objective="throughput"),
 }
 
-#: the backend an artifact runs on when none is named
-NATIVE = {"tflite": "litert", "onnx": "onnxruntime", "openvino": "openvino"}
-
-
-#: OpenVINO's INFERENCE_PRECISION_HINT per registry precision
-_OV_HINT = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
-
-
-def executes_here(name: str) -> dict:
-    """What `name` really runs a float model's compute ops in on this machine, as a dict
-    (`base.Executed.to_dict`): OpenVINO entries compile a small model with their settings and
-    read the plugin's choice back; tf-function-bf16 compares its outputs with float32's; the
-    float runtimes run what the artifact holds (fp32 for a float model; every measurement records
-    its own artifact's). Raises whatever the runtime raises (the caller reports it)."""
-    b = get_backend(name)
-    if b.requires == "openvino":
-        hint = "THROUGHPUT" if b.objective == "throughput" else "LATENCY"
-        return openvino.probe(_OV_HINT[b.precision], hint).to_dict()
-    if name == "tf-function-bf16":
-        return keras_runtimes.probe_bf16().to_dict()
-    if b.requires == "jax" or b.precision != "fp32":
-        return Executed({}, "requested", requested=b.precision).to_dict()
-    return Executed({"fp32": 1}, "kernels", requested="fp32").to_dict()
+#: the entry an artifact runs on when none is named, by its format; a Keras-family model: tf-function
+NATIVE = {**{f.artifact: f.runtime for f in FAMILIES.values()}, **{fmt: FAMILIES["keras"].runtime for fmt in KERAS_FORMATS}}
 
 
 def get_backend(name: str) -> Backend:
@@ -154,19 +186,6 @@ def get_backend(name: str) -> Backend:
         raise BackendError(f"--backend: unknown backend {name!r} (expected one of {', '.join(BACKENDS)})") from None
 
 
-def default_backends(ref: ModelRef, flags: set[str] | None = None) -> list[str]:
-    """Every runtime for a Keras model, less the reduced-precision entries this CPU would only
-    emulate (and keras-jax's reduced precisions, GPU paths run when named); an artifact's own
-    runtime for an artifact."""
-    if not ref.is_keras:
-        return [NATIVE[ref.format]]
-    from keras_turbo.machine import cpu_flags, skip_reason
-
-    flags = cpu_flags() if flags is None else flags
-    return [n for n, b in BACKENDS.items() if (ref.format in b.formats or b.export_to)
-            and skip_reason(n, flags) is None and not (b.requires == "jax" and b.precision != "fp32")]
-
-
 def artifact_for(ref: ModelRef, backend: str, cache_dir: Path | None = None) -> ModelRef:
     """The file `backend` will run for `ref`: `ref` itself, or its cached export.
 
@@ -177,8 +196,6 @@ def artifact_for(ref: ModelRef, backend: str, cache_dir: Path | None = None) -> 
     if ref.format in b.formats:
         return ref
     if ref.is_keras and b.export_to:
-        from keras_turbo import exporters
-
         return exporters.export(ref, b.export_to, cache_dir)
     runs = ", ".join(n for n, x in BACKENDS.items() if ref.format in x.formats or (ref.is_keras and x.export_to))
     raise BackendError(f"--backend {backend}: cannot run a .{ref.format} file {ref.path.name} (backends for it: {runs})")
@@ -197,9 +214,15 @@ def load(model, backend: str | None = None, threads: int | None = None, batch_si
     for a Keras model and an artifact's own runtime (NATIVE). `keras_turbo.load` is this, plus an
     optimize output's best/ folder and the user's custom objects."""
     ref = as_ref(model, unsafe, cache_dir)
-    backend = backend or ("tf-function" if ref.is_keras else NATIVE[ref.format])
+    backend = backend or NATIVE[ref.format]
     return open_predictor(ref, backend, threads=threads, batch_size=batch_size, device=device, cache_dir=cache_dir)
 
 
-__all__ = ["BACKENDS", "BF16_FLAGS", "FP16_FLAGS", "NATIVE", "Backend", "NullPredictor", "Predictor", "TensorInfo", "artifact_for",
-           "default_backends", "executes_here", "get_backend", "open_predictor"]
+def float_runtimes() -> dict[str, str | None]:
+    """The entries optimize plans as float candidates on every run, in registry order, each with
+    the family it converts to first (None: it runs the Keras model itself)."""
+    return {n: b.family for n, b in BACKENDS.items() if b.planned}
+
+
+__all__ = ["BACKENDS", "BF16_FLAGS", "FAMILIES", "FP16_FLAGS", "NATIVE", "Backend", "Family", "Predictor", "artifact_for",
+           "float_runtimes", "get_backend", "load", "open_predictor"]

@@ -94,7 +94,7 @@ class Predictor(abc.ABC):
     #: per input, the (low, high) range the model can represent where it is fixed (an int8 input
     #: quantized with the calibration data's range), else None: data far outside it is clipped
     input_ranges: tuple[tuple[float, float] | None, ...] | None = None
-    #: where a split model's string preprocessing runs ("TensorFlow", see textsplit.py), in the
+    #: where a split model's string preprocessing runs ("TensorFlow", see runtimes/split.py), in the
     #: same process as the runtime; None: the runtime runs the whole model
     preprocessing: str | None = None
 

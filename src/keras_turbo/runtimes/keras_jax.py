@@ -27,6 +27,7 @@ Precisions (each its own registry entry, judged by the quality check like any ca
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -527,6 +528,46 @@ class _RemoteModel:
                 self._worker.request({"op": "free", "id": self._id}, timeout_s=60, what="freeing a model")
             except BackendError:  # the worker is gone, and the model with it
                 pass
+
+
+# ---------------------------------------------------------------- what JAX sees here
+
+# Run in a fresh interpreter: importing JAX here would start its runtime (threads, memory, a GPU
+# context) in the caller's process, and Keras must never see a backend switch in this one.
+_JAX_PROBE = (
+    "import json, jax; "
+    "print(json.dumps([{'platform': d.platform, 'kind': d.device_kind, 'id': d.id} for d in jax.devices()] "
+    "+ ([] if jax.default_backend() == 'cpu' else "
+    "[{'platform': d.platform, 'kind': d.device_kind, 'id': d.id} for d in jax.devices('cpu')])))"
+)
+
+
+@functools.lru_cache(maxsize=1)
+def jax_devices() -> tuple[tuple[dict, ...], str | None]:
+    """JAX's devices as a subprocess sees them: ((platform, kind, id) dicts, error or None).
+
+    The answer is cached for the life of this process (a probe takes a second or two).
+    """
+    env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="3")
+    try:
+        proc = subprocess.run([sys.executable, "-c", _JAX_PROBE], capture_output=True, text=True, timeout=120,
+                              env=env, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError) as e:
+        return (), f"{type(e).__name__}: {e}"
+    if proc.returncode != 0:
+        lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
+        return (), (lines[-1][:200] if lines else f"exit code {proc.returncode}")
+    return tuple(json.loads(proc.stdout.strip().splitlines()[-1])), None
+
+
+def jax_gpus() -> list[str]:
+    """The GPUs JAX can run on here, by kind ("NVIDIA H200", ...); empty without JAX or a GPU.
+
+    The planner's switch for the keras-jax candidates (fp32, tf32, bf16, fp16): on a CPU they
+    are rarely faster than the CPU runtimes, on a GPU they are the GPU path.
+    """
+    devs, _ = jax_devices()
+    return [d["kind"] for d in devs if d["platform"] in ("gpu", "cuda", "rocm")]
 
 
 # ---------------------------------------------------------------- the Predictor

@@ -162,7 +162,7 @@ class TFFunctionBF16(TFFunction):
 
     def executed(self):
         # Grappler's rewrite happens inside TensorFlow and leaves no trace a caller can read:
-        # only the request is known here (`machine.devices` probes whether outputs change).
+        # only the request is known here (`here.executes_here` probes whether outputs change).
         return Executed({}, "requested", requested="bf16")
 
 

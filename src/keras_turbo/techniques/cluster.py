@@ -28,6 +28,7 @@ from keras_turbo.data import Dataset
 from keras_turbo.errors import KerasTurboError, bad_param
 from keras_turbo.techniques._training import accuracy, check_model, copy_model, finetune, saved_sizes
 from keras_turbo.techniques.base import TechniqueConfig, TechniqueResult
+from keras_turbo.model.graph import leaf_layers
 
 CLUSTERABLE = ("Conv1D", "Conv2D", "Conv3D", "DepthwiseConv2D", "SeparableConv2D", "Conv2DTranspose", "Dense")
 SIZE_NOTE = ("clustering shares values, it does not remove them: the model has the same shape and runs at the "
@@ -103,10 +104,8 @@ def kmeans_1d(values: np.ndarray, k: int, iterations: int = KMEANS_ITERATIONS) -
 
 def _kernels(model, config: ClusterConfig) -> tuple[list, list[dict]]:
     """(variables to cluster, report rows for every Conv/Dense-like layer)."""
-    from keras_turbo.describe import _walk
-
     chosen, rows = [], []
-    for layer in _walk(model):
+    for layer in leaf_layers(model):
         kind = type(layer).__name__
         if kind not in CLUSTERABLE:
             continue
@@ -224,10 +223,8 @@ def _kernel_gzip(before, after, names: list[str]) -> dict:
 
 def distinct_values(model) -> dict[str, int]:
     """Distinct values in each Conv/Dense kernel of `model` (what clustering bounds)."""
-    from keras_turbo.describe import _walk
-
     out = {}
-    for layer in _walk(model):
+    for layer in leaf_layers(model):
         if type(layer).__name__ in CLUSTERABLE:
             for w in layer.weights:
                 if "kernel" in w.path.split("/")[-1]:

@@ -18,6 +18,8 @@ from typing import Sequence
 import numpy as np
 
 from keras_turbo.errors import KerasTurboError
+from keras_turbo.runtimes import get_backend
+from keras_turbo.runtimes.keras_runtimes import KerasCall
 
 # Largest |runtime - Keras| / max|Keras| per output, by the precision a runtime computes in: the
 # runtime contract's table (tests/test_runtimes.py); float paths agree to rounding.
@@ -32,8 +34,6 @@ class ExportMismatch(KerasTurboError):
 def reference(ref, feeds: Sequence[np.ndarray]) -> list[np.ndarray]:
     """The Keras model's outputs for `feeds` (one array per input, in name order), through the
     model's own call, eagerly: what every export is compared with."""
-    from keras_turbo.runtimes.keras_runtimes import KerasCall
-
     p = KerasCall(ref)
     try:
         return p.run(p.prepare(list(feeds)))
@@ -86,8 +86,6 @@ def check_artifact(keras_ref, artifact_ref, backend: str, feeds: Sequence[np.nda
                    quantized: bool, threads: int | None = None) -> float | None:
     """Open `artifact_ref` on `backend` and check it against the Keras model `keras_ref` on
     `feeds` (see check_predictor); `quantized` artifacts are checked for structure only."""
-    from keras_turbo.runtimes import get_backend
-
     want = reference(keras_ref, feeds)
     p = get_backend(backend).factory(artifact_ref, threads=threads)
     try:

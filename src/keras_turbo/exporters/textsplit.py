@@ -12,8 +12,9 @@ first numeric tensors (the seam: TextVectorization's token ids):
 
 The core is exported like any numeric model (LiteRT, ONNX, OpenVINO, quantized too); the
 preprocessing travels beside the artifact as a SavedModel in `<artifact stem>.preprocess/`, and
-the runtime's Predictor runs both (`SplitPredictor`, `Predictor.preprocessing == "TensorFlow"`),
-so a row timed or judged on it says that the strings went through TensorFlow in the same process.
+the runtime's Predictor runs both (runtimes/split.py's `SplitPredictor`, `Predictor.preprocessing
+== "TensorFlow"`), so a row timed or judged on it says that the strings went through TensorFlow in
+the same process.
 A model whose string ops sit deeper (a string made from numbers, a numeric tensor fed into a
 string layer) does not split, and its runtimes fail as they did, with their reasons.
 """
@@ -29,12 +30,10 @@ import numpy as np
 
 from keras_turbo.errors import KerasTurboError
 from keras_turbo.model import ModelRef
-from keras_turbo.model.signature import STRING, TensorInfo, dtype_name
-from keras_turbo.runtimes.base import Predictor
+from keras_turbo.model.signature import STRING, dtype_name
 
 SIDECAR = ".preprocess"     # <artifact stem>.preprocess/: the preprocessing beside its artifact
 MANIFEST = "split.json"     # in the sidecar: which inputs it takes and what it feeds the core
-PREPROCESSING = "TensorFlow"  # what Predictor.preprocessing says for a split model
 # Keras layers that compute in string ops and tables: outside the prefix, the model does not split.
 STRING_LAYERS = ("TextVectorization", "StringLookup")
 
@@ -184,78 +183,6 @@ def sidecar(artifact: Path) -> Path:
 def attach(pre_savedmodel: Path, artifact: Path) -> None:
     """Copy the preprocessing SavedModel beside `artifact` (an export, or a quantized copy)."""
     shutil.copytree(pre_savedmodel, sidecar(artifact), dirs_exist_ok=True)
-
-
-def open_artifact(cls, ref: ModelRef, **kw) -> Predictor:
-    """Open `ref` on the runtime class `cls`: as a SplitPredictor (the core on `cls`) when the
-    artifact has a preprocessing sidecar, else as `cls` itself (runtimes/__init__.py's
-    `with_preprocessing` makes the litert, onnxruntime and openvino factories of this)."""
-    if ref.path.is_file() and sidecar(ref.path).is_dir():
-        return SplitPredictor(ref, cls, **kw)
-    return cls(ref, **kw)
-
-
-class SplitPredictor(Predictor):
-    """A split model served as one: the string inputs through the preprocessing SavedModel (in
-    TensorFlow, in this process), then the core on its runtime. It takes the model's own inputs
-    (by name, sorted) and gives its outputs; `preprocessing` says where the strings went."""
-
-    preprocessing = PREPROCESSING
-
-    def __init__(self, ref: ModelRef, cls, **kw):
-        from keras_turbo import _tf
-        from keras_turbo.model.gate import check_savedmodel
-
-        folder = sidecar(ref.path)
-        manifest = json.loads((folder / MANIFEST).read_text())
-        check_savedmodel(folder, ref.unsafe)  # the preprocessing is a SavedModel like any other
-        tf = _tf.tf()
-        with _tf.quiet():
-            self._fn = tf.saved_model.load(str(folder)).signatures["serving_default"]
-        self._core = cls(ref, **kw)
-        self.backend = self._core.backend
-        self._strings, self._seams, self._numeric = manifest["strings"], manifest["seams"], manifest["numeric"]
-        spec = self._fn.structured_input_signature[1]
-        core_in = {t.name: t for t in self._core.inputs}
-        missing = [n for n in self._seams + self._numeric if n not in core_in]
-        if missing:
-            raise KerasTurboError(f"{ref.path.name}: the core takes {sorted(core_in)}, its preprocessing feeds "
-                                  f"{self._seams + self._numeric}")
-        inputs = [TensorInfo(n, tuple(spec[n].shape.as_list()), STRING) for n in self._strings] + \
-                 [core_in[n] for n in self._numeric]
-        super().__init__(sorted(inputs, key=lambda t: t.name), self._core.outputs, self._core.threads,
-                         device=self._core.device, model_bytes=self._core.model_bytes + _size(folder),
-                         artifact=self._core.artifact)
-        self.input_ranges = self._core.input_ranges and tuple(
-            self._core.input_ranges[[t.name for t in self._core.inputs].index(t.name)] if t.dtype != STRING else None
-            for t in self.inputs)
-        self._dtypes = {t.name: t.dtype for t in self._core.inputs}
-
-    def run(self, feeds):
-        tf_ = self._tf_constant
-        by_name = dict(zip((t.name for t in self.inputs), feeds))
-        seam = self._fn(**{n: tf_(by_name[n]) for n in self._strings})
-        core = {n: np.asarray(seam[f"output_{i}"]) for i, n in enumerate(self._seams)}
-        core.update({n: by_name[n] for n in self._numeric})
-        return self._core.run([np.ascontiguousarray(core[t.name], dtype=self._dtypes[t.name]) for t in self._core.inputs])
-
-    @staticmethod
-    def _tf_constant(a):
-        from keras_turbo import _tf
-
-        return _tf.tf().constant(a)
-
-    def executed(self):
-        """The core's compute ops (the string preprocessing does no arithmetic worth a precision)."""
-        return self._core.executed()
-
-    def close(self):
-        self._core.close()
-        self._fn = None
-
-
-def _size(folder: Path) -> int:
-    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
 
 
 def preprocess_samples(folder: Path, samples: list[dict[str, np.ndarray]], unsafe: bool = False) -> list[dict[str, np.ndarray]]:

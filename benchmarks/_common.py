@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # the reference models live with the tests (tests/reference_models.py)
+    sys.path.insert(0, str(ROOT))
 WORK = ROOT / "benchmarks" / ".work"          # models and caches (git-ignored)
 RESULTS = ROOT / "benchmarks" / "results"     # raw JSON behind every table (committed)
 BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
@@ -29,7 +32,7 @@ def write_section(name: str, body: str) -> None:
 
 def app_model_file(arch: str) -> Path:
     """A keras.applications architecture at 224x224x3 with random weights, saved once in WORK."""
-    from keras_turbo.zoo import application
+    from tests.reference_models import application
 
     path = WORK / f"{arch}_224.keras"
     if not path.exists():

@@ -27,7 +27,7 @@ import keras_turbo  # noqa: E402
 from keras_turbo.optimize import OptimizeConfig  # noqa: E402
 from keras_turbo.optimize.select import pareto  # noqa: E402
 from keras_turbo.report import runoff_text  # noqa: E402
-from keras_turbo.zoo import digits_model_path  # noqa: E402
+from keras_turbo.builtin import digits_model_path  # noqa: E402
 from keras_turbo.quality import Budget  # noqa: E402
 
 
@@ -187,7 +187,7 @@ def retime(doc: dict, rounds: int, threads: int | None, progress) -> dict:
     import statistics
 
     import peers
-    from keras_turbo.bench import BenchmarkConfig
+    from keras_turbo.timing import BenchmarkConfig
     from keras_turbo.machine import default_threads
 
     vs = {v["name"]: v for v in doc["variants"] if v.get("ok") and v.get("artifact")}

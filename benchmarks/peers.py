@@ -180,7 +180,8 @@ def _agreement(predictor, quality_npz: str, batch_size: int) -> float:
 def _worker(job_path: str, result_path: str) -> int:
     """One (path, batch size) in this fresh process; writes the measured fields as JSON."""
     job = json.loads(Path(job_path).read_text())
-    from keras_turbo.bench import BenchmarkConfig, measure
+    from keras_turbo.timing import BenchmarkConfig
+    from keras_turbo.bench import measure
     from keras_turbo.runtimes.base import dedicate_process
 
     dedicate_process()  # as keras-turbo's own benchmark worker does
@@ -250,7 +251,7 @@ def peer_rows(model, batch_sizes: Sequence[int] = (1,), threads: int | None = No
         One dict per (peer, batch size), `bench.Result` fields with `backend` = the peer name,
         ready for `keras_turbo.ratios.speedups`.
     """
-    from keras_turbo.bench import BenchmarkConfig
+    from keras_turbo.timing import BenchmarkConfig
     from keras_turbo.machine import default_threads
 
     cfg = config or BenchmarkConfig()
@@ -305,7 +306,7 @@ def prepare(key: str) -> dict:
 
     OUT.mkdir(parents=True, exist_ok=True)
     if key == "digits":
-        from keras_turbo.zoo import digits_model_path
+        from keras_turbo.builtin import digits_model_path
 
         model, data = Path(digits_model_path()), "builtin:digits:test"
         note = "the 271 digits of the test split"
@@ -714,7 +715,7 @@ def main(argv=None) -> int:
             Path(args.json).write_text(json.dumps(rows, indent=2))
         return 0
 
-    from keras_turbo.bench import BenchmarkConfig
+    from keras_turbo.timing import BenchmarkConfig
     from keras_turbo.machine import default_threads, facts
 
     stages = set(args.stage or ("optimize", "time", "peak", "render"))

@@ -27,13 +27,14 @@ import numpy as np  # noqa: E402
 import keras_turbo  # noqa: E402
 from keras_turbo import _tf, exporters  # noqa: E402
 from keras_turbo.convert import ConvertConfig, convert  # noqa: E402
-from keras_turbo.bench import BenchmarkConfig  # noqa: E402
+from keras_turbo.timing import BenchmarkConfig  # noqa: E402
 from keras_turbo.data import Dataset, load_data  # noqa: E402
 from keras_turbo.model import resolve  # noqa: E402
 from keras_turbo.model.signature import tensor_infos  # noqa: E402
 from keras_turbo.techniques import prune, structured  # noqa: E402
 from keras_turbo.techniques._training import accuracy  # noqa: E402
-from keras_turbo.zoo import application, digits_model_path  # noqa: E402
+from keras_turbo.builtin import digits_model_path  # noqa: E402
+from tests.reference_models import application  # noqa: E402
 
 RUNTIMES = ["litert", "onnxruntime", "openvino"]
 EXTRA_SEEDS = (1, 2, 3)  # magnitude pruning's accuracy, averaged with seed 0 (the run measured for size and speed)

@@ -22,11 +22,12 @@ from _common import RESULTS, WORK, machine_line, write_section  # noqa: E402
 os.environ.setdefault("KERAS_TURBO_CACHE", str(WORK / "cache"))
 
 import keras_turbo  # noqa: E402
-from keras_turbo.bench import BenchmarkConfig  # noqa: E402
+from keras_turbo.timing import BenchmarkConfig  # noqa: E402
 from keras_turbo.convert import ConvertConfig, convert  # noqa: E402
 from keras_turbo.runtimes import FAMILIES  # noqa: E402
-from keras_turbo.sensitivity import FallbackConfig, quantize_with_fallback  # noqa: E402
-from keras_turbo.zoo import application, digits_model_path, outlier_digits_mlp  # noqa: E402
+from keras_turbo.techniques.repair import FallbackConfig, quantize_with_fallback  # noqa: E402
+from keras_turbo.builtin import digits_model_path  # noqa: E402
+from tests.reference_models import application, outlier_digits_mlp  # noqa: E402
 from keras_turbo.quality import Budget  # noqa: E402
 
 STARTED = time.time()
@@ -80,7 +81,7 @@ def fallback_section() -> tuple[str, dict]:
         rows.append(f"| {FAMILIES[to].runtime} | {fr.float_accuracy * 100:.2f} | {fr.full.accuracy * 100:.2f} | {ranking} | "
                     f"{', '.join(fr.kept_float)} | {', '.join(fr.quantized_layers)} | {fr.final.accuracy * 100:.2f} |")
     text = ("A digits MLP of seven Dense layers (`hidden`, `hidden2`, `hidden3`, `spread`, `post1`, `post2`, `head`; "
-            "`keras_turbo.zoo.outlier_digits_mlp(extra=2)`) whose `spread` output carries one channel scaled by 1000, "
+            "`tests.reference_models.outlier_digits_mlp(extra=2)`) whose `spread` output carries one channel scaled by 1000, "
             "with `post1`'s matching weights divided by 1000: the float function is unchanged, but one tensor's int8 "
             "range is set by that channel. Budget: at most 1 point below float on the validation split (269 samples). "
             "On LiteRT and ONNX Runtime that tensor is quantized by whichever of its writer (`spread`) and reader "

@@ -1,6 +1,6 @@
 """int8 repair on CNNs whose activation outlier passes through MaxPooling2D or a residual Add.
 
-For `zoo.outlier_digits_cnn(via="pool" | "add")` on LiteRT, ONNX Runtime and OpenVINO: full int8,
+For `reference_models.outlier_digits_cnn(via="pool" | "add")` on LiteRT, ONNX Runtime and OpenVINO: full int8,
 the tensor-level fallback (ranked from one calibration pass), and cross-layer equalization then
 full int8. Accuracy on builtin:digits:test; the budget is 1 point on builtin:digits:val.
 
@@ -24,9 +24,9 @@ import keras_turbo  # noqa: E402
 from keras_turbo.convert import ConvertConfig, convert  # noqa: E402
 from keras_turbo.runtimes import FAMILIES  # noqa: E402
 from keras_turbo.machine import facts  # noqa: E402
-from keras_turbo.sensitivity import FallbackConfig, quantize_with_fallback  # noqa: E402
+from keras_turbo.techniques.repair import FallbackConfig, quantize_with_fallback  # noqa: E402
 from keras_turbo.techniques import equalize  # noqa: E402
-from keras_turbo.zoo import outlier_digits_cnn  # noqa: E402
+from tests.reference_models import outlier_digits_cnn  # noqa: E402
 from keras_turbo.quality import Budget  # noqa: E402
 
 
@@ -61,7 +61,7 @@ def main() -> None:
         "## int8 repair: outliers through pooling and residual Add",
         "",
         "Reproduce: `.venv/bin/python benchmarks/repair.py` (raw: `benchmarks/results/repair.json`). "
-        "`zoo.outlier_digits_cnn`: a digits CNN (16x16) trained normally, then one channel scaled up 1000x and the reading "
+        "`reference_models.outlier_digits_cnn`: a digits CNN (16x16) trained normally, then one channel scaled up 1000x and the reading "
         "layer's weights for it scaled down (the float function is unchanged). In `pool` the outlier reaches the next "
         "convolution through BatchNorm, ReLU and MaxPooling2D; in `add` through a residual Add, ReLU and MaxPooling2D. "
         "Accuracy in % on the test split; budget: 1 point on the validation split. The fallback ranks tensors from one "

@@ -24,7 +24,7 @@ from _common import WORK  # noqa: E402
 import importlib  # noqa: E402
 
 from keras_turbo.convert import ConvertConfig  # noqa: E402
-from keras_turbo.sensitivity import FallbackConfig, quantize_with_fallback  # noqa: E402
+from keras_turbo.techniques.repair import FallbackConfig, quantize_with_fallback  # noqa: E402
 from keras_turbo.quality import Budget  # noqa: E402
 
 

@@ -18,7 +18,7 @@ from _common import RESULTS, WORK, app_model_file, machine_line, write_section  
 os.environ.setdefault("KERAS_TURBO_CACHE", str(WORK / "cache"))
 
 import keras_turbo  # noqa: E402
-from keras_turbo.bench import BenchmarkConfig  # noqa: E402
+from keras_turbo.timing import BenchmarkConfig  # noqa: E402
 
 MODELS = {"MobileNetV2 1.0": "mobilenetv2", "ResNet50": "resnet50"}
 

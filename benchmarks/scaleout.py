@@ -29,7 +29,7 @@ os.environ.setdefault("KERAS_TURBO_CACHE", str(WORK / "cache"))
 
 import keras_turbo  # noqa: E402
 from keras_turbo.optimize import OptimizeConfig  # noqa: E402
-from keras_turbo.zoo import digits_model_path  # noqa: E402
+from keras_turbo.builtin import digits_model_path  # noqa: E402
 from keras_turbo.quality import Budget  # noqa: E402
 
 MB = 1024 ** 2

@@ -27,7 +27,7 @@ from _common import RESULTS, WORK, calibrated_app_file, machine_line, natural_im
 os.environ.setdefault("KERAS_TURBO_CACHE", str(WORK / "cache"))
 
 import keras_turbo  # noqa: E402
-from keras_turbo.bench import BenchmarkConfig  # noqa: E402
+from keras_turbo.timing import BenchmarkConfig  # noqa: E402
 from keras_turbo.machine import default_threads, facts  # noqa: E402
 
 #: (label, backend, threads: None = all): what each objective's plan times
@@ -43,7 +43,7 @@ SETTINGS = {
 
 
 def model_files() -> dict:
-    from keras_turbo.zoo import digits_model_path
+    from keras_turbo.builtin import digits_model_path
 
     images = natural_images(32, 224)
     return {"digits CNN": digits_model_path(), "MobileNetV2": calibrated_app_file("mobilenetv2", images),

@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 
 import keras_turbo  # noqa: E402
 from keras_turbo.techniques import structured  # noqa: E402
-from keras_turbo.zoo import application  # noqa: E402
+from tests.reference_models import application  # noqa: E402
 
 NAMES = ("mobilenet", "mobilenetv2", "mobilenetv3small", "efficientnetb0", "resnet50")
 SIZE = 48

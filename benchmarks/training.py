@@ -21,14 +21,15 @@ from _common import RESULTS, WORK, machine_line, write_section  # noqa: E402
 os.environ.setdefault("KERAS_TURBO_CACHE", str(WORK / "cache"))
 
 import keras_turbo  # noqa: E402
-from keras_turbo.bench import BenchmarkConfig  # noqa: E402
+from keras_turbo.timing import BenchmarkConfig  # noqa: E402
 from keras_turbo.convert import ConvertConfig, convert  # noqa: E402
 from keras_turbo.data import Dataset, load_data  # noqa: E402
 from keras_turbo.model.signature import tensor_infos  # noqa: E402
 from keras_turbo.techniques import cluster, distill, qat  # noqa: E402
 from keras_turbo import quality  # noqa: E402
 from keras_turbo.techniques._training import accuracy, predict  # noqa: E402
-from keras_turbo.zoo import digits_model_path, outlier_digits_mlp  # noqa: E402
+from keras_turbo.builtin import digits_model_path  # noqa: E402
+from tests.reference_models import outlier_digits_mlp  # noqa: E402
 
 STUDENT = "width:0.48"  # 0.5 rounds to 26% of the FLOPs; 0.48 gives 8/15/31 filters, under a quarter
 BASE = dict(student=STUDENT, learning_rate=5e-3)
@@ -168,7 +169,7 @@ def main() -> None:
     r = qat.apply(model, qat.QATConfig(epochs=10), qtrain, qtest)
     tfl = qat.export_tflite(r, WORK / "outlier_mlp_qat_int8.tflite")
     tfl_acc = keras_turbo.evaluate(tfl, qtest)["accuracy"]
-    raw["qat"] = {"model": f"zoo.outlier_digits_mlp(scale={OUTLIER_SCALE})", "float": float_acc, "ptq_int8": ptq_acc,
+    raw["qat"] = {"model": f"reference_models.outlier_digits_mlp(scale={OUTLIER_SCALE})", "float": float_acc, "ptq_int8": ptq_acc,
                   "fake_quant_before": r.report["accuracy_fake_quant_before"], "qat_fake_quant": r.report["accuracy_fake_quant"],
                   "qat_tflite": tfl_acc, "config": r.config.to_dict(), "float_layers": r.report["float_layers"]}
     print(f"[{time.time() - started:5.0f}s] qat {raw['qat']}", flush=True)
@@ -248,7 +249,7 @@ def render(raw: dict) -> None:
         "it teaches wrong answers (a teacher trained with augmentation is the precondition, as in Beyer et al.).\n\n"
         f"LiteRT p50, teacher vs the seed-0 default-setting student on the full split (same run, A B B A): {speed}. "
         "At batch 1 a model this small is mostly call overhead; at batch 32 the quarter of the FLOPs shows.\n\n"
-        f"**QAT** (`keras_turbo.techniques.qat`) on `zoo.outlier_digits_mlp(scale={OUTLIER_SCALE:g})`: a digits MLP "
+        f"**QAT** (`keras_turbo.techniques.qat`) on `reference_models.outlier_digits_mlp(scale={OUTLIER_SCALE:g})`: a digits MLP "
         "trained normally, then one hidden channel scaled up 200x and the next layer's weights scaled down to match "
         "(the same float function; an activation range one channel dominates). 10 epochs.\n\n"
         "| float | PTQ full int8 (LiteRT) | fake-quant before QAT | QAT fake-quant (Keras) | QAT exported .tflite (LiteRT, int8) |\n"

@@ -84,7 +84,7 @@ def keras_out(model, feeds):
 @pytest.fixture(scope="session")
 def digits_model():
     """The built-in digits CNN, trained once per session: (path, test accuracy)."""
-    from keras_turbo.zoo import digits_model_path, train_digits_cnn  # noqa: F401
+    from keras_turbo.builtin import digits_model_path, train_digits_cnn  # noqa: F401
 
     path = digits_model_path()
     import keras_turbo
@@ -95,8 +95,8 @@ def digits_model():
 
 @pytest.fixture(scope="session")
 def outlier_cnns():
-    """zoo.outlier_digits_cnn by path ("pool" or "add"), trained once per session: via -> (model, accuracy)."""
-    from keras_turbo.zoo import outlier_digits_cnn
+    """reference_models.outlier_digits_cnn by path ("pool" or "add"), trained once per session: via -> (model, accuracy)."""
+    from tests.reference_models import outlier_digits_cnn
 
     built: dict = {}
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import keras_turbo
-from keras_turbo.bench import BenchmarkConfig, measure, random_inputs, stats
+from keras_turbo.timing import BenchmarkConfig
+from keras_turbo.bench import measure, random_inputs, stats
 from keras_turbo.runtimes.base import NullPredictor
 from keras_turbo.model.signature import TensorInfo
 

@@ -13,7 +13,7 @@ from keras_turbo.data import load_data
 from keras_turbo.cli import main
 from keras_turbo.convert import ConvertConfig, convert
 from keras_turbo.runtimes import FAMILIES
-from keras_turbo.sensitivity import FallbackConfig, quantize_with_fallback
+from keras_turbo.techniques.repair import FallbackConfig, quantize_with_fallback
 from keras_turbo.quality import Budget
 from tests.conftest import needs_int8_dot
 
@@ -129,14 +129,14 @@ def test_input_model_unchanged_and_file_untouched(digits_model):
 
 @pytest.fixture(scope="module")
 def outlier_model():
-    from keras_turbo.zoo import outlier_digits_mlp
+    from tests.reference_models import outlier_digits_mlp
 
     return outlier_digits_mlp()
 
 
 @pytest.fixture(scope="module")
 def deep_outlier_model():
-    from keras_turbo.zoo import outlier_digits_mlp
+    from tests.reference_models import outlier_digits_mlp
 
     return outlier_digits_mlp(extra=2)  # hidden, hidden2, hidden3, spread (the outlier), post1 (reads it), post2, head
 
@@ -341,7 +341,7 @@ def test_litert_mixed_variants_share_one_calibration(outlier_cnns, tmp_path, mon
 
 def test_carry_nodes_and_repair_unit_on_graphs():
     from keras_turbo.convert import carry_nodes
-    from keras_turbo.sensitivity import carrying_layers, repair_unit
+    from keras_turbo.techniques.repair import carrying_layers, repair_unit
     from tests.conftest import keras
 
     g = [("c1", "CONV_2D", ("x",), ("a",)), ("pad", "PAD", ("a",), ("b",)), ("add", "ADD", ("b", "a"), ("c",)),
@@ -362,7 +362,7 @@ def test_carry_nodes_and_repair_unit_on_graphs():
 
 
 def test_repair_only_where_it_could_win():
-    from keras_turbo.sensitivity import could_win, repair_skip_reason
+    from keras_turbo.techniques.repair import could_win, repair_skip_reason
 
     assert could_win(None, 4.0) and could_win(5.0, 4.0, float_ms=6.0)
     assert not could_win(3.3, 4.1) and "best variant within budget" in repair_skip_reason(3.3, 4.1)
@@ -436,7 +436,7 @@ def _fake_walk(monkeypatch, needed: int, budget: FallbackConfig, units: int = 20
     passes after `late_after` conversions."""
     from types import SimpleNamespace
 
-    from keras_turbo import sensitivity as S
+    from keras_turbo.techniques import repair as S
 
     calls = []
 
@@ -487,7 +487,7 @@ def test_fallback_stops_with_time_left_to_judge_and_time_what_it_found():
     after it (each about a step), before the deadline: a build cut off at the deadline keeps nothing."""
     import time
 
-    from keras_turbo import sensitivity as S
+    from keras_turbo.techniques import repair as S
 
     job = S._Job(None, ConvertConfig(to="litert", quantize="int8"), None, FallbackConfig(budget=Budget(min_agreement=1.0)),
                  lambda msg: None, None, time.monotonic() + 10, [], (), None, [], None, [], [])

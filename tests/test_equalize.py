@@ -90,7 +90,7 @@ def test_bad_settings():
 
 @needs_int8_dot
 def test_repair_equalizes_first_and_needs_no_float_layer(outlier_cnns):
-    from keras_turbo.sensitivity import FallbackConfig, quantize_with_repair
+    from keras_turbo.techniques.repair import FallbackConfig, quantize_with_repair
 
     model, _ = outlier_cnns("add")
     fr = quantize_with_repair(model, ConvertConfig(to="onnx", quantize="int8"), "builtin:digits:train",

@@ -18,7 +18,7 @@ def test_digits_cnn_reaches_97_percent(digits_model):
 def test_digits_cnn_training_learns():
     """The code that made the shipped model still learns: a sixth of its 60 epochs already gets
     past 95% on the test split (96.7% when measured; the full run gives 99.63%)."""
-    from keras_turbo.zoo import SHIPPED_DIGITS, train_digits_cnn
+    from keras_turbo.builtin import SHIPPED_DIGITS, train_digits_cnn
 
     model, acc = train_digits_cnn(epochs=10)
     assert acc >= 0.95, f"10 epochs of the digits CNN's training reach only {acc:.4f}"

@@ -223,7 +223,7 @@ QUICK_BENCH = dict(min_runs=3, min_seconds=0.05, warmup_runs=1, warmup_seconds=0
 def test_unet_and_multilabel_end_to_end(kind_models, tmp_path, name, kind):
     """inspect, benchmark, evaluate and optimize on a non-TF runtime, each output judged by its
     kind: per pixel (mean IoU) for the U-Net, per label (exact set, F1) for the multi-label model."""
-    from keras_turbo.bench import BenchmarkConfig
+    from keras_turbo.timing import BenchmarkConfig
     from keras_turbo.optimize import optimize
     from keras_turbo.optimize.config import OptimizeConfig
 

@@ -11,7 +11,7 @@ from keras_turbo.data import load_data
 from keras_turbo.errors import KerasTurboError
 from keras_turbo.techniques import qat
 from keras_turbo.techniques.qat import QATConfig
-from keras_turbo.zoo import outlier_digits_mlp
+from tests.reference_models import outlier_digits_mlp
 from tests.conftest import keras, sequential_model  # noqa: F401
 
 
@@ -95,7 +95,7 @@ def test_errors():
 
 
 def test_qat_recovers_what_ptq_loses(tmp_path):
-    # An MLP whose one activation channel is 200x the rest (zoo.outlier_digits_mlp, same float function).
+    # An MLP whose one activation channel is 200x the rest (reference_models.outlier_digits_mlp, same float function).
     # Judged on the 540 held-out samples: QAT's recovery varies with the trained weights, and so with
     # the CPU that trained them. Over seeds 0-6 (Xeon with AMX) PTQ lost 2.4-13 points and 10 QAT
     # epochs won back 64% to 115% of it; a bound of "within half a point of float" on 271 samples

@@ -12,7 +12,7 @@ import keras_turbo
 from keras_turbo.errors import KerasTurboError
 from keras_turbo.techniques import structured
 from keras_turbo.techniques.structured import StructuredConfig
-from keras_turbo.zoo import application
+from tests.reference_models import application
 from tests.conftest import inputs_for, keras, keras_out, sequential_model, two_input_model
 from tests.test_prune import assert_unchanged, digits_data, mlp, mlp_data, weights_of
 

@@ -539,7 +539,8 @@ def _cmdline(proc) -> str:
 
 
 def test_worker_killed_by_a_signal_is_reported_for_retry():
-    from keras_turbo.bench import BenchmarkConfig, run_isolated
+    from keras_turbo.timing import BenchmarkConfig
+    from keras_turbo.bench import run_isolated
 
     cfg = BenchmarkConfig(min_seconds=60, min_runs=1, warmup_seconds=0, warmup_runs=0)
     job = {"backend": "null", "batch_size": 1, "threads": 1, "config": cfg.to_dict()}
@@ -693,7 +694,7 @@ def test_worker_dies_with_a_killed_parent(tmp_path, model_files):
 
 def test_uint8_images_into_a_unit_range_model_warn(capsys, tmp_path, digits_model):
     from keras_turbo.data import load_digits
-    from keras_turbo.zoo import DIGITS_INPUT
+    from keras_turbo.builtin import DIGITS_INPUT
     from keras_turbo.model.signature import TensorInfo
 
     ds = load_digits([TensorInfo("image", (None, *DIGITS_INPUT), "float32")], "test")

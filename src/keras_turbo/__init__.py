@@ -29,13 +29,13 @@ __version__ = "0.1.0"
 # handler instead of printing a traceback from deep inside an import.
 _LAZY = {
     "evaluate": "keras_turbo.api", "load": "keras_turbo.api", "load_model": "keras_turbo.api",
-    "BenchmarkConfig": "keras_turbo.bench", "BenchmarkReport": "keras_turbo.bench", "benchmark": "keras_turbo.bench",
+    "BenchmarkConfig": "keras_turbo.timing", "BenchmarkReport": "keras_turbo.bench", "benchmark": "keras_turbo.bench",
     "ConvertConfig": "keras_turbo.convert", "ConvertResult": "keras_turbo.convert",
     "BACKENDS": "keras_turbo.runtimes", "Predictor": "keras_turbo.runtimes",
     "OptimizeConfig": "keras_turbo.optimize", "OptimizeResult": "keras_turbo.optimize",
     "Budget": "keras_turbo.quality",
-    "FallbackConfig": "keras_turbo.sensitivity", "FallbackResult": "keras_turbo.sensitivity",
-    "quantize_with_fallback": "keras_turbo.sensitivity", "quantize_with_repair": "keras_turbo.sensitivity",
+    "FallbackConfig": "keras_turbo.techniques.repair", "FallbackResult": "keras_turbo.techniques.repair",
+    "quantize_with_fallback": "keras_turbo.techniques.repair", "quantize_with_repair": "keras_turbo.techniques.repair",
 }
 
 

@@ -30,65 +30,7 @@ import numpy as np
 from keras_turbo.errors import KerasTurboError, bad_param, cause
 from keras_turbo.model.signature import STRING, TensorInfo
 from keras_turbo.runtimes.base import NullPredictor, Predictor
-
-
-@dataclass(frozen=True)
-class BenchmarkConfig:
-    """How to measure. The defaults suit small and mid-sized models on a CPU.
-
-    Attributes:
-        warmup_runs / warmup_seconds: warm-up lasts until both are reached.
-        min_runs / min_seconds: the timed loop lasts until both are reached.
-        rotate: how many distinct random input batches the loop cycles through.
-        device: "auto" (a GPU for the TensorFlow runtimes when present), "cpu" or "gpu".
-        timeout_s: a (runtime, batch size) that takes longer is stopped and recorded as failed.
-        seed: for the random inputs.
-        input_shapes: one sample shape (no batch dimension) per model input, in name order, that
-            random inputs are made in; () takes the model's own shapes, which must then be fixed
-            (a dynamic dimension has no size to time at: `benchmark` asks for one).
-        input_names: the model input each of `input_shapes` is for (the CLI's NAME=SHAPE); ()
-            means name order.
-    """
-
-    warmup_runs: int = 5
-    warmup_seconds: float = 0.5
-    min_runs: int = 50
-    min_seconds: float = 2.0
-    rotate: int = 4
-    device: str = "auto"
-    timeout_s: float = 900.0
-    seed: int = 0
-    input_shapes: tuple[tuple[int, ...], ...] = ()
-    input_names: tuple[str, ...] = ()
-
-    def __post_init__(self):
-        try:  # JSON gives lists back: normalise to tuples, so configs compare and hash alike
-            shapes = tuple(tuple(int(d) for d in shape) for shape in self.input_shapes)
-        except (TypeError, ValueError):
-            raise bad_param("input_shapes", "one tuple of integers per input", self.input_shapes) from None
-        if any(d < 1 for shape in shapes for d in shape):
-            raise bad_param("input_shapes", "sizes >= 1", self.input_shapes)
-        object.__setattr__(self, "input_shapes", shapes)
-        object.__setattr__(self, "input_names", tuple(str(n) for n in self.input_names))
-        if self.input_names and len(self.input_names) != len(shapes):
-            raise bad_param("input_names", "one name per input shape", self.input_names)
-        for name in ("warmup_runs", "min_runs"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < (1 if name == "min_runs" else 0):
-                raise bad_param(name, "an integer >= " + ("1" if name == "min_runs" else "0"), v)
-        for name in ("warmup_seconds", "min_seconds"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or v < 0:
-                raise bad_param(name, "a number of seconds >= 0", v)
-        if not isinstance(self.rotate, int) or self.rotate < 1:
-            raise bad_param("rotate", "an integer >= 1", self.rotate)
-        if self.device not in ("auto", "cpu", "gpu"):
-            raise bad_param("device", 'one of "auto", "cpu", "gpu"', self.device)
-        if not self.timeout_s > 0:
-            raise bad_param("timeout_s", "a positive number of seconds", self.timeout_s)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+from keras_turbo.timing import BenchmarkConfig
 
 
 @dataclass

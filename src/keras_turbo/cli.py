@@ -128,7 +128,8 @@ def cmd_inspect(args) -> int:
 
 
 def _bench_config(args):
-    from keras_turbo.bench import BenchmarkConfig, parse_named_shape
+    from keras_turbo.timing import BenchmarkConfig
+    from keras_turbo.bench import parse_named_shape
 
     named = [parse_named_shape(t) for t in getattr(args, "input_shape", None) or []]
     names, shapes = [n for n, _ in named], [s for _, s in named]
@@ -274,7 +275,7 @@ def cmd_convert(args) -> int:
     doc: dict = {"model": args.model, "config": cfg.to_dict()}
     budget = args.max_accuracy_drop is not None or args.min_agreement is not None
     if budget:
-        from keras_turbo.sensitivity import FallbackConfig, quantize_with_fallback
+        from keras_turbo.techniques.repair import FallbackConfig, quantize_with_fallback
 
         if not args.eval_data:
             raise KerasTurboError("--max-accuracy-drop / --min-agreement need held-out --eval-data")
@@ -318,7 +319,7 @@ def cmd_convert(args) -> int:
         out.print(f"  on {ev['samples']} samples: accuracy {acc}, top-1 agreement with float "
                   f"{ev['top1_agreement'] * 100:.2f}%, max |diff| {ev['max_abs_diff']:.3g}")
     if args.benchmark:
-        from keras_turbo.bench import BenchmarkConfig
+        from keras_turbo.timing import BenchmarkConfig
         from keras_turbo.report import benchmark_table
 
         float_ref = keras_turbo.benchmark(args.model, backends=[result.backend], config=BenchmarkConfig(min_seconds=1.0))
@@ -557,7 +558,7 @@ def cmd_report(args) -> int:
 def cmd_demo(args) -> int:
     """The built-in digits CNN (shipped trained; cached), optimized with train data; then the report."""
     from keras_turbo.optimize import OptimizeConfig
-    from keras_turbo.zoo import digits_model_path
+    from keras_turbo.builtin import digits_model_path
 
     out, err = _console()
     path = digits_model_path(progress=lambda msg: err.print(f"[dim]{msg}[/dim]"))

@@ -19,7 +19,8 @@ from typing import Sequence
 PLAIN_TF = ("tf-function", "tf-xla", "peer:tf-function")
 PREDICT = ("keras-predict",)
 PEER_PREFIX = "peer:"
-KINDS = ("vs_tf_function", "vs_peer_default", "vs_keras_predict")
+#: what a speed-up is stated against, in the order a headline gives them
+AGAINST = ("vs_tf_function", "vs_peer_default", "vs_keras_predict")
 
 
 def _value(row: dict, measure: str) -> float | None:
@@ -94,7 +95,7 @@ def headline(ratios: dict) -> str:
     words = {"vs_tf_function": "plain TensorFlow", "vs_peer_default": "the best peer default",
              "vs_keras_predict": "keras-predict"}
     parts = []
-    for kind in KINDS:
+    for kind in AGAINST:
         r = ratios.get(kind)
         if r:
             x = r["ratio"]
@@ -102,4 +103,4 @@ def headline(ratios: dict) -> str:
     return ", ".join(parts) or "no baseline measured"
 
 
-__all__ = ["KINDS", "PLAIN_TF", "headline", "speedups"]
+__all__ = ["AGAINST", "PLAIN_TF", "headline", "speedups"]

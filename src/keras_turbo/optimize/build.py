@@ -150,7 +150,7 @@ def build_fallback(step: Step, source: Path, ctx: _Context, dest: Path) -> tuple
     """int8 with per-layer sensitivity, the layers that break the budget kept in float."""
     from keras_turbo.convert import ConvertConfig
     from keras_turbo.quality import Budget
-    from keras_turbo.sensitivity import FallbackConfig, quantize_with_fallback
+    from keras_turbo.techniques.repair import FallbackConfig, quantize_with_fallback
 
     c = step.config
     # Judged as optimize's quality check judges: every output by its kind and budget.

@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 from keras_turbo.config import TechniqueConfig
 from keras_turbo.errors import KerasTurboError, bad_param
 from keras_turbo.quality import KINDS, Budget, load_metric, metric_name
+from keras_turbo.timing import OPTIMIZE
 
 OBJECTIVES = ("latency", "throughput", "size")
 #: candidate families the planner knows, besides the training techniques (plan.TECHNIQUE_SETTINGS)
@@ -50,8 +51,8 @@ class OptimizeConfig(TechniqueConfig):
     time_budget_s: float = 1800.0
     calibration_size: int = 300
     eval_size: int = 1000
-    min_runs: int = 30
-    min_seconds: float = 1.0
+    min_runs: int = OPTIMIZE.min_runs
+    min_seconds: float = OPTIMIZE.min_seconds
     runoff_rounds: int = 3
 
     def __post_init__(self):

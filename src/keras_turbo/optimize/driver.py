@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from keras_turbo import quality
+from keras_turbo import quality, timing
 from keras_turbo.errors import KerasTurboError
 from keras_turbo.optimize import plan as planner
 from keras_turbo.optimize import select
@@ -23,7 +23,6 @@ from keras_turbo.optimize.measure import REFERENCE_BACKEND, DataRef, Protocol, c
 from keras_turbo.optimize.recipe import Recipe
 from keras_turbo.optimize.store import Store
 
-BENCH = {"warmup_runs": 5, "warmup_seconds": 0.3}
 #: (share of the time budget, at most seconds) kept for what follows the last measurement
 FINISH_RESERVE = (0.02, 10.0)
 #: the longest one timing may take (the harness's own default limit)
@@ -259,7 +258,7 @@ def _start(model, data, train_data, cfg, out: Path, ex: Executor, note, unsafe, 
         raise KerasTurboError(f"{ref.path}: optimize starts from a Keras model (.keras, .h5, SavedModel), not a .{ref.format} artifact")
     inputs, outputs = io_specs(ref)
     refs, cfg = _data_refs(data, train_data, cfg, inputs, outputs, scales_inputs(ref))  # (warns on 0-255 data into [0, 1] models)
-    bench = {**BENCH, "min_runs": cfg.min_runs, "min_seconds": cfg.min_seconds}
+    bench = timing.protocol_fields(replace(timing.OPTIMIZE, min_runs=cfg.min_runs, min_seconds=cfg.min_seconds))
     facts = ex.target_machine()  # speed is measured there, so its numbers are keyed by it
     # The model's id keeps what was built trusting the file (--unsafe) apart from what was not.
     protocol = Protocol(ref.cache_key(), refs["eval"].id, cfg.batch_size, cfg.threads or default_threads(),

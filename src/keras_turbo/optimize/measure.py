@@ -184,7 +184,8 @@ def measure_quality(artifact: str, backend: str, eval_ref: DataRef, inputs, outp
 
 def measure_speed(artifact: str, backend: str, batch_size: int, threads: int, bench: dict, unsafe: bool) -> dict:
     """Latency, throughput, size and memory through the isolated harness (a fresh process)."""
-    from keras_turbo.bench import BenchmarkConfig, benchmark
+    from keras_turbo.timing import BenchmarkConfig
+    from keras_turbo.bench import benchmark
 
     t0 = time.time()
     rep = benchmark(artifact, backends=[backend], batch_sizes=[batch_size], threads=threads,

@@ -7,6 +7,8 @@ rerunning with another budget rejudges every variant without measuring anything 
 
 from __future__ import annotations
 
+from keras_turbo.timing import NOISE_MARGIN
+
 #: how many standard errors of its validation split a probe's measured drop may exceed the budget
 #: by (quality.Budget.widened): a probe only decides what is worth a full fine-tune, and the chosen
 #: point is judged again on the held-out data under the user's budget. On MobileNetV2 with 188
@@ -64,8 +66,9 @@ def median_round(values: list, objective: str):
     return got[len(got) // 2] if objective == "latency" else got[(len(got) - 1) // 2]
 
 
-#: candidates whose first timing is within this fraction of the best one's are timed again (run-off)
-RUNOFF_MARGIN = 0.15
+#: candidates whose first timing is within this fraction of the best one's are timed again (run-off):
+#: the noise between two timings of one path (timing.NOISE_MARGIN)
+RUNOFF_MARGIN = NOISE_MARGIN
 #: at most this many of them, the best first
 RUNOFF_MOST = 4
 

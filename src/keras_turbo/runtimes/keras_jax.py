@@ -365,9 +365,7 @@ class _Worker:
     def __init__(self, cpu_only: bool):
         import threading
 
-        import keras_turbo
-
-        src = str(Path(keras_turbo.__file__).resolve().parents[1])
+        src = str(Path(__file__).resolve().parents[2])  # the folder holding the keras_turbo package
         env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1",
                    PYTHONPATH=os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p))
         # A worker beside the caller's own work should not take most of the GPU's memory up front.

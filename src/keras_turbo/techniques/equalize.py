@@ -39,6 +39,8 @@ import numpy as np
 
 from keras_turbo.data import Dataset
 from keras_turbo.errors import KerasTurboError, bad_param
+from keras_turbo.model.graph import functional, layer_graph, output_layer_names
+from keras_turbo.techniques._training import accuracy, copy_model
 from keras_turbo.techniques.base import TechniqueConfig, TechniqueResult
 
 # Layers whose kernels can be rescaled per channel: (output axis handling in _out / _in below).
@@ -142,10 +144,9 @@ def find_groups(model, exclude=()) -> list[dict]:
         One dict per group: writers [(layer, batchnorm or None)], readers [(layer, flatten shape or
         None)], between (the parameter-free layers in it), in graph order.
     """
-    from keras_turbo.sensitivity import _functional, _graph
-
-    model = _functional(model)
-    v = _View(model, *_graph(model), exclude)
+    model = functional(model)
+    g = layer_graph(model)
+    v = _View(model, g.producers, g.consumers, g.kind, exclude)
     done: set[str] = set()
     groups = []
     for layer in model.layers:
@@ -168,7 +169,7 @@ class _View:
     def __init__(self, model, producers, consumers, kind, exclude):
         self.producers, self.consumers, self.kind, self.exclude = producers, consumers, kind, exclude
         self.layers = {layer.name: layer for layer in model.layers}
-        self.outputs = {t._keras_history.operation.name for t in model.outputs}
+        self.outputs = output_layer_names(model)
         self.order = {layer.name: i for i, layer in enumerate(model.layers)}
 
     def single(self, name) -> bool:
@@ -373,8 +374,6 @@ def apply(model, config: EqualizeConfig | None = None, train: Dataset | None = N
         >>> r.report["groups"][1]
         {'writers': ['c2'], 'batchnorms': ['bn2'], 'readers': ['c3'], 'between': ['relu2', 'pool'], ...}
     """
-    from keras_turbo.techniques.prune import copy_model
-
     cfg = config or EqualizeConfig()
     new = copy_model(model)
     groups = find_groups(new, cfg.exclude)
@@ -408,7 +407,6 @@ def apply(model, config: EqualizeConfig | None = None, train: Dataset | None = N
         for g, row in zip(groups, rows):
             moved = _absorb_bias(g, layers)
             row["bias_absorbed"] = None if moved is None else float(np.max(moved, initial=0.0))
-    from keras_turbo.techniques._training import accuracy
 
     report = {"groups": rows, "rounds": rounds,
               "note": "the float function is unchanged; this prepares the model for int8, it does not make it faster",

@@ -27,7 +27,7 @@ import numpy as np
 
 from keras_turbo.convert import (QUANTIZABLE, ConvertConfig, ConvertResult, convert, graph_nodes, layer_nodes,
                                   quantizable_layers)
-from keras_turbo import quality
+from keras_turbo import quality, timing
 from keras_turbo.errors import KerasTurboError, bad_param
 from keras_turbo.config import TechniqueConfig
 from keras_turbo.quality import Budget
@@ -55,7 +55,7 @@ class FallbackConfig(TechniqueConfig):
             optimize's own quality check judges it; without, the first output's top-1 decides.
         beat_ms: the latency of the best variant already within budget (optimize's): a step
             that fails the budget and runs slower than it (by more than the timing's noise,
-            select.RUNOFF_MARGIN) ends the walk, since every longer prefix keeps more layers float
+            timing.NOISE_MARGIN) ends the walk, since every longer prefix keeps more layers float
             and runs slower still. Each such step is timed briefly in this process; None: never.
         int8_ms: the fully int8 variant's latency as the caller timed it, with `beat_ms`. A step's
             brief timing is scaled by the fully int8 variant's brief timing to this, so that the
@@ -484,7 +484,6 @@ class _Job:
         than the variant to beat: every longer prefix keeps more layers float, so the walk ends.
         The step's estimated latency is recorded in `step`; one that cannot be timed briefly (a
         dynamic input size) never ends the walk."""
-        from keras_turbo.optimize.select import RUNOFF_MARGIN
 
         b = self.settings
         if b.beat_ms is None:
@@ -495,7 +494,7 @@ class _Job:
         if not ms:
             return False
         step["estimated_ms"] = round(ms / self.full_brief_ms * b.int8_ms, 3)
-        if step["estimated_ms"] <= b.beat_ms * (1 + RUNOFF_MARGIN):
+        if step["estimated_ms"] <= b.beat_ms * (1 + timing.NOISE_MARGIN):
             return False
         n = len(step["kept_float"])
         self.gave_up = (f"with {n} layer{'s' * (n != 1)} float it already fails the budget and runs about "
@@ -504,18 +503,15 @@ class _Job:
         return True
 
 
-#: a step's brief timing: a few hundred milliseconds, enough to tell a variant that is clearly
-#: slower than the one to beat (a step within the timing's noise goes on being repaired)
-_BRIEF = {"warmup_runs": 3, "warmup_seconds": 0.2, "min_runs": 10, "min_seconds": 0.5}
-
-
 def _brief_ms(res: ConvertResult, batch: int) -> float | None:
     """The median latency of a converted variant timed briefly in this process (None: it could
-    not be, e.g. a dynamic input size with no size to time at)."""
-    from keras_turbo.bench import BenchmarkConfig, measure
+    not be, e.g. a dynamic input size with no size to time at). timing.BRIEF: a few hundred
+    milliseconds, enough to tell a variant that is clearly slower than the one to beat (a step
+    within the timing's noise goes on being repaired)."""
+    from keras_turbo.bench import measure
 
     try:
-        return measure(lambda: res.load(batch_size=batch), batch, BenchmarkConfig(**_BRIEF))["latency_ms"]["p50"]
+        return measure(lambda: res.load(batch_size=batch), batch, timing.BRIEF)["latency_ms"]["p50"]
     except Exception:  # only the early end of the walk depends on it
         return None
 

@@ -303,14 +303,16 @@ def test_custom_layer_end_to_end_and_the_clear_error_without(kind_models, tmp_pa
     args = ["optimize", model, "--data", str(p / "labelled.npz"), "--custom-objects", co, "--max-metric-drop", "5",
             "--metric", f"{tmp_path / 'metric.py'}:neg_rmse", "--techniques", "runtimes,int8", "--runtimes", "litert",
             "--out", str(tmp_path / "o"), "--time-budget", "5m", "--runoff-rounds", "0"]
-    from keras_turbo.optimize import driver
+    import dataclasses
 
-    saved = driver.BENCH
-    driver.BENCH = {"warmup_runs": 1, "warmup_seconds": 0.0}
+    from keras_turbo import timing
+
+    saved = timing.OPTIMIZE
+    timing.OPTIMIZE = dataclasses.replace(saved, warmup_runs=1, warmup_seconds=0.0)
     try:
         code = main(args)
     finally:
-        driver.BENCH = saved
+        timing.OPTIMIZE = saved
     doc = json.loads((tmp_path / "o" / "results.json").read_text())
     assert code == 0, capsys.readouterr().err
     rows = {v["name"]: v for v in doc["variants"]}

@@ -97,3 +97,18 @@ def test_not_an_npz(tmp_path):
     path.write_bytes(b"not a zip at all")
     with pytest.raises(DataError, match="broken.npz: cannot read as .npz"):
         load_data(str(path), IMG)
+
+
+def test_integral_checks_a_large_array_in_blocks(monkeypatch):
+    """data._integral is defined once and works a block of rows at a time: np.round never sees the
+    whole array (a second, whole-array definition used to replace it for every caller)."""
+    from keras_turbo import data as data_mod
+
+    seen = []
+    real = np.round
+    monkeypatch.setattr(np, "round", lambda b, *a, **k: seen.append(len(b)) or real(b, *a, **k))
+    a = np.ones((10_000, 3), "float32")
+    assert data_mod._integral(a) and max(seen) == 4096 and len(seen) == 3
+    a[9_999, 2] = 0.5
+    assert not data_mod._integral(a)
+    assert data_mod._integral(np.arange(5)) and data_mod._integral(np.array([True])) and not data_mod._integral(np.array(["a"]))

@@ -349,7 +349,15 @@ def load_data(spec: str, inputs: Sequence[TensorInfo] | None = None, outputs: Se
 
 
 def _integral(a: np.ndarray, rows: int = 4096) -> bool:
-    """Whether every value of a float array is a whole number (a block of rows at a time)."""
+    """Whether every value of an array is a whole number: integer and bool arrays are; a float one
+    is checked a block of rows at a time (a whole-array round is another copy of the data).
+
+    (It was defined twice, and the second, whole-array definition replaced this one for every
+    caller, the input check of a large .npz included.)"""
+    if np.issubdtype(a.dtype, np.integer) or a.dtype == bool:
+        return True
+    if not np.issubdtype(a.dtype, np.floating):
+        return False
     return all(bool(np.all(b == np.round(b))) for b in (a[i:i + rows] for i in range(0, len(a), rows)))
 
 
@@ -470,12 +478,6 @@ def _match_labels(ds: Dataset, n: int, outputs, arg: str) -> list:
         a = raw.get(f"y_{t.name}", raw.get("y") if i == 0 else None)
         out.append(None if a is None else _checked(np.asarray(a), n, t.shape, f"y_{t.name}" if i else "y", arg, ds.source))
     return out
-
-
-def _integral(a: np.ndarray) -> bool:
-    if np.issubdtype(a.dtype, np.integer) or a.dtype == bool:
-        return True
-    return bool(np.issubdtype(a.dtype, np.floating) and np.all(a == np.round(a)))
 
 
 def _checked(a: np.ndarray, n: int, shape, name: str, arg: str, source: str) -> np.ndarray:

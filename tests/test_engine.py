@@ -681,12 +681,12 @@ def test_a_timing_running_at_the_deadline_is_stopped_with_it():
     r = planner.runtime_recipe("fp", "litert", "litert")
     row = driver._timed_row(run, r, {"artifact": "a.tflite"}, {"top1_agreement": 1.0}, {})
     assert calls == [{"min_runs": 5, "timeout_s": 1.0}] and not stored
-    assert row["skipped"] and row["stopped"] and row["error"].startswith("stopped: the time budget ran out while it was being timed")
+    assert row.skipped and row.stopped and row.error.startswith("stopped: the time budget ran out while it was being timed")
     # with time left, the limit is what is left (at most the harness's own), and a failure is a failure
     clock["left"] = 5000.0
     run.executor = SimpleNamespace(time=lambda *a: calls.append(a[4]) or {"ok": False, "error": "boom"})
     row = driver._timed_row(run, r, {"artifact": "a.tflite"}, {"top1_agreement": 1.0}, {})
-    assert calls[-1]["timeout_s"] == driver.TIMING_TIMEOUT_S and row["error"] == "benchmark failed: boom" and stored
+    assert calls[-1]["timeout_s"] == driver.TIMING_TIMEOUT_S and row.error == "benchmark failed: boom" and stored
 
 
 class _RunoffExecutor(_ToyExecutor):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import shutil
 import signal
 import subprocess
@@ -215,3 +216,30 @@ def test_the_budget_nobody_gave_follows_the_data(tmp_path, digits_model):
     # a budget the user named is theirs: an accuracy budget on unlabelled data is an error
     with pytest.raises(keras_turbo.KerasTurboError, match="needs labelled --data"):
         _data_refs(str(tmp_path / "plain.npz"), None, OptimizeConfig(budget=Budget(max_accuracy_drop=2.0)), inputs, outputs)
+
+
+def test_a_results_json_written_before_the_typed_rows_is_read(tmp_path, capsys):
+    """tests/data/results_before_issue27.json was written by main at 7671147 (before optimize's rows
+    and measurements were typed): the store reads its measurements back, and `keras-turbo report`
+    rejudges and renders it."""
+    import shutil
+
+    from keras_turbo.cli import main
+    from keras_turbo.optimize.rows import Measurement
+    from keras_turbo.optimize.store import Store
+
+    src = Path(__file__).parent / "data" / "results_before_issue27.json"
+    doc = json.loads(src.read_text())
+    out = tmp_path / "old"
+    out.mkdir()
+    shutil.copy(src, out / "results.json")
+    (out / ".keras-turbo").write_text(json.dumps({"kind": "optimize"}))
+    store = Store(out, doc["model_fingerprint"])
+    assert store.note is None and len(store.measurements) == len(doc["measurements"])
+    assert all(isinstance(m, Measurement) for m in store.measurements)
+    timed = [m for m in store.measurements if m.speed is not None]
+    assert timed and all(m.speed.latency_ms["p50"] > 0 for m in timed if m.speed.ok)
+    assert store.speed_for(timed[0].recipe_id, timed[0].speed_id) == timed[0].speed
+    assert main(["report", str(out)]) == 0
+    md = (out / "report.md").read_text()
+    assert f"Recommended: `{doc['recommended']}`" in md and "runs in" in md

@@ -21,12 +21,15 @@ from keras_turbo.optimize.config import OptimizeConfig
 from keras_turbo.optimize.executor import Executor, make_executor
 from keras_turbo.optimize.measure import REFERENCE_BACKEND, DataRef, Protocol, content_hash, data_fingerprint, machine_key
 from keras_turbo.optimize.recipe import Recipe
+from keras_turbo.optimize.rows import Speed, Variant
 from keras_turbo.optimize.store import Store
 
 #: (share of the time budget, at most seconds) kept for what follows the last measurement
 FINISH_RESERVE = (0.02, 10.0)
 #: the longest one timing may take (the harness's own default limit)
-TIMING_TIMEOUT_S = 900.0
+TIMING_TIMEOUT_S = timing.BenchmarkConfig().timeout_s
+#: where a run writes when no folder is named
+DEFAULT_OUT = "keras-turbo-out"
 
 
 @dataclass
@@ -58,7 +61,7 @@ class _Run:
     note: Callable
     started: float = field(default_factory=time.time)
     recipes: dict[str, Recipe] = field(default_factory=dict)
-    rows: dict[str, dict] = field(default_factory=dict)
+    rows: dict[str, Variant] = field(default_factory=dict)
     total: int = 0
     wave: int = 0
     runoff: dict | None = None  # what the run-off did (select.runoff_leaders), for the reports
@@ -74,7 +77,7 @@ class _Run:
         return self.deadline - time.time()
 
 
-def optimize(model, data, train_data=None, config: OptimizeConfig | None = None, out: str | Path = "keras-turbo-out",
+def optimize(model, data, train_data=None, config: OptimizeConfig | None = None, out: str | Path = DEFAULT_OUT,
              *, progress: Callable[[str, int, int, float], None] | None = None, unsafe: bool = False, cache_dir=None,
              executor: str | Executor = "local", ray_address: str | None = None, target_node: str | None = None,
              target_resource: str | None = None, force: bool = False, custom_objects=None) -> OptimizeResult:
@@ -138,9 +141,8 @@ def _search(model, data, train_data, cfg, out: Path, ex: Executor, progress, uns
     wave, later = list(first.recipes), list(first.later)
     while wave:
         _run_wave(run, wave)
-        outcomes = [planner.Outcome(run.recipes[i], r.get("ok", False), bool(r.get("within_budget")),
-                                    (r.get("latency_ms") or {}).get("p50"), r.get("build_s") or 0.0)
-                    for i, r in run.rows.items()]
+        outcomes = [planner.Outcome(run.recipes[i], r.ok, bool(r.within_budget), (r.latency_ms or {}).get("p50"),
+                                    r.build_s or 0.0) for i, r in run.rows.items()]
         wave = [r for r in planner.follow_ups(info, outcomes, cfg, has_train).recipes + tuple(later) if r.id not in run.recipes]
         later = []
     _runoff(run)
@@ -338,13 +340,13 @@ def _run_wave(run: _Run, recipes: list[Recipe]) -> None:
         if known_b and known_q:
             built.append((r, known_b, known_q, {"build": True, "quality": True}))
         elif run.time_left() <= 0:
-            run.rows[r.id] = {**_base_row(r), "skipped": True, "error": "skipped: the time budget ran out before it started"}
+            run.rows[r.id] = Variant.of(r, skipped=True, error="skipped: the time budget ran out before it started")
         else:
             jobs.append(_job(run, r, evaluate=known_q is None))
     def finish(items):
         for r, b, q, reused in items:
             row = _probe_row(run, r, b, q, reused) if r.role == "probe" else _timed_row(run, r, b, q, reused)
-            run.rows[r.id] = {**row, "wave": run.wave}
+            run.rows[r.id] = row.replace(wave=run.wave)
             _save(run)
 
     now = getattr(run.executor, "sequential", False)
@@ -354,8 +356,7 @@ def _run_wave(run: _Run, recipes: list[Recipe]) -> None:
     for res in run.executor.builds(jobs):
         r = run.recipes[res["recipe_id"]]
         if res.get("skipped"):  # nothing was built (or stopped mid-build): not recorded, so a rerun tries it
-            run.rows[r.id] = {**_base_row(r), "skipped": True, "stopped": bool(res.get("stopped")), "error": res["error"],
-                              "wave": run.wave}
+            run.rows[r.id] = Variant.of(r, skipped=True, stopped=bool(res.get("stopped")), error=res["error"], wave=run.wave)
             _save(run)
             continue
         run.store.record_build(r.id, res)
@@ -369,40 +370,39 @@ def _run_wave(run: _Run, recipes: list[Recipe]) -> None:
             else:
                 built.append(item)
         else:
-            run.rows[r.id] = {**_base_row(r), "error": res["error"], "build": res}
+            run.rows[r.id] = Variant.of(r, error=res["error"])
             _save(run)
     finish(built)
 
 
-def _probe_row(run: _Run, r: Recipe, b: dict, q: dict, reused: dict) -> dict:
+def _probe_row(run: _Run, r: Recipe, b: dict, q: dict, reused: dict) -> Variant:
     run.store.record_measurement(r.id, run.protocol, q, None, reused, quality_id=_qid(run, r))
     n = q.get("samples") or 0
     budget = run.cfg.budget.widened(n, quality.disagreement(q), select.PROBE_Z)
     within, why = quality.within_budget(q, budget)
     widened = (f", the budget widened by the sampling error of its {n} samples: a full fine-tune "
                "is judged on the held-out data" if budget != run.cfg.budget else "")
-    return {**_base_row(r), "ok": True, "label": r.label, "build_s": _build_seconds(b),
-            **{k: q.get(k) for k in ("accuracy", "accuracy_drop", "top1_agreement", "outputs", "user_metric")},
-            "within_budget": within, "verdict": f"{why} (validation split, short fine-tune{widened})", "reused": reused}
+    return Variant.of(r, label=r.label, build_s=_build_seconds(b), reused=reused).judged(
+        q, within, f"{why} (validation split, short fine-tune{widened})")
 
 
-def _timed_row(run: _Run, r: Recipe, b: dict, q: dict, reused: dict) -> dict:
+def _timed_row(run: _Run, r: Recipe, b: dict, q: dict, reused: dict) -> Variant:
     s = run.store.speed_for(r.id, run.protocol.speed_id)
     reused = {**reused, "speed": s is not None}
     if s is None and run.time_left() <= 0:
-        return {**_base_row(r), "skipped": True, "error": "skipped: the time budget ran out before it was timed"}
+        return Variant.of(r, skipped=True, error="skipped: the time budget ran out before it was timed")
     if s is None:
         run.note(f"timing {r.name}", len(run.rows), run.total, run.time_left())
         # The timing worker is stopped where the budget ends (a large model at batch 32 is timed
         # for tens of seconds); the limit is not part of the protocol: it changes no measurement.
         limit = min(TIMING_TIMEOUT_S, max(1.0, run.time_left()))
-        s = run.executor.time(b["artifact"], r.backend, run.cfg.batch_size, run.protocol.threads,
-                              {**dict(run.protocol.bench), "timeout_s": limit}, run.job["unsafe"])
-        if s.get("timed_out") and run.time_left() <= 0:
-            return {**_base_row(r), "skipped": True, "stopped": True,
-                    "error": "stopped: the time budget ran out while it was being timed; a rerun times it"}
+        s = Speed.from_dict(run.executor.time(b["artifact"], r.backend, run.cfg.batch_size, run.protocol.threads,
+                                              {**dict(run.protocol.bench), "timeout_s": limit}, run.job["unsafe"]))
+        if s.timed_out and run.time_left() <= 0:
+            return Variant.of(r, skipped=True, stopped=True,
+                              error="stopped: the time budget ran out while it was being timed; a rerun times it")
     run.store.record_measurement(r.id, run.protocol, q, s, reused)
-    return {**_row(r, b, q, s, run.cfg), "reused": reused}
+    return _row(r, b, q, s, run.cfg).replace(reused=reused)
 
 
 def _runoff(run: _Run) -> None:
@@ -413,94 +413,88 @@ def _runoff(run: _Run) -> None:
     leader's speed becomes its median round's measurement (stored, so a rerun with the same
     leaders reuses it); only complete rounds count. What was done is in results.json's `runoff`."""
     rounds, objective = run.cfg.runoff_rounds, run.cfg.objective
-    rows = [r for r in run.rows.values() if r.get("role") != "probe"]
+    rows = [v.to_dict() for v in run.rows.values() if v.role != "probe"]
     leads = select.runoff_leaders(rows, objective) if rounds else []
     if not leads:
         return
     ids = sorted(r["id"] for r in leads)
     first = {r["id"]: run.store.speed_for(r["id"], run.protocol.speed_id) for r in leads}
     base = {"margin": select.RUNOFF_MARGIN, "objective": objective, "candidates": [r["name"] for r in leads]}
-    if all((s or {}).get("runoff", {}).get("group") == ids for s in first.values()):
-        done = first[leads[0]["id"]]["runoff"]
+    if all(s is not None and (s.runoff or {}).get("group") == ids for s in first.values()):
+        done = first[leads[0]["id"]].runoff
         run.runoff = {**base, "rounds": len(done["rounds"]), "reused": True,
-                      "figures": {r["name"]: first[r["id"]]["runoff"] for r in leads}}
+                      "figures": {r["name"]: first[r["id"]].runoff for r in leads}}
         return
     if any(s is None for s in first.values()):  # (a leader's timing is always stored; never guess one)
         return
-    samples: dict[str, list[dict]] = {i: [] for i in ids}
-    cost = sum(float(s.get("seconds") or 0.0) for s in first.values())  # one round, from the first timings
-    stop = None
-    for k in range(rounds):
-        if run.time_left() < cost:
-            stop = f"the time budget left room for {k} of {rounds} rounds"
-            break
-        for r in leads[k % len(leads):] + leads[:k % len(leads)]:
-            run.note(f"run-off round {k + 1}/{rounds}: timing {r['name']}", run.total, run.total, run.time_left())
-            limit = min(TIMING_TIMEOUT_S, max(1.0, run.time_left()))
-            s = run.executor.time(r["artifact"], r["backend"], run.cfg.batch_size, run.protocol.threads,
-                                  {**dict(run.protocol.bench), "timeout_s": limit}, run.job["unsafe"])
-            if not s.get("ok"):
-                stop = f"{r['name']} failed to time in round {k + 1}: {s.get('error')}"
-                break
-            samples[r["id"]].append(s)
-        if stop:
-            break
+    samples, stop = _runoff_rounds(run, leads, rounds, cost=sum(float(s.seconds or 0.0) for s in first.values()))
     complete = min(len(v) for v in samples.values())
     run.runoff = {**base, "rounds": complete, "stopped": stop}
     if not complete:
         return
     run.runoff["figures"] = {}
     for r in leads:
-        got = samples[r["id"]][:complete]
+        got = [s.to_dict() for s in samples[r["id"]][:complete]]
         _, median = select.median_round([(select.speed_value(s, objective), s) for s in got], objective)
         was = first[r["id"]]  # (re-timed by an earlier run-off among other leaders: its first timing is kept there)
-        figures = {"group": ids, "first": (was.get("runoff") or {}).get("first", select.speed_value(was, objective)),
+        figures = {"group": ids, "first": (was.runoff or {}).get("first", select.speed_value(was.to_dict(), objective)),
                    "rounds": [select.speed_value(s, objective) for s in got]}
-        s = {**median, "runoff": figures}
+        speed = Speed.from_dict({**median, "runoff": figures})
         q = run.store.quality_for(r["id"], run.protocol.quality_id)
         reused = {**(r.get("reused") or {}), "speed": False}
-        run.store.record_measurement(r["id"], run.protocol, q, s, reused)
-        run.rows[r["id"]] = {**_row(run.recipes[r["id"]], run.store.builds[r["id"]], q, s, run.cfg), "reused": reused,
-                             "wave": r.get("wave")}
+        run.store.record_measurement(r["id"], run.protocol, q, speed, reused)
+        run.rows[r["id"]] = _row(run.recipes[r["id"]], run.store.builds[r["id"]], q, speed, run.cfg).replace(
+            reused=reused, wave=r.get("wave"))
         run.runoff["figures"][r["name"]] = figures
     _save(run)
+
+
+def _runoff_rounds(run: _Run, leads: list[dict], rounds: int, cost: float) -> tuple[dict, str | None]:
+    """Each leader timed once per round, the order rotated from round to round, while the time
+    budget leaves room for a round (`cost`, from the first timings): (leader id -> its Speeds,
+    why the rounds stopped early or None)."""
+    samples: dict[str, list[Speed]] = {r["id"]: [] for r in leads}
+    for k in range(rounds):
+        if run.time_left() < cost:
+            return samples, f"the time budget left room for {k} of {rounds} rounds"
+        for r in leads[k % len(leads):] + leads[:k % len(leads)]:
+            run.note(f"run-off round {k + 1}/{rounds}: timing {r['name']}", run.total, run.total, run.time_left())
+            limit = min(TIMING_TIMEOUT_S, max(1.0, run.time_left()))
+            s = Speed.from_dict(run.executor.time(r["artifact"], r["backend"], run.cfg.batch_size, run.protocol.threads,
+                                                  {**dict(run.protocol.bench), "timeout_s": limit}, run.job["unsafe"]))
+            if not s.ok:
+                return samples, f"{r['name']} failed to time in round {k + 1}: {s.error}"
+            samples[r["id"]].append(s)
+    return samples, None
 
 
 def _build_seconds(build: dict) -> float:
     return round(sum(st.get("seconds") or 0 for st in build.get("steps", []) if not st.get("cached")), 2)
 
 
-def _base_row(r: Recipe) -> dict:
-    return {"id": r.id, "name": r.name, "role": r.role, "backend": r.backend, "precision": r.precision, "techniques": list(r.techniques),
-            "mixed": any(s.kind == "fallback" for s in r.steps), "steps": [s.to_dict() for s in r.steps], "ok": False,
-            "error": None}
-
-
-def _row(r: Recipe, build: dict, q: dict, s: dict, cfg: OptimizeConfig) -> dict:
+def _row(r: Recipe, build: dict, q: dict, s: Speed, cfg: OptimizeConfig) -> Variant:
     """One variant as the report and the selection see it: what made it, what it measured, and
     the verdict under the current budget."""
-    row = {**_base_row(r), "artifact": build["artifact"], "label": r.label, "build_s": _build_seconds(build)}
     details = build.get("details") or {}
-    row.update(kept_float=details.get("kept_float"), technique_report=details.get("report"))
-    if not s.get("ok"):
+    row = Variant.of(r, artifact=build["artifact"], label=r.label, build_s=_build_seconds(build),
+                     kept_float=details.get("kept_float"), technique_report=details.get("report"))
+    if not s.ok:
         # Not reused by a rerun (only measurements that worked are); a worker a signal killed (the
         # OOM killer) is marked so.
-        return {**row, "error": f"benchmark failed: {s.get('error')}", "retry": bool(s.get("signal"))}
+        return row.replace(error=f"benchmark failed: {s.error}", retry=bool(s.signal))
     within, why = quality.within_budget(q, cfg.budget)
     if details.get("gave_up"):
         why += f"; the repair ended: {details['gave_up']}"
-    return {**row, "ok": True, **{k: q.get(k) for k in ("accuracy", "accuracy_drop", "top1_agreement", "max_abs_diff", "outputs",
-                                                       "user_metric")},
-            **{k: s.get(k) for k in ("latency_ms", "throughput_per_s", "model_bytes", "init_ms", "peak_rss_mb",
-                                     "preprocessing", "runoff", "executed")},
-            "within_budget": within, "verdict": why, "timed_on": s.get("node")}
+    return row.judged(q, within, why).timed(s)
 
 
 # ------------------------------------------------------------------ results
 
 def _doc(run: _Run) -> dict:
-    rows = [r for r in run.rows.values() if r.get("role") != "probe"]
-    probes = [r for r in run.rows.values() if r.get("role") == "probe"]
+    """results.json's document (less the builds and measurements the store adds): the rows
+    serialised, with the Pareto front and the recommendation computed from them now."""
+    rows = [v.to_dict() for v in run.rows.values() if v.role != "probe"]
+    probes = [v.to_dict() for v in run.rows.values() if v.role == "probe"]
     select.pareto(rows, by_agreement=run.cfg.budget.min_agreement is not None)
     best, met = select.recommend(rows, run.cfg.objective)
     baseline = next((v for v in rows if v["name"] == f"{planner.BASELINE} fp32"), None)

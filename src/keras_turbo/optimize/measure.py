@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from keras_turbo.optimize.rows import Speed
+
 
 def content_hash(obj) -> str:
     """A short content id of a JSON-ready value (the ids of data, protocols and output kinds)."""
@@ -183,7 +185,8 @@ def measure_quality(artifact: str, backend: str, eval_ref: DataRef, inputs, outp
 
 
 def measure_speed(artifact: str, backend: str, batch_size: int, threads: int, bench: dict, unsafe: bool) -> dict:
-    """Latency, throughput, size and memory through the isolated harness (a fresh process)."""
+    """Latency, throughput, size and memory through the isolated harness (a fresh process), as a
+    `rows.Speed` serialised (it crosses processes and machines)."""
     from keras_turbo.timing import BenchmarkConfig
     from keras_turbo.bench import benchmark
 
@@ -191,11 +194,8 @@ def measure_speed(artifact: str, backend: str, batch_size: int, threads: int, be
     rep = benchmark(artifact, backends=[backend], batch_sizes=[batch_size], threads=threads,
                     config=BenchmarkConfig(**bench), unsafe=unsafe, measure_overhead=False,
                     check=False)  # checked against Keras when it was built (build.build_convert)
-    row = rep.results[0]
-    keep = ("ok", "error", "latency_ms", "throughput_per_s", "model_bytes", "init_ms", "peak_rss_mb", "signal",
-            "timed_out", "preprocessing", "executed")
-    return {**{k: getattr(row, k, None) for k in keep}, "seconds": round(time.time() - t0, 2), "node": node_facts(),
-            "machine": rep.machine}
+    return Speed.from_result(rep.results[0], seconds=round(time.time() - t0, 2), node=node_facts(),
+                             machine=rep.machine).to_dict()
 
 
 __all__ = ["DataRef", "Protocol", "data_fingerprint", "load_reference", "machine_key", "measure_quality", "measure_speed",

@@ -15,6 +15,8 @@ import os
 import time
 from pathlib import Path
 
+from keras_turbo.optimize.rows import Measurement, Speed
+
 FORMAT = 2
 
 
@@ -26,7 +28,7 @@ class Store:
         self.model = model_fingerprint
         self.note: str | None = None
         self.builds: dict[str, dict] = {}
-        self.measurements: list[dict] = []
+        self.measurements: list[Measurement] = []
         if self.path.exists():
             self._load_previous()
 
@@ -45,7 +47,8 @@ class Store:
             # A repair whose walk the time budget cut short is walked again, with the time a rerun has.
             cut = {i for i, b in builds.items() if (b.get("details") or {}).get("partial")}
             self.builds = {i: b for i, b in builds.items() if i not in cut}
-            self.measurements = [m for m in doc.get("measurements", []) if isinstance(m, dict) and m.get("recipe_id") not in cut]
+            self.measurements = [Measurement.from_dict(m) for m in doc.get("measurements", [])
+                                 if isinstance(m, dict) and m.get("recipe_id") not in cut]
 
     # -------------------------------------------------------------- reuse
 
@@ -53,36 +56,37 @@ class Store:
         b = self.builds.get(recipe_id)
         return b if b and b.get("ok") and b.get("artifact") and Path(b["artifact"]).exists() else None
 
-    def _latest(self, recipe_id: str, key: str, value: str, part: str) -> dict | None:
+    def quality_for(self, recipe_id: str, quality_id: str) -> dict | None:
+        """The latest quality measurement of the recipe under that quality id (quality.judge's dict)."""
         for m in reversed(self.measurements):
-            if m["recipe_id"] == recipe_id and m.get(key) == value and (m.get(part) or {}).get("ok", True) \
-                    and m.get(part) is not None:
-                return m[part]
+            if m.recipe_id == recipe_id and m.quality_id == quality_id and m.quality is not None \
+                    and m.quality.get("ok", True):
+                return m.quality
         return None
 
-    def quality_for(self, recipe_id: str, quality_id: str) -> dict | None:
-        return self._latest(recipe_id, "quality_id", quality_id, "quality")
-
-    def speed_for(self, recipe_id: str, speed_id: str) -> dict | None:
-        s = self._latest(recipe_id, "speed_id", speed_id, "speed")
-        return s if s and s.get("ok") else None
+    def speed_for(self, recipe_id: str, speed_id: str) -> Speed | None:
+        """The latest speed measurement of the recipe under that speed id that worked."""
+        for m in reversed(self.measurements):
+            if m.recipe_id == recipe_id and m.speed_id == speed_id and m.speed is not None and m.speed.ok:
+                return m.speed
+        return None
 
     # -------------------------------------------------------------- recording
 
     def record_build(self, recipe_id: str, build: dict) -> None:
         self.builds[recipe_id] = build
 
-    def record_measurement(self, recipe_id: str, protocol, quality: dict | None, speed: dict | None,
-                           reused: dict, quality_id: str | None = None) -> dict:
-        m = {"recipe_id": recipe_id, "protocol_id": protocol.id, "quality_id": quality_id or protocol.quality_id,
-             "speed_id": protocol.speed_id, "quality": quality, "speed": speed, "reused": reused,
-             "at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    def record_measurement(self, recipe_id: str, protocol, quality: dict | None, speed: Speed | None,
+                           reused: dict, quality_id: str | None = None) -> Measurement:
+        m = Measurement(recipe_id, protocol.id, quality_id or protocol.quality_id, protocol.speed_id, quality, speed,
+                        reused, time.strftime("%Y-%m-%dT%H:%M:%S"))
         self.measurements = [x for x in self.measurements
-                             if not (x["recipe_id"] == recipe_id and x.get("protocol_id") == protocol.id)] + [m]
+                             if not (x.recipe_id == recipe_id and x.protocol_id == protocol.id)] + [m]
         return m
 
     def save(self, doc: dict) -> None:
-        full = {"format": FORMAT, "model_fingerprint": self.model, **doc, "measurements": self.measurements}
+        full = {"format": FORMAT, "model_fingerprint": self.model, **doc,
+                "measurements": [m.to_dict() for m in self.measurements]}
         tmp = self.path.with_name(f".results.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(full, indent=1, default=str))
         os.replace(tmp, self.path)

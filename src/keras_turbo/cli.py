@@ -127,6 +127,14 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def _given(args, *names: str, **renamed: str) -> dict:
+    """The flags of `names` the user gave (argparse's None: not given), by their config field
+    names (`renamed`: field=flag): everything else keeps the config's own default."""
+    given = vars(args)
+    pairs = [(n, n) for n in names] + list(renamed.items())
+    return {field: given[flag] for field, flag in pairs if given.get(flag) is not None}
+
+
 def _bench_config(args):
     from keras_turbo.timing import BenchmarkConfig
     from keras_turbo.bench import parse_named_shape
@@ -140,8 +148,8 @@ def _bench_config(args):
                               f"({', '.join('x'.join(map(str, s)) for s in shapes)})")
     if shapes and not args.batch_size:
         args.batch_size = [shapes[0][0]]  # --input-shape's leading size is the batch
-    return BenchmarkConfig(warmup_runs=args.warmup_runs, warmup_seconds=args.warmup_seconds, min_runs=args.min_runs,
-                           min_seconds=args.min_seconds, device=args.device, timeout_s=args.timeout,
+    return BenchmarkConfig(**_given(args, "warmup_runs", "warmup_seconds", "min_runs", "min_seconds", "device",
+                                    timeout_s="timeout"),
                            input_shapes=tuple(x[1:] for x in shapes), input_names=tuple(names) if any(names) else ())
 
 
@@ -198,8 +206,9 @@ def cmd_evaluate(args) -> int:
         raise KerasTurboError("--min-agreement / --max-accuracy-drop / --max-output-error / --max-metric-drop judge "
                               "MODEL against --reference MODEL: give one")
     res = keras_turbo.evaluate(args.model, args.data, reference=args.reference, backend=args.backend,
-                               reference_backend=args.reference_backend, batch_size=args.batch_size, unsafe=args.unsafe,
-                               output_kinds=_output_kinds(args.output_kind), budget=budget, metric=args.metric)
+                               reference_backend=args.reference_backend, unsafe=args.unsafe,
+                               output_kinds=_output_kinds(args.output_kind), budget=budget, metric=args.metric,
+                               **_given(args, "batch_size"))
     _write_json(args.json, res)
     out, _ = _console()
     out.print(f"{args.model} on {res['backend']}: {res['samples']} samples from {args.data}")
@@ -264,46 +273,17 @@ def cmd_convert(args) -> int:
     import keras_turbo
     from keras_turbo.convert import ConvertConfig
     from keras_turbo.runtimes import FAMILIES
-    from rich.table import Table
 
-    out, err = _console()
-    cfg = ConvertConfig(to=args.to, quantize=args.quantize, int8_io=args.int8_io, calibration_size=args.calibration_size,
-                        keep_float=tuple(args.keep_float or ()), sparse=args.sparse)
+    out, _ = _console()
+    cfg = ConvertConfig(to=args.to, int8_io=args.int8_io, keep_float=tuple(args.keep_float or ()), sparse=args.sparse,
+                        **_given(args, "quantize", "calibration_size"))
     if args.output and Path(args.output).suffix != FAMILIES[args.to].suffix:
         raise KerasTurboError(f"-o {args.output}: a {args.to} artifact needs the suffix {FAMILIES[args.to].suffix}")
     _check_outputs(args, args.model, args.calibration_data, args.eval_data, files=("output", "json"))
     doc: dict = {"model": args.model, "config": cfg.to_dict()}
-    budget = args.max_accuracy_drop is not None or args.min_agreement is not None
-    if budget:
-        from keras_turbo.techniques.repair import FallbackConfig, quantize_with_fallback
-
-        if not args.eval_data:
-            raise KerasTurboError("--max-accuracy-drop / --min-agreement need held-out --eval-data")
-        fb = FallbackConfig(_budget(args))
-        fr = quantize_with_fallback(args.model, cfg, args.calibration_data, args.eval_data, fb, unsafe=args.unsafe,
-                                    progress=lambda msg: err.print(f"[dim]{msg}[/dim]"))
-        result = fr.result
-        doc["fallback"] = fr.to_dict()
-        if fr.ranking == "tensors":
-            t = Table("rank", "layer", "kind", "int8 tensor error", "kept float to repair it",
-                      title=f"each layer's output quantized alone, one calibration pass ({args.to} {args.quantize})")
-            for i, r in enumerate(fr.layers[:15], 1):
-                t.add_row(str(i), r["layer"], r["kind"], f"{r['tensor_error']:.2e}", ", ".join(r["repair"]))
-        else:
-            t = Table("rank", "layer", "accuracy drop (pts)", "top-1 agreement", "output nmse",
-                      title=f"per-layer sensitivity: only that layer quantized ({args.to} {args.quantize})")
-            for i, r in enumerate(fr.layers, 1):
-                drop = "-" if r["accuracy_drop"] is None else f"{r['accuracy_drop']:.2f}"
-                t.add_row(str(i), r["layer"], drop, f"{r['top1_agreement'] * 100:.2f}%", f"{r['output_nmse']:.2e}")
-        out.print(t)
-        for step in fr.steps:
-            acc = "-" if step["accuracy"] is None else f"{step['accuracy'] * 100:.2f}%"
-            out.print(f"  kept in float: {', '.join(step['kept_float']) or 'none'} -> accuracy {acc}, "
-                      f"agreement {step['top1_agreement'] * 100:.2f}%")
-        status = "met" if fr.met else "[red]NOT met[/red]"
-        out.print(f"budget {status}: kept in float: {', '.join(fr.kept_float) or 'nothing'}"
-                  f"{' (with ' + ', '.join(fr.carriers) + ' between them)' if fr.carriers else ''}; "
-                  f"still {args.quantize}: {', '.join(fr.quantized_layers) or 'none'}")
+    repair = args.max_accuracy_drop is not None or args.min_agreement is not None
+    if repair:
+        result = _convert_with_fallback(args, cfg, doc)
     else:
         result = keras_turbo.convert(args.model, cfg, args.calibration_data, unsafe=args.unsafe)
     if args.output:
@@ -311,7 +291,7 @@ def cmd_convert(args) -> int:
         result.path = Path(args.output)
     doc["artifact"] = result.to_dict()
     out.print(f"wrote {result.path} ({result.model_bytes:,} bytes, runs on {result.backend})")
-    if args.eval_data and not budget:
+    if args.eval_data and not repair:
         ev = keras_turbo.evaluate(result.load(), args.eval_data, reference=args.model, reference_backend="tf-function",
                                   unsafe=args.unsafe)
         doc["evaluation"] = ev
@@ -319,22 +299,70 @@ def cmd_convert(args) -> int:
         out.print(f"  on {ev['samples']} samples: accuracy {acc}, top-1 agreement with float "
                   f"{ev['top1_agreement'] * 100:.2f}%, max |diff| {ev['max_abs_diff']:.3g}")
     if args.benchmark:
-        from keras_turbo.timing import BenchmarkConfig
-        from keras_turbo.report import benchmark_table
-
-        float_ref = keras_turbo.benchmark(args.model, backends=[result.backend], config=BenchmarkConfig(min_seconds=1.0))
-        quant = keras_turbo.benchmark(result.path, backends=[result.backend], config=BenchmarkConfig(min_seconds=1.0))
-        f, q = float_ref.results[0], quant.results[0]
-        doc["benchmark"] = {"float": f.to_dict(), "converted": q.to_dict()}
-        if f.ok and q.ok:
-            ratio = f.latency_ms["p50"] / q.latency_ms["p50"]
-            word = "faster" if ratio >= 1 else "[red]slower[/red]"
-            out.print(f"  batch-1 p50 on {result.backend}: float {f.latency_ms['p50']:.3f} ms, {args.quantize} "
-                      f"{q.latency_ms['p50']:.3f} ms ({ratio if ratio >= 1 else 1 / ratio:.2f}x {word})")
-        else:
-            out.print(benchmark_table(quant))
+        doc["benchmark"] = _convert_benchmark(args.model, result, cfg.quantize)
     _write_json(args.json, doc)
     return 0
+
+
+def _convert_with_fallback(args, cfg, doc: dict):
+    """convert with a budget: the int8 repair (quantize_with_fallback), its ranking and steps shown."""
+    from keras_turbo.techniques.repair import FallbackConfig, quantize_with_fallback
+
+    out, err = _console()
+    if not args.eval_data:
+        raise KerasTurboError("--max-accuracy-drop / --min-agreement need held-out --eval-data")
+    fr = quantize_with_fallback(args.model, cfg, args.calibration_data, args.eval_data, FallbackConfig(_budget(args)),
+                                unsafe=args.unsafe, progress=lambda msg: err.print(f"[dim]{msg}[/dim]"))
+    doc["fallback"] = fr.to_dict()
+    out.print(_ranking_table(fr, f"{args.to} {cfg.quantize}"))
+    for step in fr.steps:
+        acc = "-" if step["accuracy"] is None else f"{step['accuracy'] * 100:.2f}%"
+        out.print(f"  kept in float: {', '.join(step['kept_float']) or 'none'} -> accuracy {acc}, "
+                  f"agreement {step['top1_agreement'] * 100:.2f}%")
+    status = "met" if fr.met else "[red]NOT met[/red]"
+    out.print(f"budget {status}: kept in float: {', '.join(fr.kept_float) or 'nothing'}"
+              f"{' (with ' + ', '.join(fr.carriers) + ' between them)' if fr.carriers else ''}; "
+              f"still {cfg.quantize}: {', '.join(fr.quantized_layers) or 'none'}")
+    return fr.result
+
+
+def _ranking_table(fr, what: str):
+    """The repair's ranking: each layer's output tensor's int8 error (one calibration pass), or
+    each layer quantized alone (per-layer)."""
+    from rich.table import Table
+
+    if fr.ranking == "tensors":
+        t = Table("rank", "layer", "kind", "int8 tensor error", "kept float to repair it",
+                  title=f"each layer's output quantized alone, one calibration pass ({what})")
+        for i, r in enumerate(fr.layers[:15], 1):
+            t.add_row(str(i), r["layer"], r["kind"], f"{r['tensor_error']:.2e}", ", ".join(r["repair"]))
+        return t
+    t = Table("rank", "layer", "accuracy drop (pts)", "top-1 agreement", "output nmse",
+              title=f"per-layer sensitivity: only that layer quantized ({what})")
+    for i, r in enumerate(fr.layers, 1):
+        drop = "-" if r["accuracy_drop"] is None else f"{r['accuracy_drop']:.2f}"
+        t.add_row(str(i), r["layer"], drop, f"{r['top1_agreement'] * 100:.2f}%", f"{r['output_nmse']:.2e}")
+    return t
+
+
+def _convert_benchmark(model, result, mode: str) -> dict:
+    """convert --benchmark: the float model and the artifact timed at batch 1 on its runtime."""
+    import keras_turbo
+    from keras_turbo.report import benchmark_table
+    from keras_turbo.timing import BenchmarkConfig
+
+    out, _ = _console()
+    float_ref = keras_turbo.benchmark(model, backends=[result.backend], config=BenchmarkConfig(min_seconds=1.0))
+    quant = keras_turbo.benchmark(result.path, backends=[result.backend], config=BenchmarkConfig(min_seconds=1.0))
+    f, q = float_ref.results[0], quant.results[0]
+    if f.ok and q.ok:
+        ratio = f.latency_ms["p50"] / q.latency_ms["p50"]
+        word = "faster" if ratio >= 1 else "[red]slower[/red]"
+        out.print(f"  batch-1 p50 on {result.backend}: float {f.latency_ms['p50']:.3f} ms, {mode} "
+                  f"{q.latency_ms['p50']:.3f} ms ({ratio if ratio >= 1 else 1 / ratio:.2f}x {word})")
+    else:
+        out.print(benchmark_table(quant))
+    return {"float": f.to_dict(), "converted": q.to_dict()}
 
 
 def _technique_data(args):
@@ -384,18 +412,18 @@ def cmd_prune(args) -> int:
     if args.structured:
         from keras_turbo.techniques.structured import StructuredConfig
 
-        cfg = StructuredConfig(sparsity=args.sparsity if args.sparsity is not None else 0.5,
-                               target_flops_reduction=args.target_flops_reduction, importance=args.importance,
-                               finetune=not args.no_finetune, epochs=args.epochs, distill=args.distill)
+        cfg = StructuredConfig(target_flops_reduction=args.target_flops_reduction, finetune=not args.no_finetune,
+                               distill=args.distill, **_given(args, "sparsity", "importance", "epochs"))
         result = _run_technique(args, "structured", cfg)
     else:
         from keras_turbo.techniques.prune import PruneConfig
 
         if args.target_flops_reduction is not None:
             raise KerasTurboError("--target-flops-reduction applies to --structured pruning")
-        cfg = PruneConfig(sparsity=args.sparsity if args.sparsity is not None else 0.8, schedule=args.schedule,
-                          epochs=args.epochs, finetune=not args.no_finetune, pattern=args.pattern,
-                          skip_first_last=not args.prune_first_last)
+        if args.importance is not None:
+            raise KerasTurboError("--importance applies to --structured pruning")
+        cfg = PruneConfig(finetune=not args.no_finetune, pattern=args.pattern, skip_first_last=not args.prune_first_last,
+                          **_given(args, "sparsity", "schedule", "epochs"))
         result = _run_technique(args, "prune", cfg)
     result.model.save(args.output)
     out, _ = _console()
@@ -407,9 +435,8 @@ def cmd_prune(args) -> int:
 def cmd_distill(args) -> int:
     from keras_turbo.techniques.distill import DistillConfig
 
-    given = {"temperature": args.temperature, "alpha": args.alpha, "epochs": args.epochs}
-    cfg = DistillConfig(student=args.student, shift=args.shift, mixup=args.mixup, labels_only=args.labels_only,
-                        seed=args.seed, **{k: v for k, v in given.items() if v is not None})  # else the config's defaults
+    cfg = DistillConfig(labels_only=args.labels_only,
+                        **_given(args, "student", "shift", "mixup", "seed", "temperature", "alpha", "epochs"))
     result = _run_technique(args, "distill", cfg)
     result.model.save(args.output)
     _console()[0].print(f"wrote {args.output}")
@@ -420,8 +447,7 @@ def cmd_distill(args) -> int:
 def cmd_resolution(args) -> int:
     from keras_turbo.techniques.resolution import ResolutionConfig
 
-    cfg = ResolutionConfig(factor=args.factor, epochs=args.epochs, finetune=not args.no_finetune,
-                           distill=not args.labels_only)
+    cfg = ResolutionConfig(finetune=not args.no_finetune, distill=not args.labels_only, **_given(args, "factor", "epochs"))
     result = _run_technique(args, "resolution", cfg)
     result.model.save(args.output)
     _console()[0].print(f"wrote {args.output}")
@@ -432,7 +458,7 @@ def cmd_resolution(args) -> int:
 def cmd_qat(args) -> int:
     from keras_turbo.techniques import qat
 
-    cfg = qat.QATConfig(epochs=args.epochs)
+    cfg = qat.QATConfig(**_given(args, "epochs"))
     result = _run_technique(args, "qat", cfg, suffix=".tflite")
     path = qat.export_tflite(result, args.output)
     _console()[0].print(f"wrote {path}")
@@ -443,7 +469,7 @@ def cmd_qat(args) -> int:
 def cmd_cluster(args) -> int:
     from keras_turbo.techniques.cluster import ClusterConfig
 
-    cfg = ClusterConfig(clusters=args.clusters, epochs=args.epochs)
+    cfg = ClusterConfig(**_given(args, "clusters", "epochs"))
     result = _run_technique(args, "cluster", cfg)
     result.model.save(args.output)
     _console()[0].print(f"wrote {args.output}")
@@ -458,7 +484,7 @@ def _parse_duration(text: str) -> float:
     return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
 
 
-def _run_optimize(model, data, train_data, cfg, out_dir, unsafe=False, force=False, **where):
+def _run_optimize(model, data, train_data, cfg, out_dir=None, unsafe=False, force=False, **where):
     import keras_turbo
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -471,8 +497,8 @@ def _run_optimize(model, data, train_data, cfg, out_dir, unsafe=False, force=Fal
             bar.update(task, description=f"candidate: {what}", completed=done, total=total,
                        left=f"{max(left, 0) / 60:.1f} min left in budget")
 
-        return keras_turbo.optimize(model, data, train_data, cfg, out_dir, progress=progress, unsafe=unsafe, force=force,
-                                    **where)
+        return keras_turbo.optimize(model, data, train_data, cfg, progress=progress, unsafe=unsafe, force=force,
+                                    **({"out": out_dir} if out_dir else {}), **where)
 
 
 def _print_optimize(res) -> None:
@@ -515,12 +541,12 @@ def cmd_optimize(args) -> int:
     from keras_turbo.optimize import OptimizeConfig
 
     cfg = OptimizeConfig(_budget(args), metric=args.metric, output_kinds=_output_kinds(args.output_kind),
-                         objective=args.objective, batch_size=args.batch_size,
                          threads=args.threads, techniques=tuple(t for t in (args.techniques or "").split(",") if t),
                          runtimes=tuple(t for t in (args.runtimes or "").split(",") if t),
-                         time_budget_s=_parse_duration(args.time_budget), runoff_rounds=args.runoff_rounds)
-    res = _run_optimize(args.model, args.data, args.train_data, cfg, args.out, args.unsafe, args.force, executor=args.executor,
-                        ray_address=args.ray_address, target_node=args.target_node, target_resource=args.target_resource)
+                         **_given(args, "objective", "batch_size", "runoff_rounds"),
+                         **({"time_budget_s": _parse_duration(args.time_budget)} if args.time_budget else {}))
+    res = _run_optimize(args.model, args.data, args.train_data, cfg, args.out, args.unsafe, args.force,
+                        **_given(args, "executor", "ray_address", "target_node", "target_resource"))
     _print_optimize(res)
     return _nothing_measured(res)
 
@@ -557,231 +583,256 @@ def cmd_report(args) -> int:
 
 def cmd_demo(args) -> int:
     """The built-in digits CNN (shipped trained; cached), optimized with train data; then the report."""
-    from keras_turbo.optimize import OptimizeConfig
-    from keras_turbo.builtin import digits_model_path
+    from keras_turbo.api import demo_run
 
     out, err = _console()
-    path = digits_model_path(progress=lambda msg: err.print(f"[dim]{msg}[/dim]"))
-    out.print(f"built-in digits CNN: {path}")
-    from keras_turbo.quality import Budget
-
-    cfg = OptimizeConfig(Budget(max_accuracy_drop=1.0), threads=args.threads, time_budget_s=_parse_duration(args.time_budget))
-    # Judged on validation + test (540 samples): the 1-point budget is then 5.4 samples rather than
-    # 2.7 on the test split alone. optimize trains and searches on the train split only; the CNN
-    # used the validation split for its early stopping, which can only flatter the float model.
-    res = _run_optimize(path, "builtin:digits:heldout", "builtin:digits:train", cfg, args.out, force=args.force)
+    run = demo_run(threads=args.threads, **({"time_budget_s": _parse_duration(args.time_budget)} if args.time_budget else {}),
+                   progress=lambda msg: err.print(f"[dim]{msg}[/dim]"))
+    out.print(f"built-in digits CNN: {run.model}")
+    res = _run_optimize(run.model, run.data, run.train_data, run.config, args.out or run.out, force=args.force)
     _print_optimize(res)
     return _nothing_measured(res)
 
 
 # ------------------------------------------------------------------------- parser
 
-def build_parser() -> argparse.ArgumentParser:
-    from keras_turbo import __version__
+def _force_arg(sp, what="the output files"):
+    sp.add_argument("--force", action="store_true", help=f"overwrite {what} when they exist (never an input file)")
 
-    p = _Parser(prog="keras-turbo", description="Make a trained Keras / TensorFlow model run inference faster, and prove it.")
-    p.add_argument("--version", action="version", version=f"keras-turbo {__version__}")
-    p.add_argument("--debug", action="store_true", help="show tracebacks and library logs")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    def force_arg(sp, what="the output files"):
-        sp.add_argument("--force", action="store_true",
-                        help=f"overwrite {what} when they exist (never an input file)")
+def _model_arg(sp):
+    sp.add_argument("model", help="a .keras, .h5, SavedModel dir, .tflite, .onnx or OpenVINO .xml")
+    sp.add_argument("--unsafe", action="store_true",
+                    help="let the model file run Python code (Lambda layers); only for files you trust")
+    sp.add_argument("--custom-objects", metavar="FILE.py",
+                    help="your own Python file that registers (keras.saving.register_keras_serializable) or lists "
+                         "(a CUSTOM_OBJECTS dict) the model's custom layers; run because you name it")
 
-    def metric_args(sp):  # as evaluate and optimize take them
-        sp.add_argument("--max-metric-drop", type=float, metavar="PERCENT",
-                        help="for labelled metrics other than accuracy (regression RMSE, segmentation mean IoU, "
-                             "multi-label F1) and for --metric: allowed drop relative to the float model, in percent")
-        sp.add_argument("--metric", metavar="FILE.py:FUNCTION",
-                        help="your own metric (your trusted code, run because you name it): called with (float "
-                             "outputs, variant outputs, labels or None), returns a score, higher is better")
 
-    def model_arg(sp):
-        sp.add_argument("model", help="a .keras, .h5, SavedModel dir, .tflite, .onnx or OpenVINO .xml")
-        sp.add_argument("--unsafe", action="store_true",
-                        help="let the model file run Python code (Lambda layers); only for files you trust")
-        sp.add_argument("--custom-objects", metavar="FILE.py",
-                        help="your own Python file that registers (keras.saving.register_keras_serializable) or lists "
-                             "(a CUSTOM_OBJECTS dict) the model's custom layers; run because you name it")
+def _budget_args(sp, every_kind: bool = True, verb: str = "judge"):
+    """The budget flags (quality.Budget's fields), defined once: convert's int8 repair takes the
+    classification budget only; evaluate and optimize every kind's, the user's metric too."""
+    from keras_turbo import quality
 
-    sp = sub.add_parser("inspect", help="inputs, outputs, parameters, FLOPs, size and layer kinds of a model")
-    model_arg(sp)
-    sp.add_argument("--json", metavar="PATH", help="also write the description as JSON")
-    force_arg(sp)
-    sp.set_defaults(fn=cmd_inspect)
+    sp.add_argument("--max-accuracy-drop", type=float, metavar="POINTS",
+                    help=f"{verb} classification-like outputs by their accuracy loss in points against the float model "
+                         "(needs labels)" + (f"; optimize's default where the data has labels: "
+                                            f"{quality.DEFAULT_MAX_ACCURACY_DROP}" if every_kind else ""))
+    sp.add_argument("--min-agreement", type=float, metavar="FRACTION",
+                    help=f"instead, {verb} them by top-1 agreement with the float model (no labels needed), e.g. "
+                         f"{quality.DEFAULT_MIN_AGREEMENT}")
+    if not every_kind:
+        return
+    sp.add_argument("--max-output-error", type=float, metavar="E",
+                    help="regression / embedding outputs: RMSE of the difference from float over the output's "
+                         f"standard deviation (1 - cosine for embeddings); default {quality.DEFAULT_MAX_OUTPUT_ERROR}")
+    sp.add_argument("--max-metric-drop", type=float, metavar="PERCENT",
+                    help="labelled metrics other than accuracy (regression RMSE, segmentation mean IoU, multi-label "
+                         "F1) and --metric: allowed drop relative to the float model, in percent "
+                         f"(--metric's default {quality.DEFAULT_MAX_METRIC_DROP})")
+    sp.add_argument("--metric", metavar="FILE.py:FUNCTION",
+                    help="your own metric (your trusted code, run because you name it): called with (float "
+                         "outputs, variant outputs, labels or None), returns a score, higher is better")
+    sp.add_argument("--output-kind", action="append", metavar="NAME=KIND",
+                    help=f"override an output's detected kind: one of {', '.join(quality.KINDS)} (repeatable)")
 
+
+def _train_args(sp, out_suffix=".keras"):
+    sp.add_argument("--train-data", metavar="DATA", help="DATA to fine-tune or train on")
+    sp.add_argument("--val-data", metavar="DATA", help="held-out DATA for the before/after accuracy")
+    sp.add_argument("-o", "--output", required=True, metavar=f"OUT{out_suffix}")
+    sp.add_argument("--json", metavar="PATH", help="write the technique's report as JSON")
+    _force_arg(sp)
+    sp.add_argument("--epochs", type=_positive_int("--epochs"), help="fine-tuning epochs (default: the technique's own)")
+
+
+#: technique flags without a default here: a flag not given leaves the technique config's own
+_OWN = "(default: the technique's own)"
+
+
+def _add_benchmark(sub):
+    from keras_turbo.timing import BenchmarkConfig
+
+    d = BenchmarkConfig()
     sp = sub.add_parser("benchmark", help="latency, throughput, start-up and memory on each runtime")
-    model_arg(sp)
+    _model_arg(sp)
     sp.add_argument("--backend", action="append", metavar="NAME",
                     help="a runtime (repeat for several; 'all' for every one); default: all for a Keras model")
     sp.add_argument("--batch-size", action="append", type=_positive_int("--batch-size"), metavar="N",
                     help="repeat to measure several batch sizes (default 1)")
     sp.add_argument("--threads", type=_positive_int("--threads"), help="threads per runtime (default: all cores)")
-    sp.add_argument("--warmup-runs", type=int, default=5)
-    sp.add_argument("--warmup-seconds", type=float, default=0.5)
-    sp.add_argument("--min-runs", type=int, default=50)
-    sp.add_argument("--min-seconds", type=float, default=2.0)
-    sp.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
-    sp.add_argument("--timeout", type=float, default=900.0, help="seconds one runtime may take")
+    sp.add_argument("--warmup-runs", type=int, help=f"default {d.warmup_runs}")
+    sp.add_argument("--warmup-seconds", type=float, help=f"default {d.warmup_seconds}")
+    sp.add_argument("--min-runs", type=int, help=f"timed runs at least (default {d.min_runs})")
+    sp.add_argument("--min-seconds", type=float, help=f"timed seconds at least (default {d.min_seconds})")
+    sp.add_argument("--device", choices=("auto", "cpu", "gpu"), help=f"default {d.device}")
+    sp.add_argument("--timeout", type=float, help=f"seconds one runtime may take (default {d.timeout_s:.0f})")
     sp.add_argument("--data", metavar="DATA", help="time (and check each runtime) on these samples, at their shape: "
                     "x.npz, a .txt file (text models), an image folder, builtin:digits[:split]")
     sp.add_argument("--input-shape", action="append", metavar="[NAME=]BxDx...",
                     help="time at this input shape, batch first (1x224x224x3); one per input: NAME=SHAPE, or "
                          "shapes alone in input-name order; needed without --data when an input's size is dynamic")
     sp.add_argument("--json", metavar="PATH", help="write the results as JSON")
-    force_arg(sp)
+    _force_arg(sp)
     sp.set_defaults(fn=cmd_benchmark)
 
+
+def _add_evaluate(sub):
     sp = sub.add_parser("evaluate", help="accuracy on DATA, and agreement with a reference model")
-    model_arg(sp)
+    _model_arg(sp)
     sp.add_argument("--data", required=True, help="x.npz, an image folder, or builtin:digits[:split]")
     sp.add_argument("--reference", metavar="MODEL", help="compare outputs against this model")
     sp.add_argument("--backend", metavar="NAME", help="runtime for MODEL")
     sp.add_argument("--reference-backend", metavar="NAME", help="runtime for the reference")
-    sp.add_argument("--batch-size", type=_positive_int("--batch-size"), default=32)
-    sp.add_argument("--min-agreement", type=float, metavar="FRACTION", help="budget for classification-like outputs")
-    sp.add_argument("--max-accuracy-drop", type=float, metavar="POINTS", help="budget for labelled classifier outputs")
-    sp.add_argument("--max-output-error", type=float, metavar="E", help="budget for regression / embedding outputs")
-    metric_args(sp)
-    sp.add_argument("--output-kind", action="append", metavar="NAME=KIND", help="override an output's detected kind")
+    sp.add_argument("--batch-size", type=_positive_int("--batch-size"), help="samples per call (default: evaluate's)")
+    _budget_args(sp)
     sp.add_argument("--json", metavar="PATH")
-    force_arg(sp)
+    _force_arg(sp)
     sp.set_defaults(fn=cmd_evaluate)
 
+
+def _add_convert(sub):
+    from keras_turbo.convert import ConvertConfig
+    from keras_turbo.runtimes import FAMILIES
+
+    d = ConvertConfig()
     sp = sub.add_parser("convert", help="export to LiteRT / ONNX / OpenVINO, optionally quantized, with float fallback")
-    model_arg(sp)
-    sp.add_argument("--to", required=True, choices=("litert", "onnx", "openvino", "keras"))
-    sp.add_argument("--quantize", default="none", metavar="MODE",
-                    help="none, fp16, dynamic, int8 or int16x8 (what each target has: see the README)")
+    _model_arg(sp)
+    sp.add_argument("--to", required=True, choices=tuple(FAMILIES))
+    sp.add_argument("--quantize", metavar="MODE",
+                    help="; ".join(f"{n}: {', '.join(f.modes)}" for n, f in FAMILIES.items()) + f" (default {d.quantize})")
     sp.add_argument("--int8-io", action="store_true", help="LiteRT full int8 with int8 input and output tensors")
     sp.add_argument("--sparse", action="store_true",
                     help="LiteRT: store pruned (mostly zero) weights sparsely, for a smaller file (see `prune`)")
     sp.add_argument("--calibration-data", metavar="DATA", help="DATA for int8 / int16x8 calibration")
-    sp.add_argument("--calibration-size", type=_positive_int("--calibration-size"), default=300)
+    sp.add_argument("--calibration-size", type=_positive_int("--calibration-size"),
+                    help=f"calibration samples drawn from it (default {d.calibration_size})")
     sp.add_argument("--keep-float", action="append", metavar="LAYER", help="a Keras layer to keep in float (repeat)")
     sp.add_argument("--eval-data", metavar="DATA", help="held-out DATA: accuracy of the artifact against the float model")
-    sp.add_argument("--max-accuracy-drop", type=float, metavar="POINTS",
-                    help="find the layers that break accuracy and keep them in float until the drop is within POINTS")
-    sp.add_argument("--min-agreement", type=float, metavar="FRACTION",
-                    help="like --max-accuracy-drop, but top-1 agreement with the float model (no labels needed)")
+    _budget_args(sp, every_kind=False, verb="find the layers that break int8 and keep them float until it holds for")
     sp.add_argument("--benchmark", action="store_true", help="also time float vs converted at batch 1 on the runtime")
     sp.add_argument("-o", "--output", metavar="PATH", help="where to write the artifact")
     sp.add_argument("--json", metavar="PATH")
-    force_arg(sp)
+    _force_arg(sp)
     sp.set_defaults(fn=cmd_convert)
 
-    sp = sub.add_parser("devices", help="CPU features, GPUs and usable runtimes")
-    sp.add_argument("--json", metavar="PATH")
-    force_arg(sp)
-    sp.set_defaults(fn=cmd_devices)
 
-    def train_args(sp, out_suffix=".keras"):
-        sp.add_argument("--train-data", metavar="DATA", help="DATA to fine-tune or train on")
-        sp.add_argument("--val-data", metavar="DATA", help="held-out DATA for the before/after accuracy")
-        sp.add_argument("-o", "--output", required=True, metavar=f"OUT{out_suffix}")
-        sp.add_argument("--json", metavar="PATH", help="write the technique's report as JSON")
-        force_arg(sp)
-
+def _add_techniques(sub):
     sp = sub.add_parser("prune", help="magnitude pruning, or --structured channel pruning to a smaller model")
-    model_arg(sp)
-    train_args(sp)
-    sp.add_argument("--sparsity", type=float, help="fraction of weights (or with --structured, of channels) removed")
-    sp.add_argument("--schedule", choices=("polynomial", "constant"), default="polynomial")
-    sp.add_argument("--epochs", type=_positive_int("--epochs"), default=10)
+    _model_arg(sp)
+    _train_args(sp)
+    sp.add_argument("--sparsity", type=float, help=f"fraction of weights (or with --structured, of channels) removed {_OWN}")
+    sp.add_argument("--schedule", choices=("polynomial", "constant"), help=_OWN)
     sp.add_argument("--pattern", metavar="M:N", help="M:N sparsity such as 2:4 (magnitude pruning)")
     sp.add_argument("--prune-first-last", action="store_true",
                     help="magnitude pruning: prune the first and last prunable layers too (skipped by default)")
     sp.add_argument("--structured", action="store_true", help="remove whole filters and build a smaller dense model")
     sp.add_argument("--target-flops-reduction", type=float, metavar="F", help="with --structured: e.g. 2.0 for half the FLOPs")
-    sp.add_argument("--importance", choices=("l1", "l2", "bn"), default="l1")
+    sp.add_argument("--importance", choices=("l1", "l2", "bn"), help=f"with --structured: which filters go {_OWN}")
     sp.add_argument("--distill", action="store_true", help="with --structured: fine-tune with the original as teacher")
     sp.add_argument("--no-finetune", action="store_true", help="prune without training (no --train-data needed)")
     sp.set_defaults(fn=cmd_prune)
 
     sp = sub.add_parser("distill", help="train a lighter student with the model as teacher")
-    model_arg(sp)
-    train_args(sp)
-    sp.add_argument("--student", default="width:0.5", help="width:F, mobilenetv2:ALPHA, efficientnetb0, mobilenet, or PATH.keras")
-    sp.add_argument("--temperature", type=float, help="softening of both outputs (default 2)")
-    sp.add_argument("--alpha", type=float, help="weight of the hard-label loss beside the soft one (default 0.5)")
+    _model_arg(sp)
+    _train_args(sp)
+    sp.add_argument("--student", help=f"width:F, mobilenetv2:ALPHA, efficientnetb0, mobilenet, or PATH.keras {_OWN}")
+    sp.add_argument("--temperature", type=float, help=f"softening of both outputs {_OWN}")
+    sp.add_argument("--alpha", type=float, help=f"weight of the hard-label loss beside the soft one {_OWN}")
     sp.add_argument("--unlabeled-data", metavar="DATA", help="more inputs without labels, taught by the teacher alone")
-    sp.add_argument("--shift", type=float, default=0.0, help="random image shifts up to this fraction of the size "
-                    "(teacher and student see the same shifted batch)")
-    sp.add_argument("--mixup", type=float, default=0.0, help="mixup Beta parameter (0: off)")
+    sp.add_argument("--shift", type=float, help="random image shifts up to this fraction of the size "
+                    f"(teacher and student see the same shifted batch) {_OWN}")
+    sp.add_argument("--mixup", type=float, help=f"mixup Beta parameter (0: off) {_OWN}")
     sp.add_argument("--labels-only", action="store_true", help="train the student on the labels alone (the baseline)")
-    sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--epochs", type=_positive_int("--epochs"), help="training epochs (default: the config's)")
+    sp.add_argument("--seed", type=int, help=_OWN)
     sp.set_defaults(fn=cmd_distill)
 
     sp = sub.add_parser("resolution", help="run the network on the image shrunk by a factor, fine-tuned to it")
-    model_arg(sp)
-    train_args(sp)
-    sp.add_argument("--factor", type=_factor, default=2,
+    _model_arg(sp)
+    _train_args(sp)
+    sp.add_argument("--factor", type=_factor,
                     help="shrink the image F times: a whole F averages FxF pixels into one (2: half the height and "
-                         "width, about a quarter of the FLOPs), a fractional one resizes bilinearly (1.4: 224 -> 160)")
-    sp.add_argument("--epochs", type=_positive_int("--epochs"), default=10)
+                         f"width, about a quarter of the FLOPs), a fractional one resizes bilinearly (1.4: 224 -> 160) {_OWN}")
     sp.add_argument("--labels-only", action="store_true", help="fine-tune on the labels alone, without the original as teacher")
     sp.add_argument("--no-finetune", action="store_true",
                     help="only insert the shrinking (no --train-data needed; given, it re-estimates the BatchNorm statistics)")
     sp.set_defaults(fn=cmd_resolution)
 
     sp = sub.add_parser("qat", help="quantization-aware training, exported to a full-int8 .tflite")
-    model_arg(sp)
-    train_args(sp, ".tflite")
-    sp.add_argument("--epochs", type=_positive_int("--epochs"), default=5)
+    _model_arg(sp)
+    _train_args(sp, ".tflite")
     sp.set_defaults(fn=cmd_qat)
 
     sp = sub.add_parser("cluster", help="k-means weight sharing (smaller when compressed)")
-    model_arg(sp)
-    train_args(sp)
-    sp.add_argument("--clusters", type=_positive_int("--clusters"), default=16)
-    sp.add_argument("--epochs", type=_positive_int("--epochs"), default=3)
+    _model_arg(sp)
+    _train_args(sp)
+    sp.add_argument("--clusters", type=_positive_int("--clusters"), help=f"distinct values per kernel {_OWN}")
     sp.set_defaults(fn=cmd_cluster)
 
+
+def _add_optimize(sub):
+    from keras_turbo.optimize.config import OBJECTIVES, OptimizeConfig
+    from keras_turbo.optimize.driver import DEFAULT_OUT
+
+    d = OptimizeConfig()
     sp = sub.add_parser("optimize", help="the fastest variant within an accuracy budget, with a report")
-    model_arg(sp)
+    _model_arg(sp)
     sp.add_argument("--data", required=True, help="held-out DATA to judge accuracy on")
     sp.add_argument("--train-data", metavar="DATA", help="DATA for calibration and the training techniques")
-    sp.add_argument("--max-accuracy-drop", type=float, metavar="POINTS",
-                    help="allowed accuracy loss in points (default: 1.0 where --data has labels; without labels, "
-                         "--min-agreement 0.99)")
-    sp.add_argument("--min-agreement", type=float, metavar="FRACTION",
-                    help="instead: top-1 agreement with the float model, e.g. 0.99 (no labels needed)")
-    sp.add_argument("--max-output-error", type=float, metavar="E",
-                    help="for regression / embedding outputs: RMSE of the difference from float over the output's "
-                         "standard deviation (1 - cosine for embeddings); default 0.02")
-    metric_args(sp)
-    sp.add_argument("--output-kind", action="append", metavar="NAME=KIND",
-                    help="override an output's detected kind: multiclass, binary, multilabel, segmentation, "
-                         "regression, embedding (repeatable)")
-    sp.add_argument("--objective", choices=("latency", "throughput", "size"), default="latency")
-    sp.add_argument("--batch-size", type=_positive_int("--batch-size"), default=1)
-    sp.add_argument("--threads", type=_positive_int("--threads"))
+    _budget_args(sp)
+    sp.add_argument("--objective", choices=OBJECTIVES, help=f"default {d.objective}")
+    sp.add_argument("--batch-size", type=_positive_int("--batch-size"), help=f"the serving batch size (default {d.batch_size})")
+    sp.add_argument("--threads", type=_positive_int("--threads"), help="default: all cores")
     sp.add_argument("--techniques", metavar="LIST", help="comma-separated: runtimes,fp16,int8,fallback and the training techniques")
     sp.add_argument("--runtimes", metavar="LIST", help="comma-separated runtimes to try (default: every one that imports here)")
-    sp.add_argument("--time-budget", default="30m", metavar="DURATION", help="e.g. 90s, 30m (default 30m)")
-    sp.add_argument("--runoff-rounds", type=_positive_int("--runoff-rounds", least=0), default=3, metavar="N",
+    sp.add_argument("--time-budget", metavar="DURATION", help=f"e.g. 90s, 30m (default {d.time_budget_s / 60:g}m)")
+    sp.add_argument("--runoff-rounds", type=_positive_int("--runoff-rounds", least=0), metavar="N",
                     help="time the candidates within 15%% of the fastest again in N alternating rounds and rank them "
-                         "by the median (default 3; 0: one timing each)")
-    sp.add_argument("--out", default="keras-turbo-out", metavar="DIR")
-    sp.add_argument("--executor", choices=("local", "ray"), default="local",
+                         f"by the median (0: one timing each; default {d.runoff_rounds})")
+    sp.add_argument("--out", metavar="DIR", help=f"the output folder (default ./{DEFAULT_OUT})")
+    sp.add_argument("--executor", choices=("local", "ray"),
                     help="local (default), or ray: builds and accuracy checks fan out over a Ray cluster")
     sp.add_argument("--ray-address", metavar="ADDR", help="join a Ray cluster: auto or ray://HOST:PORT "
                     "(default with --executor ray: start a local Ray instance)")
     sp.add_argument("--target-node", metavar="NODE_ID|IP", help="the Ray node latency is measured on (default: this one)")
     sp.add_argument("--target-resource", metavar="NAME", help="instead: a Ray custom resource marking the target nodes")
-    force_arg(sp, "a --out folder holding other files, and its best/,")
+    _force_arg(sp, "a --out folder holding other files, and its best/,")
     sp.set_defaults(fn=cmd_optimize)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line. Every flag is defined once; a flag not given is None here, so the config
+    it fills keeps its own default (the help shows it where the config is light to import)."""
+    from keras_turbo import __version__
+    from keras_turbo.api import DEMO_OUT, DEMO_TIME_BUDGET_S
+
+    p = _Parser(prog="keras-turbo", description="Make a trained Keras / TensorFlow model run inference faster, and prove it.")
+    p.add_argument("--version", action="version", version=f"keras-turbo {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks and library logs")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    sp = sub.add_parser("inspect", help="inputs, outputs, parameters, FLOPs, size and layer kinds of a model")
+    _model_arg(sp)
+    sp.add_argument("--json", metavar="PATH", help="also write the description as JSON")
+    _force_arg(sp)
+    sp.set_defaults(fn=cmd_inspect)
+    _add_benchmark(sub)
+    _add_evaluate(sub)
+    _add_convert(sub)
+    sp = sub.add_parser("devices", help="CPU features, GPUs and usable runtimes")
+    sp.add_argument("--json", metavar="PATH")
+    _force_arg(sp)
+    sp.set_defaults(fn=cmd_devices)
+    _add_techniques(sub)
+    _add_optimize(sub)
     sp = sub.add_parser("report", help="re-render report.html and report.md from DIR/results.json")
     sp.add_argument("dir")
     sp.set_defaults(fn=cmd_report)
-
     sp = sub.add_parser("demo", help="optimize the built-in digits CNN with train data (what make demo runs)")
-    sp.add_argument("--out", default="keras-turbo-demo", help="folder for the results (default keras-turbo-demo)")
+    sp.add_argument("--out", metavar="DIR", help=f"folder for the results (default {DEMO_OUT})")
     sp.add_argument("--threads", type=_positive_int("--threads"))
-    sp.add_argument("--time-budget", default="8m", metavar="DURATION")
-    force_arg(sp, "a --out folder holding other files, and its best/,")
+    sp.add_argument("--time-budget", metavar="DURATION", help=f"default {DEMO_TIME_BUDGET_S / 60:g}m")
+    _force_arg(sp, "a --out folder holding other files, and its best/,")
     sp.set_defaults(fn=cmd_demo)
     return p
 

@@ -139,9 +139,21 @@ def check_savedmodel(path: str | Path, unsafe: bool = False) -> None:
     """
     if unsafe:
         return
+    path = Path(path)
+    sm = _read_savedmodel(path)
+    if len(sm.meta_graphs) != 1 or not sm.meta_graphs[0].HasField("object_graph_def"):
+        raise _refuse(path, "a TensorFlow 1 style SavedModel (its loader runs the graph's own restore ops)")
+    _check_graph(path, sm.meta_graphs[0])
+
+
+def _read_savedmodel(path: Path):
+    """The parsed `saved_model.pb` of a SavedModel folder (protobuf alone: nothing is imported or run).
+
+    Raises:
+        ModelLoadError: saved_model.pb is missing, too large, or not a SavedModel.
+    """
     from keras_turbo.errors import ModelLoadError
 
-    path = Path(path)
     pb = path / "saved_model.pb"
     if not pb.is_file():
         raise ModelLoadError(f"{path}: no saved_model.pb file, so not a SavedModel")
@@ -158,9 +170,13 @@ def check_savedmodel(path: str | Path, unsafe: bool = False) -> None:
         sm.ParseFromString(pb.read_bytes())
     except Exception as e:  # protobuf's DecodeError, but it is not exported in one place
         raise ModelLoadError(f"{path}: saved_model.pb is not a valid SavedModel ({e})") from e
-    if len(sm.meta_graphs) != 1 or not sm.meta_graphs[0].HasField("object_graph_def"):
-        raise _refuse(path, "a TensorFlow 1 style SavedModel (its loader runs the graph's own restore ops)")
-    mg = sm.meta_graphs[0]
+    return sm
+
+
+def _check_graph(path: Path, mg) -> None:
+    """Refuse a MetaGraph with an op outside `ALLOWED_OPS` (SaveV2 / RestoreV2 inside TensorFlow's
+    own saver functions only), a saver function called from elsewhere, or a call to a function the
+    file lacks: in its top-level graph and in every function of its library."""
     library = {f.signature.name: f for f in mg.graph_def.library.function}
     saver_nodes = {n.split(":")[0] for n in (mg.saver_def.save_tensor_name, mg.saver_def.restore_op_name) if n}
     saver_fns = {name for node in mg.graph_def.node if node.name in saver_nodes for name in _called(node)}

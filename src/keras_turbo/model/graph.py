@@ -117,7 +117,9 @@ def output_refs(cfg_outputs) -> list[tuple]:
     """A functional config's `output_layers` as (layer, node index, tensor index) tuples in output
     order: it is one such triple, a list of them, or a dict (a model returning a dict) or nested
     structure of them."""
-    if isinstance(cfg_outputs, (list, tuple)) and len(cfg_outputs) == 3 and isinstance(cfg_outputs[0], str):
+    if isinstance(cfg_outputs, (list, tuple)) and cfg_outputs and isinstance(cfg_outputs[0], str):
+        if len(cfg_outputs) != 3:
+            raise ValueError(f"output_layers entry {cfg_outputs!r} is not [layer, node index, tensor index]")
         return [tuple(cfg_outputs)]
     if isinstance(cfg_outputs, dict):
         cfg_outputs = list(cfg_outputs.values())

@@ -23,29 +23,11 @@ import json
 
 import numpy as np
 
+from keras_turbo.model.graph import NESTED, output_refs, tensor_refs
+
 #: layers a following BatchNormalization folds into: their kernel's output channels are its last axis
 #: (DepthwiseConv2D's are the last two, input channel x multiplier)
 FOLDS_INTO = ("Conv1D", "Conv2D", "Conv3D", "DepthwiseConv1D", "DepthwiseConv2D", "Dense")
-
-
-def _tensors(node) -> list[dict]:
-    """Every Keras tensor reference under a config node: dicts with `keras_history` ([layer,
-    node index, tensor index]) and `shape`."""
-    found = []
-    if isinstance(node, dict):
-        if "keras_history" in node:
-            found.append(node)
-        for v in node.values():
-            found += _tensors(v)
-    elif isinstance(node, list):
-        for v in node:
-            found += _tensors(v)
-    return found
-
-
-def _history(node) -> list:
-    """Every `keras_history` reference under a config node."""
-    return [t["keras_history"] for t in _tensors(node)]
 
 
 def _foldable_pairs(cfg: dict) -> dict[str, str]:
@@ -53,19 +35,17 @@ def _foldable_pairs(cfg: dict) -> dict[str, str]:
     layers = {l["name"]: l for l in cfg["layers"]}
     readers: dict[str, int] = {}
     for l in cfg["layers"]:
-        for h in _history(l.get("inbound_nodes", [])):
-            readers[h[0]] = readers.get(h[0], 0) + 1
-    outputs = cfg["output_layers"]
-    if isinstance(outputs, dict):  # a model returning a dict of outputs: {key: [layer, node, tensor]}
-        outputs = list(outputs.values())
-    outputs = [outputs] if outputs and isinstance(outputs[0], str) else outputs
-    for o in outputs:
+        for t in tensor_refs(l.get("inbound_nodes", [])):
+            source = t["keras_history"][0]
+            readers[source] = readers.get(source, 0) + 1
+    for o in output_refs(cfg["output_layers"]):
         readers[o[0]] = readers.get(o[0], 0) + 1
     pairs = {}
     for name, l in layers.items():
         if l["class_name"] != "BatchNormalization" or len(l.get("inbound_nodes", [])) != 1:
             continue
-        hist = _history(l["inbound_nodes"])
+        refs = tensor_refs(l["inbound_nodes"])  # each holds keras_history: [layer, node index, tensor index]
+        hist = [t["keras_history"] for t in refs]
         if len(hist) != 1 or hist[0][1:] != [0, 0]:
             continue
         src = layers.get(hist[0][0])
@@ -76,7 +56,7 @@ def _foldable_pairs(cfg: dict) -> dict[str, str]:
             continue
         if readers.get(src["name"], 0) != 1:  # something else reads the un-normalized output
             continue
-        shape = _tensors(l["inbound_nodes"])[0].get("shape")
+        shape = refs[0].get("shape")
         axis = l["config"].get("axis", -1)
         axis = axis[0] if isinstance(axis, list) and len(axis) == 1 else axis
         if shape is None or not isinstance(axis, int) or axis not in (-1, len(shape) - 1):
@@ -129,7 +109,7 @@ def fold_batchnorm(keras, model):
     cfg = doc.get("config", {})
     if doc.get("class_name") not in ("Functional", "Model") or "layers" not in cfg:
         return model, 0
-    if any(l["class_name"] in ("Functional", "Sequential", "Model") for l in cfg["layers"]):
+    if any(l["class_name"] in NESTED for l in cfg["layers"]):
         return model, 0  # nested models: their layers' names are not unique in one namespace
     try:
         pairs = _foldable_pairs(cfg)

@@ -21,6 +21,7 @@ from keras_turbo import _tf, quality
 from keras_turbo.config import TechniqueConfig
 from keras_turbo.data import Dataset
 from keras_turbo.errors import KerasTurboError, bad_param, first_line
+from keras_turbo.model.graph import producer
 
 # Below this a probability is treated as this: log(p) of a softmax output must stay finite.
 LOG_CLIP = 1e-7
@@ -175,9 +176,7 @@ def logits_view(model):
     keras = _tf.keras()
     if len(model.outputs) != 1:
         return None
-    out = model.outputs[0]
-    history = getattr(out, "_keras_history", None)
-    layer = history.operation if history is not None else None
+    layer = producer(model.outputs[0])
     if not isinstance(layer, keras.layers.Layer) or len(getattr(layer, "_inbound_nodes", [])) != 1:
         return None  # a shared or nested output layer: its input is not one tensor of this model
     act = layer.get_config().get("activation")
@@ -426,12 +425,7 @@ def finetune(model, train: Dataset, *, epochs: int, batch_size: int, learning_ra
         raise KerasTurboError(f"model {model.name!r} has {len(model.outputs)} outputs; fine-tuning supports one "
                               "(pass finetune=False)")
     keras.utils.set_random_seed(seed)
-    probe = predict(model, tuple(a[:64] for a in train.x))
-    classifier = probe.ndim == 2 and probe.shape[-1] > 1
-    # Train a softmax classifier through its logits (same variables; see logits_view).
-    trained = logits_view(model) if classifier and looks_like_probabilities(probe) else None
-    probs = trained is None and looks_like_probabilities(probe)
-    trained = trained or model
+    trained, classifier, probs = _trained_view(model, train)
     labels = train.y is not None and classifier
     if teacher is None and (distill or not labels):
         what = "no labels" if train.y is None else "labels, but the output is not a class score"
@@ -445,17 +439,35 @@ def finetune(model, train: Dataset, *, epochs: int, batch_size: int, learning_ra
     lr = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=steps)
     trained.compile(optimizer=keras.optimizers.Adam(lr), loss=loss)
     stop = best_on_val(keras, model, val, patience) if patience and val is not None and val.y is not None else None
-    norms = batchnorm_layers(model)
-    momenta = _short_momentum(norms, math.ceil(len(train) / batch_size))
-    try:
-        hist = trained.fit(feed(model, train.x), y, epochs=epochs, batch_size=batch_size, shuffle=True, verbose=0,
-                           callbacks=list(callbacks) + ([stop] if stop else []))
-    finally:
-        for layer, m in zip(norms, momenta):
-            layer.momentum = m
+    hist = _fit(model, trained, train, y, epochs=epochs, batch_size=batch_size,
+                callbacks=list(callbacks) + ([stop] if stop else []))
     losses = [float(v) for v in hist.history.get("loss", [])]
     return {"epochs": epochs, "steps": steps, "learning_rate": f"{learning_rate} with cosine decay", "loss": kind,
             "final_loss": losses[-1] if losses else None, "early_stopping": stop.restore() if stop else None}
+
+
+def _trained_view(model, train: Dataset) -> tuple:
+    """(the model `finetune` trains, whether it is a classifier, whether what it trains outputs
+    probabilities): judged from its outputs on a few train samples."""
+    probe = predict(model, tuple(a[:64] for a in train.x))
+    classifier = probe.ndim == 2 and probe.shape[-1] > 1
+    # Train a softmax classifier through its logits (same variables; see logits_view).
+    trained = logits_view(model) if classifier and looks_like_probabilities(probe) else None
+    probs = trained is None and looks_like_probabilities(probe)
+    return trained or model, classifier, probs
+
+
+def _fit(model, trained, train: Dataset, y, *, epochs: int, batch_size: int, callbacks: list):
+    """`trained.fit` on `train`'s inputs and the target `y`, with `model`'s BatchNorm momenta
+    lowered to about one epoch's average while it runs (`_short_momentum`) and put back after."""
+    norms = batchnorm_layers(model)
+    momenta = _short_momentum(norms, math.ceil(len(train) / batch_size))
+    try:
+        return trained.fit(feed(model, train.x), y, epochs=epochs, batch_size=batch_size, shuffle=True, verbose=0,
+                           callbacks=callbacks)
+    finally:
+        for layer, m in zip(norms, momenta):
+            layer.momentum = m
 
 
 def _finetune_target(keras, train: Dataset, teacher, classifier: bool, labels: bool, probs: bool, *,

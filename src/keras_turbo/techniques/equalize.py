@@ -351,6 +351,36 @@ def _absorb_bias(group, layers) -> list[float] | None:
     return [float(v) for v in c]
 
 
+def _bound(group, layers) -> tuple[list, list]:
+    """A group's writers and readers as layers: [(writer, its BatchNorm or None)], [(reader,
+    flatten shape or None)]."""
+    return ([(layers[w], layers[bn] if bn else None) for w, bn in group["writers"]],
+            [(layers[r], flatten) for r, flatten in group["readers"]])
+
+
+def _spread(group, layers) -> float:
+    """A group's weight range spread: max / median over channels of its writers' output ranges."""
+    writers, _ = _bound(group, layers)
+    r = np.max([_out_range(w, bn) for w, bn in writers], axis=0)
+    return float(r.max() / max(np.median(r), 1e-30))
+
+
+def _equalize_rounds(groups: list, layers, cfg: EqualizeConfig) -> tuple[list, int]:
+    """Equalize every group, round after round, until no scale moves by more than `cfg.tolerance`
+    or `cfg.iterations` rounds have run: (each group's scale over all rounds, the rounds run)."""
+    totals = [1.0 for _ in groups]
+    rounds = 0
+    for rounds in range(1, cfg.iterations + 1):
+        worst = 0.0
+        for i, g in enumerate(groups):
+            s = _equalize_group(*_bound(g, layers), cfg.min_range)
+            totals[i] = totals[i] * s
+            worst = max(worst, float(np.max(np.abs(s - 1))))
+        if worst <= cfg.tolerance:
+            break
+    return totals, rounds
+
+
 def apply(model, config: EqualizeConfig | None = None, train: Dataset | None = None, val: Dataset | None = None) -> TechniqueResult:
     """Equalize the weight ranges of consecutive layers, keeping the float function.
 
@@ -378,31 +408,12 @@ def apply(model, config: EqualizeConfig | None = None, train: Dataset | None = N
     new = copy_model(model)
     groups = find_groups(new, cfg.exclude)
     layers = {layer.name: layer for layer in new.layers}
-
-    def bound(g):
-        return ([(layers[w], layers[bn] if bn else None) for w, bn in g["writers"]],
-                [(layers[r], flatten) for r, flatten in g["readers"]])
-
-    def spread(g) -> float:
-        writers, _ = bound(g)
-        r = np.max([_out_range(w, bn) for w, bn in writers], axis=0)
-        return float(r.max() / max(np.median(r), 1e-30))
-
-    before = [spread(g) for g in groups]
-    totals = [1.0 for _ in groups]
-    rounds = 0
-    for rounds in range(1, cfg.iterations + 1):
-        worst = 0.0
-        for i, g in enumerate(groups):
-            s = _equalize_group(*bound(g), cfg.min_range)
-            totals[i] = totals[i] * s
-            worst = max(worst, float(np.max(np.abs(s - 1))))
-        if worst <= cfg.tolerance:
-            break
+    before = [_spread(g, layers) for g in groups]
+    totals, rounds = _equalize_rounds(groups, layers, cfg)
     rows = [{"writers": [w for w, _ in g["writers"]], "batchnorms": [bn for _, bn in g["writers"] if bn],
              "readers": [r for r, _ in g["readers"]], "between": g["between"],
              "max_scale": float(np.max(totals[i])), "min_scale": float(np.min(totals[i])),
-             "range_spread_before": before[i], "range_spread_after": spread(g)} for i, g in enumerate(groups)]
+             "range_spread_before": before[i], "range_spread_after": _spread(g, layers)} for i, g in enumerate(groups)]
     if cfg.absorb_bias:
         for g, row in zip(groups, rows):
             moved = _absorb_bias(g, layers)

@@ -35,7 +35,7 @@ import numpy as np
 from keras_turbo import _tf
 from keras_turbo.data import Dataset
 from keras_turbo.errors import KerasTurboError, bad_param, first_line
-from keras_turbo.model.graph import functional, layer_graph
+from keras_turbo.model.graph import functional, layer_graph, producer
 from keras_turbo.model.layers import ActivationQuantizer, QuantizedKernel, quantize_kernel  # noqa: F401 (QAT's API)
 from keras_turbo.techniques._training import accuracy, check_model, feed, finetune
 from keras_turbo.techniques.base import TechniqueConfig, TechniqueResult
@@ -199,11 +199,11 @@ def quantize_model(model, config: QATConfig | None = None):
 
     def quantize_input(t):
         # Model inputs are rounded once, however many layers read them.
-        if getattr(t, "_keras_history", None) is None or type(t._keras_history.operation).__name__ != "InputLayer":
+        source = producer(t)
+        if source is None or type(source).__name__ != "InputLayer":
             return t
         if id(t) not in quantized_inputs:
-            name = t._keras_history.operation.name
-            quantized_inputs[id(t)] = ActivationQuantizer(config.momentum, name=f"{name}_quant")(t)
+            quantized_inputs[id(t)] = ActivationQuantizer(config.momentum, name=f"{source.name}_quant")(t)
         return quantized_inputs[id(t)]
 
     def call(layer, *args, **kwargs):

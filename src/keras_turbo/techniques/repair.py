@@ -30,6 +30,7 @@ from keras_turbo.convert import (QUANTIZABLE, ConvertConfig, ConvertResult, conv
 from keras_turbo import quality, timing
 from keras_turbo.errors import KerasTurboError, bad_param
 from keras_turbo.config import TechniqueConfig
+from keras_turbo.model.graph import NESTED, functional, layer_graph, output_layer_names
 from keras_turbo.quality import Budget
 from keras_turbo.runtimes import FAMILIES
 
@@ -168,32 +169,9 @@ def _measure(result: ConvertResult, job: "_Job") -> Measured:
 _FUSED_FOLLOWERS = ("BatchNormalization", "ReLU", "LeakyReLU", "Activation", "PReLU", "ELU", "Softmax")
 
 
-def _functional(model):
-    from keras_turbo import _tf
-
-    keras = _tf.keras()
-    if isinstance(model, keras.Sequential):
-        return keras.Model(model.inputs, model.outputs, name=model.name)
-    return model
-
-
-def _graph(model) -> tuple[dict[str, list[str]], dict[str, list[str]], dict[str, str]]:
-    """(producers, consumers, kind) by layer name, over the top-level layers of a functional model."""
-    producers: dict[str, list[str]] = {layer.name: [] for layer in model.layers}
-    consumers: dict[str, list[str]] = {layer.name: [] for layer in model.layers}
-    for layer in model.layers:
-        for node in layer._inbound_nodes:
-            for t in node.input_tensors:
-                p = t._keras_history.operation.name
-                if p in producers and p not in producers[layer.name]:
-                    producers[layer.name].append(p)
-                    consumers[p].append(layer.name)
-    return producers, consumers, {layer.name: type(layer).__name__ for layer in model.layers}
-
-
 def _weighted(kind: str) -> bool:
     # A nested model is a barrier too: what is inside it is not walked.
-    return kind in QUANTIZABLE or kind in ("Functional", "Sequential", "Model")
+    return kind in QUANTIZABLE or kind in NESTED
 
 
 def repair_unit(model, layer: str) -> list[str]:
@@ -215,8 +193,9 @@ def repair_unit(model, layer: str) -> list[str]:
         >>> repair_unit(model, "pool")   # conv -> relu -> pool -> conv2
         ['conv', 'conv2']
     """
-    model = _functional(model)
-    producers, consumers, kind = _graph(model)
+    model = functional(model)
+    g = layer_graph(model)
+    kind = g.kind
 
     def walk(start: list[str], step) -> set[str]:
         found, seen, todo = set(), set(), list(start)
@@ -231,16 +210,17 @@ def repair_unit(model, layer: str) -> list[str]:
                 todo.extend(step[n])
         return found
 
-    up = {layer} if _weighted(kind[layer]) else walk(producers[layer], producers)
-    unit = up | walk(consumers[layer], consumers)
+    up = {layer} if _weighted(kind[layer]) else walk(g.producers[layer], g.producers)
+    unit = up | walk(g.consumers[layer], g.consumers)
     return [layer.name for layer in model.layers if layer.name in unit and kind[layer.name] in QUANTIZABLE]
 
 
 def carrying_layers(model, kept: list[str]) -> list[str]:
     """The parameter-free top-level layers on a path between two `kept` layers (the Keras-side
     view of `convert.carry_nodes`, for reports)."""
-    model = _functional(model)
-    producers, consumers, kind = _graph(model)
+    model = functional(model)
+    g = layer_graph(model)
+    kind = g.kind
     kept_set = set(kept)
 
     def reach(step) -> set[str]:
@@ -252,7 +232,7 @@ def carrying_layers(model, kept: list[str]) -> list[str]:
                 todo.extend(step[n])
         return seen
 
-    between = reach(consumers) & reach(producers)
+    between = reach(g.consumers) & reach(g.producers)
     return [layer.name for layer in model.layers if layer.name in between]
 
 
@@ -286,54 +266,81 @@ def tensor_errors(model, xs, batch_size: int = 32) -> list[dict]:
     from keras_turbo import _tf
 
     keras = _tf.keras()
-    model = _functional(model)
-    producers, consumers, kind = _graph(model)
+    model = functional(model)
+    g = layer_graph(model)
+    names = _scored_layers(model, g)
+    probe = keras.Model(model.inputs, [model.get_layer(n).output for n in names])
+    batch_size = _probe_batch_size(model, names, batch_size)
+    lo, hi = _ranges(_probe_batches(probe, xs, batch_size), len(names))
+    err, energy = _errors(_probe_batches(probe, xs, batch_size), lo, hi, len(names))
+    final = output_layer_names(model)
+    rows = [{"layer": name, "kind": g.kind[name], "tensor_error": _score(err[k], energy[k], name in final),
+             "channels": int(np.size(energy[k]))} for k, name in enumerate(names)]
+    rows.sort(key=lambda r: -r["tensor_error"])
+    return rows
+
+
+def _scored_layers(model, g) -> list[str]:
+    """The top-level layers whose output tensor `tensor_errors` scores, in model order."""
     names = []
     for layer in model.layers:
-        nxt = consumers[layer.name]
-        if kind[layer.name] == "Dropout" or len(layer._inbound_nodes) > 1:
+        nxt = g.consumers[layer.name]
+        if g.kind[layer.name] == "Dropout" or len(layer._inbound_nodes) > 1:
             continue
-        if nxt and all(kind[c] in _FUSED_FOLLOWERS for c in nxt) and kind[layer.name] != "InputLayer":
+        # A tensor that only feeds a BatchNormalization or an activation is fused away.
+        if nxt and all(g.kind[c] in _FUSED_FOLLOWERS for c in nxt) and g.kind[layer.name] != "InputLayer":
             continue
         if not hasattr(layer, "output") or isinstance(layer.output, (list, tuple)):
             continue
         names.append(layer.name)
-    probe = keras.Model(model.inputs, [model.get_layer(n).output for n in names])
-    n = len(xs[0])
+    return names
+
+
+def _probe_batch_size(model, names: list[str], batch_size: int) -> int:
     # Every layer's output at once is a lot of memory on a large model (ResNet50 at 224: ~25M
     # floats a sample): keep one batch of them under ~200 MB.
     per_sample = sum(int(np.prod([d or 1 for d in model.get_layer(nm).output.shape[1:]])) for nm in names)
-    batch_size = max(1, min(batch_size, int(5e7 // max(per_sample, 1))))
+    return max(1, min(batch_size, int(5e7 // max(per_sample, 1))))
 
-    def batches():
-        for i in range(0, n, batch_size):
-            out = probe([x[i:i + batch_size] for x in xs], training=False)
-            yield [np.asarray(o, dtype="float32") for o in (out if isinstance(out, (list, tuple)) else [out])]
 
-    lo = np.full(len(names), np.inf)
-    hi = np.full(len(names), -np.inf)
-    for outs in batches():  # the ranges, as a calibrator sets them
+def _probe_batches(probe, xs, batch_size: int):
+    """The probe's outputs batch by batch, each a list of float32 arrays (one per scored layer)."""
+    for i in range(0, len(xs[0]), batch_size):
+        out = probe([x[i:i + batch_size] for x in xs], training=False)
+        yield [np.asarray(o, dtype="float32") for o in (out if isinstance(out, (list, tuple)) else [out])]
+
+
+def _ranges(batches, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each tensor's (min, max) over the batches: its range, as a calibrator sets it."""
+    lo = np.full(count, np.inf)
+    hi = np.full(count, -np.inf)
+    for outs in batches:
         for k, o in enumerate(outs):
             lo[k], hi[k] = min(lo[k], float(o.min())), max(hi[k], float(o.max()))
-    err = [0.0] * len(names)
-    energy = [0.0] * len(names)
-    for outs in batches():  # each tensor's error under those ranges
+    return lo, hi
+
+
+def _errors(batches, lo: np.ndarray, hi: np.ndarray, count: int) -> tuple[list, list]:
+    """Each tensor's squared int8 error under its range and its squared values, summed per
+    channel (the last axis) over the batches."""
+    err = [0.0] * count
+    energy = [0.0] * count
+    for outs in batches:
         for k, o in enumerate(outs):
             flat = o.reshape(-1, o.shape[-1]) if o.ndim > 1 else o.reshape(-1, 1)
             q = _fake_quant(flat, lo[k], hi[k])
             err[k] = err[k] + ((q - flat) ** 2).sum(0)
             energy[k] = energy[k] + (flat ** 2).sum(0)
-    rows = []
-    final = {t._keras_history.operation.name for t in model.outputs}
-    for k, name in enumerate(names):
-        live = energy[k] > 1e-12 * max(float(np.max(energy[k])), 1e-30)
-        if name in final:  # a model output is judged whole: a softmax's many tiny scores may round to 0
-            score = float(np.sum(err[k]) / max(float(np.sum(energy[k])), 1e-30))
-        else:
-            score = float(np.mean(err[k][live] / energy[k][live])) if np.any(live) else 0.0
-        rows.append({"layer": name, "kind": kind[name], "tensor_error": score, "channels": int(np.size(energy[k]))})
-    rows.sort(key=lambda r: -r["tensor_error"])
-    return rows
+    return err, energy
+
+
+def _score(err, energy, whole: bool) -> float:
+    """A tensor's error: per channel, its squared error over its squared values, averaged over the
+    channels that are ever non-zero; `whole` (a model output): the sums over all channels."""
+    live = energy > 1e-12 * max(float(np.max(energy)), 1e-30)
+    if whole:  # a model output is judged whole: a softmax's many tiny scores may round to 0
+        return float(np.sum(err) / max(float(np.sum(energy)), 1e-30))
+    return float(np.mean(err[live] / energy[live])) if np.any(live) else 0.0
 
 
 # ------------------------------------------------------------------ is a repair worth it
@@ -580,6 +587,15 @@ def _fall_back(job: _Job, full: Measured, full_res, units: list, layers: list[st
     the walk (`_Job.cannot_win`). When no prefix holds (or the limit, the deadline or a hopeless
     step comes first), the variant closest to float among those seen is kept."""
     limit = job.settings.max_float_layers if job.settings.max_float_layers is not None else len(layers)
+    walk = _Walk(job, full, full_res, _prefixes(units, limit), by_layer, keras_model)
+    if walk.prefixes and not job.ok(full) and not stopped:
+        stopped = walk.search(len(layers))
+    return walk.outcome(stopped, len(layers))
+
+
+def _prefixes(units: list, limit: int) -> list[list[str]]:
+    """The prefixes a walk can keep float: each ranked unit's layers added to those before it (a
+    unit that adds none is no new prefix), as long as they stay within `limit` layers."""
     prefixes, kept = [], []
     for unit in units:
         grown = kept + [name for name in unit if name not in kept]
@@ -589,81 +605,111 @@ def _fall_back(job: _Job, full: Measured, full_res, units: list, layers: list[st
             break
         kept = grown
         prefixes.append(kept)
-    steps = [{"kept_float": [], **full.to_dict()}]
-    seen: dict[int, tuple] = {}  # prefix index -> (measured, conversion result)
+    return prefixes
 
-    def attempt(i: int) -> bool | None:
+
+class _Walk:
+    """One `_fall_back` walk over the prefixes: the steps converted so far and what each measured."""
+
+    def __init__(self, job: _Job, full: Measured, full_res: ConvertResult, prefixes: list, by_layer: dict,
+                 keras_model):
+        self.job, self.full, self.full_res, self.prefixes = job, full, full_res, prefixes
+        self.by_layer, self.keras_model = by_layer, keras_model
+        self.steps = [{"kept_float": [], **full.to_dict()}]
+        self.seen: dict[int, tuple] = {}  # prefix index -> (measured, conversion result)
+
+    def attempt(self, i: int) -> bool | None:
         """Convert with prefix i kept float; None: the deadline came first."""
+        job = self.job
         if job.late():
             return None
-        keep = prefixes[i]
+        keep = self.prefixes[i]
         job.note(f"fallback: keeping {', '.join(keep)} in float")
         began = time.monotonic()
         res = convert(job.ref, ConvertConfig(**{**job.cfg.to_dict(), "keep_float": tuple(keep)}), job.calibration,
-                      keep_float_nodes=[n for layer in keep for n in by_layer[layer]], cache_dir=job.cache_dir)
+                      keep_float_nodes=[n for layer in keep for n in self.by_layer[layer]], cache_dir=job.cache_dir)
         m = _measure(res, job)
-        steps.append({"kept_float": list(keep), "carriers": carrying_layers(keras_model, keep), **m.to_dict()})
-        seen[i] = (m, res)
+        self.steps.append({"kept_float": list(keep), "carriers": carrying_layers(self.keras_model, keep), **m.to_dict()})
+        self.seen[i] = (m, res)
         job.step_s = max(job.step_s, time.monotonic() - began)
         return job.ok(m)
 
-    def hopeless(i: int) -> bool:
+    def hopeless(self, i: int) -> bool:
         """Prefix i failed the budget: does it already run too slow to win (then so does every
         longer prefix)?"""
-        return job.cannot_win(seen[i][1], full_res, steps[-1])
+        return self.job.cannot_win(self.seen[i][1], self.full_res, self.steps[-1])
 
-    if prefixes and not job.ok(full) and not stopped:
-        last = len(prefixes) - 1
+    def search(self, n_layers: int) -> bool:
+        """Find the shortest prefix that holds: doubling, then bisecting; True when the deadline
+        stopped it."""
+        failed, held, stopped = self._double(n_layers)
+        if held is not None and not stopped:
+            stopped = self._bisect(failed, held)
+        return stopped
+
+    def _double(self, n_layers: int) -> tuple[int, int | None, bool]:
+        """Prefix lengths 1, 2, 4, 8, ... until one holds: (the last index that failed, the first
+        that held or None, stopped by the deadline)."""
+        last = len(self.prefixes) - 1
         failed, held, i = -1, None, 0
-        while failed < last and i < (last + 1 if held is None else held):  # prefix lengths 1, 2, 4, 8, ...
-            ok = attempt(i)
+        while failed < last and i < (last + 1 if held is None else held):
+            ok = self.attempt(i)
             if ok is None:
-                stopped = True
-                break
+                return failed, held, True
             if ok:
-                held = i
-                break
+                return failed, i, False
             failed = i
-            if hopeless(i):
+            if self.hopeless(i):
                 break
             if i == 1 and last > 2:
                 # Two steps failed: the longest prefix next. Where even it fails, no shorter one
                 # holds, and the walk ends after three steps instead of a dozen (LiteRT on
                 # ResNet50: 96.25% top-1 agreement with all 54 layers float, 530 s of steps).
-                ok = attempt(last)
+                ok = self.attempt(last)
                 if ok is None:
-                    stopped = True
-                    break
+                    return failed, held, True
                 if not ok:
-                    job.gave_up = (f"even with {len(prefixes[last])} of its {len(layers)} layers float it fails the budget "
-                                   f"({seen[last][0].why or f'top-1 agreement {seen[last][0].agreement:.2%}'}): "
-                                   "no shorter prefix holds")
+                    m = self.seen[last][0]
+                    self.job.gave_up = (f"even with {len(self.prefixes[last])} of its {n_layers} layers float it fails "
+                                        f"the budget ({m.why or f'top-1 agreement {m.agreement:.2%}'}): "
+                                        "no shorter prefix holds")
                     break
                 held = last  # doubling goes on below it
             i = min(2 * i + 1, last)
-        while held is not None and not stopped and not job.gave_up and held - failed > 1:
+        return failed, held, False
+
+    def _bisect(self, failed: int, held: int) -> bool:
+        """Narrow the prefixes between one that failed and one that held; True when the deadline
+        stopped it."""
+        while not self.job.gave_up and held - failed > 1:
             mid = (failed + held) // 2
-            ok = attempt(mid)
+            ok = self.attempt(mid)
             if ok is None:
-                stopped = True
-            elif ok:
+                return True
+            if ok:
                 held = mid
             else:
                 failed = mid
-                hopeless(mid)  # what lies between keeps more float than it: slower still
-    holding = sorted(i for i, (m, _) in seen.items() if job.ok(m))
-    if stopped:
-        kept = (f"the shortest prefix found to hold ({len(prefixes[holding[0]])} of {len(layers)} layers float) is kept"
-                if holding else "no prefix held yet; the variant closest to float is kept")
-        job.gave_up = job.gave_up or f"the time budget ended the walk after {len(steps) - 1} steps: {kept}"
-    if holding:
-        final, final_res = seen[holding[0]]
-        return final, final_res, list(prefixes[holding[0]]), steps, stopped
-    final, final_res, best_kept = full, full_res, []
-    for i, (m, res) in sorted(seen.items()):
-        if _better(m, final):
-            final, final_res, best_kept = m, res, list(prefixes[i])
-    return final, final_res, best_kept, steps, stopped
+                self.hopeless(mid)  # what lies between keeps more float than it: slower still
+        return False
+
+    def outcome(self, stopped: bool, n_layers: int):
+        """(final measure, its conversion, the layers it keeps float, the steps, stopped): the
+        shortest prefix that held, else the variant closest to float among those seen."""
+        job = self.job
+        holding = sorted(i for i, (m, _) in self.seen.items() if job.ok(m))
+        if stopped:
+            kept = (f"the shortest prefix found to hold ({len(self.prefixes[holding[0]])} of {n_layers} layers float) "
+                    "is kept" if holding else "no prefix held yet; the variant closest to float is kept")
+            job.gave_up = job.gave_up or f"the time budget ended the walk after {len(self.steps) - 1} steps: {kept}"
+        if holding:
+            final, final_res = self.seen[holding[0]]
+            return final, final_res, list(self.prefixes[holding[0]]), self.steps, stopped
+        final, final_res, best_kept = self.full, self.full_res, []
+        for i, (m, res) in sorted(self.seen.items()):
+            if _better(m, final):
+                final, final_res, best_kept = m, res, list(self.prefixes[i])
+        return final, final_res, best_kept, self.steps, stopped
 
 
 def quantize_with_repair(model, config: ConvertConfig, calibration, eval_data, settings: FallbackConfig,

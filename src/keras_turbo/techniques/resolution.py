@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from keras_turbo.data import Dataset
 from keras_turbo.describe import describe_keras
 from keras_turbo.errors import KerasTurboError, bad_param, cause
+from keras_turbo.model.graph import tensor_refs
 from keras_turbo.techniques._training import (
     DistilledFinetune,
     accuracy,
@@ -131,21 +132,12 @@ def _with_pool(keras, model, factor: float):
             h = keras.saving.deserialize_keras_object(layer)(h)
         return keras.Model(inp, h, name=model.name), pool_name
     source = layers[0]["name"]
-
-    def rewire(node):
-        if isinstance(node, dict):
-            hist = node.get("keras_history")
+    for layer in layers[1:]:  # what read the input reads the shrinking layer instead
+        for ref in tensor_refs(layer.get("inbound_nodes", [])):
+            hist = ref["keras_history"]
             if isinstance(hist, (list, tuple)) and hist and hist[0] == source:
-                node["keras_history"] = [pool_name, *hist[1:]]
-                node["shape"] = pooled
-            for v in node.values():
-                rewire(v)
-        elif isinstance(node, (list, tuple)):  # get_config() holds a node's args as a tuple
-            for v in node:
-                rewire(v)
-
-    for layer in layers[1:]:
-        rewire(layer.get("inbound_nodes", []))
+                ref["keras_history"] = [pool_name, *hist[1:]]
+                ref["shape"] = pooled
     tensor = {"class_name": "__keras_tensor__",
               "config": {"shape": full, "dtype": layers[0]["config"].get("dtype", "float32"),
                          "keras_history": [source, 0, 0]}}
@@ -222,9 +214,17 @@ def apply(model, config: ResolutionConfig | None = None, train: Dataset | None =
         recalibrated = recalibrate_batchnorm(new, train, config.batch_size)
     if config.finetune:
         training = config.train(new, model, train, val)
+    report = _report(model, new, config, pool_name, val, recalibrated, training)
+    return TechniqueResult("resolution", new, config, report)
+
+
+def _report(model, new, config: ResolutionConfig, pool_name: str, val: Dataset | None, recalibrated: int,
+            training: dict | None) -> dict:
+    """`apply`'s report: the scale, FLOPs and accuracy before and after, the BatchNorm
+    re-estimation, the fine-tuning and the saved sizes."""
     before, after = describe_keras(model), describe_keras(new)
     runs_at = tuple(new.get_layer(pool_name).output.shape[1:3])
-    report = {
+    return {
         "factor": config.factor,
         "input": list(model.inputs[0].shape[1:3]),
         "runs_at": list(runs_at),
@@ -239,7 +239,6 @@ def apply(model, config: ResolutionConfig | None = None, train: Dataset | None =
         "size": {"before": saved_sizes(model, compress=False), "after": saved_sizes(new, compress=False)},
         "note": NOTE,
     }
-    return TechniqueResult("resolution", new, config, report)
 
 
 __all__ = ["ResolutionConfig", "apply", "refusal", "shrunk", "whole"]

@@ -36,6 +36,7 @@ import numpy as np
 from keras_turbo.data import Dataset
 from keras_turbo.describe import describe_keras
 from keras_turbo.errors import KerasTurboError, bad_param
+from keras_turbo.model.graph import functional, history, output_refs
 from keras_turbo.techniques.base import TechniqueResult
 from keras_turbo.techniques._training import (
     NO_FINETUNE_DATA,
@@ -166,14 +167,8 @@ class _Call:
     output: tuple
 
 
-def _history(t) -> tuple | None:
-    if isinstance(t, dict) and t.get("class_name") == "__keras_tensor__":
-        return tuple(t["config"]["keras_history"])
-    return None
-
-
 def _walk_args(node, tensors: list, constants: list, shapes: dict) -> None:
-    h = _history(node)
+    h = history(node)
     if h is not None:
         tensors.append(h)
         shapes.setdefault(h, tuple(node["config"]["shape"]))
@@ -187,19 +182,10 @@ def _walk_args(node, tensors: list, constants: list, shapes: dict) -> None:
         constants.append(node)
 
 
-def _output_ids(cfg_outputs) -> list[tuple]:
-    """`output_layers` is one [name, node, index] or a (nested) structure of them."""
-    if isinstance(cfg_outputs, (list, tuple)) and len(cfg_outputs) == 3 and isinstance(cfg_outputs[0], str):
-        return [tuple(cfg_outputs)]
-    if isinstance(cfg_outputs, dict):
-        cfg_outputs = list(cfg_outputs.values())
-    return [h for item in cfg_outputs for h in _output_ids(item)]
-
-
 def _functional_view(keras, model):
     """The model as a Functional graph over the same layers (a Sequential has one inside)."""
     if isinstance(model, keras.Sequential):
-        return keras.Model(model.inputs, model.outputs, name=model.name)
+        return functional(model)
     try:
         cfg = model.get_config()
     except NotImplementedError:  # a subclassed model without a config
@@ -225,7 +211,7 @@ def _calls(view) -> tuple[list[_Call], dict, list[tuple], list[tuple]]:
             _walk_args(node["args"], tensors, constants, shapes)
             _walk_args(node["kwargs"], kw, [], shapes)
             calls.append(_Call(name, ops[name], entry["config"], tensors, len(kw), constants, (name, i, 0)))
-    outputs = _output_ids(cfg["output_layers"])
+    outputs = output_refs(cfg["output_layers"])
     for h, t in zip(outputs, view.outputs):
         shapes.setdefault(h, tuple(t.shape))
     return calls, shapes, inputs, outputs

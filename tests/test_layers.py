@@ -123,3 +123,33 @@ def test_the_checks_see_what_they_check():
     assert "keras_turbo.model.layers" in edges["keras_turbo.model.load"]  # imported inside load_keras
     assert "keras_turbo.runtimes" in edges["keras_turbo.runtimes.here"]
     assert _cycles({"a": {"b": 1}, "b": {"c": 1}, "c": {"a": 1}, "d": {"a": 1}}) == [["a", "b", "c"]]
+
+
+#: what a function may import lazily, outside the CLI and the package face (whose imports keep the
+#: start-up fast): the heavy libraries, and keras-turbo's modules that import them when imported
+LAZY = ("tensorflow", "keras", "openvino", "onnx", "onnxruntime", "ai_edge_litert", "tf2onnx", "nncf", "ray", "jax",
+        "sklearn", "scipy", "matplotlib", "PIL", "h5py", "psutil", "absl",
+        "keras_turbo.techniques", "keras_turbo.model.layers", "keras_turbo.report")
+
+
+def test_imports_inside_functions_keep_something_heavy_lazy():
+    found = []
+    for name, path in _modules().items():
+        if name in ("keras_turbo", "keras_turbo.cli"):
+            continue
+        for f in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for n in ast.walk(f):
+                targets = [a.name for a in n.names] if isinstance(n, ast.Import) else \
+                    [n.module or ""] if isinstance(n, ast.ImportFrom) else []
+                found += [f"{name}:{n.lineno} imports {t}" for t in targets
+                          if not any(t == lazy or t.startswith(lazy + ".") for lazy in LAZY)]
+    assert not found, "imports inside functions that nothing heavy explains (move them to the top):\n" + "\n".join(found)
+
+
+def test_no_function_over_60_lines_but_the_cli_parser():
+    long = [f"{name}:{f.name} ({f.end_lineno - f.lineno + 1} lines)" for name, path in _modules().items()
+            for f in ast.walk(ast.parse(path.read_text())) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and f.end_lineno - f.lineno + 1 > 60 and f.name != "build_parser"]
+    assert not long, f"functions over 60 lines: {long}"

@@ -7,6 +7,7 @@ machine; the user asked for a table, not for those. Python-level import errors s
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import sys
 
@@ -40,7 +41,6 @@ def quiet():
 def _silenced_import(name: str):
     if name in sys.modules:
         return sys.modules[name]
-    import importlib
 
     if os.environ.get("KERAS_TURBO_DEBUG"):
         return importlib.import_module(name)

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from keras_turbo import quality
+from keras_turbo.builtin import digits_model_path
+from keras_turbo.data import Dataset, check, load_data, warn_if_outside
 from keras_turbo.errors import KerasTurboError
-from keras_turbo.model import as_ref, custom, load_keras, output_activations, resolve, scales_inputs
+from keras_turbo.model import (
+    as_ref,
+    custom,
+    load_keras,
+    output_activations,
+    resolve,
+    scales_inputs,
+)
 from keras_turbo.model.custom import accepts
+from keras_turbo.optimize import OptimizeConfig
 from keras_turbo.runtimes import Predictor
 from keras_turbo.runtimes import load as open_model
 
@@ -46,7 +56,6 @@ def load(model, backend: str | None = None, threads: int | None = None, batch_si
     """
     if isinstance(model, (str, os.PathLike)) and (Path(model) / "manifest.json").exists():
         # An optimize output's best/ folder: the manifest names the artifact and its runtime.
-        import json
 
         manifest = json.loads((Path(model) / "manifest.json").read_text())
         model, backend = Path(model) / manifest["artifact"], backend or manifest["backend"]
@@ -106,8 +115,6 @@ def evaluate(model, data, reference=None, backend: str | None = None, reference_
 
 def _evaluate(model, data, reference, backend, reference_backend, batch_size, threads, unsafe, cache_dir,
               overrides, budget, metric) -> dict:
-    from keras_turbo.data import Dataset, check, load_data, warn_if_outside
-
     predictor = model if isinstance(model, Predictor) else load(model, backend, threads, unsafe=unsafe, cache_dir=cache_dir)
     scales = _scales_inputs(model)
     if isinstance(data, Dataset):
@@ -209,9 +216,6 @@ def demo_run(threads: int | None = None, time_budget_s: float = DEMO_TIME_BUDGET
         >>> run = demo_run(time_budget_s=300)
         >>> keras_turbo.optimize(run.model, run.data, run.train_data, run.config, run.out)
     """
-    from keras_turbo.builtin import digits_model_path
-    from keras_turbo.optimize import OptimizeConfig
-
     return DemoRun(digits_model_path(progress=progress), "builtin:digits:heldout", "builtin:digits:train",
                    OptimizeConfig(quality.Budget(max_accuracy_drop=1.0), threads=threads, time_budget_s=time_budget_s),
                    DEMO_OUT)

@@ -14,9 +14,12 @@ single-stream scenario:
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import resource
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -27,9 +30,16 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from keras_turbo import machine
+from keras_turbo.data import Dataset, check, load_data
 from keras_turbo.errors import KerasTurboError, bad_param, cause
+from keras_turbo.model import ModelRef, as_ref, custom, io_specs
 from keras_turbo.model.signature import STRING, TensorInfo
-from keras_turbo.runtimes.base import NullPredictor, Predictor
+from keras_turbo.outdir import write_file_atomically
+from keras_turbo.runtimes import NATIVE, artifact_for, get_backend, open_predictor
+from keras_turbo.runtimes.base import NullPredictor, Predictor, dedicate_process
+from keras_turbo.runtimes.check import SAMPLES, TOLERANCE, check_predictor, reference
+from keras_turbo.runtimes.here import default_backends
 from keras_turbo.timing import BenchmarkConfig
 
 
@@ -166,8 +176,6 @@ def peak_rss_mb() -> float:
 # ---------------------------------------------------------------- the worker process
 
 def _worker(job_path: str, result_path: str) -> int:
-    from keras_turbo.runtimes.base import dedicate_process
-
     dedicate_process()  # this process measures one runtime, then exits
     job = json.loads(Path(job_path).read_text())
     cfg = BenchmarkConfig(**job["config"])
@@ -176,9 +184,6 @@ def _worker(job_path: str, result_path: str) -> int:
             shape = (None, 8)
             open_fn = lambda: NullPredictor([TensorInfo("x", shape, "float32")], [TensorInfo("x", shape, "float32")], 1)  # noqa: E731
         else:
-            from keras_turbo.model import ModelRef
-            from keras_turbo.runtimes import get_backend
-
             ref = ModelRef(Path(job["artifact"]), job["format"], job["unsafe"])
             factory = get_backend(job["backend"]).factory
             open_fn = lambda: factory(ref, threads=job["threads"], batch_size=job["batch_size"], device=cfg.device)  # noqa: E731
@@ -202,8 +207,6 @@ def _job_inputs(job: dict):
                for r in range(job["rotate"])] if job.get("data_batches") else None
     check = None
     if "check_in_0" in arrays:
-        from keras_turbo.runtimes.check import check_predictor
-
         feeds = [arrays[f"check_in_{i}"] for i in range(n_in)]
         want = [arrays[f"check_out_{k}"] for k in range(job["outputs"])]
         check = lambda p: check_predictor(p, job["input_names"], feeds, want, job["tolerance"],  # noqa: E731
@@ -216,9 +219,6 @@ def _die_with_parent() -> None:
     it no chance to clean up). Linux's parent-death signal, set through prctl."""
     parent = int(os.environ.get("KERAS_TURBO_PARENT_PID", "0"))
     if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
-
         PR_SET_PDEATHSIG = 1
         try:
             ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
@@ -230,8 +230,6 @@ def _die_with_parent() -> None:
 
 def _kill_group(proc: subprocess.Popen) -> None:
     """Kill the worker and anything it started (it leads its own process group)."""
-    import signal
-
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
@@ -242,8 +240,6 @@ def _kill_group(proc: subprocess.Popen) -> None:
 def _remove_orphaned_job_folders() -> None:
     """Job folders are named after the process that made them (kt-bench-PID-*); one whose
     process is gone was left by a run killed outright (SIGKILL leaves no chance to clean up)."""
-    import shutil
-
     for folder in Path(tempfile.gettempdir()).glob("kt-bench-*-*"):
         pid = folder.name.split("-")[2]
         if not pid.isdigit() or pid == str(os.getpid()):
@@ -263,8 +259,6 @@ def run_isolated(job: dict, timeout_s: float) -> dict:
     which then kills the group and removes the job folder) and dies with this process. A worker
     killed by a signal says so (`signal`), so callers can retry it rather than record a verdict.
     """
-    import signal
-
     _remove_orphaned_job_folders()
     with tempfile.TemporaryDirectory(prefix=f"kt-bench-{os.getpid()}-") as tmp:
         job_path, result_path = Path(tmp, "job.json"), Path(tmp, "result.json")
@@ -319,8 +313,6 @@ class BenchmarkReport:
                 "results": [r.to_dict() for r in self.results]}
 
     def write_json(self, path: str | os.PathLike) -> None:
-        from keras_turbo.outdir import write_file_atomically
-
         text = json.dumps(self.to_dict(), indent=2)
         write_file_atomically(path, lambda tmp: tmp.write_text(text))
 
@@ -372,8 +364,6 @@ def benchmark(model, backends: Sequence[str] | None = None, batch_sizes: Sequenc
         >>> report = keras_turbo.benchmark("model.keras", backends=["litert", "openvino"], batch_sizes=[1, 32])
         >>> report.get("litert", 1).latency_ms["p50"]
     """
-    from keras_turbo.model import custom
-
     with custom.activated(custom_objects):  # workers inherit it through their environment
         return _benchmark(model, backends, batch_sizes, threads, config, unsafe, cache_dir, progress, measure_overhead,
                           data, check)
@@ -381,11 +371,6 @@ def benchmark(model, backends: Sequence[str] | None = None, batch_sizes: Sequenc
 
 def _benchmark(model, backends, batch_sizes, threads, config, unsafe, cache_dir, progress, measure_overhead,
                data=None, check=True) -> BenchmarkReport:
-    from keras_turbo import machine
-    from keras_turbo.model import as_ref
-    from keras_turbo.runtimes import artifact_for, get_backend
-    from keras_turbo.runtimes.here import default_backends
-
     cfg = config or BenchmarkConfig()
     ref = as_ref(model, unsafe=unsafe, cache_dir=cache_dir)
     names = list(backends or [])
@@ -442,10 +427,7 @@ def _benchmark(model, backends, batch_sizes, threads, config, unsafe, cache_dir,
 def model_inputs(ref, cache_dir: Path | None = None) -> list[TensorInfo]:
     """The model's inputs in name order: a Keras model's own, or what an artifact's runtime reports."""
     if ref.is_keras:
-        from keras_turbo.model import io_specs
-
         return list(io_specs(ref)[0])
-    from keras_turbo.runtimes import NATIVE, open_predictor
 
     p = open_predictor(ref, NATIVE[ref.format], cache_dir=cache_dir)
     try:
@@ -457,7 +439,6 @@ def model_inputs(ref, cache_dir: Path | None = None) -> list[TensorInfo]:
 def _bench_data(data, inputs, ref):
     if data is None:
         return None
-    from keras_turbo.data import Dataset, check, load_data
 
     if isinstance(data, Dataset):
         return check(data, inputs, None, "--data")
@@ -532,9 +513,6 @@ def timed_shapes(inputs: Sequence[TensorInfo], given: Sequence[Sequence[int]], d
 
 
 def _tolerance(backend: str) -> float:
-    from keras_turbo.runtimes.check import TOLERANCE
-    from keras_turbo.runtimes import get_backend
-
     return TOLERANCE.get(get_backend(backend).precision, TOLERANCE["fp32"])
 
 
@@ -542,8 +520,6 @@ def _write_inputs(path: Path, ref, inputs, ds, cfg: BenchmarkConfig, batch_sizes
     """The inputs file every job reads: the data's samples cycled into `rotate` batches per batch
     size (with data), and the export check's samples with the Keras model's outputs on them
     (`check`). Returns the job fields that point at it."""
-    from keras_turbo.runtimes.check import SAMPLES, reference
-
     arrays: dict[str, np.ndarray] = {}
     if ds is not None:
         n = len(ds)

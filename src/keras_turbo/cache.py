@@ -7,6 +7,7 @@ so a changed model never reuses a stale export.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -41,8 +42,6 @@ INTEGRITY = ".keras-turbo-integrity.json"
 @contextlib.contextmanager
 def lock(entry: Path):
     """Hold an exclusive lock for the cache entry `entry` (blocking: the second run waits)."""
-    import fcntl
-
     entry.parent.mkdir(parents=True, exist_ok=True)
     with open(entry.parent / f".{entry.name}.lock", "a+") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)

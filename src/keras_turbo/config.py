@@ -10,6 +10,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from keras_turbo.errors import KerasTurboError
+
 
 @dataclass(frozen=True)
 class TechniqueConfig:
@@ -23,8 +25,6 @@ class TechniqueConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
-            from keras_turbo.errors import KerasTurboError
-
             raise KerasTurboError(f"{cls.__name__}: unknown setting(s) {', '.join(unknown)} (expected {', '.join(sorted(names))})")
         kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
         return cls(**kwargs)

@@ -28,16 +28,23 @@ from typing import Sequence
 
 import numpy as np
 
-from keras_turbo import cache, exporters
+from keras_turbo import _tf, cache, exporters
 from keras_turbo.config import TechniqueConfig
+from keras_turbo.data import Dataset, check, load_data
 from keras_turbo.errors import KerasTurboError, bad_param
 from keras_turbo.exporters import QuantizeSettings, textsplit
 from keras_turbo.exporters import litert as litert_exp
 from keras_turbo.exporters import openvino as openvino_exp
-from keras_turbo.runtimes import FAMILIES, Family
-from keras_turbo.model import artifact_files
+from keras_turbo.model import (
+    artifact_files,
+    artifact_size,
+    as_ref,
+    io_specs,
+    load_keras,
+    scales_inputs,
+)
 from keras_turbo.model.graph import leaf_layers
-
+from keras_turbo.runtimes import FAMILIES, Family, load
 
 CALIBRATED = ("int8", "int16x8")  # modes that need calibration data (Keras' int8 does not)
 MIN_TRUSTED_CALIBRATION = 100
@@ -112,8 +119,6 @@ class ConvertResult:
 
     def load(self, threads: int | None = None, batch_size: int | None = None):
         """Open the artifact on its runtime."""
-        from keras_turbo.runtimes import load
-
         return load(self.path, backend=self.backend, threads=threads, batch_size=batch_size)
 
     def to_dict(self) -> dict:
@@ -293,8 +298,6 @@ def convert(model, config: ConvertConfig | None = None, calibration=None, output
         >>> r = keras_turbo.convert("m.keras", ConvertConfig(to="litert", quantize="int8"), "builtin:digits:train")
         >>> r.load()(x)
     """
-    from keras_turbo.model import as_ref
-
     cfg = config or ConvertConfig()
     ref = as_ref(model, unsafe=unsafe, cache_dir=cache_dir)
     if not ref.is_keras:
@@ -354,10 +357,6 @@ def _cached(entry: Path, name: str, make) -> Path:
 
 def _samples(ref, cfg: ConvertConfig, calibration, notes: list[str]) -> list:
     """The calibration samples (a warning, kept in `notes`, when too few to trust)."""
-    from keras_turbo.model import io_specs
-    from keras_turbo.data import Dataset, check, load_data
-    from keras_turbo.model import scales_inputs
-
     if calibration is None:
         raise KerasTurboError(f"--quantize {cfg.quantize} needs calibration data (--calibration-data DATA)")
     inputs, _ = io_specs(ref)
@@ -375,8 +374,6 @@ def _samples(ref, cfg: ConvertConfig, calibration, notes: list[str]) -> list:
 
 def _layer_keep_nodes(ref, target: Family, layers, notes: list[str], cache_dir) -> list[str]:
     """The graph's ops of the Keras layers named to stay float (a warning for a name with none)."""
-    from keras_turbo.model import load_keras
-
     nodes_out = []
     for layer, nodes in layer_nodes(ref, target, load_keras(ref), layers, cache_dir).items():
         if not nodes:
@@ -388,8 +385,6 @@ def _layer_keep_nodes(ref, target: Family, layers, notes: list[str], cache_dir) 
 
 
 def _size(path: Path) -> int:
-    from keras_turbo.model import artifact_size
-
     return artifact_size(path)
 
 
@@ -441,9 +436,6 @@ _DERIVE = {"openvino": _derive_openvino, "litert": _derive_litert}
 
 def _keras_quantize(ref, cfg: ConvertConfig, out: Path) -> None:
     """Keras' own `model.quantize("int8")`, on a copy: it covers Dense-like layers only."""
-    from keras_turbo import _tf
-    from keras_turbo.model import load_keras
-
     keras = _tf.keras()
     model = load_keras(ref)  # a fresh copy from disk: the caller's model is never touched
     if cfg.quantize == "int8":

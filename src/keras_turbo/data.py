@@ -21,13 +21,17 @@ A DATA spec is one of:
 
 from __future__ import annotations
 
+import struct
+import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from keras_turbo.errors import DataError, cause
+from keras_turbo.errors import DataError, ModelLoadError, cause
+from keras_turbo.model import require_own_file
 from keras_turbo.model.signature import STRING, TensorInfo
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -143,8 +147,6 @@ def _npy_members(path: Path) -> dict[str, np.ndarray]:
     compressed one is decompressed in chunks into its final array. Pickled (object) arrays are
     refused: reading them would run code.
     """
-    import zipfile
-
     out = {}
     with zipfile.ZipFile(path) as z:
         for info in z.infolist():
@@ -194,8 +196,6 @@ def _available_bytes() -> int:
 def _member_data_offset(path: Path, info) -> int:
     """Where a stored zip member's bytes start: after its local header, whose name and extra
     field lengths may differ from the central directory's."""
-    import struct
-
     with open(path, "rb") as fh:
         fh.seek(info.header_offset)
         local = fh.read(30)
@@ -293,9 +293,6 @@ def load_image_folder(path: Path, inputs: Sequence[TensorInfo] | None) -> Datase
 def _own_file(f: Path, folder: Path | None) -> None:
     """Data files are regular files (a FIFO named x.png must not hang the run), and an image
     folder's files lie inside it."""
-    from keras_turbo.errors import ModelLoadError
-    from keras_turbo.model import require_own_file
-
     try:
         require_own_file(f, folder, "a data file")
     except ModelLoadError as e:
@@ -370,8 +367,6 @@ def _warn_if_unscaled(a: np.ndarray, name: str, want: str, arg: str, source: str
     """One line when image-like data in 0..255 goes to a float input of a model that does not
     scale its inputs: it was almost surely trained on [0, 1] (uint8 digits into a [0, 1] model
     scored 19.7% instead of 100%, silently)."""
-    import warnings
-
     if a.ndim < 3 or not np.issubdtype(np.dtype(want), np.floating) or len(a) == 0:
         return
     if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
@@ -389,8 +384,6 @@ def warn_if_outside(ds: Dataset, ranges, inputs: Sequence[TensorInfo], arg: str 
     """One line per input whose data reaches far outside the range the model can represent
     (`Predictor.input_ranges`: an int8 input quantized with its calibration data's range):
     0-255 data into a model calibrated on [0, 1] is clipped to garbage, silently otherwise."""
-    import warnings
-
     for a, r, t in zip(ds.x, ranges or (), inputs):
         if r is None or len(a) == 0:
             continue

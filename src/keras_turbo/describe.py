@@ -7,8 +7,9 @@ from collections import Counter
 
 import numpy as np
 
-from keras_turbo.model import ModelRef
+from keras_turbo.model import ModelRef, load_keras, model_io
 from keras_turbo.model.graph import leaf_layers
+from keras_turbo.runtimes import NATIVE, open_predictor
 
 FLOPS_METHOD = ("2 x multiply-accumulates of Conv (incl. depthwise, separable, transposed) and Dense "
                 "layers for one sample; element-wise ops, pooling and normalization are not counted")
@@ -102,12 +103,8 @@ def _artifact_ops(ref: ModelRef) -> tuple[dict, int | None]:
 
 def describe(ref: ModelRef) -> dict:
     """Everything `inspect` prints, as a JSON-ready dict."""
-    from keras_turbo.runtimes import NATIVE, open_predictor
-
     info: dict = {"path": str(ref.path), "format": ref.format, "size_bytes": ref.size_bytes}
     if ref.is_keras:
-        from keras_turbo.model import load_keras, model_io
-
         model = load_keras(ref)
         ins, outs = model_io(model)
         info.update(inputs=[t.to_dict() for t in ins], outputs=[t.to_dict() for t in outs], name=model.name)

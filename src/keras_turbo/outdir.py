@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import shutil
@@ -78,8 +79,6 @@ def claim_out_dir(path: str | os.PathLike, force: bool = False, arg: str = "--ou
         OutputError: a file of that name, a folder with files keras-turbo did not write (without
             force), an unwritable place, or another keras-turbo run holding the folder.
     """
-    import fcntl
-
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise OutputError(f"{arg} {out}: a file of that name exists; an output folder is needed")

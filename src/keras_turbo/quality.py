@@ -12,10 +12,16 @@ Pure numpy; no TensorFlow.
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import math
+import sys
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
+
+from keras_turbo.errors import KerasTurboError, bad_param
 
 
 def flat(out: np.ndarray) -> np.ndarray:
@@ -109,8 +115,6 @@ class OutputKind:
 
     def __post_init__(self):
         if self.kind not in KINDS:
-            from keras_turbo.errors import bad_param
-
             raise bad_param("output kind", f"one of {', '.join(KINDS)}", self.kind)
 
     def to_dict(self) -> dict:
@@ -159,8 +163,6 @@ def output_kinds(outputs, refs: list, y, activations=None, overrides=()) -> tupl
     Raises:
         KerasTurboError: an override names no output of the model.
     """
-    from keras_turbo.errors import KerasTurboError
-
     named = dict(overrides)
     activations = list(activations) if activations is not None else [None] * len(outputs)
     unknown = sorted(set(named) - {t.name for t in outputs})
@@ -348,12 +350,6 @@ def load_metric(spec):
     """
     if spec is None or callable(spec):
         return spec
-    import importlib.util
-    import hashlib
-    import sys
-    from pathlib import Path
-
-    from keras_turbo.errors import KerasTurboError
 
     path, _, fn = str(spec).rpartition(":")
     if not path.endswith(".py") or not fn.isidentifier():
@@ -395,8 +391,6 @@ def judge_metric(metric, refs: list, outs: list, labels: list) -> dict:
     Raises:
         KerasTurboError: the metric raised, or returned something that is not a finite number.
     """
-    from keras_turbo.errors import KerasTurboError
-
     fn = load_metric(metric)
     one = len(refs) == 1
     pack = lambda xs: xs[0] if one else list(xs)  # noqa: E731
@@ -461,8 +455,6 @@ class Budget:
     max_metric_drop: float | None = None
 
     def __post_init__(self):
-        from keras_turbo.errors import bad_param
-
         if self.min_agreement is not None:
             if not (0 < self.min_agreement <= 1):
                 raise bad_param("min_agreement", "a fraction in (0, 1]", self.min_agreement)

@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+import html
+import io
+import re
+from pathlib import Path
+
 from rich.console import Console
 from rich.table import Table
 
 from keras_turbo.bench import BenchmarkReport
+from keras_turbo.optimize.select import median_round, quality_key
+from keras_turbo.quality import (
+    DEFAULT_MAX_METRIC_DROP,
+    DEFAULT_MAX_OUTPUT_ERROR,
+    Budget,
+    output_verdict,
+    user_metric_verdict,
+)
+from keras_turbo.ratios import speedups
 
 
 def _ms(v) -> str:
@@ -128,8 +142,6 @@ def baselines(doc: dict) -> list[dict]:
 def headline(doc: dict) -> dict:
     """Recommended vs what a user would otherwise run: (a) the best plain TensorFlow path, (b) the
     best peer default measured in the same run, (c) keras-predict; size ratio, accuracy."""
-    from keras_turbo.ratios import speedups
-
     base = doc.get("baseline") or {}
     best = next((v for v in doc["variants"] if v["name"] == doc.get("recommended")), None)
     if not best or not base.get("ok"):
@@ -164,7 +176,6 @@ def runoff_text(doc: dict) -> str:
     margin = f"{100 * ro['margin']:.0f}%"
     if not ro.get("rounds"):
         return f"Run-off: {names} were within {margin} of the fastest, not timed again: {ro.get('stopped')}."
-    from keras_turbo.optimize.select import median_round
 
     unit, fmt = ("items/s", "{:.1f}") if ro["objective"] == "throughput" else ("ms", "{:.4g}")
     figures = "; ".join(f"`{n}` {fmt.format(f['first'])} then {'/'.join(fmt.format(x) for x in f['rounds'])}, "
@@ -177,8 +188,6 @@ def runoff_text(doc: dict) -> str:
 
 
 def _budget_text(doc: dict) -> str:
-    from keras_turbo.quality import DEFAULT_MAX_OUTPUT_ERROR
-
     b = doc["budget"]
     lim = (f"at most {b['max_accuracy_drop']} points below float accuracy" if b.get("max_accuracy_drop") is not None
            else f"top-1 agreement with float at least {b['min_agreement'] * 100:.1f}%")
@@ -190,8 +199,6 @@ def _budget_text(doc: dict) -> str:
         lim += f"; labelled metrics (RMSE, mean IoU, F1{', the user metric' if (doc.get('config') or {}).get('metric') else ''}) " \
                f"at most {b['max_metric_drop']}% worse than float"
     elif (doc.get("config") or {}).get("metric"):
-        from keras_turbo.quality import DEFAULT_MAX_METRIC_DROP
-
         lim += f"; the user metric at most {DEFAULT_MAX_METRIC_DROP}% below float (default)"
     return f"{lim}; objective {b['objective']}; batch {b['batch_size']}; {b['threads']} threads"
 
@@ -221,8 +228,6 @@ OUTPUT_HEADERS = ["output", "kind", "samples", "metrics", "held to"]
 def output_rows(doc: dict) -> list[list[str]]:
     """The recommended variant's outputs, one row each: kind, samples, metrics, and the budget
     it was held to (its part of the verdict); the user metric last."""
-    from keras_turbo.quality import Budget, output_verdict, user_metric_verdict
-
     best = next((v for v in doc["variants"] if v["name"] == doc.get("recommended")), None)
     if not best or not best.get("outputs"):
         return []
@@ -274,8 +279,6 @@ def write_markdown(out, doc: dict) -> str:
 
 
 def _svg(fig) -> str:
-    import io
-
     buf = io.StringIO()
     fig.savefig(buf, format="svg", bbox_inches="tight")
     import matplotlib.pyplot as plt
@@ -283,7 +286,6 @@ def _svg(fig) -> str:
     plt.close(fig)
     svg = buf.getvalue()
     svg = svg[svg.index("<svg"):]
-    import re
 
     return re.sub(r"<metadata>.*?</metadata>", "", svg, flags=re.S)
 
@@ -291,8 +293,6 @@ def _svg(fig) -> str:
 def pareto_svg(doc: dict) -> str:
     """Latency vs accuracy (or agreement) for every measured variant; the front joined by a line."""
     import matplotlib
-
-    from keras_turbo.optimize.select import quality_key
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -352,8 +352,6 @@ def sensitivity_svg(sens: dict) -> str:
 
 def write_html(out, doc: dict) -> str:
     """report.html: self-contained (inline SVG and CSS, no scripts or links to fetch)."""
-    import html
-
     h = headline(doc)
     esc = html.escape
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>keras-turbo report</title><style>",
@@ -407,8 +405,6 @@ def write_html(out, doc: dict) -> str:
 
 def write_reports(out, doc: dict) -> None:
     """report.md and report.html from a results.json document."""
-    from pathlib import Path
-
     out = Path(out)
     write_markdown(out, doc)
     write_html(out, doc)

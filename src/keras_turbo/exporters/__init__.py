@@ -18,7 +18,8 @@ from pathlib import Path
 from keras_turbo import cache
 from keras_turbo.errors import KerasTurboError
 from keras_turbo.exporters import litert, onnx, openvino, savedmodel, textsplit
-from keras_turbo.model import ModelRef
+from keras_turbo.model import ModelRef, config_json
+
 
 @dataclass(frozen=True)
 class QuantizeSettings:
@@ -106,7 +107,5 @@ def litert_source(ref: ModelRef, cache_dir: Path | None = None) -> ModelRef:
 
 def _has_recurrent(ref: ModelRef) -> bool:
     """Whether the model's config names a recurrent layer (read without building the model)."""
-    from keras_turbo.model import config_json
-
     cfg = config_json(ref) or ""
     return any(f'"class_name": "{k}"' in cfg or f'"class_name":"{k}"' in cfg for k in savedmodel.RECURRENT)

@@ -3,6 +3,7 @@ Runtime's own quantization: dynamic int8, and static int8 (QDQ, per-channel) wit
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Sequence
 
@@ -10,8 +11,9 @@ import numpy as np
 
 from keras_turbo import _tf
 from keras_turbo.errors import KerasTurboError
-from keras_turbo.model.gate import check_savedmodel
 from keras_turbo.model import ModelRef
+from keras_turbo.model.gate import check_savedmodel
+from keras_turbo.outdir import write_file_atomically
 
 OPSET = 17
 MODES = ("none", "dynamic", "int8")
@@ -71,7 +73,9 @@ def export(ref: ModelRef, out: Path) -> None:
 
 def _from_frozen_graph(tf, tf2onnx, concrete, names: list[str], outputs: list[str], out: Path) -> None:
     """The signature frozen by TensorFlow (every capture a constant), then converted by tf2onnx."""
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+    from tensorflow.python.framework.convert_to_constants import (
+        convert_variables_to_constants_v2,
+    )
 
     with _tf.quiet():
         frozen = convert_variables_to_constants_v2(concrete, lower_control_flow=False, aggressive_inlining=True)
@@ -128,8 +132,6 @@ def preprocessed(float_onnx: Path) -> Path:
 
     pre = float_onnx.with_name(float_onnx.stem + ".pre.onnx")
     if not pre.exists():
-        from keras_turbo.outdir import write_file_atomically
-
         # A unique temp name (two runs on one cold cache once shared a fixed one and failed).
         write_file_atomically(pre, lambda tmp: quant_pre_process(str(float_onnx), str(tmp), skip_symbolic_shape=True))
     return pre
@@ -187,9 +189,13 @@ def quantize(ref: ModelRef, out: Path, settings, calibration: Sequence[dict[str,
              keep_float: Sequence[str] = ()) -> None:
     """Quantize the float ONNX artifact `ref` as `settings` (exporters.QuantizeSettings) say, with
     ONNX Runtime's tools; `keep_float` are node names to leave in float."""
-    import logging
-
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
 
     mode, per_channel = settings.mode, settings.per_channel
     exclude = list(keep_float) or None

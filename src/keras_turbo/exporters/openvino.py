@@ -8,8 +8,9 @@ from typing import Sequence
 
 import numpy as np
 
-from keras_turbo.model.gate import check_savedmodel
+from keras_turbo.errors import KerasTurboError
 from keras_turbo.model import ModelRef
+from keras_turbo.model.gate import check_savedmodel
 
 MODES = ("none", "fp16", "int8")
 
@@ -30,8 +31,6 @@ def _conversion_error(e: Exception) -> Exception:
     """OpenVINO's conversion errors open with the C++ check that failed ("Check 'false' failed at
     src/frontends/...") and name the ops it could not convert only further down, one per line
     starting "-- OpName with a message:": state those first."""
-    from keras_turbo.errors import KerasTurboError
-
     ops = []
     for line in str(e).splitlines():
         if line.startswith("-- ") and " with a message" in line:
@@ -54,7 +53,6 @@ def node_names(path: Path) -> list[tuple[str, str]]:
     """(op name, text to find its Keras layer in). OpenVINO's TensorFlow front end renames the ops
     it moves while changing layout (`Transpose_656` for a convolution), so a weighted op's text
     also carries its type and weight size, which `convert.layer_nodes` matches in graph order."""
-    import numpy as np
     import openvino as ov
 
     out = []

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from keras_turbo import _tf
+from keras_turbo.errors import KerasTurboError
 from keras_turbo.model import ModelRef, load_keras
 from keras_turbo.model.graph import leaf_layers
 
@@ -26,9 +28,6 @@ def export_unrolled(ref: ModelRef, out: Path) -> None:
     Raises:
         KerasTurboError: a recurrent layer reads a sequence of dynamic length (nothing to unroll).
     """
-    from keras_turbo import _tf
-    from keras_turbo.errors import KerasTurboError
-
     keras = _tf.keras()
     model = load_keras(ref)
     rnns = recurrent_layers(model)
@@ -73,8 +72,6 @@ def _flat_outputs(model):
     `model.outputs` as a list when it returns a dict (the same layers and weights). Keras names a
     dict output's signature outputs after its keys; a list gives output_0..n, the names every
     runtime serves."""
-    from keras_turbo import _tf
-
     keras = _tf.keras()
     structure = getattr(model, "_outputs_struct", None)
     if not isinstance(structure, dict) or not getattr(model, "inputs", None):

@@ -28,8 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
+from keras_turbo import _tf
 from keras_turbo.errors import KerasTurboError
-from keras_turbo.model import ModelRef
+from keras_turbo.model import ModelRef, config_json, load_keras
+from keras_turbo.model.gate import check_savedmodel
 from keras_turbo.model.signature import STRING, dtype_name
 
 SIDECAR = ".preprocess"     # <artifact stem>.preprocess/: the preprocessing beside its artifact
@@ -69,7 +71,6 @@ def split(model) -> Split | None:
     plan = _plan(model)
     if isinstance(plan, str):
         return None
-    from keras_turbo import _tf
 
     keras = _tf.keras()
     strings, seams, numeric = plan
@@ -133,7 +134,6 @@ def splits(ref: ModelRef) -> bool:
     is read first (no string dtype in it: no build at all); only a text model is loaded."""
     if ref.format not in ("keras", "h5"):
         return False
-    from keras_turbo.model import config_json, load_keras
 
     if '"string"' not in (config_json(ref) or ""):
         return False
@@ -153,8 +153,6 @@ def export(ref: ModelRef, out: Path, part: str) -> None:
     Raises:
         KerasTurboError: the model does not split (with the reason).
     """
-    from keras_turbo.model import load_keras
-
     model = load_keras(ref)
     s = split(model)
     if s is None:
@@ -188,9 +186,6 @@ def attach(pre_savedmodel: Path, artifact: Path) -> None:
 def preprocess_samples(folder: Path, samples: list[dict[str, np.ndarray]], unsafe: bool = False) -> list[dict[str, np.ndarray]]:
     """Calibration samples ({input name: batch} each) of the whole model as the core takes them:
     the string inputs through the preprocessing in `folder`, the numeric inputs as they are."""
-    from keras_turbo import _tf
-    from keras_turbo.model.gate import check_savedmodel
-
     manifest = json.loads((folder / MANIFEST).read_text())
     check_savedmodel(folder, unsafe)
     tf = _tf.tf()

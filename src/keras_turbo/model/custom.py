@@ -17,15 +17,18 @@ process it runs in, once per content.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import importlib.util
 import json
 import os
 import re
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
+from keras_turbo import _tf
 from keras_turbo.errors import KerasTurboError
 
 ENV = "KERAS_TURBO_CUSTOM_OBJECTS"
@@ -84,7 +87,6 @@ def fingerprint(spec: tuple | None = None) -> str:
 def _load_file(path: str) -> dict:
     """Import the user's file (its decorators register with Keras) and return its CUSTOM_OBJECTS."""
     name = "user_custom_objects_" + hashlib.sha256(path.encode()).hexdigest()[:10]
-    import sys
 
     try:
         spec = importlib.util.spec_from_file_location(name, path)
@@ -110,9 +112,6 @@ def activate(spec: tuple) -> None:
     key = json.dumps(spec) + fingerprint(spec)
     if key in _done:
         return
-    import sys
-
-    from keras_turbo import _tf
 
     # Keras as this process has it (on JAX in a keras-jax worker, where TensorFlow is hidden)
     keras = sys.modules.get("keras") or _tf.keras()
@@ -155,8 +154,6 @@ def activated(custom_objects):
 def accepts(fn):
     """Give an API function its keyword `custom_objects=`: effective for the length of the call,
     in this process and in every process the call starts."""
-    import functools
-
     @functools.wraps(fn)
     def wrapper(*args, custom_objects=None, **kwargs):
         with activated(custom_objects):

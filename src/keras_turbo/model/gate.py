@@ -26,7 +26,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from keras_turbo.errors import UnsafeModelError
+from keras_turbo import _tf
+from keras_turbo.errors import ModelLoadError, UnsafeModelError
 
 # Ops seen in Keras 3.15 exports of: Conv/Dense/BN/pooling/activations, Conv2DTranspose,
 # UpSampling, GroupNorm/LayerNorm, Rescaling/Normalization, LSTM/GRU/SimpleRNN/Bidirectional,
@@ -152,15 +153,12 @@ def _read_savedmodel(path: Path):
     Raises:
         ModelLoadError: saved_model.pb is missing, too large, or not a SavedModel.
     """
-    from keras_turbo.errors import ModelLoadError
-
     pb = path / "saved_model.pb"
     if not pb.is_file():
         raise ModelLoadError(f"{path}: no saved_model.pb file, so not a SavedModel")
     if pb.stat().st_size > MAX_PB_BYTES:
         raise ModelLoadError(f"{path}: saved_model.pb is {pb.stat().st_size >> 20} MiB; over the {MAX_PB_BYTES >> 20} MiB "
                              "keras-turbo reads (weights belong in variables/)")
-    from keras_turbo import _tf
 
     _tf.tf()  # importing the message classes imports TensorFlow: do it quietly, as everywhere else
     from tensorflow.core.protobuf import saved_model_pb2

@@ -24,8 +24,21 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from keras_turbo.optimize.measure import REFERENCE_BACKEND, DataRef, measure_quality, node_facts
+from keras_turbo.bench import random_inputs
+from keras_turbo.convert import ConvertConfig, convert
+from keras_turbo.errors import cause
+from keras_turbo.exporters import textsplit
+from keras_turbo.model import ModelRef, custom, io_specs, load_keras, resolve
+from keras_turbo.optimize.measure import (
+    REFERENCE_BACKEND,
+    DataRef,
+    measure_quality,
+    node_facts,
+)
 from keras_turbo.optimize.recipe import Recipe, Step, prefix_id
+from keras_turbo.quality import Budget
+from keras_turbo.runtimes import FAMILIES
+from keras_turbo.runtimes.check import SAMPLES, check_artifact
 
 
 class BuildStopped(BaseException):
@@ -74,15 +87,11 @@ class _Context:
         return self._loaded[which]
 
     def keras_ref(self, path: Path):
-        from keras_turbo.model import resolve
-
         return resolve(path, unsafe=self.job.unsafe)
 
 
 def error_text(e: BaseException) -> str:
     """The error's type and its first line whole: the cause, not a cut-off prefix."""
-    from keras_turbo.errors import cause
-
     return cause(e)
 
 
@@ -90,7 +99,6 @@ def error_text(e: BaseException) -> str:
 
 def build_train(step: Step, source: Path, ctx: _Context, dest: Path) -> tuple[Path, dict]:
     """A Keras -> Keras technique (pruning, distillation, QAT, ...) on the train data."""
-    from keras_turbo.model import load_keras
     from keras_turbo.techniques import TECHNIQUES
 
     config_cls, apply = TECHNIQUES[step.name]
@@ -105,12 +113,8 @@ def build_train(step: Step, source: Path, ctx: _Context, dest: Path) -> tuple[Pa
 
 def build_convert(step: Step, source: Path, ctx: _Context, dest: Path) -> tuple[Path, dict]:
     """A conversion to a runtime's artifact, float or quantized (QAT models export their own int8)."""
-    from keras_turbo.convert import ConvertConfig, convert
-    from keras_turbo.runtimes import FAMILIES
-
     cfg = {k: v for k, v in step.config.items() if k != "qat"}
     if step.config.get("qat"):
-        from keras_turbo.model import load_keras
         from keras_turbo.techniques import qat
 
         path = qat.export_tflite(load_keras(ctx.keras_ref(source)), dest / "model.tflite", calibration=ctx.data("calib"))
@@ -127,17 +131,11 @@ def check_export(ctx: _Context, source: Path, r, quantized: bool) -> float | Non
     samples, before anything times or judges it (runtimes/check.py): an artifact that takes other
     inputs, or whose float outputs differ, fails this step with the reason. Returns the largest
     relative difference (None for a quantized artifact, checked for its structure only)."""
-    from keras_turbo.runtimes import FAMILIES
-    from keras_turbo.runtimes.check import SAMPLES, check_artifact
-    from keras_turbo.model import ModelRef
-
     keras_ref = ctx.keras_ref(source)
     if ctx.job.inputs:
         inputs = list(ctx.job.inputs)
         feeds = [a[:SAMPLES] for a in ctx.data("calib").x]
     else:  # a job built without the model's inputs (a replayed recipe): a random batch of the model's shapes
-        from keras_turbo.model import io_specs
-        from keras_turbo.bench import random_inputs
 
         inputs = list(io_specs(keras_ref)[0])
         feeds = random_inputs(inputs, 2, 1, 0)[0]
@@ -148,8 +146,6 @@ def check_export(ctx: _Context, source: Path, r, quantized: bool) -> float | Non
 
 def build_fallback(step: Step, source: Path, ctx: _Context, dest: Path) -> tuple[Path, dict]:
     """int8 with per-layer sensitivity, the layers that break the budget kept in float."""
-    from keras_turbo.convert import ConvertConfig
-    from keras_turbo.quality import Budget
     from keras_turbo.techniques.repair import FallbackConfig, quantize_with_fallback
 
     c = step.config
@@ -185,7 +181,6 @@ def copy_artifact(src: Path, dst_dir: Path) -> Path:
         shutil.copy(src, dst)
         if src.suffix == ".xml":
             shutil.copy(src.with_suffix(".bin"), dst.with_suffix(".bin"))
-        from keras_turbo.exporters import textsplit
 
         if textsplit.sidecar(src).is_dir():  # a split text model's preprocessing goes with its core
             textsplit.attach(textsplit.sidecar(src), dst)
@@ -257,8 +252,6 @@ def build(job: BuildJob) -> dict:
          "details" (what the steps reported), "quality" (or None), "node"}; with "skipped": True
         and nothing built when the job's deadline had passed before it started.
     """
-    from keras_turbo.model import custom
-
     custom.activate(job.custom_objects)  # a Ray worker on another node has no environment from the driver
     recipe, ctx = job.recipe, _Context(job)
     current = Path(job.model_path)

@@ -6,7 +6,9 @@ from dataclasses import dataclass, replace
 
 from keras_turbo.config import TechniqueConfig
 from keras_turbo.errors import KerasTurboError, bad_param
+from keras_turbo.optimize.plan import TECHNIQUE_SETTINGS
 from keras_turbo.quality import KINDS, Budget, load_metric, metric_name
+from keras_turbo.runtimes import BACKENDS
 from keras_turbo.timing import OPTIMIZE
 
 OBJECTIVES = ("latency", "throughput", "size")
@@ -56,8 +58,6 @@ class OptimizeConfig(TechniqueConfig):
     runoff_rounds: int = 3
 
     def __post_init__(self):
-        from keras_turbo.optimize.plan import TECHNIQUE_SETTINGS
-
         if isinstance(self.budget, dict):  # from_dict (a results.json's config)
             object.__setattr__(self, "budget", Budget.from_dict(self.budget))
         if not isinstance(self.budget, Budget):
@@ -84,7 +84,6 @@ class OptimizeConfig(TechniqueConfig):
         if unknown:
             raise KerasTurboError(f"--techniques: unknown {', '.join(unknown)} (expected some of {', '.join(sorted(known))})")
         object.__setattr__(self, "techniques", tuple(self.techniques))
-        from keras_turbo.runtimes import BACKENDS
 
         bad = [r for r in self.runtimes if r not in BACKENDS]
         if bad:

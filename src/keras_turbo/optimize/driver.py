@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import time
@@ -13,16 +14,44 @@ from typing import Callable
 import numpy as np
 
 from keras_turbo import quality, timing
+from keras_turbo.convert import quantizable_layers
+from keras_turbo.data import load_data
 from keras_turbo.errors import KerasTurboError
+from keras_turbo.machine import cpu_flags, default_threads
+from keras_turbo.model import (
+    as_ref,
+    custom,
+    io_specs,
+    load_keras,
+    output_activations,
+    scales_inputs,
+)
 from keras_turbo.optimize import plan as planner
 from keras_turbo.optimize import select
 from keras_turbo.optimize.build import BuildJob, copy_artifact
 from keras_turbo.optimize.config import OptimizeConfig
 from keras_turbo.optimize.executor import Executor, make_executor
-from keras_turbo.optimize.measure import REFERENCE_BACKEND, DataRef, Protocol, content_hash, data_fingerprint, machine_key
+from keras_turbo.optimize.measure import (
+    REFERENCE_BACKEND,
+    DataRef,
+    Protocol,
+    content_hash,
+    data_fingerprint,
+    load_reference,
+    machine_key,
+)
 from keras_turbo.optimize.recipe import Recipe
 from keras_turbo.optimize.rows import Speed, Variant
 from keras_turbo.optimize.store import Store
+from keras_turbo.outdir import (
+    check_replaceable_dir,
+    claim_out_dir,
+    replace_dir_atomically,
+)
+from keras_turbo.quality import metric_name
+from keras_turbo.runtimes import BACKENDS, load
+from keras_turbo.runtimes.here import precision_backends
+from keras_turbo.runtimes.keras_jax import jax_gpus
 
 #: (share of the time budget, at most seconds) kept for what follows the last measurement
 FINISH_RESERVE = (0.02, 10.0)
@@ -112,9 +141,6 @@ def optimize(model, data, train_data=None, config: OptimizeConfig | None = None,
         ...                          OptimizeConfig(Budget(max_accuracy_drop=1.0)))
         >>> r.recommended["name"], r.report_html
     """
-    from keras_turbo.model import custom
-    from keras_turbo.outdir import check_replaceable_dir, claim_out_dir
-
     started = time.time()  # the time budget covers the whole run: loading and the reference outputs too
     cfg = config or OptimizeConfig()
     # before the executor starts: local Ray workers inherit the environment it sets
@@ -154,8 +180,6 @@ def _search(model, data, train_data, cfg, out: Path, ex: Executor, progress, uns
 def _model_info(run) -> planner.ModelInfo:
     """What the planner needs of the model: can QAT train it, which techniques refuse it and why,
     and how much train data the fine-tunes have."""
-    from keras_turbo.convert import quantizable_layers
-    from keras_turbo.model import load_keras
     from keras_turbo.techniques import REFUSALS
 
     model = load_keras(run.ref)
@@ -168,13 +192,6 @@ def machine_caps(objective: str = "latency") -> planner.MachineCaps:
     """The runtimes that import here, and the precision / objective variants this machine
     accelerates (bf16 and fp16 where the CPU has the arithmetic, keras-jax where JAX sees a GPU),
     each one skipped elsewhere with its reason."""
-    import importlib.util
-
-    from keras_turbo.machine import cpu_flags
-    from keras_turbo.runtimes import BACKENDS
-    from keras_turbo.runtimes.here import precision_backends
-    from keras_turbo.runtimes.keras_jax import jax_gpus
-
     usable = tuple(n for n, b in BACKENDS.items() if importlib.util.find_spec(b.requires) is not None)
     accelerated, skipped = [], []
     for name, why in precision_backends(cpu_flags(), objective).items():
@@ -200,8 +217,6 @@ def _data_refs(data, train_data, cfg: OptimizeConfig, inputs, outputs, scales: b
     "probe_train" (the rest, what probes train on), and "train_samples" (its size, which sizes
     the fine-tunes' epochs). Without train data, a seeded part of the
     held-out data is set apart for calibration and judged on the rest."""
-    from keras_turbo.data import load_data
-
     if data is None:
         raise KerasTurboError("--data: optimize needs held-out data to judge accuracy on")
     for spec, arg in ((data, "--data"), (train_data, "--train-data")):
@@ -239,10 +254,6 @@ def _data_refs(data, train_data, cfg: OptimizeConfig, inputs, outputs, scales: b
 def _reference(ref, data: DataRef, inputs, outputs, path: Path, threads):
     """The float model's outputs on `data` (what every candidate is judged against), saved once;
     returns them with the data's labels."""
-    from keras_turbo.runtimes import load
-
-    from keras_turbo.optimize.measure import load_reference
-
     ds = data.load(inputs, outputs)
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -252,9 +263,6 @@ def _reference(ref, data: DataRef, inputs, outputs, path: Path, threads):
 
 
 def _start(model, data, train_data, cfg, out: Path, ex: Executor, note, unsafe, cache_dir, started=None) -> _Run:
-    from keras_turbo.machine import default_threads
-    from keras_turbo.model import as_ref, custom, io_specs, output_activations, scales_inputs
-
     ref = as_ref(model, unsafe=unsafe, cache_dir=cache_dir)
     if not ref.is_keras:
         raise KerasTurboError(f"{ref.path}: optimize starts from a Keras model (.keras, .h5, SavedModel), not a .{ref.format} artifact")
@@ -293,8 +301,6 @@ def _start(model, data, train_data, cfg, out: Path, ex: Executor, note, unsafe, 
 def _metric_id(metric) -> str:
     """What the user's metric is, for the quality id: its name and, for a file, its content (a
     stored score is reused only for the same metric)."""
-    from keras_turbo.quality import metric_name
-
     name = metric_name(metric)
     path = name.rpartition(":")[0] if isinstance(metric, str) else ""
     return name + (":" + content_hash(Path(path).read_text()) if path and Path(path).is_file() else "")
@@ -544,8 +550,6 @@ def write_best(out: Path, best: dict, force: bool = False, threads: int | None =
     The manifest names the runtime and the thread count it was timed with, which `load` uses
     unless told otherwise. Built beside and renamed into place; a best/ keras-turbo did not write
     is never replaced."""
-    from keras_turbo.outdir import replace_dir_atomically
-
     def build(dst: Path) -> None:
         art = copy_artifact(Path(best["artifact"]), dst)
         manifest = {k: best.get(k) for k in ("name", "backend", "steps", "accuracy", "top1_agreement", "latency_ms",

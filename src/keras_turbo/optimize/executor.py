@@ -21,9 +21,17 @@ import threading
 import time
 from typing import Iterator, Protocol
 
+from keras_turbo import machine
 from keras_turbo.errors import KerasTurboError
-from keras_turbo.optimize.build import BuildJob, BuildStopped, build, error_text, no_result
-from keras_turbo.optimize.measure import measure_speed
+from keras_turbo.model import custom
+from keras_turbo.optimize.build import (
+    BuildJob,
+    BuildStopped,
+    build,
+    error_text,
+    no_result,
+)
+from keras_turbo.optimize.measure import measure_speed, node_facts
 
 EXECUTORS = ("local", "ray")
 
@@ -122,8 +130,6 @@ class LocalExecutor:
         return measure_speed(artifact, backend, batch_size, threads, bench, unsafe)
 
     def target_machine(self) -> dict:
-        from keras_turbo import machine
-
         return machine.facts()
 
     def close(self) -> None:
@@ -137,16 +143,11 @@ def _build_task(job: BuildJob, *after) -> dict:
 
 
 def _time_task(artifact, backend, batch_size, threads, bench, unsafe, custom_objects=()) -> dict:
-    from keras_turbo.model import custom
-
     custom.activate(custom_objects)  # the benchmark worker it starts inherits it
     return measure_speed(artifact, backend, batch_size, threads, bench, unsafe)
 
 
 def _facts_task() -> dict:
-    from keras_turbo import machine
-    from keras_turbo.optimize.measure import node_facts
-
     return {**machine.facts(), "node": node_facts()}
 
 
@@ -232,7 +233,6 @@ class RayExecutor:
 
     def time(self, artifact, backend, batch_size, threads, bench, unsafe) -> dict:
         task = self.ray.remote(_time_task).options(max_retries=self.retries, **self._timing)
-        from keras_turbo.model import custom
 
         return self.ray.get(task.remote(artifact, backend, batch_size, threads, bench, unsafe, custom.current()))
 

@@ -14,13 +14,19 @@ import functools
 import hashlib
 import json
 import os
+import socket
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from keras_turbo import quality
+from keras_turbo.bench import benchmark
+from keras_turbo.data import load_data
 from keras_turbo.optimize.rows import Speed
+from keras_turbo.runtimes import load
+from keras_turbo.timing import BenchmarkConfig
 
 
 def content_hash(obj) -> str:
@@ -71,8 +77,6 @@ class DataRef:
         return _load(self, tuple(inputs), None if outputs is None else tuple(outputs))
 
     def _read(self, inputs, outputs):
-        from keras_turbo.data import load_data
-
         ds = load_data(self.spec, inputs, outputs, default_split=self.default_split, arg=self.arg)
         sel = np.arange(len(ds))
         if self.part != "all":
@@ -131,8 +135,6 @@ def machine_key(facts: dict) -> str:
 
 def node_facts() -> dict:
     """Where this process runs: host, pid, and the Ray node id when inside a Ray worker."""
-    import socket
-
     facts = {"host": socket.gethostname(), "pid": os.getpid(), "node_id": None}
     try:
         import ray
@@ -163,9 +165,6 @@ def measure_quality(artifact: str, backend: str, eval_ref: DataRef, inputs, outp
     `is_reference`: the artifact on this backend is what computed the reference (the model on
     tf-function, with the same threads and batches: driver._reference), so its outputs are the
     reference's, not computed a second time (20 s on ResNet50's 267 samples)."""
-    from keras_turbo import quality
-    from keras_turbo.runtimes import load
-
     t0 = time.time()
     ds = eval_ref.load(inputs, outputs)
     refs = load_reference(reference)
@@ -187,9 +186,6 @@ def measure_quality(artifact: str, backend: str, eval_ref: DataRef, inputs, outp
 def measure_speed(artifact: str, backend: str, batch_size: int, threads: int, bench: dict, unsafe: bool) -> dict:
     """Latency, throughput, size and memory through the isolated harness (a fresh process), as a
     `rows.Speed` serialised (it crosses processes and machines)."""
-    from keras_turbo.timing import BenchmarkConfig
-    from keras_turbo.bench import benchmark
-
     t0 = time.time()
     rep = benchmark(artifact, backends=[backend], batch_sizes=[batch_size], threads=threads,
                     config=BenchmarkConfig(**bench), unsafe=unsafe, measure_overhead=False,

@@ -15,6 +15,8 @@ import os
 import time
 from pathlib import Path
 
+from keras_turbo import quality
+from keras_turbo.optimize import select
 from keras_turbo.optimize.rows import Measurement, Speed
 
 FORMAT = 2
@@ -98,9 +100,6 @@ __all__ = ["FORMAT", "Store", "rejudge"]
 def rejudge(doc: dict) -> dict:
     """A results.json document with its verdicts, Pareto front and recommendation recomputed from
     the measurements and the budget it records (what `keras-turbo report` renders)."""
-    from keras_turbo import quality
-    from keras_turbo.optimize import select
-
     budget = doc.get("budget") or {}
     judged_by = quality.Budget.from_dict(budget)
     rows = [dict(v) for v in doc.get("variants", [])]

@@ -8,7 +8,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from keras_turbo.errors import DataError, cause
+from keras_turbo.errors import DataError, ModelLoadError, cause
 from keras_turbo.model.signature import STRING, TensorInfo, as_strings, dtype_name  # noqa: F401  (re-exported for runtimes)
 
 # True in a process that serves one runtime and nothing else (the benchmark worker). A runtime may
@@ -186,8 +186,6 @@ class Predictor(abc.ABC):
 
 def unreadable(path, kind: str, e: Exception):
     """The one error for an artifact file its runtime cannot read."""
-    from keras_turbo.errors import ModelLoadError
-
     return ModelLoadError(f"{path}: not a valid {kind} file ({cause(e)})")
 
 

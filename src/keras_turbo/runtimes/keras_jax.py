@@ -36,6 +36,8 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 import warnings
 import weakref
 from pathlib import Path
@@ -43,8 +45,20 @@ from typing import Sequence
 
 import numpy as np
 
-from keras_turbo.errors import BackendError, KerasTurboError, ModelLoadError, bad_param, cause
-from keras_turbo.model import UNSAFE_WARNING, ModelRef, prescan
+from keras_turbo.errors import (
+    BackendError,
+    KerasTurboError,
+    ModelLoadError,
+    bad_param,
+    cause,
+)
+from keras_turbo.model import (
+    UNSAFE_WARNING,
+    ModelRef,
+    custom,
+    prescan,
+    unknown_class_message,
+)
 from keras_turbo.model.signature import STRING, TensorInfo, dtype_name
 from keras_turbo.runtimes.base import Executed, Predictor, process_is_dedicated
 from keras_turbo.runtimes.fold import fold_batchnorm
@@ -150,8 +164,6 @@ class JAXModel:
         keras = keras_on_jax()
         import jax
 
-        from keras_turbo.model import custom
-
         # the user's --custom-objects (a worker may have started before they were named: the spec comes with the request)
         custom.activate(tuple(tuple(e) for e in custom_objects) or custom.current())
 
@@ -161,8 +173,6 @@ class JAXModel:
         except Exception as e:
             msg = " ".join(str(e).split())
             if custom.unknown_class(msg):
-                from keras_turbo.model import unknown_class_message
-
                 raise ModelLoadError(unknown_class_message(path, custom.unknown_class(msg))) from e
             raise ModelLoadError(f"{path}: cannot load on Keras-on-JAX ({cause(e)})") from e
         if not isinstance(model, keras.Model):
@@ -363,8 +373,6 @@ class _Worker:
     """
 
     def __init__(self, cpu_only: bool):
-        import threading
-
         src = str(Path(__file__).resolve().parents[2])  # the folder holding the keras_turbo package
         env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1",
                    PYTHONPATH=os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p))
@@ -411,8 +419,6 @@ class _Worker:
         self._stop()
 
     def _read(self, timeout_s: float, what: str, mark: int) -> tuple[dict, list[np.ndarray]]:
-        import time
-
         fd = self._proc.stdout.fileno()
         deadline = time.monotonic() + timeout_s
 
@@ -483,8 +489,6 @@ def stop_workers() -> None:
 
 
 def custom_current() -> tuple:
-    from keras_turbo.model import custom
-
     return custom.current()
 
 

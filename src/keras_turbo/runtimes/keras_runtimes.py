@@ -11,10 +11,10 @@ import warnings
 import numpy as np
 
 from keras_turbo import _tf
+from keras_turbo.errors import BackendError
 from keras_turbo.model import ModelRef, load_keras
 from keras_turbo.model.signature import STRING, tensor_infos
 from keras_turbo.runtimes.base import Executed, Predictor
-
 
 _WARNED: set[int] = set()
 
@@ -41,8 +41,6 @@ def tf_device(device: str) -> str:
     tf = _tf.tf()
     gpus = tf.config.list_physical_devices("GPU")
     if device == "gpu" and not gpus:
-        from keras_turbo.errors import BackendError
-
         raise BackendError("--device gpu: TensorFlow sees no GPU on this machine")
     return "/GPU:0" if gpus and device in ("auto", "gpu") else "/CPU:0"
 
@@ -196,8 +194,6 @@ class TFXLA(TFFunction):
         # exception) when it tries to compile a graph fed strings, so refuse before tracing.
         text = [t.name for t in self.inputs if t.dtype == STRING]
         if text:
-            from keras_turbo.errors import BackendError
-
             raise BackendError(f"tf-xla: input {text[0]!r} takes strings, and XLA compiles no string ops "
                                "(TextVectorization, StringLookup); run it on tf-function")
         super()._build()

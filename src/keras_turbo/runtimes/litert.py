@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from keras_turbo import _tf
+from keras_turbo.errors import BackendError, ModelLoadError
 from keras_turbo.model import ModelRef
-from keras_turbo.runtimes.base import Executed, Predictor, count_precisions, unreadable
 from keras_turbo.model.signature import TensorInfo, dtype_name
+from keras_turbo.runtimes.base import Executed, Predictor, count_precisions, unreadable
 
 #: the builtin ops that do a model's arithmetic
 COMPUTE_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "CONV_3D", "TRANSPOSE_CONV", "FULLY_CONNECTED", "BATCH_MATMUL")
@@ -54,9 +57,6 @@ def _flex_error(ref: ModelRef, e: Exception):
     any other error."""
     if "Select TensorFlow op" not in str(e) and "Flex" not in str(e):
         return None
-    import re
-
-    from keras_turbo.errors import BackendError
 
     ops = sorted({m.decode() for m in re.findall(rb"Flex([A-Z][A-Za-z0-9]+)", ref.path.read_bytes())})
     return BackendError(f"{ref.path.name}: needs TensorFlow Select ops ({', '.join(ops) or '?'}), and this LiteRT "
@@ -122,7 +122,6 @@ class LiteRTPredictor(Predictor):
             msg = " ".join(str(e).split())
             if "custom op" in msg:  # the file needs op kernels that only its author's build has
                 op = msg.split("custom op:", 1)[-1].split(".")[0].strip() if "custom op:" in msg else "?"
-                from keras_turbo.errors import ModelLoadError
 
                 raise ModelLoadError(f"{ref.path}: uses the custom op {op}, which LiteRT here has no kernel for "
                                      "(it needs the runtime build it was made for)") from e

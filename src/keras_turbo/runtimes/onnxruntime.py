@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from keras_turbo.model import ModelRef
-from keras_turbo.runtimes.base import Executed, Predictor, count_precisions, unreadable
+import os
+import tempfile
+
+from keras_turbo.model import ModelRef, check_artifact_files
 from keras_turbo.model.signature import TensorInfo
+from keras_turbo.runtimes.base import Executed, Predictor, count_precisions, unreadable
 
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16",
               "tensor(int8)": "int8", "tensor(uint8)": "uint8", "tensor(int32)": "int32", "tensor(int64)": "int64",
@@ -20,9 +23,6 @@ def session_precisions(path, opts, providers) -> Executed:
     """What ONNX Runtime runs a model's compute ops in: its optimized graph (written by a second
     session with the same options), where int8 QDQ pairs it could fuse have become integer kernels
     (QLinearConv, ...) and those it could not stay float ops on dequantized values."""
-    import os
-    import tempfile
-
     import onnx
     import onnxruntime as ort
 
@@ -44,8 +44,6 @@ class ONNXRuntimePredictor(Predictor):
 
     def __init__(self, ref: ModelRef, threads: int | None = None, batch_size: int | None = None, device: str = "auto"):
         import onnxruntime as ort
-
-        from keras_turbo.model import check_artifact_files
 
         check_artifact_files(ref)  # external data must be the model's own files
         opts = ort.SessionOptions()

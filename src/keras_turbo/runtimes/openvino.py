@@ -14,9 +14,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from keras_turbo.model import ModelRef
-from keras_turbo.runtimes.base import PRECISION_NAMES, Executed, Predictor, count_precisions, unreadable
+from keras_turbo.model import ModelRef, check_artifact_files
 from keras_turbo.model.signature import TensorInfo, dtype_name
+from keras_turbo.runtimes.base import (
+    PRECISION_NAMES,
+    Executed,
+    Predictor,
+    count_precisions,
+    unreadable,
+)
 
 #: the CPU plugin's layer types that do a model's arithmetic (its runtime model's `layerType`)
 COMPUTE_LAYERS = ("Convolution", "GroupConvolution", "Deconvolution", "FullyConnected", "MatMul", "Gemm")
@@ -68,8 +74,6 @@ class OpenVINOPredictor(Predictor):
     def __init__(self, ref: ModelRef, threads: int | None = None, batch_size: int | None = None, device: str = "auto",
                  precision: str | None = None):
         import openvino as ov
-
-        from keras_turbo.model import check_artifact_files
 
         # The .bin (or an ONNX file's external data) must be the model's own regular file: a
         # symlinked .bin once served another file's bytes as weights.

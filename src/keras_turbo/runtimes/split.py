@@ -9,9 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
+from keras_turbo import _tf
 from keras_turbo.errors import KerasTurboError
 from keras_turbo.exporters.textsplit import MANIFEST, sidecar
 from keras_turbo.model import ModelRef
+from keras_turbo.model.gate import check_savedmodel
 from keras_turbo.model.signature import STRING, TensorInfo
 from keras_turbo.runtimes.base import Predictor
 
@@ -35,9 +37,6 @@ class SplitPredictor(Predictor):
     preprocessing = PREPROCESSING
 
     def __init__(self, ref: ModelRef, cls, **kw):
-        from keras_turbo import _tf
-        from keras_turbo.model.gate import check_savedmodel
-
         folder = sidecar(ref.path)
         manifest = json.loads((folder / MANIFEST).read_text())
         check_savedmodel(folder, ref.unsafe)  # the preprocessing is a SavedModel like any other
@@ -73,8 +72,6 @@ class SplitPredictor(Predictor):
 
     @staticmethod
     def _tf_constant(a):
-        from keras_turbo import _tf
-
         return _tf.tf().constant(a)
 
     def executed(self):

@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from keras_turbo.machine import default_threads
 from keras_turbo.model import ModelRef
 from keras_turbo.runtimes.base import Predictor
 from keras_turbo.runtimes.litert import LiteRTPredictor
@@ -35,8 +36,6 @@ class StreamsPredictor(Predictor):
     inner: type[Predictor] = Predictor
 
     def __init__(self, ref: ModelRef, threads: int | None = None, batch_size: int | None = None, device: str = "auto"):
-        from keras_turbo.machine import default_threads
-
         self.streams = max(1, threads or default_threads())
         per = -(-batch_size // self.streams) if batch_size else None
         self._parts: list[Predictor] = []

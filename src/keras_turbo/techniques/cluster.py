@@ -20,15 +20,22 @@ not change. The report says so.
 
 from __future__ import annotations
 
+import gzip
 from dataclasses import dataclass
 
 import numpy as np
 
 from keras_turbo.data import Dataset
 from keras_turbo.errors import KerasTurboError, bad_param
-from keras_turbo.techniques._training import accuracy, check_model, copy_model, finetune, saved_sizes
-from keras_turbo.techniques.base import TechniqueConfig, TechniqueResult
 from keras_turbo.model.graph import leaf_layers
+from keras_turbo.techniques._training import (
+    accuracy,
+    check_model,
+    copy_model,
+    finetune,
+    saved_sizes,
+)
+from keras_turbo.techniques.base import TechniqueConfig, TechniqueResult
 
 CLUSTERABLE = ("Conv1D", "Conv2D", "Conv3D", "DepthwiseConv2D", "SeparableConv2D", "Conv2DTranspose", "Dense")
 SIZE_NOTE = ("clustering shares values, it does not remove them: the model has the same shape and runs at the "
@@ -206,8 +213,6 @@ def apply(model, config: ClusterConfig | None = None, train: Dataset | None = No
 def _kernel_gzip(before, after, names: list[str]) -> dict:
     """gzip bytes of the clustered kernels alone (float32), before and after: the part clustering
     acts on, with no container or unclustered weights around it."""
-    import gzip
-
     def blob(model):
         parts = []
         for n in dict.fromkeys(names):

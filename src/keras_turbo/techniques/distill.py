@@ -37,6 +37,7 @@ import numpy as np
 
 from keras_turbo import _tf
 from keras_turbo.data import Dataset
+from keras_turbo.describe import describe_keras
 from keras_turbo.errors import KerasTurboError, bad_param, cause, first_line
 from keras_turbo.model import load_keras, resolve
 from keras_turbo.techniques._training import (
@@ -423,8 +424,6 @@ def _report(model, student, trained, teacher: _Teacher, val: Dataset | None, *, 
             training: dict) -> dict:
     """The student, the loss, what each side trained on, FLOPs and parameters of both, the
     training, and both accuracies on `val`."""
-    from keras_turbo.describe import describe_keras
-
     t_info, s_info = describe_keras(model), describe_keras(student)
     return {
         "student": description, "loss": loss, "teacher_outputs": "probabilities" if teacher.outputs_probs else "logits",

@@ -33,10 +33,15 @@ from pathlib import Path
 import numpy as np
 
 from keras_turbo import _tf
+from keras_turbo.convert import ConvertConfig, calibration_samples, convert
 from keras_turbo.data import Dataset
 from keras_turbo.errors import KerasTurboError, bad_param, first_line
 from keras_turbo.model.graph import functional, layer_graph, producer
-from keras_turbo.model.layers import ActivationQuantizer, QuantizedKernel, quantize_kernel  # noqa: F401 (QAT's API)
+from keras_turbo.model.layers import (  # noqa: F401 (QAT's API)
+    ActivationQuantizer,
+    QuantizedKernel,
+    quantize_kernel,
+)
 from keras_turbo.techniques._training import accuracy, check_model, feed, finetune
 from keras_turbo.techniques.base import TechniqueConfig, TechniqueResult
 
@@ -258,8 +263,6 @@ def calibrate(qmodel, xs: tuple[np.ndarray, ...]) -> None:
 
 def _calibration_xs(qmodel, ds: Dataset, config: QATConfig) -> tuple[np.ndarray, ...]:
     """The very samples `convert` will hand the LiteRT converter (same size, seed and order)."""
-    from keras_turbo.convert import calibration_samples
-
     names = sorted(t.name.split(":")[0] for t in qmodel.inputs)
     samples = calibration_samples(ds, names, config.calibration_size, config.seed)
     return tuple(np.concatenate([s[n] for s in samples]) for n in names)
@@ -359,8 +362,6 @@ def export_tflite(result_or_model, out_path, calibration=None) -> Path:
     Example:
         >>> qat.export_tflite(result, "digits_int8.tflite")
     """
-    from keras_turbo.convert import ConvertConfig, convert
-
     if isinstance(result_or_model, TechniqueResult):
         qmodel, config = result_or_model.model, result_or_model.config
         calibration = calibration if calibration is not None else result_or_model.report["calibration"]["source"]

@@ -25,15 +25,25 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from keras_turbo.convert import (QUANTIZABLE, ConvertConfig, ConvertResult, convert, graph_nodes, layer_nodes,
-                                  quantizable_layers)
-from keras_turbo import quality, timing
-from keras_turbo.errors import KerasTurboError, bad_param
+from keras_turbo import _tf, quality, timing
+from keras_turbo.bench import measure
 from keras_turbo.config import TechniqueConfig
+from keras_turbo.convert import (
+    QUANTIZABLE,
+    ConvertConfig,
+    ConvertResult,
+    calibration_samples,
+    convert,
+    graph_nodes,
+    layer_nodes,
+    quantizable_layers,
+)
+from keras_turbo.data import Dataset, check, load_data
+from keras_turbo.errors import KerasTurboError, bad_param
+from keras_turbo.model import as_ref, io_specs, load_keras
 from keras_turbo.model.graph import NESTED, functional, layer_graph, output_layer_names
 from keras_turbo.quality import Budget
-from keras_turbo.runtimes import FAMILIES
-
+from keras_turbo.runtimes import FAMILIES, load
 
 RANKINGS = ("tensors", "per-layer")
 
@@ -263,8 +273,6 @@ def tensor_errors(model, xs, batch_size: int = 32) -> list[dict]:
     Returns:
         One dict per scored layer, worst first: layer, kind, tensor_error, channels.
     """
-    from keras_turbo import _tf
-
     keras = _tf.keras()
     model = functional(model)
     g = layer_graph(model)
@@ -404,9 +412,6 @@ def quantize_with_fallback(model, config: ConvertConfig, calibration, eval_data,
         ...                             "builtin:digits:train", "builtin:digits:val", FallbackConfig(Budget(max_accuracy_drop=1)))
         >>> fr.kept_float, fr.carriers, fr.met
     """
-    from keras_turbo.model import as_ref
-    from keras_turbo.model import load_keras
-
     started = time.monotonic()
     ref = as_ref(model, unsafe=unsafe, cache_dir=cache_dir)
     job = _Job(ref, ConvertConfig(**{**config.to_dict(), "keep_float": ()}), calibration, settings,
@@ -431,10 +436,6 @@ def quantize_with_fallback(model, config: ConvertConfig, calibration, eval_data,
 def _judged_data(ref, eval_data, settings: FallbackConfig) -> tuple:
     """(inputs, held-out xs, first output's class ids, the float model's outputs (one per output),
     float accuracy, every output's labels, the output kinds) for the fallback."""
-    from keras_turbo.model import io_specs
-    from keras_turbo.runtimes import load
-    from keras_turbo.data import Dataset, check, load_data
-
     inputs, outputs = io_specs(ref)
     ds = check(eval_data, inputs, outputs, "--eval-data") if isinstance(eval_data, Dataset) else \
         load_data(eval_data, inputs, outputs, default_split="val", arg="--eval-data")
@@ -515,8 +516,6 @@ def _brief_ms(res: ConvertResult, batch: int) -> float | None:
     not be, e.g. a dynamic input size with no size to time at). timing.BRIEF: a few hundred
     milliseconds, enough to tell a variant that is clearly slower than the one to beat (a step
     within the timing's noise goes on being repaired)."""
-    from keras_turbo.bench import measure
-
     try:
         return measure(lambda: res.load(batch_size=batch), batch, timing.BRIEF)["latency_ms"]["p50"]
     except Exception:  # only the early end of the walk depends on it
@@ -536,9 +535,6 @@ def _rank(job: _Job, full: Measured, keras_model, layers: list[str], by_layer: d
 
 
 def _rank_tensors(job: _Job, keras_model, by_layer: dict) -> tuple[list, list]:
-    from keras_turbo.convert import calibration_samples
-    from keras_turbo.data import Dataset, check, load_data
-
     job.note("ranking tensors by their int8 error (one calibration pass)")
     cal = job.calibration
     cal = check(cal, job.inputs, None, "--calibration-data") if isinstance(cal, Dataset) else \
@@ -737,8 +733,6 @@ def quantize_with_repair(model, config: ConvertConfig, calibration, eval_data, s
     """
     if not equalize:
         return quantize_with_fallback(model, config, calibration, eval_data, settings, progress, unsafe, cache_dir, deadline)
-    from keras_turbo.model import as_ref
-    from keras_turbo.model import load_keras
     from keras_turbo.techniques import equalize as equalize_mod
 
     note = progress or (lambda msg: None)

@@ -45,6 +45,10 @@ def test_results_json_schema(digits_run):
             assert {"p50", "p90", "p99"} <= set(v["latency_ms"])
             assert v["steps"] and {"kind", "name", "config"} <= set(v["steps"][0]) and v["steps"][-1]["kind"] == "runtime"
     assert any(v["pareto"] for v in doc["variants"])
+    # what the budget was judged on, beside it: every one of the 271 test samples (QUICK's eval_size)
+    b = doc["budget"]
+    assert (b["eval_size"], b["eval_samples"], b["eval_available"]) == (271, 271, 271), b
+    assert "judged on 271 held-out samples" in (digits_run.out / "report.md").read_text()
     # the first plan's later candidates come in the second wave (after any repair)
     waves = {v["name"]: v.get("wave") for v in doc["variants"]}
     assert waves["onnxruntime dynamic"] == waves["tf-xla fp32"] == 2 and waves["litert int8"] == 1, waves
@@ -243,3 +247,14 @@ def test_a_results_json_written_before_the_typed_rows_is_read(tmp_path, capsys):
     assert main(["report", str(out)]) == 0
     md = (out / "report.md").read_text()
     assert f"Recommended: `{doc['recommended']}`" in md and "runs in" in md
+
+
+def test_the_sample_cap_is_stated_beside_the_budget():
+    """A cap that cut the held-out data (--eval-size) is named in the report's budget line."""
+    from keras_turbo.report import _budget_text
+
+    doc = {"budget": {"max_accuracy_drop": 1.0, "min_agreement": None, "objective": "latency", "batch_size": 1,
+                      "threads": 2, "eval_size": 1000, "eval_samples": 1000, "eval_available": 1300}, "outputs": []}
+    assert "judged on 1,000 of the 1,300 held-out samples (a seeded sample; --eval-size 1000)" in _budget_text(doc)
+    del doc["budget"]["eval_samples"]  # a results.json from before it was recorded
+    assert "judged on" not in _budget_text(doc)

@@ -748,3 +748,129 @@ def test_data_outside_the_calibrated_range_warns(tmp_path, model_files):
         keras_turbo.evaluate(r.path, Dataset((unit[:20] * 255,), None, "bytes"))
     msgs = [str(w.message) for w in caught if "calibrated" in str(w.message)]
     assert len(msgs) == 1 and "scale the data as in calibration" in msgs[0], msgs
+
+
+# ------------------------------------------------------------------ issue 30: links planted in an output folder
+
+def _victim(tmp_path) -> Path:
+    v = tmp_path / "victim.txt"
+    v.write_text("the user's own file\n")
+    return v
+
+
+def _assert_untouched(victim: Path) -> None:
+    assert victim.read_text() == "the user's own file\n", "a write followed a planted link"
+
+
+@pytest.mark.parametrize("planted", [".keras-turbo.lock", ".keras-turbo", "results.json", "report.md", "report.html",
+                                     "best", "artifacts/abc", "reference"])
+def test_optimize_refuses_a_folder_with_a_link_where_it_writes(capsys, tmp_path, digits_model, planted):
+    """A folder prepared with a link where keras-turbo writes is refused before anything is written,
+    --force or not, and the link's target is never touched."""
+    victim = _victim(tmp_path)
+    out = tmp_path / "o"
+    (out / planted).parent.mkdir(parents=True, exist_ok=True)
+    os.symlink(victim, out / planted)
+    if planted != ".keras-turbo":
+        (out / ".keras-turbo").write_text('{"written_by": "keras-turbo", "kind": "run"}\n')
+    for extra in ([], ["--force"]):
+        code, _, err = run_cli(capsys, "optimize", digits_model[0], "--data", "builtin:digits:test", "--out", out,
+                               "--techniques", "runtimes", "--runtimes", "litert", *extra)
+        one_line_error(code, err, "symbolic link")
+        _assert_untouched(victim)
+
+
+def test_report_and_file_outputs_replace_a_link_never_its_target(capsys, tmp_path, model_files, digits_model):
+    """`keras-turbo report DIR`, --json and -o write under a fresh name and rename it into place: a
+    link at the output path is replaced, its target left as it was."""
+    victim = _victim(tmp_path)
+    src = Path(__file__).parent / "data" / "results_before_issue27.json"
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.json").write_text(src.read_text())
+    (run / ".keras-turbo").write_text('{"written_by": "keras-turbo", "kind": "run"}\n')
+    for name in ("report.md", "report.html"):
+        os.symlink(victim, run / name)
+    code, _, err = run_cli(capsys, "report", run)
+    assert code == 0, err
+    _assert_untouched(victim)
+    assert all((run / n).is_file() and not (run / n).is_symlink() for n in ("report.md", "report.html"))
+    # -o and --json with --force (the user's path exists: a link to the victim)
+    path = model_files["sequential"][0]
+    for argv in (["convert", path, "--to", "litert", "-o", tmp_path / "m.tflite"],
+                 ["inspect", path, "--json", tmp_path / "i.json"]):
+        link = Path(argv[argv.index("-o") + 1] if "-o" in argv else argv[argv.index("--json") + 1])
+        os.symlink(victim, link)
+        code, _, err = run_cli(capsys, *argv, "--force")
+        assert code == 0, err
+        _assert_untouched(victim)
+        assert link.is_file() and not link.is_symlink()
+
+
+def test_a_linked_results_json_is_never_read(tmp_path):
+    from keras_turbo.optimize.store import Store
+
+    other = tmp_path / "someone_elses.json"
+    other.write_text(json.dumps({"format": 2, "model_fingerprint": "fp", "variants": [], "measurements": []}))
+    (tmp_path / "o").mkdir()
+    os.symlink(other, tmp_path / "o" / "results.json")
+    store = Store(tmp_path / "o", "fp")
+    assert "symbolic link" in store.note and not store.measurements
+
+
+# ------------------------------------------------------------------ issue 30: corrupt inputs, impossible paths
+
+RANDOM = np.random.default_rng(30).bytes(4096)
+
+
+@pytest.mark.parametrize("name", ["m.keras", "m.h5", "m.hdf5", "m.tflite", "m.onnx", "m.xml", "saved_model"])
+def test_random_bytes_in_every_model_format_are_one_line(capsys, tmp_path, name):
+    path = tmp_path / name
+    if name == "saved_model":
+        path.mkdir()
+        (path / "saved_model.pb").write_bytes(RANDOM)
+    else:
+        path.write_bytes(RANDOM)
+        if name == "m.xml":
+            path.with_suffix(".bin").write_bytes(RANDOM)
+    one_line_error(*run_cli(capsys, "inspect", path)[::2], str(path.name))
+    # a text file in a model's clothes too
+    if name in ("m.onnx", "m.tflite", "m.keras"):
+        path.write_text("not a model at all\n" * 20)
+        one_line_error(*run_cli(capsys, "inspect", path)[::2], str(path.name))
+
+
+@pytest.mark.parametrize("name", ["d.npz", "d.txt", "images"])
+def test_random_bytes_in_every_data_format_are_one_line(capsys, tmp_path, model_files, name):
+    path = tmp_path / name
+    if name == "images":
+        (path / "cat").mkdir(parents=True)
+        for i in range(3):
+            (path / "cat" / f"{i}.png").write_bytes(RANDOM)
+    else:
+        path.write_bytes(RANDOM)
+    code, _, err = run_cli(capsys, "evaluate", model_files["sequential"][0], "--data", path, "--backend", "keras-call")
+    one_line_error(code, err)
+
+
+def test_random_bytes_as_results_json_are_one_line(capsys, tmp_path):
+    (tmp_path / "results.json").write_bytes(RANDOM)
+    one_line_error(*run_cli(capsys, "report", tmp_path)[::2])
+
+
+def test_output_paths_the_system_cannot_create_are_one_line(capsys, digits_model, model_files):
+    t0 = time.time()
+    code, _, err = run_cli(capsys, "optimize", digits_model[0], "--data", "builtin:digits:test", "--out", "/proc/kt-out")
+    one_line_error(code, err, "/proc/kt-out")
+    code, _, err = run_cli(capsys, "inspect", model_files["sequential"][0], "--json", "/proc/kt/i.json")
+    one_line_error(code, err, "/proc/kt/i.json")
+    assert time.time() - t0 < 30  # refused before any work
+
+
+def test_a_metric_that_raises_stops_the_run_before_any_build(capsys, tmp_path, digits_model):
+    (tmp_path / "metric.py").write_text("def broken(ref, out, y):\n    raise ValueError('no such column')\n")
+    out = tmp_path / "o"
+    code, _, err = run_cli(capsys, "optimize", digits_model[0], "--data", "builtin:digits:test", "--out", out,
+                           "--metric", f"{tmp_path / 'metric.py'}:broken", "--techniques", "runtimes", "--runtimes", "litert")
+    one_line_error(code, err, "metric.py:broken", "ValueError: no such column")
+    assert not any((out / "artifacts").iterdir()) if (out / "artifacts").exists() else True

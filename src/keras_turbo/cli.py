@@ -397,6 +397,13 @@ def _run_technique(args, name: str, config, suffix: str = ".keras"):
     return result
 
 
+def _save_model(model, path) -> None:
+    """A technique's -o: written under a fresh name and renamed into place (never through a link)."""
+    from keras_turbo.outdir import write_file_atomically
+
+    write_file_atomically(path, model.save)
+
+
 def _print_report(report: dict) -> None:
     out, _ = _console()
     for key, value in report.items():
@@ -425,7 +432,7 @@ def cmd_prune(args) -> int:
         cfg = PruneConfig(finetune=not args.no_finetune, pattern=args.pattern, skip_first_last=not args.prune_first_last,
                           **_given(args, "sparsity", "schedule", "epochs"))
         result = _run_technique(args, "prune", cfg)
-    result.model.save(args.output)
+    _save_model(result.model, args.output)
     out, _ = _console()
     out.print(f"wrote {args.output}")
     _print_report(result.report)
@@ -438,7 +445,7 @@ def cmd_distill(args) -> int:
     cfg = DistillConfig(labels_only=args.labels_only,
                         **_given(args, "student", "shift", "mixup", "seed", "temperature", "alpha", "epochs"))
     result = _run_technique(args, "distill", cfg)
-    result.model.save(args.output)
+    _save_model(result.model, args.output)
     _console()[0].print(f"wrote {args.output}")
     _print_report(result.report)
     return 0
@@ -449,7 +456,7 @@ def cmd_resolution(args) -> int:
 
     cfg = ResolutionConfig(finetune=not args.no_finetune, distill=not args.labels_only, **_given(args, "factor", "epochs"))
     result = _run_technique(args, "resolution", cfg)
-    result.model.save(args.output)
+    _save_model(result.model, args.output)
     _console()[0].print(f"wrote {args.output}")
     _print_report(result.report)
     return 0
@@ -471,7 +478,7 @@ def cmd_cluster(args) -> int:
 
     cfg = ClusterConfig(**_given(args, "clusters", "epochs"))
     result = _run_technique(args, "cluster", cfg)
-    result.model.save(args.output)
+    _save_model(result.model, args.output)
     _console()[0].print(f"wrote {args.output}")
     _print_report(result.report)
     return 0
@@ -543,7 +550,7 @@ def cmd_optimize(args) -> int:
     cfg = OptimizeConfig(_budget(args), metric=args.metric, output_kinds=_output_kinds(args.output_kind),
                          threads=args.threads, techniques=tuple(t for t in (args.techniques or "").split(",") if t),
                          runtimes=tuple(t for t in (args.runtimes or "").split(",") if t),
-                         **_given(args, "objective", "batch_size", "runoff_rounds"),
+                         **_given(args, "objective", "batch_size", "runoff_rounds", "eval_size"),
                          **({"time_budget_s": _parse_duration(args.time_budget)} if args.time_budget else {}))
     res = _run_optimize(args.model, args.data, args.train_data, cfg, args.out, args.unsafe, args.force,
                         **_given(args, "executor", "ray_address", "target_node", "target_resource"))
@@ -786,6 +793,9 @@ def _add_optimize(sub):
     sp.add_argument("--techniques", metavar="LIST", help="comma-separated: runtimes,fp16,int8,fallback and the training techniques")
     sp.add_argument("--runtimes", metavar="LIST", help="comma-separated runtimes to try (default: every one that imports here)")
     sp.add_argument("--time-budget", metavar="DURATION", help=f"e.g. 90s, 30m (default {d.time_budget_s / 60:g}m)")
+    sp.add_argument("--eval-size", type=_positive_int("--eval-size"), metavar="N",
+                    help="judge quality on at most N samples of --data, a seeded sample where it holds more "
+                         f"(default {d.eval_size}; the report and results.json say how many were used)")
     sp.add_argument("--runoff-rounds", type=_positive_int("--runoff-rounds", least=0), metavar="N",
                     help="time the candidates within 15%% of the fastest again in N alternating rounds and rank them "
                          f"by the median (0: one timing each; default {d.runoff_rounds})")

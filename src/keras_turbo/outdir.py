@@ -8,7 +8,13 @@ Rules (issue 15):
     keras-turbo wrote it (its own marker inside);
   - an output file (`-o`, `--json`) never overwrites an input, and an existing file only with
     --force; each is checked (a file, in a writable folder) before any work starts, so a bad
-    path fails in a second, not after an hour of measuring.
+    path fails in a second, not after an hour of measuring;
+  - nothing is written through a link that was there before (issue 30): every file is written
+    under a fresh name and renamed into place (the rename replaces a link, never its target), the
+    lock is opened with O_NOFOLLOW, and a run folder holding a symbolic link where keras-turbo
+    writes (its marker, lock, results, reports, best/, artifacts/, reference/, anywhere below
+    them) is refused with the link named, --force or not;
+  - a path the operating system cannot create is one line, like any other bad output path.
 """
 
 from __future__ import annotations
@@ -30,26 +36,76 @@ from keras_turbo.errors import OutputError
 #: in every folder keras-turbo made for a run (and in every best/ it wrote)
 MARKER = ".keras-turbo"
 LOCK = ".keras-turbo.lock"
+#: what keras-turbo writes in a run folder: a link at any of these (or below the folders) is refused
+WRITES = (MARKER, LOCK, "results.json", "report.md", "report.html", "best", "artifacts", "reference")
 
 
 def _write_marker(folder: Path, kind: str) -> None:
-    (folder / MARKER).write_text(json.dumps({"written_by": "keras-turbo", "kind": kind}) + "\n")
+    text = json.dumps({"written_by": "keras-turbo", "kind": kind}) + "\n"
+    write_file_atomically(folder / MARKER, lambda tmp: tmp.write_text(text))
+
+
+def _own_regular_file(path: Path) -> bool:
+    """A regular file at `path` itself, not a link to one."""
+    return path.is_file() and not path.is_symlink()
 
 
 def is_ours(folder: Path) -> bool:
     """Whether keras-turbo made `folder`: its marker file is there, or (folders written before
-    markers existed) a results.json or best/manifest.json in keras-turbo's own schema."""
+    markers existed) a results.json or best/manifest.json in keras-turbo's own schema. A link
+    in their place proves nothing: it may point at another run's files."""
     folder = Path(folder)
-    if (folder / MARKER).is_file():
+    if _own_regular_file(folder / MARKER):
         return True
     for name, keys in (("results.json", {"model_fingerprint", "variants"}), ("manifest.json", {"artifact", "backend", "steps"})):
         f = folder / name
         try:
-            if f.is_file() and f.stat().st_size < (64 << 20) and keys <= set(json.loads(f.read_text())):
+            if _own_regular_file(f) and f.stat().st_size < (64 << 20) and keys <= set(json.loads(f.read_text())):
                 return True
         except (OSError, ValueError, TypeError):
             pass
     return False
+
+
+def planted_links(folder: Path) -> list[Path]:
+    """Symbolic links where keras-turbo would write in a run folder: at WRITES, and anywhere below
+    the folders among them (a link is not followed: its own name is reported)."""
+    folder = Path(folder)
+    found = [folder / n for n in WRITES if (folder / n).is_symlink()]
+    for n in WRITES:
+        top = folder / n
+        if top.is_symlink() or not top.is_dir():
+            continue
+        for root, dirs, files in os.walk(top, followlinks=False):
+            found += [Path(root) / x for x in dirs + files if (Path(root) / x).is_symlink()]
+    return found
+
+
+def _refuse_links(out: Path, arg: str) -> None:
+    links = planted_links(out)
+    if links:
+        shown = ", ".join(f"{p.relative_to(out)} -> {os.readlink(p)}" for p in links[:3]) + (", ..." if len(links) > 3 else "")
+        raise OutputError(f"{arg} {out}: holds symbolic links where keras-turbo writes ({shown}); it never writes "
+                          "through a link: remove them or choose another folder")
+
+
+def _mkdir(folder: Path, arg: str, shown: Path) -> None:
+    """`folder` and its parents made, or one line saying why the system would not."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"{arg} {shown}: cannot create {folder} ({e.strerror or type(e).__name__})".lstrip()) from None
+
+
+def _open_lock(path: Path, arg: str, shown: Path):
+    """The lock file, opened without following a link (a link planted there is refused)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise OutputError(f"{arg} {shown}: its lock file {path.name} is a symbolic link; refused") from None
+        raise OutputError(f"{arg} {shown}: cannot open its lock file ({e.strerror or type(e).__name__})") from None
+    return os.fdopen(fd, "r+")
 
 
 def _nearest_existing(path: Path) -> Path:
@@ -89,9 +145,11 @@ def claim_out_dir(path: str | os.PathLike, force: bool = False, arg: str = "--ou
             raise OutputError(f"{arg} {out}: holds files keras-turbo did not write ({shown}); "
                               "choose a new folder, or pass --force to write beside them")
     _check_writable_dir(out, arg, out)
+    if out.is_dir():
+        _refuse_links(out, arg)
     created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    fh = open(out / LOCK, "a+")
+    _mkdir(out, arg, out)
+    fh = _open_lock(out / LOCK, arg, out)
     failed = False
     try:
         try:
@@ -128,6 +186,9 @@ def claim_out_dir(path: str | os.PathLike, force: bool = False, arg: str = "--ou
 def check_replaceable_dir(dst: str | os.PathLike, force: bool = False) -> None:
     """Fail early (before any work) when `replace_dir_atomically(..., dst, force)` would refuse."""
     dst = Path(dst)
+    if dst.is_symlink():
+        raise OutputError(f"{dst}: a symbolic link where keras-turbo writes a folder; it never writes through a link "
+                          "(remove it)")
     if dst.exists() and not dst.is_dir():
         raise OutputError(f"{dst}: a file of that name exists where keras-turbo writes a folder")
     if dst.is_dir() and not is_ours(dst) and not force:
@@ -148,7 +209,7 @@ def replace_dir_atomically(build: Callable[[Path], None] | str | os.PathLike, ds
     """
     dst = Path(dst)
     check_replaceable_dir(dst, force)
-    dst.parent.mkdir(parents=True, exist_ok=True)
+    _mkdir(dst.parent, "", dst)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.new-", dir=dst.parent))
     old = None
     try:
@@ -217,6 +278,15 @@ def check_output_file(path: str | os.PathLike | None, inputs: Iterable[str | os.
         if t.exists() and not force:
             raise OutputError(f"{arg} {p}: {t} exists; pass --force to overwrite it")
     _check_writable_dir(p.parent, arg, p)
+    # The folder made and a file tried in it now: a place the system will not write (under /proc,
+    # a read-only mount) fails before the work, not after it.
+    _mkdir(p.parent, arg, p)
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{p.stem}.", suffix=".probe", dir=p.parent)
+    except OSError as e:
+        raise OutputError(f"{arg} {p}: cannot write in {p.parent} ({e.strerror or type(e).__name__})") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def write_file_atomically(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
@@ -224,8 +294,11 @@ def write_file_atomically(path: str | os.PathLike, write: Callable[[Path], None]
     never sees half a file and an interrupted write leaves nothing behind. The temp name keeps
     the suffix (Keras and the converters choose the format by it)."""
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.stem}.", suffix=f".tmp{p.suffix}", dir=p.parent)
+    _mkdir(p.parent, "", p)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.stem}.", suffix=f".tmp{p.suffix}", dir=p.parent)
+    except OSError as e:
+        raise OutputError(f"{p}: cannot write in {p.parent} ({e.strerror or type(e).__name__})") from None
     os.close(fd)
     try:
         write(Path(tmp))

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from keras_turbo.bench import BenchmarkReport
 from keras_turbo.optimize.select import median_round, quality_key
+from keras_turbo.outdir import write_file_atomically
 from keras_turbo.quality import (
     DEFAULT_MAX_METRIC_DROP,
     DEFAULT_MAX_OUTPUT_ERROR,
@@ -200,7 +201,18 @@ def _budget_text(doc: dict) -> str:
                f"at most {b['max_metric_drop']}% worse than float"
     elif (doc.get("config") or {}).get("metric"):
         lim += f"; the user metric at most {DEFAULT_MAX_METRIC_DROP}% below float (default)"
-    return f"{lim}; objective {b['objective']}; batch {b['batch_size']}; {b['threads']} threads"
+    return f"{lim}{_judged_on(b)}; objective {b['objective']}; batch {b['batch_size']}; {b['threads']} threads"
+
+
+def _judged_on(b: dict) -> str:
+    """How many held-out samples the budget was judged on, and the cap (--eval-size) when it cut
+    them (results.json files from before it was recorded say nothing)."""
+    used, available, cap = b.get("eval_samples"), b.get("eval_available"), b.get("eval_size")
+    if not used:
+        return ""
+    if available and available > used:
+        return f"; judged on {used:,} of the {available:,} held-out samples (a seeded sample; --eval-size {cap})"
+    return f"; judged on {used:,} held-out samples"
 
 
 def output_metrics_text(o: dict) -> str:
@@ -274,7 +286,7 @@ def write_markdown(out, doc: dict) -> str:
     lines += ["", f"Machine: {m['cpu']}, {m['usable_cores']} cores, flags: "
               + ", ".join(k for k, v in m["cpu_flags"].items() if v) + f"; GPUs: {', '.join(m['gpus']) or 'none'}."]
     text = "\n".join(lines) + "\n"
-    (out / "report.md").write_text(text)
+    write_file_atomically(out / "report.md", lambda tmp: tmp.write_text(text))
     return text
 
 
@@ -399,7 +411,7 @@ def write_html(out, doc: dict) -> str:
             ("libraries", ", ".join(f"{k} {v}" for k, v in m["libraries"].items() if v))]) + "</table>")
     parts.append("</body></html>")
     text = "\n".join(parts)
-    (out / "report.html").write_text(text)
+    write_file_atomically(out / "report.html", lambda tmp: tmp.write_text(text))
     return text
 
 

@@ -13,7 +13,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from keras_turbo.errors import ModelLoadError
+from keras_turbo.errors import ModelLoadError, cause
 from keras_turbo.model import custom
 
 KERAS_FORMATS = ("keras", "h5", "savedmodel")
@@ -142,7 +142,10 @@ def check_onnx_external_data(path: Path) -> None:
     import onnx
     from onnx.external_data_helper import _get_all_tensors
 
-    model = onnx.load(str(path), load_external_data=False)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf's DecodeError and kin: a corrupt or foreign file
+        raise ModelLoadError(f"{path}: not a valid .onnx file ({cause(e)})") from e
     for t in _get_all_tensors(model):
         if t.data_location == onnx.TensorProto.EXTERNAL:
             location = next((e.value for e in t.external_data if e.key == "location"), "")

@@ -36,6 +36,7 @@ from keras_turbo.optimize.measure import (
     node_facts,
 )
 from keras_turbo.optimize.recipe import Recipe, Step, prefix_id
+from keras_turbo.outdir import write_file_atomically
 from keras_turbo.quality import Budget
 from keras_turbo.runtimes import FAMILIES
 from keras_turbo.runtimes.check import SAMPLES, check_artifact
@@ -181,7 +182,6 @@ def copy_artifact(src: Path, dst_dir: Path) -> Path:
         shutil.copy(src, dst)
         if src.suffix == ".xml":
             shutil.copy(src.with_suffix(".bin"), dst.with_suffix(".bin"))
-
         if textsplit.sidecar(src).is_dir():  # a split text model's preprocessing goes with its core
             textsplit.attach(textsplit.sidecar(src), dst)
     return dst
@@ -200,9 +200,8 @@ def _locked(path: Path):
 
 
 def _write_json(path: Path, doc: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(doc, indent=1, default=str))
-    os.replace(tmp, path)
+    text = json.dumps(doc, indent=1, default=str)
+    write_file_atomically(path, lambda tmp: tmp.write_text(text))
 
 
 def build_prefix(recipe: Recipe, k: int, source: Path, ctx: _Context) -> dict:

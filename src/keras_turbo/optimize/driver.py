@@ -47,6 +47,7 @@ from keras_turbo.outdir import (
     check_replaceable_dir,
     claim_out_dir,
     replace_dir_atomically,
+    write_file_atomically,
 )
 from keras_turbo.quality import metric_name
 from keras_turbo.runtimes import BACKENDS, load
@@ -239,6 +240,7 @@ def _data_refs(data, train_data, cfg: OptimizeConfig, inputs, outputs, scales: b
         spec, fp, kv = str(train_data), data_fingerprint(str(train_data)), max(1, int(0.15 * n))
         train = DataRef(spec, "train", arg="--train-data", fingerprint=fp)
         return {"train": train, "calib": train, "eval": DataRef(str(data), "test", take=cfg.eval_size, fingerprint=eval_fp),
+                "eval_available": len(full),
                 "val": DataRef(spec, "train", part="head", k=kv, take=cfg.eval_size, arg="--train-data", fingerprint=fp),
                 "probe_train": DataRef(spec, "train", part="tail", k=kv, arg="--train-data", fingerprint=fp),
                 "train_samples": n}, cfg
@@ -246,9 +248,10 @@ def _data_refs(data, train_data, cfg: OptimizeConfig, inputs, outputs, scales: b
     k = min(cfg.calibration_size, n // 3) if n >= 6 else 0
     if not k:
         ref = DataRef(str(data), "test", take=cfg.eval_size, fingerprint=eval_fp)
-        return {"train": None, "calib": ref, "eval": ref}, cfg
+        return {"train": None, "calib": ref, "eval": ref, "eval_available": n}, cfg
     return {"train": None, "calib": DataRef(str(data), "test", part="head", k=k, labels=False, fingerprint=eval_fp),
-            "eval": DataRef(str(data), "test", part="tail", k=k, take=cfg.eval_size, fingerprint=eval_fp)}, cfg
+            "eval": DataRef(str(data), "test", part="tail", k=k, take=cfg.eval_size, fingerprint=eval_fp),
+            "eval_available": n - k}, cfg
 
 
 def _reference(ref, data: DataRef, inputs, outputs, path: Path, threads):
@@ -258,7 +261,8 @@ def _reference(ref, data: DataRef, inputs, outputs, path: Path, threads):
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         out = load(ref, backend=REFERENCE_BACKEND, threads=threads).predict(list(ds.x), batch_size=64)
-        np.savez(path, **{f"out_{i}": o for i, o in enumerate(out if isinstance(out, list) else [out])})
+        arrays = {f"out_{i}": o for i, o in enumerate(out if isinstance(out, list) else [out])}
+        write_file_atomically(path, lambda tmp: np.savez(tmp, **arrays))
     return load_reference(path), ds
 
 
@@ -282,6 +286,10 @@ def _start(model, data, train_data, cfg, out: Path, ex: Executor, note, unsafe, 
         bench["input_shapes"] = tuple(tuple(int(d) for d in a.shape[1:]) for a in ds.x)
         protocol = replace(protocol, bench=tuple(sorted(bench.items())))
     kinds = quality.output_kinds(outputs, ref_outs, ds.y, output_activations(ref), cfg.output_kinds)
+    if cfg.metric is not None:
+        # The user's metric, tried once on the float model's own outputs before anything is built:
+        # one that raises fails the run now, in one line naming it, not every candidate later.
+        quality.judge_metric(cfg.metric, ref_outs, ref_outs, ds.output_labels(len(ref_outs)))
     for k in kinds:
         if not k.sure:
             warnings.warn(f"output {k.name} is {k.why}", stacklevel=2)
@@ -511,8 +519,11 @@ def _doc(run: _Run) -> dict:
         "sensitivity": next((d["sensitivity"] for d in details if d.get("sensitivity")), None),
         "config": run.cfg.to_dict(), "protocol": run.protocol.to_dict(),
         "budget": {**run.cfg.budget.to_dict(), "objective": run.cfg.objective, "batch_size": run.cfg.batch_size,
-                   "threads": run.protocol.threads, "time_budget_s": run.cfg.time_budget_s},
-        "data": {"eval": j["eval"].spec, "eval_samples": j["samples"], "train": j["train"].spec if j["train"] else None,
+                   "threads": run.protocol.threads, "time_budget_s": run.cfg.time_budget_s,
+                   # what the budget is judged on: at most eval_size of the held-out samples (seeded)
+                   "eval_size": run.cfg.eval_size, "eval_samples": j["samples"], "eval_available": j.get("eval_available")},
+        "data": {"eval": j["eval"].spec, "eval_samples": j["samples"], "eval_available": j.get("eval_available"),
+                 "train": j["train"].spec if j["train"] else None,
                  "calibration": f"{j['calib'].spec} ({j['calib'].part})"},
         "float_accuracy": j["float_accuracy"], "resume_note": run.store.note,
         "outputs": [k.to_dict() for k in j["kinds"]],

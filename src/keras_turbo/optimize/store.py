@@ -11,13 +11,13 @@ A file of an older layout, or of another model, is not resumed, and the run says
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
 from keras_turbo import quality
 from keras_turbo.optimize import select
 from keras_turbo.optimize.rows import Measurement, Speed
+from keras_turbo.outdir import write_file_atomically
 
 FORMAT = 2
 
@@ -35,6 +35,9 @@ class Store:
             self._load_previous()
 
     def _load_previous(self) -> None:
+        if self.path.is_symlink():  # another file's content: never read, and the save replaces the link
+            self.note = "results.json is a symbolic link: not read, not resumed"
+            return
         try:
             doc = json.loads(self.path.read_text())
         except (OSError, ValueError) as e:
@@ -89,9 +92,8 @@ class Store:
     def save(self, doc: dict) -> None:
         full = {"format": FORMAT, "model_fingerprint": self.model, **doc,
                 "measurements": [m.to_dict() for m in self.measurements]}
-        tmp = self.path.with_name(f".results.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(full, indent=1, default=str))
-        os.replace(tmp, self.path)
+        text = json.dumps(full, indent=1, default=str)
+        write_file_atomically(self.path, lambda tmp: tmp.write_text(text))
 
 
 __all__ = ["FORMAT", "Store", "rejudge"]

@@ -798,7 +798,9 @@ def test_report_and_file_outputs_replace_a_link_never_its_target(capsys, tmp_pat
     # -o and --json with --force (the user's path exists: a link to the victim)
     path = model_files["sequential"][0]
     for argv in (["convert", path, "--to", "litert", "-o", tmp_path / "m.tflite"],
-                 ["inspect", path, "--json", tmp_path / "i.json"]):
+                 ["inspect", path, "--json", tmp_path / "i.json"],
+                 ["benchmark", path, "--backend", "litert", "--min-runs", "3", "--min-seconds", "0.01",
+                  "--json", tmp_path / "b.json"]):
         link = Path(argv[argv.index("-o") + 1] if "-o" in argv else argv[argv.index("--json") + 1])
         os.symlink(victim, link)
         code, _, err = run_cli(capsys, *argv, "--force")

@@ -128,7 +128,7 @@ def test_the_checks_see_what_they_check():
 #: what a function may import lazily, outside the CLI and the package face (whose imports keep the
 #: start-up fast): the heavy libraries, and keras-turbo's modules that import them when imported
 LAZY = ("tensorflow", "keras", "openvino", "onnx", "onnxruntime", "ai_edge_litert", "tf2onnx", "nncf", "ray", "jax",
-        "sklearn", "scipy", "matplotlib", "PIL", "h5py", "psutil", "absl",
+        "sklearn", "scipy", "matplotlib", "PIL", "h5py", "psutil", "absl", "tf_keras",
         "keras_turbo.techniques", "keras_turbo.model.layers", "keras_turbo.report")
 
 

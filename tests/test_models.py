@@ -47,6 +47,104 @@ def test_keras2_h5_written_by_tf_keras(tmp_path):
     np.testing.assert_allclose(p(x), want, rtol=1e-4, atol=1e-6)
 
 
+def keras224_h5(tmp_path, name="old224.h5"):
+    """A Keras 2.2-era .h5 as such files are: a Sequential whose config is a bare list of layers,
+    the first one carrying `batch_input_shape`, no InputLayer. Keras 3 refuses it; tf-keras reads it.
+    (Written by tf_keras, then given the old layout: Keras 2.2.4 itself is not installable here.)"""
+    import json
+
+    import h5py
+    import tf_keras
+
+    tf_keras.utils.set_random_seed(0)
+    m = tf_keras.Sequential([tf_keras.layers.Conv2D(8, 3, input_shape=(16, 16, 1), activation="relu"),
+                             tf_keras.layers.MaxPooling2D(2), tf_keras.layers.Flatten(),
+                             tf_keras.layers.Dense(10, activation="softmax")])
+    path = tmp_path / name
+    m.save(path)
+    with h5py.File(path, "r+") as f:
+        layers = [l for l in json.loads(f.attrs["model_config"])["config"]["layers"] if l["class_name"] != "InputLayer"]
+        layers[0]["config"]["batch_input_shape"] = [None, 16, 16, 1]
+        f.attrs["model_config"] = json.dumps({"class_name": "Sequential", "config": layers}).encode()
+        f.attrs["keras_version"] = b"2.2.4"
+    return path, m
+
+
+def test_a_keras2_file_keras3_refuses_is_loaded_with_tf_keras_and_carried_on(capsys, tmp_path, monkeypatch):
+    """issue 28: the old .h5 goes through inspect, benchmark, convert and optimize, as a Keras 3
+    model rebuilt from tf-keras' reading (its outputs the same), saying so in one line."""
+    from keras_turbo.cli import main
+    from keras_turbo.model import legacy, resolve
+
+    monkeypatch.setenv("KERAS_TURBO_CACHE", str(tmp_path / "cache"))
+    path, old = keras224_h5(tmp_path)
+    assert legacy.keras3_refuses(resolve(path)) is not None  # Keras 3's own loader cannot read it
+    x = np.random.default_rng(0).random((4, 16, 16, 1), dtype="float32")
+    with pytest.warns(UserWarning, match="Keras 3 cannot read this Keras 2 file.*loaded with tf-keras"):
+        p = keras_turbo.load(path, backend="litert")
+    np.testing.assert_allclose(p(x), old.predict(x, verbose=0), rtol=1e-4, atol=1e-6)
+    assert main(["inspect", str(path), "--json", str(tmp_path / "i.json")]) == 0
+    import json
+
+    info = json.loads((tmp_path / "i.json").read_text())
+    assert info["params"] == old.count_params() and info["flops_per_sample"] > 0
+    assert main(["benchmark", str(path), "--backend", "litert", "--min-runs", "3", "--min-seconds", "0.01"]) == 0
+    out = tmp_path / "o"
+    code = main(["optimize", str(path), "--data", str(_npz(tmp_path, x, old)), "--out", str(out), "--techniques",
+                 "runtimes,int8", "--runtimes", "litert", "--time-budget", "3m", "--runoff-rounds", "0"])
+    assert code == 0 and json.loads((out / "results.json").read_text())["recommended"]
+    # the safe-mode pre-scan stands in front of tf-keras too
+    import h5py
+
+    bad = tmp_path / "lambda.h5"
+    keras224_h5(tmp_path, "lambda.h5")
+    with h5py.File(bad, "r+") as f:
+        cfg = json.loads(f.attrs["model_config"])
+        cfg["config"].append({"class_name": "Lambda", "config": {"name": "code", "function": "x"}})
+        f.attrs["model_config"] = json.dumps(cfg).encode()
+    with pytest.raises(keras_turbo.ModelLoadError, match="Lambda"):
+        keras_turbo.load_model(bad)
+
+
+def _npz(tmp_path, x, model):
+    xs = np.random.default_rng(1).random((60, 16, 16, 1), dtype="float32")
+    path = tmp_path / "d.npz"
+    np.savez(path, x=xs, y=model.predict(xs, verbose=0).argmax(1))
+    return path
+
+
+def test_a_tf_keras_savedmodel_has_parameters_and_flops_and_its_sigmoids_are_named(tmp_path):
+    """A tf.keras SavedModel with dict outputs: inspect counts its variables and its graph's
+    FLOPs (it said 0 and 0), and an output in [0, 1] is called likely probabilities."""
+    import tf_keras
+
+    tf_keras.utils.set_random_seed(0)
+    inp = tf_keras.Input((16, 16, 3), name="image")
+    h = tf_keras.layers.Conv2D(8, 3, activation="relu")(inp)
+    h = tf_keras.layers.GlobalAveragePooling2D()(h)
+    m = tf_keras.Model(inp, {"logit": tf_keras.layers.Dense(2)(h), "prob": tf_keras.layers.Dense(1, activation="sigmoid")(h)})
+    sm = tmp_path / "sm"
+    m.save(sm, save_format="tf")
+    info = describe.describe(keras_turbo.model.resolve(sm))
+    conv = 2 * 14 * 14 * 8 * (3 * 3 * 3)  # 2 x MACs of the convolution
+    assert info["params"] == m.count_params() and info["flops_per_sample"] >= conv, info
+    from keras_turbo import quality
+
+    outs = keras_turbo.load(sm, backend="tf-function")(np.random.default_rng(0).random((8, 16, 16, 3), dtype="float32"))
+    prob = outs[1]  # outputs in key order: logit, prob
+    k = quality.detect("output_1", (None, 1), None, prob)
+    assert k.kind == "regression" and not k.sure and "likely probabilities" in k.why and "output_1=binary" in k.why
+
+
+def test_recurrent_layers_count_their_flops():
+    """LSTM (four gates), GRU (three) and a Bidirectional wrapper (both ways) over their sequence
+    (they counted none)."""
+    lstm = keras.Sequential([keras.Input((10, 8)), keras.layers.LSTM(16), keras.layers.Dense(2)])
+    assert describe.describe_keras(lstm)["flops_per_sample"] == 2 * 4 * 16 * (8 + 16) * 10 + 2 * 16 * 2
+    gru = keras.Sequential([keras.Input((5, 3)), keras.layers.Bidirectional(keras.layers.GRU(4))])
+    assert describe.describe_keras(gru)["flops_per_sample"] == 2 * (2 * 3 * 4 * (3 + 4) * 5)
+
+
 def test_savedmodel_directory(tmp_path, model_files):
     _, model = model_files["two_input"]
     sm = tmp_path / "sm"

@@ -7,12 +7,16 @@ from collections import Counter
 
 import numpy as np
 
+from keras_turbo import _tf
 from keras_turbo.model import ModelRef, load_keras, model_io
 from keras_turbo.model.graph import leaf_layers
 from keras_turbo.runtimes import NATIVE, open_predictor
 
-FLOPS_METHOD = ("2 x multiply-accumulates of Conv (incl. depthwise, separable, transposed) and Dense "
-                "layers for one sample; element-wise ops, pooling and normalization are not counted")
+FLOPS_METHOD = ("2 x multiply-accumulates of Conv (incl. depthwise, separable, transposed), Dense and recurrent "
+                "(LSTM, GRU, SimpleRNN; a dynamic-length sequence counted for one timestep) layers for one sample; "
+                "element-wise ops, pooling and normalization are not counted")
+SAVEDMODEL_FLOPS = ("2 x multiply-accumulates of the serving graph's convolutions and matrix products for one sample, "
+                    "from TensorFlow's own op statistics (ops inside loops, such as a recurrent layer's, are counted once)")
 
 # Layer kinds the techniques act on, with the reason a reader cares.
 NOTABLE = {
@@ -56,7 +60,25 @@ def layer_flops(layer) -> int:
         return 2 * prod(in_shape[1:]) * out_shape[-1]
     if kind == "EinsumDense":
         return 2 * prod(layer.kernel.shape) * max(1, prod(out_shape[1:]) // max(1, prod(layer.kernel.shape[1:])))
+    if kind in RECURRENT_GATES or kind == "Bidirectional":
+        return recurrent_flops(layer, in_shape)
     return 0
+
+
+#: the matrix products per timestep of each recurrent cell: LSTM's four gates, GRU's three
+RECURRENT_GATES = {"LSTM": 4, "GRU": 3, "SimpleRNN": 1}
+
+
+def recurrent_flops(layer, in_shape) -> int:
+    """2 x the multiply-accumulates of a recurrent layer over its sequence: per timestep, each
+    gate multiplies the input (its width) and the state (`units`) by its weights; a Bidirectional
+    wrapper runs its layer both ways. A sequence of dynamic length is counted for one timestep."""
+    if type(layer).__name__ == "Bidirectional":
+        inner = [layer.forward_layer, layer.backward_layer]
+        return sum(recurrent_flops(cell, in_shape) for cell in inner)
+    steps = in_shape[1] if len(in_shape) == 3 and in_shape[1] else 1
+    width = in_shape[-1] or 0
+    return 2 * RECURRENT_GATES[type(layer).__name__] * layer.units * (width + layer.units) * steps
 
 
 def describe_keras(model) -> dict:
@@ -109,6 +131,9 @@ def describe(ref: ModelRef) -> dict:
         ins, outs = model_io(model)
         info.update(inputs=[t.to_dict() for t in ins], outputs=[t.to_dict() for t in outs], name=model.name)
         info.update(describe_keras(model))
+        if ref.format == "savedmodel":  # one layer around a graph: its variables and ops tell instead
+            params, flops = savedmodel_cost(ref, ins)
+            info.update(params=params, trainable_params=None, flops_per_sample=flops, flops_method=SAVEDMODEL_FLOPS)
     else:
         p = open_predictor(ref, NATIVE[ref.format])
         ops, params = _artifact_ops(ref)
@@ -117,3 +142,30 @@ def describe(ref: ModelRef) -> dict:
                     flops_method="not computed for artifacts: inspect the Keras model it came from",
                     op_types=ops)
     return info
+
+
+def savedmodel_cost(ref: ModelRef, inputs) -> tuple[int | None, int | None]:
+    """(parameters, FLOPs per sample) of a SavedModel (already through the gate: load_keras
+    checked it): the sizes of its variables, and TensorFlow's profiler over its serving function
+    traced at batch 1 with the variables folded in. None where the graph does not allow it (a
+    dynamic inner size, an op the profiler has no statistics for everywhere)."""
+    tf = _tf.tf()
+    with _tf.quiet():
+        loaded = tf.saved_model.load(str(ref.path))
+    params = int(sum(int(np.prod(v.shape)) for v in getattr(loaded, "variables", ())))  # (a bare graph has none)
+    sig = loaded.signatures["serving_default"]
+    specs = sig.structured_input_signature[1]
+    try:
+        fixed = {n: tf.TensorSpec((1, *specs[n].shape[1:]), specs[n].dtype, name=n) for n in specs}
+        if any(d is None for s in fixed.values() for d in s.shape):
+            return params, None
+        concrete = tf.function(lambda **kw: sig(**kw)).get_concrete_function(**fixed)
+        from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+        graph = convert_variables_to_constants_v2(concrete).graph
+        opts = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
+        opts["output"] = "none"
+        stats = tf.compat.v1.profiler.profile(graph, options=opts)
+        return params, int(stats.total_float_ops) if stats is not None else None
+    except Exception:  # the profiler and the freezing are best effort: the parameters still stand
+        return params, None

@@ -149,6 +149,13 @@ def detect(name: str, shape, activation: str | None, reference: np.ndarray | Non
     if rank > 2 and _probabilities(reference):
         return OutputKind(name, "segmentation", why="class scores per position")
     what = "a single linear unit (regression, or a logit)" if units == 1 else "a linear output"
+    if activation is None and reference is not None and reference.size and 0.0 <= float(reference.min()) \
+            and float(reference.max()) <= 1.0:
+        # A graph without layer metadata (a SavedModel) hides a sigmoid: its values tell.
+        guess = "binary" if units == 1 else "multilabel" if rank == 2 else "segmentation"
+        what = ("an output whose layer the graph does not name, and whose values all lie in [0, 1]: likely "
+                f"probabilities (pass --output-kind {name}={guess} if they are)")
+        return OutputKind(name, "regression", sure=False, why=f"{what}; judged as regression by its relative error until then")
     return OutputKind(name, "regression", sure=False,
                       why=f"{what}: judged as regression by its relative error; if it is not, pass {override}")
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from keras_turbo import _tf, cache
 from keras_turbo.errors import KerasTurboError, ModelLoadError, cause, first_line
-from keras_turbo.model import custom
+from keras_turbo.model import custom, legacy
 from keras_turbo.model.gate import check_savedmodel
 from keras_turbo.model.graph import activation_of
 from keras_turbo.model.ref import UNSAFE_WARNING, ModelRef, resolve
@@ -66,6 +66,8 @@ def load_keras(ref: ModelRef):
         missing = custom.unknown_class(msg)
         if missing:
             raise ModelLoadError(unknown_class_message(ref.path, missing)) from e
+        if ref.format == "h5":  # a Keras 2 file Keras 3 cannot read: tf-keras reads it (legacy.py)
+            return load_keras(legacy.bridge(ref, refused=e))
         raise ModelLoadError(f"{ref.path}: cannot load as a Keras model ({cause(e)})") from e
     if not isinstance(model, keras.Model):
         raise ModelLoadError(f"{ref.path}: holds a {type(model).__name__}, not a Keras model")
@@ -150,7 +152,10 @@ def as_ref(model, unsafe: bool = False, cache_dir: Path | None = None) -> ModelR
     if isinstance(model, ModelRef):
         return model
     if isinstance(model, (str, os.PathLike)):
-        return resolve(model, unsafe=unsafe)
+        ref = resolve(model, unsafe=unsafe)
+        # A Keras 2 .h5 that Keras 3 refuses goes on as its tf-keras bridge (cached by content),
+        # so that exporters, runtimes and techniques all work on a model they can read.
+        return legacy.bridge(ref, cache_dir) if ref.format == "h5" else ref
     if type(model).__module__.startswith("keras") or hasattr(model, "get_config"):
         return keras_model_to_ref(model, cache_dir)
     raise KerasTurboError(f"model: expected a path or a keras.Model, received {type(model).__name__}")

@@ -361,7 +361,7 @@ def optimize_rerun(prep: dict, out: Path, batch: int) -> dict:
 
     cfg = OptimizeConfig(budget=Budget(min_agreement=MIN_AGREEMENT), batch_size=batch, time_budget_s=600.0, min_runs=5, min_seconds=1.0)
     t0 = time.time()
-    res = keras_turbo.optimize(prep["model"], prep["data"], None, cfg, out, force=True)
+    keras_turbo.optimize(prep["model"], prep["data"], None, cfg, out, force=True)
     return {"command": f"keras_turbo.optimize(..., OptimizeConfig(Budget(min_agreement={MIN_AGREEMENT}), batch_size={batch}, "
                        "min_runs=5, min_seconds=1.0), same out)", "exit": 0, "wall_s": round(time.time() - t0, 1)}
 

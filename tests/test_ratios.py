@@ -42,3 +42,33 @@ def test_throughput_ratio_is_variant_over_baseline():
     assert r["vs_tf_function"]["ratio"] == pytest.approx(20.0) and r["vs_peer_default"]["ratio"] == pytest.approx(2.5)
     with pytest.raises(ValueError):
         speedups(RUN[0], RUN, measure="size")
+
+
+def test_a_peer_default_that_gave_up_the_budget_is_not_the_bar():
+    """Issue 28, point 3: the fastest peer default may be fast because it lost the quality budget.
+    The headline then also states the ratio against the fastest peer default that kept it."""
+    rows = [row("tf-function", 14.0), {**row("peer:openvino", 1.0), "within_budget": False},
+            {**row("peer:litert", 4.0), "within_budget": True}, {**row("peer:onnxruntime", 3.0), "within_budget": None}]
+    r = speedups(row("litert", 2.0), rows)
+    assert r["vs_peer_default"]["against"] == "peer:openvino" and r["vs_peer_default"]["ratio"] == pytest.approx(0.5)
+    assert r["vs_peer_default"]["within_budget"] is False
+    # the ORT row has no verdict: not counted as within budget
+    assert r["vs_peer_within_budget"]["against"] == "peer:litert"
+    assert r["vs_peer_within_budget"]["ratio"] == pytest.approx(2.0)
+    text = headline(r)
+    assert "2x vs the fastest peer default within budget (peer:litert)" in text
+    assert "0.5x vs the fastest peer default (peer:openvino, over budget)" in text
+    assert text.index("within budget (peer:litert)") < text.index("(peer:openvino, over budget)")
+
+
+def test_when_the_fastest_peer_kept_the_budget_it_is_said_once():
+    rows = [{**row("peer:litert", 4.0), "within_budget": True}, {**row("peer:openvino", 6.0), "within_budget": True}]
+    text = headline(speedups(row("litert", 2.0), rows))
+    assert text == "2x vs the fastest peer default (peer:litert, within budget)"
+
+
+def test_no_peer_kept_the_budget_is_said():
+    rows = [row("tf-function", 14.0), {**row("peer:openvino", 1.0), "within_budget": False}]
+    r = speedups(row("litert", 2.0), rows)
+    assert r["vs_peer_within_budget"] is None
+    assert headline(r).startswith("7x vs plain TensorFlow (tf-function), no peer default kept the budget, 0.5x")

@@ -19,8 +19,9 @@ from typing import Sequence
 PLAIN_TF = ("tf-function", "tf-xla", "peer:tf-function")
 PREDICT = ("keras-predict",)
 PEER_PREFIX = "peer:"
-#: what a speed-up is stated against, in the order a headline gives them
-AGAINST = ("vs_tf_function", "vs_peer_default", "vs_keras_predict")
+#: what a speed-up is stated against, in the order a headline gives them: (a), (b') the fastest peer
+#: default that kept the quality budget, (b) the fastest peer default whatever its quality, (c)
+AGAINST = ("vs_tf_function", "vs_peer_within_budget", "vs_peer_default", "vs_keras_predict")
 
 
 def _value(row: dict, measure: str) -> float | None:
@@ -53,9 +54,12 @@ def speedups(row: dict, baseline_rows: Sequence[dict], measure: str = "latency")
             variant / baseline). Above 1 means the variant is faster.
 
     Returns:
-        {"vs_tf_function": {...} | None, "vs_peer_default": {...} | None, "vs_keras_predict": {...} | None},
-        each {"ratio", "against" (the baseline's backend name), "baseline", "variant"}; None where
-        the run has no such baseline at that batch size.
+        {"vs_tf_function", "vs_peer_within_budget", "vs_peer_default", "vs_keras_predict"}: each
+        {"ratio", "against" (the baseline's backend name), "baseline", "variant", "within_budget"
+        (the baseline row's verdict, None where it has none)} or None where the run has no such
+        baseline at that batch size. "vs_peer_within_budget" takes only peer rows whose
+        `within_budget` is True: a peer default that is faster because it gave up the budget is
+        no bar to beat.
 
     Raises:
         ValueError: `measure` is not "latency" or "throughput".
@@ -74,6 +78,8 @@ def speedups(row: dict, baseline_rows: Sequence[dict], measure: str = "latency")
     same = [r for r in baseline_rows if r.get("batch_size") == batch and r is not row]
     groups = {
         "vs_tf_function": [r for r in same if r.get("backend") in PLAIN_TF],
+        "vs_peer_within_budget": [r for r in same if str(r.get("backend", "")).startswith(PEER_PREFIX)
+                                  and r.get("within_budget") is True],
         "vs_peer_default": [r for r in same if str(r.get("backend", "")).startswith(PEER_PREFIX)],
         "vs_keras_predict": [r for r in same if r.get("backend") in PREDICT],
     }
@@ -85,22 +91,37 @@ def speedups(row: dict, baseline_rows: Sequence[dict], measure: str = "latency")
             continue
         base_row, base = best
         ratio = mine / base if measure == "throughput" else base / mine
-        out[kind] = {"ratio": ratio, "against": base_row.get("backend"), "baseline": base, "variant": mine}
+        out[kind] = {"ratio": ratio, "against": base_row.get("backend"), "baseline": base, "variant": mine,
+                     "within_budget": base_row.get("within_budget")}
     return out
 
 
-def headline(ratios: dict) -> str:
-    """One line, (a) and (b) first: "2.10x tf.function (tf-function), 0.98x the best peer default
-    (peer:openvino-default), 31x keras-predict"."""
-    words = {"vs_tf_function": "plain TensorFlow", "vs_peer_default": "the best peer default",
-             "vs_keras_predict": "keras-predict"}
+def times(x: float, digits: int = 3) -> str:
+    """A ratio with `digits` significant digits, never in exponent form: "0.981x", "22.6x", "1403x"."""
+    return f"{x:.0f}x" if x >= 10 ** (digits - 1) else f"{x:.{digits}g}x"
+
+
+def headline(ratios: dict, digits: int = 3) -> str:
+    """One line, (a) and (b') first: "2.10x vs plain TensorFlow (tf-function), 1.31x vs the fastest
+    peer default within budget (peer:onnxruntime), 0.98x vs the fastest peer default
+    (peer:openvino, over budget), 31x vs keras-predict". Where the fastest peer default kept the
+    budget, (b') and (b) are one: said once."""
+    words = {"vs_tf_function": "plain TensorFlow", "vs_peer_within_budget": "the fastest peer default within budget",
+             "vs_peer_default": "the fastest peer default", "vs_keras_predict": "keras-predict"}
+    within, fastest = ratios.get("vs_peer_within_budget"), ratios.get("vs_peer_default")
+    same = within and fastest and within["against"] == fastest["against"]
     parts = []
     for kind in AGAINST:
         r = ratios.get(kind)
-        if r:
-            x = r["ratio"]
-            parts.append(f"{x:.3g}x vs {words[kind]} ({r['against']})")
+        if not r or (kind == "vs_peer_within_budget" and same):
+            continue
+        verdict = {True: ", within budget", False: ", over budget"}.get(r.get("within_budget"), "") \
+            if kind == "vs_peer_default" else ""
+        against = "" if r["against"] == words[kind] and not verdict else f" ({r['against']}{verdict})"
+        parts.append(f"{times(r['ratio'], digits)} vs {words[kind]}{against}")
+    if fastest and not within and fastest.get("within_budget") is False:
+        parts.insert(1, "no peer default kept the budget")
     return ", ".join(parts) or "no baseline measured"
 
 
-__all__ = ["AGAINST", "PLAIN_TF", "headline", "speedups"]
+__all__ = ["AGAINST", "PLAIN_TF", "headline", "speedups", "times"]

@@ -4,6 +4,9 @@ tested on (a trained digits model made to break int8 through one activation chan
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 
 from keras_turbo import _tf
@@ -160,3 +163,31 @@ def outlier_digits_cnn(via: str = "pool", scale: float = 1000.0, seed: int = 0, 
     model.get_layer(reader).set_weights([k, b])
     _, acc = model.evaluate(test.x[0], test.y, verbose=0)
     return model, float(acc)
+
+
+# ------------------------------------------------------------------ trained ImageNet networks and photos
+
+#: ../shared/imagenet beside the checkout (its README: ImageNet-trained MobileNets, 1,300 labelled
+#: validation photos); the reference benchmarks judge on it, and a fast test keeps it usable
+SHARED_IMAGENET = Path(__file__).resolve().parents[2] / "shared" / "imagenet"
+IMAGENET_MODELS = {"mobilenet_v1_0.75": "mobilenet_v1_0.75_224.keras", "mobilenet_v2_1.0": "mobilenet_v2_1.0_224.keras"}
+
+
+def imagenet_photos(start: int = 0, count: int | None = None, size: int = 224, root: Path = SHARED_IMAGENET):
+    """(x, y, names) of the shared validation photos in file-name order, [start, start + count):
+    RGB, centre-cropped to `size` (resized first where smaller), as Keras' `preprocess_input` for
+    both models: float32 x / 127.5 - 1; y the ImageNet class ids (Keras' order)."""
+    from PIL import Image
+
+    labels = json.loads((root / "labels.json").read_text())
+    names = sorted(labels)[start:None if count is None else start + count]
+    xs = []
+    for n in names:
+        with Image.open(root / "val" / n) as im:
+            im = im.convert("RGB")
+            if min(im.size) < size:
+                im = im.resize((max(size, im.size[0] * size // min(im.size)), max(size, im.size[1] * size // min(im.size))),
+                               Image.BILINEAR)
+            left, top = (im.size[0] - size) // 2, (im.size[1] - size) // 2
+            xs.append(np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.float32))
+    return np.stack(xs) / 127.5 - 1.0, np.array([labels[n] for n in names], dtype=np.int64), names

@@ -356,6 +356,32 @@ def test_kind_runs_on_every_runtime(kind_models, model_name, backend):
         _check_same_numbers(np.asarray(g), w)
 
 
+# ---------------------------------------------------------------- every runtime says how to run it alone
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b not in SAME_PATH])
+def test_check_deploys_without_keras_turbo(kind_models, backend):
+    """Every runtime entry's predictor states the settings it opened its runtime with, and
+    runtimes/deploy.py writes a predict.py for it (tests/test_deploy.py runs one per family in a
+    venv holding only that runtime)."""
+    from keras_turbo.machine import cpu_flags
+    from keras_turbo.runtimes.deploy import describe
+    from keras_turbo.runtimes.here import skip_reason
+
+    if importlib.util.find_spec(BACKENDS[backend].requires) is None:
+        pytest.skip(f"{backend} needs {BACKENDS[backend].requires}, not installed here")
+    if skip_reason(backend, cpu_flags()):
+        pytest.skip(skip_reason(backend, cpu_flags()))
+    p = keras_turbo.load(kind_models["dict_output"], backend=backend, threads=2)
+    try:
+        d = describe(p, "x", "model", 3)
+    finally:
+        p.close()
+    assert d.settings and json.loads(json.dumps(d.settings)) == d.settings, d.settings
+    code = compile(d.script, "predict.py", "exec")  # valid Python
+    assert "predict" in code.co_names or "predict" in [c.co_name for c in code.co_consts if hasattr(c, "co_name")]
+    assert d.outputs == tuple(t.name for t in p.outputs) and len(d.outputs) == 2
+
+
 # ---------------------------------------------------------------- the table of known failures
 
 @pytest.mark.parametrize("key", list(KNOWN_FAILURES), ids=lambda k: "-".join(str(p) for p in k))

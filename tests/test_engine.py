@@ -38,6 +38,17 @@ def test_recipe_id_is_content_and_replays():
     assert trained.name == "prune + litert int8" and trained.prefix_ids()[1] != a.prefix_ids()[0]
 
 
+def test_a_label_names_only_its_own_step():
+    """Issue 28: the int8 repair's equalize step, added after a searched technique, took that
+    technique's label ("resolution(1/2.8 size) + equalize(1/2.8 size) + litert int8")."""
+    tail = (Step("convert", "litert", {"quantize": "int8"}), Step("runtime", "litert"))
+    res, eq = Step("train", "resolution", {"scale": 0.36}), Step("train", "equalize", {})
+    assert Recipe("fp", (res, eq) + tail, "int8", "1/2.8 size").name == "resolution(1/2.8 size) + equalize + litert int8"
+    both = Recipe("fp", (Step("train", "structured", {"flops": 2}), res, eq) + tail, "int8", "flops/2; 1/2.8 size")
+    assert both.name == "structured(flops/2) + resolution(1/2.8 size) + equalize + litert int8"
+    assert Recipe("fp", (eq,) + tail, "int8").name == "equalize + litert int8"
+
+
 @pytest.mark.parametrize("steps,match", [
     ((Step("convert", "litert"),), "ending in a runtime step"),
     ((Step("runtime", "litert"), Step("runtime", "openvino")), "one runtime step"),

@@ -11,8 +11,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "keras_turbo"
 
 #: bottom to top: (floor, the modules and packages on it, what may live there)
 FLOORS = [
-    ("ground", ("errors", "_tf", "cache", "outdir", "config", "timing"),
-     "errors, quiet TensorFlow, the cache, output folders, the shared config base, timing settings"),
+    ("ground", ("errors", "extras", "_tf", "cache", "outdir", "config", "timing"),
+     "errors, the optional extras, quiet TensorFlow, the cache, output folders, the shared config base, timing settings"),
     ("model", ("model",), "what a model file is, loading it safely, its signature and graph, keras-turbo's own layers"),
     ("facts", ("machine", "quality", "data", "ratios"), "machine facts, judging quality, data, speed-up arithmetic"),
     ("exporters", ("exporters",), "Keras model -> LiteRT / ONNX / OpenVINO artifacts"),

@@ -79,6 +79,22 @@ def test_best_folder_serves(digits_run, digits_model):
     assert ev["accuracy"] == pytest.approx(digits_run.recommended["accuracy"], abs=1e-9)
 
 
+def test_best_folder_says_how_to_run_it_without_keras_turbo(digits_run):
+    """best/README.md and predict.py (issue 28, point 4; tests/test_deploy.py runs such files in a
+    venv holding only their runtime), and the report shows the same."""
+    best, doc = digits_run.out / "best", digits_run.doc
+    d = doc["deploy"]
+    assert d["variant"] == digits_run.recommended["name"] and d["backend"] == digits_run.recommended["backend"]
+    script = (best / "predict.py").read_text()
+    assert script == d["script"] and script.rstrip() in (best / "README.md").read_text()
+    assert d["settings"] and "def predict(feeds)" in script and "keras_turbo" not in script
+    assert d["inputs"][0][0] == "image" and d["outputs"] == ["output_0"]
+    md = (digits_run.out / "report.md").read_text()
+    assert "## Deploy without keras-turbo" in md and script.rstrip() in md
+    assert "id='deploy-script'" in (digits_run.out / "report.html").read_text()
+    assert json.loads((digits_run.out / "results.json").read_text())["deploy"] == d
+
+
 def test_reports_written_and_rerendered(digits_run, capsys):
     html = (digits_run.out / "report.html").read_text()
     assert "<svg" in html and "id='variants'" in html and "Recommended" in html
@@ -144,6 +160,64 @@ def test_interrupted_run_resumes_without_redoing(tmp_path, digits_model):
     for name, v in done.items():  # measured once, not again
         if v["ok"]:
             assert after[name]["latency_ms"] == v["latency_ms"] and after[name]["reused"]["speed"]
+
+
+def test_off_a_terminal_one_line_per_candidate_then_a_summary_at_a_glance(tmp_path, digits_model):
+    """Issue 28, point 5: with stdout not a terminal (a CI log, nohup), each finished candidate is
+    one plain line as it finishes; the summary is the recommendation, the variants within budget
+    that matter (names whole) and counts of the rest; the libraries' banners and bars stay quiet."""
+    import re
+
+    from keras_turbo.report import GLANCE
+
+    out = tmp_path / "log"
+    cmd = [sys.executable, "-m", "keras_turbo.cli", "optimize", str(digits_model[0]), "--data", "builtin:digits:test",
+           "--techniques", "runtimes,int8", "--runtimes", "litert,openvino", "--runoff-rounds", "0", "--out", str(out)]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    doc = json.loads((out / "results.json").read_text())
+    lines = [ln for ln in run.stdout.splitlines() if re.match(r"\[\d+/\d+\] ", ln)]
+    assert len(lines) == len(doc["variants"]) and lines[-1].startswith(f"[{len(lines)}/{len(lines)}]"), lines
+    assert sorted(ln.split("] ", 1)[1].split(": ")[0] for ln in lines) == sorted(v["name"] for v in doc["variants"])
+    summary = run.stdout.split(lines[-1], 1)[1]
+    table = summary.split("candidates:")[0]
+    within = [v["name"] for v in doc["variants"] if v.get("ok") and v["within_budget"]]
+    shown = [ln for ln in table.splitlines() if any(re.match(rf"\s*{re.escape(n)}\s{{2,}}", ln) for n in within)]
+    assert doc["recommended"] in table and 1 <= len(shown) <= GLANCE, table
+    over = [v["name"] for v in doc["variants"] if v.get("ok") and not v["within_budget"]]
+    assert not [n for n in over if re.search(rf"^\s*{re.escape(n)}\s{{2,}}", table, re.M)], "an over-budget row in the summary"
+    assert f"{len(doc['variants'])} candidates: {len(within)} within budget" in summary
+    assert f"recommended: {doc['recommended']}" in summary and "best/README.md" in summary
+    both = run.stdout + run.stderr
+    for noise in ("XNNPACK delegate", "Statistics collection", "Fast Bias correction", "━━━"):
+        assert noise not in both, noise
+
+
+def test_the_glance_picks_what_matters_and_labels_quality_without_labels():
+    from keras_turbo.report import GLANCE, glance_counts, glance_rows, quality_text
+
+    def v(name, p50, size, within=True, pareto=False, **kw):
+        return {"name": name, "ok": True, "within_budget": within, "pareto": pareto, "latency_ms": {"p50": p50},
+                "model_bytes": size, **kw}
+
+    rows = [v(f"c{i}", 1.0 + i, 100 + i, pareto=True) for i in range(12)] + [v("small", 20.0, 10),
+            v("over", 0.5, 5, within=False), {"name": "broken", "ok": False, "error": "x"},
+            {"name": "late", "ok": False, "skipped": True, "error": "skipped: the time budget ran out"}]
+    doc = {"budget": {"objective": "latency"}, "variants": rows, "recommended": "c0",
+           "plan": {"left_out": [{"name": "onnxruntime", "reason": "onnxruntime is not installed (pip install "
+                                  "'keras-turbo[onnx]'); its conversions (int8, dynamic) are left out too"}]}}
+    picked = glance_rows(doc)
+    names = [r["name"] for r, _ in picked]
+    assert names[0] == "c0" and "small" in names and "over" not in names and len(picked) <= GLANCE
+    assert dict((r["name"], why) for r, why in picked)["c0"] == "★ fastest, pareto"
+    counts = glance_counts(doc, len(picked))
+    assert counts.startswith(f"16 candidates: 13 within budget ({len(picked)} shown; --all for every row), 1 over budget, "
+                             "1 failed, 1 skipped")
+    assert "not installed: onnxruntime (onnxruntime is not installed (pip install 'keras-turbo[onnx]'))" in counts
+    # no labels: agreement with float; no classifier: the worst output's error against float
+    assert quality_text({"accuracy": 0.9926, "accuracy_drop": 0.37}) == "99.26% (-0.37)"
+    assert quality_text({"accuracy": None, "top1_agreement": 0.995}) == "agrees 99.50%"
+    assert quality_text({"outputs": [{"error": 0.004}, {"error": 0.02}]}) == "error 0.02"
 
 
 def test_no_candidate_meets_the_budget():

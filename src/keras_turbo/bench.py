@@ -36,7 +36,7 @@ from keras_turbo.errors import KerasTurboError, bad_param, cause
 from keras_turbo.model import ModelRef, as_ref, custom, io_specs
 from keras_turbo.model.signature import STRING, TensorInfo
 from keras_turbo.outdir import write_file_atomically
-from keras_turbo.runtimes import NATIVE, artifact_for, get_backend, open_predictor
+from keras_turbo.runtimes import NATIVE, artifact_for, get_backend, not_installed, open_predictor
 from keras_turbo.runtimes.base import NullPredictor, Predictor, dedicate_process
 from keras_turbo.runtimes.check import SAMPLES, TOLERANCE, check_predictor, reference
 from keras_turbo.runtimes.here import default_backends
@@ -68,6 +68,7 @@ class Result:
     timed_out: bool = False  # stopped by the config's timeout_s
     preprocessing: str | None = None  # where a split text model's strings were preprocessed (exporters/textsplit.py), timed with it
     executed: dict | None = None  # what the compute ops really ran in here (Predictor.executed().to_dict())
+    skipped: str | None = None  # why it was not run: its runtime is not installed (names the extra)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -404,6 +405,10 @@ def _benchmark(model, backends, batch_sizes, threads, config, unsafe, cache_dir,
         for i, (name, batch) in enumerate(jobs, start=1):
             row = Result(name, batch, threads, input_shapes=[list(x) for x in shapes])
             note(f"{name} batch {batch}", i, total)
+            row.skipped = not_installed(name, exporting=ref.format not in get_backend(name).formats)
+            if row.skipped:
+                results.append(row)
+                continue
             try:
                 artifact = artifact_for(ref, name, cache_dir)
             except KerasTurboError as e:

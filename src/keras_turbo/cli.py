@@ -182,7 +182,8 @@ def cmd_benchmark(args) -> int:
         out.print(f"results written to {args.json}")
     failed = [r for r in report.results if not r.ok]
     if len(failed) == len(report.results):
-        print("keras-turbo: error: nothing was measured: every runtime failed (reasons in the table)", file=sys.stderr)
+        why = "was skipped or failed" if any(r.skipped for r in failed) else "failed"
+        print(f"keras-turbo: error: nothing was measured: every runtime {why} (reasons in the table)", file=sys.stderr)
         return 1
     return 0
 
@@ -246,12 +247,14 @@ def cmd_devices(args) -> int:
     fast = info.get("accelerated_precisions", {})
     out.print("  accelerates: fp32" + "".join(f", {p} ({' / '.join(f)})" for p, f in fast.items()))
     out.print("GPUs: " + ("; ".join(info["gpus"]) if info["gpus"] else "none found"))
+    from rich.markup import escape
     from rich.table import Table
 
     t = Table("runtime", "asks for", "runs in here", "usable", "devices / providers", "what it is")
     for name, r in info["runtimes"].items():
-        usable = f"[red]no: {r['error']}[/red]" if not r["usable"] else \
-            f"[yellow]skipped: {r['skip_reason']}[/yellow]" if r.get("skip_reason") else "yes"
+        usable = f"[yellow]skipped: {escape(r['not_installed'])}[/yellow]" if r.get("not_installed") else \
+            f"[red]no: {escape(str(r['error']))}[/red]" if not r["usable"] else \
+            f"[yellow]skipped: {escape(r['skip_reason'])}[/yellow]" if r.get("skip_reason") else "yes"
         runs = (r.get("executes") or {}).get("summary") or "-"
         t.add_row(name, r.get("precision", "fp32"), runs, usable, ", ".join(r["devices"]), r["summary"])
     out.print(t)
@@ -492,10 +495,26 @@ def _parse_duration(text: str) -> float:
 
 
 def _run_optimize(model, data, train_data, cfg, out_dir=None, unsafe=False, force=False, **where):
+    """optimize with progress: a live bar on a terminal; off one (a CI log, nohup), one plain line
+    per finished candidate, as it finishes."""
     import keras_turbo
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    _, err = _console()
+    from keras_turbo.report import progress_line
+
+    out, err = _console()
+    kw = {"unsafe": unsafe, "force": force, **({"out": out_dir} if out_dir else {}), **where}
+    if not out.is_terminal:
+        seen = {"done": 0, "total": 0}
+
+        def note(what, done, total, left):
+            seen["total"] = total
+
+        def finished(row):
+            seen["done"] += 1
+            print(progress_line(row, seen["done"], max(seen["total"], seen["done"])), flush=True)
+
+        return keras_turbo.optimize(model, data, train_data, cfg, progress=note, on_variant=finished, **kw)
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), TextColumn("{task.fields[left]}"), console=err, transient=True) as bar:
         task = bar.add_task("optimize", total=1, left="")
@@ -504,31 +523,38 @@ def _run_optimize(model, data, train_data, cfg, out_dir=None, unsafe=False, forc
             bar.update(task, description=f"candidate: {what}", completed=done, total=total,
                        left=f"{max(left, 0) / 60:.1f} min left in budget")
 
-        return keras_turbo.optimize(model, data, train_data, cfg, progress=progress, unsafe=unsafe, force=force,
-                                    **({"out": out_dir} if out_dir else {}), **where)
+        return keras_turbo.optimize(model, data, train_data, cfg, progress=progress, **kw)
 
 
-def _print_optimize(res) -> None:
-    from keras_turbo.report import headline, summary_table
+def _print_optimize(res, every_row: bool = False) -> None:
+    """The recommendation, the handful of variants within budget that matter and counts of the
+    rest (`--all`: every row, as the report has them), where the report and best/ are."""
+    from rich.markup import escape
+
+    from keras_turbo.report import (glance_counts, glance_rows, glance_table, headline, quality_text, ratio_text,
+                                    runoff_text, summary_table)
 
     out, _ = _console()
-    out.print(summary_table(res.doc))
+    if every_row:
+        out.print(summary_table(res.doc))
+    else:
+        out.print(glance_table(res.doc))
+        out.print(glance_counts(res.doc, len(glance_rows(res.doc))), highlight=False)
     h = headline(res.doc)
     if h:
-        verdict = "" if h["budget_met"] else "  (no candidate met the budget: fastest float runtime recommended)"
-        acc = "-" if h["accuracy"] is None else f"{h['accuracy'] * 100:.2f}%"
-        base = "-" if h["baseline_accuracy"] is None else f"{h['baseline_accuracy'] * 100:.2f}%"
-        from keras_turbo.report import ratio_text
-
-        out.print(f"recommended: {h['recommended']}: {ratio_text(h)}; "
-                  f"{h['size_ratio']:.1f}x smaller, accuracy {acc} (float {base}){verdict}")
-    from keras_turbo.report import runoff_text
-
+        verdict = "" if h["budget_met"] else "  (no candidate met the budget: the fastest float runtime is recommended)"
+        base = h["baseline_accuracy"]
+        out.print(f"\n[bold]recommended: {escape(h['recommended'])}[/bold]{verdict}")
+        out.print(f"  {escape(ratio_text(h))}", highlight=False)
+        out.print(f"  {h['size_ratio']:.1f}x smaller; {quality_text(res.recommended or {})}"
+                  + ("" if base is None else f", float {base * 100:.2f}%") + f"; runs in {h['runs_in']} here",
+                  highlight=False)
     if runoff_text(res.doc):
         out.print(runoff_text(res.doc).replace("`", ""), highlight=False)
-    out.print(f"report: {res.report_html}")
+    out.print(f"report: {res.report_html}", highlight=False)
     if res.recommended:
-        out.print(f"serve it: keras_turbo.load({str(res.out / 'best')!r})")
+        out.print(f"best/: {res.out / 'best'}: keras_turbo.load({str(res.out / 'best')!r}), or without keras-turbo: "
+                  "best/README.md and best/predict.py", highlight=False)
 
 
 def _output_kinds(items) -> tuple:
@@ -554,7 +580,7 @@ def cmd_optimize(args) -> int:
                          **({"time_budget_s": _parse_duration(args.time_budget)} if args.time_budget else {}))
     res = _run_optimize(args.model, args.data, args.train_data, cfg, args.out, args.unsafe, args.force,
                         **_given(args, "executor", "ray_address", "target_node", "target_resource"))
-    _print_optimize(res)
+    _print_optimize(res, args.every_row)
     return _nothing_measured(res)
 
 
@@ -597,18 +623,40 @@ def cmd_demo(args) -> int:
                    progress=lambda msg: err.print(f"[dim]{msg}[/dim]"))
     out.print(f"built-in digits CNN: {run.model}")
     res = _run_optimize(run.model, run.data, run.train_data, run.config, args.out or run.out, force=args.force)
-    _print_optimize(res)
+    _print_optimize(res, args.every_row)
     return _nothing_measured(res)
 
 
 # ------------------------------------------------------------------------- parser
 
+def _all_arg(sp):
+    sp.add_argument("--all", action="store_true", dest="every_row",
+                    help="print every candidate's row (default: the recommendation, the variants within budget that "
+                         "matter and counts of the rest; the report always has every row)")
+
+
 def _force_arg(sp, what="the output files"):
     sp.add_argument("--force", action="store_true", help=f"overwrite {what} when they exist (never an input file)")
 
 
+#: the MODEL argument that names keras-turbo's own trained digits CNN (what `demo` optimizes)
+BUILTIN_MODEL = "builtin:digits"
+
+
+def _model_path(text: str) -> str:
+    """MODEL as given, or for `builtin:digits` the path of the built-in digits CNN (copied into
+    the cache from the package): a model to try every command on without one of your own."""
+    if text != BUILTIN_MODEL:
+        return text
+    from keras_turbo.builtin import digits_model_path
+
+    return str(digits_model_path())
+
+
 def _model_arg(sp):
-    sp.add_argument("model", help="a .keras, .h5, SavedModel dir, .tflite, .onnx or OpenVINO .xml")
+    sp.add_argument("model", type=_model_path,
+                    help=f"a .keras, .h5, SavedModel dir, .tflite, .onnx or OpenVINO .xml; {BUILTIN_MODEL}: the "
+                         "built-in digits CNN")
     sp.add_argument("--unsafe", action="store_true",
                     help="let the model file run Python code (Lambda layers); only for files you trust")
     sp.add_argument("--custom-objects", metavar="FILE.py",
@@ -806,6 +854,7 @@ def _add_optimize(sub):
                     "(default with --executor ray: start a local Ray instance)")
     sp.add_argument("--target-node", metavar="NODE_ID|IP", help="the Ray node latency is measured on (default: this one)")
     sp.add_argument("--target-resource", metavar="NAME", help="instead: a Ray custom resource marking the target nodes")
+    _all_arg(sp)
     _force_arg(sp, "a --out folder holding other files, and its best/,")
     sp.set_defaults(fn=cmd_optimize)
 
@@ -842,6 +891,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", metavar="DIR", help=f"folder for the results (default {DEMO_OUT})")
     sp.add_argument("--threads", type=_positive_int("--threads"))
     sp.add_argument("--time-budget", metavar="DURATION", help=f"default {DEMO_TIME_BUDGET_S / 60:g}m")
+    _all_arg(sp)
     _force_arg(sp, "a --out folder holding other files, and its best/,")
     sp.set_defaults(fn=cmd_demo)
     return p

@@ -8,6 +8,8 @@ from collections import Counter
 import numpy as np
 
 from keras_turbo import _tf
+from keras_turbo.exporters.litert import interpreter as litert_interpreter
+from keras_turbo.extras import require
 from keras_turbo.model import ModelRef, load_keras, model_io
 from keras_turbo.model.graph import leaf_layers
 from keras_turbo.runtimes import NATIVE, open_predictor
@@ -101,12 +103,14 @@ def describe_keras(model) -> dict:
 
 def _artifact_ops(ref: ModelRef) -> tuple[dict, int | None]:
     if ref.format == "onnx":
+        require(str(ref.path), "onnx")
         import onnx
 
         m = onnx.load(str(ref.path))
         params = sum(int(np.prod(t.dims)) for t in m.graph.initializer)
         return dict(Counter(n.op_type for n in m.graph.node).most_common()), params
     if ref.format == "openvino":
+        require(str(ref.path), "openvino")
         import openvino as ov
 
         m = ov.Core().read_model(str(ref.path))
@@ -116,9 +120,7 @@ def _artifact_ops(ref: ModelRef) -> tuple[dict, int | None]:
                      if op.get_type_name() == "Constant" and op.get_output_partial_shape(0).is_static
                      and op.get_output_element_type(0).is_real())
         return dict(ops.most_common()), params
-    from ai_edge_litert.interpreter import Interpreter
-
-    it = Interpreter(model_path=str(ref.path))
+    it = litert_interpreter(model_path=str(ref.path))
     ops = Counter(d["op_name"] for d in it._get_ops_details())
     return dict(ops.most_common()), None
 
@@ -160,7 +162,9 @@ def savedmodel_cost(ref: ModelRef, inputs) -> tuple[int | None, int | None]:
         if any(d is None for s in fixed.values() for d in s.shape):
             return params, None
         concrete = tf.function(lambda **kw: sig(**kw)).get_concrete_function(**fixed)
-        from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+        from tensorflow.python.framework.convert_to_constants import (
+            convert_variables_to_constants_v2,
+        )
 
         graph = convert_variables_to_constants_v2(concrete).graph
         opts = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import html
+import json
 import io
 import re
 from pathlib import Path
 
+from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from keras_turbo.bench import BenchmarkReport
@@ -20,6 +23,7 @@ from keras_turbo.quality import (
     output_verdict,
     user_metric_verdict,
 )
+from keras_turbo.ratios import headline as ratio_line
 from keras_turbo.ratios import speedups
 
 
@@ -48,8 +52,11 @@ def benchmark_table(report: BenchmarkReport) -> Table:
                 "size"):
         t.add_column(col, justify="left" if col == "backend" else "right")
     for r in report.results:
+        if r.skipped:
+            t.add_row(r.backend, "", str(r.batch_size), f"[yellow]skipped: {escape(r.skipped)}[/yellow]", *[""] * 8)
+            continue
         if not r.ok:
-            t.add_row(r.backend, "", str(r.batch_size), f"[red]failed: {r.error}[/red]", *[""] * 8)
+            t.add_row(r.backend, "", str(r.batch_size), f"[red]failed: {escape(str(r.error))}[/red]", *[""] * 8)
             continue
         base = report.get("keras-predict", r.batch_size)
         speed = f"{base.latency_ms['p50'] / r.latency_ms['p50']:.1f}x" if base and base.ok else "-"
@@ -141,8 +148,9 @@ def baselines(doc: dict) -> list[dict]:
 
 
 def headline(doc: dict) -> dict:
-    """Recommended vs what a user would otherwise run: (a) the best plain TensorFlow path, (b) the
-    best peer default measured in the same run, (c) keras-predict; size ratio, accuracy."""
+    """Recommended vs what a user would otherwise run: (a) the best plain TensorFlow path, (b') the
+    fastest peer default that kept the budget and (b) the fastest whatever it kept, measured in the
+    same run, (c) keras-predict; size ratio, accuracy."""
     base = doc.get("baseline") or {}
     best = next((v for v in doc["variants"] if v["name"] == doc.get("recommended")), None)
     if not best or not base.get("ok"):
@@ -157,14 +165,9 @@ def headline(doc: dict) -> dict:
 
 
 def ratio_text(h: dict) -> str:
-    """"2.1x vs tf.function (tf-function), 0.9x vs the best peer default (peer:litert), 150x vs keras-predict"."""
-    parts = []
-    for key, what in (("vs_tf_function", "the best plain TensorFlow path"), ("vs_peer_default", "the best peer default"),
-                      ("vs_keras_predict", "keras-predict")):
-        r = (h.get("ratios") or {}).get(key)
-        if r:
-            parts.append(f"{r['ratio']:.2f}x vs {what} ({r['against']})")
-    return ", ".join(parts)
+    """The headline's ratios (ratios.headline): (a) tf.function, (b') the fastest peer default that
+    kept the budget, (b) the fastest whatever it kept (saying whether), (c) keras-predict."""
+    return ratio_line(h.get("ratios") or {}, digits=3)
 
 
 def runoff_text(doc: dict) -> str:
@@ -253,6 +256,23 @@ def output_rows(doc: dict) -> list[list[str]]:
     return rows
 
 
+def deploy_parts(doc: dict) -> dict | None:
+    """What the report says of best/ without keras-turbo (runtimes/deploy.py): {"text", and where
+    a predict.py was written "settings" (JSON) and "script"}; None when nothing was recommended."""
+    d = doc.get("deploy")
+    if not d:
+        return None
+    if d.get("variant") != doc.get("recommended"):
+        return {"text": f"best/ holds `{d.get('variant')}`, recommended when the run finished (rejudged since: "
+                        f"rerun optimize to refresh best/)."}
+    if d.get("error"):
+        return {"text": f"No predict.py for `{d['variant']}`: {d['error']}. `keras_turbo.load(\"best\")` serves it."}
+    return {"text": f"best/ runs without keras-turbo: `{d['artifact']}` on {d['runtime']} (`{d['backend']}`), "
+                    f"`pip install {' '.join(d['requirements'])}`; best/predict.py (and best/README.md) serve it in "
+                    f"{d['runtime']}'s own API with the settings it was timed with at batch {d['batch_size']}:",
+            "settings": json.dumps(d["settings"], default=str), "script": d["script"].rstrip()}
+
+
 def write_markdown(out, doc: dict) -> str:
     h = headline(doc)
     lines = [f"# keras-turbo optimize: {doc['model']}", "", f"Budget: {_budget_text(doc)}.", ""]
@@ -263,6 +283,11 @@ def write_markdown(out, doc: dict) -> str:
                   f"(float {_fmt_acc(h['baseline_accuracy'])}), agreement {_fmt_acc(h['agreement'])}.{verdict}", ""]
     if runoff_text(doc):
         lines += [runoff_text(doc), ""]
+    dep = deploy_parts(doc)
+    if dep:
+        lines += ["## Deploy without keras-turbo", "", dep["text"], ""]
+        if "script" in dep:
+            lines += [f"Settings: `{dep['settings']}`", "", "```python", dep["script"], "```", ""]
     outs = output_rows(doc)
     if outs:
         lines += [f"Each output of `{doc['recommended']}`, and the budget it was held to:", "",
@@ -380,6 +405,11 @@ def write_html(out, doc: dict) -> str:
                         "runtime is recommended.</span>") + "</div>")
     if runoff_text(doc):
         parts.append(f"<p id='runoff'>{esc(runoff_text(doc).replace('`', ''))}</p>")
+    dep = deploy_parts(doc)
+    if dep:
+        parts.append(f"<h2>Deploy without keras-turbo</h2><p id='deploy'>{esc(dep['text'].replace('`', ''))}</p>"
+                     + (f"<p>Settings: <code>{esc(dep['settings'])}</code></p><pre id='deploy-script'>{esc(dep['script'])}</pre>"
+                        if "script" in dep else ""))
     outs = output_rows(doc)
     if outs:
         parts.append(f"<h2>Each output of {esc(doc['recommended'])}</h2><table id='outputs'><tr>"
@@ -422,10 +452,99 @@ def write_reports(out, doc: dict) -> None:
     write_html(out, doc)
 
 
+# ------------------------------------------------------------------ the terminal, at a glance
+
+#: at most this many variants in the terminal summary (`--all`: every one; the reports: every one)
+GLANCE = 8
+
+
+def quality_text(v: dict) -> str:
+    """A row's quality in a few characters: accuracy and its change in points where the data has
+    labels, else top-1 agreement with float, else the worst output's error against float."""
+    if v.get("accuracy") is not None:
+        drop = v.get("accuracy_drop")
+        return f"{v['accuracy'] * 100:.2f}%" + ("" if drop is None else f" ({0.0 - drop + 0.0:+.2f})")
+    if v.get("top1_agreement") is not None:
+        return f"agrees {v['top1_agreement'] * 100:.2f}%"
+    errors = [o["error"] for o in v.get("outputs") or [] if o.get("error") is not None]
+    return f"error {max(errors):.3g}" if errors else "-"
+
+
+def glance_rows(doc: dict) -> list[tuple[dict, str]]:
+    """The variants within budget that matter, fastest first, each with why it is shown: the
+    recommendation, the fastest, the smallest, the Pareto front (latency vs quality); at most GLANCE."""
+    key = (lambda v: -(v.get("throughput_per_s") or 0)) if doc["budget"].get("objective") == "throughput" else \
+        (lambda v: v["latency_ms"]["p50"])
+    within = sorted((v for v in doc["variants"] if v.get("ok") and v.get("within_budget") and v.get("role") != "probe"),
+                    key=key)
+    if not within:
+        return []
+    why: dict[str, list[str]] = {}
+    smallest = min(within, key=lambda v: v.get("model_bytes") or 0)
+    for v in within:
+        tags = (["★"] if v["name"] == doc.get("recommended") else []) + \
+               (["fastest"] if v is within[0] else []) + (["smallest"] if v is smallest else []) + \
+               (["pareto"] if v.get("pareto") else [])
+        if tags:
+            why[v["name"]] = tags
+    picked = [v for v in within if v["name"] in why]
+    must = [v for v in picked if set(why[v["name"]]) - {"pareto"}]
+    rest = [v for v in picked if v not in must][:max(0, GLANCE - len(must))]
+    return [(v, ", ".join(why[v["name"]]).replace("★, ", "★ ")) for v in within if v in must or v in rest]
+
+
+def glance_counts(doc: dict, shown: int) -> str:
+    """"43 candidates: 12 within budget (6 shown; --all for every row), 28 over budget, 3 failed";
+    and the runtimes left out for lack of an extra, with the pip line that brings each."""
+    vs = [v for v in doc["variants"] if v.get("role") != "probe"]
+    ok = [v for v in vs if v.get("ok")]
+    within = sum(1 for v in ok if v.get("within_budget"))
+    skipped = sum(1 for v in vs if not v.get("ok") and v.get("skipped"))
+    failed = sum(1 for v in vs if not v.get("ok") and not v.get("skipped"))
+    parts = [f"{within} within budget ({shown} shown{'; --all for every row' if len(vs) > shown else ''})",
+             f"{len(ok) - within} over budget"] + ([f"{failed} failed"] if failed else []) + \
+            ([f"{skipped} skipped"] if skipped else [])
+    line = f"{len(vs)} candidates: " + ", ".join(parts) + " (the report lists every one, and why)"
+    absent = [f"{x['name']} ({x['reason'].split(';')[0]})" for x in (doc.get("plan") or {}).get("left_out") or []
+              if "not installed" in x["reason"]]
+    return line + ("\nnot installed: " + "; ".join(absent) if absent else "")
+
+
+def glance_table(doc: dict) -> Table:
+    """The terminal's summary table: `glance_rows`, names whole (the column never wraps)."""
+    rows = glance_rows(doc)
+    tf = next((v for v in doc["variants"] if v["name"] == "tf-function fp32" and v.get("ok")), None)
+    t = Table(box=box.SIMPLE_HEAD, title=f"optimize: {doc['model']}", title_justify="left", pad_edge=False,
+              caption="★ recommended; vs tf.fn: speed-up against tf.function", caption_justify="left")
+    # Names wrap between words where the terminal is narrow, never cut: the column is at least as
+    # wide as the longest word in them. The figures never wrap.
+    longest = max([len(w) for v, _ in rows for w in v["name"].split()] + [7])
+    t.add_column("variant", min_width=longest, overflow="fold")
+    for c in ("quality", "p50 ms", "vs tf.fn", "size"):
+        t.add_column(c, justify="right", no_wrap=True)
+    t.add_column("why shown", min_width=9, overflow="fold")
+    for v, why in rows:
+        p50 = v["latency_ms"]["p50"]
+        t.add_row(escape(v["name"]), quality_text(v), f"{p50:.3f}",
+                  f"{tf['latency_ms']['p50'] / p50:.1f}x" if tf else "-", _size(v.get("model_bytes")), why)
+    return t
+
+
+def progress_line(v: dict, done: int, total: int) -> str:
+    """One plain line per finished candidate, for a log (stdout not a terminal)."""
+    head = f"[{done}/{total}] {v['name']}: "
+    if not v.get("ok"):
+        return head + ("skipped" if v.get("skipped") else "failed") + f": {v.get('error') or ''}".rstrip(": ")
+    if v.get("role") == "probe":
+        return head + f"{quality_text(v)}, {'holds' if v.get('within_budget') else 'breaks'} the budget (probe)"
+    return head + (f"{v['latency_ms']['p50']:.3f} ms, {quality_text(v)}, "
+                   f"{'within budget' if v.get('within_budget') else 'over budget'}")
+
+
 def summary_table(doc: dict) -> Table:
     t = Table(title=f"optimize: {doc['model']}")
     for c in HEADERS:
         t.add_column(c, justify="left" if c in ("variant", "runtime", "status") else "right")
     for r in _rows(doc):
-        t.add_row(*r)
+        t.add_row(*map(escape, r))  # an error's text may hold [brackets] rich would read as markup
     return t

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from keras_turbo import cache
 from keras_turbo.errors import KerasTurboError
+from keras_turbo.extras import require
 from keras_turbo.exporters import litert, onnx, openvino, savedmodel, textsplit
 from keras_turbo.model import ModelRef, config_json
 
@@ -45,6 +46,8 @@ EXPORTERS = {
     "onnx": ("onnx", "model.onnx", onnx.export),
     "openvino": ("openvino", "model.xml", openvino.export),
 }
+#: the modules each artifact's export needs beyond the core (extras.py names the extra)
+NEEDS = {"tflite": litert.NEEDS, "onnx": onnx.NEEDS, "openvino": openvino.NEEDS}
 
 
 def export(ref: ModelRef, target: str, cache_dir: Path | None = None) -> ModelRef:
@@ -63,6 +66,7 @@ def export(ref: ModelRef, target: str, cache_dir: Path | None = None) -> ModelRe
     fmt, name, fn = EXPORTERS[target]
     if ref.format == fmt:
         return ref
+    require(f"export to {target}", *NEEDS.get(target, ()))  # before the cache: a cached export needs its runtime too
     if not ref.is_keras:
         raise KerasTurboError(f"{ref.path}: a .{ref.format} artifact cannot be converted to {target}; start from the Keras model")
     # Keyed by content and by --unsafe: an export built under --unsafe is never served to a run

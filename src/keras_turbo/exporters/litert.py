@@ -13,6 +13,8 @@ from keras_turbo.model.gate import check_savedmodel
 from keras_turbo.model import ModelRef
 
 MODES = ("none", "fp16", "dynamic", "int8", "int16x8")
+#: the modules an export needs beyond the core (extras.py): none, TensorFlow converts
+NEEDS: tuple[str, ...] = ()
 
 
 def export(ref: ModelRef, out: Path) -> None:
@@ -36,24 +38,28 @@ def export(ref: ModelRef, out: Path) -> None:
         out.write_bytes(converter.convert())
 
 
-def _input_order(ref: ModelRef) -> list[str]:
-    """Input names in the order the converted model's interpreter lists them."""
+def interpreter(**kw):
+    """A LiteRT Interpreter for reading a file's graph (never allocated here: the allocation is
+    what applies XNNPACK and prints its "INFO: Created ... delegate" line)."""
     from ai_edge_litert.interpreter import Interpreter
 
+    return Interpreter(**kw)
+
+
+def _input_order(ref: ModelRef) -> list[str]:
+    """Input names in the order the converted model's interpreter lists them."""
     check_savedmodel(ref.path, ref.unsafe)
     tf = _tf.tf()
     with _tf.quiet():
         content = tf.lite.TFLiteConverter.from_saved_model(str(ref.path)).convert()
-    it = Interpreter(model_content=content)
+    it = interpreter(model_content=content)
     return [d["name"].removeprefix("serving_default_").split(":")[0] for d in it.get_input_details()]
 
 
 def node_names(path: Path) -> list[tuple[str, str]]:
     """(output tensor name, the same as text): what the quantization debugger's denylist takes.
     The converter keeps TensorFlow's names (`model_1/conv1_1/convolution;...`)."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    it = Interpreter(model_content=Path(path).read_bytes())
+    it = interpreter(model_content=Path(path).read_bytes())
     tensors = {d["index"]: d["name"] for d in it.get_tensor_details()}
     names = []
     for op in it._get_ops_details():
@@ -70,9 +76,7 @@ KERAS_OPS: dict[str, str] = {}
 def op_graph(path: Path) -> list[tuple[str, str, tuple[str, ...], tuple[str, ...]]]:
     """(op name, op type, input tensor names, output tensor names) per op, in graph order. An op
     is named by its first output tensor, which is what the debugger's denylist takes."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    it = Interpreter(model_content=Path(path).read_bytes())
+    it = interpreter(model_content=Path(path).read_bytes())
     tensors = {d["index"]: d["name"] for d in it.get_tensor_details()}
     ops = []
     for op in it._get_ops_details():

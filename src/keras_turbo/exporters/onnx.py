@@ -17,6 +17,8 @@ from keras_turbo.outdir import write_file_atomically
 
 OPSET = 17
 MODES = ("none", "dynamic", "int8")
+#: the modules an export and its quantization need (the [onnx] extra, extras.py)
+NEEDS = ("tf2onnx", "onnx", "onnxruntime")
 
 
 def signature_io(loaded):

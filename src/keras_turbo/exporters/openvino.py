@@ -8,11 +8,15 @@ from typing import Sequence
 
 import numpy as np
 
+from keras_turbo import _tf
 from keras_turbo.errors import KerasTurboError
+from keras_turbo.extras import require
 from keras_turbo.model import ModelRef
 from keras_turbo.model.gate import check_savedmodel
 
 MODES = ("none", "fp16", "int8")
+#: the modules an export needs (the [openvino] extra, extras.py); int8 needs nncf as well
+NEEDS = ("openvino",)
 
 
 def export(ref: ModelRef, out: Path) -> None:
@@ -100,13 +104,15 @@ def quantize(ref: ModelRef, out: Path, settings, calibration: Sequence[dict[str,
     if mode == "fp16":
         ov.save_model(model, str(out), compress_to_fp16=True)
         return
+    require("openvino int8", "nncf")
     import nncf
 
     samples = list(calibration or [])
     names = [p.get_any_name() for p in model.inputs]
     dataset = nncf.Dataset(samples, lambda s: {n: s[n] for n in names})
     scope = nncf.IgnoredScope(names=list(keep_float), validate=False) if keep_float else None
-    q = nncf.quantize(model, dataset, subset_size=len(samples), ignored_scope=scope)
+    with _tf.quiet():  # NNCF draws progress bars ("Statistics collection", "Applying Fast Bias correction")
+        q = nncf.quantize(model, dataset, subset_size=len(samples), ignored_scope=scope)
     ov.save_model(q, str(out), compress_to_fp16=False)
 
 

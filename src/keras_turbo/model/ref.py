@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from keras_turbo.errors import ModelLoadError, cause
+from keras_turbo.extras import require
 from keras_turbo.model import custom
 
 KERAS_FORMATS = ("keras", "h5", "savedmodel")
@@ -139,6 +140,7 @@ def require_own_file(path: Path, folder: Path | None, what: str) -> None:
 
 def check_onnx_external_data(path: Path) -> None:
     """Every external-data file an ONNX model names must be its own (see require_own_file)."""
+    require(str(path), "onnx")
     import onnx
     from onnx.external_data_helper import _get_all_tensors
 

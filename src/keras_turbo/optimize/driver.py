@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import time
@@ -28,7 +27,7 @@ from keras_turbo.model import (
 )
 from keras_turbo.optimize import plan as planner
 from keras_turbo.optimize import select
-from keras_turbo.optimize.build import BuildJob, copy_artifact
+from keras_turbo.optimize.build import BuildJob, copy_artifact, error_text
 from keras_turbo.optimize.config import OptimizeConfig
 from keras_turbo.optimize.executor import Executor, make_executor
 from keras_turbo.optimize.measure import (
@@ -50,7 +49,7 @@ from keras_turbo.outdir import (
     write_file_atomically,
 )
 from keras_turbo.quality import metric_name
-from keras_turbo.runtimes import BACKENDS, load
+from keras_turbo.runtimes import BACKENDS, deploy, load, not_installed
 from keras_turbo.runtimes.here import precision_backends
 from keras_turbo.runtimes.keras_jax import jax_gpus
 
@@ -95,6 +94,13 @@ class _Run:
     total: int = 0
     wave: int = 0
     runoff: dict | None = None  # what the run-off did (select.runoff_leaders), for the reports
+    on_variant: Callable[[dict], None] = lambda row: None  # told of each finished candidate's row
+
+    def put(self, row: Variant) -> None:
+        """Record a finished candidate (measured, failed or skipped), save, and say so."""
+        self.rows[row.id] = row
+        _save(self)
+        self.on_variant(row.to_dict())
 
     @property
     def deadline(self) -> float:
@@ -110,7 +116,8 @@ class _Run:
 def optimize(model, data, train_data=None, config: OptimizeConfig | None = None, out: str | Path = DEFAULT_OUT,
              *, progress: Callable[[str, int, int, float], None] | None = None, unsafe: bool = False, cache_dir=None,
              executor: str | Executor = "local", ray_address: str | None = None, target_node: str | None = None,
-             target_resource: str | None = None, force: bool = False, custom_objects=None) -> OptimizeResult:
+             target_resource: str | None = None, force: bool = False, custom_objects=None,
+             on_variant: Callable[[dict], None] | None = None) -> OptimizeResult:
     """Find the fastest deployable variant of `model` within an accuracy budget.
 
     Args:
@@ -125,6 +132,8 @@ def optimize(model, data, train_data=None, config: OptimizeConfig | None = None,
             missing; an existing folder with files keras-turbo did not write is refused unless
             `force`; locked for the run (a second run into it is refused).
         progress: called with (what, done, total, seconds left in the budget).
+        on_variant: called with each candidate's row (results.json's `variants` entry) as it is
+            finished: measured, failed or skipped (the CLI prints one line each off a terminal).
         executor: "local" (this process), "ray" (a local Ray instance, or `ray_address`), or an
             Executor; `target_node` / `target_resource` say where speed is measured on a cluster.
         custom_objects: the model's custom layers (a .py file or a dict, as in `load`): loaded
@@ -149,17 +158,20 @@ def optimize(model, data, train_data=None, config: OptimizeConfig | None = None,
         check_replaceable_dir(Path(out) / "best", force)
         ex = make_executor(executor, ray_address, target_node, target_resource) if isinstance(executor, str) else executor
         try:
-            return _search(model, data, train_data, cfg, Path(out), ex, progress, unsafe, cache_dir, force, started)
+            return _search(model, data, train_data, cfg, Path(out), ex, progress, unsafe, cache_dir, force, started,
+                           on_variant)
         finally:
             if isinstance(executor, str):
                 ex.close()
 
 
 def _search(model, data, train_data, cfg, out: Path, ex: Executor, progress, unsafe, cache_dir, force,
-            started: float | None = None) -> OptimizeResult:
+            started: float | None = None, on_variant=None) -> OptimizeResult:
     """The first plan, then waves of build / judge / time and the follow-ups they call for, until
     nothing new is proposed; then the selection, the reports and best/."""
     run = _start(model, data, train_data, cfg, out, ex, progress or (lambda *a: None), unsafe, cache_dir, started)
+    if on_variant:
+        run.on_variant = on_variant
     cfg = run.cfg  # the budget resolved for the data
     info = _model_info(run)
     has_train = run.job["train"] is not None
@@ -193,7 +205,8 @@ def machine_caps(objective: str = "latency") -> planner.MachineCaps:
     """The runtimes that import here, and the precision / objective variants this machine
     accelerates (bf16 and fp16 where the CPU has the arithmetic, keras-jax where JAX sees a GPU),
     each one skipped elsewhere with its reason."""
-    usable = tuple(n for n, b in BACKENDS.items() if importlib.util.find_spec(b.requires) is not None)
+    absent = {n: not_installed(n) for n in BACKENDS}
+    usable = tuple(n for n, why in absent.items() if why is None)
     accelerated, skipped = [], []
     for name, why in precision_backends(cpu_flags(), objective).items():
         b = BACKENDS[name]
@@ -209,7 +222,8 @@ def machine_caps(objective: str = "latency") -> planner.MachineCaps:
     elif jax_runtimes:
         skipped.append(("keras-jax", "no GPU here: on a CPU Keras-on-JAX is rarely faster than the CPU runtimes "
                                      "(MobileNetV2 about 65 ms against 3 ms); it is planned where JAX sees a GPU"))
-    return planner.MachineCaps(usable, tuple(accelerated), tuple(skipped))
+    return planner.MachineCaps(usable, tuple(accelerated), tuple(skipped),
+                               tuple((n, why) for n, why in absent.items() if why))
 
 
 def _data_refs(data, train_data, cfg: OptimizeConfig, inputs, outputs, scales: bool | None = None) -> tuple[dict, OptimizeConfig]:
@@ -354,14 +368,13 @@ def _run_wave(run: _Run, recipes: list[Recipe]) -> None:
         if known_b and known_q:
             built.append((r, known_b, known_q, {"build": True, "quality": True}))
         elif run.time_left() <= 0:
-            run.rows[r.id] = Variant.of(r, skipped=True, error="skipped: the time budget ran out before it started")
+            run.put(Variant.of(r, skipped=True, error="skipped: the time budget ran out before it started"))
         else:
             jobs.append(_job(run, r, evaluate=known_q is None))
     def finish(items):
         for r, b, q, reused in items:
             row = _probe_row(run, r, b, q, reused) if r.role == "probe" else _timed_row(run, r, b, q, reused)
-            run.rows[r.id] = row.replace(wave=run.wave)
-            _save(run)
+            run.put(row.replace(wave=run.wave))
 
     now = getattr(run.executor, "sequential", False)
     if now:  # what the store already holds is measured first: it costs no build
@@ -370,8 +383,7 @@ def _run_wave(run: _Run, recipes: list[Recipe]) -> None:
     for res in run.executor.builds(jobs):
         r = run.recipes[res["recipe_id"]]
         if res.get("skipped"):  # nothing was built (or stopped mid-build): not recorded, so a rerun tries it
-            run.rows[r.id] = Variant.of(r, skipped=True, stopped=bool(res.get("stopped")), error=res["error"], wave=run.wave)
-            _save(run)
+            run.put(Variant.of(r, skipped=True, stopped=bool(res.get("stopped")), error=res["error"], wave=run.wave))
             continue
         run.store.record_build(r.id, res)
         q = res.get("quality") or run.store.quality_for(r.id, _qid(run, r))
@@ -384,8 +396,7 @@ def _run_wave(run: _Run, recipes: list[Recipe]) -> None:
             else:
                 built.append(item)
         else:
-            run.rows[r.id] = Variant.of(r, error=res["error"])
-            _save(run)
+            run.put(Variant.of(r, error=res["error"]))
     finish(built)
 
 
@@ -537,8 +548,8 @@ def _doc(run: _Run) -> dict:
     }
 
 
-def _save(run: _Run) -> dict:
-    doc = _doc(run)
+def _save(run: _Run, doc: dict | None = None) -> dict:
+    doc = doc or _doc(run)
     with_builds = lambda rows: [{**r, "build": run.store.builds.get(r["id"])} for r in rows]  # noqa: E731
     run.store.save({**doc, "variants": with_builds(doc["variants"]), "search": with_builds(doc["search"])})
     return doc
@@ -547,20 +558,37 @@ def _save(run: _Run) -> dict:
 def _finish(run: _Run, force: bool = False) -> OptimizeResult:
     from keras_turbo.report import write_reports
 
-    doc = _save(run)
+    doc = _doc(run)
     best = next((v for v in doc["variants"] if v["name"] == doc["recommended"]), None)
+    deployment = None
     if best:
-        write_best(run.out, best, force, threads=run.protocol.threads)
+        deployment, doc["deploy"] = _deployment(best, run.protocol.threads, doc["budget"]["batch_size"], run.ref.unsafe)
+    _save(run, doc)
+    if best:
+        write_best(run.out, best, force, threads=run.protocol.threads, deployment=deployment)
     write_reports(run.out, doc)
     run.note("done", run.total, run.total, run.time_left())
     return OptimizeResult(run.out, doc, best, doc["variants"])
 
 
-def write_best(out: Path, best: dict, force: bool = False, threads: int | None = None) -> None:
-    """best/: the recommended artifact and a manifest, loadable with keras_turbo.load(out/'best').
-    The manifest names the runtime and the thread count it was timed with, which `load` uses
-    unless told otherwise. Built beside and renamed into place; a best/ keras-turbo did not write
-    is never replaced."""
+def _deployment(best: dict, threads: int | None, batch_size: int, unsafe: bool) -> tuple[deploy.Deployment | None, dict]:
+    """How best/ runs without keras-turbo (runtimes/deploy.py), from the recommended artifact
+    opened as it was timed; (None, {"error": why}) where that fails: the report says so."""
+    try:
+        with load(best["artifact"], best["backend"], threads=threads, unsafe=unsafe) as p:
+            d = deploy.describe(p, best["name"], Path(best["artifact"]).name, batch_size)
+    except Exception as e:  # best/ is still written: keras_turbo.load serves it
+        return None, {"variant": best["name"], "error": error_text(e)}
+    return d, d.to_dict()
+
+
+def write_best(out: Path, best: dict, force: bool = False, threads: int | None = None,
+               deployment: deploy.Deployment | None = None) -> None:
+    """best/: the recommended artifact and a manifest, loadable with keras_turbo.load(out/'best'),
+    and (from `deployment`) a README.md and predict.py that serve it without keras-turbo, in its
+    runtime's own API with the settings it was timed with. The manifest names the runtime and the
+    thread count it was timed with, which `load` uses unless told otherwise. Built beside and
+    renamed into place; a best/ keras-turbo did not write is never replaced."""
     def build(dst: Path) -> None:
         art = copy_artifact(Path(best["artifact"]), dst)
         manifest = {k: best.get(k) for k in ("name", "backend", "steps", "accuracy", "top1_agreement", "latency_ms",
@@ -568,5 +596,7 @@ def write_best(out: Path, best: dict, force: bool = False, threads: int | None =
         (dst / "manifest.json").write_text(json.dumps({**manifest, "artifact": art.name, "recipe_id": best["id"],
                                                        "threads": threads},
                                                       indent=2, default=str))
+        if deployment:
+            deploy.write(dst, deployment, manifest)
 
     replace_dir_atomically(build, out / "best", force)

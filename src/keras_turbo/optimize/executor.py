@@ -23,6 +23,7 @@ from typing import Iterator, Protocol
 
 from keras_turbo import machine
 from keras_turbo.errors import KerasTurboError
+from keras_turbo.extras import require
 from keras_turbo.model import custom
 from keras_turbo.optimize.build import (
     BuildJob,
@@ -167,10 +168,9 @@ class RayExecutor:
 
     def __init__(self, address: str | None = None, target_node: str | None = None,
                  target_resource: str | None = None, retries: int = 3):
-        try:
-            import ray
-        except ImportError as e:  # pragma: no cover - ray is a pinned dependency
-            raise KerasTurboError(f"--executor ray: Ray is not installed ({e})") from None
+        require("--executor ray", "ray")
+        import ray
+
         self.ray = ray
         self._started = not ray.is_initialized()
         if self._started:

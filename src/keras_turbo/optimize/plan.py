@@ -172,6 +172,7 @@ class MachineCaps:
     backends: tuple[str, ...]
     accelerated: tuple[tuple[str, str | None, str], ...] = ()
     skipped: tuple[tuple[str, str], ...] = ()  # (backend, why this machine does not run it)
+    missing: tuple[tuple[str, str], ...] = ()  # (backend, which extra would install it)
 
 
 @dataclass(frozen=True)
@@ -221,7 +222,9 @@ def first_plan(model: ModelInfo, caps: MachineCaps, cfg, has_train: bool) -> Pla
         if backend in usable:
             recipes.append(runtime_recipe(fp, backend, to))
         else:
-            left.append((backend, "its runtime does not import here"))
+            why = dict(caps.missing).get(backend, "its runtime does not import here")
+            conversions = [f"{mode}" for to, mode, _ in CONVERSIONS if FAMILIES[to].runtime == backend]
+            left.append((backend, why + (f"; its conversions ({', '.join(conversions)}) are left out too" if conversions else "")))
     last = [r for r in recipes if r.backend in LAST]
     recipes = [r for r in recipes if r.backend not in LAST]
     plain = [r for r in recipes if r.backend in (BASELINE, "tf-function")]

@@ -97,9 +97,11 @@ class Recipe:
     def name(self) -> str:
         """A display name derived from the steps: "structured + litert int8 mixed"."""
         names = [s.name for s in self.steps if s.kind == "train"]
-        # a composition's label holds one part per technique, "; " between them
-        parts = self.label.split("; ") if len(names) > 1 and self.label.count("; ") == len(names) - 1 else [self.label] * len(names)
-        train = [n + (f"({part})" if part else "") for n, part in zip(names, parts)]
+        # A composition's label holds one part per searched technique, "; " between them, in step
+        # order; a step added after them (equalize, the int8 repair's) has no setting, so no part:
+        # "resolution(1/2.8 size) + equalize + litert int8", not "... + equalize(1/2.8 size) ...".
+        parts = self.label.split("; ") if self.label else []
+        train = [n + (f"({parts[i]})" if i < len(parts) and parts[i] else "") for i, n in enumerate(names)]
         mixed = any(s.kind == "fallback" for s in self.steps)
         if self.role == "probe":
             return " + ".join(train) + " probe"

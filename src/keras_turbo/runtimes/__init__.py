@@ -22,6 +22,7 @@ from typing import Callable
 
 from keras_turbo import exporters
 from keras_turbo.errors import BackendError
+from keras_turbo.extras import missing, require
 from keras_turbo.exporters import litert as litert_exp
 from keras_turbo.exporters import onnx as onnx_exp
 from keras_turbo.exporters import openvino as openvino_exp
@@ -186,6 +187,24 @@ def get_backend(name: str) -> Backend:
         raise BackendError(f"--backend: unknown backend {name!r} (expected one of {', '.join(BACKENDS)})") from None
 
 
+def needs(backend: str, exporting: bool = True) -> tuple[str, ...]:
+    """The modules `backend` needs here: its runtime's, and with `exporting` (a Keras model to
+    run on it) its family's exporter's (extras.py names the extra that brings each)."""
+    b = get_backend(backend)
+    exporter = FAMILIES[b.family].exporter if exporting and b.family else None
+    return (b.requires, *(exporter.NEEDS if exporter else ()))
+
+
+def not_installed(backend: str, exporting: bool = True) -> str | None:
+    """Why `backend` cannot run here for lack of an optional module, naming the extra that brings
+    it ("onnxruntime is not installed (pip install 'keras-turbo[onnx]')"); None when it can.
+
+    Raises:
+        BackendError: no backend has that name.
+    """
+    return missing(*needs(backend, exporting))
+
+
 def artifact_for(ref: ModelRef, backend: str, cache_dir: Path | None = None) -> ModelRef:
     """The file `backend` will run for `ref`: `ref` itself, or its cached export.
 
@@ -203,7 +222,12 @@ def artifact_for(ref: ModelRef, backend: str, cache_dir: Path | None = None) -> 
 
 def open_predictor(ref: ModelRef, backend: str, threads: int | None = None, batch_size: int | None = None,
                    device: str = "auto", cache_dir: Path | None = None) -> Predictor:
-    """Open `ref` on `backend` and return a ready Predictor (exporting first if needed)."""
+    """Open `ref` on `backend` and return a ready Predictor (exporting first if needed).
+
+    Raises:
+        MissingExtra: the runtime (or its exporter) is not installed; the message names the extra.
+    """
+    require(f"--backend {backend}", *needs(backend, exporting=ref.format not in get_backend(backend).formats))
     artifact = artifact_for(ref, backend, cache_dir)
     return get_backend(backend).factory(artifact, threads=threads, batch_size=batch_size, device=device)
 
@@ -225,4 +249,4 @@ def float_runtimes() -> dict[str, str | None]:
 
 
 __all__ = ["BACKENDS", "BF16_FLAGS", "FAMILIES", "FP16_FLAGS", "NATIVE", "Backend", "Family", "Predictor", "artifact_for",
-           "float_runtimes", "get_backend", "load", "open_predictor"]
+           "float_runtimes", "get_backend", "load", "needs", "not_installed", "open_predictor"]

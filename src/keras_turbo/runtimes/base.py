@@ -125,6 +125,12 @@ class Predictor(abc.ABC):
         runtimes compile then."""
         return Executed({}, "requested", requested="fp32")
 
+    def settings(self) -> dict:
+        """The exact settings this predictor opened its runtime with, in the runtime's own terms
+        (thread counts, session options, compile config): what a deployment without keras-turbo
+        must repeat to run as it was timed (runtimes/deploy.py writes them into best/)."""
+        return {}
+
     def __enter__(self):
         return self
 

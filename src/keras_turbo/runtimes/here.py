@@ -5,9 +5,10 @@ machine's facts alone)."""
 from __future__ import annotations
 
 from keras_turbo import _tf
+from keras_turbo.extras import missing
 from keras_turbo.machine import accelerated_precisions, cpu_flags, facts
 from keras_turbo.model import ModelRef
-from keras_turbo.runtimes import BACKENDS, NATIVE, get_backend, keras_jax, keras_runtimes, openvino
+from keras_turbo.runtimes import BACKENDS, NATIVE, get_backend, keras_jax, keras_runtimes, not_installed, openvino
 from keras_turbo.runtimes.base import Executed
 
 
@@ -77,6 +78,8 @@ def devices() -> dict:
     Each runtime is imported for real (in this process), so "usable" means it loaded here, and
     each usable one says what it really executes in here (`runtimes.executes_here`): OpenVINO may
     run another precision than the one asked for (f16 runs as bf16 on a CPU without AVX512-FP16).
+    A runtime that is not installed (or whose exporter is not) has `not_installed`: the reason,
+    naming the extra that brings it.
     """
     info = facts()
     flags = cpu_flags()
@@ -94,12 +97,14 @@ def devices() -> dict:
             except Exception as e:  # a setting the plugin refuses on this CPU (bf16 without AVX-512) is a fact too
                 executes = {"summary": "refused", "error": f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"}
         runtimes[name] = {"usable": ok, "error": err, "devices": devs, "summary": b.summary, "precision": b.precision,
-                          "executes": executes, "skip_reason": skip_reason(name, flags)}
+                          "executes": executes, "skip_reason": skip_reason(name, flags), "not_installed": not_installed(name)}
     info["runtimes"] = runtimes
     return info
 
 
 def _probe(module: str) -> tuple[bool, str | None, list[str]]:
+    if missing(module):
+        return False, missing(module), []
     try:
         if module == "tensorflow":
             tf = _tf.tf()

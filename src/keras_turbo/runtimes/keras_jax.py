@@ -622,6 +622,10 @@ class KerasJAXPredictor(Predictor):
     def run(self, feeds):
         return self.engine.run(feeds)
 
+    def settings(self) -> dict:
+        return {"KERAS_BACKEND": "jax", "dtype_policy": PRECISIONS[self.precision][0] or "float32",
+                "jax_default_matmul_precision": PRECISIONS[self.precision][1], "device": self.device}
+
     def executed(self) -> Executed:
         # Keras' dtype policy decides per layer; JAX's compiled HLO is not read back here.
         return Executed({}, "requested", requested=self.precision, devices=(self.device,))

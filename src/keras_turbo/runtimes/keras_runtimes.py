@@ -71,6 +71,12 @@ class _KerasBase(Predictor):
     def _build(self) -> None:
         pass
 
+    #: how the model is called (runtimes/deploy.py writes the same call)
+    call = "model(x, training=False)"
+
+    def settings(self) -> dict:
+        return {"call": self.call, "intra_op_parallelism_threads": self.threads, "device": self._device}
+
     def _x(self, feeds):
         return [feeds[k] for k in self._to_model_order] if self._multi_in else feeds[0]
 
@@ -83,6 +89,7 @@ class KerasPredict(_KerasBase):
     """`model.predict(x)`: what most users run, and the baseline every speedup is against."""
 
     backend = "keras-predict"
+    call = "model.predict(x, batch_size=len(x), verbose=0)"
 
     def run(self, feeds):
         tf = _tf.tf()
@@ -140,6 +147,11 @@ class TFFunction(_KerasBase):
             return model([xs[k] for k in order] if multi else xs[0], training=False)
 
         self._fn = tf.function(serve, input_signature=signature, jit_compile=self.jit_compile, reduce_retracing=True)
+
+    call = "tf.function"
+
+    def settings(self) -> dict:
+        return super().settings() | {"jit_compile": self.jit_compile, "auto_mixed_precision_onednn_bfloat16": self.bf16}
 
     def run(self, feeds):
         tf = _tf.tf()

@@ -75,8 +75,7 @@ class LiteRTPredictor(Predictor):
         from ai_edge_litert.interpreter import Interpreter
 
         try:
-            with _tf.quiet():  # the interpreter announces its XNNPACK delegate on stderr
-                self._it = Interpreter(model_path=str(ref.path), num_threads=threads)
+            self._it = Interpreter(model_path=str(ref.path), num_threads=threads)
         except (ValueError, RuntimeError) as e:
             raise _flex_error(ref, e) or unreadable(ref.path, ".tflite", e) from e
         self._ref = ref
@@ -112,9 +111,12 @@ class LiteRTPredictor(Predictor):
             for q, t in self._in_q)
         self._out_q = [_scale(d) for _, d in out_order]
         self._quantized_io = any(q for q, _ in self._in_q) or any(self._out_q)
+        self._io = ([(n, _scale(d), np.dtype(d["dtype"]).name) for n, d in in_order],
+                    [(n, _scale(d), np.dtype(d["dtype"]).name) for n, d in out_order])
         self._shapes = [tuple(d["shape"]) for _, d in in_order]
         try:
-            self._it.allocate_tensors()
+            with _tf.quiet():  # the first allocation applies XNNPACK, which announces itself on stderr
+                self._it.allocate_tensors()
         except RuntimeError as e:
             flex = _flex_error(ref, e)
             if flex:
@@ -133,7 +135,8 @@ class LiteRTPredictor(Predictor):
         for idx, shape in zip(self._in_idx, shapes):
             self._it.resize_tensor_input(idx, shape, strict=False)
         try:
-            self._it.allocate_tensors()
+            with _tf.quiet():
+                self._it.allocate_tensors()
         except RuntimeError as e:
             raise _flex_error(self._ref, e) or e
         self._shapes = shapes
@@ -169,6 +172,16 @@ class LiteRTPredictor(Predictor):
 
     def executed(self) -> Executed:
         return op_precisions(self._it)
+
+    def settings(self) -> dict:
+        """num_threads and the delegate; for integer inputs or outputs, the (scale, zero point)
+        this predictor quantizes and dequantizes them with."""
+        out = {"num_threads": self.threads, "delegate": "XNNPACK (the interpreter's default)"}
+        ins, outs = self._io
+        if self._quantized_io:
+            out["input_quantization"] = {n: [q[0], q[1], dt] for n, q, dt in ins if q}
+            out["output_quantization"] = {n: [q[0], q[1], dt] for n, q, dt in outs if q}
+        return out
 
     def close(self):
         self._it = None

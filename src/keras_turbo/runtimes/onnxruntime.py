@@ -80,6 +80,14 @@ class ONNXRuntimePredictor(Predictor):
     def executed(self) -> Executed:
         return session_precisions(*self._opened)
 
+    def settings(self) -> dict:
+        _, opts, providers = self._opened
+        out = {"graph_optimization_level": str(opts.graph_optimization_level).split(".")[-1],
+               "execution_mode": str(opts.execution_mode).split(".")[-1]}
+        if self.threads:
+            out |= {"intra_op_num_threads": opts.intra_op_num_threads, "inter_op_num_threads": opts.inter_op_num_threads}
+        return out | {"providers": list(providers)}
+
     def close(self):
         self._sess = None
 

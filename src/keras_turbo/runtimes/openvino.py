@@ -132,6 +132,10 @@ class OpenVINOPredictor(Predictor):
     def _make(self, compiled):
         return compiled.create_infer_request()
 
+    def settings(self) -> dict:
+        """The compile config, and the static batch: each batch size is compiled on its own."""
+        return {"device": "CPU", "config": dict(self._config), "static_batch": True}
+
     def run(self, feeds):
         req = self._request(feeds[0].shape[0])
         req.infer({pos: f for pos, f in zip(self._in_pos, feeds)}, share_inputs=True)
@@ -170,6 +174,10 @@ class OpenVINOThroughputPredictor(OpenVINOPredictor):
         super().__init__(ref, threads=threads, batch_size=None, device=device, precision=precision)
         if batch_size:
             self.run([np.zeros((batch_size, *[d or 1 for d in t.shape[1:]]), t.dtype) for t in self.inputs])
+
+    def settings(self) -> dict:
+        """The latency path's settings, plus the parallel requests a batch is split across."""
+        return super().settings() | {"requests": self.streams()}
 
     def streams(self) -> int:
         """Parallel requests OpenVINO asks for on this machine (OPTIMAL_NUMBER_OF_INFER_REQUESTS

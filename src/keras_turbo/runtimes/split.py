@@ -46,6 +46,7 @@ class SplitPredictor(Predictor):
         self._core = cls(ref, **kw)
         self.backend = self._core.backend
         self._strings, self._seams, self._numeric = manifest["strings"], manifest["seams"], manifest["numeric"]
+        self._folder = folder.name
         spec = self._fn.structured_input_signature[1]
         core_in = {t.name: t for t in self._core.inputs}
         missing = [n for n in self._seams + self._numeric if n not in core_in]
@@ -73,6 +74,11 @@ class SplitPredictor(Predictor):
     @staticmethod
     def _tf_constant(a):
         return _tf.tf().constant(a)
+
+    def settings(self) -> dict:
+        """The core's settings, and the preprocessing that feeds it (run by TensorFlow)."""
+        return self._core.settings() | {"preprocessing": {"savedmodel": self._folder, "strings": self._strings,
+                                                          "seams": self._seams, "numeric": self._numeric}}
 
     def executed(self):
         """The core's compute ops (the string preprocessing does no arithmetic worth a precision)."""

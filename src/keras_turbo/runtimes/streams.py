@@ -65,6 +65,10 @@ class StreamsPredictor(Predictor):
     def executed(self):
         return self._parts[0].executed()
 
+    def settings(self) -> dict:
+        """One stream's settings (one thread each), and how many serve the slices of a batch."""
+        return {"streams": self.streams, "per_stream": self._parts[0].settings()}
+
     def close(self):
         pool = getattr(self, "_pool", None)
         if pool is not None:

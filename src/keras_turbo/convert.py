@@ -32,6 +32,7 @@ from keras_turbo import _tf, cache, exporters
 from keras_turbo.config import TechniqueConfig
 from keras_turbo.data import Dataset, check, load_data
 from keras_turbo.errors import KerasTurboError, bad_param
+from keras_turbo.extras import require
 from keras_turbo.exporters import QuantizeSettings, textsplit
 from keras_turbo.exporters import litert as litert_exp
 from keras_turbo.exporters import openvino as openvino_exp
@@ -303,6 +304,8 @@ def convert(model, config: ConvertConfig | None = None, calibration=None, output
     if not ref.is_keras:
         raise KerasTurboError(f"{ref.path}: convert starts from a Keras model (.keras, .h5, SavedModel), not a .{ref.format} artifact")
     target = FAMILIES[cfg.to]
+    # Before any cache lookup: an artifact converted earlier still needs its runtime here.
+    require(f"export to {target.artifact}", *exporters.NEEDS.get(target.artifact, ()))
     notes: list[str] = []
 
     samples = _samples(ref, cfg, calibration, notes) if cfg.needs_calibration else None

@@ -227,3 +227,19 @@ def test_qat_and_cluster_commands(capsys, tmp_path, model_files):
 
     kernel = keras_turbo.load_model(tmp_path / "c.keras").get_layer("conv").kernel.numpy()
     assert len(np.unique(kernel)) <= 4
+
+
+def test_convert_repair_judges_on_the_eval_size_it_is_given(capsys, tmp_path, digits_model):
+    """convert with a budget: the repair judges each step on --eval-size samples of --eval-data
+    (default 500), and says how many."""
+    code, out, err = run_cli(capsys, "convert", digits_model[0], "--to", "litert", "--quantize", "int8",
+                             "--calibration-data", "builtin:digits:val", "--eval-data", "builtin:digits:test",
+                             "--max-accuracy-drop", 1, "--eval-size", 100, "-o", tmp_path / "m.tflite",
+                             "--json", tmp_path / "c.json")
+    assert code == 0, err
+    fb = json.loads((tmp_path / "c.json").read_text())["fallback"]
+    assert fb["eval_samples"] == 100 and fb["budget_met"]
+    assert "budget met on 100 samples" in " ".join(out.split())
+    with pytest.raises(SystemExit) as e:
+        main(["convert", str(digits_model[0]), "--to", "litert", "--eval-size", "0"])
+    assert e.value.code == 2 and "--eval-size must be an integer >= 1, received '0'" in capsys.readouterr().err

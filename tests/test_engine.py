@@ -757,3 +757,34 @@ def test_runoff_leaders():
     assert [r["name"] for r in runoff_leaders(rows, "throughput")] == ["a", "b"]  # 877 * 1.15 >= 1000
     assert runoff_leaders(rows[:1] + rows[2:], "latency") == [] and runoff_leaders(rows, "size") == []
     assert len(runoff_leaders([row(str(i), 1 + i / 100) for i in range(9)], "latency")) == 4
+
+
+def test_unlabelled_train_data_judges_probes_on_a_labelled_part_of_the_data(tmp_path, digits_model):
+    """Train data without labels (issue 29, point 4): the fine-tunes train on all of it (they
+    learn from the float model's outputs), the probes are judged on a seeded 15% of the labelled
+    --data under the user's accuracy budget, the variants on the rest, and the plan says so."""
+    import numpy as np
+
+    from keras_turbo.data import load_data
+    from keras_turbo.model import as_ref, io_specs
+
+    inputs, _ = io_specs(as_ref(digits_model[0]))
+    photos = tmp_path / "photos.npz"
+    np.savez(photos, x=load_data("builtin:digits:train", inputs).x[0])  # no y: unlabelled
+    n_test = len(load_data("builtin:digits:test", inputs))
+    cfg = OptimizeConfig(budget=Budget(max_accuracy_drop=1.0), techniques=("runtimes", "structured"), runtimes=("litert",),
+                         time_budget_s=100, **QUICK)
+    toy = _ToyExecutor(tmp_path, within=3.0, probe_s=1.0)
+    optimize(digits_model[0], "builtin:digits:test", str(photos), cfg, tmp_path / "out", executor=toy)
+    doc = json.loads((tmp_path / "out" / "results.json").read_text())
+    k = int(0.15 * n_test)
+    assert any(f"the train data has no labels: fine-tunes learn from the float model's outputs (distillation) on its "
+               f"1257 samples; probes are judged on a seeded {k} of --data, the variants on the other {n_test - k}" == n
+               for n in doc["plan"]["notes"]), doc["plan"]["notes"]
+    assert doc["data"]["eval_available"] == n_test - k
+    jobs = {j.recipe.role: j for j in toy.jobs if j.recipe.techniques}
+    probe, variant = jobs["probe"], jobs["variant"]
+    assert probe.train.spec == variant.train.spec == str(photos) and probe.train.part == variant.train.part == "all"
+    assert probe.eval.spec == variant.eval.spec == "builtin:digits:test"
+    assert (probe.eval.part, probe.eval.k, variant.eval.part, variant.eval.k) == ("head", k, "tail", k)
+    assert probe.eval.labels and "no labels" in (tmp_path / "out" / "report.md").read_text()

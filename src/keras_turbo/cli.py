@@ -314,7 +314,8 @@ def _convert_with_fallback(args, cfg, doc: dict):
     out, err = _console()
     if not args.eval_data:
         raise KerasTurboError("--max-accuracy-drop / --min-agreement need held-out --eval-data")
-    fr = quantize_with_fallback(args.model, cfg, args.calibration_data, args.eval_data, FallbackConfig(_budget(args)),
+    fr = quantize_with_fallback(args.model, cfg, args.calibration_data, args.eval_data,
+                                FallbackConfig(_budget(args), **_given(args, "eval_size")),
                                 unsafe=args.unsafe, progress=lambda msg: err.print(f"[dim]{msg}[/dim]"))
     doc["fallback"] = fr.to_dict()
     out.print(_ranking_table(fr, f"{args.to} {cfg.quantize}"))
@@ -323,7 +324,7 @@ def _convert_with_fallback(args, cfg, doc: dict):
         out.print(f"  kept in float: {', '.join(step['kept_float']) or 'none'} -> accuracy {acc}, "
                   f"agreement {step['top1_agreement'] * 100:.2f}%")
     status = "met" if fr.met else "[red]NOT met[/red]"
-    out.print(f"budget {status}: kept in float: {', '.join(fr.kept_float) or 'nothing'}"
+    out.print(f"budget {status} on {fr.eval_samples} samples: kept in float: {', '.join(fr.kept_float) or 'nothing'}"
               f"{' (with ' + ', '.join(fr.carriers) + ' between them)' if fr.carriers else ''}; "
               f"still {cfg.quantize}: {', '.join(fr.quantized_layers) or 'none'}")
     return fr.result
@@ -765,6 +766,9 @@ def _add_convert(sub):
     sp.add_argument("--keep-float", action="append", metavar="LAYER", help="a Keras layer to keep in float (repeat)")
     sp.add_argument("--eval-data", metavar="DATA", help="held-out DATA: accuracy of the artifact against the float model")
     _budget_args(sp, every_kind=False, verb="find the layers that break int8 and keep them float until it holds for")
+    sp.add_argument("--eval-size", type=_positive_int("--eval-size"), metavar="N",
+                    help="with a budget: the --eval-data samples (seeded) the repair judges each step on "
+                         "(default 500; the JSON says how many were used)")
     sp.add_argument("--benchmark", action="store_true", help="also time float vs converted at batch 1 on the runtime")
     sp.add_argument("-o", "--output", metavar="PATH", help="where to write the artifact")
     sp.add_argument("--json", metavar="PATH")
@@ -833,7 +837,9 @@ def _add_optimize(sub):
     sp = sub.add_parser("optimize", help="the fastest variant within an accuracy budget, with a report")
     _model_arg(sp)
     sp.add_argument("--data", required=True, help="held-out DATA to judge accuracy on")
-    sp.add_argument("--train-data", metavar="DATA", help="DATA for calibration and the training techniques")
+    sp.add_argument("--train-data", metavar="DATA",
+                    help="DATA for calibration and the training techniques; labels optional (without them the "
+                         "fine-tunes learn from the float model's outputs, and probes are judged on a seeded 15%% of --data)")
     _budget_args(sp)
     sp.add_argument("--objective", choices=OBJECTIVES, help=f"default {d.objective}")
     sp.add_argument("--batch-size", type=_positive_int("--batch-size"), help=f"the serving batch size (default {d.batch_size})")

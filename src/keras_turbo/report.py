@@ -109,17 +109,38 @@ def runs_in(executed: dict | None) -> str:
     return (executed or {}).get("summary") or "-"
 
 
-SEARCH_HEADERS = ["technique", "setting", "accuracy", "agreement", "verdict", "seconds"]
+SEARCH_HEADERS = ["technique", "setting", "trained on", "accuracy", "agreement", "verdict", "seconds"]
+
+
+def trained_on(row: dict) -> str:
+    """What a fine-tune saw: how many samples, for how many epochs, and what it learned from
+    (the labels, or the float model's outputs where the train data has none); '' for no fine-tune."""
+    rep = row.get("technique_report") or {}
+    t = rep.get("finetune") or rep.get("training") or {}
+    if not t.get("samples"):
+        return ""
+    loss = str(t.get("loss") or rep.get("loss") or "")
+    taught = "distillation" in loss or "teacher" in loss or not t.get("labels")
+    src = ("the float model's outputs" + (" and the labels" if t.get("labels") else " (no labels)")) if taught else "labels"
+    if t.get("unlabeled_samples"):  # distillation's extra unlabelled inputs, for the teacher's outputs
+        src += f", and the float model's outputs on {t['unlabeled_samples']:,} unlabelled more"
+    e = t.get("epochs", "?")
+    return f"{t['samples']:,} samples x {e} epoch{'' if e == 1 else 's'}, from {src}"
 
 
 def search_rows(doc: dict) -> list[list[str]]:
     """The strength search's probes, one row each, by technique and strength."""
     rows = []
     for r in sorted(doc.get("search") or [], key=lambda r: (r["name"], r.get("label") or "")):
-        rows.append([", ".join(r.get("techniques") or []), r.get("label") or "", _fmt_acc(r.get("accuracy")),
+        rows.append([", ".join(r.get("techniques") or []), r.get("label") or "", trained_on(r), _fmt_acc(r.get("accuracy")),
                      _fmt_acc(r.get("top1_agreement")), (r.get("verdict") or r.get("error") or "").replace("|", "/"),
                      f"{r.get('build_s') or 0:.0f}"])
     return rows
+
+
+def finetune_rows(doc: dict) -> list[list[str]]:
+    """Each variant that was fine-tuned, and what its fine-tune saw (the report's "Fine-tunes")."""
+    return [[v["name"], trained_on(v)] for v in doc["variants"] if trained_on(v)]
 
 
 HEADERS = ["variant", "runtime", "accuracy", "vs float (pts)", "agreement", "p50 ms", "vs tf.function", "vs keras-predict",
@@ -295,8 +316,13 @@ def write_markdown(out, doc: dict) -> str:
         lines += ["| " + " | ".join(c.replace("|", "/") for c in r) + " |" for r in outs] + [""]
     lines += ["| " + " | ".join(HEADERS + FULL_HEADERS) + " |", "|" + "---|" * (len(HEADERS) + len(FULL_HEADERS))]
     lines += ["| " + " | ".join(c.replace("|", "/") for c in r) + " |" for r in _rows(doc, why=True)]
+    tuned = finetune_rows(doc)
+    if tuned:
+        lines += ["", "Fine-tunes (what each trained variant learned from):", "", "| variant | trained on |", "|---|---|"]
+        lines += [f"| {n} | {t} |" for n, t in tuned]
     if doc.get("search"):
-        lines += ["", "Technique strength search (short fine-tunes judged on a validation split of the train data):", "",
+        lines += ["", "Technique strength search (short fine-tunes judged on a validation split of the train data, or of "
+                  "the held-out data where the train data has no labels):", "",
                   "| " + " | ".join(SEARCH_HEADERS) + " |", "|" + "---|" * len(SEARCH_HEADERS)]
         lines += ["| " + " | ".join(r) + " |" for r in search_rows(doc)]
     notes = (doc.get("plan") or {}).get("notes") or []
@@ -423,8 +449,12 @@ def write_html(out, doc: dict) -> str:
     if doc.get("sensitivity"):
         parts.append("<h2>Per-layer quantization sensitivity</h2><div id='sensitivity-plot'>"
                      + sensitivity_svg(doc["sensitivity"]) + "</div>")
+    tuned = finetune_rows(doc)
+    if tuned:
+        parts.append("<h2>Fine-tunes</h2><table id='finetunes'><tr><th>variant</th><th>trained on</th></tr>"
+                     + "".join(f"<tr><td>{esc(n)}</td><td>{esc(t)}</td></tr>" for n, t in tuned) + "</table>")
     if doc.get("search"):
-        parts.append("<h2>Technique strength search</h2><p>Short fine-tunes judged on a validation split of the train "
+        parts.append("<h2>Technique strength search</h2><p>Short fine-tunes judged on a validation split (of the train data, or of the held-out data where the train data has no labels) "
                      "data; the strongest setting within the budget is then fine-tuned in full.</p><table id='search'><tr>"
                      + "".join(f"<th>{esc(c)}</th>" for c in SEARCH_HEADERS) + "</tr>"
                      + "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in search_rows(doc))

@@ -176,7 +176,8 @@ def _search(model, data, train_data, cfg, out: Path, ex: Executor, progress, uns
     info = _model_info(run)
     has_train = run.job["train"] is not None
     first = planner.first_plan(info, machine_caps(cfg.objective), cfg, has_train)
-    run.job["left_out"], run.job["plan_notes"] = first.left_out, first.notes
+    run.job["left_out"] = first.left_out
+    run.job["plan_notes"] = first.notes + ((run.job["data_note"],) if run.job.get("data_note") else ())
     wave, later = list(first.recipes), list(first.later)
     while wave:
         _run_wave(run, wave)
@@ -249,10 +250,13 @@ def _data_refs(data, train_data, cfg: OptimizeConfig, inputs, outputs, scales: b
                               "for regression outputs) for unlabelled data")
     eval_fp = data_fingerprint(str(data))
     if train_data is not None:
-        n = len(load_data(str(train_data), inputs, outputs, default_split="train", arg="--train-data",
-                          scales_inputs=scales))  # fail now, not in a worker
+        tr = load_data(str(train_data), inputs, outputs, default_split="train", arg="--train-data",
+                       scales_inputs=scales)  # fail now, not in a worker
+        n = len(tr)
         spec, fp, kv = str(train_data), data_fingerprint(str(train_data)), max(1, int(0.15 * n))
         train = DataRef(spec, "train", arg="--train-data", fingerprint=fp)
+        if tr.labels is None and full.labels is not None:
+            return _unlabelled_train_refs(data, train, n, len(full), cfg, eval_fp), cfg
         return {"train": train, "calib": train, "eval": DataRef(str(data), "test", take=cfg.eval_size, fingerprint=eval_fp),
                 "eval_available": len(full),
                 "val": DataRef(spec, "train", part="head", k=kv, take=cfg.eval_size, arg="--train-data", fingerprint=fp),
@@ -266,6 +270,22 @@ def _data_refs(data, train_data, cfg: OptimizeConfig, inputs, outputs, scales: b
     return {"train": None, "calib": DataRef(str(data), "test", part="head", k=k, labels=False, fingerprint=eval_fp),
             "eval": DataRef(str(data), "test", part="tail", k=k, take=cfg.eval_size, fingerprint=eval_fp),
             "eval_available": n - k}, cfg
+
+
+def _unlabelled_train_refs(data, train: DataRef, n_train: int, n_data: int, cfg: OptimizeConfig, eval_fp: str) -> dict:
+    """The DataRefs of a run whose train data has no labels and whose --data has: the fine-tunes
+    learn from the float model's outputs (distillation) on all of the train data, and the probes of
+    the strength search (and a fine-tune's early stopping) are judged on a seeded 15% of --data
+    under the user's own budget, since the train data has no labels to judge them by; the rest of
+    --data judges the variants, as without train data."""
+    k = max(1, int(0.15 * n_data))
+    return {"train": train, "calib": train, "probe_train": train, "train_samples": n_train,
+            "eval": DataRef(str(data), "test", part="tail", k=k, take=cfg.eval_size, fingerprint=eval_fp),
+            "val": DataRef(str(data), "test", part="head", k=k, take=cfg.eval_size, fingerprint=eval_fp),
+            "eval_available": n_data - k,
+            "data_note": (f"the train data has no labels: fine-tunes learn from the float model's outputs "
+                          f"(distillation) on its {n_train} samples; probes are judged on a seeded {k} of --data, "
+                          f"the variants on the other {n_data - k}")}
 
 
 def _reference(ref, data: DataRef, inputs, outputs, path: Path, threads):
@@ -407,7 +427,8 @@ def _probe_row(run: _Run, r: Recipe, b: dict, q: dict, reused: dict) -> Variant:
     within, why = quality.within_budget(q, budget)
     widened = (f", the budget widened by the sampling error of its {n} samples: a full fine-tune "
                "is judged on the held-out data" if budget != run.cfg.budget else "")
-    return Variant.of(r, label=r.label, build_s=_build_seconds(b), reused=reused).judged(
+    return Variant.of(r, label=r.label, build_s=_build_seconds(b), reused=reused,
+                      technique_report=(b.get("details") or {}).get("report")).judged(
         q, within, f"{why} (validation split, short fine-tune{widened})")
 
 

@@ -56,7 +56,9 @@ class DataRef:
     seed 0), "tail" (the rest) or "all"; `labels=False` drops the labels (calibration needs none);
     then at most `take` samples (seeded). Without train data, the head of the held-out set is set
     apart for int8 calibration and the tail judged; with it, the head of the train set is the
-    validation split the technique search judges its probes on, and the tail is trained on."""
+    validation split the technique search judges its probes on, and the tail is trained on (train
+    data without labels: the head of the held-out set is that split instead, and the whole train
+    set is trained on)."""
 
     spec: str
     default_split: str = "test"

@@ -190,7 +190,8 @@ def apply(model, config: ClusterConfig | None = None, train: Dataset | None = No
                 sharer.snap()
 
         training = finetune(new, train, epochs=config.epochs, batch_size=config.batch_size,
-                            learning_rate=config.learning_rate, seed=config.seed, callbacks=[Snap()])
+                            learning_rate=config.learning_rate, seed=config.seed, callbacks=[Snap()],
+                            teacher=model)  # without labels it learns from the float model's outputs
         sharer.snap()
     distinct = {}
     for name, var in variables:

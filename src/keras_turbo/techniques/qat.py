@@ -276,7 +276,8 @@ def apply(model, config: QATConfig | None = None, train: Dataset | None = None, 
     Args:
         model: a built keras.Model (functional or Sequential) with one output. Never changed.
         config: a `QATConfig` (default: 5 epochs at 5e-4).
-        train: labelled train data (fine-tuning; calibration samples are drawn from it).
+        train: train data (fine-tuning; calibration samples are drawn from it); without labels
+            the fake-quantized copy learns the float model's outputs (distillation).
         val: labelled data to measure accuracy on (optional): float before, fake-quant before
             and after fine-tuning.
 
@@ -286,7 +287,7 @@ def apply(model, config: QATConfig | None = None, train: Dataset | None = None, 
         quantized layer, BatchNorms folded, layers left float and why, and the accuracies.
 
     Raises:
-        KerasTurboError: not a Keras model, no (labelled) train data, a model that cannot be rebuilt.
+        KerasTurboError: not a Keras model, no train data, a model that cannot be rebuilt.
 
     Example:
         >>> r = qat.apply(model, QATConfig(epochs=5), train, val)
@@ -296,15 +297,14 @@ def apply(model, config: QATConfig | None = None, train: Dataset | None = None, 
     check_model(model, "qat")
     if train is None or len(train) == 0:
         raise KerasTurboError("quantization-aware training needs train data (--train-data DATA)")
-    if train.y is None:
-        raise KerasTurboError(f"quantization-aware training needs labelled train data ({train.source} has no labels)")
     keras.utils.set_random_seed(config.seed)
     qmodel, rows = quantize_model(model, config)
     cal = _calibration_xs(qmodel, train, config)
     calibrate(qmodel, cal)  # the starting ranges: what post-training quantization would pick
     before = accuracy(qmodel, val)
     training = finetune(qmodel, train, epochs=config.epochs, batch_size=config.batch_size,
-                        learning_rate=config.learning_rate, seed=config.seed)
+                        learning_rate=config.learning_rate, seed=config.seed,
+                        teacher=model)  # without labels it learns from the float model's outputs
     calibrate(qmodel, cal)  # the ranges the converter will pick from the same samples
     report = {
         "layers": rows, "training": training,

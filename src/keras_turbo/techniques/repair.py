@@ -140,6 +140,7 @@ class FallbackResult:
     cut_short: bool = False        # the deadline ended the walk (whether or not a prefix held): not a final answer
     seconds: float = 0.0
     equalization: dict | None = None  # set when the model was equalized first (quantize_with_repair)
+    eval_samples: int = 0          # the held-out samples each step was judged on (FallbackConfig.eval_size at most)
 
     @property
     def stopped(self) -> bool:
@@ -152,6 +153,7 @@ class FallbackResult:
                 "kept_float": self.kept_float, "carriers": self.carriers,
                 "quantized_layers": self.quantized_layers, "final": self.final.to_dict(), "budget_met": self.met,
                 "stopped": self.stopped, "gave_up": self.gave_up, "cut_short": self.cut_short, "seconds": round(self.seconds, 2), "equalization": self.equalization,
+                "eval_samples": self.eval_samples,
                 "artifact": self.result.to_dict()}
 
 
@@ -430,7 +432,7 @@ def quantize_with_fallback(model, config: ConvertConfig, calibration, eval_data,
                           quantized_layers=[name for name in layers if name not in best_kept],
                           carriers=carrying_layers(keras_model, list(best_kept)) if best_kept else [],
                           ranking=settings.ranking, gave_up=job.gave_up, cut_short=stopped,
-                          seconds=time.monotonic() - started)
+                          seconds=time.monotonic() - started, eval_samples=len(job.xs[0]))
 
 
 def _judged_data(ref, eval_data, settings: FallbackConfig) -> tuple:

@@ -161,9 +161,10 @@ def _predictor(peer: str, artifact: str, threads: int, batch_size: int):
     raise ValueError(f"unknown peer {peer!r} (expected one of {', '.join(PEERS)} or kt:<backend>)")
 
 
-def _agreement(predictor, quality_npz: str, batch_size: int) -> float:
-    """Top-1 agreement of `predictor` with the float model's top-1 (stored beside the images),
-    fed in batches of the size it was opened for (the last one padded)."""
+def _agreement(predictor, quality_npz: str, batch_size: int) -> dict:
+    """Top-1 agreement of `predictor` with the float model's top-1 (stored beside the images) and,
+    where the npz holds labels `y`, its own top-1 accuracy; fed in batches of the size it was
+    opened for (the last one padded)."""
     z = np.load(quality_npz)
     x, ref = z["x"], z["top1"]
     tops = []
@@ -174,7 +175,9 @@ def _agreement(predictor, quality_npz: str, batch_size: int) -> float:
             chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, 0)])
         out = np.asarray(predictor.run([chunk])[0]).reshape(batch_size, -1)
         tops.append(out[:batch_size - pad].argmax(1))
-    return float((np.concatenate(tops) == ref).mean())
+    top = np.concatenate(tops)
+    return {"top1_agreement": float((top == ref).mean()),
+            "accuracy": float((top == z["y"]).mean()) if "y" in z.files else None}
 
 
 def _worker(job_path: str, result_path: str) -> int:
@@ -191,7 +194,7 @@ def _worker(job_path: str, result_path: str) -> int:
     def open_fn():
         p = _predictor(job["peer"], job["artifact"], job["threads"], job["batch_size"])
         if job.get("quality"):  # before the clock: init_ms then includes it, and is not reported
-            extra["top1_agreement"] = _agreement(p, job["quality"], job["batch_size"])
+            extra.update(_agreement(p, job["quality"], job["batch_size"]))
         return p
 
     try:
@@ -272,7 +275,8 @@ def alternating_rows(entries: dict[str, str], batch: int, threads: int, cfg, rou
     (forward, then reversed, ...), each run in a fresh process. Returns path -> its row with the
     lowest p50, `p50_rounds` (every round's p50) and `load` (the 1-minute load average before
     each run). In the first round, the paths named in `quality` (path -> an npz of `x` and the
-    float model's `top1`) also have their top-1 agreement checked."""
+    float model's `top1`, optionally labels `y`) also have their top-1 agreement (and accuracy)
+    checked."""
     names = list(entries)
     runs: dict[str, list[dict]] = {n: [] for n in names}
     for k in range(rounds):
@@ -289,6 +293,7 @@ def alternating_rows(entries: dict[str, str], batch: int, threads: int, cfg, rou
         best["p50_rounds"] = [r["latency_ms"]["p50"] if r.get("ok") else None for r in rs]
         best["load_rounds"] = [r["load"] for r in rs]
         best["top1_agreement"] = rs[0].get("top1_agreement")
+        best["accuracy"] = rs[0].get("accuracy")
         out[n] = best
     return out
 
@@ -364,6 +369,16 @@ def optimize_rerun(prep: dict, out: Path, batch: int) -> dict:
     keras_turbo.optimize(prep["model"], prep["data"], None, cfg, out, force=True)
     return {"command": f"keras_turbo.optimize(..., OptimizeConfig(Budget(min_agreement={MIN_AGREEMENT}), batch_size={batch}, "
                        "min_runs=5, min_seconds=1.0), same out)", "exit": 0, "wall_s": round(time.time() - t0, 1)}
+
+
+def record_run(run: dict, out: Path, raw: dict, runs: dict, cell: dict, batch: int) -> dict:
+    """Keep an optimize run in the raw results: the run with its summary under `runs`, the
+    summary less its rows in the (model, batch) `cell`, the machine it ran on in `raw`."""
+    run["summary"] = summarize_run(out)
+    runs[str(batch)] = run
+    cell["optimize_summary"] = {k: v for k, v in run["summary"].items() if k not in ("variants", "machine")}
+    raw["machine"] = run["summary"]["machine"]
+    return run
 
 
 def summarize_run(out: Path) -> dict:
@@ -464,7 +479,11 @@ def render(raw: dict) -> str:
 
     mach = raw.get("machine")
     peaks = raw.get("peaks") or {}
-    lines = ["## keras-turbo against the peers' defaults, and the machine's limit", "",
+    lines = ["## Stress test: random-weight architectures against the peers' defaults, and the machine's limit", "",
+             "A stress test of the machinery on big graphs, not evidence of quality: these networks are not trained "
+             "(see below), so their outputs sit closer together than a trained network's and bf16 and int8 look "
+             "worse here than they are. The headline and the quality claims come from the trained networks "
+             "(`benchmarks/trained.py`).", "",
              "Reproduce: `.venv/bin/python benchmarks/peers.py` (raw: `benchmarks/results/peers.json`). "
              f"keras-turbo's pick is what `keras-turbo optimize MODEL --data DATA --min-agreement {MIN_AGREEMENT} "
              f"--time-budget {TIME_BUDGET}` recommends without train data (batch 32: the same --out rerun at "
@@ -610,41 +629,6 @@ def _why(p: dict, opt: dict, peer: dict, rec: dict) -> str:
     return " ".join(why)
 
 
-def headline(raw: dict) -> str:
-    """The BENCHMARKS.md headline: per model and batch size, keras-turbo's pick against (a) the best
-    plain TensorFlow path and (b) the best peer default, from the alternating rounds."""
-    from keras_turbo.ratios import speedups
-
-    lines = ["## Headline: against what a user would otherwise run", "",
-             f"From the peers section below (`benchmarks/peers.py`; `optimize --min-agreement {MIN_AGREEMENT}` "
-             "without train data, every path of a row timed in the same alternating rounds). (a) is keras-turbo's "
-             "pick against `tf.function`, the best plain TensorFlow path; (b) against the fastest out-of-the-box "
-             "peer (OpenVINO, LiteRT with and without `Optimize.DEFAULT`, ONNX Runtime, `tf.function`), whatever its "
-             "agreement. Above 1.00x keras-turbo is faster.", "",
-             "| model | batch | keras-turbo's pick | (a) vs tf.function | (b) vs the best peer default | "
-             f"(b') vs the best peer default with agreement >= {MIN_AGREEMENT:.0%} |",
-             "| --- | ---: | --- | ---: | --- | --- |"]
-    if raw.get("machine"):
-        lines[2:2] = [f"Machine: {machine_line(raw['machine'])}.", ""]
-    for m in raw.get("models", {}).values():
-        for b, cell in sorted(m.get("batches", {}).items(), key=lambda kv: int(kv[0])):
-            rows, opt = cell.get("rows") or {}, cell.get("optimize_summary") or {}
-            rec = rows.get("keras-turbo")
-            if not (rec and rec.get("ok")):
-                continue
-            base = [{**r, "backend": n, "batch_size": int(b)} for n, r in rows.items() if n != "keras-turbo"]
-            r = speedups({**rec, "batch_size": int(b)}, base)
-            a, p = r["vs_tf_function"], r["vs_peer_default"]
-            peer = rows.get(p["against"]) if p else None
-            lines.append(f"| {m['title']} | {b} | `{opt.get('recommended')}` {_ms(rec['latency_ms']['p50'])} ms | "
-                         + (f"{a['ratio']:.2f}x" if a else "-") + " | "
-                         + (f"**{p['ratio']:.2f}x** ({p['against'].removeprefix('peer:')} {_ms(p['baseline'])} ms, "
-                            f"{_pct(peer.get('top1_agreement'))} agreement)" if p else "-") + " | "
-                         + (lambda w: f"{w['ratio']:.2f}x ({w['against'].removeprefix('peer:')} {_ms(w['baseline'])} ms)"
-                            if w else "no peer default meets it")(_within(rec, rows, b)) + " |")
-    return "\n".join(lines)
-
-
 def _repair_text(s: dict) -> str:
     vs = s.get("variants") or []
     broken = [v["name"] for v in vs if v.get("ok") and v.get("precision") == "int8" and not v.get("within_budget")
@@ -741,11 +725,7 @@ def main(argv=None) -> int:
             cell = m.setdefault("batches", {}).setdefault(str(b), {})
             if "optimize" in stages:
                 log(f"{key}: optimize at batch {b}")
-                run = optimize_b1(prep, out) if b == 1 else optimize_rerun(prep, out, b)
-                run["summary"] = summarize_run(out)
-                runs[str(b)] = run
-                cell["optimize_summary"] = {k: v for k, v in run["summary"].items() if k not in ("variants", "machine")}
-                raw["machine"] = run["summary"]["machine"]
+                run = record_run(optimize_b1(prep, out) if b == 1 else optimize_rerun(prep, out, b), out, raw, runs, cell, b)
                 save()
                 log(f"{key} b{b}: recommended {run['summary']['recommended']} in {run['wall_s']:.0f} s")
             if "time" in stages:
@@ -783,7 +763,6 @@ def main(argv=None) -> int:
         save()
     if "render" in stages or "time" in stages:
         write_section("peers", render(raw))
-        write_section("headline", headline(raw))
         log("wrote the peers section of BENCHMARKS.md")
     return 0
 

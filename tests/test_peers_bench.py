@@ -34,8 +34,13 @@ def test_agreement_pads_the_last_batch_and_counts_only_real_samples(tmp_path):
     path = tmp_path / "q.npz"
     np.savez(path, x=x, top1=ref)
     p = _FixedTop1(4)
-    assert peers._agreement(p, str(path), 4) == pytest.approx(0.7)
+    got = peers._agreement(p, str(path), 4)
+    assert got["top1_agreement"] == pytest.approx(0.7) and got["accuracy"] is None  # no labels: no accuracy
     assert p.seen == [4, 4, 4]  # 10 samples: the last batch of 2 padded to the size it was opened for
+    y = x[:, 0, 0].astype(int).copy()
+    y[[0, 1]] = 4  # two labels the predictor misses
+    np.savez(path, x=x, top1=ref, y=y)
+    assert peers._agreement(_FixedTop1(4), str(path), 4)["accuracy"] == pytest.approx(0.8)
 
 
 def _row(p50s, agreement=None):

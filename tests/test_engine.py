@@ -133,7 +133,7 @@ def test_planner_runs_without_tensorflow():
 def test_every_registered_technique_is_planned_or_left_out():
     from keras_turbo.techniques import TECHNIQUES
 
-    assert set(TECHNIQUES) <= set(planner.TECHNIQUE_SETTINGS) | set(planner.REPAIR_TECHNIQUES)
+    assert set(TECHNIQUES) <= set(planner.TECHNIQUE_SETTINGS) | set(planner.REPAIR_TECHNIQUES) | set(planner.CHECK_TECHNIQUES)
 
 
 # ------------------------------------------------------------------ resume keyed by protocol
@@ -428,7 +428,7 @@ def _planned_until_done(cfg, info, caps, held: dict, probe_s=10.0, full_s=50.0, 
         for r in new:
             seen.add(r.id)
             within, fast = True, 1.0 if r.precision == "fp32" else 0.5
-            for step in (s for s in r.steps if s.kind == "train"):
+            for step in (s for s in r.steps if s.kind == "train" and s.name in planner.SEARCH):  # the rate check holds
                 k = planner.SEARCH[step.name]
                 value = step.config[k.setting]
                 within &= k.grid.index(value) <= held[step.name]
@@ -501,9 +501,11 @@ class _ToyExecutor(executor_mod.LocalExecutor):
 
     name = "toy"
 
-    def __init__(self, tmp, within: float, probe_s: float, full_s: float = 0.1, probe_within: float | None = None):
+    def __init__(self, tmp, within: float, probe_s: float, full_s: float = 0.1, probe_within: float | None = None,
+                 rate_holds: float = 1e-3):
         self.tmp, self.within, self.probe_s, self.full_s, self.jobs = tmp, within, probe_s, full_s, []
         self.probe_within = within if probe_within is None else probe_within
+        self.rate_holds = rate_holds  # the learning-rate check holds the budget at this rate and below
 
     def builds(self, jobs):
         for job in jobs:
@@ -511,6 +513,8 @@ class _ToyExecutor(executor_mod.LocalExecutor):
             self.jobs.append(job)
             flops = r.steps[0].config.get("target_flops_reduction", 1.0) if r.techniques else 1.0
             drop = 0.5 if flops <= (self.probe_within if r.role == "probe" else self.within) else 3.0
+            if r.techniques == ("finetune",):
+                drop = 0.5 if r.steps[0].config["learning_rate"] <= self.rate_holds else 3.0
             art = self.tmp / f"{r.id}.bin"
             art.write_bytes(b"toy")
             steps = [{"prefix_id": r.id, "kind": s.kind, "name": s.name, "ok": True, "cached": False, "error": None,
@@ -545,8 +549,12 @@ def test_search_through_the_driver_records_every_point(tmp_path, digits_model, p
     doc = json.loads((tmp_path / "out" / "results.json").read_text())
     assert doc["plan"]["notes"] == ["structured: strength search over target_flops_reduction [1.5, 2.0, 3.0, 4.0, 6.0], "
                                     "probes of 3 epochs, the chosen point's fine-tune up to 20 epochs (1257 train "
-                                    "samples), at most 60 s of the time budget"]
-    search = doc["search"]
+                                    "samples), at most 60 s of the time budget",
+                                    "fine-tune learning rate: the model fine-tuned on its own outputs for 2 epochs at "
+                                    "0.001, then 0.0001, then 1e-05 until one keeps it within the budget on the "
+                                    "validation split; structured train at that rate"]
+    check, *search = doc["search"]  # the learning-rate check first: it held at the first rate
+    assert check["name"] == "finetune(lr 0.001) probe" and check["within_budget"]
     assert [p["steps"][0]["config"]["target_flops_reduction"] for p in search] == probed
     assert all(p["role"] == "probe" and "validation split" in p["verdict"] and p["build_s"] == probe_s
                and p["steps"][0]["config"]["epochs"] == 3 for p in search)
@@ -572,12 +580,54 @@ def test_search_steps_forward_where_the_full_fine_tune_recovers_more_than_the_pr
                          time_budget_s=100, **QUICK)
     toy = _ToyExecutor(tmp_path, within=3.0, probe_s=1.0, probe_within=2.0)
     res = optimize(digits_model[0], "builtin:digits:test", "builtin:digits:train", cfg, tmp_path / "out", executor=toy)
-    assert [p["name"] for p in res.doc["search"]] == ["structured(flops/2) probe", "structured(flops/4) probe",
+    assert [p["name"] for p in res.doc["search"]] == ["finetune(lr 0.001) probe", "structured(flops/2) probe", "structured(flops/4) probe",
                                                       "structured(flops/3) probe"]
     trained = [(v["name"], v["within_budget"]) for v in res.variants if v["techniques"] == ["structured"]]
     assert trained == [("structured(flops/2) + litert fp32", True), ("structured(flops/3) + litert fp32", True),
                        ("structured(flops/4) + litert fp32", False)]
     assert res.recommended["name"] == "structured(flops/3) + litert fp32"
+
+
+def test_the_techniques_train_at_the_largest_rate_that_leaves_the_model_itself_within_budget(tmp_path, digits_model):
+    """The learning-rate check: the unchanged model fine-tuned on its own outputs at 1e-3 breaks
+    the budget, at 1e-4 it holds; no technique trains before the check settles, and every fine-tune
+    of the model's own weights (probes and the full one) then trains at 1e-4."""
+    cfg = OptimizeConfig(budget=Budget(max_accuracy_drop=1.0), techniques=("runtimes", "structured"), runtimes=("litert",),
+                         time_budget_s=100, **QUICK)
+    toy = _ToyExecutor(tmp_path, within=3.0, probe_s=1.0, rate_holds=1e-4)
+    res = optimize(digits_model[0], "builtin:digits:test", "builtin:digits:train", cfg, tmp_path / "out", executor=toy)
+    names = [p["name"] for p in res.doc["search"]]
+    assert names[:2] == ["finetune(lr 0.001) probe", "finetune(lr 0.0001) probe"] and "finetune(lr 1e-05) probe" not in names
+    assert [p["within_budget"] for p in res.doc["search"][:2]] == [False, True]
+    first_structured = next(i for i, j in enumerate(toy.jobs) if j.recipe.techniques == ("structured",))
+    assert all(j.recipe.techniques != ("finetune",) for j in toy.jobs[first_structured:])  # the rate came first
+    trained = [j.recipe.steps[0].config for j in toy.jobs if j.recipe.techniques == ("structured",)]
+    assert trained and all(c["learning_rate"] == 1e-4 for c in trained), trained
+
+
+def test_the_rate_check_walks_down_and_touches_only_the_techniques_that_retrain_the_model():
+    cfg = OptimizeConfig(budget=Budget(max_accuracy_drop=1.0))
+    info = planner.ModelInfo("fp")
+    first = planner.first_plan(info, planner.MachineCaps(("keras-predict", "litert")), cfg, has_train=True)
+    check = [r for r in first.recipes if r.techniques == ("finetune",)]
+    assert [r.name for r in check] == ["finetune(lr 0.001) probe"] and check[0].role == "probe"
+    assert not [r for r in planner.first_plan(info, planner.MachineCaps(("keras-predict", "litert")), cfg, False).recipes
+                if r.techniques]  # no train data: no check
+    base = [planner.Outcome(r, True, r.techniques != ("finetune",), 1.0) for r in first.recipes]
+    # 1e-3 broke the budget: the next rate is checked, and nothing else trains yet
+    nxt = [r for r in planner.follow_ups(info, base, cfg, True).recipes if r.techniques]
+    assert [r.name for r in nxt] == ["finetune(lr 0.0001) probe"]
+    assert planner.learning_rate([o for o in base]) == (1e-4, False)
+    held = base + [planner.Outcome(nxt[0], True, True)]
+    assert planner.learning_rate(held) == (1e-4, True)
+    ups = [r for r in planner.follow_ups(info, held, cfg, True).recipes if r.techniques and "equalize" not in r.techniques]
+    rates = {r.techniques[0]: r.steps[0].config.get("learning_rate") for r in ups}
+    # the student of distillation starts from scratch: it keeps its own rate
+    assert rates == {"structured": 1e-4, "prune": 1e-4, "resolution": 1e-4, "qat": 1e-4, "distill": None}, rates
+    # every rate broke it: the smallest; a check that could not run: the first (the techniques say why)
+    worst = held[:-1] + [planner.Outcome(planner.lr_check_recipe("fp", lr), True, False) for lr in planner.LEARNING_RATES]
+    assert planner.learning_rate(worst) == (1e-5, True)
+    assert planner.learning_rate([planner.Outcome(planner.lr_check_recipe("fp", 1e-3), False)]) == (1e-3, True)
 
 
 def test_a_point_fine_tuned_fully_is_not_fine_tuned_again(tmp_path, digits_model):

@@ -121,6 +121,22 @@ SEARCH: dict[str, Knob] = {
     "resolution": Knob("factor", (1.25, 1.4, 1.6, 2, 2.8), 1, {"epochs": 6, "distill": True},
                        {"epochs": 30, "distill": True}, 40),
 }
+#: the learning rates a fine-tune of the model's own weights may train at, largest first. Before
+#: any technique trains, the unchanged model is fine-tuned on its own outputs (techniques/finetune.py)
+#: at each in turn until one leaves it within the budget on the validation split; the techniques
+#: in RETRAINED then train at that rate. A rate that harms the unchanged model harms a pruned one as
+#: much, and the technique would be blamed: the shared ImageNet-trained MobileNetV2 (300 unlabelled
+#: photos, 2 epochs) went from 76.5% top-1 to 64.5% at 1e-3, 74.5% at 3e-4, 77.0% at 1e-4. Decades,
+#: not finer steps: 3e-4 would have passed a 3-point budget while already costing 2 points of it.
+LEARNING_RATES = (1e-3, 1e-4, 1e-5)
+#: the check's fine-tune: as long as the shortest probe, distilled from the model itself
+LR_CHECK = {"epochs": 2, "distill": True}
+#: techniques optimize runs as checks, never as candidates: name -> settings
+CHECK_TECHNIQUES: dict[str, dict] = {"finetune": LR_CHECK}
+#: the techniques that train the model's own weights again, at the rate the check found (distill
+#: trains a freshly initialised student, which needs a large rate; cluster is not run by optimize)
+RETRAINED = ("structured", "prune", "resolution", "qat")
+
 #: the share of --time-budget the training techniques may take together (split evenly; the probes
 #: of one technique stop at half of its share, leaving the rest for its full fine-tune)
 TRAIN_SHARE = 0.6
@@ -241,6 +257,9 @@ def first_plan(model: ModelInfo, caps: MachineCaps, cfg, has_train: bool) -> Pla
             if _throughput_entry(r.backend) in streams:  # the same artifact, served as parallel requests
                 recipes.append(Recipe(fp, r.steps[:-1] + (Step("runtime", _throughput_entry(r.backend)),), r.precision))
     recipes += last
+    left_techniques = dict(_technique_reasons(model, cfg, has_train))
+    if has_train and any(n not in left_techniques for n in RETRAINED):
+        recipes.append(lr_check_recipe(fp, LEARNING_RATES[0]))
     later = [r for r in recipes if _deferred(r)]
     recipes = [r for r in recipes if r not in later]
     left += _technique_reasons(model, cfg, has_train)
@@ -253,7 +272,43 @@ def first_plan(model: ModelInfo, caps: MachineCaps, cfg, has_train: bool) -> Pla
     notes += tuple(f"{a} then {b}: composed once each holds the budget fully and is faster than the fastest plain export, "
                    f"the second fine-tuned on the first for at most {cfg.time_budget_s * COMPOSE_SHARE:.0f} s of the time budget"
                    for a, b in COMPOSED if a in planned and b in planned)
+    if any(r.techniques == ("finetune",) for r in recipes):
+        notes += (f"fine-tune learning rate: the model fine-tuned on its own outputs for {LR_CHECK['epochs']} epochs at "
+                  f"{', then '.join(f'{lr:g}' for lr in LEARNING_RATES)} until one keeps it within the budget on the "
+                  f"validation split; {', '.join(n for n in RETRAINED if n in planned or n == 'qat' and n not in dict(left))} "
+                  "train at that rate",)
     return Plan(tuple(recipes), tuple(left), notes, tuple(later))
+
+
+def lr_check_recipe(model: str, learning_rate: float) -> Recipe:
+    """The learning-rate check at one rate: the unchanged model fine-tuned on its own outputs
+    (techniques/finetune.py), judged like a probe on the validation split."""
+    return Recipe(model, (Step("train", "finetune", {**LR_CHECK, "learning_rate": learning_rate}), Step("runtime", "tf-function")),
+                  "fp32", f"lr {learning_rate:g}", role="probe")
+
+
+def learning_rate(outcomes: list[Outcome]) -> tuple[float, bool]:
+    """(the rate the RETRAINED techniques train at, whether the check has settled it) from the
+    checks measured so far: the first rate of LEARNING_RATES whose check held the budget; the next
+    one to check while none has; the smallest once every one failed. A check that could not run
+    (an error, not a verdict) settles on the first rate: the techniques then report their own error."""
+    checks = {o.recipe.steps[0].config["learning_rate"]: o for o in outcomes
+              if o.recipe.role == "probe" and o.recipe.techniques == ("finetune",)}
+    for lr in LEARNING_RATES:
+        o = checks.get(lr)
+        if o is None:
+            return lr, False
+        if not o.ok:
+            return LEARNING_RATES[0], True
+        if o.within:
+            return lr, True
+    return LEARNING_RATES[-1], True
+
+
+def _rate(name: str, lr: float) -> dict:
+    """The learning-rate setting of technique `name`'s fine-tunes: none where the check held at
+    the first rate (each technique's own default), else the rate the check found."""
+    return {"learning_rate": lr} if name in RETRAINED and lr != LEARNING_RATES[0] else {}
 
 
 def _deferred(r: Recipe) -> bool:
@@ -361,12 +416,12 @@ def _trained(name: str, settings: dict) -> tuple[Step, ...]:
     return (Step("train", name, settings),)
 
 
-def probe_recipe(model: str, name: str, index: int, samples: int | None = None) -> Recipe:
+def probe_recipe(model: str, name: str, index: int, samples: int | None = None, learning_rate: float = LEARNING_RATES[0]) -> Recipe:
     """The short fine-tune of one grid point, judged on the validation split (its epochs scaled
-    to the `samples` of train data)."""
+    to the `samples` of train data; at `learning_rate` where the check found one lower than the first)."""
     k = SEARCH[name]
     value = k.grid[index]
-    settings = {k.setting: value, **k.proxy, "epochs": k.probe_epochs(samples)}
+    settings = {k.setting: value, **k.proxy, "epochs": k.probe_epochs(samples), **_rate(name, learning_rate)}
     return Recipe(model, _trained(name, settings) + (Step("runtime", "tf-function"),), "fp32",
                   k.label(value), role="probe")
 
@@ -420,11 +475,11 @@ def _spent(name: str, outcomes: list[Outcome]) -> float:
 def final_settings(name: str, index: int, outcomes: list[Outcome], share: float, samples: int | None = None) -> dict:
     """The chosen point's full fine-tune, its epochs sized to what the time share has left (at
     the pace of its probe, or of the slowest probe where that point was not probed) and to the
-    `samples` of train data."""
+    `samples` of train data, at the rate the learning-rate check found."""
     k = SEARCH[name]
     pace = _per_epoch(_probes(name, outcomes), index)
     epochs = k.epochs(pace, share - _spent(name, outcomes), samples) if pace is not None else k.full_epochs(samples)
-    return {k.setting: k.grid[index], **k.full, "epochs": epochs}
+    return {k.setting: k.grid[index], **k.full, "epochs": epochs, **_rate(name, learning_rate(outcomes)[0])}
 
 
 def _full_fine_tunes(name: str, label: str, outcomes: list[Outcome]) -> list[Outcome]:
@@ -477,6 +532,9 @@ def technique_recipes(model: ModelInfo, outcomes: list[Outcome], cfg, has_train:
     by the best exports; probes while a search is open; QAT with its own int8 export."""
     if not has_train:
         return []
+    lr, rate_known = learning_rate(outcomes)
+    if not rate_known and any(r.techniques == ("finetune",) for r in (o.recipe for o in outcomes)):
+        return [lr_check_recipe(model.fingerprint, lr)]  # the techniques wait for the rate they train at
     out, measured, settled = [], {o.recipe.id for o in outcomes}, set()
     share = time_share(cfg, searched(cfg, model))
     for name in EXPORT_FOLLOWED:
@@ -485,7 +543,7 @@ def technique_recipes(model: ModelInfo, outcomes: list[Outcome], cfg, has_train:
         if name in SEARCH:
             index, chosen = search_point(name, outcomes, cfg, share)
             if not chosen:
-                out.append(probe_recipe(model.fingerprint, name, index, model.train_samples))
+                out.append(probe_recipe(model.fingerprint, name, index, model.train_samples, lr))
                 continue
             if index is None:
                 continue  # no strength met the budget even at the weakest setting (the probes say so)
@@ -509,7 +567,7 @@ def technique_recipes(model: ModelInfo, outcomes: list[Outcome], cfg, has_train:
         out += mine
     out += compositions(model, outcomes, cfg, settled)
     if cfg.wants("qat") and model.quantizable:
-        qat = Step("train", "qat", {**TECHNIQUE_SETTINGS["qat"], "calibration_size": cfg.calibration_size})
+        qat = Step("train", "qat", {**TECHNIQUE_SETTINGS["qat"], "calibration_size": cfg.calibration_size, **_rate("qat", lr)})
         conv = Step("convert", "litert", {"quantize": "int8", "qat": True, "calibration_size": cfg.calibration_size})
         out.append(Recipe(model.fingerprint, (qat, conv, Step("runtime", "litert")), "int8"))
     return out
@@ -550,7 +608,8 @@ def compositions(model: ModelInfo, outcomes: list[Outcome], cfg, settled: set[st
             pace = _per_epoch(_probes(then, outcomes), j)
             epochs = (kb.epochs(pace, cfg.time_budget_s * COMPOSE_SHARE, model.train_samples) if pace is not None
                       else kb.full_epochs(model.train_samples))
-            train = (a.recipe.steps[0], Step("train", then, {kb.setting: kb.grid[j], **kb.full, "epochs": epochs}))
+            train = (a.recipe.steps[0], Step("train", then, {kb.setting: kb.grid[j], **kb.full, "epochs": epochs,
+                                                            **_rate(then, learning_rate(outcomes)[0])}))
             label = f"{ka.label(ka.grid[i])}; {kb.label(kb.grid[j])}"
         out += [Recipe(model.fingerprint, train + export.steps, export.precision, label) for export in best_exports(outcomes)]
     return out
@@ -562,6 +621,7 @@ def follow_ups(model: ModelInfo, outcomes: list[Outcome], cfg, has_train: bool) 
     return Plan(tuple(repairs(model, outcomes, cfg) + technique_recipes(model, outcomes, cfg, has_train)))
 
 
-__all__ = ["BASELINE", "COMPOSED", "COMPOSE_SHARE", "CONVERSIONS", "LEFT_OUT", "REPAIR_TECHNIQUES", "SEARCH", "TECHNIQUE_SETTINGS", "Knob", "MachineCaps",
-           "ModelInfo", "Outcome", "Plan", "best_exports", "compositions", "first_plan", "follow_ups", "probe_recipe", "repairs",
+__all__ = ["BASELINE", "CHECK_TECHNIQUES", "COMPOSED", "COMPOSE_SHARE", "CONVERSIONS", "LEARNING_RATES", "LEFT_OUT", "LR_CHECK", "RETRAINED", "REPAIR_TECHNIQUES", "SEARCH", "TECHNIQUE_SETTINGS", "Knob", "MachineCaps",
+           "ModelInfo", "Outcome", "Plan", "best_exports", "compositions", "first_plan", "follow_ups", "learning_rate",
+           "lr_check_recipe", "probe_recipe", "repairs",
            "search_point", "step_back", "step_forward", "technique_recipes"]

@@ -7,7 +7,7 @@ class, apply function).
 
 from __future__ import annotations
 
-from keras_turbo.techniques import cluster, distill, equalize, prune, qat, resolution, structured
+from keras_turbo.techniques import cluster, distill, equalize, finetune, prune, qat, resolution, structured
 from keras_turbo.techniques.base import TechniqueConfig, TechniqueResult
 
 TECHNIQUES: dict[str, tuple[type, object]] = {
@@ -18,6 +18,7 @@ TECHNIQUES: dict[str, tuple[type, object]] = {
     "cluster": (cluster.ClusterConfig, cluster.apply),          # weight sharing: smaller when compressed
     "equalize": (equalize.EqualizeConfig, equalize.apply),      # cross-layer equalization: int8 through outliers
     "resolution": (resolution.ResolutionConfig, resolution.apply),  # the network on a smaller image
+    "finetune": (finetune.FinetuneConfig, finetune.apply),      # the model on its own outputs: optimize's learning-rate check
 }
 
 #: Techniques that can tell from the model alone, before any work, that they cannot apply to it:

@@ -576,5 +576,5 @@ class DistilledFinetune(TechniqueConfig):
 
 __all__ = ["NO_FINETUNE_DATA", "DistilledFinetune", "accuracy", "as_logits", "batchnorm_layers", "check_fraction", "check_model",
            "check_training", "clone_layer", "copy_model", "distillation_loss", "feed", "finetune",
-           "finetune_loss_weights", "is_number", "linear_dense_class", "logits_view", "looks_like_probabilities",
+           "finetune_loss_weights", "holds_statistics", "is_number", "linear_dense_class", "logits_view", "looks_like_probabilities",
            "predict", "recalibrate_batchnorm", "saved_sizes"]

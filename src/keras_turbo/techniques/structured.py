@@ -45,6 +45,7 @@ from keras_turbo.techniques._training import (
     check_fraction,
     check_model,
     clone_layer,
+    holds_statistics,
     is_number,
     saved_sizes,
 )
@@ -497,8 +498,13 @@ def _groups(g: _Graph, view, importance: str) -> tuple[np.ndarray, list[_Group]]
     if importance == "bn":
         bn, has_bn = np.zeros(g.size), np.zeros(g.size)
         for layer, s in g.norms:
-            gamma = {w.name: w for w in view.get_layer(layer).weights}.get("gamma")
-            if gamma is not None:   # scale=False: this BatchNormalization has no |gamma| to rank by
+            norm = view.get_layer(layer)
+            gamma = {w.name: w for w in norm.weights}.get("gamma")
+            # scale=False: no |gamma| to rank by. A folded BatchNorm (identity statistics, its
+            # scale already in the kernel before it, as in the shared ImageNet MobileNetV2) has
+            # gamma 1 on every channel: ranked by it, the channels tie and arbitrary ones go
+            # (flops/1.5 took that network to 0% before any fine-tune); its filters' L1 ranks them.
+            if gamma is not None and holds_statistics(norm):
                 v = np.abs(np.asarray(gamma.numpy()))
                 bn[g.nodes(s)] += v / max(float(v.mean()), 1e-12)
                 has_bn[g.nodes(s)] = 1

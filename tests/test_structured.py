@@ -260,3 +260,113 @@ def test_round_to_and_config_round_trip():
     res = structured.apply(model, StructuredConfig(sparsity=0.5, exclude=("conv_b",), finetune=False))
     whole = [g for g in res.report["unpruned_groups"] if "conv_b" in g["layers"]]
     assert whole and "excluded" in whole[0]["reason"]
+
+
+# ---------------------------------------------------------------- making up for what was removed
+
+def _data(shape, n=64, seed=0):
+    from keras_turbo.data import Dataset
+    return Dataset((np.random.default_rng(seed).normal(size=(n, *shape)).astype("float32"),), None, "test")
+
+
+def _set(layer, **arrays):
+    for v in layer.weights:
+        if v.name in arrays:
+            v.assign(np.asarray(arrays[v.name], "float32"))
+
+
+def constant_channel_model(folded: bool):
+    """Four of c1's eight channels are constants (no kernel, a bias): the smallest filters, so
+    l1 removes them, and what they gave c2 is lost unless it is put back. c2 has no bias: the
+    constant goes into the BatchNormalization after it (folded: identity statistics)."""
+    keras.utils.set_random_seed(8)
+    x = keras.Input((6, 6, 3), name="x")
+    h = L.Conv2D(8, 1, activation="relu", name="c1")(x)
+    h = L.BatchNormalization(name="bn2")(L.Conv2D(4, 1, use_bias=False, name="c2")(h))
+    model = keras.Model(x, L.Dense(3, name="out")(L.GlobalAveragePooling2D()(h)))
+    k, b = model.get_layer("c1").get_weights()
+    k[..., :4], b[:4] = 0, [0.5, 1.0, 1.5, 2.0]
+    _set(model.get_layer("c1"), kernel=k, bias=b)
+    bn = model.get_layer("bn2")
+    if folded:
+        _set(bn, gamma=[1.5, 0.5, 1, 2], beta=[0.1, -0.2, 0.3, 0], moving_mean=np.zeros(4),
+             moving_variance=np.full(4, 1 - bn.epsilon))
+    else:
+        _set(bn, gamma=[1.5, 0.5, 1, 2], beta=[0.1, -0.2, 0.3, 0], moving_mean=[0.2, -0.1, 0.4, 0.3],
+             moving_variance=[0.5, 2.0, 1.0, 1.5])
+    return model
+
+
+@pytest.mark.parametrize("folded", [False, True])
+def test_a_removed_constant_channel_is_put_back_into_the_batchnorm_after_its_reader(folded):
+    from keras_turbo.techniques._training import holds_statistics
+
+    model = constant_channel_model(folded)
+    before = weights_of(model)
+    data = _data((6, 6, 3))
+    kept_as_cut = structured.apply(model, StructuredConfig(sparsity=0.5, compensate="none", exclude=("c2",),
+                                                                   finetune=False), train=data)
+    assert kept_as_cut.report["compensation"] is None
+    feeds = inputs_for(model, n=6, seed=3)
+    assert np.abs(keras_out(kept_as_cut.model, feeds) - keras_out(model, feeds)).max() > 1e-2
+    res = structured.apply(model, StructuredConfig(sparsity=0.5, compensate="mean", exclude=("c2",), finetune=False),
+                           train=data)
+    assert [g["kept"] for g in res.report["groups"]] == [4]
+    assert res.report["compensation"]["mean_layers"] == 1 and res.report["compensation"]["samples"] == 64
+    assert_same_function(model, res.model)
+    # A folded BatchNorm must stay identity (it trains in inference mode): the shift is in beta.
+    assert holds_statistics(res.model.get_layer("bn2")) == (not folded)
+    assert_unchanged(model, before)
+
+
+def correlated_channel_model():
+    """h's channels 2 and 3 are half of channels 0 and 1 (the smallest filters, so l1 removes
+    them): no mean makes up for them, but out's weights on 0 and 1 can carry them."""
+    keras.utils.set_random_seed(9)
+    x = keras.Input((5,), name="x")
+    h = L.Dense(4, name="h")(x)
+    model = keras.Model(x, L.Dense(3, name="out")(h))
+    k, b = model.get_layer("h").get_weights()
+    k[:, 2:], b[2:] = 0.5 * k[:, :2], 0.5 * b[:2]
+    _set(model.get_layer("h"), kernel=k, bias=b)
+    return model
+
+
+def test_refit_solves_the_reader_again_so_the_kept_channels_carry_the_removed_ones():
+    model = correlated_channel_model()
+    data = _data((5,))
+    feeds = inputs_for(model, n=6, seed=3)
+    mean = structured.apply(model, StructuredConfig(sparsity=0.5, compensate="mean", finetune=False), train=data)
+    assert np.abs(keras_out(mean.model, feeds) - keras_out(model, feeds)).max() > 1e-2
+    res = structured.apply(model, StructuredConfig(sparsity=0.5, finetune=False), train=data)   # refit: the default
+    assert res.model.get_layer("out").get_weights()[0].shape == (2, 3)
+    assert res.report["compensation"]["refit_layers"] == 2   # h (its outputs) and out (its inputs)
+    np.testing.assert_allclose(keras_out(res.model, feeds), keras_out(model, feeds), rtol=1e-3, atol=1e-3)
+
+
+def test_refit_needs_rows_for_its_unknowns_and_falls_back_to_the_mean():
+    model = correlated_channel_model()
+    res = structured.apply(model, StructuredConfig(sparsity=0.5, finetune=False), train=_data((5,), n=8))
+    comp = res.report["compensation"]
+    # 8 rows: too few for h's 6 unknowns (5 inputs and the shift) and out's 3, at 4 rows each
+    assert comp["refit_layers"] == 0 and comp["mean_layers"] == 1
+
+
+def test_activation_importance_removes_a_channel_that_never_changes_whatever_its_filter():
+    keras.utils.set_random_seed(10)
+    x = keras.Input((5,), name="x")
+    model = keras.Model(x, L.Dense(3, name="out")(L.Dense(4, activation="relu", name="h")(x)))
+    k, b = model.get_layer("h").get_weights()
+    k[:, 0], b[0] = 5.0, -1000.0   # the largest filter, and always 0 after the ReLU
+    _set(model.get_layer("h"), kernel=k, bias=b)
+    data = _data((5,))
+    by_l1 = structured.apply(model, StructuredConfig(sparsity=0.25, compensate="none", finetune=False), train=data)
+    np.testing.assert_array_equal(by_l1.model.get_layer("h").get_weights()[0][:, 0], k[:, 0])
+    res = structured.apply(model, StructuredConfig(sparsity=0.25, importance="activation", compensate="none",
+                                                   finetune=False), train=data)
+    np.testing.assert_array_equal(res.model.get_layer("h").get_weights()[0], k[:, 1:])
+    assert_same_function(model, res.model)
+    with pytest.raises(KerasTurboError, match="importance='activation' ranks channels by their measured outputs"):
+        structured.apply(model, StructuredConfig(importance="activation", finetune=False))
+    with pytest.raises(KerasTurboError, match="`compensate` must be one of 'none', 'mean', 'refit'"):
+        StructuredConfig(compensate=True)

@@ -424,15 +424,16 @@ def cmd_prune(args) -> int:
         from keras_turbo.techniques.structured import StructuredConfig
 
         cfg = StructuredConfig(target_flops_reduction=args.target_flops_reduction, finetune=not args.no_finetune,
-                               distill=args.distill, **_given(args, "sparsity", "importance", "epochs"))
+                               distill=args.distill, **_given(args, "sparsity", "importance", "compensate", "epochs"))
         result = _run_technique(args, "structured", cfg)
     else:
         from keras_turbo.techniques.prune import PruneConfig
 
         if args.target_flops_reduction is not None:
             raise KerasTurboError("--target-flops-reduction applies to --structured pruning")
-        if args.importance is not None:
-            raise KerasTurboError("--importance applies to --structured pruning")
+        for flag in ("importance", "compensate"):
+            if getattr(args, flag) is not None:
+                raise KerasTurboError(f"--{flag} applies to --structured pruning")
         cfg = PruneConfig(finetune=not args.no_finetune, pattern=args.pattern, skip_first_last=not args.prune_first_last,
                           **_given(args, "sparsity", "schedule", "epochs"))
         result = _run_technique(args, "prune", cfg)
@@ -787,7 +788,11 @@ def _add_techniques(sub):
                     help="magnitude pruning: prune the first and last prunable layers too (skipped by default)")
     sp.add_argument("--structured", action="store_true", help="remove whole filters and build a smaller dense model")
     sp.add_argument("--target-flops-reduction", type=float, metavar="F", help="with --structured: e.g. 2.0 for half the FLOPs")
-    sp.add_argument("--importance", choices=("l1", "l2", "bn"), help=f"with --structured: which filters go {_OWN}")
+    sp.add_argument("--importance", choices=("l1", "l2", "bn", "activation"),
+                    help=f"with --structured: which filters go (activation: measured on the train data) {_OWN}")
+    sp.add_argument("--compensate", choices=("none", "mean", "refit"),
+                    help="with --structured: make up for the removed channels from the train data: their mean, or "
+                         f"also a least-squares refit of each Dense / 1x1 conv after the cut {_OWN}")
     sp.add_argument("--distill", action="store_true", help="with --structured: fine-tune with the original as teacher")
     sp.add_argument("--no-finetune", action="store_true", help="prune without training (no --train-data needed)")
     sp.set_defaults(fn=cmd_prune)

@@ -108,6 +108,40 @@ def feed(model, x: tuple[np.ndarray, ...]):
     return dict(zip(names, x))
 
 
+def probe_feed(model, x: tuple[np.ndarray, ...]):
+    """`feed` for a probe model built on a graph's input list: a one-input graph takes a list."""
+    out = feed(model, x)
+    return out if isinstance(out, dict) else [out]
+
+
+#: a batch's activations of every probed layer at once must fit in memory
+STAT_BATCH = 32
+
+
+def input_statistics(view, layers: list[str], data: Dataset, samples: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """layer -> (mean, standard deviation) of every channel of its input (the last axis) over
+    up to `samples` samples of the data, from one pass of a probe model over the functional
+    graph `view` (each layer called once)."""
+    keras = _tf.keras()
+    data = data.take(samples)
+    probe = keras.Model(view.inputs, [view.get_layer(name).input for name in layers])
+    sums = [np.zeros(int(view.get_layer(name).input.shape[-1])) for name in layers]
+    squares = [np.zeros_like(t) for t in sums]
+    rows = [0] * len(layers)
+    for start in range(0, len(data), STAT_BATCH):
+        outs = probe(probe_feed(probe, tuple(a[start:start + STAT_BATCH] for a in data.x)), training=False)
+        for i, o in enumerate(outs if isinstance(outs, (list, tuple)) else [outs]):
+            a = np.asarray(o, dtype=np.float64).reshape(-1, sums[i].shape[0])
+            sums[i] += a.sum(0)
+            squares[i] += np.square(a).sum(0)
+            rows[i] += a.shape[0]
+    out = {}
+    for name, t, q, r in zip(layers, sums, squares, rows):
+        mean = t / max(r, 1)
+        out[name] = (mean, np.sqrt(np.maximum(q / max(r, 1) - np.square(mean), 0.0)))
+    return out
+
+
 def predict(model, x: tuple[np.ndarray, ...], batch_size: int = 256) -> np.ndarray:
     """The model's one output on dataset inputs.
 
@@ -576,5 +610,5 @@ class DistilledFinetune(TechniqueConfig):
 
 __all__ = ["NO_FINETUNE_DATA", "DistilledFinetune", "accuracy", "as_logits", "batchnorm_layers", "check_fraction", "check_model",
            "check_training", "clone_layer", "copy_model", "distillation_loss", "feed", "finetune",
-           "finetune_loss_weights", "holds_statistics", "is_number", "linear_dense_class", "logits_view", "looks_like_probabilities",
-           "predict", "recalibrate_batchnorm", "saved_sizes"]
+           "finetune_loss_weights", "holds_statistics", "input_statistics", "is_number", "linear_dense_class", "logits_view", "looks_like_probabilities",
+           "predict", "probe_feed", "recalibrate_batchnorm", "saved_sizes", "STAT_BATCH"]

@@ -52,7 +52,8 @@ QUICK = {
 REPORT_ACCURACY = {"distill": "student_accuracy", "qat": "accuracy_fake_quant"}
 # One setting out of range per technique (default: epochs=0).
 BAD = {"prune": {"sparsity": 1.5}, "structured": {"sparsity": -0.1}, "distill": {"temperature": 0.0},
-       "qat": {"epochs": -1}, "cluster": {"clusters": 1}, "equalize": {"tolerance": 0.0}, "resolution": {"factor": 1}}
+       "qat": {"epochs": -1}, "cluster": {"clusters": 1}, "equalize": {"tolerance": 0.0}, "resolution": {"factor": 1},
+       "biascorrect": {"bits": 1}}
 TRAIN, VAL = 64, 32
 SAMPLES = 8  # val samples each runtime runs
 # A technique's output is compared with the Keras output of the same model: float paths agree to

@@ -93,15 +93,16 @@ PLANNER_CHECKS = textwrap.dedent('''
                 outcome("openvino fp32", 0.9, True), outcome("litert int8", 0.3, False),
                 outcome("openvino int8", 0.95, False), outcome("onnxruntime int8", 0.5, True)]
     ups = P.follow_ups(info, outcomes, cfg, has_train=True).recipes
-    repairs = [r for r in ups if r.name.endswith("mixed") or "equalize" in r.techniques]
-    assert [r.name for r in repairs] == ["litert int8 mixed", "equalize + litert int8"], [r.name for r in ups]
+    repairs = [r for r in ups if r.name.endswith("mixed") or set(r.techniques) & set(P.REPAIR_TECHNIQUES)]
+    assert [r.name for r in repairs] == ["litert int8 mixed", "equalize + litert int8", "biascorrect + litert int8"], \
+        [r.name for r in ups]
     assert repairs[0].steps[0].kind == "fallback" and repairs[0].steps[0].config["max_accuracy_drop"] == 1.0
     # the walk may end once a failing step runs slower than the best within budget (onnxruntime int8)
     assert {k: repairs[0].steps[0].config[k] for k in ("beat_ms", "int8_ms", "timing_batch")} == \
         {"beat_ms": 0.5, "int8_ms": 0.3, "timing_batch": 1}
     # XLA and ONNX Runtime's dynamic int8 come after the repairs the first wave calls for
     assert [r.name for r in first.later] == ["onnxruntime dynamic", "tf-xla fp32"] and not {r.id for r in first.later} & {r.id for r in first.recipes}
-    trained = [r.name for r in ups if r.techniques and "equalize" not in r.techniques]
+    trained = [r.name for r in ups if r.techniques and not set(r.techniques) & set(P.REPAIR_TECHNIQUES)]
     # the searched techniques start with a probe each (a short fine-tune); QAT has its own export
     assert trained == ["structured(flops/2) probe", "distill(width:0.5) probe", "prune(80%) probe",
                        "resolution(1/1.4 size) probe", "qat + litert int8"], trained
@@ -449,7 +450,7 @@ def test_two_searched_techniques_are_composed_once_both_hold_the_budget():
     info, caps = planner.ModelInfo("fp"), planner.MachineCaps(("keras-predict", "litert"))
     assert any(n.startswith("structured then resolution: composed") and "150 s" in n
                for n in planner.first_plan(info, caps, cfg, has_train=True).notes)
-    recipes = _planned_until_done(cfg, info, caps, {"structured": 3, "resolution": 3})  # flops/4, 1/2 size
+    recipes = _planned_until_done(cfg, info, caps, {"structured": 4, "resolution": 3})  # flops/4, 1/2 size
     composed = [r for r in recipes if r.techniques == ("structured", "resolution")]
     assert {r.name for r in composed} == {"structured(flops/4) + resolution(1/2 size) + litert fp32",
                                           "structured(flops/4) + resolution(1/2 size) + litert int8"}
@@ -461,17 +462,17 @@ def test_two_searched_techniques_are_composed_once_both_hold_the_budget():
     assert step.config == {"factor": 2, **k.full, "epochs": k.max_epochs}
     assert all(r.steps[1] == step for r in composed)
     # slow probes: the epochs fit the composition's share (150 s at 60 s / 6 epochs = 15)
-    slow = _planned_until_done(cfg, info, caps, {"structured": 3, "resolution": 3}, probe_s=60.0)
+    slow = _planned_until_done(cfg, info, caps, {"structured": 4, "resolution": 3}, probe_s=60.0)
     assert {r.steps[1].config["epochs"] for r in slow if len(r.techniques) == 2} == {15}
     # no composition where one technique never held fully, or bought no speed
-    assert not [r for r in _planned_until_done(cfg, info, caps, {"structured": 3, "resolution": -1})
+    assert not [r for r in _planned_until_done(cfg, info, caps, {"structured": 4, "resolution": -1})
                 if len(r.techniques) == 2]
-    no_gain = _planned_until_done(cfg, info, caps, {"structured": 3, "resolution": 3},
+    no_gain = _planned_until_done(cfg, info, caps, {"structured": 4, "resolution": 3},
                                   speedup=lambda name, value: 1.0 if name == "resolution" else value)
     assert not [r for r in no_gain if len(r.techniques) == 2]
     # nor when only one of the two is searched
     one = OptimizeConfig(budget=Budget(max_accuracy_drop=1.0), techniques=("runtimes", "int8", "structured"), time_budget_s=1000)
-    assert not [r for r in _planned_until_done(one, info, caps, {"structured": 3}) if len(r.techniques) == 2]
+    assert not [r for r in _planned_until_done(one, info, caps, {"structured": 4}) if len(r.techniques) == 2]
 
 
 def test_a_recipe_replayed_from_its_json_builds_the_same_artifact(tmp_path, model_files):
@@ -547,7 +548,7 @@ def test_search_through_the_driver_records_every_point(tmp_path, digits_model, p
     toy = _ToyExecutor(tmp_path, within=3.0, probe_s=probe_s)
     res = optimize(digits_model[0], "builtin:digits:test", "builtin:digits:train", cfg, tmp_path / "out", executor=toy)
     doc = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert doc["plan"]["notes"] == ["structured: strength search over target_flops_reduction [1.5, 2.0, 3.0, 4.0, 6.0], "
+    assert doc["plan"]["notes"] == ["structured: strength search over target_flops_reduction [1.25, 1.5, 2.0, 3.0, 4.0, 6.0], "
                                     "probes of 3 epochs, the chosen point's fine-tune up to 20 epochs (1257 train "
                                     "samples), at most 60 s of the time budget",
                                     "fine-tune learning rate: the model fine-tuned on its own outputs for 2 epochs at "
@@ -562,7 +563,7 @@ def test_search_through_the_driver_records_every_point(tmp_path, digits_model, p
     trained = [v for v in res.variants if v["techniques"] == ["structured"]]
     assert [v["name"] for v in trained] == [f"structured(flops/{f:g}) + litert fp32" for f in [chosen] + forward]
     assert trained[0]["steps"][0]["config"] == {"target_flops_reduction": chosen, "epochs": epochs, "distill": True,
-                                                "importance": "bn"}
+                                                "importance": "activation"}
     assert [v["within_budget"] for v in trained] == [True] + [False] * len(forward)
     assert res.recommended["name"] == trained[0]["name"] and trained[0]["pareto"]
     # probes train on the train data less the validation split and are judged on that split;
@@ -620,7 +621,8 @@ def test_the_rate_check_walks_down_and_touches_only_the_techniques_that_retrain_
     assert planner.learning_rate([o for o in base]) == (1e-4, False)
     held = base + [planner.Outcome(nxt[0], True, True)]
     assert planner.learning_rate(held) == (1e-4, True)
-    ups = [r for r in planner.follow_ups(info, held, cfg, True).recipes if r.techniques and "equalize" not in r.techniques]
+    ups = [r for r in planner.follow_ups(info, held, cfg, True).recipes
+           if r.techniques and not set(r.techniques) & set(planner.REPAIR_TECHNIQUES)]
     rates = {r.techniques[0]: r.steps[0].config.get("learning_rate") for r in ups}
     # the student of distillation starts from scratch: it keeps its own rate
     assert rates == {"structured": 1e-4, "prune": 1e-4, "resolution": 1e-4, "qat": 1e-4, "distill": None}, rates

@@ -35,6 +35,7 @@ from keras_turbo.optimize.measure import (
     measure_quality,
     node_facts,
 )
+from keras_turbo.optimize.plan import CALIBRATED
 from keras_turbo.optimize.recipe import Recipe, Step, prefix_id
 from keras_turbo.outdir import write_file_atomically
 from keras_turbo.quality import Budget
@@ -104,7 +105,8 @@ def build_train(step: Step, source: Path, ctx: _Context, dest: Path) -> tuple[Pa
 
     config_cls, apply = TECHNIQUES[step.name]
     config = config_cls.from_dict(step.config)
-    train = ctx.data("train") if ctx.job.train is not None else None
+    # Bias correction measures the inputs int8 is calibrated on; it needs no train data.
+    train = ctx.data("calib") if step.name in CALIBRATED else ctx.data("train") if ctx.job.train is not None else None
     val = ctx.data("val") if ctx.job.val is not None and "patience" in step.config else None
     result = apply(load_keras(ctx.keras_ref(source)), config, train, val)
     path = dest / "model.keras"

@@ -7,7 +7,7 @@ class, apply function).
 
 from __future__ import annotations
 
-from keras_turbo.techniques import cluster, distill, equalize, finetune, prune, qat, resolution, structured
+from keras_turbo.techniques import biascorrect, cluster, distill, equalize, finetune, prune, qat, resolution, structured
 from keras_turbo.techniques.base import TechniqueConfig, TechniqueResult
 
 TECHNIQUES: dict[str, tuple[type, object]] = {
@@ -17,6 +17,7 @@ TECHNIQUES: dict[str, tuple[type, object]] = {
     "qat": (qat.QATConfig, qat.apply),                          # quantization-aware training, exported to int8
     "cluster": (cluster.ClusterConfig, cluster.apply),          # weight sharing: smaller when compressed
     "equalize": (equalize.EqualizeConfig, equalize.apply),      # cross-layer equalization: int8 through outliers
+    "biascorrect": (biascorrect.BiasCorrectConfig, biascorrect.apply),  # int8 weight rounding's mean error out of the biases
     "resolution": (resolution.ResolutionConfig, resolution.apply),  # the network on a smaller image
     "finetune": (finetune.FinetuneConfig, finetune.apply),      # the model on its own outputs: optimize's learning-rate check
 }

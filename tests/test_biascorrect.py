@@ -120,3 +120,26 @@ def test_optimize_corrects_on_the_calibration_samples_without_train_data(tmp_pat
     assert res["ok"], res["error"]
     report = res["details"]["report"]
     assert report["samples"] == 40 and report["corrected"] == 2, report
+
+
+def test_convert_bias_corrects_before_int8_and_judges_against_the_model_as_given(tmp_path, capsys, digits_model):
+    import json
+
+    from tests.test_cli import assert_one_line_error, run_cli
+
+    path, _ = digits_model
+    out, doc = tmp_path / "m.tflite", tmp_path / "c.json"
+    code, _, err = run_cli(capsys, "convert", path, "--to", "litert", "--quantize", "int8", "--calibration-data",
+                           "builtin:digits:train", "--calibration-size", "50", "--bias-correct", "--eval-data",
+                           "builtin:digits:test", "--max-accuracy-drop", "5", "-o", out, "--json", doc)
+    assert code == 0, err
+    d = json.loads(doc.read_text())
+    assert d["bias_correction"]["corrected"] >= 3 and d["bias_correction"]["samples"] == 50
+    assert "bias correction:" in err and out.stat().st_size > 1000
+    # the budget's float reference is the model as given, not its corrected copy
+    import keras_turbo
+    assert d["fallback"]["float_accuracy"] == pytest.approx(
+        keras_turbo.evaluate(path, "builtin:digits:test", backend="tf-function")["accuracy"], abs=1e-9)
+    code, _, err = run_cli(capsys, "convert", path, "--to", "openvino", "--quantize", "int8", "--calibration-data",
+                           "builtin:digits:train", "--bias-correct")
+    assert_one_line_error(code, err, "--bias-correct applies to --quantize int8 on --to litert or onnx")

@@ -370,3 +370,21 @@ def test_activation_importance_removes_a_channel_that_never_changes_whatever_its
         structured.apply(model, StructuredConfig(importance="activation", finetune=False))
     with pytest.raises(KerasTurboError, match="`compensate` must be one of 'none', 'mean', 'refit'"):
         StructuredConfig(compensate=True)
+
+
+def test_the_cli_ranks_by_activation_and_compensates_from_the_train_data(tmp_path, capsys, digits_model):
+    import json
+
+    from tests.test_cli import assert_one_line_error, run_cli
+
+    path, _ = digits_model
+    out, doc = tmp_path / "small.keras", tmp_path / "r.json"
+    code, _, err = run_cli(capsys, "prune", path, "--structured", "--sparsity", "0.25", "--importance", "activation",
+                           "--compensate", "mean", "--no-finetune", "--train-data", "builtin:digits:train", "-o", out,
+                           "--json", doc)
+    assert code == 0, err
+    rep = json.loads(doc.read_text())
+    assert rep["config"]["importance"] == "activation" and rep["report"]["compensation"]["method"] == "mean"
+    assert rep["report"]["compensation"]["mean_layers"] >= 1 and out.exists()
+    code, _, err = run_cli(capsys, "prune", path, "--compensate", "mean", "--no-finetune", "-o", tmp_path / "p.keras")
+    assert_one_line_error(code, err, "--compensate applies to --structured pruning")

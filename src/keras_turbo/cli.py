@@ -26,6 +26,7 @@ if __name__ == "__main__" or sys.argv[0].replace("\\", "/").rsplit("/", 1)[-1] i
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import tempfile  # noqa: E402
 import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -285,10 +286,12 @@ def cmd_convert(args) -> int:
     _check_outputs(args, args.model, args.calibration_data, args.eval_data, files=("output", "json"))
     doc: dict = {"model": args.model, "config": cfg.to_dict()}
     repair = args.max_accuracy_drop is not None or args.min_agreement is not None
-    if repair:
-        result = _convert_with_fallback(args, cfg, doc)
-    else:
-        result = keras_turbo.convert(args.model, cfg, args.calibration_data, unsafe=args.unsafe)
+    with tempfile.TemporaryDirectory(prefix="keras-turbo-bias-") as tmp:
+        source = _bias_corrected(args, cfg, doc, Path(tmp)) if args.bias_correct else args.model
+        if repair:
+            result = _convert_with_fallback(args, cfg, doc, source)
+        else:
+            result = keras_turbo.convert(source, cfg, args.calibration_data, unsafe=args.unsafe)
     if args.output:
         _copy_artifact(result.path, Path(args.output))
         result.path = Path(args.output)
@@ -307,16 +310,40 @@ def cmd_convert(args) -> int:
     return 0
 
 
-def _convert_with_fallback(args, cfg, doc: dict):
-    """convert with a budget: the int8 repair (quantize_with_fallback), its ranking and steps shown."""
+def _bias_corrected(args, cfg, doc: dict, tmp: Path) -> str:
+    """--bias-correct: the model with int8 weight rounding's mean error taken out of its biases,
+    measured on the calibration data (techniques/biascorrect.py), saved in `tmp`."""
+    from keras_turbo.data import load_data
+    from keras_turbo.model import io_specs, load_keras, resolve
+    from keras_turbo.techniques import biascorrect
+
+    if cfg.quantize != "int8" or cfg.to not in ("litert", "onnx"):
+        raise KerasTurboError("--bias-correct applies to --quantize int8 on --to litert or onnx "
+                              "(OpenVINO's NNCF corrects biases itself)")
+    if not args.calibration_data:
+        raise KerasTurboError("--bias-correct measures each layer's input mean: it needs --calibration-data")
+    ref = resolve(args.model, unsafe=args.unsafe)
+    data = load_data(args.calibration_data, io_specs(ref)[0], arg="--calibration-data").take(cfg.calibration_size, cfg.seed)
+    res = biascorrect.apply(load_keras(ref), train=data)
+    path = tmp / "bias_corrected.keras"
+    res.model.save(path)
+    doc["bias_correction"] = res.report
+    _console()[1].print(f"[dim]bias correction: {res.report['corrected']} layers on {res.report['samples']} samples[/dim]")
+    return str(path)
+
+
+def _convert_with_fallback(args, cfg, doc: dict, source: str):
+    """convert with a budget: the int8 repair (quantize_with_fallback), its ranking and steps shown;
+    judged against the model as given even where `source` is its bias-corrected copy."""
     from keras_turbo.techniques.repair import FallbackConfig, quantize_with_fallback
 
     out, err = _console()
     if not args.eval_data:
         raise KerasTurboError("--max-accuracy-drop / --min-agreement need held-out --eval-data")
-    fr = quantize_with_fallback(args.model, cfg, args.calibration_data, args.eval_data,
+    fr = quantize_with_fallback(source, cfg, args.calibration_data, args.eval_data,
                                 FallbackConfig(_budget(args), **_given(args, "eval_size")),
-                                unsafe=args.unsafe, progress=lambda msg: err.print(f"[dim]{msg}[/dim]"))
+                                unsafe=args.unsafe, progress=lambda msg: err.print(f"[dim]{msg}[/dim]"),
+                                reference=args.model)
     doc["fallback"] = fr.to_dict()
     out.print(_ranking_table(fr, f"{args.to} {cfg.quantize}"))
     for step in fr.steps:
@@ -762,6 +789,9 @@ def _add_convert(sub):
     sp.add_argument("--sparse", action="store_true",
                     help="LiteRT: store pruned (mostly zero) weights sparsely, for a smaller file (see `prune`)")
     sp.add_argument("--calibration-data", metavar="DATA", help="DATA for int8 / int16x8 calibration")
+    sp.add_argument("--bias-correct", action="store_true",
+                    help="int8 on litert / onnx: first take int8 weight rounding's mean error out of each layer's bias, "
+                         "measured on the calibration data (the budget is still judged against the model as given)")
     sp.add_argument("--calibration-size", type=_positive_int("--calibration-size"),
                     help=f"calibration samples drawn from it (default {d.calibration_size})")
     sp.add_argument("--keep-float", action="append", metavar="LAYER", help="a Keras layer to keep in float (repeat)")

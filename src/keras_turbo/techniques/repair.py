@@ -388,7 +388,7 @@ def could_win(best_within_budget_ms: float | None, int8_ms: float, float_ms: flo
 
 def quantize_with_fallback(model, config: ConvertConfig, calibration, eval_data, settings: FallbackConfig,
                            progress=None, unsafe: bool = False, cache_dir=None,
-                           deadline: float | None = None) -> FallbackResult:
+                           deadline: float | None = None, reference=None) -> FallbackResult:
     """Quantize, find the layers that break accuracy, and keep just those in float.
 
     Args:
@@ -401,6 +401,8 @@ def quantize_with_fallback(model, config: ConvertConfig, calibration, eval_data,
         progress: optional callable(str) told what is being measured.
         deadline: a `time.monotonic()` instant; once it passes, no new conversion starts and the
             result holds the best variant so far, with `stopped=True`.
+        reference: the model whose float outputs and accuracy the budget is judged against, where
+            `model` is a transform of it meant only for int8 (a bias-corrected copy); default `model`.
 
     Returns:
         A `FallbackResult` whose `result` is the mixed-precision artifact (or the fully quantized
@@ -416,8 +418,9 @@ def quantize_with_fallback(model, config: ConvertConfig, calibration, eval_data,
     """
     started = time.monotonic()
     ref = as_ref(model, unsafe=unsafe, cache_dir=cache_dir)
+    judge = ref if reference is None else as_ref(reference, unsafe=unsafe, cache_dir=cache_dir)
     job = _Job(ref, ConvertConfig(**{**config.to_dict(), "keep_float": ()}), calibration, settings,
-               progress or (lambda msg: None), cache_dir, deadline, *_judged_data(ref, eval_data, settings))
+               progress or (lambda msg: None), cache_dir, deadline, *_judged_data(judge, eval_data, settings))
     job.note("quantizing every layer")
     full_res = convert(ref, job.cfg, calibration, cache_dir=cache_dir)
     full = _measure(full_res, job)

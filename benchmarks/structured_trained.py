@@ -7,7 +7,8 @@ original on the 300 unlabelled photos; top-1 on 500 of the judged photos. Needs
 `benchmarks/trained.py` to have written the photo splits (benchmarks/.work/trained/).
 
 Run: `.venv/bin/python benchmarks/structured_trained.py` (about 15 minutes on 2 cores); writes
-BENCHMARKS.md "structured-trained" and benchmarks/results/structured_trained.json.
+BENCHMARKS.md "structured-trained" and benchmarks/results/structured_trained.json (`--render`: the
+table again from that JSON).
 """
 
 from __future__ import annotations
@@ -54,13 +55,17 @@ def render(raw: dict) -> str:
     lines += ["", "Ranking by a filter's own norm removes channels whose filters are small but whose outputs are large "
               "(a folded BatchNorm's beta through ReLU6) or scaled up by the depthwise conv after; `activation` ranks "
               "by what removing the channel changes in the layers that read it. The refit needs no labels and no "
-              "training. With 300 photos the fine-tune recovers little on top: for this compact network, structured "
-              "pruning stays far from a 1- or 3-point budget, and input resolution is the technique that holds there "
-              "(BENCHMARKS \"trained-techniques\")."]
+              "training. With 300 photos a fine-tune recovers little on top of it (the last row): structured pruning of "
+              "this compact network stays far from a 1- or 3-point budget with this little data (what optimize found "
+              "with it: BENCHMARKS \"trained-techniques\")."]
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv == ["--render"]:   # the table again from the saved measurements
+        write_section("structured-trained", render(json.loads((RESULTS / "structured_trained.json").read_text())))
+        return 0
     sys.path.insert(0, str(ROOT / "src"))
     from keras_turbo import _tf
     from keras_turbo.data import Dataset

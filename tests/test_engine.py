@@ -503,10 +503,11 @@ class _ToyExecutor(executor_mod.LocalExecutor):
     name = "toy"
 
     def __init__(self, tmp, within: float, probe_s: float, full_s: float = 0.1, probe_within: float | None = None,
-                 rate_holds: float = 1e-3):
+                 rate_holds: float = 1e-3, rate_drop: float = 3.0):
         self.tmp, self.within, self.probe_s, self.full_s, self.jobs = tmp, within, probe_s, full_s, []
         self.probe_within = within if probe_within is None else probe_within
         self.rate_holds = rate_holds  # the learning-rate check holds the budget at this rate and below
+        self.rate_drop = rate_drop    # ...and loses this many points above it
 
     def builds(self, jobs):
         for job in jobs:
@@ -515,7 +516,7 @@ class _ToyExecutor(executor_mod.LocalExecutor):
             flops = r.steps[0].config.get("target_flops_reduction", 1.0) if r.techniques else 1.0
             drop = 0.5 if flops <= (self.probe_within if r.role == "probe" else self.within) else 3.0
             if r.techniques == ("finetune",):
-                drop = 0.5 if r.steps[0].config["learning_rate"] <= self.rate_holds else 3.0
+                drop = 0.5 if r.steps[0].config["learning_rate"] <= self.rate_holds else self.rate_drop
             art = self.tmp / f"{r.id}.bin"
             art.write_bytes(b"toy")
             steps = [{"prefix_id": r.id, "kind": s.kind, "name": s.name, "ok": True, "cached": False, "error": None,
@@ -589,13 +590,17 @@ def test_search_steps_forward_where_the_full_fine_tune_recovers_more_than_the_pr
     assert res.recommended["name"] == "structured(flops/3) + litert fp32"
 
 
-def test_the_techniques_train_at_the_largest_rate_that_leaves_the_model_itself_within_budget(tmp_path, digits_model):
+# 1.2 points: over the 1-point budget, within the one a strength probe gets widened by its
+# sampling error (500 samples at 99% agreement: 1.44); the check is held to the budget itself
+@pytest.mark.parametrize("rate_drop", [3.0, 1.2])
+def test_the_techniques_train_at_the_largest_rate_that_leaves_the_model_itself_within_budget(tmp_path, digits_model,
+                                                                                              rate_drop):
     """The learning-rate check: the unchanged model fine-tuned on its own outputs at 1e-3 breaks
     the budget, at 1e-4 it holds; no technique trains before the check settles, and every fine-tune
     of the model's own weights (probes and the full one) then trains at 1e-4."""
     cfg = OptimizeConfig(budget=Budget(max_accuracy_drop=1.0), techniques=("runtimes", "structured"), runtimes=("litert",),
                          time_budget_s=100, **QUICK)
-    toy = _ToyExecutor(tmp_path, within=3.0, probe_s=1.0, rate_holds=1e-4)
+    toy = _ToyExecutor(tmp_path, within=3.0, probe_s=1.0, rate_holds=1e-4, rate_drop=rate_drop)
     res = optimize(digits_model[0], "builtin:digits:test", "builtin:digits:train", cfg, tmp_path / "out", executor=toy)
     names = [p["name"] for p in res.doc["search"]]
     assert names[:2] == ["finetune(lr 0.001) probe", "finetune(lr 0.0001) probe"] and "finetune(lr 1e-05) probe" not in names

@@ -27,3 +27,21 @@ def test_finetune_stops_early_and_keeps_the_best_epoch():
                            keras.layers.Dense(10, activation="softmax")])
     assert _training.finetune(m2, train, epochs=3, batch_size=32, learning_rate=1e-2)["early_stopping"] is None
     assert np.isfinite(_training.accuracy(m2, val))
+
+
+def test_the_starting_weights_are_kept_when_no_epoch_beats_them():
+    """Epoch 0: a fine-tune that only harms (here a learning rate far too large for a model that
+    has already learned) gives back the weights it started from."""
+    spec = [TensorInfo("img", (None, 8, 8, 1), "float32")]
+    train = load_data("builtin:digits:train", spec).take(300)
+    val = load_data("builtin:digits:val", spec)
+    keras.utils.set_random_seed(0)
+    m = keras.Sequential([keras.Input((8, 8, 1), name="img"), keras.layers.Flatten(),
+                          keras.layers.Dense(10, activation="softmax")])
+    _training.finetune(m, train, epochs=30, batch_size=32, learning_rate=3e-2)
+    start, before = _training.accuracy(m, val), [w.copy() for w in m.get_weights()]
+    rep = _training.finetune(m, train, epochs=6, batch_size=32, learning_rate=50.0, val=val, patience=3)
+    es = rep["early_stopping"]
+    assert es["best_epoch"] == 0 and es["start_kept"] and es["epochs_run"] >= 3  # epoch 0 counts for no patience
+    assert _training.accuracy(m, val) == start == es["val_accuracy"]
+    assert all(np.array_equal(a, b) for a, b in zip(m.get_weights(), before))

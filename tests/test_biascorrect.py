@@ -30,6 +30,13 @@ def _coarse(layer):
 
 def _model(kind):
     keras.utils.set_random_seed(3)
+    if kind == "conv+batchnorm without beta":   # the conv's own bias carries it, scaled by the BatchNorm
+        x = keras.Input((6, 6, 3), name="x")
+        bn = L.BatchNormalization(center=False, name="bn")
+        model = keras.Model(x, bn(L.Conv2D(5, 1, name="w")(x)))
+        rng = np.random.default_rng(1)
+        bn.set_weights([rng.uniform(0.5, 2.0, 5), rng.normal(0, 0.3, 5), rng.uniform(0.5, 2.0, 5)])
+        return model, bn
     if kind == "dense":
         x = keras.Input((16,), name="x")
         return keras.Model(x, L.Dense(6, name="w")(x)), None
@@ -68,7 +75,7 @@ def _mean_error(model, bn, reference, x):
     return np.abs((out - ref).reshape(-1, out.shape[-1]).mean(0)).max()
 
 
-@pytest.mark.parametrize("kind", ["dense", "depthwise", "conv+batchnorm"])
+@pytest.mark.parametrize("kind", ["dense", "depthwise", "conv+batchnorm", "conv+batchnorm without beta"])
 def test_the_int8_models_mean_output_is_the_float_models_after_correction(kind):
     model, bn = _model(kind)
     _coarse(model.get_layer("w"))
@@ -79,7 +86,7 @@ def test_the_int8_models_mean_output_is_the_float_models_after_correction(kind):
     assert _mean_error(model, bn, model, x) > 1e-3   # rounding biases the uncorrected int8 model
     res = biascorrect.apply(model, train=Dataset((x,), None, "test"))
     assert res.report["corrected"] == 1 and res.report["samples"] == 64
-    assert res.report["layers"][0]["into"] == ("bn" if bn is not None else "bias")
+    assert res.report["layers"][0]["into"] == ("bn" if kind == "conv+batchnorm" else "bias")
     assert _mean_error(res.model, bn, model, x) < 1e-5
     assert_unchanged(model, before)
 
@@ -143,3 +150,25 @@ def test_convert_bias_corrects_before_int8_and_judges_against_the_model_as_given
     code, _, err = run_cli(capsys, "convert", path, "--to", "openvino", "--quantize", "int8", "--calibration-data",
                            "builtin:digits:train", "--bias-correct")
     assert_one_line_error(code, err, "--bias-correct applies to --quantize int8 on --to litert or onnx")
+
+
+def test_the_fallback_judges_a_corrected_copy_against_the_model_it_came_from(tmp_path, digits_model):
+    """quantize_with_fallback(reference=): the budget's float accuracy is the reference's, not
+    that of the model converted (here a copy with its classifier zeroed: chance accuracy)."""
+    import keras_turbo
+    from keras_turbo import Budget
+    from keras_turbo.convert import ConvertConfig
+    from keras_turbo.techniques.repair import FallbackConfig, quantize_with_fallback
+
+    path, _ = digits_model
+    broken = keras_turbo.load_model(path)
+    last = [layer for layer in broken.layers if layer.weights][-1]
+    last.set_weights([np.zeros_like(w) for w in last.get_weights()])
+    broken_path = tmp_path / "broken.keras"
+    broken.save(broken_path)
+    fr = quantize_with_fallback(broken_path, ConvertConfig(to="litert", quantize="int8", calibration_size=50),
+                                "builtin:digits:train", "builtin:digits:test",
+                                FallbackConfig(Budget(max_accuracy_drop=100.0), eval_size=200), reference=path)
+    original = keras_turbo.evaluate(path, "builtin:digits:test", backend="tf-function")["accuracy"]
+    assert fr.float_accuracy > 0.8 and abs(fr.float_accuracy - original) < 0.05
+    assert fr.final.accuracy < 0.3   # the artifact is the converted model's: the zeroed classifier

@@ -11,13 +11,17 @@ from keras_turbo.techniques import _training
 from tests.conftest import keras
 
 
-def test_finetune_stops_early_and_keeps_the_best_epoch():
+def _digits_and_model():
+    """300 digits to train on, the validation split, and a fresh softmax regression over them."""
     spec = [TensorInfo("img", (None, 8, 8, 1), "float32")]
-    train = load_data("builtin:digits:train", spec).take(300)
-    val = load_data("builtin:digits:val", spec)
     keras.utils.set_random_seed(0)
     m = keras.Sequential([keras.Input((8, 8, 1), name="img"), keras.layers.Flatten(),
                           keras.layers.Dense(10, activation="softmax")])
+    return load_data("builtin:digits:train", spec).take(300), load_data("builtin:digits:val", spec), m
+
+
+def test_finetune_stops_early_and_keeps_the_best_epoch():
+    train, val, m = _digits_and_model()
     rep = _training.finetune(m, train, epochs=200, batch_size=32, learning_rate=3e-2, val=val, patience=2)
     es = rep["early_stopping"]
     assert es["epochs_run"] < 200 and es["epochs_run"] - es["best_epoch"] == 2  # stopped 2 epochs past the best
@@ -32,12 +36,7 @@ def test_finetune_stops_early_and_keeps_the_best_epoch():
 def test_the_starting_weights_are_kept_when_no_epoch_beats_them():
     """Epoch 0: a fine-tune that only harms (here a learning rate far too large for a model that
     has already learned) gives back the weights it started from."""
-    spec = [TensorInfo("img", (None, 8, 8, 1), "float32")]
-    train = load_data("builtin:digits:train", spec).take(300)
-    val = load_data("builtin:digits:val", spec)
-    keras.utils.set_random_seed(0)
-    m = keras.Sequential([keras.Input((8, 8, 1), name="img"), keras.layers.Flatten(),
-                          keras.layers.Dense(10, activation="softmax")])
+    train, val, m = _digits_and_model()
     _training.finetune(m, train, epochs=30, batch_size=32, learning_rate=3e-2)
     start, before = _training.accuracy(m, val), [w.copy() for w in m.get_weights()]
     rep = _training.finetune(m, train, epochs=6, batch_size=32, learning_rate=50.0, val=val, patience=3)

@@ -388,3 +388,19 @@ def test_the_cli_ranks_by_activation_and_compensates_from_the_train_data(tmp_pat
     assert rep["report"]["compensation"]["mean_layers"] >= 1 and out.exists()
     code, _, err = run_cli(capsys, "prune", path, "--compensate", "mean", "--no-finetune", "-o", tmp_path / "p.keras")
     assert_one_line_error(code, err, "--compensate applies to --structured pruning")
+
+
+def test_a_refit_reader_without_bias_or_batchnorm_gets_the_best_kernel_without_a_shift():
+    """h's channels 2 and 3 are half of 0 and 1 and h has no bias: out (no bias, no BatchNorm
+    after it) can carry them in its kernel alone, exactly."""
+    keras.utils.set_random_seed(9)
+    x = keras.Input((5,), name="x")
+    h = L.Dense(4, use_bias=False, name="h")(x)
+    model = keras.Model(x, L.Dense(3, use_bias=False, name="out")(h))
+    k = model.get_layer("h").get_weights()[0]
+    k[:, 2:] = 0.5 * k[:, :2]
+    _set(model.get_layer("h"), kernel=k)
+    res = structured.apply(model, StructuredConfig(sparsity=0.5, finetune=False), train=_data((5,)))
+    assert res.report["compensation"]["refit_layers"] == 2 and res.report["compensation"]["left_uncompensated"] == []
+    feeds = inputs_for(model, n=6, seed=3)
+    np.testing.assert_allclose(keras_out(res.model, feeds), keras_out(model, feeds), rtol=1e-3, atol=1e-3)

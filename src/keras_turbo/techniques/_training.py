@@ -329,6 +329,16 @@ def batchnorm_layers(model) -> list:
     return out
 
 
+def sole_batchnorm(layer):
+    """The BatchNormalization that alone reads `layer`'s output (where a change to the layer's
+    output can be made up for in the BatchNorm's parameters), or None."""
+    keras = _tf.keras()
+    consumers = [n.operation for n in layer._outbound_nodes]
+    if len(consumers) == 1 and isinstance(consumers[0], keras.layers.BatchNormalization):
+        return consumers[0]
+    return None
+
+
 def holds_statistics(layer) -> bool:
     """Whether a BatchNormalization layer normalizes with statistics it holds. One set to identity
     (moving mean 0, moving variance + epsilon 1: its statistics folded into the layer before it,
@@ -631,4 +641,4 @@ class DistilledFinetune(TechniqueConfig):
 __all__ = ["NO_FINETUNE_DATA", "DistilledFinetune", "accuracy", "as_logits", "batchnorm_layers", "check_fraction", "check_model",
            "check_training", "clone_layer", "copy_model", "distillation_loss", "feed", "finetune",
            "finetune_loss_weights", "holds_statistics", "input_statistics", "is_number", "linear_dense_class", "logits_view", "looks_like_probabilities",
-           "predict", "probe_feed", "recalibrate_batchnorm", "saved_sizes", "STAT_BATCH"]
+           "predict", "probe_feed", "recalibrate_batchnorm", "saved_sizes", "sole_batchnorm", "STAT_BATCH"]

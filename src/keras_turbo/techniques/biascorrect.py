@@ -30,7 +30,7 @@ import numpy as np
 from keras_turbo.data import Dataset
 from keras_turbo.errors import KerasTurboError, bad_param
 from keras_turbo.model.graph import functional
-from keras_turbo.techniques._training import accuracy, check_model, copy_model, input_statistics
+from keras_turbo.techniques._training import accuracy, check_model, copy_model, input_statistics, sole_batchnorm
 from keras_turbo.techniques.base import TechniqueConfig, TechniqueResult
 
 #: the layers whose kernels int8 rounds per output channel (separable convs' two kernels are left out)
@@ -69,11 +69,10 @@ class BiasCorrectConfig(TechniqueConfig):
             raise bad_param("exclude", "a tuple of layer names", self.exclude)
 
 
-def _sole_batchnorm(keras, layer):
-    consumers = [n.operation for n in layer._outbound_nodes]
-    if len(consumers) == 1 and isinstance(consumers[0], keras.layers.BatchNormalization):
-        return consumers[0]
-    return None
+def _bn_scale(norm) -> np.ndarray:
+    """What a BatchNormalization multiplies its input by: gamma / sqrt(variance + epsilon)."""
+    gamma = np.asarray(norm.gamma.numpy(), np.float64) if norm.scale else 1.0
+    return gamma / np.sqrt(np.asarray(norm.moving_variance.numpy(), np.float64) + norm.epsilon)
 
 
 def _rounding_error(w: np.ndarray, bits: int) -> np.ndarray:
@@ -94,9 +93,7 @@ def _shift(layer, norm, mean: np.ndarray, bits: int) -> np.ndarray:
     else:
         w = w.reshape(-1, w.shape[-2], w.shape[-1])
     if norm is not None:
-        gamma = np.asarray(norm.gamma.numpy(), np.float64) if norm.scale else 1.0
-        s = gamma / np.sqrt(np.asarray(norm.moving_variance.numpy(), np.float64) + norm.epsilon)
-        w = w * s
+        w = w * _bn_scale(norm)
     if depthwise:
         err = _rounding_error(w, bits)
         # Summed over the taps: exact away from the zero-padded border.
@@ -132,7 +129,7 @@ def apply(model, config: BiasCorrectConfig | None = None, train: Dataset | None 
         27
     """
     config = config or BiasCorrectConfig()
-    keras = check_model(model, "bias correction")
+    check_model(model, "bias correction")
     if train is None:
         raise KerasTurboError(NO_DATA)
     new = copy_model(model)
@@ -143,7 +140,7 @@ def apply(model, config: BiasCorrectConfig | None = None, train: Dataset | None 
     for layer in view.layers:
         if type(layer).__name__ not in WEIGHTED or layer.name in config.exclude:
             continue
-        norm = _sole_batchnorm(keras, layer)
+        norm = sole_batchnorm(layer)
         if len(layer._inbound_nodes) != 1:
             left.append({"layer": layer.name, "reason": "called more than once"})
         elif not getattr(layer, "use_bias", False) and (norm is None or not norm.center):
@@ -154,12 +151,15 @@ def apply(model, config: BiasCorrectConfig | None = None, train: Dataset | None 
     rows = []
     for layer, norm in chosen:
         delta = _shift(layer, norm, stats[layer.name][0], config.bits)
-        if norm is not None:
+        into = norm.name if norm is not None and norm.center else "bias"
+        if into != "bias":
             # The BatchNorm folds into the weights and its beta into the bias: beta carries it.
             norm.beta.assign((np.asarray(norm.beta.numpy(), np.float64) - delta).astype(np.float32))
         else:
-            layer.bias.assign((np.asarray(layer.bias.numpy(), np.float64) - delta).astype(np.float32))
-        rows.append({"layer": layer.name, "into": norm.name if norm is not None else "bias",
+            # After a BatchNorm without beta, the layer's bias reaches the output scaled by it.
+            scale = _bn_scale(norm) if norm is not None else 1.0
+            layer.bias.assign((np.asarray(layer.bias.numpy(), np.float64) - delta / scale).astype(np.float32))
+        rows.append({"layer": layer.name, "into": into,
                      "largest_shift": round(float(np.abs(delta).max(initial=0.0)), 6)})
     report = {"corrected": len(rows), "layers": rows, "left": left, "samples": min(len(train), config.samples),
               "bits": config.bits, "accuracy_before": accuracy(model, val), "accuracy_after": accuracy(new, val),

@@ -64,6 +64,7 @@ from keras_turbo.techniques._training import (
     STAT_BATCH,
     probe_feed,
     saved_sizes,
+    sole_batchnorm,
 )
 
 IMPORTANCES = ("l1", "l2", "bn", "activation")
@@ -735,22 +736,14 @@ def _stat_layers(g: _Graph, view) -> list[str]:
             if kernel == "kernel" and (layer, "in") in g.layer_spaces and len(view.get_layer(layer)._inbound_nodes) == 1]
 
 
-def _sole_batchnorm(keras, view, layer: str):
-    """The BatchNormalization that alone reads `layer`'s output, or None."""
-    consumers = [n.operation for n in view.get_layer(layer)._outbound_nodes]
-    if len(consumers) == 1 and isinstance(consumers[0], keras.layers.BatchNormalization):
-        return consumers[0]
-    return None
-
-
-def _shift_output(keras, cut: _Cut, new, layer: str, delta: np.ndarray) -> bool:
+def _shift_output(cut: _Cut, new, layer: str, delta: np.ndarray) -> bool:
     """Add `delta` to what `layer` of `new` computes before its activation: into its bias, or,
     for a layer without one, into the BatchNormalization that alone reads it. False: neither."""
     target = {v.name: v for v in new.get_layer(layer).weights}
     if "bias" in target:
         target["bias"].assign(np.asarray(target["bias"].numpy()) + delta.astype(np.float32))
         return True
-    norm = _sole_batchnorm(keras, cut.view, layer)
+    norm = sole_batchnorm(cut.view.get_layer(layer))
     if norm is None:
         return False
     bn = {v.name: v for v in new.get_layer(norm.name).weights}
@@ -829,11 +822,13 @@ def _refit(keras, cut: _Cut, new, layer: str, s_in: int, s_out: int, strides: tu
     ridge = np.eye(d + 1) * (1e-4 * np.trace(gram[:d, :d]) / max(d, 1))
     ridge[d, d] = 0.0
     sol = np.linalg.solve(gram + ridge, cross)
-    target = {v.name: v for v in new.get_layer(layer).weights}
-    kernel = target["kernel"]
+    # The intercept replaces what the bias (or the BatchNorm after) gained from the original's;
+    # a layer with neither gets the best kernel without one.
+    if not _shift_output(cut, new, layer, sol[d]):
+        sol = np.linalg.solve(gram[:d, :d] + ridge[:d, :d], cross[:d])
+    kernel = {v.name: v for v in new.get_layer(layer).weights}["kernel"]
     kernel.assign(sol[:d].reshape(tuple(kernel.shape)).astype(np.float32))
-    # The intercept replaces what the bias (or the BatchNorm after) gained from the original's.
-    return _shift_output(keras, cut, new, layer, sol[d])
+    return True
 
 
 def _compensate(keras, cut: _Cut, new, how: str, data: Dataset | None) -> dict:
@@ -855,7 +850,7 @@ def _compensate(keras, cut: _Cut, new, how: str, data: Dataset | None) -> dict:
             continue
         if not lost_inputs:
             continue
-        if layer in cut.stats and _shift_output(keras, cut, new, layer, _mean_shift(cut, layer, s_in, s_out)):
+        if layer in cut.stats and _shift_output(cut, new, layer, _mean_shift(cut, layer, s_in, s_out)):
             done += 1
         else:
             left.append(layer)

@@ -103,6 +103,22 @@ def _shift(layer, norm, mean: np.ndarray, bits: int) -> np.ndarray:
     return np.einsum("kio,i->o", err, mean)
 
 
+def _layers(view, exclude) -> tuple[list, list]:
+    """([(layer, the BatchNorm that alone reads it or None)] to correct, [{layer, reason}] left)."""
+    chosen, left = [], []
+    for layer in view.layers:
+        if type(layer).__name__ not in WEIGHTED or layer.name in exclude:
+            continue
+        norm = sole_batchnorm(layer)
+        if len(layer._inbound_nodes) != 1:
+            left.append({"layer": layer.name, "reason": "called more than once"})
+        elif not getattr(layer, "use_bias", False) and (norm is None or not norm.center):
+            left.append({"layer": layer.name, "reason": "no bias, and no BatchNormalization beta after it"})
+        else:
+            chosen.append((layer, norm))
+    return chosen, left
+
+
 def apply(model, config: BiasCorrectConfig | None = None, train: Dataset | None = None,
           val: Dataset | None = None) -> TechniqueResult:
     """A copy of `model` whose biases take out int8 weight rounding's average error.
@@ -136,17 +152,7 @@ def apply(model, config: BiasCorrectConfig | None = None, train: Dataset | None 
     view = functional(new)
     if not hasattr(view, "inputs") or not view.inputs:
         raise KerasTurboError(f"bias correction needs a functional or Sequential model; {model.name!r} has no graph")
-    chosen, left = [], []
-    for layer in view.layers:
-        if type(layer).__name__ not in WEIGHTED or layer.name in config.exclude:
-            continue
-        norm = sole_batchnorm(layer)
-        if len(layer._inbound_nodes) != 1:
-            left.append({"layer": layer.name, "reason": "called more than once"})
-        elif not getattr(layer, "use_bias", False) and (norm is None or not norm.center):
-            left.append({"layer": layer.name, "reason": "no bias, and no BatchNormalization beta after it"})
-        else:
-            chosen.append((layer, norm))
+    chosen, left = _layers(view, config.exclude)
     stats = input_statistics(view, [layer.name for layer, _ in chosen], train, config.samples) if chosen else {}
     rows = []
     for layer, norm in chosen:

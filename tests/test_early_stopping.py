@@ -44,3 +44,25 @@ def test_the_starting_weights_are_kept_when_no_epoch_beats_them():
     assert es["best_epoch"] == 0 and es["start_kept"] and es["epochs_run"] >= 3  # epoch 0 counts for no patience
     assert _training.accuracy(m, val) == start == es["val_accuracy"]
     assert all(np.array_equal(a, b) for a, b in zip(m.get_weights(), before))
+
+
+def test_keep_start_undoes_a_fine_tune_that_scores_below_its_start_and_keeps_one_that_helps():
+    """keep_start trains every epoch, then judges the result beside the weights it started from."""
+    from keras_turbo import report
+
+    train, val, m = _digits_and_model()
+    _training.finetune(m, train, epochs=30, batch_size=32, learning_rate=3e-2)
+    start, before = _training.accuracy(m, val), [w.copy() for w in m.get_weights()]
+    rep = _training.finetune(m, train, epochs=2, batch_size=32, learning_rate=50.0, val=val, keep_start=True)
+    check = rep["start_check"]
+    assert check["start_kept"] and check["val_accuracy_trained"] < check["val_accuracy_start"] == start
+    assert rep["early_stopping"] is None  # no patience: the whole schedule ran
+    assert all(np.array_equal(a, b) for a, b in zip(m.get_weights(), before))
+    assert "undone, the weights before it scored better on" in report.trained_on({"technique_report": {"finetune": rep}})
+    # a fresh model gains from its fine-tune: the trained weights stay
+    _, _, fresh = _digits_and_model()
+    rep = _training.finetune(fresh, train, epochs=5, batch_size=32, learning_rate=3e-2, val=val, keep_start=True)
+    assert not rep["start_check"]["start_kept"] and _training.accuracy(fresh, val) == rep["start_check"]["val_accuracy_trained"] > 0.8
+    assert "undone" not in report.trained_on({"technique_report": {"finetune": rep}})
+    # without val there is nothing to judge by: the fine-tune stands
+    assert _training.finetune(fresh, train, epochs=1, batch_size=32, learning_rate=1e-2, keep_start=True)["start_check"] is None

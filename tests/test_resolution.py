@@ -235,3 +235,28 @@ def test_a_composition_shrinks_the_image_of_the_pruned_model_it_reuses(tmp_path)
     out = load_keras(resolve(res["artifact"]))
     assert out.layers[1].name == R.POOL and out.get_layer("c2").filters < 16
     assert out.predict(np.zeros((2, 8, 8, 1), "float32"), verbose=0).shape == (2, 10)
+
+
+def test_the_search_keeps_the_network_as_scaled_where_its_fine_tune_scores_below_it():
+    """optimize's resolution fine-tunes judge their start (`keep_start`): the build gets the
+    validation split to judge on, and the full fine-tune still trains on all the train data."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from keras_turbo.optimize import driver
+    from keras_turbo.optimize.measure import DataRef
+    from keras_turbo.optimize.recipe import Recipe, Step
+
+    k = planner.SEARCH["resolution"]
+    assert k.proxy["keep_start"] and k.full["keep_start"] and R.ResolutionConfig.from_dict(k.full).keep_start
+    refs = {n: DataRef(f"builtin:digits:{s}") for n, s in (("train", "train"), ("probe_train", "train"), ("val", "val"),
+                                                            ("eval", "test"), ("calib", "train"))}
+    run = SimpleNamespace(job={n: None for n in driver._SHARED} | refs, out=Path("/nowhere"), deadline=None, executor=None)
+    for settings, train in (({"factor": 2, **k.full}, "train"), ({"factor": 2, "epochs": 3}, "train")):
+        r = Recipe("m", (Step("train", "resolution", settings), Step("runtime", "tf-function")))
+        job = driver._job(run, r, True)
+        assert job.train is refs[train] and job.eval is refs["eval"]
+        assert job.val is (refs["val"] if settings.get("keep_start") else None)
+    probe = Recipe("m", (Step("train", "resolution", {"factor": 2, **k.proxy}), Step("runtime", "tf-function")), role="probe")
+    job = driver._job(run, probe, True)
+    assert job.train is refs["probe_train"] and job.eval is job.val is refs["val"]

@@ -125,7 +125,11 @@ def trained_on(row: dict) -> str:
     if t.get("unlabeled_samples"):  # distillation's extra unlabelled inputs, for the teacher's outputs
         src += f", and the float model's outputs on {t['unlabeled_samples']:,} unlabelled more"
     e = t.get("epochs", "?")
-    return f"{t['samples']:,} samples x {e} epoch{'' if e == 1 else 's'}, from {src}"
+    out = f"{t['samples']:,} samples x {e} epoch{'' if e == 1 else 's'}, from {src}"
+    undone = [c for c in (t.get("start_check"), t.get("early_stopping")) if c and c.get("start_kept")]
+    if undone:  # the fine-tune cost more than it recovered: the weights before it were kept
+        out += f"; undone, the weights before it scored better on {undone[0]['val_samples']:,} validation samples"
+    return out
 
 
 def search_rows(doc: dict) -> list[list[str]]:

@@ -62,7 +62,7 @@ class BuildJob:
     inputs: tuple = ()
     outputs: tuple = ()
     train: DataRef | None = None
-    val: DataRef | None = None     # a split of the train data for early stopping (settings with "patience")
+    val: DataRef | None = None     # the split early stopping ("patience") or "keep_start" judges on
     threads: int | None = None
     unsafe: bool = False
     export_cache: str | None = None
@@ -107,7 +107,8 @@ def build_train(step: Step, source: Path, ctx: _Context, dest: Path) -> tuple[Pa
     config = config_cls.from_dict(step.config)
     # Bias correction measures the inputs int8 is calibrated on; it needs no train data.
     train = ctx.data("calib") if step.name in CALIBRATED else ctx.data("train") if ctx.job.train is not None else None
-    val = ctx.data("val") if ctx.job.val is not None and "patience" in step.config else None
+    judged = "patience" in step.config or step.config.get("keep_start")
+    val = ctx.data("val") if ctx.job.val is not None and judged else None
     result = apply(load_keras(ctx.keras_ref(source)), config, train, val)
     path = dest / "model.keras"
     result.model.save(path)

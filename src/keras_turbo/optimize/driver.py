@@ -360,9 +360,13 @@ def _job(run: _Run, r: Recipe, evaluate: bool) -> BuildJob:
     probe = r.role == "probe"
     data = run.job["val" if probe else "eval"]
     # A fine-tune that stops early trains on the train data less the validation split it watches.
+    # One that only judges its start against its end ("keep_start") trains on all of it: where
+    # that split is part of the train data, the judgement leans towards the fine-tuned weights
+    # (never worse than not judging); where it is part of --data (unlabelled train data), it is fair.
     stops = any(s.kind == "train" and "patience" in s.config for s in r.steps)
+    judges = stops or any(s.kind == "train" and s.config.get("keep_start") for s in r.steps)
     train = run.job["probe_train" if probe or stops else "train"]
-    return BuildJob(r, **{k: run.job[k] for k in _SHARED}, eval=data, train=train, val=run.job.get("val") if stops else None,
+    return BuildJob(r, **{k: run.job[k] for k in _SHARED}, eval=data, train=train, val=run.job.get("val") if judges else None,
                     reference=str(run.out / "reference" / f"{data.id}.npz"), evaluate=evaluate,
                     deadline=run.deadline, alone=bool(getattr(run.executor, "sequential", False)))
 

@@ -197,6 +197,8 @@ def test_prune_commands(capsys, tmp_path, model_files):
     assert code == 0, err
     kernel = keras_turbo.load_model(out).get_layer("conv").kernel.numpy()
     assert abs(float(np.mean(kernel == 0)) - 0.5) < 0.02 and "wrote" in stdout
+    code, _, err = run_cli(capsys, "prune", src, "--structured", "--prune-depthwise", "-o", out)
+    assert_ends_in_error(code, err, "--prune-depthwise applies to magnitude pruning")
     small = tmp_path / "small.keras"
     code, _, err = run_cli(capsys, "prune", src, "--structured", "--target-flops-reduction", 1.5, "--no-finetune",
                            "--json", tmp_path / "s.json", "-o", small)

@@ -248,6 +248,29 @@ def test_per_layer_sparsity_exclude_and_global_scope():
     assert len({r["achieved_sparsity"] for r in rows}) > 1  # layers get different shares
 
 
+def test_depthwise_kernels_stay_dense_unless_asked():
+    """A depthwise kernel has a few weights per channel, scaled per channel where BatchNorms are
+    folded into it: one threshold for the layer would zero whole channels (a channel scaled by
+    1e-3 here loses its whole filter at 50%). Left dense by default, with the reason; pruned on request."""
+    inp = keras.Input((8, 8, 4))
+    h = keras.layers.Conv2D(4, 1, name="c0")(inp)
+    h = keras.layers.DepthwiseConv2D(3, padding="same", name="dw")(h)
+    h = keras.layers.Conv2D(4, 1, name="c1")(h)
+    model = keras.Model(inp, keras.layers.Dense(3, name="out")(keras.layers.GlobalAveragePooling2D()(h)))
+    kernel = model.get_layer("dw").kernel.numpy()
+    kernel[..., 0, 0] *= 1e-3
+    model.get_layer("dw").kernel.assign(kernel)
+    res = prune.apply(model, PruneConfig(sparsity=0.5, finetune=False))
+    assert [r["layer"] for r in res.report["layers"]] == ["c1"]
+    assert "depthwise" in {r["layer"]: r["reason"] for r in res.report["skipped"]}["dw"]
+    np.testing.assert_array_equal(res.model.get_layer("dw").kernel.numpy(), kernel)
+    asked = prune.apply(model, PruneConfig(sparsity=0.5, finetune=False, depthwise=True))
+    assert {r["layer"] for r in asked.report["layers"]} == {"dw", "c1"}
+    assert not asked.model.get_layer("dw").kernel.numpy()[..., 0, 0].any()  # the small channel's filter is gone
+    named = prune.apply(model, PruneConfig(sparsity=0.5, finetune=False, layer_sparsity=(("dw", 0.3),)))
+    assert "dw" in {r["layer"] for r in named.report["layers"]}
+
+
 @keras.saving.register_keras_serializable(package="kt_test")
 class ChannelScale(keras.layers.Layer):
     """A custom layer with a weight: not a layer kind the pruner knows."""

@@ -445,8 +445,9 @@ def _print_report(report: dict) -> None:
 
 
 def cmd_prune(args) -> int:
-    if args.structured and args.prune_first_last:
-        raise KerasTurboError("--prune-first-last applies to magnitude pruning (--structured has no first/last rule)")
+    for flag in ("prune_first_last", "prune_depthwise"):
+        if args.structured and getattr(args, flag):
+            raise KerasTurboError(f"--{flag.replace('_', '-')} applies to magnitude pruning (--structured removes whole filters)")
     if args.structured:
         from keras_turbo.techniques.structured import StructuredConfig
 
@@ -462,7 +463,7 @@ def cmd_prune(args) -> int:
             if getattr(args, flag) is not None:
                 raise KerasTurboError(f"--{flag} applies to --structured pruning")
         cfg = PruneConfig(finetune=not args.no_finetune, pattern=args.pattern, skip_first_last=not args.prune_first_last,
-                          **_given(args, "sparsity", "schedule", "epochs"))
+                          depthwise=args.prune_depthwise, **_given(args, "sparsity", "schedule", "epochs"))
         result = _run_technique(args, "prune", cfg)
     _save_model(result.model, args.output)
     out, _ = _console()
@@ -816,6 +817,9 @@ def _add_techniques(sub):
     sp.add_argument("--pattern", metavar="M:N", help="M:N sparsity such as 2:4 (magnitude pruning)")
     sp.add_argument("--prune-first-last", action="store_true",
                     help="magnitude pruning: prune the first and last prunable layers too (skipped by default)")
+    sp.add_argument("--prune-depthwise", action="store_true",
+                    help="magnitude pruning: prune depthwise convolutions too (left dense by default: few weights, "
+                         "each channel its own)")
     sp.add_argument("--structured", action="store_true", help="remove whole filters and build a smaller dense model")
     sp.add_argument("--target-flops-reduction", type=float, metavar="F", help="with --structured: e.g. 2.0 for half the FLOPs")
     sp.add_argument("--importance", choices=("l1", "l2", "bn", "activation"),

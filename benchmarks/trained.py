@@ -127,7 +127,7 @@ TECH_DROP = 3.0          # points: the technique run's budget (a common edge tra
 TECH_TIME = "20m"
 
 
-def optimize_techniques(prep: dict, out: Path) -> dict:
+def optimize_techniques(prep: dict, out: Path, time_budget: str = TECH_TIME) -> dict:
     """Issue 29, point 4: the photos the accuracy runs calibrate on (the seeded 300) given as
     unlabelled --train-data, the other 1,000 as labelled --data, `--max-accuracy-drop 3`: the
     fine-tunes learn from the float model's outputs; probes are judged on a seeded 15% of --data,
@@ -136,7 +136,7 @@ def optimize_techniques(prep: dict, out: Path) -> dict:
 
     train, data = split_files(prep)
     shutil.rmtree(out, ignore_errors=True)
-    flags = ["--max-accuracy-drop", f"{TECH_DROP:g}", "--time-budget", TECH_TIME]
+    flags = ["--max-accuracy-drop", f"{TECH_DROP:g}", "--time-budget", time_budget]
     cmd = [sys.executable, "-c", "import sys; from keras_turbo.cli import main; sys.exit(main())", "optimize",
            prep["model"], "--data", str(data), "--train-data", str(train), *flags, "--out", str(out)]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
@@ -178,17 +178,34 @@ def technique_summary(out: Path) -> dict:
     for t in sorted({t for v in ok for t in v["techniques"]}):
         rows = [v for v in ok if t in v["techniques"]]
         out_["techniques"][t] = {str(d): brief(fastest(rows, d)) for d in (TECH_DROP, MAX_DROP)}
+    # What bounds each point fully fine-tuned: its most accurate export and its fastest one,
+    # within the budget or not (the accuracy a technique gives up per step of strength).
+    out_["points"] = [{"point": f"{g[0]['techniques'][0]} {g[0].get('label') or ''}".strip(),
+                       "best": brief(min(g, key=lambda v: v["accuracy_drop"])),
+                       "fastest": brief(min(g, key=lambda v: v["latency_ms"]["p50"]))}
+                      for g in _by_point([v for v in ok if v["techniques"]])]
     return out_
+
+
+def _by_point(rows: list) -> list[list]:
+    """Variants grouped by what was trained (the first technique and its strength; the repairs
+    after it are among its exports), in first-seen order."""
+    groups: dict = {}
+    for v in rows:
+        groups.setdefault((v["techniques"][0], v.get("label")), []).append(v)
+    return list(groups.values())
 
 
 def render_techniques(raw: dict) -> str:
     """The technique section: per model, the no-train pick and each technique's best point at 3
-    and at 1 point, as ratios within the run."""
+    and at 1 point, as ratios within the run; what bounds each point fully fine-tuned."""
+    commands = [t.get("command", "").split() for t in (raw.get("techniques") or {}).values()]
+    budget = next((c[c.index("--time-budget") + 1] for c in commands if "--time-budget" in c), TECH_TIME)
     lines = ["## On ImageNet-trained networks with unlabelled photos as train data: the techniques", "",
-             f"Reproduce: `.venv/bin/python benchmarks/trained.py --stage techniques` (raw: "
+             f"Reproduce: `.venv/bin/python benchmarks/trained.py --stage techniques --technique-time {budget}` (raw: "
              f"`benchmarks/results/trained.json`, `techniques`). `keras-turbo optimize MODEL --data "
              f"judged_labelled_1000.npz --train-data train_unlabelled_300.npz --max-accuracy-drop {TECH_DROP:g} "
-             f"--time-budget {TECH_TIME}`: the 300 photos the other sections calibrate on, without their labels, "
+             f"--time-budget {budget}`: the 300 photos the other sections calibrate on, without their labels, "
              "are the train data (the fine-tunes learn from the float model's outputs, and int8 calibrates on them); "
              "the other 1,000, labelled, are --data: the strength search judges its probes on a seeded 15% of "
              "them, the variants are judged on the rest. Each technique's best point is its fastest variant within "
@@ -227,6 +244,12 @@ def render_techniques(raw: dict) -> str:
         lines.append(f"- {MODELS[key][1]}: `{t['command']}` exited {t['exit']} after {t['wall_s']:.0f} s; recommended "
                      f"`{s.get('recommended')}`; variants judged on {s.get('eval_samples')} photos; probes: "
                      f"{probes or 'none'}" + (f"; failed: {fails}" if fails else "") + ".")
+        bounds = "; ".join(f"{p['point']}: most accurate `{p['best']['name']}` {p['best']['accuracy_drop']:+.1f} at "
+                           f"{peers._ms(p['best']['p50_ms'])} ms, fastest `{p['fastest']['name']}` "
+                           f"{peers._ms(p['fastest']['p50_ms'])} ms at {p['fastest']['accuracy_drop']:+.1f}"
+                           for p in s.get("points") or [])
+        if bounds:
+            lines.append(f"- What bounds each point fully fine-tuned (points lost, within the budget or not): {bounds}.")
     return "\n".join(lines)
 
 
@@ -466,6 +489,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 32])
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--budget", choices=tuple(BUDGETS), action="append", help="default: both")
+    ap.add_argument("--technique-time", default=TECH_TIME, help=f"the techniques stage's --time-budget (default {TECH_TIME})")
     args = ap.parse_args(argv)
     log = lambda m: print(f"[{time.strftime('%H:%M:%S')}] {m}", file=sys.stderr, flush=True)  # noqa: E731
     os.environ.setdefault("KERAS_TURBO_CACHE", str(WORK / "cache"))
@@ -531,7 +555,7 @@ def main(argv=None) -> int:
             log(f"{key} {to} after bias correction: exit {r['exit']}, met {r.get('met')}, float: {r.get('kept_float')}")
     for key in (args.only or MODELS) if "techniques" in stages else ():
         log(f"{key}: optimize with unlabelled train data, --max-accuracy-drop {TECH_DROP:g}")
-        run = optimize_techniques(prepare(key), OUT / f"techniques-{key}")
+        run = optimize_techniques(prepare(key), OUT / f"techniques-{key}", args.technique_time)
         raw.setdefault("techniques", {})[key] = run
         save()
         log(f"{key}: recommended {run['summary']['recommended']} in {run['wall_s']:.0f} s")

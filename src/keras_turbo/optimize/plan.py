@@ -175,6 +175,9 @@ LEFT_OUT = {
 #: correction measures input means on the calibration samples: on MobileNet v1 0.75, trained in
 #: float, LiteRT's and ONNX Runtime's full int8 went from 76.0-76.1% to 78.2% top-1, float 77.8%)
 REPAIR_TECHNIQUES: dict[str, dict] = {"equalize": {}, "biascorrect": {}}
+#: runtimes whose int8 already does what a repair does: NNCF corrects biases itself for
+#: OpenVINO (a second correction is not a repair; `convert --bias-correct` refuses it there too)
+REPAIR_DONE_BY: dict[str, tuple[str, ...]] = {"biascorrect": ("openvino",)}
 #: the techniques that learn from the int8 calibration samples (no labels), not the train data
 CALIBRATED = ("biascorrect",)
 #: the techniques a trained variant is followed by the fastest exports of
@@ -396,7 +399,8 @@ def repairs(model: ModelInfo, outcomes: list[Outcome], cfg) -> list[Recipe]:
         prefix = r.steps[:-2]  # the trained model, if any, is what gets repaired
         out.append(Recipe(model.fingerprint, prefix + (step, Step("runtime", r.backend)), "int8", r.label))
         for name, settings in REPAIR_TECHNIQUES.items():
-            if name not in r.techniques:  # function-preserving rescaling, then the same int8 conversion, all int8
+            if name not in r.techniques and conv.name not in REPAIR_DONE_BY.get(name, ()):
+                # a function-preserving change of the weights, then the same int8 conversion, all int8
                 out.append(Recipe(model.fingerprint, prefix + (Step("train", name, settings), conv, Step("runtime", r.backend)),
                                   "int8", r.label))
     return out

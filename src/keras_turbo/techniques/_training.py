@@ -432,11 +432,6 @@ def best_on_val(keras, model, val: Dataset, patience: int):
     1e-4). Epoch 0 does not count towards `patience`: a cosine schedule's first, large steps may
     dip below the start before they pass it."""
 
-    def judged():
-        return _judged(model, val)
-
-    better = _better
-
     class BestOnVal(keras.callbacks.Callback):
         def __init__(self):
             super().__init__()
@@ -444,13 +439,13 @@ def best_on_val(keras, model, val: Dataset, patience: int):
             self.start, self.start_weights = None, None
 
         def on_train_begin(self, logs=None):
-            _acc, self.start = judged()
+            _acc, self.start = _judged(model, val)
             self.start_weights = model.get_weights()
 
         def on_epoch_end(self, epoch, logs=None):
-            acc, score = judged()
+            acc, score = _judged(model, val)
             self.curve.append(acc)
-            if better(score, self.best):
+            if _better(score, self.best):
                 self.best, self.weights, self.best_epoch, self.wait = score, model.get_weights(), epoch + 1, 0
             else:
                 self.wait += 1
@@ -458,7 +453,7 @@ def best_on_val(keras, model, val: Dataset, patience: int):
                     self.model.stop_training = True
 
         def restore(self) -> dict:
-            if self.start is not None and (self.weights is None or better(self.start, self.best)):
+            if self.start is not None and (self.weights is None or _better(self.start, self.best)):
                 self.best, self.weights, self.best_epoch = self.start, self.start_weights, 0
             if self.weights is not None:
                 model.set_weights(self.weights)

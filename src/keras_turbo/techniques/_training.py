@@ -628,8 +628,8 @@ class DistilledFinetune(TechniqueConfig):
         keep_start: with labelled `val` data given to `apply`, train every epoch, then judge the
             result beside the model as built and keep whichever scores better on `val`: on a few
             hundred photos a fine-tune can cost more than it recovers (the ImageNet MobileNetV2
-            at 1/1.4 resolution: 2.7 points below float as built on 1,000 photos, 4.7 on 150 after
-            6 epochs at 1e-4 on 300 others).
+            at 1/1.4 resolution: 2.7 points below float on 1,000 photos as built, 4.5 after 6
+            epochs at 1e-4 on 300 others; benchmarks/resolution_trained.py).
 
     Raises:
         KerasTurboError: a setting out of range.

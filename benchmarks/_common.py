@@ -30,6 +30,31 @@ def write_section(name: str, body: str) -> None:
     BENCHMARKS_MD.write_text(text)
 
 
+#: photos of the shared ImageNet set optimize sets apart for calibration (OptimizeConfig.calibration_size)
+IMAGENET_CALIBRATION = 300
+
+
+def imagenet_split():
+    """(x, y, calibration indices, judged indices) of the 1,300 shared ImageNet photos, split as
+    `benchmarks/trained.py` and optimize split them (`optimize.measure.DataRef`): the first 300
+    of a seed-0 permutation calibrate (or are the unlabelled train data), the rest are judged."""
+    import numpy as np
+
+    from tests.reference_models import imagenet_photos
+
+    x, y, _ = imagenet_photos()
+    perm = np.random.default_rng(0).permutation(len(x))
+    return x, y, perm[:IMAGENET_CALIBRATION], perm[IMAGENET_CALIBRATION:]
+
+
+def imagenet_model(key: str):
+    """A shared ImageNet-trained model ("mobilenet_v2_1.0", "mobilenet_v1_0.75") as keras-turbo loads it."""
+    from keras_turbo.model import as_ref, load_keras
+    from tests.reference_models import IMAGENET_MODELS, SHARED_IMAGENET
+
+    return load_keras(as_ref(SHARED_IMAGENET / "models" / IMAGENET_MODELS[key]))
+
+
 def app_model_file(arch: str) -> Path:
     """A keras.applications architecture at 224x224x3 with random weights, saved once in WORK."""
     from tests.reference_models import application

@@ -22,14 +22,12 @@ import time
 import numpy as np
 
 sys.path.insert(0, __import__("os").path.dirname(__import__("os").path.abspath(__file__)))
-from _common import RESULTS, ROOT, WORK, machine_line, write_section  # noqa: E402
+from _common import RESULTS, WORK, imagenet_model, imagenet_split, machine_line, write_section  # noqa: E402
 
-sys.path.insert(0, str(ROOT))
-from tests.reference_models import IMAGENET_MODELS, SHARED_IMAGENET, imagenet_photos  # noqa: E402
+from tests.reference_models import IMAGENET_MODELS, SHARED_IMAGENET  # noqa: E402
 
 MODELS = {"mobilenet_v1_0.75": "MobileNet v1 0.75 (trained in float)", "mobilenet_v2_1.0": "MobileNetV2 1.0"}
-CALIBRATION = 300
-STRIDE = 50              # calibration samples per pass of the calibrator (a divisor of CALIBRATION)
+STRIDE = 50              # calibration samples per pass of the calibrator (a divisor of the 300)
 #: (row label, CalibrationMethod name, extra_options, bias-corrected first)
 METHODS = [("MinMax (ONNX Runtime's default, keras-turbo's)", "MinMax", {}, False),
            ("Percentile 99.99", "Percentile", {"CalibPercentile": 99.99}, False),
@@ -82,13 +80,12 @@ def measure(key: str, x, y, cal, judged, log) -> dict:
     import keras_turbo
     from keras_turbo.convert import ConvertConfig
     from keras_turbo.data import Dataset
-    from keras_turbo.model import as_ref, load_keras
     from keras_turbo.techniques import biascorrect
 
     path = SHARED_IMAGENET / "models" / IMAGENET_MODELS[key]
     dest = OUT / key
     dest.mkdir(parents=True, exist_ok=True)
-    model = load_keras(as_ref(path))
+    model = imagenet_model(key)
     corrected = dest / "biascorrected.keras"
     biascorrect.apply(model, None, Dataset((x[cal],), None, "calibration")).model.save(corrected)
     floats = {False: keras_turbo.convert(str(path), ConvertConfig(to="onnx"), output=dest / "float.onnx").path,
@@ -135,9 +132,7 @@ def main(argv=None) -> int:
     from keras_turbo.machine import facts
 
     log = lambda m: print(f"[{time.strftime('%H:%M:%S')}] {m}", file=sys.stderr, flush=True)  # noqa: E731
-    x, y, _ = imagenet_photos()
-    perm = np.random.default_rng(0).permutation(len(x))  # the split of benchmarks/trained.py and optimize
-    cal, judged = perm[:CALIBRATION], perm[CALIBRATION:]
+    x, y, cal, judged = imagenet_split()
     raw = {"machine": facts(), "calibration": len(cal), "judged": len(judged), "stride": STRIDE,
            "models": {k: measure(k, x, y, cal, judged, log) for k in MODELS}}
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -7,8 +7,8 @@ them, so a depthwise kernel's channels carry very different scales: one magnitud
 the layer zeroes whole channels' 3 x 3 filters. Pruned by `techniques/prune.py` at once (no
 fine-tune) with depthwise kernels pruned or left dense, then (last rows) with the short fine-tune
 optimize's probe runs (4 epochs at 1e-4 on the 300 unlabelled photos, learning the float model's
-outputs); top-1 on 500 of the judged photos. Needs `benchmarks/trained.py` to have written the
-photo splits (benchmarks/.work/trained/).
+outputs); top-1 on 500 of the judged photos (the split of `benchmarks/trained.py`,
+`_common.imagenet_split`).
 
 Run: `.venv/bin/python benchmarks/prune_trained.py` (about 10 minutes on 2 cores); writes
 BENCHMARKS.md "prune-trained" and benchmarks/results/prune_trained.json (`--render`: the table
@@ -24,7 +24,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, __import__("os").path.dirname(__import__("os").path.abspath(__file__)))
-from _common import RESULTS, ROOT, WORK, machine_line, write_section  # noqa: E402
+from _common import RESULTS, ROOT, imagenet_model, imagenet_split, machine_line, write_section  # noqa: E402
 
 JUDGED = 500
 #: (label, PruneConfig settings): at once (no fine-tune) unless the row says so
@@ -73,10 +73,10 @@ def main(argv=None) -> int:
     from keras_turbo.techniques import _training as T, prune
 
     keras = _tf.keras()
-    train = Dataset((np.load(WORK / "trained" / "train_unlabelled_300.npz")["x"],), None, "train_unlabelled_300")
-    j = np.load(WORK / "trained" / "judged_labelled_1000.npz")
-    val = Dataset((j["x"][:JUDGED],), j["y"][:JUDGED], f"judged_labelled_1000[:{JUDGED}]")
-    model = keras.saving.load_model(ROOT.parent / "shared" / "imagenet" / "models" / "mobilenet_v2_1.0_224.keras")
+    x, y, cal, judged = imagenet_split()
+    train = Dataset((x[cal],), None, "the 300 calibration photos, unlabelled")
+    val = Dataset((x[judged[:JUDGED]],), y[judged[:JUDGED]], f"{JUDGED} of the judged photos")
+    model = imagenet_model("mobilenet_v2_1.0")
     dw = sum(int(np.prod(layer.kernel.shape)) for layer in model.layers if isinstance(layer, keras.layers.DepthwiseConv2D))
     raw = {"machine": facts(), "judged": JUDGED, "base": T.accuracy(model, val), "rows": []}
     print(f"float: {100 * raw['base']:.1f}%", flush=True)

@@ -23,13 +23,9 @@ import time
 import numpy as np
 
 sys.path.insert(0, __import__("os").path.dirname(__import__("os").path.abspath(__file__)))
-from _common import RESULTS, ROOT, machine_line, write_section  # noqa: E402
-
-sys.path.insert(0, str(ROOT))
-from tests.reference_models import IMAGENET_MODELS, SHARED_IMAGENET, imagenet_photos  # noqa: E402
+from _common import RESULTS, ROOT, imagenet_model, imagenet_split, machine_line, write_section  # noqa: E402
 
 FACTOR = 1.4
-CALIBRATION = 300
 #: (label, flips added, epochs, learning rate); None: as scaled, nothing trained
 ROWS = [("as scaled, nothing trained", None, 0, 0.0),
         ("6 epochs at 1e-4", False, 6, 1e-4), ("6 epochs at 1e-4, flips added", True, 6, 1e-4),
@@ -63,14 +59,11 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(ROOT / "src"))
     from keras_turbo.data import Dataset
     from keras_turbo.machine import facts
-    from keras_turbo.model import as_ref, load_keras
     from keras_turbo.techniques import _training as T, resolution
 
-    x, y, _ = imagenet_photos()
-    perm = np.random.default_rng(0).permutation(len(x))  # the split of benchmarks/trained.py and optimize
-    cal, judged = perm[:CALIBRATION], perm[CALIBRATION:]
+    x, y, cal, judged = imagenet_split()
     val = Dataset((x[judged],), y[judged], "judged")
-    model = load_keras(as_ref(SHARED_IMAGENET / "models" / IMAGENET_MODELS["mobilenet_v2_1.0"]))
+    model = imagenet_model("mobilenet_v2_1.0")
     scaled = resolution.apply(model, resolution.ResolutionConfig(factor=FACTOR, finetune=False)).model
     data = {False: Dataset((x[cal],), None, "photos"),
             True: Dataset((np.concatenate([x[cal], x[cal][:, :, ::-1]]),), None, "photos and their flips")}

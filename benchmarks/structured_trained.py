@@ -3,8 +3,8 @@ point 4): what the channel ranking and the compensation after the cut do, before
 
 The shared MobileNetV2 (../shared/imagenet), pruned by `techniques/structured.py` with each
 importance and compensation, then (one row) fine-tuned 6 epochs at 1e-4 distilled from the
-original on the 300 unlabelled photos; top-1 on 500 of the judged photos. Needs
-`benchmarks/trained.py` to have written the photo splits (benchmarks/.work/trained/).
+original on the 300 unlabelled photos; top-1 on 500 of the judged photos (the split of
+`benchmarks/trained.py`, `_common.imagenet_split`).
 
 Run: `.venv/bin/python benchmarks/structured_trained.py` (about 15 minutes on 2 cores); writes
 BENCHMARKS.md "structured-trained" and benchmarks/results/structured_trained.json (`--render`: the
@@ -17,10 +17,8 @@ import json
 import sys
 import time
 
-import numpy as np
-
 sys.path.insert(0, __import__("os").path.dirname(__import__("os").path.abspath(__file__)))
-from _common import RESULTS, ROOT, WORK, machine_line, write_section  # noqa: E402
+from _common import RESULTS, ROOT, imagenet_model, imagenet_split, machine_line, write_section  # noqa: E402
 
 JUDGED = 500
 #: (label, StructuredConfig settings): no fine-tune unless the row says so
@@ -67,16 +65,14 @@ def main(argv=None) -> int:
         write_section("structured-trained", render(json.loads((RESULTS / "structured_trained.json").read_text())))
         return 0
     sys.path.insert(0, str(ROOT / "src"))
-    from keras_turbo import _tf
     from keras_turbo.data import Dataset
     from keras_turbo.machine import facts
     from keras_turbo.techniques import _training as T, structured
 
-    keras = _tf.keras()
-    train = Dataset((np.load(WORK / "trained" / "train_unlabelled_300.npz")["x"],), None, "train_unlabelled_300")
-    j = np.load(WORK / "trained" / "judged_labelled_1000.npz")
-    val = Dataset((j["x"][:JUDGED],), j["y"][:JUDGED], f"judged_labelled_1000[:{JUDGED}]")
-    model = keras.saving.load_model(ROOT.parent / "shared" / "imagenet" / "models" / "mobilenet_v2_1.0_224.keras")
+    x, y, cal, judged = imagenet_split()
+    train = Dataset((x[cal],), None, "the 300 calibration photos, unlabelled")
+    val = Dataset((x[judged[:JUDGED]],), y[judged[:JUDGED]], f"{JUDGED} of the judged photos")
+    model = imagenet_model("mobilenet_v2_1.0")
     raw = {"machine": facts(), "judged": JUDGED, "base": T.accuracy(model, val), "rows": []}
     print(f"float: {100 * raw['base']:.1f}%", flush=True)
     for label, settings in ROWS:

@@ -99,6 +99,12 @@ def error_text(e: BaseException) -> str:
 
 # ------------------------------------------------------------------ the step builders
 
+def judges_on_val(step: Step) -> bool:
+    """Whether a train step watches the validation split: early stopping ("patience") or its
+    start judged against its end ("keep_start")."""
+    return step.kind == "train" and ("patience" in step.config or bool(step.config.get("keep_start")))
+
+
 def build_train(step: Step, source: Path, ctx: _Context, dest: Path) -> tuple[Path, dict]:
     """A Keras -> Keras technique (pruning, distillation, QAT, ...) on the train data."""
     from keras_turbo.techniques import TECHNIQUES
@@ -107,8 +113,7 @@ def build_train(step: Step, source: Path, ctx: _Context, dest: Path) -> tuple[Pa
     config = config_cls.from_dict(step.config)
     # Bias correction measures the inputs int8 is calibrated on; it needs no train data.
     train = ctx.data("calib") if step.name in CALIBRATED else ctx.data("train") if ctx.job.train is not None else None
-    judged = "patience" in step.config or step.config.get("keep_start")
-    val = ctx.data("val") if ctx.job.val is not None and judged else None
+    val = ctx.data("val") if ctx.job.val is not None and judges_on_val(step) else None
     result = apply(load_keras(ctx.keras_ref(source)), config, train, val)
     path = dest / "model.keras"
     result.model.save(path)

@@ -27,7 +27,7 @@ from keras_turbo.model import (
 )
 from keras_turbo.optimize import plan as planner
 from keras_turbo.optimize import select
-from keras_turbo.optimize.build import BuildJob, copy_artifact, error_text
+from keras_turbo.optimize.build import BuildJob, copy_artifact, error_text, judges_on_val
 from keras_turbo.optimize.config import OptimizeConfig
 from keras_turbo.optimize.executor import Executor, make_executor
 from keras_turbo.optimize.measure import (
@@ -364,7 +364,7 @@ def _job(run: _Run, r: Recipe, evaluate: bool) -> BuildJob:
     # that split is part of the train data, the judgement leans towards the fine-tuned weights
     # (never worse than not judging); where it is part of --data (unlabelled train data), it is fair.
     stops = any(s.kind == "train" and "patience" in s.config for s in r.steps)
-    judges = stops or any(s.kind == "train" and s.config.get("keep_start") for s in r.steps)
+    judges = any(judges_on_val(s) for s in r.steps)
     train = run.job["probe_train" if probe or stops else "train"]
     return BuildJob(r, **{k: run.job[k] for k in _SHARED}, eval=data, train=train, val=run.job.get("val") if judges else None,
                     reference=str(run.out / "reference" / f"{data.id}.npz"), evaluate=evaluate,

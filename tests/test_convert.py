@@ -533,3 +533,55 @@ def test_fallback_walk_doubles_then_bisects(monkeypatch, needed, deadline_after,
         assert kept == [f"l{i}" for i in range(20)] and not job.ok(final)  # all 20: the closest to float
     else:
         assert kept == [f"l{i}" for i in range(expect_kept)] and job.ok(final)
+
+
+def test_stem_conv_names_the_image_stem_only():
+    """The stem is the first weighted layer when it is a Conv2D over at most 4 channels: a 3-channel
+    image's first convolution (behind padding), not a first convolution over 16 channels, a
+    depthwise first layer or a Dense one."""
+    from keras_turbo import _tf
+    from keras_turbo.convert import stem_conv
+
+    keras = _tf.keras()
+
+    def model(first, channels=3):
+        inp = keras.Input((16, 16, channels))
+        h = first(keras.layers.ZeroPadding2D(1)(inp))
+        return keras.Model(inp, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(h)))
+
+    assert stem_conv(model(keras.layers.Conv2D(8, 3, name="stem"))) == "stem"
+    assert stem_conv(model(keras.layers.Conv2D(8, 3), channels=16)) is None
+    assert stem_conv(model(keras.layers.DepthwiseConv2D(3))) is None
+    assert stem_conv(keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])) is None
+
+
+def test_openvino_int8_with_its_stem_float_runs_on_the_bf16_entry(digits_model):
+    """What optimize tries as `openvino-bf16 int8 mixed` (plan.STEM_FLOAT): the int8 IR with the
+    stem kept float, on the bf16 entry (bf16 where the CPU has it, f32 elsewhere), agrees with the
+    plain int8 IR; its stem reads float input, every other convolution FakeQuantized input."""
+    import openvino as ov
+
+    from keras_turbo.convert import stem_conv
+    from keras_turbo.model import as_ref, load_keras
+
+    path, float_acc = digits_model
+    stem = stem_conv(load_keras(as_ref(path)))
+    assert stem is not None
+    plain = convert(path, ConvertConfig(to="openvino", quantize="int8"), "builtin:digits:train")
+    mixed = convert(path, ConvertConfig(to="openvino", quantize="int8", keep_float=(stem,)), "builtin:digits:train")
+
+    def quantized_inputs(r):  # per convolution: is its input FakeQuantized (through layout and pooling)?
+        out = []
+        for op in ov.Core().read_model(str(r.path)).get_ordered_ops():
+            if op.get_type_name() == "Convolution":
+                node = op.input_value(0).get_node()
+                while node.get_type_name() in ("Transpose", "Reshape", "MaxPool"):
+                    node = node.input_value(0).get_node()
+                out.append(node.get_type_name() == "FakeQuantize")
+        return out
+
+    assert quantized_inputs(plain) == [True] * len(quantized_inputs(plain)) and len(quantized_inputs(plain)) > 1
+    assert quantized_inputs(mixed) == [False] + [True] * (len(quantized_inputs(plain)) - 1)
+    acc = {name: keras_turbo.evaluate(r.path, "builtin:digits:test", backend=backend)["accuracy"]
+           for name, r, backend in (("int8", plain, "openvino"), ("mixed", mixed, "openvino-bf16"))}
+    assert acc["mixed"] >= acc["int8"] - 0.01 and acc["mixed"] >= float_acc - 0.02, (acc, float_acc)

@@ -122,6 +122,17 @@ PLANNER_CHECKS = textwrap.dedent('''
     assert {"litert-throughput fp32", "litert-throughput int8", "litert-throughput dynamic", "onnxruntime-throughput int8",
             "openvino-throughput int8", "litert int8"} <= set(tp), tp
     assert not any("throughput" in n for n in names)
+    # a model with an image stem, on a machine that accelerates OpenVINO's bf16 entry: OpenVINO's
+    # int8 is tried once more with the stem float on that entry; never without a stem, without
+    # the acceleration, or for another family; a broken one is repaired through the plain int8
+    bf16_caps = P.MachineCaps(caps.backends, (("openvino-bf16", "openvino", "bf16"),))
+    stem = P.ModelInfo("fp", quantizable=True, stem="Conv1")
+    with_stem = [r for r in P.first_plan(stem, bf16_caps, cfg, False).recipes if r.backend == "openvino-bf16" and r.precision == "int8"]
+    assert [r.name for r in with_stem] == ["openvino-bf16 int8 mixed"], [r.name for r in with_stem]
+    assert with_stem[0].steps[0].config == {"quantize": "int8", "calibration_size": cfg.calibration_size, "keep_float": ["Conv1"]}
+    assert not [r for r in P.first_plan(info, bf16_caps, cfg, False).recipes if r.steps[0].config.get("keep_float")]
+    assert not [r for r in P.first_plan(stem, caps, cfg, False).recipes if r.steps[0].config.get("keep_float")]
+    assert not P.repairs(stem, [P.Outcome(with_stem[0], True, False, 0.1), outcome("litert fp32", 1.0, True)], cfg)
     # the same plan from the same inputs, always (ids are content)
     assert [r.id for r in P.first_plan(info, caps, cfg, False).recipes] == [r.id for r in first.recipes]
     assert "tensorflow" not in sys.modules and "keras" not in sys.modules, "the planner imported TensorFlow"

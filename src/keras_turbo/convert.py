@@ -177,6 +177,22 @@ def quantizable_layers(model) -> list[str]:
     return [layer.name for layer in leaf_layers(model) if type(layer).__name__ in QUANTIZABLE]
 
 
+def stem_conv(model) -> str | None:
+    """The image stem's name: the model's first layer with weights, where it is a plain 2-D
+    convolution over at most 4 input channels (grey, RGB, RGBA); None otherwise. So few input
+    channels fill a CPU's int8 matrix tiles worst: on the ImageNet-trained MobileNetV2 OpenVINO
+    ran its stem as int8 in 211 us against 136 us as bf16 at batch 1 on an AMX Xeon
+    (benchmarks/layers.py), which is why optimize also tries int8 with the stem left float."""
+    for layer in leaf_layers(model):
+        if not layer.weights:
+            continue
+        kernel = getattr(layer, "kernel", None)
+        if type(layer).__name__ == "Conv2D" and kernel is not None and len(kernel.shape) == 4 and kernel.shape[2] <= 4:
+            return layer.name
+        return None
+    return None
+
+
 def calibration_samples(ds, names: Sequence[str], size: int, seed: int) -> list[dict[str, np.ndarray]]:
     """One dict {input name: batch of 1} per sample, `size` drawn with `seed`."""
     sub = ds.take(size, seed)

@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 
 from keras_turbo import quality, timing
-from keras_turbo.convert import quantizable_layers
+from keras_turbo.convert import quantizable_layers, stem_conv
 from keras_turbo.data import load_data
 from keras_turbo.errors import KerasTurboError
 from keras_turbo.machine import cpu_flags, default_threads
@@ -199,7 +199,8 @@ def _model_info(run) -> planner.ModelInfo:
     model = load_keras(run.ref)
     reasons = {name: refuse(model, planner.SEARCH[name].grid[0]) for name, refuse in REFUSALS.items()}
     refused = tuple((name, why) for name, why in reasons.items() if why)
-    return planner.ModelInfo(run.store.model, bool(quantizable_layers(model)), refused, run.job.get("train_samples"))
+    return planner.ModelInfo(run.store.model, bool(quantizable_layers(model)), refused, run.job.get("train_samples"),
+                             stem_conv(model))
 
 
 def machine_caps(objective: str = "latency") -> planner.MachineCaps:

@@ -179,6 +179,12 @@ REPAIR_TECHNIQUES: dict[str, dict] = {"equalize": {}, "biascorrect": {}}
 #: runtimes whose int8 already does what a repair does: NNCF corrects biases itself for
 #: OpenVINO (a second correction is not a repair; `convert --bias-correct` refuses it there too)
 REPAIR_DONE_BY: dict[str, tuple[str, ...]] = {"biascorrect": ("openvino",)}
+#: int8 conversions tried a second time with the image stem (ModelInfo.stem) left float, on the
+#: family's bf16 entry where this machine accelerates it: a stem's 3 input channels suit int8
+#: matrix tiles worst. OpenVINO on an AMX Xeon, batch 1: MobileNetV2's stem 211 us as int8, 136
+#: us as bf16; the whole network about 5% faster with the stem bf16, MobileNet v1 0.75 too, but
+#: v1 slower so at batch 32 (benchmarks/layers.py): which is faster is measured, not assumed.
+STEM_FLOAT: dict[str, str] = {"openvino": "openvino-bf16"}
 #: the techniques that learn from the int8 calibration samples (no labels), not the train data
 CALIBRATED = ("biascorrect",)
 #: the techniques a trained variant is followed by the fastest exports of
@@ -193,6 +199,7 @@ class ModelInfo:
     quantizable: bool = True  # has Conv / Dense layers (QAT has something to train)
     refused: tuple[tuple[str, str], ...] = ()  # (technique, why it cannot apply to this model)
     train_samples: int | None = None  # the train data's size: sizes the fine-tunes' epochs (None: as set)
+    stem: str | None = None  # the image stem's layer (convert.stem_conv): STEM_FLOAT tries it float
 
 
 @dataclass(frozen=True)
@@ -239,6 +246,18 @@ def conversion_recipe(model: str, to: str, mode: str, precision: str, calibratio
     return Recipe(model, prefix + (Step("convert", to, cfg), Step("runtime", FAMILIES[to].runtime)), precision)
 
 
+def stem_float_recipes(model: ModelInfo, caps: MachineCaps, cfg, r: Recipe) -> list[Recipe]:
+    """The int8 conversion `r` again with the model's stem kept float, run on the family's bf16
+    entry (STEM_FLOAT), where the model has a stem and this machine accelerates that entry."""
+    conv = r.steps[-2]
+    entry = STEM_FLOAT.get(conv.name)
+    if not (model.stem and entry and conv.config.get("quantize") == "int8" and cfg.wants("bf16")
+            and entry in {b for b, _, _ in caps.accelerated}):
+        return []
+    step = Step("convert", conv.name, {**conv.config, "keep_float": [model.stem]})
+    return [Recipe(model.fingerprint, r.steps[:-2] + (step, Step("runtime", entry)), "int8")]
+
+
 def first_plan(model: ModelInfo, caps: MachineCaps, cfg, has_train: bool) -> Plan:
     """The recipes worth measuring before anything is known, in the order a time budget should
     spend itself: the baseline and the plain TensorFlow path, the precisions this machine
@@ -269,6 +288,7 @@ def first_plan(model: ModelInfo, caps: MachineCaps, cfg, has_train: bool) -> Pla
         if cfg.wants(family) and runtime in usable and (not cfg.runtimes or runtime in cfg.runtimes):
             r = conversion_recipe(fp, to, mode, mode, cfg.calibration_size)
             recipes.append(r)
+            recipes += stem_float_recipes(model, caps, cfg, r)
             if _throughput_entry(r.backend) in streams:  # the same artifact, served as parallel requests
                 recipes.append(Recipe(fp, r.steps[:-1] + (Step("runtime", _throughput_entry(r.backend)),), r.precision))
     recipes += last
@@ -384,7 +404,9 @@ def repairs(model: ModelInfo, outcomes: list[Outcome], cfg) -> list[Recipe]:
     for o in outcomes:
         r = o.recipe
         conv = r.steps[-2] if len(r.steps) >= 2 else None
-        if not (o.ok and not o.within and _is_converted(r) and conv.config.get("quantize") == "int8"):
+        # (a conversion that already keeps its stem float is repaired through the plain one)
+        if not (o.ok and not o.within and _is_converted(r) and conv.config.get("quantize") == "int8"
+                and not conv.config.get("keep_float")):
             continue
         own_float = _fastest(outcomes, lambda f: f.recipe.precision == "fp32" and f.recipe.backend == r.backend
                              and f.recipe.techniques == r.techniques and _is_converted(f.recipe))

@@ -102,7 +102,7 @@ class Recipe:
         # "resolution(1/2.8 size) + equalize + litert int8", not "... + equalize(1/2.8 size) ...".
         parts = self.label.split("; ") if self.label else []
         train = [n + (f"({parts[i]})" if i < len(parts) and parts[i] else "") for i, n in enumerate(names)]
-        mixed = any(s.kind == "fallback" for s in self.steps)
+        mixed = any(s.kind == "fallback" or s.config.get("keep_float") for s in self.steps)
         if self.role == "probe":
             return " + ".join(train) + " probe"
         return " + ".join(train + [f"{self.backend} {self.precision}" + (" mixed" if mixed else "")])

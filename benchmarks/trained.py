@@ -447,7 +447,8 @@ def _floor_table(raw: dict) -> str:
             floor = m["flops_per_sample"] * int(b) / (peak * 1e9) * 1e3
             p50 = rec["latency_ms"]["p50"]
             lines.append(f"| {m['title']} | {_budget(m)} | {b} | `{opt.get('recommended')}` | {prec}"
-                         + (" (mixed: some layers fp32)" if "mixed" in (opt.get("recommended") or "") else "")
+                         + (f" (mixed: some layers {'bf16' if 'bf16' in (opt.get('rec_backend') or '') else 'fp32'})"
+                            if "mixed" in (opt.get("recommended") or "") else "")
                          + f" | {peers._ms(p50)} | {peers._ms(floor)} | {floor / p50:.0%} |")
     return "\n".join(lines)
 

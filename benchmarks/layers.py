@@ -2,15 +2,17 @@
 OpenVINO's own default, layer by layer, on the shared ImageNet-trained models.
 
 On an AMX CPU OpenVINO's default (no config) runs a float model in bf16 on the AMX tiles, and it
-is the fastest peer default in the trained-network headline. keras-turbo's pick there is
-`openvino int8` (NNCF post-training quantization, compiled as `runtimes/openvino.py` compiles it:
-LATENCY hint, f32 inference precision, the batch made static). This script:
+is the fastest peer default in the trained-network headline. keras-turbo's int8 there is NNCF's
+post-training quantization, compiled as `runtimes/openvino.py` compiles it (LATENCY hint, f32
+inference precision, the batch made static), plain (`openvino int8`) or with the stem kept float
+on the bf16 entry (`openvino-bf16 int8 mixed`, what this script found and optimize now tries,
+plan.STEM_FLOAT). This script:
 
-- times, in alternating rounds within one process, OpenVINO's default on the float IR, the int8
-  pick, and the two levers tried on it: the int8 IR under a bf16 precision hint (whatever stays
+- times, in alternating rounds within one process, OpenVINO's default on the float IR, plain
+  int8, and the two levers tried on it: the int8 IR under a bf16 precision hint (whatever stays
   float runs bf16), and the int8 IR with its first convolution kept float (so in bf16: the stem's
   three input channels suit AMX int8 tiles worst); each path's top-1 on the 1,000 judged photos;
-- reads OpenVINO's per-layer counters (`PERF_COUNT`) for the default and the pick at batch 1 and
+- reads OpenVINO's per-layer counters (`PERF_COUNT`) for the default and plain int8 at batch 1 and
   32, summed by kind of layer, with the layers int8 runs slower than bf16.
 
 Run: `.venv/bin/python benchmarks/layers.py` (about 5 minutes on 2 cores); writes BENCHMARKS.md
@@ -39,9 +41,9 @@ OUT = WORK / "layers"
 #: (key, label): the paths timed; "default" is OpenVINO's own, the rest keras-turbo's int8 IR
 PATHS = (("default", "OpenVINO's default (float IR, no config: bf16 on AMX)"),
          ("default-dynamic", "OpenVINO's default with the batch left dynamic, as exported (the headline's peer)"),
-         ("int8", "keras-turbo's pick: `openvino int8`"),
+         ("int8", "plain int8 (`openvino int8`)"),
          ("int8-bf16", "the same int8 IR under a bf16 precision hint"),
-         ("int8-stem", "int8 with the first convolution kept float (bf16 hint)"))
+         ("int8-stem", "int8 with the stem kept float, bf16 hint (`openvino-bf16 int8 mixed`)"))
 
 
 def kind(node_type: str, exec_type: str) -> str:
@@ -205,7 +207,7 @@ def notes(raw: dict) -> list[str]:
         stem = _by_kind(b["1"]["layers"]).get("stem convolution (3 input channels)", [0, 0.0, 0.0, 0])
         out.append(f"- {m['title']}: int8's layers take {100 * share['1']:.0f}% of bf16's time at batch 1 and "
                    f"{100 * share['32']:.0f}% at batch 32 on this CPU ({cpu_kind(raw['machine'])}): layer for layer "
-                   f"{1 / share['1']:.2f}x and {1 / share['32']:.2f}x faster; the pick's whole call runs at "
+                   f"{1 / share['1']:.2f}x and {1 / share['32']:.2f}x faster; plain int8's whole call runs at "
                    f"{ratio['1']['int8']:.2f}x and {ratio['32']['int8']:.2f}x OpenVINO's default compiled for the same "
                    f"batch, and the headline's peer, which keeps the exported dynamic batch, runs at "
                    f"{ratio['1']['default-dynamic']:.2f}x and {ratio['32']['default-dynamic']:.2f}x of it. At batch 1 the "
@@ -215,7 +217,7 @@ def notes(raw: dict) -> list[str]:
                    f"bf16 hint on the int8 IR alone {ratio['1']['int8-bf16']:.2f}x and {ratio['32']['int8-bf16']:.2f}x.")
     out.append("- So at batch 1 the ratio to OpenVINO's default is bounded by how much faster OpenVINO's int8 kernels "
                "are than its bf16 AMX kernels on these small layers (the 1x1 and depthwise convolutions of a 7x7 to "
-               "112x112 map), not by layers keras-turbo leaves float: every layer but the stem is int8 in the pick. "
+               "112x112 map), not by layers keras-turbo leaves float: every layer but the stem is int8. "
                "At batch 32 the same layers are larger and int8's arithmetic counts for more.")
     return out
 

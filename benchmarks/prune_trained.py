@@ -35,6 +35,12 @@ ROWS = [
     ("50%, depthwise dense (the default)", dict(sparsity=0.5)),
     ("50%, depthwise pruned too, 4 epochs at 1e-4", dict(sparsity=0.5, depthwise=True, finetune=True, epochs=4, learning_rate=1e-4)),
     ("50%, depthwise dense, 4 epochs at 1e-4", dict(sparsity=0.5, finetune=True, epochs=4, learning_rate=1e-4)),
+    ("30%, depthwise dense, reconstructed", dict(sparsity=0.3, reconstruct=True)),
+    ("50%, depthwise dense, reconstructed", dict(sparsity=0.5, reconstruct=True)),
+    ("70%, depthwise dense, reconstructed", dict(sparsity=0.7, reconstruct=True)),
+    ("50%, depthwise dense, reconstructed from 64 photos", dict(sparsity=0.5, reconstruct=True, reconstruct_samples=64)),
+    ("50%, depthwise dense, reconstructed, then 4 epochs at 1e-4",
+     dict(sparsity=0.5, reconstruct=True, finetune=True, epochs=4, learning_rate=1e-4)),
 ]
 
 

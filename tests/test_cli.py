@@ -199,6 +199,16 @@ def test_prune_commands(capsys, tmp_path, model_files):
     assert abs(float(np.mean(kernel == 0)) - 0.5) < 0.02 and "wrote" in stdout
     code, _, err = run_cli(capsys, "prune", src, "--structured", "--prune-depthwise", "-o", out)
     assert_ends_in_error(code, err, "--prune-depthwise applies to magnitude pruning")
+    code, _, err = run_cli(capsys, "prune", src, "--structured", "--reconstruct", "-o", out)
+    assert_ends_in_error(code, err, "--reconstruct applies to magnitude pruning")
+    rebuilt_out = tmp_path / "rebuilt.keras"
+    code, _, err = run_cli(capsys, "prune", src, "--reconstruct", "--no-finetune", "--prune-first-last", "-o", rebuilt_out)
+    assert_ends_in_error(code, err, "--reconstruct", "needs train data")
+    code, stdout, err = run_cli(capsys, "prune", src, "--train-data", train, "--sparsity", 0.5, "--reconstruct",
+                                "--no-finetune", "--prune-first-last", "--json", tmp_path / "r.json", "-o", rebuilt_out)
+    assert code == 0, err
+    rebuilt = json.loads((tmp_path / "r.json").read_text())["report"]["reconstruct"]
+    assert rebuilt["samples"] > 0 and rebuilt["refit_layers"] + rebuilt["magnitude_layers"]
     small = tmp_path / "small.keras"
     code, _, err = run_cli(capsys, "prune", src, "--structured", "--target-flops-reduction", 1.5, "--no-finetune",
                            "--json", tmp_path / "s.json", "-o", small)

@@ -445,7 +445,7 @@ def _print_report(report: dict) -> None:
 
 
 def cmd_prune(args) -> int:
-    for flag in ("prune_first_last", "prune_depthwise"):
+    for flag in ("prune_first_last", "prune_depthwise", "reconstruct"):
         if args.structured and getattr(args, flag):
             raise KerasTurboError(f"--{flag.replace('_', '-')} applies to magnitude pruning (--structured removes whole filters)")
     if args.structured:
@@ -463,7 +463,8 @@ def cmd_prune(args) -> int:
             if getattr(args, flag) is not None:
                 raise KerasTurboError(f"--{flag} applies to --structured pruning")
         cfg = PruneConfig(finetune=not args.no_finetune, pattern=args.pattern, skip_first_last=not args.prune_first_last,
-                          depthwise=args.prune_depthwise, **_given(args, "sparsity", "schedule", "epochs"))
+                          depthwise=args.prune_depthwise, reconstruct=args.reconstruct,
+                          **_given(args, "sparsity", "schedule", "epochs"))
         result = _run_technique(args, "prune", cfg)
     _save_model(result.model, args.output)
     out, _ = _console()
@@ -820,6 +821,10 @@ def _add_techniques(sub):
     sp.add_argument("--prune-depthwise", action="store_true",
                     help="magnitude pruning: prune depthwise convolutions too (left dense by default: few weights, "
                          "each channel its own)")
+    sp.add_argument("--reconstruct", action="store_true",
+                    help="magnitude pruning: prune at once and re-solve each Dense / 1x1 conv's kept weights by least "
+                         "squares on the train data (no labels needed), so it computes what the original did; masks "
+                         "then held through any fine-tune")
     sp.add_argument("--structured", action="store_true", help="remove whole filters and build a smaller dense model")
     sp.add_argument("--target-flops-reduction", type=float, metavar="F", help="with --structured: e.g. 2.0 for half the FLOPs")
     sp.add_argument("--importance", choices=("l1", "l2", "bn", "activation"),

@@ -821,10 +821,8 @@ def _add_techniques(sub):
     sp.add_argument("--prune-depthwise", action="store_true",
                     help="magnitude pruning: prune depthwise convolutions too (left dense by default: few weights, "
                          "each channel its own)")
-    sp.add_argument("--reconstruct", action="store_true",
-                    help="magnitude pruning: prune at once and re-solve each Dense / 1x1 conv's kept weights by least "
-                         "squares on the train data (no labels needed), so it computes what the original did; masks "
-                         "then held through any fine-tune")
+    sp.add_argument("--reconstruct", action="store_true", help="magnitude pruning: at once, each Dense / 1x1 conv's kept "
+                    "weights re-solved by least squares on the train data (no labels needed); masks held in any fine-tune")
     sp.add_argument("--structured", action="store_true", help="remove whole filters and build a smaller dense model")
     sp.add_argument("--target-flops-reduction", type=float, metavar="F", help="with --structured: e.g. 2.0 for half the FLOPs")
     sp.add_argument("--importance", choices=("l1", "l2", "bn", "activation"),

@@ -27,6 +27,7 @@ import numpy as np
 
 from keras_turbo.data import Dataset
 from keras_turbo.errors import KerasTurboError, bad_param
+from keras_turbo.model.graph import functional
 from keras_turbo.techniques._training import (
     NO_FINETUNE_DATA,
     accuracy,
@@ -432,8 +433,6 @@ def _reconstruct(keras, model, work, targets: list[_Target], train: Dataset, pat
     """Mask and re-solve each pointwise target of `work` (a copy of `model`, changed in place),
     in graph order, so its output on the pruned network's inputs matches the original layer's
     on the original's; the others get the magnitude mask. Sets each target's mask."""
-    from keras_turbo.model.graph import functional
-
     views = [functional(m) if isinstance(m, keras.Sequential) else m for m in (model, work)]
     data = train.take(samples)
     rows_out, magnitude = [], []

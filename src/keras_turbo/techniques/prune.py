@@ -107,8 +107,9 @@ class PruneConfig(TechniqueConfig):
             held through any fine-tune (the schedule does not apply). For a compact network and a
             few hundred samples, where a fine-tune cannot recover what pruning at once destroys.
         reconstruct_samples: how many train samples the reconstruction runs both networks on
-            (seeded draw). More is better and slower: MobileNetV2 at 50% kept 53.0% top-1 from
-            64 samples in 96 s and 61.8% from 256 in 293 s (float 76.6%; 2-core Xeon).
+            (seeded draw). More is better and slower: MobileNetV2 at 50% kept 51.4% top-1 from
+            64 samples and 60.6% from 256, in twice the time (float 76.6%; about 4.5 minutes on
+            2 cores; benchmarks/prune_trained.py).
         finetune: train while pruning (needs train data); False prunes once, by magnitude (or
             with `reconstruct`).
         seed: seeds Keras' random state (Python, NumPy, TensorFlow) for the fine-tuning.

@@ -30,6 +30,26 @@ def write_section(name: str, body: str) -> None:
     BENCHMARKS_MD.write_text(text)
 
 
+def rendered_again(argv, section: str, raw_path: Path, render) -> bool:
+    """`--render` in argv: the section written again from the script's saved JSON (True), with
+    nothing measured; False otherwise."""
+    if "--render" not in argv:
+        return False
+    import json
+
+    write_section(section, render(json.loads(raw_path.read_text())))
+    return True
+
+
+def publish(section: str, raw_path: Path, raw: dict, render) -> None:
+    """A script's measurements to benchmarks/results/ and its section of BENCHMARKS.md."""
+    import json
+
+    raw_path.parent.mkdir(parents=True, exist_ok=True)
+    raw_path.write_text(json.dumps(raw, indent=2, default=str))
+    write_section(section, render(raw))
+
+
 #: photos of the shared ImageNet set optimize sets apart for calibration (OptimizeConfig.calibration_size)
 IMAGENET_CALIBRATION = 300
 

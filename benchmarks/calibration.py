@@ -15,14 +15,13 @@ from that JSON). Accuracy only: nothing here is timed.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 
 import numpy as np
 
 sys.path.insert(0, __import__("os").path.dirname(__import__("os").path.abspath(__file__)))
-from _common import RESULTS, WORK, imagenet_model, imagenet_split, machine_line, write_section  # noqa: E402
+from _common import RESULTS, WORK, imagenet_model, imagenet_split, machine_line, publish, rendered_again  # noqa: E402
 
 from tests.reference_models import IMAGENET_MODELS, SHARED_IMAGENET  # noqa: E402
 
@@ -126,8 +125,7 @@ def render(raw: dict) -> str:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if "--render" in argv:
-        write_section("calibration", render(json.loads(RAW.read_text())))
+    if rendered_again(argv, "calibration", RAW, render):
         return 0
     from keras_turbo.machine import facts
 
@@ -135,9 +133,7 @@ def main(argv=None) -> int:
     x, y, cal, judged = imagenet_split()
     raw = {"machine": facts(), "calibration": len(cal), "judged": len(judged), "stride": STRIDE,
            "models": {k: measure(k, x, y, cal, judged, log) for k in MODELS}}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    RAW.write_text(json.dumps(raw, indent=2, default=str))
-    write_section("calibration", render(raw))
+    publish("calibration", RAW, raw, render)
     log("wrote BENCHMARKS.md \"calibration\"")
     return 0
 

@@ -22,14 +22,13 @@ Run: `.venv/bin/python benchmarks/layers.py` (about 5 minutes on 2 cores); write
 from __future__ import annotations
 
 import collections
-import json
 import sys
 import time
 
 import numpy as np
 
 sys.path.insert(0, __import__("os").path.dirname(__import__("os").path.abspath(__file__)))
-from _common import RESULTS, WORK, cpu_kind, imagenet_model, imagenet_split, machine_line, write_section  # noqa: E402
+from _common import RESULTS, WORK, cpu_kind, imagenet_model, imagenet_split, machine_line, publish, rendered_again  # noqa: E402
 
 MODELS = {"mobilenet_v2_1.0": "MobileNetV2 1.0", "mobilenet_v1_0.75": "MobileNet v1 0.75"}
 BATCHES = (1, 32)
@@ -224,8 +223,7 @@ def notes(raw: dict) -> list[str]:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if "--render" in argv:
-        write_section("layers", render(json.loads(RAW.read_text())))
+    if rendered_again(argv, "layers", RAW, render):
         return 0
     from keras_turbo.machine import facts
 
@@ -233,9 +231,7 @@ def main(argv=None) -> int:
     x, y, cal, judged = imagenet_split()
     raw = {"machine": facts(), "calibration": len(cal), "judged": len(judged),
            "models": {k: measure(k, x, y, cal, judged, log) for k in MODELS}}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    RAW.write_text(json.dumps(raw, indent=2, default=str))
-    write_section("layers", render(raw))
+    publish("layers", RAW, raw, render)
     log("wrote BENCHMARKS.md \"layers\"")
     return 0
 

@@ -18,14 +18,13 @@ again from that JSON). Accuracy only.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 
 import numpy as np
 
 sys.path.insert(0, __import__("os").path.dirname(__import__("os").path.abspath(__file__)))
-from _common import RESULTS, ROOT, imagenet_model, imagenet_split, machine_line, write_section  # noqa: E402
+from _common import RESULTS, ROOT, imagenet_model, imagenet_split, machine_line, publish, rendered_again  # noqa: E402
 
 JUDGED = 500
 #: (label, PruneConfig settings): at once (no fine-tune) unless the row says so
@@ -76,8 +75,7 @@ def render(raw: dict) -> str:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv == ["--render"]:
-        write_section("prune-trained", render(json.loads((RESULTS / "prune_trained.json").read_text())))
+    if rendered_again(argv, "prune-trained", RESULTS / "prune_trained.json", render):
         return 0
     sys.path.insert(0, str(ROOT / "src"))
     from keras_turbo import _tf
@@ -106,9 +104,7 @@ def main(argv=None) -> int:
     raw["depthwise_share"] = dw / prunable
     for r in raw["rows"]:
         r["overall_sparsity"] = r["zeroed"] / prunable
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "prune_trained.json").write_text(json.dumps(raw, indent=2, default=str))
-    write_section("prune-trained", render(raw))
+    publish("prune-trained", RESULTS / "prune_trained.json", raw, render)
     return 0
 
 

@@ -16,14 +16,13 @@ the table again from that JSON). Accuracy only.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 
 import numpy as np
 
 sys.path.insert(0, __import__("os").path.dirname(__import__("os").path.abspath(__file__)))
-from _common import RESULTS, ROOT, imagenet_model, imagenet_split, machine_line, write_section  # noqa: E402
+from _common import RESULTS, ROOT, imagenet_model, imagenet_split, machine_line, publish, rendered_again  # noqa: E402
 
 FACTOR = 1.4
 #: (label, flips added, epochs, learning rate); None: as scaled, nothing trained
@@ -53,8 +52,7 @@ def render(raw: dict) -> str:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv == ["--render"]:
-        write_section("resolution-trained", render(json.loads(RAW.read_text())))
+    if rendered_again(argv, "resolution-trained", RAW, render):
         return 0
     sys.path.insert(0, str(ROOT / "src"))
     from keras_turbo.data import Dataset
@@ -76,9 +74,7 @@ def main(argv=None) -> int:
             T.finetune(m, data[flips], epochs=epochs, batch_size=32, learning_rate=lr, teacher=model, distill=True)
         raw["rows"].append({"label": label, "top1": T.accuracy(m, val), "seconds": time.time() - t})
         print(f"{label}: {100 * raw['rows'][-1]['top1']:.1f}%", flush=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    RAW.write_text(json.dumps(raw, indent=2, default=str))
-    write_section("resolution-trained", render(raw))
+    publish("resolution-trained", RAW, raw, render)
     return 0
 
 

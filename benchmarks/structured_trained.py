@@ -13,12 +13,11 @@ table again from that JSON).
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 
 sys.path.insert(0, __import__("os").path.dirname(__import__("os").path.abspath(__file__)))
-from _common import RESULTS, ROOT, imagenet_model, imagenet_split, machine_line, write_section  # noqa: E402
+from _common import RESULTS, ROOT, imagenet_model, imagenet_split, machine_line, publish, rendered_again  # noqa: E402
 
 JUDGED = 500
 #: (label, StructuredConfig settings): no fine-tune unless the row says so
@@ -61,8 +60,7 @@ def render(raw: dict) -> str:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv == ["--render"]:   # the table again from the saved measurements
-        write_section("structured-trained", render(json.loads((RESULTS / "structured_trained.json").read_text())))
+    if rendered_again(argv, "structured-trained", RESULTS / "structured_trained.json", render):
         return 0
     sys.path.insert(0, str(ROOT / "src"))
     from keras_turbo.data import Dataset
@@ -83,9 +81,7 @@ def main(argv=None) -> int:
                "seconds": time.time() - t}
         raw["rows"].append(row)
         print(f"{label}: {100 * row['top1']:.1f}% ({row['seconds']:.0f} s)", flush=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "structured_trained.json").write_text(json.dumps(raw, indent=2, default=str))
-    write_section("structured-trained", render(raw))
+    publish("structured-trained", RESULTS / "structured_trained.json", raw, render)
     return 0
 
 

@@ -181,8 +181,9 @@ def stem_conv(model) -> str | None:
     """The image stem's name: the model's first layer with weights, where it is a plain 2-D
     convolution over at most 4 input channels (grey, RGB, RGBA); None otherwise. So few input
     channels fill a CPU's int8 matrix tiles worst: on the ImageNet-trained MobileNetV2 OpenVINO
-    ran its stem as int8 in 211 us against 136 us as bf16 at batch 1 on an AMX Xeon
-    (benchmarks/layers.py), which is why optimize also tries int8 with the stem left float."""
+    ran its stem as int8 in 159 us against 138 us as bf16 at batch 1 on an AMX Xeon (MobileNet
+    v1 0.75: 239 against 135; benchmarks/layers.py), which is why optimize also tries int8 with
+    the stem left float."""
     for layer in leaf_layers(model):
         if not layer.weights:
             continue

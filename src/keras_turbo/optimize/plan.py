@@ -181,9 +181,9 @@ REPAIR_TECHNIQUES: dict[str, dict] = {"equalize": {}, "biascorrect": {}}
 REPAIR_DONE_BY: dict[str, tuple[str, ...]] = {"biascorrect": ("openvino",)}
 #: int8 conversions tried a second time with the image stem (ModelInfo.stem) left float, on the
 #: family's bf16 entry where this machine accelerates it: a stem's 3 input channels suit int8
-#: matrix tiles worst. OpenVINO on an AMX Xeon, batch 1: MobileNetV2's stem 211 us as int8, 136
-#: us as bf16; the whole network about 5% faster with the stem bf16, MobileNet v1 0.75 too, but
-#: v1 slower so at batch 32 (benchmarks/layers.py): which is faster is measured, not assumed.
+#: matrix tiles worst. OpenVINO on an AMX Xeon, batch 1: MobileNetV2's stem 159 us as int8, 138
+#: us as bf16; the whole network 4% faster with the stem bf16, MobileNet v1 0.75 6%, but v1 1%
+#: slower so at batch 32 (benchmarks/layers.py): which is faster is measured, not assumed.
 STEM_FLOAT: dict[str, str] = {"openvino": "openvino-bf16"}
 #: the techniques that learn from the int8 calibration samples (no labels), not the train data
 CALIBRATED = ("biascorrect",)

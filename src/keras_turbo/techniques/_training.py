@@ -117,6 +117,33 @@ def probe_feed(model, x: tuple[np.ndarray, ...]):
 #: a batch's activations of every probed layer at once must fit in memory
 STAT_BATCH = 32
 
+#: the layer types whose kernel is one matrix product per position when it is 1 wide (exact
+#: types: a subclass may use its kernel otherwise; a transposed convolution's kernel is laid out
+#: (..., out, in), a separable one's has no `kernel`)
+POINTWISE_TYPES = ("Dense", "Conv1D", "Conv2D", "Conv3D")
+
+
+def pointwise_strides(layer) -> tuple[int, ...] | None:
+    """The strides of a Dense layer (none) or an ungrouped 1 x 1 convolution; None for any other
+    layer: what structured pruning's refit and magnitude pruning's reconstruction re-solve by
+    least squares is a matrix product per position."""
+    w = getattr(layer, "kernel", None)
+    if w is None or type(layer).__name__ not in POINTWISE_TYPES:
+        return None
+    if len(w.shape) == 2:
+        return ()
+    if all(k == 1 for k in tuple(w.shape)[:-2]) and getattr(layer, "groups", 1) == 1:
+        return tuple(layer.strides)
+    return None
+
+
+def kernel_rows(a: np.ndarray, strides: tuple[int, ...]) -> np.ndarray:
+    """A pointwise layer's input batch `a` as the rows its kernel multiplies: the positions its
+    strides visit, one row each (the dtype kept: a caller may draw rows before widening them)."""
+    if strides:
+        a = a[(slice(None), *(slice(None, None, st) for st in strides))]
+    return a.reshape(-1, a.shape[-1])
+
 
 def input_statistics(view, layers: list[str], data: Dataset, samples: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """layer -> (mean, standard deviation) of every channel of its input (the last axis) over

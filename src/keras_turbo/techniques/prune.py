@@ -37,6 +37,8 @@ from keras_turbo.techniques._training import (
     copy_model,
     finetune,
     STAT_BATCH,
+    kernel_rows,
+    pointwise_strides,
     probe_feed,
     saved_sizes,
 )
@@ -371,19 +373,6 @@ def _mask_callback(keras, masker: _Masker, config: PruneConfig, total_steps: int
 
 # ---------------------------------------------------------------- reconstruction
 
-def _pointwise_strides(layer) -> tuple[int, ...] | None:
-    """The strides of a Dense layer (none) or an ungrouped 1x1 convolution; None for any other:
-    a matrix product per position is what the least squares below re-solves."""
-    w = getattr(layer, "kernel", None)
-    if w is None or type(layer).__name__ not in ("Dense", "Conv1D", "Conv2D", "Conv3D"):
-        return None
-    if len(w.shape) == 2:
-        return ()
-    if all(k == 1 for k in tuple(w.shape)[:-2]) and getattr(layer, "groups", 1) == 1:
-        return tuple(layer.strides)
-    return None
-
-
 def _layer_rows_of(keras, view, layer: str, data: Dataset, strides: tuple) -> np.ndarray:
     """The input rows `layer` of the functional graph `view` multiplies by its kernel (one per
     sample position, after its strides), RECONSTRUCT_ROWS per sample drawn at random, float64.
@@ -392,10 +381,8 @@ def _layer_rows_of(keras, view, layer: str, data: Dataset, strides: tuple) -> np
     probe = keras.Model(view.inputs, view.get_layer(layer).input)
     out = []
     for start in range(0, len(data), STAT_BATCH):
-        a = np.asarray(probe(probe_feed(probe, tuple(x[start:start + STAT_BATCH] for x in data.x)), training=False))
-        if strides:
-            a = a[(slice(None), *(slice(None, None, st) for st in strides))]
-        a = a.reshape(-1, a.shape[-1])
+        batch = np.asarray(probe(probe_feed(probe, tuple(x[start:start + STAT_BATCH] for x in data.x)), training=False))
+        a = kernel_rows(batch, strides)
         pick = np.random.default_rng(start).permutation(len(a))[:RECONSTRUCT_ROWS * min(STAT_BATCH, len(data) - start)]
         out.append(a[np.sort(pick)].astype(np.float64))
     return np.concatenate(out)
@@ -442,7 +429,7 @@ def _reconstruct(keras, model, work, targets: list[_Target], train: Dataset, pat
             old_layer, layer = views[0].get_layer(t.layer), views[1].get_layer(t.layer)
         except ValueError:  # inside a nested model: the probes below see top-level layers only
             old_layer = layer = None
-        strides = _pointwise_strides(old_layer) if old_layer is not None else None
+        strides = pointwise_strides(old_layer) if old_layer is not None else None
         w = np.asarray(t.variable.numpy())
         if strides is None:
             t.mask = pattern_mask(w, *pattern) if pattern else magnitude_mask(w, t.sparsity)

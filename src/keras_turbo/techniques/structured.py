@@ -62,6 +62,8 @@ from keras_turbo.techniques._training import (
     input_statistics,
     is_number,
     STAT_BATCH,
+    kernel_rows,
+    pointwise_strides,
     probe_feed,
     saved_sizes,
     sole_batchnorm,
@@ -775,18 +777,6 @@ def _mean_shift(cut: _Cut, layer: str, s_in: int, s_out: int) -> np.ndarray:
     return delta[cut.kept[s_out]] if s_out in cut.kept else delta
 
 
-def _pointwise(layer) -> tuple[int, ...] | None:
-    """The strides of a Dense or 1x1 convolution (a matrix product per position), else None."""
-    w = next((v for v in layer.weights if v.name == "kernel"), None)
-    if w is None:
-        return None
-    if len(w.shape) == 2:
-        return ()
-    if all(k == 1 for k in tuple(w.shape)[:-2]) and getattr(layer, "groups", 1) == 1:
-        return tuple(getattr(layer, "strides", (1,) * (len(w.shape) - 2)))
-    return None
-
-
 def _refit(keras, cut: _Cut, new, layer: str, s_in: int, s_out: int, strides: tuple, data: Dataset) -> bool:
     """Least squares: the kept kernel and an output shift that make `layer` of `new`, on its own
     (pruned) inputs, compute what the original layer computed on the original inputs (kept
@@ -806,10 +796,7 @@ def _refit(keras, cut: _Cut, new, layer: str, s_in: int, s_out: int, strides: tu
         x = probe_feed(original, tuple(a[start:start + STAT_BATCH] for a in data.x))
         pair = []
         for m in (original, pruned):
-            a = np.asarray(m(x, training=False), dtype=np.float64)
-            if strides:
-                a = a[(slice(None), *(slice(None, None, st) for st in strides))]
-            pair.append(a.reshape(-1, a.shape[-1]))
+            pair.append(kernel_rows(np.asarray(m(x, training=False), dtype=np.float64), strides))
         pick = rng.permutation(pair[0].shape[0])[:rows_per_batch]
         y = pair[0][pick] @ old_w
         a = np.concatenate([pair[1][pick], np.ones((len(pick), 1))], axis=1)
@@ -844,7 +831,7 @@ def _compensate(keras, cut: _Cut, new, how: str, data: Dataset | None) -> dict:
         s_in = g.layer_spaces.get((layer, "in"))
         lost_inputs = s_in in cut.kept
         changed = changed or lost_inputs or s_out in cut.kept
-        strides = _pointwise(cut.view.get_layer(layer)) if layer in cut.stats else None
+        strides = pointwise_strides(cut.view.get_layer(layer)) if layer in cut.stats else None
         if how == "refit" and changed and strides is not None and _refit(keras, cut, new, layer, s_in, s_out, strides, refit_data):
             refit += 1
             continue
